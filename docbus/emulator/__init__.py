@@ -1,0 +1,1 @@
+"""docbus/emulator."""
