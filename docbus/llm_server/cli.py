@@ -49,9 +49,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     server.add_argument("--host", default=defaults.host, help="address to bind (%(default)s)")
     server.add_argument("--port", type=int, default=DEFAULT_PORT, help="0 = any free port")
     server.add_argument("--model", default=OFFLINE_MODEL, help="model listed in /v1/models")
-    server.add_argument(
-        "--strict-model", action="store_true", help="404 for any other model name"
-    )
+    server.add_argument("--strict-model", action="store_true", help="404 for any other model name")
     server.add_argument("--api-key", default=None, help="require this key (401 otherwise)")
     server.add_argument("--seed", type=int, default=0, help="seed of fault and latency draws")
 
@@ -71,23 +69,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     inject = parser.add_argument_group("injected faults (probability per request)")
     inject.add_argument("--rate-429", type=_rate, default=0.0, metavar="P")
     inject.add_argument(
-        "--retry-after", type=_seconds, default=faults.retry_after, metavar="S",
+        "--retry-after",
+        type=_seconds,
+        default=faults.retry_after,
+        metavar="S",
         help="Retry-After of injected 429s (%(default)s)",
     )
     inject.add_argument("--rate-500", type=_rate, default=0.0, metavar="P")
     inject.add_argument("--rate-503", type=_rate, default=0.0, metavar="P")
     inject.add_argument("--rate-timeout", type=_rate, default=0.0, metavar="P")
     inject.add_argument(
-        "--timeout-hold", type=_seconds, default=faults.timeout_hold, metavar="S",
+        "--timeout-hold",
+        type=_seconds,
+        default=faults.timeout_hold,
+        metavar="S",
         help="how long a timed-out request is held (%(default)s)",
     )
     inject.add_argument(
-        "--timeout-mode", choices=("drop", "late"), default=faults.timeout_mode,
+        "--timeout-mode",
+        choices=("drop", "late"),
+        default=faults.timeout_mode,
         help="after the hold: drop the connection or answer late (%(default)s)",
     )
     inject.add_argument("--rate-malformed", type=_rate, default=0.0, metavar="P")
     inject.add_argument(
-        "--rate-schema", type=_rate, default=0.0, metavar="P",
+        "--rate-schema",
+        type=_rate,
+        default=0.0,
+        metavar="P",
         help="valid JSON that violates the requested schema",
     )
 
@@ -95,7 +104,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     limits.add_argument("--tpm", type=_positive_int, default=None, help="tokens per minute")
     limits.add_argument("--rpm", type=_positive_int, default=None, help="requests per minute")
     limits.add_argument(
-        "--context-tokens", type=_positive_int, default=Limits().context_tokens,
+        "--context-tokens",
+        type=_positive_int,
+        default=Limits().context_tokens,
         help="maximum prompt + completion tokens (%(default)s)",
     )
 
@@ -140,15 +151,15 @@ def run(args: argparse.Namespace) -> int:
         return 2
 
     def announce(server: LLMServer) -> None:
-        print(
-            f"docbus offline LLM server (model {config.model}) at {server.base_url}", flush=True
-        )
+        print(f"docbus offline LLM server (model {config.model}) at {server.base_url}", flush=True)
 
     try:
         LLMServer(config).run_forever(ready=announce)
     except OSError as exc:
-        print(f"docbus llm-server: cannot listen on {config.host}:{config.port}: {exc}",
-              file=sys.stderr)
+        print(
+            f"docbus llm-server: cannot listen on {config.host}:{config.port}: {exc}",
+            file=sys.stderr,
+        )
         return 1
     return 0
 
@@ -162,7 +173,9 @@ def serve_main(argv: Sequence[str] | None = None) -> int:
     )
     add_arguments(parser)
     parser.add_argument(
-        "--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+        "--log-level",
+        default="INFO",
+        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
         help="DEBUG logs one line per request (%(default)s)",
     )
     args = parser.parse_args(argv)

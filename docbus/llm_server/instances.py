@@ -38,18 +38,27 @@ _CATEGORIES: tuple[tuple[str, frozenset[str]], ...] = tuple(
         ("country", "country countries nation nationality"),
         ("region", "region regions continent"),
         ("city", "city cities location locations place places headquarters hq address"),
-        ("keyword", "keyword keywords tag tags term terms keyphrase keyphrases topic topics "
-                    "phrase phrases label labels theme themes category categories type types "
-                    "kind kinds sector industry dimension"),
+        (
+            "keyword",
+            "keyword keywords tag tags term terms keyphrase keyphrases topic topics "
+            "phrase phrases label labels theme themes category categories type types "
+            "kind kinds sector industry dimension",
+        ),
         ("title", "title headline subject heading caption"),
-        ("name", "name names person people persons company companies organization "
-                 "organizations organisation organisations org supplier suppliers vendor vendors "
-                 "manufacturer customer customers entity entities author authors party parties "
-                 "brand issuer counterparty"),
-        ("summary", "summary description abstract overview explanation reason reasons reasoning "
-                    "rationale justification text content body comment comments notes note "
-                    "details detail analysis context evidence quote snippet excerpt answer "
-                    "message sentence statement impact mitigation recommendation conclusion"),
+        (
+            "name",
+            "name names person people persons company companies organization "
+            "organizations organisation organisations org supplier suppliers vendor vendors "
+            "manufacturer customer customers entity entities author authors party parties "
+            "brand issuer counterparty",
+        ),
+        (
+            "summary",
+            "summary description abstract overview explanation reason reasons reasoning "
+            "rationale justification text content body comment comments notes note "
+            "details detail analysis context evidence quote snippet excerpt answer "
+            "message sentence statement impact mitigation recommendation conclusion",
+        ),
         ("language", "language lang locale"),
         ("currency", "currency"),
     )
@@ -166,8 +175,14 @@ class _Generator:
         return isinstance(schema, Mapping) and schema.get("type") == "null"
 
     def one_of(
-        self, schema: Mapping[str, Any], keyword: str, path: str, hint: str, index: int,
-        depth: int, rng: random.Random,
+        self,
+        schema: Mapping[str, Any],
+        keyword: str,
+        path: str,
+        hint: str,
+        index: int,
+        depth: int,
+        rng: random.Random,
     ) -> Any:
         options = list(schema[keyword])
         nulls = [o for o in options if self.is_null(o)]
@@ -338,9 +353,7 @@ class _Generator:
             return True
         return rng.random() < 0.5
 
-    def string(
-        self, schema: Mapping[str, Any], hint: str, index: int, rng: random.Random
-    ) -> str:
+    def string(self, schema: Mapping[str, Any], hint: str, index: int, rng: random.Random) -> str:
         fmt = schema.get("format")
         pattern = schema.get("pattern")
         keys = ("minLength", "maxLength", "pattern", "format")

@@ -163,7 +163,10 @@ def _equal(a: Any, b: Any) -> bool:
 
 
 def _check_object(
-    schema: Mapping[str, Any], value: Mapping[str, Any], root: Mapping[str, Any], path: str,
+    schema: Mapping[str, Any],
+    value: Mapping[str, Any],
+    root: Mapping[str, Any],
+    path: str,
     errors: list[str],
 ) -> None:
     properties = schema.get("properties", {})
@@ -193,7 +196,10 @@ def _check_object(
 
 
 def _check_array(
-    schema: Mapping[str, Any], value: list[Any], root: Mapping[str, Any], path: str,
+    schema: Mapping[str, Any],
+    value: list[Any],
+    root: Mapping[str, Any],
+    path: str,
     errors: list[str],
 ) -> None:
     prefix = schema.get("prefixItems")

@@ -396,8 +396,7 @@ class LLMServer:
         with self._lock:
             self._stats.record(outcome, prompt_tokens, completion_tokens)
         logger.debug(
-            "chat.completions #%d status=%d outcome=%s prompt_tokens=%d completion_tokens=%d "
-            "%.3fs",
+            "chat.completions #%d status=%d outcome=%s prompt_tokens=%d completion_tokens=%d %.3fs",
             sequence,
             status,
             outcome.value,

@@ -6,12 +6,11 @@ from collections.abc import AsyncIterator, Iterator
 
 import openai
 import pytest
-from llm_samples import API_KEY
 
 from docbus.llm_server import LLMServer
-from docbus.testing_llm import llm_server, llm_server_config
+from tests.llm.llm_samples import API_KEY
 
-__all__ = ["aclient", "client", "llm_server", "llm_server_config"]
+__all__ = ["aclient", "client"]
 
 
 @pytest.fixture

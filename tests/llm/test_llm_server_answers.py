@@ -11,13 +11,13 @@ from typing import Any, Literal
 
 import openai
 import pytest
-from llm_samples import FIRE, INVOICE, STRIKE, TEXTS
 from openai.types.chat import ChatCompletionMessageParam
 from openai.types.shared_params import ResponseFormatJSONSchema
 from pydantic import BaseModel, Field
 
 from docbus.llm_server import OFFLINE_MODEL, LLMServer, LLMServerConfig, count_tokens, schema_errors
 from docbus.llm_server.text import COUNTRIES
+from tests.llm.llm_samples import FIRE, INVOICE, STRIKE, TEXTS
 
 
 class Severity(enum.StrEnum):
@@ -95,8 +95,22 @@ HAND_WRITTEN_SCHEMA: dict[str, Any] = {
         "short": {"type": "string", "minLength": 5, "maxLength": 8},
     },
     "required": [
-        "id", "when", "day", "contact", "link", "sku", "ratio", "step", "count", "kind",
-        "status", "tags", "owner", "alt", "maybe", "short",
+        "id",
+        "when",
+        "day",
+        "contact",
+        "link",
+        "sku",
+        "ratio",
+        "step",
+        "count",
+        "kind",
+        "status",
+        "tags",
+        "owner",
+        "alt",
+        "maybe",
+        "short",
     ],
     "additionalProperties": False,
     "$defs": {
@@ -180,9 +194,13 @@ def test_hand_written_schema_keywords_are_honoured(client: openai.OpenAI, text: 
 
 
 def test_fields_are_drawn_from_the_document(client: openai.OpenAI) -> None:
-    parsed = client.chat.completions.parse(
-        model=OFFLINE_MODEL, messages=ask(FIRE), response_format=SupplierRisk
-    ).choices[0].message.parsed
+    parsed = (
+        client.chat.completions.parse(
+            model=OFFLINE_MODEL, messages=ask(FIRE), response_format=SupplierRisk
+        )
+        .choices[0]
+        .message.parsed
+    )
     assert parsed is not None
     assert parsed.supplier in FIRE
     assert parsed.published == dt.date(2024, 3, 5)
@@ -194,9 +212,13 @@ def test_fields_are_drawn_from_the_document(client: openai.OpenAI) -> None:
         assert all(keyword in words for keyword in risk.keywords)
         assert risk.severity is Severity.HIGH  # the only severity the text mentions
 
-    invoice = client.chat.completions.parse(
-        model=OFFLINE_MODEL, messages=ask(INVOICE), response_format=Extraction
-    ).choices[0].message.parsed
+    invoice = (
+        client.chat.completions.parse(
+            model=OFFLINE_MODEL, messages=ask(INVOICE), response_format=Extraction
+        )
+        .choices[0]
+        .message.parsed
+    )
     assert invoice is not None
     assert invoice.document_type == "invoice"
     assert invoice.entities[0].name in INVOICE
@@ -215,9 +237,10 @@ def test_same_input_same_output_and_different_input_different_output(
 
     first = answer(FIRE)
     assert answer(FIRE) == first
-    with LLMServer(LLMServerConfig(seed=99)).in_thread() as other, openai.OpenAI(
-        base_url=other.base_url, api_key="x", max_retries=0
-    ) as other_client:
+    with (
+        LLMServer(LLMServerConfig(seed=99)).in_thread() as other,
+        openai.OpenAI(base_url=other.base_url, api_key="x", max_retries=0) as other_client,
+    ):
         again = other_client.chat.completions.create(
             model=OFFLINE_MODEL,
             messages=ask(FIRE),
@@ -311,9 +334,7 @@ async def test_stream_yields_the_same_content_and_usage(aclient: openai.AsyncOpe
 async def test_in_loop_server_and_models_endpoints() -> None:
     async with LLMServer(LLMServerConfig(strict_model=True)) as server:
         assert re.fullmatch(r"http://127\.0\.0\.1:\d+/v1", server.base_url)
-        async with openai.AsyncOpenAI(
-            base_url=server.base_url, api_key="x", max_retries=0
-        ) as sdk:
+        async with openai.AsyncOpenAI(base_url=server.base_url, api_key="x", max_retries=0) as sdk:
             models = await sdk.models.list()
             assert [m.id for m in models.data] == [OFFLINE_MODEL]
             assert (await sdk.models.retrieve(OFFLINE_MODEL)).id == OFFLINE_MODEL

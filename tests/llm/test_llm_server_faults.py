@@ -8,7 +8,6 @@ import time
 import openai
 import pydantic
 import pytest
-from llm_samples import API_KEY, FIRE, STRIKE
 from openai.types.chat import ChatCompletionMessageParam
 from pydantic import BaseModel, Field
 
@@ -23,6 +22,7 @@ from docbus.llm_server import (
     count_tokens,
     schema_errors,
 )
+from tests.llm.llm_samples import API_KEY, FIRE, STRIKE
 
 
 class Risk(BaseModel):
@@ -132,7 +132,9 @@ def test_malformed_json_does_not_parse(client: openai.OpenAI, llm_server: LLMSer
         json.loads(completion.choices[0].message.content or "")
     with pytest.raises(pydantic.ValidationError):
         client.chat.completions.parse(
-            model=OFFLINE_MODEL, messages=messages(), response_format=Risk,
+            model=OFFLINE_MODEL,
+            messages=messages(),
+            response_format=Risk,
             extra_headers=fault("malformed"),
         )
     assert llm_server.stats()["outcomes"]["malformed"] == 2
@@ -219,9 +221,10 @@ def test_fault_header_with_an_unknown_value_is_a_bad_request(client: openai.Open
 
 def outcomes_of(config: LLMServerConfig, count: int) -> list[str]:
     results = []
-    with LLMServer(config).in_thread() as server, openai.OpenAI(
-        base_url=server.base_url, api_key="x", max_retries=0
-    ) as sdk:
+    with (
+        LLMServer(config).in_thread() as server,
+        openai.OpenAI(base_url=server.base_url, api_key="x", max_retries=0) as sdk,
+    ):
         for index in range(count):
             try:
                 sdk.chat.completions.create(

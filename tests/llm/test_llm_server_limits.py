@@ -9,11 +9,11 @@ from typing import Any
 
 import openai
 import pytest
-from llm_samples import API_KEY, FIRE
 from openai.types.chat import ChatCompletionMessageParam
 
 from docbus.llm_server import OFFLINE_MODEL, Limits, LLMServer, LLMServerConfig
 from docbus.llm_server.limits import RateLimiter
+from tests.llm.llm_samples import API_KEY, FIRE
 
 
 def messages(index: int) -> list[ChatCompletionMessageParam]:

@@ -14,7 +14,6 @@ import urllib.request
 from typing import Any
 
 import pytest
-from llm_samples import FIRE, INVOICE, STRIKE, TEXTS
 
 import docbus.llm_server as llm_server_package
 from docbus.llm_server import (
@@ -35,6 +34,7 @@ from docbus.llm_server.limits import format_duration
 from docbus.llm_server.patterns import sample_pattern
 from docbus.llm_server.text import analyse, summarise
 from docbus.llm_server.tokens import truncate_to_tokens
+from tests.llm.llm_samples import FIRE, INVOICE, STRIKE, TEXTS
 
 
 def test_public_names_are_what_all_says() -> None:
@@ -75,8 +75,9 @@ def test_generator_handles_recursive_schemas() -> None:
         "$defs": {
             "Tree": {
                 "type": "object",
-                "properties": {"children": {"type": "array", "items": {"$ref": "#/$defs/Tree"},
-                                            "minItems": 1}},
+                "properties": {
+                    "children": {"type": "array", "items": {"$ref": "#/$defs/Tree"}, "minItems": 1}
+                },
                 "required": ["children"],
             }
         },
@@ -108,8 +109,14 @@ def test_enum_prefers_the_member_the_text_mentions() -> None:
 
 @pytest.mark.parametrize(
     "pattern",
-    [r"^[A-Z]{3}-\d{2,4}$", r"^(red|green|blue)$", r"^\w+@\w+\.com$", r"^[^\s]{4}$",
-     r"^\d+(\.\d{1,2})?$", r"^v\d+\.\d+\.\d+$"],
+    [
+        r"^[A-Z]{3}-\d{2,4}$",
+        r"^(red|green|blue)$",
+        r"^\w+@\w+\.com$",
+        r"^[^\s]{4}$",
+        r"^\d+(\.\d{1,2})?$",
+        r"^v\d+\.\d+\.\d+$",
+    ],
 )
 def test_pattern_sampling(pattern: str) -> None:
     import re
@@ -171,8 +178,14 @@ def test_config_updates_are_checked_and_merged() -> None:
     assert updated.latency == Latency.fixed(0.2)
     assert updated.seed == 3 and updated.api_key == config.api_key
     assert config.to_dict()["api_key"] == "sk-***1234"
-    for bad in ({"seed": "x"}, {"limits": {"tpm": -1}}, {"nope": 1}, {"faults": 3},
-                {"faults": {"timeout_mode": "explode"}}, {"strict_model": 1}):
+    for bad in (
+        {"seed": "x"},
+        {"limits": {"tpm": -1}},
+        {"nope": 1},
+        {"faults": 3},
+        {"faults": {"timeout_mode": "explode"}},
+        {"strict_model": 1},
+    ):
         with pytest.raises(ValueError):
             config.updated(bad)
 
@@ -188,17 +201,47 @@ def test_cli_flags_build_the_config() -> None:
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     args = parser.parse_args(
-        ["--port", "0", "--latency-lognormal", "0.2", "0.6", "--rate-429", "0.05",
-         "--retry-after", "2", "--rate-500", "0.01", "--rate-timeout", "0.01",
-         "--timeout-mode", "late", "--rate-malformed", "0.02", "--rate-schema", "0.03",
-         "--tpm", "90000", "--rpm", "500", "--api-key", "sk-x", "--seed", "5"]
+        [
+            "--port",
+            "0",
+            "--latency-lognormal",
+            "0.2",
+            "0.6",
+            "--rate-429",
+            "0.05",
+            "--retry-after",
+            "2",
+            "--rate-500",
+            "0.01",
+            "--rate-timeout",
+            "0.01",
+            "--timeout-mode",
+            "late",
+            "--rate-malformed",
+            "0.02",
+            "--rate-schema",
+            "0.03",
+            "--tpm",
+            "90000",
+            "--rpm",
+            "500",
+            "--api-key",
+            "sk-x",
+            "--seed",
+            "5",
+        ]
     )
     config = config_from_args(args)
     assert config.port == 0 and config.seed == 5 and config.api_key == "sk-x"
     assert config.latency == Latency.lognormal(0.2, 0.6)
     assert config.faults == Faults(
-        rate_429=0.05, retry_after=2.0, rate_500=0.01, rate_timeout=0.01, timeout_mode="late",
-        rate_malformed=0.02, rate_schema=0.03,
+        rate_429=0.05,
+        retry_after=2.0,
+        rate_500=0.01,
+        rate_timeout=0.01,
+        timeout_mode="late",
+        rate_malformed=0.02,
+        rate_schema=0.03,
     )
     assert config.limits == Limits(tpm=90000, rpm=500)
     with pytest.raises(SystemExit):
@@ -208,8 +251,10 @@ def test_cli_flags_build_the_config() -> None:
 
 
 def test_all_sample_texts_answer_every_model_schema() -> None:
-    schema = {"type": "object", "properties": {"country": {"type": "string"},
-                                               "region": {"type": "string"}}}
+    schema = {
+        "type": "object",
+        "properties": {"country": {"type": "string"}, "region": {"type": "string"}},
+    }
     from docbus.llm_server.text import COUNTRIES
 
     for text in TEXTS:

@@ -1,0 +1,195 @@
+"""Service Bus: the client factory, the envelope-to-message mapping, and azure error translation.
+
+:func:`servicebus_client` builds an ``azure.servicebus.aio.ServiceBusClient`` from
+:class:`~docbus.settings.Settings` — a connection string (Azure, or an emulator with
+``UseDevelopmentEmulator=true``) or a fully qualified namespace with ``DefaultAzureCredential``.
+:func:`build_message` turns an :class:`~docbus.envelope.Envelope` into the ``ServiceBusMessage``
+every sender (the publisher, replays) sends, and :func:`fits_in_message` asks the SDK's own size
+accounting whether it fits a limit (the claim-check decision). Azure exceptions become
+:class:`MessagingError` subclasses in one place, :func:`translate_error` (also usable as the
+context manager :func:`translated`). Neighbours: :mod:`publisher.publish` sends, the subscriber
+receives and settles.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+from azure.core.credentials_async import AsyncTokenCredential
+from azure.servicebus import ServiceBusMessage, ServiceBusMessageBatch
+from azure.servicebus.aio import ServiceBusClient
+from azure.servicebus.exceptions import (
+    MessageLockLostError,
+    MessageSizeExceededError,
+    MessagingEntityDisabledError,
+    MessagingEntityNotFoundError,
+    OperationTimeoutError,
+    ServiceBusAuthenticationError,
+    ServiceBusAuthorizationError,
+    ServiceBusCommunicationError,
+    ServiceBusConnectionError,
+    ServiceBusError,
+    ServiceBusQuotaExceededError,
+    ServiceBusServerBusyError,
+    SessionLockLostError,
+)
+
+from docbus.envelope import Envelope, application_properties
+from docbus.errors import ConfigurationError, DocbusError
+from docbus.settings import ServiceBusSettings, Settings
+
+__all__ = [
+    "MessageLockLost",
+    "MessageTooLarge",
+    "MessagingAuthError",
+    "MessagingEntityNotFound",
+    "MessagingError",
+    "MessagingUnavailable",
+    "build_message",
+    "fits_in_message",
+    "servicebus_client",
+    "translate_error",
+    "translated",
+]
+
+logger = logging.getLogger(__name__)
+
+CONTENT_TYPE = "application/json"
+
+
+class MessagingError(DocbusError):
+    """A Service Bus operation failed; ``transient`` says whether trying again may help."""
+
+    transient = False
+
+
+class MessagingUnavailable(MessagingError):
+    """Connection lost, timeout, server busy, or throttled: try again later."""
+
+    transient = True
+
+
+class MessagingAuthError(MessagingError):
+    """The credentials were refused or lack the right (Send/Listen/Manage) on the entity."""
+
+
+class MessagingEntityNotFound(MessagingError):
+    """The topic, subscription or queue does not exist, or is disabled."""
+
+
+class MessageTooLarge(MessagingError):
+    """A message or batch exceeds the entity's size limit."""
+
+
+class MessageLockLost(MessagingError):
+    """The message (or session) lock expired or was lost before settlement."""
+
+
+_TRANSLATIONS: tuple[tuple[tuple[type[ServiceBusError], ...], type[MessagingError]], ...] = (
+    ((ServiceBusAuthenticationError, ServiceBusAuthorizationError), MessagingAuthError),
+    ((MessagingEntityNotFoundError, MessagingEntityDisabledError), MessagingEntityNotFound),
+    ((MessageSizeExceededError,), MessageTooLarge),
+    ((MessageLockLostError, SessionLockLostError), MessageLockLost),
+    (
+        (
+            ServiceBusConnectionError,
+            ServiceBusCommunicationError,
+            OperationTimeoutError,
+            ServiceBusServerBusyError,
+            ServiceBusQuotaExceededError,
+        ),
+        MessagingUnavailable,
+    ),
+)
+
+
+def translate_error(exc: ServiceBusError, operation: str = "Service Bus") -> MessagingError:
+    """The docbus exception for an azure-servicebus exception (raise it ``from exc``)."""
+    for azure_types, ours in _TRANSLATIONS:
+        if isinstance(exc, azure_types):
+            return ours(f"{operation}: {exc}")
+    error = MessagingError(f"{operation}: {exc}")
+    # The SDK marks errors it would retry itself; keep that knowledge.
+    error.transient = bool(getattr(exc, "_retryable", False))
+    return error
+
+
+@contextlib.contextmanager
+def translated(operation: str = "Service Bus") -> Iterator[None]:
+    """Translate azure-servicebus exceptions raised inside the block (works around ``await``)."""
+    try:
+        yield
+    except ServiceBusError as exc:
+        raise translate_error(exc, operation) from exc
+
+
+class _ClientOwningCredential(ServiceBusClient):
+    """A client that also closes the credential it was built with."""
+
+    _owned_credential: AsyncTokenCredential
+
+    async def close(self) -> None:
+        try:
+            await super().close()
+        finally:
+            await self._owned_credential.close()
+
+
+def servicebus_client(
+    settings: Settings | ServiceBusSettings, *, credential: AsyncTokenCredential | None = None
+) -> ServiceBusClient:
+    """A Service Bus client for the configured broker; use it with ``async with``.
+
+    With a namespace and no ``credential``, ``DefaultAzureCredential`` is created (and closed
+    with the client). No connection is opened until a sender or receiver is used.
+    """
+    sb = settings.servicebus if isinstance(settings, Settings) else settings
+    if sb.connection_string is not None:
+        return ServiceBusClient.from_connection_string(sb.connection_string.get_secret_value())
+    if sb.namespace is None:
+        raise ConfigurationError(
+            "no Service Bus configured: set DOCBUS_SERVICEBUS__CONNECTION_STRING, or "
+            "DOCBUS_SERVICEBUS__NAMESPACE (fully qualified) to use Entra ID"
+        )
+    if credential is not None:
+        return ServiceBusClient(sb.namespace, credential)
+    from azure.identity.aio import DefaultAzureCredential
+
+    owned = DefaultAzureCredential()
+    client = _ClientOwningCredential(sb.namespace, owned)
+    client._owned_credential = owned
+    return client
+
+
+def build_message(envelope: Envelope) -> ServiceBusMessage:
+    """The Service Bus message carrying an envelope.
+
+    ``message_id`` is the envelope's :attr:`~docbus.envelope.Envelope.send_id` (the same
+    document, generation and attempt always get the same id, for duplicate detection), the
+    session id is the envelope's (ordered subscriptions), and the application properties are
+    those of :func:`~docbus.envelope.application_properties` (subscription routing rules).
+    """
+    properties: dict[str | bytes, Any] = {
+        key: value for key, value in application_properties(envelope).items()
+    }
+    return ServiceBusMessage(
+        envelope.to_bytes(),
+        message_id=envelope.send_id,
+        content_type=CONTENT_TYPE,
+        subject=envelope.topic,
+        session_id=envelope.session_id,
+        application_properties=properties,
+    )
+
+
+def fits_in_message(message: ServiceBusMessage, max_size_in_bytes: int) -> bool:
+    """Whether ``message`` alone fits a batch of ``max_size_in_bytes``, by the SDK's accounting."""
+    probe = ServiceBusMessageBatch(max_size_in_bytes=max_size_in_bytes)
+    try:
+        probe.add_message(message)
+    except MessageSizeExceededError:
+        return False
+    return True

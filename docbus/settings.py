@@ -1,0 +1,250 @@
+"""Settings: the one configuration object of docbus, read from the environment once, at the edge.
+
+:class:`Settings` groups its options into small frozen sub-models — ``servicebus``, ``mongodb``,
+``llm``, ``publisher`` and ``worker`` — read from variables prefixed ``DOCBUS_`` with ``__``
+between group and field (``DOCBUS_WORKER__CONCURRENCY=32``). The ecosystem's own variables are
+honoured too, at a lower priority than the ``DOCBUS_`` ones: ``MONGODB_URI``, ``OPENAI_API_KEY``,
+``OPENAI_BASE_URL``, ``OPENAI_API_VERSION``, ``AZURE_OPENAI_ENDPOINT`` and
+``AZURE_OPENAI_API_KEY``. Durations are seconds (float). :func:`masked` renders the effective
+settings for ``docbus config`` with every secret hidden. Neighbours: :mod:`docbus.servicebus`
+and :mod:`docbus.store` build their clients from these objects; the CLI constructs them.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Any
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+__all__ = [
+    "LLMSettings",
+    "MongoSettings",
+    "PublisherSettings",
+    "ServiceBusSettings",
+    "Settings",
+    "WorkerSettings",
+    "masked",
+]
+
+MASK = "***"
+
+_FROZEN = ConfigDict(frozen=True, extra="forbid")
+
+
+class ServiceBusSettings(BaseModel):
+    """How to reach Azure Service Bus (or an emulator): a connection string, or a namespace.
+
+    With ``namespace`` the client authenticates with ``DefaultAzureCredential`` (Entra ID).
+    Setting both is an error, so a stray variable cannot silently pick the wrong broker.
+    """
+
+    model_config = _FROZEN
+
+    connection_string: SecretStr | None = None
+    """``Endpoint=sb://...;SharedAccessKeyName=...;SharedAccessKey=...``
+    (plus ``UseDevelopmentEmulator=true`` for an emulator)."""
+    namespace: str | None = None
+    """Fully qualified namespace, e.g. ``myns.servicebus.windows.net``."""
+
+    @field_validator("namespace")
+    @classmethod
+    def _fully_qualified(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        value = value.strip()
+        value = re.sub(r"^(sb|amqps?|https?)://", "", value).rstrip("/")
+        if "." not in value:
+            raise ValueError(
+                f"servicebus namespace {value!r} is not fully qualified; "
+                f"use e.g. {value}.servicebus.windows.net"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _one_way_in(self) -> ServiceBusSettings:
+        if self.connection_string is not None and self.namespace is not None:
+            raise ValueError(
+                "set either DOCBUS_SERVICEBUS__CONNECTION_STRING or "
+                "DOCBUS_SERVICEBUS__NAMESPACE, not both"
+            )
+        return self
+
+    @property
+    def configured(self) -> bool:
+        """True when a broker is configured one way or the other."""
+        return self.connection_string is not None or self.namespace is not None
+
+
+class MongoSettings(BaseModel):
+    """Where results, checkpoints, dead letters and audit records live (also ``MONGODB_URI``)."""
+
+    model_config = _FROZEN
+
+    uri: SecretStr = SecretStr("mongodb://127.0.0.1:27017")
+    """MongoDB, Atlas, Cosmos DB or a local SecantusDB. Secret: it may hold a password."""
+    database: str = "docbus"
+    """Database holding docbus's collections."""
+    timeout: float = Field(default=10.0, gt=0)
+    """Seconds to wait for a server before an operation fails."""
+
+
+class LLMSettings(BaseModel):
+    """The LLM endpoint behind ``ctx.llm``: OpenAI, Azure OpenAI or an OpenAI-compatible server."""
+
+    model_config = _FROZEN
+
+    api_key: SecretStr | None = None
+    """OpenAI (or compatible server) key; also read from ``OPENAI_API_KEY``."""
+    base_url: str | None = None
+    """OpenAI-compatible endpoint (vLLM, Ollama, llama.cpp); also ``OPENAI_BASE_URL``."""
+    azure_endpoint: str | None = None
+    """Azure OpenAI endpoint; also ``AZURE_OPENAI_ENDPOINT``. Without a key, Entra ID is used."""
+    azure_api_key: SecretStr | None = None
+    """Azure OpenAI key; also ``AZURE_OPENAI_API_KEY``."""
+    azure_api_version: str = "2024-10-21"
+    """Azure OpenAI REST API version; also ``OPENAI_API_VERSION``."""
+    model: str = "gpt-4o-mini"
+    """Model name (the deployment name on Azure OpenAI)."""
+    timeout: float = Field(default=60.0, gt=0)
+    """Seconds one LLM request may take before it counts as a transient failure."""
+
+
+class PublisherSettings(BaseModel):
+    """How the publisher sends."""
+
+    model_config = _FROZEN
+
+    send_concurrency: int = Field(default=4, ge=1, le=64)
+    """Message batches in flight at once (one AMQP sender link each)."""
+    max_message_size: int = Field(default=256 * 1024, ge=1024)
+    """Bytes a message may take when the broker cannot be asked (dry runs): 256 KiB is the
+    Standard tier's limit. When sending, the limit the broker announces is used instead."""
+    chunk_size: int = Field(default=500, ge=1)
+    """Documents recorded in Mongo per bulk write before their messages are sent."""
+
+
+class WorkerSettings(BaseModel):
+    """Knobs of a subscriber worker process."""
+
+    model_config = _FROZEN
+
+    concurrency: int = Field(default=16, ge=1)
+    """Handlers running at once in one worker process."""
+    prefetch: int = Field(default=0, ge=0)
+    """Messages the receiver fetches ahead (0: only what is asked for, safest with long locks)."""
+    lock_renewal: bool = True
+    """Renew message locks while a handler runs (LLM calls outlast lock durations)."""
+    max_lock_renewal_duration: float = Field(default=3600.0, gt=0)
+    """Seconds after which a message's lock is no longer renewed."""
+    retry_backoff_base: float = Field(default=2.0, gt=0)
+    """Seconds of the first retry delay; it doubles with every further attempt."""
+    retry_backoff_max: float = Field(default=300.0, gt=0)
+    """Upper bound, in seconds, of one retry delay."""
+    retry_jitter: float = Field(default=0.2, ge=0, le=1)
+    """Fraction of a delay drawn at random (0.2: the delay varies by up to ±20 %)."""
+    shutdown_grace: float = Field(default=30.0, ge=0)
+    """Seconds in-flight handlers get to finish after SIGINT/SIGTERM; the rest is abandoned."""
+
+
+class _EcosystemEnv(PydanticBaseSettingsSource):
+    """The variables other tools already define, mapped into docbus's groups."""
+
+    _MAP: tuple[tuple[str, str, str], ...] = (
+        ("MONGODB_URI", "mongodb", "uri"),
+        ("OPENAI_API_KEY", "llm", "api_key"),
+        ("OPENAI_BASE_URL", "llm", "base_url"),
+        ("OPENAI_API_VERSION", "llm", "azure_api_version"),
+        ("AZURE_OPENAI_ENDPOINT", "llm", "azure_endpoint"),
+        ("AZURE_OPENAI_API_KEY", "llm", "azure_api_key"),
+    )
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # unused: __call__ builds the whole mapping
+
+    def __call__(self) -> dict[str, Any]:
+        values: dict[str, dict[str, str]] = {}
+        for variable, group, field in self._MAP:
+            value = os.environ.get(variable)
+            if value:
+                values.setdefault(group, {})[field] = value
+        return values
+
+
+class Settings(BaseSettings):
+    """Everything docbus can be told, grouped; see each group for its defaults.
+
+    Priority, highest first: arguments to the constructor, ``DOCBUS_*`` variables, the ecosystem
+    variables (``MONGODB_URI``, ``OPENAI_API_KEY``, ...), then the defaults.
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix="DOCBUS_",
+        env_nested_delimiter="__",
+        frozen=True,
+        extra="ignore",
+    )
+
+    servicebus: ServiceBusSettings = ServiceBusSettings()
+    mongodb: MongoSettings = MongoSettings()
+    llm: LLMSettings = LLMSettings()
+    publisher: PublisherSettings = PublisherSettings()
+    worker: WorkerSettings = WorkerSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, env_settings, _EcosystemEnv(settings_cls)
+
+
+def mask_connection_string(value: str) -> str:
+    """Hide the key material of a Service Bus connection string, keep the rest readable."""
+    return re.sub(
+        r"(?i)(SharedAccessKey|SharedAccessSignature)=[^;]*",
+        lambda m: f"{m.group(1)}={MASK}",
+        value,
+    )
+
+
+def mask_mongo_uri(value: str) -> str:
+    """Hide the password (and password-like options) of a MongoDB URI."""
+    try:
+        parts = urlsplit(value)
+    except ValueError:
+        return MASK
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, hosts = netloc.rsplit("@", 1)
+        user = userinfo.split(":", 1)[0]
+        netloc = f"{quote(unquote(user), safe='')}:{MASK}@{hosts}" if ":" in userinfo else netloc
+    query = re.sub(
+        r"(?i)((?:tlsCertificateKeyFilePassword|password|authMechanismProperties)=)[^&]*",
+        lambda m: f"{m.group(1)}{MASK}",
+        parts.query,
+    )
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def masked(settings: Settings) -> dict[str, Any]:
+    """The effective settings as plain data, safe to print: no key, password or signature shown."""
+    data = settings.model_dump(mode="python")
+    sb = settings.servicebus
+    data["servicebus"]["connection_string"] = (
+        mask_connection_string(sb.connection_string.get_secret_value())
+        if sb.connection_string is not None
+        else None
+    )
+    data["mongodb"]["uri"] = mask_mongo_uri(settings.mongodb.uri.get_secret_value())
+    for key in ("api_key", "azure_api_key"):
+        data["llm"][key] = MASK if getattr(settings.llm, key) is not None else None
+    return data

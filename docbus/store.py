@@ -1,0 +1,648 @@
+"""The store: docbus's MongoDB collections behind one narrow async seam.
+
+:class:`Store` owns a ``pymongo.AsyncMongoClient`` and the collections ``batches`` (one record per
+published batch), ``documents`` (each published document's input, so a batch can be replayed
+without its source files), ``payloads`` (claim-checked content), ``results`` (versioned handler
+outputs), ``dead_letters`` (the Mongo copy of every dead letter), ``checkpoints`` (step outputs)
+and ``llm_calls`` (audit rows, insert only). The shapes it returns are in :mod:`docbus.records`;
+the message contract it stores is :mod:`docbus.envelope`. pymongo errors are translated in one
+place (:func:`_translated`) into :class:`StoreError`.
+
+Results are idempotent without transactions (so standalone MongoDB and Cosmos DB work too): a
+result's ``_id`` is ``handler@message_id``, so a redelivered message finds its earlier write;
+versions are unique per (doc_id, handler); and a partial unique index on (doc_id, handler) where
+``current`` is true lets at most one version be current. :meth:`Store.write_result` then
+converges: the highest (generation, version) that is not rolled back becomes current, lower ones
+are demoted, and a writer that lost a race re-reads instead of overwriting. Between a demotion and
+the promotion that follows it no version is flagged current for a moment; :meth:`current_result`
+falls back to the same ranking so readers never see a gap.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import Any, NamedTuple, Self
+
+from pydantic import SecretStr
+from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel, ReplaceOne
+from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import (
+    AutoReconnect,
+    ConnectionFailure,
+    DuplicateKeyError,
+    ExecutionTimeout,
+    NetworkTimeout,
+    PyMongoError,
+    ServerSelectionTimeoutError,
+    WTimeoutError,
+)
+
+from docbus.envelope import ClaimCheck, Envelope, claim_check_for
+from docbus.errors import DocbusError
+from docbus.records import (
+    BatchCounts,
+    BatchRecord,
+    CheckpointKey,
+    DeadLetterRecord,
+    HandlerCounts,
+    ResultRecord,
+    ResultWrite,
+)
+from docbus.settings import MongoSettings, Settings, mask_mongo_uri
+
+__all__ = [
+    "MAX_PAYLOAD_BYTES",
+    "Checkpoint",
+    "PayloadError",
+    "Store",
+    "StoreError",
+    "StoreUnavailable",
+]
+
+logger = logging.getLogger(__name__)
+
+MAX_PAYLOAD_BYTES = 15 * 1024 * 1024
+"""Largest claim-checked document: one Mongo document holds at most 16 MiB."""
+
+_CONVERGE_ATTEMPTS = 20
+_VERSION_ATTEMPTS = 20
+
+
+class StoreError(DocbusError):
+    """A MongoDB operation failed; ``transient`` says whether trying again may help."""
+
+    transient = False
+
+
+class StoreUnavailable(StoreError):
+    """MongoDB could not be reached or timed out: transient."""
+
+    transient = True
+
+
+class PayloadError(StoreError):
+    """A claim-check reference points at a payload that is missing or does not match its hash."""
+
+
+class Checkpoint(NamedTuple):
+    """A stored step output."""
+
+    output: Any
+    created_at: datetime
+
+
+@contextlib.contextmanager
+def _translated(operation: str) -> Iterator[None]:
+    """The one place pymongo exceptions become docbus exceptions."""
+    try:
+        yield
+    except StoreError:
+        raise
+    except (
+        ConnectionFailure,
+        AutoReconnect,
+        NetworkTimeout,
+        ServerSelectionTimeoutError,
+        ExecutionTimeout,
+        WTimeoutError,
+    ) as exc:
+        raise StoreUnavailable(f"{operation}: MongoDB unavailable: {exc}") from exc
+    except PyMongoError as exc:
+        raise StoreError(f"{operation}: {exc}") from exc
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Store:
+    """docbus's MongoDB collections. Construct freely; ``await connect()`` (or ``async with``)."""
+
+    def __init__(
+        self, uri: str | SecretStr, database: str = "docbus", *, timeout: float = 10.0
+    ) -> None:
+        self._uri = uri if isinstance(uri, SecretStr) else SecretStr(uri)
+        self._database_name = database
+        self._timeout = timeout
+        self._client: AsyncMongoClient[dict[str, Any]] | None = None
+        self._db: AsyncDatabase[dict[str, Any]] | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings | MongoSettings) -> Store:
+        mongo = settings.mongodb if isinstance(settings, Settings) else settings
+        return cls(mongo.uri, mongo.database, timeout=mongo.timeout)
+
+    def __repr__(self) -> str:
+        uri = mask_mongo_uri(self._uri.get_secret_value())
+        return f"Store({uri!r}, {self._database_name!r})"
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def connect(self) -> None:
+        """Open the client and check the server answers; raises :class:`StoreUnavailable`."""
+        if self._client is not None:
+            return
+        timeout_ms = int(self._timeout * 1000)
+        client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
+            self._uri.get_secret_value(),
+            tz_aware=True,
+            appname="docbus",
+            serverSelectionTimeoutMS=timeout_ms,
+            connectTimeoutMS=timeout_ms,
+        )
+        try:
+            with _translated(f"connect to {mask_mongo_uri(self._uri.get_secret_value())}"):
+                await client.admin.command("ping")
+        except BaseException:
+            await client.close()
+            raise
+        self._client = client
+        self._db = client[self._database_name]
+
+    async def close(self) -> None:
+        if self._client is not None:
+            client, self._client, self._db = self._client, None, None
+            await client.close()
+
+    async def __aenter__(self) -> Self:
+        await self.connect()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    @property
+    def database(self) -> AsyncDatabase[dict[str, Any]]:
+        """The underlying database, for tools that need a query the store does not offer."""
+        if self._db is None:
+            raise StoreError("the store is not connected: await store.connect() first")
+        return self._db
+
+    def _c(self, name: str) -> AsyncCollection[dict[str, Any]]:
+        return self.database[name]
+
+    async def ensure_indexes(self) -> None:
+        """Create the indexes the store's guarantees rely on (idempotent)."""
+        indexes: dict[str, list[IndexModel]] = {
+            "batches": [IndexModel([("created_at", DESCENDING)])],
+            "documents": [
+                IndexModel([("batch_id", ASCENDING), ("doc_id", ASCENDING)], unique=True),
+                IndexModel([("doc_id", ASCENDING)]),
+            ],
+            "results": [
+                IndexModel(
+                    [("doc_id", ASCENDING), ("handler", ASCENDING), ("version", ASCENDING)],
+                    unique=True,
+                    name="one_version_number",
+                ),
+                IndexModel(
+                    [("doc_id", ASCENDING), ("handler", ASCENDING)],
+                    unique=True,
+                    partialFilterExpression={"current": True},
+                    name="one_current_version",
+                ),
+                IndexModel([("batch_id", ASCENDING), ("handler", ASCENDING)]),
+            ],
+            "dead_letters": [
+                IndexModel([("batch_id", ASCENDING), ("handler", ASCENDING)]),
+                IndexModel([("doc_id", ASCENDING)]),
+            ],
+            "llm_calls": [IndexModel([("batch_id", ASCENDING), ("step", ASCENDING)])],
+        }
+        with _translated("ensure indexes"):
+            for collection, models in indexes.items():
+                await self._c(collection).create_indexes(models)
+
+    # -- batches ---------------------------------------------------------------------------
+
+    async def record_batch(
+        self,
+        batch_id: str,
+        *,
+        topic: str,
+        source: Sequence[str] = (),
+        status: str = "publishing",
+        counts: Mapping[str, int] | None = None,
+    ) -> None:
+        """Create the batch record, or refresh it when the same batch is published again."""
+        now = _now()
+        fields: dict[str, Any] = {
+            "topic": topic,
+            "source": list(source),
+            "status": status,
+            "updated_at": now,
+        }
+        if counts is not None:
+            fields["counts"] = dict(counts)
+        on_insert: dict[str, Any] = {"created_at": now, "over_budget": False}
+        if counts is None:
+            on_insert["counts"] = {}
+        with _translated(f"record batch {batch_id}"):
+            await self._c("batches").update_one(
+                {"_id": batch_id}, {"$set": fields, "$setOnInsert": on_insert}, upsert=True
+            )
+
+    async def update_batch(
+        self, batch_id: str, *, status: str | None = None, counts: Mapping[str, int] | None = None
+    ) -> None:
+        fields: dict[str, Any] = {"updated_at": _now()}
+        if status is not None:
+            fields["status"] = status
+        if counts is not None:
+            fields["counts"] = dict(counts)
+        with _translated(f"update batch {batch_id}"):
+            await self._c("batches").update_one({"_id": batch_id}, {"$set": fields})
+
+    async def get_batch(self, batch_id: str) -> BatchRecord | None:
+        with _translated(f"read batch {batch_id}"):
+            raw = await self._c("batches").find_one({"_id": batch_id})
+        return _batch(raw) if raw else None
+
+    async def list_batches(self, limit: int = 50) -> list[BatchRecord]:
+        """The most recent batches first."""
+        with _translated("list batches"):
+            cursor = self._c("batches").find({}).sort("created_at", DESCENDING).limit(limit)
+            return [_batch(raw) async for raw in cursor]
+
+    async def add_batch_usage(
+        self,
+        batch_id: str,
+        *,
+        usd: float,
+        prompt_tokens: int = 0,
+        completion_tokens: int = 0,
+        calls: int = 1,
+    ) -> None:
+        """Add one LLM call's (or a sum of calls') cost to the batch's totals."""
+        increments = {
+            "cost.usd": usd,
+            "cost.prompt_tokens": prompt_tokens,
+            "cost.completion_tokens": completion_tokens,
+            "cost.calls": calls,
+        }
+        with _translated(f"add usage to batch {batch_id}"):
+            await self._c("batches").update_one({"_id": batch_id}, {"$inc": increments})
+
+    async def set_batch_over_budget(self, batch_id: str, over_budget: bool) -> None:
+        with _translated(f"flag batch {batch_id}"):
+            await self._c("batches").update_one(
+                {"_id": batch_id}, {"$set": {"over_budget": over_budget, "updated_at": _now()}}
+            )
+
+    # -- documents and payloads ------------------------------------------------------------
+
+    async def record_documents(self, envelopes: Iterable[Envelope]) -> int:
+        """Record published documents' inputs (idempotent per batch and doc). Returns the count."""
+        now = _now()
+        operations = []
+        for envelope in envelopes:
+            fields = envelope.model_dump(
+                mode="python",
+                exclude_none=True,
+                exclude={"generation", "replay_of", "replayed_at", "target_subscription"},
+            )
+            fields["recorded_at"] = now
+            key = f"{envelope.batch_id}:{envelope.doc_id}"
+            operations.append(ReplaceOne({"_id": key}, {"_id": key, **fields}, upsert=True))
+        if not operations:
+            return 0
+        with _translated("record documents"):
+            await self._c("documents").bulk_write(operations, ordered=False)
+        return len(operations)
+
+    async def get_document(self, batch_id: str, doc_id: str) -> Envelope | None:
+        """The generation-0 envelope of a published document."""
+        with _translated(f"read document {batch_id}:{doc_id}"):
+            raw = await self._c("documents").find_one({"_id": f"{batch_id}:{doc_id}"})
+        return Envelope.model_validate(raw) if raw else None
+
+    async def iter_documents(self, batch_id: str) -> AsyncIterator[Envelope]:
+        """Every recorded document of a batch, as generation-0 envelopes (for replays)."""
+        with _translated(f"read documents of {batch_id}"):
+            cursor = self._c("documents").find({"batch_id": batch_id}).sort("_id", ASCENDING)
+            async for raw in cursor:
+                yield Envelope.model_validate(raw)
+
+    async def put_payload(self, text: str) -> ClaimCheck:
+        """Store a document's content for claim-check; identical content is stored once."""
+        data = text.encode("utf-8")
+        if len(data) > MAX_PAYLOAD_BYTES:
+            raise PayloadError(
+                f"document of {len(data)} bytes exceeds the claim-check limit of "
+                f"{MAX_PAYLOAD_BYTES} bytes"
+            )
+        ref = claim_check_for(text)
+        with _translated("store payload"):
+            await self._c("payloads").update_one(
+                {"_id": ref.id},
+                {"$setOnInsert": {"data": data, "size": ref.size, "created_at": _now()}},
+                upsert=True,
+            )
+        return ref
+
+    async def load_payload(self, ref: ClaimCheck) -> str:
+        """Resolve a claim-check reference; raises :class:`PayloadError` if it cannot be trusted."""
+        if ref.collection != "payloads":
+            raise PayloadError(f"claim-check names collection {ref.collection!r}, not 'payloads'")
+        with _translated(f"load payload {ref.id}"):
+            raw = await self._c("payloads").find_one({"_id": ref.id})
+        if raw is None:
+            raise PayloadError(f"claim-check payload {ref.id} not found")
+        data = bytes(raw["data"])
+        if len(data) != ref.size or hashlib.sha256(data).hexdigest() != ref.sha256:
+            raise PayloadError(f"claim-check payload {ref.id} does not match its size and hash")
+        return data.decode("utf-8")
+
+    # -- results ---------------------------------------------------------------------------
+
+    async def write_result(
+        self,
+        *,
+        doc_id: str,
+        handler: str,
+        handler_version: str,
+        batch_id: str,
+        message_id: str,
+        output: Mapping[str, Any],
+        generation: int = 0,
+        delivery_count: int | None = None,
+    ) -> ResultWrite:
+        """Write a handler's output as a new version, once per (message, handler).
+
+        A second write for the same message and handler — a redelivery, or a concurrent
+        duplicate — creates nothing and returns the first write with ``created=False``.
+        Either way, on return exactly one version of (doc_id, handler) is current.
+        """
+        key = f"{handler}@{message_id}"
+        results = self._c("results")
+        created = False
+        with _translated(f"write result {key}"):
+            for _ in range(_VERSION_ATTEMPTS):
+                existing = await results.find_one({"_id": key})
+                if existing is not None:
+                    break
+                last = await results.find_one(
+                    {"doc_id": doc_id, "handler": handler}, sort=[("version", DESCENDING)]
+                )
+                record = {
+                    "_id": key,
+                    "doc_id": doc_id,
+                    "handler": handler,
+                    "handler_version": handler_version,
+                    "version": (last["version"] + 1) if last else 1,
+                    "current": False,
+                    "rolled_back": False,
+                    "batch_id": batch_id,
+                    "generation": generation,
+                    "message_id": message_id,
+                    "output": dict(output),
+                    "written_at": _now(),
+                    "delivery_count": delivery_count,
+                }
+                try:
+                    await results.insert_one(record)
+                except DuplicateKeyError:
+                    continue  # same key written concurrently, or the version number was taken
+                created = True
+                break
+            else:
+                raise StoreError(f"write result {key}: no free version number after retries")
+            await self._converge(doc_id, handler)
+            stored = await results.find_one({"_id": key})
+        if stored is None:  # pragma: no cover - deleted behind our back
+            raise StoreError(f"write result {key}: record vanished")
+        return ResultWrite(_result(stored), created)
+
+    async def _converge(self, doc_id: str, handler: str) -> None:
+        """Make the top (generation, version) current and every other version not current."""
+        results = self._c("results")
+        scope = {"doc_id": doc_id, "handler": handler}
+        for _ in range(_CONVERGE_ATTEMPTS):
+            top = await results.find_one(
+                {**scope, "rolled_back": False},
+                sort=[("generation", DESCENDING), ("version", DESCENDING)],
+            )
+            if top is None:
+                await results.update_many({**scope, "current": True}, {"$set": {"current": False}})
+                return
+            if top["current"]:
+                return
+            # Demote only what ranks below our top: a newer version made current by a
+            # concurrent writer must survive our stale view.
+            await results.update_many(
+                {**scope, "current": True, **_ranked_below(top)}, {"$set": {"current": False}}
+            )
+            try:
+                await results.update_one(
+                    {"_id": top["_id"], "rolled_back": False}, {"$set": {"current": True}}
+                )
+            except DuplicateKeyError:
+                continue  # another version became current meanwhile: look again
+        raise StoreError(f"results of {doc_id}/{handler}: current version did not settle")
+
+    async def current_result(self, doc_id: str, handler: str) -> ResultRecord | None:
+        """The current version of a handler's result for a document, if any."""
+        scope = {"doc_id": doc_id, "handler": handler, "rolled_back": False}
+        with _translated(f"read result {doc_id}/{handler}"):
+            raw = await self._c("results").find_one({**scope, "current": True})
+            if raw is None:  # mid-convergence: apply the same ranking
+                raw = await self._c("results").find_one(
+                    scope, sort=[("generation", DESCENDING), ("version", DESCENDING)]
+                )
+        return _result(raw) if raw else None
+
+    async def result_history(self, doc_id: str, handler: str) -> list[ResultRecord]:
+        """Every version of a handler's result for a document, oldest first."""
+        with _translated(f"read result history {doc_id}/{handler}"):
+            cursor = self._c("results").find({"doc_id": doc_id, "handler": handler})
+            return [_result(raw) async for raw in cursor.sort("version", ASCENDING)]
+
+    async def rollback_results(
+        self, batch_id: str, *, generation: int | None = None, handler: str | None = None
+    ) -> int:
+        """Withdraw a batch's results (optionally one replay generation and up, one handler).
+
+        Each affected document's previous version becomes current again. Returns how many
+        result versions were rolled back.
+        """
+        query: dict[str, Any] = {"batch_id": batch_id, "rolled_back": False}
+        if generation is not None:
+            query["generation"] = {"$gte": generation}
+        if handler is not None:
+            query["handler"] = handler
+        results = self._c("results")
+        with _translated(f"roll back batch {batch_id}"):
+            affected = {
+                (raw["doc_id"], raw["handler"])
+                async for raw in results.find(query, {"doc_id": 1, "handler": 1})
+            }
+            outcome = await results.update_many(
+                query, {"$set": {"rolled_back": True, "current": False}}
+            )
+            for doc_id, name in sorted(affected):
+                await self._converge(doc_id, name)
+        logger.info("rolled back %d results of batch %s", outcome.modified_count, batch_id)
+        return outcome.modified_count
+
+    # -- dead letters ----------------------------------------------------------------------
+
+    async def record_dead_letter(self, record: DeadLetterRecord) -> bool:
+        """Keep the Mongo copy of a dead letter; once per (message, subscription).
+
+        Returns True if this call created the record.
+        """
+        fields = record.model_dump(mode="python")
+        with _translated(f"record dead letter {record.id}"):
+            outcome = await self._c("dead_letters").update_one(
+                {"_id": record.id}, {"$setOnInsert": fields}, upsert=True
+            )
+        return outcome.upserted_id is not None
+
+    async def dead_letters(
+        self,
+        *,
+        batch_id: str | None = None,
+        handler: str | None = None,
+        subscription: str | None = None,
+        reason: str | None = None,
+        include_replayed: bool = True,
+        limit: int = 0,
+    ) -> list[DeadLetterRecord]:
+        """Dead letters matching every filter given, oldest first (``limit`` 0: all)."""
+        query: dict[str, Any] = {}
+        for field, value in (
+            ("batch_id", batch_id),
+            ("handler", handler),
+            ("subscription", subscription),
+            ("reason", reason),
+        ):
+            if value is not None:
+                query[field] = value
+        if not include_replayed:
+            query["replayed_at"] = None
+        with _translated("read dead letters"):
+            cursor = self._c("dead_letters").find(query).sort("dead_lettered_at", ASCENDING)
+            if limit:
+                cursor = cursor.limit(limit)
+            return [DeadLetterRecord.model_validate(raw) async for raw in cursor]
+
+    async def mark_dead_letter_replayed(
+        self, record: DeadLetterRecord, when: datetime | None = None
+    ) -> None:
+        with _translated(f"mark dead letter {record.id} replayed"):
+            await self._c("dead_letters").update_one(
+                {"_id": record.id}, {"$set": {"replayed_at": when or _now()}}
+            )
+
+    # -- checkpoints and audit -------------------------------------------------------------
+
+    async def get_checkpoint(self, key: CheckpointKey) -> Checkpoint | None:
+        with _translated(f"read checkpoint {key.step}"):
+            raw = await self._c("checkpoints").find_one({"_id": key.id})
+        return Checkpoint(raw["output"], raw["created_at"]) if raw else None
+
+    async def put_checkpoint(
+        self, key: CheckpointKey, output: Any, *, batch_id: str | None = None
+    ) -> bool:
+        """Store a step's output; the first write wins. Returns True if this call stored it."""
+        fields = {
+            "doc_id": key.doc_id,
+            "handler": key.handler,
+            "handler_version": key.handler_version,
+            "step": key.step,
+            "input_hash": key.input_hash,
+            "batch_id": batch_id,
+            "output": output,
+            "created_at": _now(),
+        }
+        with _translated(f"write checkpoint {key.step}"):
+            outcome = await self._c("checkpoints").update_one(
+                {"_id": key.id}, {"$setOnInsert": fields}, upsert=True
+            )
+        return outcome.upserted_id is not None
+
+    async def record_llm_call(self, call: Mapping[str, Any]) -> str:
+        """Insert one LLM audit row; returns its id."""
+        with _translated("record llm call"):
+            outcome = await self._c("llm_calls").insert_one(dict(call))
+        return str(outcome.inserted_id)
+
+    # -- status ----------------------------------------------------------------------------
+
+    async def batch_counts(self, batch_id: str, *, handlers: Iterable[str] = ()) -> BatchCounts:
+        """Published / done / dead-lettered / pending for a batch, overall and per handler.
+
+        ``handlers`` names handlers expected to process the batch even if none has reported
+        yet (without it, only handlers with a result or dead letter in the batch count).
+        """
+        done: dict[str, set[str]] = {name: set() for name in handlers}
+        dead: dict[str, set[str]] = {name: set() for name in done}
+        with _translated(f"count batch {batch_id}"):
+            published = await self._c("documents").count_documents({"batch_id": batch_id})
+            for collection, match, into in (
+                ("results", {"batch_id": batch_id, "rolled_back": False}, done),
+                ("dead_letters", {"batch_id": batch_id}, dead),
+            ):
+                pipeline: list[dict[str, Any]] = [
+                    {"$match": match},
+                    {"$group": {"_id": {"h": "$handler", "d": "$doc_id"}}},
+                ]
+                async for row in await self._c(collection).aggregate(pipeline):
+                    name = row["_id"].get("h")
+                    if name is not None:
+                        into.setdefault(name, set()).add(row["_id"]["d"])
+                        done.setdefault(name, set())
+                        dead.setdefault(name, set())
+        per_handler: dict[str, HandlerCounts] = {}
+        for name in sorted(done):
+            unresolved = dead[name] - done[name]
+            per_handler[name] = HandlerCounts(
+                done=len(done[name]),
+                dead_lettered=len(unresolved),
+                pending=max(0, published - len(done[name]) - len(unresolved)),
+            )
+        if done:
+            all_done = set.intersection(*done.values())
+            any_dead = set.union(*(dead[n] - done[n] for n in done))
+            n_done, n_dead = len(all_done), len(any_dead)
+        else:
+            n_done = n_dead = 0
+        return BatchCounts(
+            batch_id=batch_id,
+            published=published,
+            done=n_done,
+            dead_lettered=n_dead,
+            pending=max(0, published - n_done - n_dead),
+            handlers=per_handler,
+        )
+
+
+def _ranked_below(top: Mapping[str, Any]) -> dict[str, Any]:
+    """The filter for result versions that rank below ``top`` (or are rolled back)."""
+    generation, version = top["generation"], top["version"]
+    return {
+        "$or": [
+            {"generation": {"$lt": generation}},
+            {"generation": generation, "version": {"$lt": version}},
+            {"rolled_back": True},
+        ]
+    }
+
+
+def _batch(raw: Mapping[str, Any]) -> BatchRecord:
+    return BatchRecord.model_validate({**raw, "id": raw["_id"]})
+
+
+def _result(raw: Mapping[str, Any]) -> ResultRecord:
+    return ResultRecord.model_validate({**raw, "id": raw["_id"]})

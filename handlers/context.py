@@ -1,0 +1,95 @@
+"""The context: everything a handler may use besides the document itself.
+
+A :class:`Context` is built by the worker for one delivery of one message: the envelope, the
+handler's spec, the delivery count, a logger that names the batch and document, the store (for
+step checkpoints) and ``ctx.llm``, the LLM client the worker attaches (see the LLM issue; it is
+``None`` until then, and in :func:`handlers.testing.run_handler` unless one is given).
+Neighbours: :mod:`handlers.document` (the document), :mod:`handlers.errors` (what to raise).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import MutableMapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from docbus.envelope import Envelope
+from docbus.records import CheckpointKey, input_hash
+from docbus.store import Store
+from handlers.decorator import HandlerSpec
+
+__all__ = ["Context", "HandlerLogger"]
+
+
+class HandlerLogger(logging.LoggerAdapter[logging.Logger]):
+    """Prefixes every line with the handler, batch and document it is about."""
+
+    def process(
+        self, msg: Any, kwargs: MutableMapping[str, Any]
+    ) -> tuple[Any, MutableMapping[str, Any]]:
+        extra = self.extra or {}
+        prefix = f"[{extra.get('handler')} {extra.get('batch_id')}/{extra.get('doc_id')}]"
+        kwargs.setdefault("extra", {}).update(extra)
+        return f"{prefix} {msg}", kwargs
+
+
+@dataclass
+class Context:
+    """One delivery of one message to one handler."""
+
+    envelope: Envelope
+    handler: HandlerSpec
+    delivery_count: int = 1
+    """How many times Service Bus has delivered this message (1 on the first delivery)."""
+    attempt: int | None = None
+    """The worker's attempt number when it reschedules retries itself; defaults to the
+    delivery count."""
+    store: Store | None = None
+    """The Mongo store, for step checkpoints (``None`` in tests that need none)."""
+    llm: Any = None
+    """The LLM client, attached by the worker."""
+    logger: HandlerLogger = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.attempt is None:
+            self.attempt = self.delivery_count
+        base = logging.getLogger(f"handlers.{self.handler.name}")
+        self.logger = HandlerLogger(
+            base,
+            {
+                "handler": self.handler.name,
+                "batch_id": self.envelope.batch_id,
+                "doc_id": self.envelope.doc_id,
+            },
+        )
+
+    @property
+    def batch_id(self) -> str:
+        return self.envelope.batch_id
+
+    @property
+    def doc_id(self) -> str:
+        return self.envelope.doc_id
+
+    @property
+    def handler_name(self) -> str:
+        return self.handler.name
+
+    @property
+    def handler_version(self) -> str:
+        return self.handler.version
+
+    @property
+    def message_id(self) -> str:
+        return self.envelope.message_id
+
+    def checkpoint_key(self, step: str, step_input: Any) -> CheckpointKey:
+        """The key under which a step's output for this document and input is checkpointed."""
+        return CheckpointKey(
+            doc_id=self.doc_id,
+            handler=self.handler.name,
+            handler_version=self.handler.version,
+            step=step,
+            input_hash=input_hash(step_input),
+        )

@@ -1,0 +1,115 @@
+"""Discovery: find the ``@handler`` functions a worker is told to run.
+
+``docbus worker --handlers MODULE`` names a module (``pkg.mod``) or a file (``path/to/file.py``);
+:func:`discover_handlers` imports it and returns every function carrying a
+:class:`~handlers.decorator.HandlerSpec`, in definition order, checked for clashes (two handlers
+with one name, or on one subscription). Handlers imported into the module count too, so a module
+can assemble handlers from elsewhere. There is no global registry: importing a module registers
+nothing by itself.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import os
+import sys
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from docbus.errors import DocbusError
+from handlers.decorator import HandlerFunction, HandlerSpec, handler_spec
+
+__all__ = ["HandlerDiscoveryError", "RegisteredHandler", "discover_handlers"]
+
+
+class HandlerDiscoveryError(DocbusError):
+    """The handlers could not be found, imported, or they clash."""
+
+
+@dataclass(frozen=True, slots=True)
+class RegisteredHandler:
+    """A handler function together with its spec."""
+
+    spec: HandlerSpec
+    fn: HandlerFunction
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+
+def discover_handlers(
+    source: ModuleType | str | os.PathLike[str] | Iterable[HandlerFunction],
+) -> list[RegisteredHandler]:
+    """The handlers in a module, a module name, a ``.py`` file, or an iterable of functions."""
+    if isinstance(source, ModuleType):
+        candidates: Iterable[Any] = vars(source).values()
+        where = source.__name__
+    elif isinstance(source, str | os.PathLike):
+        module = _import(source)
+        candidates, where = vars(module).values(), module.__name__
+    else:
+        candidates, where = list(source), "the given functions"
+        for fn in candidates:
+            if handler_spec(fn) is None:
+                raise HandlerDiscoveryError(f"{fn!r} is not decorated with @handler")
+    found: list[RegisteredHandler] = []
+    seen: set[int] = set()
+    for value in candidates:
+        spec = handler_spec(value)
+        if spec is not None and id(value) not in seen:
+            seen.add(id(value))
+            found.append(RegisteredHandler(spec, value))
+    if not found:
+        raise HandlerDiscoveryError(f"no @handler functions in {where}")
+    _check_clashes(found)
+    return found
+
+
+def _import(source: str | os.PathLike[str]) -> ModuleType:
+    text = os.fspath(source)
+    path = Path(text)
+    if text.endswith(".py") or os.sep in text or path.is_file():
+        if not path.is_file():
+            raise HandlerDiscoveryError(f"handler file {text} does not exist")
+        resolved = path.resolve()
+        digest = hashlib.sha256(str(resolved).encode()).hexdigest()[:12]
+        name = f"docbus_handlers_{resolved.stem}_{digest}"
+        if name in sys.modules:
+            return sys.modules[name]
+        spec = importlib.util.spec_from_file_location(name, resolved)
+        if spec is None or spec.loader is None:
+            raise HandlerDiscoveryError(f"cannot load {text} as a Python module")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        try:
+            spec.loader.exec_module(module)
+        except Exception as exc:
+            del sys.modules[name]
+            raise HandlerDiscoveryError(f"importing {text} failed: {exc!r}") from exc
+        return module
+    try:
+        return importlib.import_module(text)
+    except ImportError as exc:
+        raise HandlerDiscoveryError(f"cannot import handler module {text!r}: {exc}") from exc
+
+
+def _check_clashes(found: list[RegisteredHandler]) -> None:
+    names: dict[str, RegisteredHandler] = {}
+    subscriptions: dict[tuple[str, str], RegisteredHandler] = {}
+    for item in found:
+        other = names.setdefault(item.spec.name, item)
+        if other is not item:
+            raise HandlerDiscoveryError(f"two handlers are named {item.spec.name!r}")
+        key = (item.spec.topic, item.spec.subscription)
+        other = subscriptions.setdefault(key, item)
+        if other is not item:
+            raise HandlerDiscoveryError(
+                f"handlers {other.spec.name!r} and {item.spec.name!r} both consume "
+                f"subscription {key[1]!r} of topic {key[0]!r}"
+            )

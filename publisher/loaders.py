@@ -1,0 +1,382 @@
+"""Loaders: turn files, directories and globs of text, markdown, JSON, JSONL and CSV into documents.
+
+:func:`iter_documents` streams :class:`~publisher.inputs.DocumentInput` objects (one JSONL line or
+CSV row at a time, so large inputs never sit in memory) and appends an
+:class:`~publisher.inputs.InputProblem` with file, line and reason for every input it cannot use:
+unreadable file, invalid JSON, missing text, id or session field, empty document, non-UTF-8
+bytes, duplicate ids. :func:`load_documents` collects both into lists; :func:`scan_documents`
+only counts, for a validation pass before sending. Formats: ``files`` (each file one document;
+a ``.json`` file holds one record or a list of records), ``jsonl``, ``csv``, or ``auto`` by
+extension. Hidden files and directories (``.name``) are not loaded. Neighbour:
+:mod:`publisher.publish` sends what these produce.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import json
+import os
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from docbus.envelope import Source
+from publisher.inputs import DocumentChecker, DocumentInput, InputProblem
+
+__all__ = [
+    "Format",
+    "LoaderOptions",
+    "ScanResult",
+    "iter_documents",
+    "load_documents",
+    "scan_documents",
+]
+
+Format = Literal["auto", "files", "jsonl", "csv"]
+
+_JSONL_SUFFIXES = {".jsonl", ".ndjson"}
+_MARKDOWN_SUFFIXES = {".md", ".markdown"}
+
+
+@dataclass(frozen=True)
+class LoaderOptions:
+    """How to read records: which fields hold the text, the id and the session value."""
+
+    format: Format = "auto"
+    text_field: str = "text"
+    """JSON/CSV field holding the document text."""
+    id_field: str | None = None
+    """Field holding the document id; without it the id is the content's SHA-256 prefix."""
+    session_key: str | None = None
+    """Field whose value becomes the Service Bus session id (ordered processing)."""
+
+
+@dataclass
+class ScanResult:
+    """What a validation pass found."""
+
+    documents: int = 0
+    problems: list[InputProblem] = field(default_factory=list)
+
+
+def iter_documents(
+    paths: Iterable[str | os.PathLike[str]],
+    problems: list[InputProblem],
+    options: LoaderOptions | None = None,
+) -> Iterator[DocumentInput]:
+    """Stream the valid documents under ``paths``; append every problem found to ``problems``."""
+    options = options or LoaderOptions()
+    checker = DocumentChecker(session_key=options.session_key)
+    for path, fmt in _expand(paths, options.format, problems):
+        for doc, line in _read(path, fmt, options, problems):
+            ready, problem = checker.check(doc, str(path), line)
+            if problem is not None:
+                problems.append(problem)
+            elif ready is not None:
+                yield ready
+
+
+def load_documents(
+    paths: Iterable[str | os.PathLike[str]], options: LoaderOptions | None = None
+) -> tuple[list[DocumentInput], list[InputProblem]]:
+    """All valid documents under ``paths`` and every problem found, as lists."""
+    problems: list[InputProblem] = []
+    docs = list(iter_documents(paths, problems, options))
+    return docs, problems
+
+
+def scan_documents(
+    paths: Iterable[str | os.PathLike[str]], options: LoaderOptions | None = None
+) -> ScanResult:
+    """Count valid documents and collect problems without keeping any document in memory."""
+    result = ScanResult()
+    for _ in iter_documents(paths, result.problems, options):
+        result.documents += 1
+    return result
+
+
+# -- finding files -----------------------------------------------------------------------------
+
+
+def _expand(
+    paths: Iterable[str | os.PathLike[str]], fmt: Format, problems: list[InputProblem]
+) -> Iterator[tuple[Path, Format]]:
+    for raw in paths:
+        text = os.fspath(raw)
+        if glob.has_magic(text):
+            matches = sorted(glob.glob(text, recursive=True))
+            files = [Path(m) for m in matches if Path(m).is_file() and not _hidden(Path(m))]
+            if not files:
+                problems.append(InputProblem(file=text, reason="no files match this pattern"))
+            for file in files:
+                yield file, _format_of(file, fmt)
+            continue
+        path = Path(text)
+        if path.is_dir():
+            files = sorted(
+                p for p in path.rglob("*") if p.is_file() and not _hidden(p.relative_to(path))
+            )
+            if not files:
+                problems.append(InputProblem(file=text, reason="directory holds no files"))
+            for file in files:
+                yield file, _format_of(file, fmt)
+        elif path.is_file():
+            yield path, _format_of(path, fmt)
+        elif path.exists():
+            problems.append(InputProblem(file=text, reason="not a regular file"))
+        else:
+            problems.append(InputProblem(file=text, reason="no such file or directory"))
+
+
+def _hidden(path: Path) -> bool:
+    return any(part.startswith(".") and part not in (".", "..") for part in path.parts)
+
+
+def _format_of(path: Path, fmt: Format) -> Format:
+    if fmt != "auto":
+        return fmt
+    suffix = path.suffix.lower()
+    if suffix in _JSONL_SUFFIXES:
+        return "jsonl"
+    if suffix == ".csv":
+        return "csv"
+    return "files"
+
+
+# -- reading -----------------------------------------------------------------------------------
+
+
+def _read(
+    path: Path, fmt: Format, options: LoaderOptions, problems: list[InputProblem]
+) -> Iterator[tuple[DocumentInput, int | None]]:
+    try:
+        if fmt == "jsonl":
+            yield from _read_jsonl(path, options, problems)
+        elif fmt == "csv":
+            yield from _read_csv(path, options, problems)
+        else:
+            yield from _read_file(path, options, problems)
+    except OSError as exc:
+        problems.append(InputProblem(file=str(path), reason=f"unreadable: {exc.strerror or exc}"))
+
+
+def _decode_error(data: bytes, exc: UnicodeDecodeError) -> tuple[int, str]:
+    line = data.count(b"\n", 0, exc.start) + 1
+    return line, f"not valid UTF-8 (byte {exc.start} of the file)"
+
+
+def _read_file(
+    path: Path, options: LoaderOptions, problems: list[InputProblem]
+) -> Iterator[tuple[DocumentInput, int | None]]:
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line, reason = _decode_error(data, exc)
+        problems.append(InputProblem(file=str(path), line=line, reason=reason))
+        return
+    file_metadata = {"path": str(path), "name": path.name}
+    if path.suffix.lower() == ".json":
+        yield from _read_json_file(path, text, file_metadata, options, problems)
+        return
+    content_type = "text/markdown" if path.suffix.lower() in _MARKDOWN_SUFFIXES else "text/plain"
+    doc = _document(path, None, text, file_metadata, options, problems, content_type=content_type)
+    if doc is not None:
+        yield doc, None
+
+
+def _read_json_file(
+    path: Path,
+    text: str,
+    file_metadata: dict[str, Any],
+    options: LoaderOptions,
+    problems: list[InputProblem],
+) -> Iterator[tuple[DocumentInput, int | None]]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        problems.append(
+            InputProblem(file=str(path), line=exc.lineno, reason=f"invalid JSON: {exc.msg}")
+        )
+        return
+    items = value if isinstance(value, list) else [value]
+    for index, item in enumerate(items, start=1):
+        prefix = f"item {index}: " if isinstance(value, list) else ""
+        if not isinstance(item, dict):
+            reason = f"{prefix}JSON {type(item).__name__}, expected an object with a text field"
+            problems.append(InputProblem(file=str(path), reason=reason))
+            continue
+        doc = _record(path, None, item, options, problems, prefix=prefix, extra=file_metadata)
+        if doc is not None:
+            yield doc, None
+
+
+def _read_jsonl(
+    path: Path, options: LoaderOptions, problems: list[InputProblem]
+) -> Iterator[tuple[DocumentInput, int | None]]:
+    with path.open("rb") as stream:
+        for number, raw in enumerate(stream, start=1):
+            try:
+                line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+            except UnicodeDecodeError as exc:
+                reason = f"not valid UTF-8 (byte {exc.start} of the line)"
+                problems.append(InputProblem(file=str(path), line=number, reason=reason))
+                continue
+            if not line.strip():
+                continue  # blank lines separate nothing in JSONL; they are not documents
+            try:
+                value = json.loads(line)
+            except json.JSONDecodeError as exc:
+                problems.append(
+                    InputProblem(file=str(path), line=number, reason=f"invalid JSON: {exc.msg}")
+                )
+                continue
+            if not isinstance(value, dict):
+                reason = f"JSON {type(value).__name__}, expected an object"
+                problems.append(InputProblem(file=str(path), line=number, reason=reason))
+                continue
+            doc = _record(path, number, value, options, problems)
+            if doc is not None:
+                yield doc, number
+
+
+class _Lines:
+    """Decode a binary stream line by line for ``csv``, remembering lines that are not UTF-8."""
+
+    def __init__(self, stream: Iterable[bytes]) -> None:
+        self._stream = iter(stream)
+        self.number = 0
+        self.bad: set[int] = set()
+
+    def __iter__(self) -> Iterator[str]:
+        return self
+
+    def __next__(self) -> str:
+        raw = next(self._stream)
+        self.number += 1
+        try:
+            return raw.decode("utf-8-sig" if self.number == 1 else "utf-8")
+        except UnicodeDecodeError:
+            self.bad.add(self.number)
+            return raw.decode("utf-8", "replace")
+
+
+def _read_csv(
+    path: Path, options: LoaderOptions, problems: list[InputProblem]
+) -> Iterator[tuple[DocumentInput, int | None]]:
+    csv.field_size_limit(2**31 - 1)  # documents are long; the default caps a field at 128 KiB
+    with path.open("rb") as stream:
+        lines = _Lines(stream)
+        reader = csv.reader(lines)
+        try:
+            header = next(reader)
+        except StopIteration:
+            problems.append(InputProblem(file=str(path), reason="empty CSV file (no header)"))
+            return
+        except csv.Error as exc:
+            problems.append(InputProblem(file=str(path), line=1, reason=f"invalid CSV: {exc}"))
+            return
+        if options.text_field not in header:
+            reason = (
+                f"no column {options.text_field!r} in the header (columns: {', '.join(header)})"
+            )
+            problems.append(InputProblem(file=str(path), line=1, reason=reason))
+            return
+        end = lines.number
+        while True:
+            start = end + 1
+            try:
+                row = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as exc:
+                problems.append(
+                    InputProblem(file=str(path), line=start, reason=f"invalid CSV: {exc}")
+                )
+                return
+            end = lines.number
+            if not row or (len(row) == 1 and not row[0].strip()):
+                continue  # blank line
+            if any(number in lines.bad for number in range(start, end + 1)):
+                problems.append(InputProblem(file=str(path), line=start, reason="not valid UTF-8"))
+                continue
+            if len(row) != len(header):
+                reason = f"row has {len(row)} fields, the header has {len(header)}"
+                problems.append(InputProblem(file=str(path), line=start, reason=reason))
+                continue
+            doc = _record(path, start, dict(zip(header, row, strict=True)), options, problems)
+            if doc is not None:
+                yield doc, start
+
+
+# -- records to documents ----------------------------------------------------------------------
+
+
+def _record(
+    path: Path,
+    line: int | None,
+    record: Mapping[str, Any],
+    options: LoaderOptions,
+    problems: list[InputProblem],
+    *,
+    prefix: str = "",
+    extra: Mapping[str, Any] | None = None,
+) -> DocumentInput | None:
+    text = record.get(options.text_field)
+    if text is None:
+        problems.append(
+            InputProblem(
+                file=str(path),
+                line=line,
+                reason=f"{prefix}missing text field {options.text_field!r}",
+            )
+        )
+        return None
+    if not isinstance(text, str):
+        reason = f"{prefix}text field {options.text_field!r} is {type(text).__name__}, not a string"
+        problems.append(InputProblem(file=str(path), line=line, reason=reason))
+        return None
+    metadata = {**(extra or {}), **{k: v for k, v in record.items() if k != options.text_field}}
+    return _document(path, line, text, metadata, options, problems, prefix=prefix)
+
+
+def _document(
+    path: Path,
+    line: int | None,
+    text: str,
+    metadata: dict[str, Any],
+    options: LoaderOptions,
+    problems: list[InputProblem],
+    *,
+    prefix: str = "",
+    content_type: str = "text/plain",
+) -> DocumentInput | None:
+    doc_id: str | None = None
+    if options.id_field is not None:
+        value = metadata.get(options.id_field)
+        if value is None or value == "" or isinstance(value, dict | list):
+            problems.append(
+                InputProblem(
+                    file=str(path),
+                    line=line,
+                    reason=f"{prefix}missing id field {options.id_field!r}",
+                )
+            )
+            return None
+        doc_id = str(value)
+        if len(doc_id) > 1024:
+            problems.append(
+                InputProblem(
+                    file=str(path), line=line, reason=f"{prefix}id longer than 1024 characters"
+                )
+            )
+            return None
+    return DocumentInput(
+        text=text,
+        doc_id=doc_id,
+        content_type=content_type,
+        metadata=metadata,
+        source=Source(path=str(path), line=line),
+    )

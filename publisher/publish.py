@@ -1,0 +1,454 @@
+"""Publishing: record a batch of documents in Mongo and send them to a topic as envelopes.
+
+:func:`publish_documents` checks each document (:mod:`publisher.inputs`), builds its
+:class:`~docbus.envelope.Envelope` — inline, or by claim-check when the message would exceed the
+entity's size limit (content in the ``payloads`` collection, the message carries a reference) —
+records the batch and every document in Mongo (:class:`~docbus.store.Store`) *before* sending,
+then sends with ``ServiceBusSender.create_message_batch()``, splitting at the size limit, on
+several sender links at once. Documents are recorded and sent in chunks, so memory stays bounded
+however long the input. A rich progress bar runs while sending and a summary table closes the
+run. Messages are built by :func:`docbus.servicebus.build_message`; replays reuse this path.
+
+Invalid input: with ``skip_invalid=False`` (the default) a list of documents is checked in full
+first and nothing is sent if any is invalid; a stream (generator) is checked as it is read, so
+publishing stops at the first invalid document (validate streams first with
+:func:`publisher.loaders.scan_documents`, as ``docbus publish`` does). With ``skip_invalid=True``
+the valid documents are sent and every skipped one is listed in the report.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import zlib
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager, AsyncExitStack
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from azure.servicebus import ServiceBusMessage, ServiceBusMessageBatch
+from azure.servicebus.exceptions import MessageSizeExceededError
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from docbus.envelope import BATCH_ID_PATTERN, Envelope, claim_check_for, new_batch_id
+from docbus.servicebus import (
+    MessagingAuthError,
+    MessagingEntityNotFound,
+    MessagingError,
+    build_message,
+    fits_in_message,
+    servicebus_client,
+    translated,
+)
+from docbus.settings import Settings
+from docbus.store import Store
+from publisher.inputs import DocumentChecker, DocumentInput, InputProblem, InvalidInput, as_input
+
+__all__ = ["MessageSender", "PublishReport", "SenderFactory", "publish_documents"]
+
+logger = logging.getLogger(__name__)
+
+DocumentLike = DocumentInput | str | Mapping[str, Any]
+
+_SIZE_MARGIN = 512
+"""Bytes kept free below the size limit when deciding on claim-check (tracing headers etc.)."""
+
+
+class MessageSender(Protocol):
+    """The part of ``azure.servicebus.aio.ServiceBusSender`` the publisher uses."""
+
+    async def create_message_batch(
+        self, max_size_in_bytes: int | None = None
+    ) -> ServiceBusMessageBatch: ...
+
+    async def send_messages(
+        self,
+        message: ServiceBusMessageBatch,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 - the SDK's signature
+    ) -> None: ...
+
+
+SenderFactory = Callable[[str], AbstractAsyncContextManager[MessageSender]]
+"""Given a topic name, an async context manager yielding a sender (one AMQP link each)."""
+
+
+@dataclass
+class PublishReport:
+    """What a publish did; ``ok`` is False whenever anything was skipped or failed."""
+
+    batch_id: str
+    topic: str
+    dry_run: bool = False
+    documents: int = 0
+    """Valid documents accepted for this batch (recorded in Mongo unless dry run)."""
+    sent: int = 0
+    claim_checked: int = 0
+    message_batches: int = 0
+    max_message_size: int = 0
+    failed: dict[str, str] = field(default_factory=dict)
+    """doc_id → why its message was not sent."""
+    problems: list[InputProblem] = field(default_factory=list)
+    """Invalid inputs that were skipped."""
+    duration: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed and not self.problems
+
+    @property
+    def counts(self) -> dict[str, int]:
+        return {
+            "documents": self.documents,
+            "sent": self.sent,
+            "claim_checked": self.claim_checked,
+            "failed": len(self.failed),
+            "skipped": len(self.problems),
+        }
+
+    def table(self) -> Table:
+        """The closing summary as a rich table."""
+        title = f"Batch {self.batch_id} → {self.topic}" + (" (dry run)" if self.dry_run else "")
+        table = Table(title=title, show_header=False)
+        table.add_column("figure")
+        table.add_column("value", justify="right")
+        rate = self.sent / self.duration if self.duration > 0 else 0.0
+        rows: list[tuple[str, str]] = [
+            ("documents", str(self.documents)),
+            (
+                "would send" if self.dry_run else "sent",
+                str(self.documents if self.dry_run else self.sent),
+            ),
+            ("by claim-check", str(self.claim_checked)),
+            ("message batches", "-" if self.dry_run else str(self.message_batches)),
+            ("skipped (invalid input)", str(len(self.problems))),
+            ("failed to send", str(len(self.failed))),
+            ("size limit (bytes)", str(self.max_message_size)),
+            ("time", f"{self.duration:.2f} s"),
+        ]
+        if not self.dry_run:
+            rows.append(("throughput", f"{rate:.0f} docs/s"))
+        for name, value in rows:
+            table.add_row(name, value)
+        return table
+
+
+@dataclass
+class _Envelopes:
+    """The claim-check decision, shared by real and dry runs."""
+
+    topic: str
+    batch_id: str
+    limit: int
+    store: Store | None
+
+    async def build(self, doc: DocumentInput) -> tuple[Envelope, ServiceBusMessage, bool]:
+        assert doc.doc_id is not None
+        fields: dict[str, Any] = {
+            "doc_id": doc.doc_id,
+            "batch_id": self.batch_id,
+            "topic": self.topic,
+            "content_type": doc.content_type,
+            "metadata": doc.metadata,
+            "source": doc.source,
+            "session_id": doc.session_id,
+        }
+        envelope = Envelope(content=doc.text, **fields)
+        message = build_message(envelope)
+        if fits_in_message(message, self.limit - _SIZE_MARGIN):
+            return envelope, message, False
+        if self.store is not None:
+            ref = await self.store.put_payload(doc.text)
+        else:  # dry run: the reference a real run would store
+            ref = claim_check_for(doc.text)
+        envelope = Envelope(claim_check=ref, **fields)
+        return envelope, build_message(envelope), True
+
+
+async def _aiter(
+    docs: Iterable[DocumentLike] | AsyncIterable[DocumentLike],
+) -> AsyncIterator[DocumentLike]:
+    if isinstance(docs, AsyncIterable):
+        async for item in docs:
+            yield item
+    else:
+        for item in docs:
+            yield item
+
+
+def _check(
+    checker: DocumentChecker, item: DocumentLike, index: int
+) -> tuple[DocumentInput | None, InputProblem | None]:
+    try:
+        doc = as_input(item)
+    except ValueError as exc:
+        return None, InputProblem(file="<input>", line=index, reason=str(exc))
+    if doc.source is not None:
+        return checker.check(doc, doc.source.path, doc.source.line)
+    return checker.check(doc, "<input>", index)
+
+
+async def publish_documents(
+    docs: Iterable[DocumentLike] | AsyncIterable[DocumentLike],
+    *,
+    topic: str,
+    batch_id: str | None = None,
+    settings: Settings | None = None,
+    sender_factory: SenderFactory | None = None,
+    store: Store | None = None,
+    session_key: str | None = None,
+    skip_invalid: bool = False,
+    dry_run: bool = False,
+    progress: bool = True,
+    source: Sequence[str] = ("python",),
+    console: Console | None = None,
+) -> PublishReport:
+    """Publish documents to ``topic`` as one batch; returns what happened.
+
+    ``docs`` holds strings, mappings with :class:`~publisher.inputs.DocumentInput` fields, or
+    ``DocumentInput`` objects (what the loaders yield). ``store`` and ``sender_factory`` default
+    to ones built from ``settings`` (and closed again); pass your own to share connections.
+    ``session_key`` names the metadata field whose value becomes each message's session id.
+    A dry run checks and sizes everything but records and sends nothing.
+
+    Raises :class:`~publisher.inputs.InvalidInput` on invalid input unless ``skip_invalid``,
+    and :class:`~docbus.servicebus.MessagingError` when the broker refuses the topic itself
+    (unknown topic, bad credentials); other send failures are reported per document.
+    """
+    settings = settings or Settings()
+    batch_id = batch_id or new_batch_id()
+    _check_batch_id(batch_id)
+    console = console or Console(stderr=True)
+    report = PublishReport(batch_id=batch_id, topic=topic, dry_run=dry_run)
+    checker = DocumentChecker(session_key=session_key)
+    started = time.monotonic()
+
+    total: int | None = None
+    source_docs: Iterable[DocumentLike] | AsyncIterable[DocumentLike] = docs
+    if isinstance(docs, Sequence) and not isinstance(docs, str):
+        # A list can be checked in full before anything is recorded or sent.
+        valid: list[DocumentInput] = []
+        for index, item in enumerate(docs, start=1):
+            doc, problem = _check(checker, item, index)
+            if problem is not None:
+                report.problems.append(problem)
+            elif doc is not None:
+                valid.append(doc)
+        if report.problems and not skip_invalid:
+            raise InvalidInput(report.problems)
+        source_docs, total = valid, len(valid)
+        checker = DocumentChecker(session_key=session_key)  # ids already seen once
+
+    async with AsyncExitStack() as stack:
+        senders: list[MessageSender] = []
+        if dry_run:
+            limit = settings.publisher.max_message_size
+        else:
+            if store is None:
+                store = await stack.enter_async_context(Store.from_settings(settings))
+            await store.ensure_indexes()
+            if sender_factory is None:
+                client = await stack.enter_async_context(servicebus_client(settings))
+                sender_factory = client.get_topic_sender
+            # Open every link before recording anything: a missing topic or a refused
+            # credential fails here, leaving no half-published batch behind.
+            with translated(f"open senders for topic {topic!r}"):
+                for _ in range(settings.publisher.send_concurrency):
+                    senders.append(await stack.enter_async_context(sender_factory(topic)))
+                limit = (await senders[0].create_message_batch()).max_size_in_bytes
+            await store.record_batch(batch_id, topic=topic, source=source)
+        report.max_message_size = limit
+        envelopes = _Envelopes(topic, batch_id, limit, None if dry_run else store)
+
+        bar = _progress(console, progress and not dry_run)
+        task = bar.add_task(f"publishing {batch_id}", total=total)
+        queues: list[asyncio.Queue[tuple[str, ServiceBusMessage] | None]] = [
+            asyncio.Queue(maxsize=settings.publisher.chunk_size) for _ in senders
+        ]
+
+        def sent(ids: list[str]) -> None:
+            report.sent += len(ids)
+            report.message_batches += 1
+            bar.advance(task, len(ids))
+
+        def failed(ids: list[str], reason: str) -> None:
+            for doc_id in ids:
+                report.failed[doc_id] = reason
+            bar.advance(task, len(ids))
+
+        abort = _Abort()
+        lanes = [
+            asyncio.create_task(_lane(s, q, abort, sent, failed))
+            for s, q in zip(senders, queues, strict=True)
+        ]
+        recorder = None if dry_run else store
+        stop_error: InvalidInput | None = None
+        try:
+            with bar:
+                chunk: list[tuple[Envelope, ServiceBusMessage]] = []
+                index = 0
+                async for item in _aiter(source_docs):
+                    if abort.error is not None:
+                        break
+                    index += 1
+                    doc, problem = _check(checker, item, index)
+                    if problem is not None:
+                        report.problems.append(problem)
+                        if not skip_invalid:
+                            stop_error = InvalidInput(report.problems, sent=report.documents)
+                            break
+                        continue
+                    assert doc is not None
+                    envelope, message, claim_checked = await envelopes.build(doc)
+                    report.documents += 1
+                    report.claim_checked += claim_checked
+                    chunk.append((envelope, message))
+                    if len(chunk) >= settings.publisher.chunk_size:
+                        await _flush(chunk, recorder, queues)
+                        chunk = []
+                await _flush(chunk, recorder, queues)
+                for queue in queues:
+                    await queue.put(None)
+                await asyncio.gather(*lanes)
+                if abort.error is not None:
+                    raise abort.error
+        except BaseException:
+            for lane in lanes:
+                lane.cancel()
+            await asyncio.gather(*lanes, return_exceptions=True)
+            if not dry_run and store is not None:
+                with contextlib.suppress(Exception):
+                    await store.update_batch(batch_id, status="failed", counts=report.counts)
+            raise
+        report.duration = time.monotonic() - started
+        if not dry_run and store is not None:
+            status = "published" if not report.failed and stop_error is None else "failed"
+            await store.update_batch(batch_id, status=status, counts=report.counts)
+
+    logger.info(
+        "batch %s: %d documents, %d sent, %d by claim-check, %d skipped, %d failed%s",
+        batch_id, report.documents, report.sent, report.claim_checked,
+        len(report.problems), len(report.failed), " (dry run)" if dry_run else "",
+    )  # fmt: skip
+    if progress:
+        console.print(report.table())
+    if stop_error is not None:
+        raise stop_error
+    return report
+
+
+def _check_batch_id(batch_id: str) -> None:
+    import re
+
+    if not re.match(BATCH_ID_PATTERN, batch_id):
+        raise ValueError(
+            f"invalid batch id {batch_id!r}: use up to 64 letters, digits, '.', '_' or '-'"
+        )
+
+
+def _progress(console: Console, enabled: bool) -> Progress:
+    return Progress(
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        disable=not enabled,
+    )
+
+
+async def _flush(
+    chunk: list[tuple[Envelope, ServiceBusMessage]],
+    store: Store | None,
+    queues: list[asyncio.Queue[tuple[str, ServiceBusMessage] | None]],
+) -> None:
+    """Record a chunk's documents, then hand its messages to the sending lanes.
+
+    Messages of one session always take the same lane, and a lane sends its batches one after
+    the other, so documents of a session reach the topic in input order. Others spread evenly.
+    """
+    if not chunk:
+        return
+    if store is not None:
+        await store.record_documents(envelope for envelope, _ in chunk)
+    if not queues:  # dry run
+        return
+    for position, (envelope, message) in enumerate(chunk):
+        if envelope.session_id is not None:
+            lane = zlib.crc32(envelope.session_id.encode("utf-8")) % len(queues)
+        else:
+            lane = position % len(queues)
+        await queues[lane].put((envelope.doc_id, message))
+
+
+@dataclass
+class _Abort:
+    """Set by a lane when the topic itself is unusable; every lane then stops sending."""
+
+    error: MessagingError | None = None
+
+
+async def _lane(
+    sender: MessageSender,
+    queue: asyncio.Queue[tuple[str, ServiceBusMessage] | None],
+    abort: _Abort,
+    sent: Callable[[list[str]], None],
+    failed: Callable[[list[str], str], None],
+) -> None:
+    """One sender link: fill a batch from the queue, send it when full, repeat.
+
+    The lane always drains the queue to its end marker, so the producer never blocks on a full
+    queue; after an abort it only marks what it takes as failed.
+    """
+
+    async def new_batch() -> ServiceBusMessageBatch | None:
+        try:
+            with translated("create message batch"):
+                return await sender.create_message_batch()
+        except MessagingError as exc:
+            abort.error = abort.error or exc
+            return None
+
+    async def send(batch: ServiceBusMessageBatch, ids: list[str]) -> None:
+        if abort.error is not None:
+            failed(ids, f"not sent: {abort.error}")
+            return
+        try:
+            with translated(f"send {len(ids)} messages"):
+                await sender.send_messages(batch)
+        except (MessagingAuthError, MessagingEntityNotFound) as exc:
+            abort.error = abort.error or exc  # the topic itself is unusable: stop everything
+            failed(ids, str(exc))
+        except MessagingError as exc:
+            logger.warning("sending %d messages failed: %s", len(ids), exc)
+            failed(ids, str(exc))
+        else:
+            sent(ids)
+
+    batch = await new_batch()
+    ids: list[str] = []
+    while (item := await queue.get()) is not None:
+        doc_id, message = item
+        if batch is None or abort.error is not None:
+            failed([doc_id], f"not sent: {abort.error}")
+            continue
+        try:
+            batch.add_message(message)
+        except MessageSizeExceededError:
+            if ids:
+                await send(batch, ids)
+                batch, ids = await new_batch(), []
+            try:
+                if batch is None:
+                    raise MessageSizeExceededError(message="no batch")
+                batch.add_message(message)
+            except MessageSizeExceededError:
+                failed([doc_id], "message exceeds the size limit even by claim-check")
+                continue
+        ids.append(doc_id)
+    if ids and batch is not None:
+        await send(batch, ids)

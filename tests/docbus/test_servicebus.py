@@ -1,0 +1,82 @@
+from __future__ import annotations
+
+import pytest
+from azure.servicebus import ServiceBusMessage
+from azure.servicebus.exceptions import (
+    MessageLockLostError,
+    MessageSizeExceededError,
+    MessagingEntityNotFoundError,
+    OperationTimeoutError,
+    ServiceBusAuthorizationError,
+    ServiceBusConnectionError,
+    ServiceBusError,
+    ServiceBusServerBusyError,
+)
+
+from docbus.envelope import Envelope
+from docbus.servicebus import (
+    MessageLockLost,
+    MessageTooLarge,
+    MessagingAuthError,
+    MessagingEntityNotFound,
+    MessagingError,
+    MessagingUnavailable,
+    build_message,
+    fits_in_message,
+    translate_error,
+    translated,
+)
+
+
+def make_envelope(text: str = "hello", **fields: object) -> Envelope:
+    return Envelope(doc_id="d1", batch_id="b1", topic="documents", content=text, **fields)  # type: ignore[arg-type]
+
+
+def test_build_message_carries_the_envelope_and_its_routing() -> None:
+    envelope = make_envelope(session_id="s-7", target_subscription="entities", attempt=2)
+    message = build_message(envelope)
+    assert b"".join(message.body) == envelope.to_bytes()
+    assert message.message_id == envelope.send_id
+    assert message.content_type == "application/json"
+    assert message.subject == "documents"
+    assert message.session_id == "s-7"
+    assert message.application_properties is not None
+    props = {
+        (k.decode() if isinstance(k, bytes) else k): v
+        for k, v in message.application_properties.items()
+    }
+    assert props["docbus-route"] == "entities"
+    assert props["batch_id"] == "b1"
+    assert props["attempt"] == 2
+
+
+def test_fits_in_message_uses_the_sdk_size_accounting() -> None:
+    assert fits_in_message(build_message(make_envelope("x" * 1000)), 4096)
+    assert not fits_in_message(build_message(make_envelope("x" * 5000)), 4096)
+    small = ServiceBusMessage(b"x" * 100)
+    assert fits_in_message(small, 1024)
+
+
+@pytest.mark.parametrize(
+    ("azure_error", "ours", "transient"),
+    [
+        (ServiceBusAuthorizationError(message="no Send claim"), MessagingAuthError, False),
+        (MessagingEntityNotFoundError(message="no topic"), MessagingEntityNotFound, False),
+        (MessageSizeExceededError(message="too big"), MessageTooLarge, False),
+        (MessageLockLostError(message="lock"), MessageLockLost, False),
+        (ServiceBusConnectionError(message="reset"), MessagingUnavailable, True),
+        (OperationTimeoutError(message="slow"), MessagingUnavailable, True),
+        (ServiceBusServerBusyError(message="busy"), MessagingUnavailable, True),
+        (ServiceBusError("other"), MessagingError, False),
+    ],
+)
+def test_azure_errors_are_translated_in_one_place(
+    azure_error: ServiceBusError, ours: type[MessagingError], transient: bool
+) -> None:
+    translated_error = translate_error(azure_error, "send")
+    assert type(translated_error) is ours
+    assert translated_error.transient is transient
+    assert str(translated_error).startswith("send: ")
+    with pytest.raises(ours) as caught, translated("send"):
+        raise azure_error
+    assert caught.value.__cause__ is azure_error

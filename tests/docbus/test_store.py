@@ -1,0 +1,360 @@
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from datetime import UTC, datetime
+
+import pytest
+from pymongo.errors import DuplicateKeyError
+
+from docbus.envelope import ClaimCheck, Envelope, Source
+from docbus.mongo_local import LocalMongo
+from docbus.records import CheckpointKey, DeadLetterRecord, input_hash
+from docbus.store import PayloadError, Store, StoreError, StoreUnavailable
+
+
+async def write(
+    store: Store, *, doc: str = "d1", generation: int = 0, batch: str = "b1", handler: str = "h"
+) -> tuple[int, bool]:
+    outcome = await store.write_result(
+        doc_id=doc,
+        handler=handler,
+        handler_version="1",
+        batch_id=batch,
+        message_id=f"{batch}:{doc}:{generation}",
+        output={"generation": generation},
+        generation=generation,
+    )
+    return outcome.record.version, outcome.created
+
+
+async def current_versions(store: Store, doc: str = "d1", handler: str = "h") -> list[int]:
+    return [r.version for r in await store.result_history(doc, handler) if r.current]
+
+
+# -- lifecycle ---------------------------------------------------------------------------------
+
+
+async def test_constructor_does_no_io_and_use_before_connect_is_an_error() -> None:
+    store = Store("mongodb://127.0.0.1:1", "x", timeout=0.2)  # nothing listens there
+    with pytest.raises(StoreError, match="not connected"):
+        await store.get_batch("b1")
+
+
+async def test_unreachable_server_raises_store_unavailable_quickly() -> None:
+    started = time.monotonic()
+    with pytest.raises(StoreUnavailable) as caught:
+        await Store("mongodb://user:hunter2@127.0.0.1:1", "x", timeout=0.3).connect()
+    assert time.monotonic() - started < 5
+    assert caught.value.transient is True
+    assert "hunter2" not in str(caught.value)
+
+
+async def test_server_errors_become_store_errors(store: Store) -> None:
+    await store.record_llm_call({"_id": "same"})
+    with pytest.raises(StoreError) as caught:
+        await store.record_llm_call({"_id": "same"})
+    assert not isinstance(caught.value, StoreUnavailable)
+    assert caught.value.__cause__ is not None
+
+
+# -- results -----------------------------------------------------------------------------------
+
+
+async def test_first_write_creates_version_one_as_current(store: Store) -> None:
+    assert await write(store) == (1, True)
+    current = await store.current_result("d1", "h")
+    assert current is not None
+    assert (current.version, current.current, current.output) == (1, True, {"generation": 0})
+
+
+async def test_redelivery_of_the_same_message_creates_no_second_version(store: Store) -> None:
+    await write(store)
+    assert await write(store) == (1, False)
+    assert [r.version for r in await store.result_history("d1", "h")] == [1]
+
+
+async def test_concurrent_duplicates_end_with_one_record_and_one_current(store: Store) -> None:
+    outcomes = await asyncio.gather(*(write(store) for _ in range(12)))
+    assert sum(created for _, created in outcomes) == 1
+    assert {version for version, _ in outcomes} == {1}
+    assert await current_versions(store) == [1]
+
+
+async def test_a_replay_adds_a_version_and_becomes_current(store: Store) -> None:
+    await write(store, generation=0)
+    assert await write(store, generation=1) == (2, True)
+    history = await store.result_history("d1", "h")
+    assert [(r.version, r.current, r.generation) for r in history] == [
+        (1, False, 0),
+        (2, True, 1),
+    ]
+
+
+async def test_late_redelivery_of_an_older_generation_does_not_take_over(store: Store) -> None:
+    await write(store, generation=1)
+    assert await write(store, generation=0) == (2, True)  # arrived late: a new version...
+    current = await store.current_result("d1", "h")
+    assert current is not None and current.generation == 1  # ...but the replay stays current
+    assert await current_versions(store) == [1]
+
+
+async def test_concurrent_generations_leave_the_highest_current(store: Store) -> None:
+    await asyncio.gather(*(write(store, generation=g) for g in (3, 0, 4, 1, 2) * 3))
+    history = await store.result_history("d1", "h")
+    assert sorted(r.generation for r in history) == [0, 1, 2, 3, 4]
+    assert [r.generation for r in history if r.current] == [4]
+
+
+async def test_a_stale_converger_never_demotes_a_higher_ranked_current_version(
+    store: Store,
+) -> None:
+    # A writer that read "top = generation 0" before a replay landed must leave the replay's
+    # current flag alone: the demotion filter only matches what ranks below its view.
+    from docbus.store import _ranked_below
+
+    await write(store, generation=0)
+    await write(store, generation=1)
+    results = store.database["results"]
+    stale_top = await results.find_one({"generation": 0})
+    assert stale_top is not None
+    demoted = await results.update_many(
+        {"doc_id": "d1", "handler": "h", "current": True, **_ranked_below(stale_top)},
+        {"$set": {"current": False}},
+    )
+    assert demoted.modified_count == 0
+    assert await current_versions(store) == [2]
+
+
+async def test_partial_unique_index_forbids_two_current_versions(store: Store) -> None:
+    await write(store)
+    results = store.database["results"]
+    # SecantusDB enforces partialFilterExpression: a second current version is refused...
+    with pytest.raises(DuplicateKeyError):
+        await results.insert_one(
+            {"_id": "x", "doc_id": "d1", "handler": "h", "version": 9, "current": True}
+        )
+    # ...while any number of non-current versions are fine
+    await results.insert_one(
+        {"_id": "y", "doc_id": "d1", "handler": "h", "version": 10, "current": False}
+    )
+
+
+async def test_current_result_reads_through_the_convergence_gap(store: Store) -> None:
+    await write(store, generation=0)
+    await write(store, generation=1)
+    await store.database["results"].update_many({}, {"$set": {"current": False}})
+    current = await store.current_result("d1", "h")
+    assert current is not None and current.generation == 1
+
+
+async def test_results_are_per_handler(store: Store) -> None:
+    await write(store, handler="entities")
+    await write(store, handler="risk")
+    assert await current_versions(store, handler="entities") == [1]
+    assert await current_versions(store, handler="risk") == [1]
+
+
+async def test_rollback_restores_the_previous_version(store: Store) -> None:
+    await write(store, batch="b1", generation=0)
+    await write(store, batch="b2", generation=0)
+    assert await current_versions(store) == [2]
+    assert await store.rollback_results("b2") == 1
+    current = await store.current_result("d1", "h")
+    assert current is not None and (current.version, current.batch_id) == (1, "b1")
+    assert await store.rollback_results("b1") == 1
+    assert await store.current_result("d1", "h") is None
+    assert await current_versions(store) == []
+
+
+async def test_rollback_of_a_replay_generation_only(store: Store) -> None:
+    await write(store, generation=0)
+    await write(store, generation=1)
+    await write(store, doc="d2", generation=0)
+    assert await store.rollback_results("b1", generation=1) == 1
+    current = await store.current_result("d1", "h")
+    assert current is not None and current.generation == 0
+    assert await current_versions(store, doc="d2") == [1]
+
+
+# -- documents and payloads --------------------------------------------------------------------
+
+
+def doc(doc_id: str, batch: str = "b1", **fields: object) -> Envelope:
+    values: dict[str, object] = {"doc_id": doc_id, "batch_id": batch, "topic": "documents"}
+    values.setdefault("content", f"text of {doc_id}")
+    values.update(fields)
+    return Envelope.model_validate(values)
+
+
+async def test_documents_are_recorded_once_and_read_back(store: Store) -> None:
+    envelopes = [doc("a", source=Source(path="in.jsonl", line=1)), doc("b", session_id="s")]
+    assert await store.record_documents(envelopes) == 2
+    assert await store.record_documents(envelopes) == 2  # re-publishing is idempotent
+    assert await store.database["documents"].count_documents({"batch_id": "b1"}) == 2
+    again = await store.get_document("b1", "a")
+    assert again is not None
+    assert (again.content, again.source) == ("text of a", Source(path="in.jsonl", line=1))
+    assert [e.doc_id async for e in store.iter_documents("b1")] == ["a", "b"]
+    assert await store.get_document("b1", "zzz") is None
+
+
+async def test_payloads_round_trip_and_are_stored_once(store: Store) -> None:
+    text = "é" * 300_000
+    ref = await store.put_payload(text)
+    assert ref.size == len(text.encode())
+    assert await store.put_payload(text) == ref
+    assert await store.database["payloads"].count_documents({}) == 1
+    assert await store.load_payload(ref) == text
+
+
+async def test_untrustworthy_claim_checks_raise_payload_error(store: Store) -> None:
+    ref = await store.put_payload("original")
+    await store.database["payloads"].update_one({"_id": ref.id}, {"$set": {"data": b"tamper!!"}})
+    with pytest.raises(PayloadError, match="does not match"):
+        await store.load_payload(ref)
+    with pytest.raises(PayloadError, match="not found"):
+        await store.load_payload(ClaimCheck(id="0" * 64, sha256="0" * 64, size=1))
+    with pytest.raises(PayloadError, match="not 'payloads'"):
+        await store.load_payload(ref.model_copy(update={"collection": "results"}))
+
+
+# -- batches -----------------------------------------------------------------------------------
+
+
+async def test_batch_record_lifecycle_and_costs(store: Store) -> None:
+    await store.record_batch("b1", topic="documents", source=["news.jsonl"])
+    await store.update_batch("b1", status="published", counts={"documents": 3, "sent": 3})
+    await store.add_batch_usage("b1", usd=0.25, prompt_tokens=100, completion_tokens=20)
+    await store.add_batch_usage("b1", usd=0.5, prompt_tokens=10, completion_tokens=2, calls=2)
+    await store.set_batch_over_budget("b1", True)
+    batch = await store.get_batch("b1")
+    assert batch is not None
+    assert (batch.topic, batch.status, batch.source) == ("documents", "published", ["news.jsonl"])
+    assert batch.counts == {"documents": 3, "sent": 3}
+    assert batch.cost.usd == pytest.approx(0.75)
+    assert (batch.cost.prompt_tokens, batch.cost.completion_tokens, batch.cost.calls) == (
+        110,
+        22,
+        3,
+    )
+    assert batch.over_budget is True
+    created = batch.created_at
+    await store.record_batch("b1", topic="documents", status="publishing")  # published again
+    again = await store.get_batch("b1")
+    assert again is not None and again.created_at == created and again.cost.calls == 3
+    await store.record_batch("b2", topic="documents")
+    assert [b.id for b in await store.list_batches()] == ["b2", "b1"]
+
+
+async def test_batch_counts_per_document_and_per_handler(store: Store) -> None:
+    await store.record_documents([doc(name) for name in ("d1", "d2", "d3", "d4")])
+    for name in ("d1", "d2"):
+        await write(store, doc=name, handler="entities")
+        await write(store, doc=name, handler="risk")
+    await write(store, doc="d3", handler="entities")
+    await store.record_dead_letter(dead_letter("b1:d3:0", doc="d3", handler="risk"))
+    # d4: dead-lettered once, then replayed successfully
+    await store.record_dead_letter(dead_letter("b1:d4:0", doc="d4", handler="entities"))
+    await write(store, doc="d4", handler="entities", generation=1)
+
+    counts = await store.batch_counts("b1")
+    assert (counts.published, counts.done, counts.dead_lettered, counts.pending) == (4, 2, 1, 1)
+    assert counts.handlers["entities"].model_dump() == {"done": 4, "dead_lettered": 0, "pending": 0}
+    assert counts.handlers["risk"].model_dump() == {"done": 2, "dead_lettered": 1, "pending": 1}
+
+    await store.rollback_results("b1", handler="risk")
+    counts = await store.batch_counts("b1", handlers=["entities", "risk", "summary"])
+    assert (counts.done, counts.dead_lettered, counts.pending) == (0, 1, 3)
+    assert counts.handlers["summary"].pending == 4
+
+
+async def test_batch_counts_before_any_handler_reports(store: Store) -> None:
+    await store.record_documents([doc("d1"), doc("d2")])
+    counts = await store.batch_counts("b1")
+    assert (counts.published, counts.done, counts.dead_lettered, counts.pending) == (2, 0, 0, 2)
+
+
+# -- dead letters, checkpoints, audit ---------------------------------------------------------
+
+
+def dead_letter(
+    message_id: str, *, doc: str = "d1", handler: str = "h", **fields: object
+) -> DeadLetterRecord:
+    values: dict[str, object] = {
+        "message_id": message_id,
+        "subscription": handler,
+        "reason": "SchemaValidationFailed",
+        "description": "no valid JSON after 2 re-asks",
+        "error_type": "ValidationError",
+        "traceback": "Traceback...",
+        "handler": handler,
+        "step": "extract",
+        "delivery_count": 1,
+        "batch_id": "b1",
+        "doc_id": doc,
+        "body": b"\x00not an envelope\xff",
+        "properties": {"batch_id": "b1"},
+    }
+    values.update(fields)
+    return DeadLetterRecord.model_validate(values)
+
+
+async def test_dead_letters_are_recorded_once_per_message_and_subscription(store: Store) -> None:
+    first = dead_letter("b1:d1:0")
+    assert await store.record_dead_letter(first) is True
+    assert await store.record_dead_letter(first.model_copy(update={"delivery_count": 5})) is False
+    assert await store.record_dead_letter(first.model_copy(update={"subscription": "other"}))
+    stored = await store.dead_letters(subscription="h")
+    assert len(stored) == 1
+    assert stored[0].body == b"\x00not an envelope\xff"
+    assert (stored[0].step, stored[0].delivery_count) == ("extract", 1)
+    assert len(await store.dead_letters(batch_id="b1")) == 2
+    assert await store.dead_letters(reason="Other") == []
+
+
+async def test_replayed_dead_letters_can_be_filtered_out(store: Store) -> None:
+    record = dead_letter("b1:d1:0")
+    await store.record_dead_letter(record)
+    await store.record_dead_letter(dead_letter("b1:d2:0", doc="d2"))
+    await store.mark_dead_letter_replayed(record, datetime(2025, 1, 1, tzinfo=UTC))
+    waiting = await store.dead_letters(include_replayed=False)
+    assert [r.doc_id for r in waiting] == ["d2"]
+    assert len(await store.dead_letters(limit=1)) == 1
+
+
+async def test_checkpoints_first_write_wins(store: Store) -> None:
+    key = CheckpointKey("d1", "h", "1", "classify", input_hash({"text": "abc"}))
+    assert await store.get_checkpoint(key) is None
+    assert await store.put_checkpoint(key, {"type": "news"}, batch_id="b1") is True
+    assert await store.put_checkpoint(key, {"type": "other"}) is False
+    hit = await store.get_checkpoint(key)
+    assert hit is not None and hit.output == {"type": "news"}
+    other_input = CheckpointKey("d1", "h", "1", "classify", input_hash({"text": "abd"}))
+    assert await store.get_checkpoint(other_input) is None
+
+
+async def test_llm_calls_are_inserted(store: Store) -> None:
+    first = await store.record_llm_call({"batch_id": "b1", "step": "s", "tokens": 3})
+    second = await store.record_llm_call({"batch_id": "b1", "step": "s", "tokens": 3})
+    assert first != second
+    assert await store.database["llm_calls"].count_documents({"batch_id": "b1"}) == 2
+
+
+async def test_many_writers_on_two_connections_converge(
+    store: Store, local_mongo: LocalMongo
+) -> None:
+    async with Store(local_mongo.uri, store.database.name) as other:
+        jobs = [
+            (target, doc, generation)
+            for doc in ("d1", "d2", "d3")
+            for generation in range(8)
+            for target in (store, other)
+        ]
+        random.Random(7).shuffle(jobs)
+        await asyncio.gather(*(write(t, doc=d, generation=g) for t, d, g in jobs))
+    for name in ("d1", "d2", "d3"):
+        history = await store.result_history(name, "h")
+        assert len(history) == 8
+        assert [r.generation for r in history if r.current] == [7]
