@@ -1,47 +1,80 @@
 """The umbrella command line: ``docbus <command>``.
 
 Each command lives with the code it drives and contributes ``add_arguments(parser)`` and
-``run(args) -> int``; this module only wires them, importing each lazily so that ``docbus``
-imports none of ``publisher``, ``subscriber`` or ``handlers`` until a command needs them. The CLI
-is the one place that configures logging.
+``run(args) -> int``; this module only wires them. The module of a command is imported only when
+that command runs, so ``docbus`` imports none of ``publisher``, ``subscriber`` or ``handlers``
+until a command needs them, and a broken optional part cannot stop the others. The CLI is the
+one place that configures logging (``--log-level``, ``DOCBUS_LOG_LEVEL``).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import logging
+import os
 import sys
 from collections.abc import Sequence
 
 # command → (module providing add_arguments/run, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
+    "up": ("docbus.stack", "start the local stack (emulator, SecantusDB, offline LLM) and wait"),
+    "demo": ("docbus.demo", "run the main job on the embedded local stack and print a summary"),
+    "publish": ("publisher.cli", "publish documents (files, JSONL, CSV) to a topic as a batch"),
+    "worker": ("subscriber.cli", "run handlers on the messages of their subscriptions"),
+    "status": ("docbus.status", "show batches: published, done, retrying, dead-lettered, pending"),
+    "config": ("docbus.settings_cli", "print the effective settings, secrets masked"),
+    "topology": ("docbus.topology_cli", "print the emulator config or Bicep parameters"),
     "emulator": ("docbus.emulator.server", "run the local Service Bus emulator in the foreground"),
     "llm-server": ("docbus.llm_server", "run the offline OpenAI-compatible LLM server"),
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _top_parser() -> argparse.ArgumentParser:
+    lines = [f"  {name:<12} {help_text}" for name, (_, help_text) in COMMANDS.items()]
     parser = argparse.ArgumentParser(
         prog="docbus",
         description="Batch LLM work on documents, on Azure Service Bus.",
+        epilog="commands:\n" + "\n".join(lines) + "\n\nRun 'docbus COMMAND --help' for details.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, (module_name, help_text) in COMMANDS.items():
-        command = sub.add_parser(name, help=help_text, description=help_text)
-        command.set_defaults(_module=module_name)
-        importlib.import_module(module_name).add_arguments(command)
+    parser.add_argument("command", nargs="?", choices=list(COMMANDS), metavar="COMMAND")
+    return parser
+
+
+def build_parser(command: str) -> argparse.ArgumentParser:
+    module_name, help_text = COMMANDS[command]
+    parser = argparse.ArgumentParser(prog=f"docbus {command}", description=help_text)
+    module = importlib.import_module(module_name)
+    module.add_arguments(parser)
+    if not any(action.dest == "log_level" for action in parser._actions):
+        parser.add_argument(
+            "--log-level",
+            default=os.environ.get("DOCBUS_LOG_LEVEL", "warning"),
+            choices=["debug", "info", "warning", "error"],
+            help="logging verbosity (default: warning; DOCBUS_LOG_LEVEL)",
+        )
+    parser.set_defaults(_module=module)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "command", None):
-        parser.print_help()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in COMMANDS:
+        top = _top_parser()
+        if not argv:
+            top.print_help()
+            return 2
+        top.parse_args(argv[:1])  # prints the usage error for an unknown command
         return 2
-    module = importlib.import_module(args._module)
+    command, rest = argv[0], argv[1:]
+    args = build_parser(command).parse_args(rest)
+    logging.basicConfig(
+        level=str(args.log_level).upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     try:
-        return int(module.run(args) or 0)
+        return int(args._module.run(args) or 0)
     except KeyboardInterrupt:
         return 130
 

@@ -1,0 +1,73 @@
+"""Lock renewal: keep a message's peek-lock alive while its handler runs.
+
+LLM calls outlast lock durations, so every message in flight gets a small task that renews its
+lock when half of the remaining lock time has passed, until the message is settled, the renewal
+budget (``max_duration``) is spent, or a renewal fails (the lock is then lost and Service Bus
+redelivers the message; the handler's result write stays idempotent). The SDK's
+``AutoLockRenewer`` polls once a second and renews only in the last 75 % of whole seconds, which
+loses locks shorter than about three seconds; this renewer has no such floor. Neighbour:
+:mod:`subscriber.worker` registers messages when it starts their handlers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from datetime import UTC, datetime
+
+from azure.servicebus import ServiceBusReceivedMessage
+from azure.servicebus.aio import ServiceBusReceiver
+from azure.servicebus.exceptions import ServiceBusError
+
+logger = logging.getLogger(__name__)
+
+_MIN_PAUSE = 0.05
+
+
+class LockRenewer:
+    """Renews locks of registered messages; ``close()`` stops every renewal."""
+
+    def __init__(self, max_duration: float = 3600.0) -> None:
+        self.max_duration = max_duration
+        self._tasks: dict[int, asyncio.Task[None]] = {}
+
+    def register(self, receiver: ServiceBusReceiver, message: ServiceBusReceivedMessage) -> None:
+        key = id(message)
+        if key in self._tasks:
+            return
+        task = asyncio.create_task(self._keep(receiver, message))
+        self._tasks[key] = task
+        task.add_done_callback(lambda _: self._tasks.pop(key, None))
+
+    def release(self, message: ServiceBusReceivedMessage) -> None:
+        """Stop renewing (the message was settled)."""
+        task = self._tasks.pop(id(message), None)
+        if task is not None:
+            task.cancel()
+
+    async def close(self) -> None:
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _keep(self, receiver: ServiceBusReceiver, message: ServiceBusReceivedMessage) -> None:
+        deadline = time.monotonic() + self.max_duration
+        while True:
+            locked_until = message.locked_until_utc
+            if locked_until is None:
+                return  # receive-and-delete or session message: nothing to renew here
+            remaining = (locked_until - datetime.now(UTC)).total_seconds()
+            await asyncio.sleep(max(_MIN_PAUSE, remaining / 2))
+            if time.monotonic() >= deadline:
+                logger.warning(
+                    "stopped renewing the lock of %s after %.0fs", message.message_id,
+                    self.max_duration,
+                )  # fmt: skip
+                return
+            try:
+                await receiver.renew_message_lock(message)
+            except (ServiceBusError, ValueError) as exc:
+                logger.warning("lost the lock of %s: %s", message.message_id, exc)
+                return

@@ -1,0 +1,293 @@
+"""Processing: one delivery of one message through one handler, up to its settlement.
+
+:class:`Processor` reads the envelope, resolves a claim-check, builds the handler's
+:class:`~handlers.context.Context`, runs the handler, writes the result durably and only then
+completes the message. A failure becomes a :class:`~subscriber.settlement.Decision`
+(:func:`~subscriber.settlement.decide`), which is carried out here: hold-then-abandon for
+retries, a Mongo ``dead_letters`` record before every broker dead-letter, a ``parked`` record
+before every deferral. Neighbours: :mod:`subscriber.worker` receives and schedules,
+:mod:`subscriber.settlement` decides.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from azure.servicebus import ServiceBusReceivedMessage
+from azure.servicebus.aio import ServiceBusReceiver
+from azure.servicebus.exceptions import ServiceBusError
+
+from docbus.envelope import Envelope
+from docbus.records import DeadLetterRecord
+from docbus.store import Store, StoreError
+from handlers.context import Context
+from handlers.discovery import RegisteredHandler
+from handlers.document import resolve_document
+from handlers.output import serialize_output
+from subscriber.backoff import BackoffPolicy
+from subscriber.parking import ParkedMessage, park
+from subscriber.settlement import COMPLETE, Action, Decision, decide, describe
+
+logger = logging.getLogger(__name__)
+
+MAX_TRACEBACK = 4000
+
+
+@dataclass
+class Outcome:
+    """What happened to one delivery, for the worker's report and log line."""
+
+    handler: str
+    action: Action
+    attempt: int
+    seconds: float
+    reason: str = ""
+    batch_id: str | None = None
+    doc_id: str | None = None
+
+
+def message_body(message: ServiceBusReceivedMessage) -> bytes:
+    """The raw body of a data-section message (what the publisher sends)."""
+    body = message.body
+    if body is None:
+        return b""
+    if isinstance(body, bytes | bytearray):
+        return bytes(body)
+    if isinstance(body, str):
+        return body.encode("utf-8")
+    return b"".join(bytes(part) for part in body)
+
+
+def _plain(value: Any) -> Any:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+
+
+def message_properties(message: ServiceBusReceivedMessage) -> dict[str, Any]:
+    props = message.application_properties or {}
+    return {str(_plain(k)): _plain(v) for k, v in props.items()}
+
+
+class Processor:
+    """Runs handlers on messages and settles them; one per worker, shared by its receivers."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        backoff: BackoffPolicy,
+        max_attempts: Callable[[RegisteredHandler], int],
+        llm: Any = None,
+        stopping: asyncio.Event | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.store = store
+        self.backoff = backoff
+        self.max_attempts = max_attempts
+        self.llm = llm
+        self.stopping = stopping or asyncio.Event()
+        self.rng = rng or random.Random()
+
+    async def process(
+        self,
+        registered: RegisteredHandler,
+        receiver: ServiceBusReceiver,
+        message: ServiceBusReceivedMessage,
+    ) -> Outcome:
+        started = time.monotonic()
+        attempt = (message.delivery_count or 0) + 1
+        envelope: Envelope | None = None
+        ctx: Context | None = None
+        try:
+            envelope = Envelope.from_bytes(message_body(message))
+            document = await resolve_document(envelope, self.store)
+            ctx = Context(envelope, registered.spec, delivery_count=attempt, store=self.store)
+            if self.llm is not None:
+                ctx.llm = self.llm.bind(ctx)
+            output = serialize_output(await registered.fn(document, ctx))
+            await self.store.write_result(
+                doc_id=envelope.doc_id,
+                handler=registered.spec.name,
+                handler_version=registered.spec.version,
+                batch_id=envelope.batch_id,
+                message_id=envelope.message_id,
+                output=output,
+                generation=envelope.generation,
+                delivery_count=attempt,
+            )
+            decision: Decision = COMPLETE
+            error: BaseException | None = None
+        except asyncio.CancelledError:
+            # Shutdown past its grace period: give the message back for another worker.
+            await asyncio.shield(self._abandon(receiver, message))
+            raise
+        except Exception as exc:
+            error = exc
+            decision = decide(
+                exc,
+                attempt=attempt,
+                max_attempts=self.max_attempts(registered),
+                policy=self.backoff,
+                rng=self.rng,
+            )
+        step = getattr(ctx, "current_step", None) or getattr(error, "step", None)
+        action = await self._settle(
+            registered, receiver, message, decision, error, envelope, attempt, step
+        )
+        outcome = Outcome(
+            handler=registered.spec.name,
+            action=action,
+            attempt=attempt,
+            seconds=time.monotonic() - started,
+            reason=decision.reason,
+            batch_id=envelope.batch_id if envelope else None,
+            doc_id=envelope.doc_id if envelope else None,
+        )
+        log = logger.warning if action is Action.DEAD_LETTER else logger.info
+        log(
+            "%s %s %s/%s attempt=%d %.2fs%s",
+            action.value,
+            outcome.handler,
+            outcome.batch_id or "?",
+            outcome.doc_id or "?",
+            attempt,
+            outcome.seconds,
+            f" {decision.reason}: {decision.description}" if decision.reason else "",
+        )
+        if action is Action.RETRY and error is not None:
+            logger.info(
+                "will retry %s after %.1fs: %s", outcome.doc_id, decision.delay, describe(error)
+            )
+        return outcome
+
+    # --- carrying decisions out ---------------------------------------------------------
+    async def _settle(
+        self,
+        registered: RegisteredHandler,
+        receiver: ServiceBusReceiver,
+        message: ServiceBusReceivedMessage,
+        decision: Decision,
+        error: BaseException | None,
+        envelope: Envelope | None,
+        attempt: int,
+        step: str | None,
+    ) -> Action:
+        try:
+            if decision.action is Action.COMPLETE:
+                await receiver.complete_message(message)
+            elif decision.action is Action.RETRY:
+                await self._hold(decision.delay)
+                await receiver.abandon_message(message)
+            elif decision.action is Action.DEAD_LETTER:
+                record = self._dead_letter_record(
+                    registered, message, decision, error, envelope, attempt, step
+                )
+                try:
+                    await self.store.record_dead_letter(record)
+                except StoreError as exc:
+                    # Never dead-letter what we could not record: try again later instead.
+                    logger.error("cannot record dead letter, retrying later: %s", exc)
+                    await self._hold(self.backoff.base)
+                    await receiver.abandon_message(message)
+                    return Action.RETRY
+                await receiver.dead_letter_message(
+                    message, reason=decision.reason, error_description=decision.description
+                )
+            elif decision.action is Action.PARK:
+                await self._park(registered, receiver, message, decision, envelope)
+        except ServiceBusError as exc:
+            # Lock lost or connection gone: the broker redelivers; the result (if any) is
+            # already written and the rewrite is idempotent.
+            logger.warning(
+                "could not settle %s (%s): %s", message.message_id, decision.action.value, exc
+            )
+        return decision.action
+
+    async def _hold(self, seconds: float) -> None:
+        """Wait out a backoff while the lock is renewed; shutdown cuts the wait short."""
+        if seconds <= 0 or self.stopping.is_set():
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.stopping.wait(), timeout=seconds)
+
+    async def _abandon(
+        self, receiver: ServiceBusReceiver, message: ServiceBusReceivedMessage
+    ) -> None:
+        try:
+            await receiver.abandon_message(message)
+        except (ServiceBusError, ValueError) as exc:
+            logger.warning("could not abandon %s: %s", message.message_id, exc)
+
+    async def _park(
+        self,
+        registered: RegisteredHandler,
+        receiver: ServiceBusReceiver,
+        message: ServiceBusReceivedMessage,
+        decision: Decision,
+        envelope: Envelope | None,
+    ) -> None:
+        spec = registered.spec
+        await park(
+            self.store,
+            ParkedMessage(
+                topic=spec.topic,
+                subscription=spec.subscription,
+                sequence_number=int(message.sequence_number or 0),
+                reason=decision.reason,
+                description=decision.description,
+                batch_id=envelope.batch_id if envelope else None,
+                doc_id=envelope.doc_id if envelope else None,
+                message_id=str(message.message_id),
+            ),
+        )
+        await receiver.defer_message(message)
+
+    @staticmethod
+    def _dead_letter_record(
+        registered: RegisteredHandler,
+        message: ServiceBusReceivedMessage,
+        decision: Decision,
+        error: BaseException | None,
+        envelope: Envelope | None,
+        attempt: int,
+        step: str | None,
+    ) -> DeadLetterRecord:
+        trace = None
+        if error is not None and not _is_expected(error):
+            trace = "".join(traceback.format_exception(error))[-MAX_TRACEBACK:]
+        enqueued = message.enqueued_time_utc
+        return DeadLetterRecord(
+            message_id=str(message.message_id),
+            subscription=registered.spec.subscription,
+            topic=registered.spec.topic,
+            reason=decision.reason,
+            description=decision.description,
+            error_type=type(error).__name__ if error is not None else None,
+            error_message=str(error)[:2000] if error is not None else None,
+            traceback=trace,
+            handler=registered.spec.name,
+            handler_version=registered.spec.version,
+            step=step,
+            delivery_count=attempt,
+            batch_id=envelope.batch_id if envelope else None,
+            doc_id=envelope.doc_id if envelope else None,
+            generation=envelope.generation if envelope else None,
+            body=message_body(message),
+            properties=message_properties(message),
+            enqueued_at=enqueued.astimezone(UTC) if isinstance(enqueued, datetime) else None,
+        )
+
+
+def _is_expected(error: BaseException) -> bool:
+    """Outcomes a handler chose (DeadLetter, Retry) carry no traceback worth keeping."""
+    from handlers.errors import HandlerOutcome
+
+    return isinstance(error, HandlerOutcome)

@@ -1,0 +1,426 @@
+"""The worker: receive from each handler's subscription, run handlers concurrently, settle.
+
+One :class:`Worker` serves a set of handlers in one process. Per handler it keeps a peek-lock
+receiver on the handler's subscription and pulls only as many messages as it has free handler
+slots (``concurrency`` is shared by all handlers), so nothing waits in a buffer with a ticking
+lock. Locks are renewed while handlers run (``AutoLockRenewer``). A circuit breaker pauses every
+receiver when the LLM endpoint fails systemically and probes until it recovers; parked messages
+(:mod:`subscriber.parking`) are resumed once their cause clears. ``stop()`` (SIGINT/SIGTERM in
+the CLI) stops receiving, lets in-flight handlers finish within the grace period and abandons
+the rest; ``until_idle`` drains and exits, for batch jobs and tests. Neighbours:
+:mod:`subscriber.processing` (one delivery), :mod:`subscriber.cli` (``docbus worker``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from azure.servicebus import ServiceBusReceivedMessage
+from azure.servicebus.aio import ServiceBusClient, ServiceBusReceiver
+from azure.servicebus.exceptions import ServiceBusError
+
+from docbus.settings import WorkerSettings
+from docbus.store import Store
+from docbus.topology import Topology, TopologyError
+from handlers.discovery import RegisteredHandler
+from subscriber.backoff import BackoffPolicy
+from subscriber.locks import LockRenewer
+from subscriber.parking import ParkedMessage, parked_messages, unpark
+from subscriber.processing import Outcome, Processor
+from subscriber.settlement import Action
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    """How a worker runs; durations in seconds."""
+
+    concurrency: int = 16
+    prefetch: int = 0
+    until_idle: float | None = None
+    """Exit once nothing has arrived for this long and nothing is in flight."""
+    max_messages: int | None = None
+    """Exit after settling this many messages."""
+    shutdown_grace: float = 30.0
+    lock_renewal: bool = True
+    max_lock_renewal: float = 3600.0
+    backoff: BackoffPolicy = field(default_factory=BackoffPolicy)
+    receive_wait: float = 1.0
+    default_max_delivery_count: int = 10
+    """Delivery limit for subscriptions the topology does not describe."""
+    probe_interval: float = 15.0
+    """How often a paused worker asks the LLM endpoint whether it works again."""
+    resume_interval: float = 30.0
+    """How often parked messages are checked for resumption."""
+
+    @classmethod
+    def from_settings(cls, worker: WorkerSettings, **overrides: Any) -> WorkerOptions:
+        values: dict[str, Any] = {
+            "concurrency": worker.concurrency,
+            "prefetch": worker.prefetch,
+            "shutdown_grace": worker.shutdown_grace,
+            "lock_renewal": worker.lock_renewal,
+            "max_lock_renewal": worker.max_lock_renewal_duration,
+            "backoff": BackoffPolicy(
+                base=worker.retry_backoff_base,
+                cap=worker.retry_backoff_max,
+                jitter=worker.retry_jitter,
+            ),
+        }
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+
+@dataclass
+class WorkerReport:
+    """What a worker did, per handler and outcome."""
+
+    outcomes: Counter[tuple[str, str]] = field(default_factory=Counter)
+    reasons: Counter[tuple[str, str]] = field(default_factory=Counter)
+    seconds: float = 0.0
+
+    def add(self, outcome: Outcome) -> None:
+        self.outcomes[(outcome.handler, outcome.action.value)] += 1
+        if outcome.action is Action.DEAD_LETTER:
+            self.reasons[(outcome.handler, outcome.reason)] += 1
+
+    def count(self, action: Action, handler: str | None = None) -> int:
+        return sum(
+            n
+            for (name, value), n in self.outcomes.items()
+            if value == action.value and (handler is None or name == handler)
+        )
+
+    @property
+    def settled(self) -> int:
+        return sum(self.outcomes.values())
+
+
+class Worker:
+    """Runs ``handlers`` against their subscriptions until stopped, idle or done."""
+
+    def __init__(
+        self,
+        handlers: list[RegisteredHandler],
+        *,
+        client: ServiceBusClient,
+        store: Store,
+        options: WorkerOptions | None = None,
+        topology: Topology | None = None,
+        llm: Any = None,
+        on_outcome: Callable[[Outcome], None] | None = None,
+    ) -> None:
+        if not handlers:
+            raise ValueError("a worker needs at least one handler")
+        self.handlers = handlers
+        self.client = client
+        self.store = store
+        self.options = options or WorkerOptions()
+        self.topology = topology
+        self.llm = llm
+        self.on_outcome = on_outcome
+        self.report = WorkerReport()
+        self._stopping = asyncio.Event()
+        self._circuit_closed = asyncio.Event()
+        self._circuit_closed.set()
+        self._slots = asyncio.Semaphore(self.options.concurrency)
+        self._in_flight: set[asyncio.Task[None]] = set()
+        self._taken = 0
+        self._last_activity = time.monotonic()
+        self._renewer: LockRenewer | None = None
+        self._receivers: dict[str, ServiceBusReceiver] = {}
+        self._handler_tasks: dict[str, set[asyncio.Task[None]]] = {}
+        self._processor = Processor(
+            store,
+            backoff=self.options.backoff,
+            max_attempts=self.max_delivery_count,
+            llm=llm,
+            stopping=self._stopping,
+        )
+
+    # --- public ---------------------------------------------------------------------------
+    def stop(self) -> None:
+        """Stop receiving; in-flight handlers get the grace period to finish."""
+        if not self._stopping.is_set():
+            logger.info("worker stopping: no new messages, finishing in-flight handlers")
+        self._stopping.set()
+
+    @property
+    def paused(self) -> bool:
+        return not self._circuit_closed.is_set()
+
+    def max_delivery_count(self, registered: RegisteredHandler) -> int:
+        spec = registered.spec
+        if self.topology is not None:
+            try:
+                return (
+                    self.topology.topic(spec.topic)
+                    .subscription(spec.subscription)
+                    .max_delivery_count
+                )
+            except TopologyError:
+                pass
+        return self.options.default_max_delivery_count
+
+    async def run(self) -> WorkerReport:
+        started = time.monotonic()
+        self._last_activity = started
+        if self.options.lock_renewal:
+            self._renewer = LockRenewer(self.options.max_lock_renewal)
+        loops = [asyncio.create_task(self._receive_loop(h)) for h in self.handlers]
+        helpers = [
+            asyncio.create_task(self._watch_idle()),
+            asyncio.create_task(self._resume_loop()),
+        ]
+        try:
+            await asyncio.gather(*loops)
+        finally:
+            self._stopping.set()
+            for task in helpers:
+                task.cancel()
+            for task in loops:
+                task.cancel()
+            await asyncio.gather(*helpers, *loops, return_exceptions=True)
+            if self._renewer is not None:
+                await self._renewer.close()
+            self.report.seconds = time.monotonic() - started
+        return self.report
+
+    # --- receiving ------------------------------------------------------------------------
+    async def _receive_loop(self, registered: RegisteredHandler) -> None:
+        spec = registered.spec
+        receiver = self.client.get_subscription_receiver(
+            spec.topic, spec.subscription, prefetch_count=self.options.prefetch
+        )
+        async with receiver:
+            self._receivers[spec.name] = receiver
+            mine = self._handler_tasks.setdefault(spec.name, set())
+            try:
+                while not self._stopping.is_set():
+                    await self._wait_for_circuit()
+                    if self._stopping.is_set():
+                        break
+                    granted = await self._take_slots()
+                    if granted == 0:
+                        break
+                    try:
+                        messages = await receiver.receive_messages(
+                            max_message_count=granted, max_wait_time=self.options.receive_wait
+                        )
+                    except ServiceBusError as exc:
+                        self._release(granted)
+                        logger.warning("receive from %s failed: %s", spec.subscription, exc)
+                        await self._pause_for(self.options.backoff.base)
+                        continue
+                    self._release(granted - len(messages))
+                    if messages:
+                        self._last_activity = time.monotonic()
+                    for message in messages:
+                        self._taken += 1
+                        self._start(registered, receiver, message, mine)
+                await self._drain(mine)
+            finally:
+                self._receivers.pop(spec.name, None)
+
+    async def _take_slots(self) -> int:
+        """Block for one free handler slot, then take whatever else is free right now."""
+        remaining = None
+        if self.options.max_messages is not None:
+            remaining = self.options.max_messages - self._taken
+            if remaining <= 0:
+                self._stopping.set()
+                return 0
+        acquire = asyncio.ensure_future(self._slots.acquire())
+        stop = asyncio.ensure_future(self._stopping.wait())
+        done, _ = await asyncio.wait({acquire, stop}, return_when=asyncio.FIRST_COMPLETED)
+        stop.cancel()
+        if acquire not in done:
+            acquire.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await acquire
+            if acquire.done() and not acquire.cancelled():
+                self._slots.release()
+            return 0
+        granted = 1
+        limit = remaining if remaining is not None else self.options.concurrency
+        while granted < limit and not self._slots.locked():
+            await self._slots.acquire()
+            granted += 1
+        return granted
+
+    def _release(self, count: int) -> None:
+        for _ in range(count):
+            self._slots.release()
+
+    def _start(
+        self,
+        registered: RegisteredHandler,
+        receiver: ServiceBusReceiver,
+        message: ServiceBusReceivedMessage,
+        mine: set[asyncio.Task[None]],
+    ) -> None:
+        if self._renewer is not None:
+            self._renewer.register(receiver, message)
+        task = asyncio.create_task(self._run_one(registered, receiver, message))
+        self._in_flight.add(task)
+        mine.add(task)
+        task.add_done_callback(self._in_flight.discard)
+        task.add_done_callback(mine.discard)
+
+    async def _run_one(
+        self,
+        registered: RegisteredHandler,
+        receiver: ServiceBusReceiver,
+        message: ServiceBusReceivedMessage,
+    ) -> None:
+        try:
+            outcome = await self._processor.process(registered, receiver, message)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.exception("unexpected failure processing %s", message.message_id)
+            return
+        finally:
+            if self._renewer is not None:
+                self._renewer.release(message)
+            self._slots.release()
+            self._last_activity = time.monotonic()
+        self.report.add(outcome)
+        if outcome.action is Action.PARK and outcome.reason == "SystemicFailure":
+            self._open_circuit()
+        if self.on_outcome is not None:
+            self.on_outcome(outcome)
+
+    async def _drain(self, tasks: set[asyncio.Task[None]]) -> None:
+        """Give in-flight handlers the grace period, then cancel (they abandon their message)."""
+        if not tasks:
+            return
+        _, pending = await asyncio.wait(set(tasks), timeout=self.options.shutdown_grace)
+        if pending:
+            logger.warning(
+                "abandoning %d messages still in flight after the grace period", len(pending)
+            )
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    async def _pause_for(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), timeout=seconds)
+
+    async def _watch_idle(self) -> None:
+        idle = self.options.until_idle
+        if idle is None:
+            return
+        while not self._stopping.is_set():
+            quiet = time.monotonic() - self._last_activity
+            if quiet >= idle and not self._in_flight and not self.paused:
+                logger.info("worker idle for %.1fs: draining and exiting", quiet)
+                self.stop()
+                return
+            await self._pause_for(min(0.2, idle))
+
+    # --- circuit breaker ------------------------------------------------------------------
+    def _open_circuit(self) -> None:
+        if self._circuit_closed.is_set():
+            logger.error(
+                "LLM endpoint failing systemically (authentication, quota or unreachable): "
+                "pausing consumption and probing every %.0fs",
+                self.options.probe_interval,
+            )
+            self._circuit_closed.clear()
+            asyncio.get_running_loop().create_task(self._probe_until_recovered())
+
+    async def _wait_for_circuit(self) -> None:
+        if self._circuit_closed.is_set():
+            return
+        waiter = asyncio.ensure_future(self._circuit_closed.wait())
+        stop = asyncio.ensure_future(self._stopping.wait())
+        await asyncio.wait({waiter, stop}, return_when=asyncio.FIRST_COMPLETED)
+        waiter.cancel()
+        stop.cancel()
+
+    async def _probe_until_recovered(self) -> None:
+        while not self._stopping.is_set():
+            await self._pause_for(self.options.probe_interval)
+            if self._stopping.is_set():
+                return
+            try:
+                ok = await self.llm.probe() if self.llm is not None else True
+            except Exception as exc:
+                logger.warning("LLM probe failed: %s", exc)
+                ok = False
+            if ok:
+                logger.warning("LLM endpoint works again: resuming consumption")
+                self._circuit_closed.set()
+                await self._resume_parked("SystemicFailure")
+                return
+
+    # --- parked messages ------------------------------------------------------------------
+    async def _resume_loop(self) -> None:
+        while not self._stopping.is_set():
+            await self._resume_parked("OverBudget")
+            if self.paused is False:
+                await self._resume_parked("SystemicFailure")
+            await self._pause_for(self.options.resume_interval)
+
+    async def _resume_parked(self, reason: str) -> None:
+        for registered in self.handlers:
+            spec = registered.spec
+            receiver = self._receivers.get(spec.name)
+            if receiver is None:
+                continue
+            try:
+                parked = await parked_messages(
+                    self.store, spec.topic, spec.subscription, reason=reason
+                )
+            except Exception as exc:
+                logger.warning("cannot read parked messages: %s", exc)
+                return
+            ready = [p for p in parked if await self._may_resume(p)]
+            if ready:
+                await self._resume(registered, receiver, ready)
+
+    async def _may_resume(self, parked: ParkedMessage) -> bool:
+        if parked.reason == "SystemicFailure":
+            return not self.paused
+        if parked.reason == "OverBudget" and parked.batch_id is not None:
+            batch = await self.store.get_batch(parked.batch_id)
+            return batch is None or not getattr(batch, "over_budget", False)
+        return True
+
+    async def _resume(
+        self,
+        registered: RegisteredHandler,
+        receiver: ServiceBusReceiver,
+        parked: list[ParkedMessage],
+    ) -> None:
+        numbers = [p.sequence_number for p in parked]
+        try:
+            messages = await receiver.receive_deferred_messages(numbers)
+        except ServiceBusError as exc:
+            logger.warning("cannot fetch %d parked messages: %s", len(numbers), exc)
+            messages = []
+            for p in parked:  # one by one: drop the records of messages that are gone
+                try:
+                    messages += await receiver.receive_deferred_messages([p.sequence_number])
+                except ServiceBusError:
+                    await unpark(self.store, p)
+        by_number = {m.sequence_number: m for m in messages}
+        logger.info("resuming %d parked messages of %s", len(by_number), registered.spec.name)
+        for p in parked:
+            message = by_number.get(p.sequence_number)
+            await unpark(self.store, p)
+            if message is None:
+                continue
+            await self._slots.acquire()
+            self._last_activity = time.monotonic()
+            self._start(registered, receiver, message, self._handler_tasks[registered.spec.name])
