@@ -201,6 +201,12 @@ class Processor:
                 await receiver.dead_letter_message(
                     message, reason=decision.reason, error_description=decision.description
                 )
+            elif decision.action is Action.PARK and registered.spec.ordered_by:
+                # A deferred session message would break its session's order: hold it (the
+                # session lock is renewed) and give it back, in order, when the hold ends.
+                await self._hold(self.backoff.cap)
+                await receiver.abandon_message(message)
+                return Action.RETRY
             elif decision.action is Action.PARK:
                 await self._park(registered, receiver, message, decision, envelope)
         except ServiceBusError as exc:

@@ -20,11 +20,12 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
-from azure.servicebus import ServiceBusReceivedMessage
+from azure.servicebus import NEXT_AVAILABLE_SESSION, ServiceBusReceivedMessage
 from azure.servicebus.aio import ServiceBusClient, ServiceBusReceiver
-from azure.servicebus.exceptions import ServiceBusError
+from azure.servicebus.exceptions import OperationTimeoutError, ServiceBusError
 
 from docbus.settings import WorkerSettings
 from docbus.store import Store
@@ -60,6 +61,8 @@ class WorkerOptions:
     """How often a paused worker asks the LLM endpoint whether it works again."""
     resume_interval: float = 30.0
     """How often parked messages are checked for resumption."""
+    max_sessions: int = 8
+    """Sessions an ordered handler works on at once (each is one receiver connection)."""
 
     @classmethod
     def from_settings(cls, worker: WorkerSettings, **overrides: Any) -> WorkerOptions:
@@ -128,6 +131,7 @@ class Worker:
         self.llm = llm
         self.on_outcome = on_outcome
         self.report = WorkerReport()
+        self._check_ordering()
         self._stopping = asyncio.Event()
         self._circuit_closed = asyncio.Event()
         self._circuit_closed.set()
@@ -145,6 +149,23 @@ class Worker:
             llm=llm,
             stopping=self._stopping,
         )
+
+    def _check_ordering(self) -> None:
+        if self.topology is None:
+            return
+        for registered in self.handlers:
+            spec = registered.spec
+            try:
+                sub = self.topology.topic(spec.topic).subscription(spec.subscription)
+            except TopologyError:
+                continue
+            if bool(spec.ordered_by) != sub.requires_session:
+                need = "requires" if spec.ordered_by else "must not require"
+                raise ValueError(
+                    f"handler {spec.name!r} is {'ordered' if spec.ordered_by else 'unordered'}, "
+                    f"so subscription {spec.topic}/{spec.subscription} {need} sessions: set "
+                    f"requires_session = {str(bool(spec.ordered_by)).lower()} in the topology"
+                )
 
     # --- public ---------------------------------------------------------------------------
     def stop(self) -> None:
@@ -175,7 +196,16 @@ class Worker:
         self._last_activity = started
         if self.options.lock_renewal:
             self._renewer = LockRenewer(self.options.max_lock_renewal)
-        loops = [asyncio.create_task(self._receive_loop(h)) for h in self.handlers]
+        loops = []
+        for registered in self.handlers:
+            if registered.spec.ordered_by:
+                # Several sessions at once, one message at a time within each.
+                parallel = max(1, min(self.options.concurrency, self.options.max_sessions))
+                loops += [
+                    asyncio.create_task(self._session_loop(registered)) for _ in range(parallel)
+                ]
+            else:
+                loops.append(asyncio.create_task(self._receive_loop(registered)))
         helpers = [
             asyncio.create_task(self._watch_idle()),
             asyncio.create_task(self._resume_loop()),
@@ -230,7 +260,71 @@ class Worker:
             finally:
                 self._receivers.pop(spec.name, None)
 
-    async def _take_slots(self) -> int:
+    async def _session_loop(self, registered: RegisteredHandler) -> None:
+        """Ordered handlers: lock the next session with messages, run them in order, repeat."""
+        spec = registered.spec
+        while not self._stopping.is_set():
+            await self._wait_for_circuit()
+            if self._stopping.is_set():
+                return
+            receiver = self.client.get_subscription_receiver(
+                spec.topic,
+                spec.subscription,
+                session_id=NEXT_AVAILABLE_SESSION,
+                max_wait_time=self.options.receive_wait,
+            )
+            try:
+                async with receiver:
+                    renewal = asyncio.create_task(self._renew_session(receiver))
+                    try:
+                        await self._drain_session(registered, receiver)
+                    finally:
+                        renewal.cancel()
+                        await asyncio.gather(renewal, return_exceptions=True)
+            except OperationTimeoutError:
+                continue  # no session has messages right now
+            except ServiceBusError as exc:
+                logger.warning("session receive on %s failed: %s", spec.subscription, exc)
+                await self._pause_for(self.options.backoff.base)
+
+    async def _drain_session(
+        self, registered: RegisteredHandler, receiver: ServiceBusReceiver
+    ) -> None:
+        while not self._stopping.is_set():
+            granted = await self._take_slots(most=1)
+            if granted == 0:
+                return
+            try:
+                messages = await receiver.receive_messages(
+                    max_message_count=1, max_wait_time=self.options.receive_wait
+                )
+            except BaseException:
+                self._release(granted)
+                raise
+            if not messages:
+                self._release(granted)
+                return  # this session is drained: let another receiver take the next one
+            self._last_activity = time.monotonic()
+            self._taken += 1
+            task = asyncio.create_task(self._run_one(registered, receiver, messages[0]))
+            self._in_flight.add(task)
+            task.add_done_callback(self._in_flight.discard)
+            # One at a time within a session: the next message waits for this settlement.
+            await asyncio.shield(task)
+
+    async def _renew_session(self, receiver: ServiceBusReceiver) -> None:
+        session = receiver.session
+        while True:
+            locked_until = session.locked_until_utc
+            remaining = (locked_until - datetime.now(UTC)).total_seconds() if locked_until else 10.0
+            await asyncio.sleep(max(0.05, remaining / 2))
+            try:
+                await session.renew_lock()
+            except (ServiceBusError, ValueError) as exc:
+                logger.warning("lost the lock of session %s: %s", session.session_id, exc)
+                return
+
+    async def _take_slots(self, most: int | None = None) -> int:
         """Block for one free handler slot, then take whatever else is free right now."""
         remaining = None
         if self.options.max_messages is not None:
@@ -251,6 +345,8 @@ class Worker:
             return 0
         granted = 1
         limit = remaining if remaining is not None else self.options.concurrency
+        if most is not None:
+            limit = min(limit, most)
         while granted < limit and not self._slots.locked():
             await self._slots.acquire()
             granted += 1

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import pytest
 from pydantic import SecretStr
 
-from docbus.emulator import EmulatorThread, parse_config
+from docbus.emulator import EmulatorThread
 from docbus.settings import MongoSettings, ServiceBusSettings, Settings
 from docbus.store import Store
 from docbus.topology import Topology, parse_topology
@@ -18,6 +18,10 @@ TOPOLOGY = parse_topology(
         "defaults": {"max_delivery_count": 3, "lock_duration": "PT2S"},
         "topics": [
             {"name": "docs", "subscriptions": [{"name": "work"}, {"name": "other"}]},
+            {
+                "name": "ordered",
+                "subscriptions": [{"name": "in-order", "requires_session": True}],
+            },
         ],
     }
 )
@@ -43,7 +47,9 @@ def servicebus_topology() -> Topology:
 @pytest.fixture
 def stack(servicebus_emulator: EmulatorThread, store: Store, local_mongo) -> Iterator[Stack]:  # type: ignore[no-untyped-def]
     settings = Settings(
-        servicebus=ServiceBusSettings(connection_string=SecretStr(servicebus_emulator.connection_string)),
+        servicebus=ServiceBusSettings(
+            connection_string=SecretStr(servicebus_emulator.connection_string)
+        ),
         mongodb=MongoSettings(uri=SecretStr(local_mongo.uri), database=store.database.name),
     )
     yield Stack(servicebus_emulator, store, settings, TOPOLOGY)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import signal
 import subprocess
@@ -32,6 +33,10 @@ async def publish(stack: Stack, docs: list[dict[str, Any]], batch_id: str = "b1"
         progress=False,
     )  # fmt: skip
     assert report.ok, report
+
+
+def doc(doc_id: str, text: str, behaviour: str) -> dict[str, Any]:
+    return {"text": text, "doc_id": doc_id, "metadata": {"behaviour": behaviour}}
 
 
 async def run_worker(stack: Stack, **options: Any) -> WorkerReport:
@@ -86,11 +91,11 @@ def report_action(value: str):  # type: ignore[no-untyped-def]
 
 
 async def test_transient_failure_is_retried_with_backoff_then_succeeds(stack: Stack) -> None:
-    await publish(stack, [{"text": "flaky", "doc_id": "f", "metadata": {"behaviour": "fail-times:2"}}])
+    await publish(stack, [doc("f", "flaky", "fail-times:2")])
     await run_worker(stack)
     starts = await invocations(stack, "f")
     assert [s["attempt"] for s in starts] == [1, 2, 3]
-    gaps = [(b["at"] - a["at"]).total_seconds() for a, b in zip(starts, starts[1:], strict=False)]
+    gaps = [(b["at"] - a["at"]).total_seconds() for a, b in itertools.pairwise(starts)]
     assert gaps[0] >= 0.18 and gaps[1] >= 0.38  # 0.2 s then 0.4 s of backoff, not a hot loop
     assert len(await current_results(stack, "f")) == 1
 
@@ -98,7 +103,7 @@ async def test_transient_failure_is_retried_with_backoff_then_succeeds(stack: St
 async def test_persistent_failure_is_dead_lettered_at_the_limit_with_its_record(
     stack: Stack,
 ) -> None:
-    await publish(stack, [{"text": "doomed", "doc_id": "x", "metadata": {"behaviour": "always-fail"}}])
+    await publish(stack, [doc("x", "doomed", "always-fail")])
     report = await run_worker(stack)
     assert len(await invocations(stack, "x")) == 3  # MaxDeliveryCount of the subscription
     (dead,) = await dead_letters_on_broker(stack)
@@ -117,7 +122,7 @@ async def test_persistent_failure_is_dead_lettered_at_the_limit_with_its_record(
 
 
 async def test_dead_letter_raised_by_a_handler_goes_at_once(stack: Stack) -> None:
-    await publish(stack, [{"text": "bad", "doc_id": "p", "metadata": {"behaviour": "poison"}}])
+    await publish(stack, [doc("p", "bad", "poison")])
     await run_worker(stack)
     assert len(await invocations(stack, "p")) == 1
     (dead,) = await dead_letters_on_broker(stack)
@@ -155,7 +160,7 @@ async def test_a_one_megabyte_document_travels_by_claim_check(stack: Stack) -> N
 
 
 async def test_a_handler_outliving_its_lock_keeps_it(stack: Stack) -> None:
-    await publish(stack, [{"text": "slow", "doc_id": "s", "metadata": {"behaviour": "slow:5"}}])
+    await publish(stack, [doc("s", "slow", "slow:5")])
     await run_worker(stack)  # the subscription's lock lasts 2 s
     assert len(await invocations(stack, "s")) == 1
     assert len(await invocations(stack, "s", "done")) == 1
@@ -164,7 +169,9 @@ async def test_a_handler_outliving_its_lock_keeps_it(stack: Stack) -> None:
 
 
 async def test_graceful_shutdown_finishes_in_flight_and_loses_nothing(stack: Stack) -> None:
-    docs = [{"text": f"t{i}", "doc_id": f"g{i}", "metadata": {"behaviour": "slow:1"}} for i in range(6)]
+    docs = [
+        {"text": f"t{i}", "doc_id": f"g{i}", "metadata": {"behaviour": "slow:1"}} for i in range(6)
+    ]
     await publish(stack, docs)
     async with ServiceBusClient.from_connection_string(stack.connection_string) as client:
         worker = Worker(
@@ -197,7 +204,7 @@ async def test_a_worker_killed_mid_handler_is_redelivered_to_one_result(
         '[[topics]]\nname = "docs"\n[[topics.subscriptions]]\nname = "work"\n'
         '[[topics.subscriptions]]\nname = "other"\n'
     )
-    await publish(stack, [{"text": "crash", "doc_id": "k", "metadata": {"behaviour": "hang-first"}}])
+    await publish(stack, [doc("k", "crash", "hang-first")])
     env = {
         **os.environ,
         "DOCBUS_SERVICEBUS__CONNECTION_STRING": stack.connection_string,
@@ -205,7 +212,7 @@ async def test_a_worker_killed_mid_handler_is_redelivered_to_one_result(
         "DOCBUS_MONGODB__DATABASE": stack.settings.mongodb.database,
     }
     handlers_file = Path(sample_handlers.__file__)
-    proc = subprocess.Popen(
+    proc = subprocess.Popen(  # noqa: ASYNC220 - a worker process to kill
         [sys.executable, "-m", "docbus", "worker", "--handlers", str(handlers_file),
          "--topology", str(topology_file)],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
@@ -240,9 +247,10 @@ async def test_redelivered_duplicates_never_make_a_second_current_result(
             for n in range(copies):  # the same envelope again, as a redelivery would bring it
                 await sender.send_messages(
                     ServiceBusMessage(
-                        envelope.to_bytes(), message_id=f"copy-{n}",
+                        envelope.to_bytes(),
+                        message_id=f"copy-{n}",
                         application_properties={ROUTE_PROPERTY: "work"},
-                    )  # fmt: skip
+                    )
                 )
     await run_worker(stack)
     assert len(await invocations(stack, "o", "done")) == copies + 1

@@ -1,0 +1,199 @@
+"""``docbus demo``: the main job, end to end, on the embedded local stack.
+
+Starts the local stack (:mod:`docbus.stack`), publishes the sample supplier-news documents
+shipped in ``docbus/samples`` (a few of them deliberately malformed, to show how bad input is
+reported), runs a worker with the built-in multi-step handlers until the subscriptions are idle,
+and prints what happened: results and dead letters per handler, LLM calls, tokens and cost, and
+whether every published document ended as exactly one current result or one dead letter. With
+no LLM API key configured it uses the offline model and says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from docbus.settings import Settings
+from docbus.stack import LocalStack, StackOptions
+
+SAMPLES = Path(__file__).resolve().parent / "samples" / "supplier_news.jsonl"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--input", type=Path, default=SAMPLES, help="JSONL of documents")
+    parser.add_argument("--concurrency", type=int, default=16, help="handlers at once (16)")
+    parser.add_argument(
+        "--llm-latency", type=float, default=0.05, help="offline model seconds per call (0.05)"
+    )
+    parser.add_argument("--batch-id", help="batch id (default: generated)")
+
+
+@dataclass
+class DemoSummary:
+    published: int = 0
+    skipped: int = 0
+    handlers: list[str] = field(default_factory=list)
+    done: dict[str, int] = field(default_factory=dict)
+    dead: dict[tuple[str, str], int] = field(default_factory=dict)
+    unaccounted: dict[str, int] = field(default_factory=dict)
+    llm_calls: int = 0
+    tokens: int = 0
+    cost: float = 0.0
+    seconds: float = 0.0
+    offline: bool = True
+
+    @property
+    def accounted(self) -> bool:
+        return not any(self.unaccounted.values())
+
+
+async def run_demo(args: argparse.Namespace, console: Console) -> DemoSummary:
+    from handlers import discover_handlers
+    from publisher import LoaderOptions, iter_documents, publish_documents
+    from subscriber.cli import build_llm
+    from subscriber.worker import Worker, WorkerOptions
+
+    base = Settings()
+    offline = base.llm.api_key is None and base.llm.azure_endpoint is None
+    summary = DemoSummary(offline=offline)
+    started = time.monotonic()
+    console.print("[bold]docbus demo[/]: starting the local stack (Service Bus emulator, SecantusDB"
+                  + (", offline LLM server)" if offline else ")"))  # fmt: skip
+    if offline:
+        console.print(
+            "[yellow]No LLM API key is configured: the demo uses the OFFLINE model "
+            "'docbus-offline' (deterministic answers derived from each document, not a real "
+            "LLM).[/] Set OPENAI_API_KEY (or AZURE_OPENAI_*) to use a real one."
+        )
+    options = StackOptions(llm=offline, llm_latency=args.llm_latency)
+    async with LocalStack(options) as stack:
+        settings = stack.settings(base)
+        registered = discover_handlers("handlers.builtin")
+        summary.handlers = [h.name for h in registered]
+        from docbus.store import Store
+
+        async with Store.from_settings(settings) as store:
+            await store.ensure_indexes()
+            problems: list[Any] = []
+            docs = iter_documents(
+                [args.input], problems, LoaderOptions(format="jsonl", id_field="id")
+            )
+            report = await publish_documents(
+                list(docs), topic="documents", batch_id=args.batch_id, settings=settings,
+                store=store, skip_invalid=True, source=[str(args.input)], console=console,
+            )  # fmt: skip
+            all_problems = [*problems, *report.problems]
+            summary.published = report.sent
+            summary.skipped = len(all_problems)
+            if all_problems:
+                table = Table(title="input problems (skipped, not sent)")
+                table.add_column("where")
+                table.add_column("reason")
+                for problem in all_problems:
+                    table.add_row(f"{problem.file}:{problem.line}", problem.reason)
+                console.print(table)
+            console.print(report.table())
+            expected = report.sent * len(registered)
+            from docbus.servicebus import servicebus_client
+
+            async with servicebus_client(settings) as client:
+                llm = build_llm(settings, store)
+                progress = Progress(
+                    TextColumn("processing"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), console=console,
+                )  # fmt: skip
+                task = progress.add_task("processing", total=expected)
+                worker = Worker(
+                    registered,
+                    client=client,
+                    store=store,
+                    options=WorkerOptions(concurrency=args.concurrency, until_idle=3.0),
+                    topology=stack.topology,
+                    llm=llm,
+                    on_outcome=lambda outcome: (
+                        progress.advance(task)
+                        if outcome.action.value in ("completed", "dead-lettered")
+                        else None
+                    ),
+                )
+                with progress:
+                    if llm is not None:
+                        async with llm:
+                            worker_report = await worker.run()
+                    else:
+                        worker_report = await worker.run()
+            await _summarise(store, report.batch_id, registered, worker_report, summary)
+    summary.seconds = time.monotonic() - started
+    return summary
+
+
+async def _summarise(
+    store: Any, batch_id: str, registered: list[Any], worker_report: Any, summary: DemoSummary
+) -> None:
+    db = store.database
+    for h in registered:
+        name = h.name
+        done = await db["results"].count_documents(
+            {"batch_id": batch_id, "handler": name, "current": True}
+        )
+        summary.done[name] = done
+        dead_ids: set[str] = set()
+        async for record in db["dead_letters"].find({"batch_id": batch_id, "handler": name}):
+            key = (name, record["reason"])
+            summary.dead[key] = summary.dead.get(key, 0) + 1
+            dead_ids.add(record.get("doc_id"))
+        current = {"batch_id": batch_id, "handler": name, "current": True}
+        result_ids = {r["doc_id"] async for r in db["results"].find(current)}
+        published = {d["doc_id"] async for d in db["documents"].find({"batch_id": batch_id})}
+        both = result_ids & dead_ids
+        summary.unaccounted[name] = len(published - result_ids - dead_ids) + len(both)
+    async for call in db["llm_calls"].find({"batch_id": batch_id}):
+        summary.llm_calls += 1
+        tokens = int(call.get("prompt_tokens") or 0) + int(call.get("completion_tokens") or 0)
+        summary.tokens += tokens
+        summary.cost += float(call.get("cost") or 0.0)
+
+
+def summary_table(summary: DemoSummary) -> Table:
+    model = "offline model docbus-offline" if summary.offline else "configured LLM"
+    table = Table(title=f"docbus demo: {summary.published} documents, {model}")
+    table.add_column("handler")
+    table.add_column("outcome")
+    table.add_column("documents", justify="right")
+    for name in summary.handlers:
+        table.add_row(name, "done", str(summary.done.get(name, 0)))
+        for (handler, reason), count in sorted(summary.dead.items()):
+            if handler == name:
+                table.add_row("", f"dead-lettered: {reason}", str(count))
+        if summary.unaccounted.get(name):
+            table.add_row("", "[red]unaccounted[/]", str(summary.unaccounted[name]))
+    table.add_section()
+    table.add_row("input", "skipped as invalid", str(summary.skipped))
+    table.add_row("LLM", "calls", str(summary.llm_calls))
+    table.add_row("LLM", "tokens", f"{summary.tokens:,}")
+    table.add_row("LLM", "cost (USD)", f"{summary.cost:.4f}")
+    table.add_row("time", "seconds", f"{summary.seconds:.1f}")
+    return table
+
+
+def run(args: argparse.Namespace) -> int:
+    console = Console(stderr=True)
+    summary = asyncio.run(run_demo(args, console))
+    out = Console()
+    out.print(summary_table(summary))
+    if summary.accounted:
+        out.print(
+            f"[green]Every one of the {summary.published} published documents ended as exactly "
+            "one current result or one dead letter in each handler.[/]"
+        )
+        return 0
+    out.print("[red]Some documents are unaccounted for: see the table.[/]")
+    return 1

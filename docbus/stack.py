@@ -1,0 +1,207 @@
+"""The local stack: the three stand-ins docbus needs, started by the project itself.
+
+:class:`LocalStack` starts the Service Bus emulator (entities generated from the topology),
+SecantusDB (a separate process: it is GPL and never imported here) and the offline
+OpenAI-compatible LLM server, on free or given ports of 127.0.0.1, and exposes the
+:class:`~docbus.settings.Settings` and environment variables that point docbus at them.
+``docbus up`` runs it in the foreground; ``docbus demo`` (:mod:`docbus.demo`) and tests use
+it in-process. Neighbours: :mod:`docbus.emulator`, :mod:`docbus.mongo_local`,
+:mod:`docbus.llm_server`, :mod:`docbus.topology`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import shlex
+import signal
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import SecretStr
+
+from docbus.settings import LLMSettings, MongoSettings, ServiceBusSettings, Settings
+from docbus.topology import Topology, load_topology
+
+OFFLINE_API_KEY = "offline-local-key"
+
+
+@dataclass
+class StackOptions:
+    topology: Topology | None = None
+    emulator_port: int = 0
+    mongo_port: int | None = None
+    llm_port: int = 0
+    data_dir: Path | None = None
+    """Keep broker messages and Mongo data here across restarts (default: in memory)."""
+    database: str = "docbus"
+    llm_latency: float = 0.0
+    llm: bool = True
+    extra_llm_config: dict[str, Any] = field(default_factory=dict)
+
+
+class LocalStack:
+    """Emulator + SecantusDB + offline LLM server; ``async with LocalStack() as stack``."""
+
+    def __init__(self, options: StackOptions | None = None) -> None:
+        self.options = options or StackOptions()
+        self.topology = self.options.topology or load_topology()
+        self._emulator: Any = None
+        self._mongo: Any = None
+        self._llm: Any = None
+        self._llm_cm: Any = None
+
+    async def start(self) -> None:
+        from docbus.emulator import EmulatorThread, parse_config
+        from docbus.mongo_local import LocalMongo
+
+        options = self.options
+        data = options.data_dir
+        if data is not None:
+            data.mkdir(parents=True, exist_ok=True)
+        try:
+            self._mongo = LocalMongo(
+                port=options.mongo_port, data_dir=str(data / "mongo") if data else None
+            )
+            await self._mongo.start()
+            config = parse_config(self.topology.emulator_config())
+            self._emulator = await asyncio.to_thread(
+                EmulatorThread(
+                    config,
+                    port=options.emulator_port,
+                    data_dir=data / "servicebus" if data else None,
+                ).start
+            )
+            if options.llm:
+                from docbus.llm_server import Latency, LLMServer, LLMServerConfig
+
+                llm_config = LLMServerConfig(
+                    port=options.llm_port,
+                    latency=Latency.fixed(options.llm_latency),
+                    **options.extra_llm_config,
+                )
+                self._llm_cm = LLMServer(llm_config).in_thread()
+                self._llm = self._llm_cm.__enter__()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def stop(self) -> None:
+        if self._llm_cm is not None:
+            with contextlib.suppress(Exception):
+                self._llm_cm.__exit__(None, None, None)
+            self._llm_cm = self._llm = None
+        if self._emulator is not None:
+            await asyncio.to_thread(self._emulator.stop)
+            self._emulator = None
+        if self._mongo is not None:
+            await self._mongo.stop()
+            self._mongo = None
+
+    async def __aenter__(self) -> LocalStack:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    # --- where things are -------------------------------------------------------------------
+    @property
+    def connection_string(self) -> str:
+        return str(self._emulator.connection_string)
+
+    @property
+    def mongo_uri(self) -> str:
+        return str(self._mongo.uri)
+
+    @property
+    def llm_base_url(self) -> str | None:
+        return str(self._llm.base_url) if self._llm is not None else None
+
+    @property
+    def llm_server(self) -> Any:
+        return self._llm
+
+    def settings(self, base: Settings | None = None) -> Settings:
+        """Settings pointing at this stack (other knobs from ``base`` or the environment)."""
+        base = base or Settings()
+        llm = base.llm
+        if self._llm is not None:
+            llm = LLMSettings(
+                **{
+                    **llm.model_dump(),
+                    "api_key": SecretStr(OFFLINE_API_KEY),
+                    "base_url": self.llm_base_url,
+                    "azure_endpoint": None,
+                    "model": "docbus-offline",
+                }
+            )
+        return base.model_copy(
+            update={
+                "servicebus": ServiceBusSettings(
+                    connection_string=SecretStr(self.connection_string)
+                ),
+                "mongodb": MongoSettings(
+                    uri=SecretStr(self.mongo_uri), database=self.options.database
+                ),
+                "llm": llm,
+            }
+        )
+
+    def environment(self) -> dict[str, str]:
+        env = {
+            "DOCBUS_SERVICEBUS__CONNECTION_STRING": self.connection_string,
+            "DOCBUS_MONGODB__URI": self.mongo_uri,
+            "DOCBUS_MONGODB__DATABASE": self.options.database,
+        }
+        if self._llm is not None:
+            env |= {
+                "DOCBUS_LLM__BASE_URL": str(self.llm_base_url),
+                "DOCBUS_LLM__API_KEY": OFFLINE_API_KEY,
+                "DOCBUS_LLM__MODEL": "docbus-offline",
+            }
+        return env
+
+
+# ----------------------------------------------------------------------------------------------
+# CLI: `docbus up`
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--topology", type=Path, help="topology file (default infra/topology.toml)")
+    parser.add_argument("--servicebus-port", type=int, default=5672, help="emulator port (5672)")
+    parser.add_argument("--mongo-port", type=int, default=27017, help="SecantusDB port (27017)")
+    parser.add_argument("--llm-port", type=int, default=8089, help="offline LLM port (8089)")
+    parser.add_argument("--llm-latency", type=float, default=0.0, help="seconds per LLM call")
+    parser.add_argument(
+        "--data-dir", type=Path, default=Path(".docbus"), help="state kept here (.docbus)"
+    )
+    parser.add_argument("--memory", action="store_true", help="keep nothing across restarts")
+
+
+def run(args: argparse.Namespace) -> int:
+    options = StackOptions(
+        topology=load_topology(args.topology) if args.topology else None,
+        emulator_port=args.servicebus_port,
+        mongo_port=args.mongo_port,
+        llm_port=args.llm_port,
+        llm_latency=args.llm_latency,
+        data_dir=None if args.memory else args.data_dir,
+    )
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        async with LocalStack(options) as stack:
+            print("# docbus local stack is up; in another shell run:")
+            for name, value in stack.environment().items():
+                print(f"export {name}={shlex.quote(value)}")
+            print("# Ctrl-C stops it.", flush=True)
+            await stop.wait()
+
+    asyncio.run(main())
+    return 0

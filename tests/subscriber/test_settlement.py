@@ -1,0 +1,81 @@
+"""The pure decisions of the worker: backoff delays and settlement, with no I/O."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from docbus.envelope import InvalidEnvelope
+from docbus.store import PayloadError
+from handlers.errors import DeadLetter, Retry
+from subscriber.backoff import BackoffPolicy, backoff_delay
+from subscriber.settlement import Action, decide
+
+NO_JITTER = BackoffPolicy(base=1.0, cap=30.0, jitter=0.0)
+
+
+@pytest.mark.parametrize(("attempt", "delay"), [(1, 1.0), (2, 2.0), (3, 4.0), (5, 16.0), (6, 30.0)])
+def test_backoff_doubles_per_attempt_up_to_the_cap(attempt: int, delay: float) -> None:
+    assert backoff_delay(attempt, NO_JITTER) == delay
+
+
+def test_jitter_spreads_delays_within_its_fraction() -> None:
+    policy = BackoffPolicy(base=10.0, cap=1000.0, jitter=0.2)
+    rng = random.Random(7)
+    delays = {backoff_delay(1, policy, rng=rng) for _ in range(200)}
+    assert min(delays) >= 8.0 and max(delays) <= 12.0
+    assert len(delays) > 100  # not a constant
+
+
+def test_retry_after_is_a_floor_even_above_the_cap() -> None:
+    assert backoff_delay(1, NO_JITTER, retry_after=45.0) == 45.0
+    assert backoff_delay(4, NO_JITTER, retry_after=0.5) == 8.0
+
+
+@pytest.mark.parametrize("bad", [0, -1])
+def test_attempts_start_at_one(bad: int) -> None:
+    with pytest.raises(ValueError):
+        backoff_delay(bad, NO_JITTER)
+
+
+def test_policy_rejects_nonsense() -> None:
+    with pytest.raises(ValueError):
+        BackoffPolicy(base=0)
+    with pytest.raises(ValueError):
+        BackoffPolicy(jitter=1.5)
+
+
+def decide_for(exc: BaseException, attempt: int = 1, max_attempts: int = 5):  # type: ignore[no-untyped-def]
+    return decide(exc, attempt=attempt, max_attempts=max_attempts, policy=NO_JITTER)
+
+
+def test_unknown_errors_retry_with_backoff_until_the_last_delivery() -> None:
+    first = decide_for(RuntimeError("flaky"), attempt=1)
+    assert (first.action, first.delay) == (Action.RETRY, 1.0)
+    assert decide_for(RuntimeError("flaky"), attempt=4).delay == 8.0
+    last = decide_for(RuntimeError("still broken"), attempt=5)
+    assert last.action is Action.DEAD_LETTER and last.reason == "RetriesExhausted"
+    assert "RuntimeError: still broken" in last.description
+    assert "5 deliveries" in last.description
+
+
+def test_retry_honours_the_handlers_delay() -> None:
+    decision = decide_for(Retry(after=20, reason="RateLimited"), attempt=1)
+    assert (decision.action, decision.delay) == (Action.RETRY, 20.0)
+
+
+def test_dead_letter_is_immediate_with_the_handlers_reason() -> None:
+    decision = decide_for(DeadLetter("WrongType", "an invoice, not a news item"), attempt=1)
+    assert decision.action is Action.DEAD_LETTER
+    assert (decision.reason, decision.description) == ("WrongType", "an invoice, not a news item")
+
+
+def test_invalid_envelopes_and_lost_payloads_are_poison() -> None:
+    assert decide_for(InvalidEnvelope("not JSON")).reason == "InvalidEnvelope"
+    assert decide_for(PayloadError("payload missing")).reason == "ClaimCheckFailed"
+
+
+def test_long_descriptions_are_trimmed_to_one_line() -> None:
+    decision = decide_for(DeadLetter("R", "line one\nline two " + "x" * 5000))
+    assert "\n" not in decision.description and len(decision.description) <= 1000
