@@ -15,13 +15,14 @@ import concurrent.futures
 import contextlib
 import logging
 import signal
+import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 from docbus.emulator.broker import Broker
-from docbus.emulator.config import NamespaceConfig, load_config
+from docbus.emulator.config import ConfigError, NamespaceConfig, load_config
 from docbus.emulator.connection import AmqpConnection
 
 logger = logging.getLogger(__name__)
@@ -208,8 +209,17 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    config = load_config(args.config) if args.config else None
-    keys = dict(item.split("=", 1) for item in args.sas_key)
+    try:
+        config = load_config(args.config) if args.config else None
+        keys = {}
+        for item in args.sas_key:
+            name, sep, key = item.partition("=")
+            if not sep or not name or not key:
+                raise ValueError(f"--sas-key {item!r}: expected NAME=KEY")
+            keys[name] = key
+    except (ConfigError, ValueError, OSError) as exc:
+        print(f"docbus emulator: {exc}", file=sys.stderr)
+        return 2
     emulator = Emulator(
         config, host=args.host, port=args.port, data_dir=args.data_dir, sas_keys=keys
     )
@@ -224,5 +234,9 @@ def run(args: argparse.Namespace) -> int:
             await stop.wait()
             logger.info("stopping the emulator")
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    except OSError as exc:
+        print(f"docbus emulator: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
+        return 1
     return 0

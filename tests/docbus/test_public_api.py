@@ -55,6 +55,9 @@ def test_core_modules_have_sorted_all(name: str) -> None:
         assert hasattr(module, exported)
 
 
+COMPOSITION_ROOTS = {"cli.py", "demo.py"}
+
+
 def test_docbus_never_imports_secantus_nor_the_outer_packages() -> None:
     pattern = re.compile(
         r"^\s*(from|import)\s+(secantus|publisher|subscriber|handlers)\b", re.MULTILINE
@@ -62,7 +65,8 @@ def test_docbus_never_imports_secantus_nor_the_outer_packages() -> None:
     offenders = [
         str(path.relative_to(ROOT))
         for path in (ROOT / "docbus").rglob("*.py")
-        if path.name != "cli.py" and pattern.search(path.read_text(encoding="utf-8"))
+        # The CLI and the demo are composition roots: they wire the outer packages lazily.
+        if path.name not in COMPOSITION_ROOTS and pattern.search(path.read_text(encoding="utf-8"))
     ]
     assert offenders == []
 
