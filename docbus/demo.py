@@ -159,7 +159,7 @@ async def _summarise(
         summary.llm_calls += 1
         tokens = int(call.get("prompt_tokens") or 0) + int(call.get("completion_tokens") or 0)
         summary.tokens += tokens
-        summary.cost += float(call.get("cost") or 0.0)
+        summary.cost += float(call.get("cost_usd") or 0.0)
 
 
 def summary_table(summary: DemoSummary) -> Table:

@@ -3,9 +3,10 @@
 One model per collection that callers read back — :class:`BatchRecord` (``batches``),
 :class:`ResultRecord` (``results``), :class:`DeadLetterRecord` (``dead_letters``) — plus the
 derived :class:`BatchCounts` that ``docbus status`` shows and the :class:`CheckpointKey` that
-names a step's stored output (``checkpoints``). ``documents`` and ``payloads`` hold
-:class:`~docbus.envelope.Envelope` fields and raw bytes and need no model of their own;
-``llm_calls`` rows are free-form audit mappings written by the LLM client.
+names a step's stored output (``checkpoints``), :class:`LLMCallRecord`, one audit row of
+``llm_calls`` as the LLM client (:mod:`handlers.llm`) writes it, and :class:`BatchBudget`, what
+that client reads before each call. ``documents`` and ``payloads``
+hold :class:`~docbus.envelope.Envelope` fields and raw bytes and need no model of their own.
 """
 
 from __future__ import annotations
@@ -14,19 +15,27 @@ import hashlib
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
+    "SPEND_CATEGORIES",
+    "BatchBudget",
     "BatchCost",
     "BatchCounts",
     "BatchRecord",
     "CheckpointKey",
     "DeadLetterRecord",
     "HandlerCounts",
+    "LLMCallRecord",
+    "ReplayItem",
+    "ReplayRecord",
     "ResultRecord",
     "ResultWrite",
+    "RollbackRecord",
+    "Spend",
+    "SpendCategory",
     "input_hash",
 ]
 
@@ -35,8 +44,16 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-class BatchCost(BaseModel):
-    """LLM spending of a batch, kept up to date by ``Store.add_batch_usage``."""
+SPEND_CATEGORIES = ("first", "reask", "retry")
+"""How an LLM call's spend is reported: ``first`` (the first try of a call on the first
+delivery), ``reask`` (a re-ask after a validation failure) or ``retry`` (a call repeated after a
+transient error, or made on a later delivery of the message)."""
+
+SpendCategory = Literal["first", "reask", "retry"]
+
+
+class Spend(BaseModel):
+    """Tokens and money of some LLM calls."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -44,6 +61,17 @@ class BatchCost(BaseModel):
     prompt_tokens: int = 0
     completion_tokens: int = 0
     calls: int = 0
+
+
+class BatchCost(Spend):
+    """LLM spending of a batch, kept up to date by ``Store.add_batch_usage``.
+
+    The top-level figures count every call; ``reasks`` and ``retries`` are the parts of them
+    spent on re-asks and on retries (see :data:`SPEND_CATEGORIES`), reported separately.
+    """
+
+    reasks: Spend = Spend()
+    retries: Spend = Spend()
 
 
 class BatchRecord(BaseModel):
@@ -62,7 +90,17 @@ class BatchRecord(BaseModel):
     created_at: datetime = Field(default_factory=_now)
     updated_at: datetime = Field(default_factory=_now)
     over_budget: bool = False
+    budget_usd: float | None = None
+    """This batch's LLM budget; ``None``: the worker's setting (``llm.budget_per_batch_usd``)."""
     cost: BatchCost = BatchCost()
+
+
+class BatchBudget(NamedTuple):
+    """What the LLM client checks before each call: the batch's own budget and its spend."""
+
+    budget_usd: float | None
+    spent_usd: float
+    over_budget: bool
 
 
 class ResultRecord(BaseModel):
@@ -129,6 +167,114 @@ class DeadLetterRecord(BaseModel):
     def id(self) -> str:
         """The record's key: one record per message and subscription."""
         return f"{self.subscription}@{self.message_id}"
+
+
+class ReplayItem(BaseModel):
+    """One message a replay sent: which document, under which generation, replaying what."""
+
+    model_config = ConfigDict(frozen=True)
+
+    batch_id: str
+    doc_id: str
+    generation: int
+    message_id: str
+    topic: str
+    target_subscription: str | None = None
+    """``None``: broadcast to every subscription of the topic."""
+    replay_of: str | None = None
+    dead_letter: str | None = None
+    """The id of the dead letter replayed, for dead-letter replays."""
+
+
+class ReplayRecord(BaseModel):
+    """One ``docbus replay`` run (``replays``), so that every re-sent message is accounted for."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    kind: Literal["dead-letters", "batch"]
+    filters: dict[str, Any] = Field(default_factory=dict)
+    """The selection as given on the command line (filters, ``--only``, ``--limit``...)."""
+    count: int = 0
+    """Messages sent."""
+    skipped: dict[str, str] = Field(default_factory=dict)
+    """Dead letter (or document) id → why it was not replayed."""
+    failed: dict[str, str] = Field(default_factory=dict)
+    """Dead letter (or document) id → why sending it failed."""
+    items: list[ReplayItem] = Field(default_factory=list)
+    started_at: datetime = Field(default_factory=_now)
+    finished_at: datetime | None = None
+
+
+class RollbackRecord(BaseModel):
+    """One ``docbus rollback`` run (``rollbacks``): what was withdrawn, and how much."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    batch_id: str
+    generation: int | None = None
+    """Only result versions of this replay generation and later; ``None``: all of the batch."""
+    handler: str | None = None
+    versions: int = 0
+    """Result versions marked rolled back by this run (0 when already rolled back)."""
+    documents: int = 0
+    """Documents whose current version this run changed or withdrew."""
+    at: datetime = Field(default_factory=_now)
+
+
+class LLMCallRecord(BaseModel):
+    """One LLM call (one HTTP request) as audited in ``llm_calls``.
+
+    Every request is a row: each re-ask, each retry after a transient error and each failed
+    attempt. Costs of the rows of a batch add up to its :class:`BatchCost`.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str | None = None
+    batch_id: str | None
+    doc_id: str | None
+    generation: int = 0
+    """The document's replay generation (0: as first published)."""
+    message_id: str | None = None
+    handler: str | None
+    handler_version: str | None
+    step: str | None = None
+    """The checkpointed step the call was made in, if any."""
+    attempt: int
+    """The delivery of the message (1 on the first delivery)."""
+    reask: int = 0
+    """0 for the first ask, then 1, 2... for each re-ask after a validation failure."""
+    retry: int = 0
+    """0 for the first request of an ask, then 1, 2... for repeats after transient errors."""
+    category: SpendCategory = "first"
+    kind: Literal["extract", "complete"] = "complete"
+    mode: Literal["json_schema", "json_object", "text"] = "text"
+    """How the answer's format was asked for (``json_object``/``text``: fallbacks for servers
+    without structured outputs, with the schema in the prompt)."""
+    model: str
+    """The model (Azure: the deployment) asked for."""
+    response_model: str | None = None
+    """The model the server says answered (e.g. a dated snapshot)."""
+    messages: list[dict[str, Any]] = Field(default_factory=list)
+    response_text: str | None = None
+    parsed: Any = None
+    """The validated output of an ``extract`` call (JSON form)."""
+    finish_reason: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+    latency_s: float = 0.0
+    error_type: str | None = None
+    """``None`` for a good answer; else e.g. ``RateLimitError`` or ``SchemaValidationError``."""
+    error_message: str | None = None
+    request_id: str | None = None
+    created_at: datetime = Field(default_factory=_now)
+
+    @property
+    def ok(self) -> bool:
+        return self.error_type is None
 
 
 class HandlerCounts(BaseModel):

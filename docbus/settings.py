@@ -23,6 +23,8 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 __all__ = [
     "LLMSettings",
+    "ModelPrice",
+    "ModelRateLimit",
     "MongoSettings",
     "PublisherSettings",
     "ServiceBusSettings",
@@ -93,6 +95,28 @@ class MongoSettings(BaseModel):
     """Seconds to wait for a server before an operation fails."""
 
 
+class ModelPrice(BaseModel):
+    """What a model costs, in USD per million tokens."""
+
+    model_config = _FROZEN
+
+    input: float = Field(ge=0)
+    """USD per 1M prompt tokens."""
+    output: float = Field(ge=0)
+    """USD per 1M completion tokens."""
+
+
+class ModelRateLimit(BaseModel):
+    """A model's rate limits as the provider grants them (``None``: unlimited)."""
+
+    model_config = _FROZEN
+
+    rpm: int | None = Field(default=None, gt=0)
+    """Requests per minute."""
+    tpm: int | None = Field(default=None, gt=0)
+    """Tokens (prompt + completion) per minute."""
+
+
 class LLMSettings(BaseModel):
     """The LLM endpoint behind ``ctx.llm``: OpenAI, Azure OpenAI or an OpenAI-compatible server."""
 
@@ -112,6 +136,26 @@ class LLMSettings(BaseModel):
     """Model name (the deployment name on Azure OpenAI)."""
     timeout: float = Field(default=60.0, gt=0)
     """Seconds one LLM request may take before it counts as a transient failure."""
+    pricing: dict[str, ModelPrice] = Field(default_factory=dict)
+    """Prices that replace or extend the built-in table (:mod:`handlers.llm.pricing`), e.g.
+    ``DOCBUS_LLM__PRICING='{"my-deployment": {"input": 0.15, "output": 0.6}}'``."""
+    budget_per_batch_usd: float | None = Field(default=None, ge=0)
+    """Most a batch may spend on LLM calls (a batch's own ``budget_usd`` wins); None: no cap."""
+    budget_per_document_usd: float | None = Field(default=None, ge=0)
+    """Most one document may spend on LLM calls, over all its deliveries; None: no cap."""
+    requests_per_minute: int | None = Field(default=None, gt=0)
+    """Requests per minute this process sends to each model (``rate_limits`` overrides it per
+    model); None: unlimited. Several worker processes: give each its share of the quota."""
+    tokens_per_minute: int | None = Field(default=None, gt=0)
+    """Tokens per minute this process sends to each model; None: unlimited."""
+    rate_limits: dict[str, ModelRateLimit] = Field(default_factory=dict)
+    """Per-model limits, e.g. ``{"gpt-4o": {"rpm": 500, "tpm": 30000}}``."""
+    rate_window: float = Field(default=60.0, gt=0)
+    """Seconds of the sliding window the per-minute limits count over (60, as providers do)."""
+    max_concurrency: int = Field(default=64, ge=1)
+    """Upper bound of the requests in flight per model; halved on a 429, regained slowly."""
+    max_retries: int = Field(default=3, ge=0)
+    """Quick retries of a transient LLM error inside one call before the message is retried."""
 
 
 class PublisherSettings(BaseModel):

@@ -4,9 +4,11 @@
 published batch), ``documents`` (each published document's input, so a batch can be replayed
 without its source files), ``payloads`` (claim-checked content), ``results`` (versioned handler
 outputs), ``dead_letters`` (the Mongo copy of every dead letter), ``checkpoints`` (step outputs)
-and ``llm_calls`` (audit rows, insert only). The shapes it returns are in :mod:`docbus.records`;
-the message contract it stores is :mod:`docbus.envelope`. pymongo errors are translated in one
-place (:func:`_translated`) into :class:`StoreError`.
+and ``llm_calls`` (audit rows, insert only); ``generations`` (each document's last replay
+generation), ``replays`` and ``rollbacks`` (one audit record per run) serve the replay tooling.
+The shapes it returns are in :mod:`docbus.records`; the message contract it stores is
+:mod:`docbus.envelope`. pymongo errors are translated in one place (:func:`_translated`) into
+:class:`StoreError`.
 
 Results are idempotent without transactions (so standalone MongoDB and Cosmos DB work too): a
 result's ``_id`` is ``handler@message_id``, so a redelivered message finds its earlier write;
@@ -29,7 +31,7 @@ from types import TracebackType
 from typing import Any, NamedTuple, Self
 
 from pydantic import SecretStr
-from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel, ReplaceOne
+from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel, ReplaceOne, ReturnDocument
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import (
@@ -46,13 +48,18 @@ from pymongo.errors import (
 from docbus.envelope import ClaimCheck, Envelope, claim_check_for
 from docbus.errors import DocbusError
 from docbus.records import (
+    BatchBudget,
     BatchCounts,
     BatchRecord,
     CheckpointKey,
     DeadLetterRecord,
     HandlerCounts,
+    LLMCallRecord,
+    ReplayRecord,
     ResultRecord,
     ResultWrite,
+    RollbackRecord,
+    SpendCategory,
 )
 from docbus.settings import MongoSettings, Settings, mask_mongo_uri
 
@@ -218,7 +225,10 @@ class Store:
                 IndexModel([("batch_id", ASCENDING), ("handler", ASCENDING)]),
                 IndexModel([("doc_id", ASCENDING)]),
             ],
-            "llm_calls": [IndexModel([("batch_id", ASCENDING), ("step", ASCENDING)])],
+            "llm_calls": [
+                IndexModel([("batch_id", ASCENDING), ("step", ASCENDING)]),
+                IndexModel([("batch_id", ASCENDING), ("doc_id", ASCENDING)]),
+            ],
         }
         with _translated("ensure indexes"):
             for collection, models in indexes.items():
@@ -283,14 +293,24 @@ class Store:
         prompt_tokens: int = 0,
         completion_tokens: int = 0,
         calls: int = 1,
+        category: SpendCategory = "first",
     ) -> None:
-        """Add one LLM call's (or a sum of calls') cost to the batch's totals."""
-        increments = {
-            "cost.usd": usd,
-            "cost.prompt_tokens": prompt_tokens,
-            "cost.completion_tokens": completion_tokens,
-            "cost.calls": calls,
+        """Add one LLM call's (or a sum of calls') cost to the batch's totals.
+
+        ``category`` ``reask`` or ``retry`` also adds it to ``cost.reasks`` / ``cost.retries``,
+        so the spend on re-asks and retries can be reported apart. A batch without a record
+        (never published) keeps no totals; its ``llm_calls`` rows still hold every figure.
+        """
+        figures = {
+            "usd": usd,
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "calls": calls,
         }
+        increments = {f"cost.{name}": value for name, value in figures.items()}
+        if category != "first":
+            group = "reasks" if category == "reask" else "retries"
+            increments.update({f"cost.{group}.{name}": value for name, value in figures.items()})
         with _translated(f"add usage to batch {batch_id}"):
             await self._c("batches").update_one({"_id": batch_id}, {"$inc": increments})
 
@@ -299,6 +319,45 @@ class Store:
             await self._c("batches").update_one(
                 {"_id": batch_id}, {"$set": {"over_budget": over_budget, "updated_at": _now()}}
             )
+
+    async def batch_budget(self, batch_id: str) -> BatchBudget | None:
+        """A batch's own budget, spend and flag, read cheaply (before every LLM call)."""
+        projection = {"budget_usd": 1, "cost.usd": 1, "over_budget": 1}
+        with _translated(f"read budget of batch {batch_id}"):
+            raw = await self._c("batches").find_one({"_id": batch_id}, projection)
+        if raw is None:
+            return None
+        budget = raw.get("budget_usd")
+        return BatchBudget(
+            budget_usd=float(budget) if budget is not None else None,
+            spent_usd=float((raw.get("cost") or {}).get("usd", 0.0)),
+            over_budget=bool(raw.get("over_budget")),
+        )
+
+    async def set_batch_budget(self, batch_id: str, usd: float | None) -> BatchRecord | None:
+        """Set (``None``: clear) a batch's own LLM budget; returns the updated record.
+
+        A budget above what the batch has spent also clears ``over_budget``, so its parked
+        messages may run again.
+        """
+        if usd is not None and usd < 0:
+            raise ValueError("a budget must be zero or positive")
+        with _translated(f"set budget of batch {batch_id}"):
+            raw = await self._c("batches").find_one_and_update(
+                {"_id": batch_id},
+                {"$set": {"budget_usd": usd, "updated_at": _now()}},
+                return_document=ReturnDocument.AFTER,
+            )
+            if raw is None:
+                return None
+            spent = float((raw.get("cost") or {}).get("usd", 0.0))
+            if raw.get("over_budget") and (usd is None or spent < usd):
+                raw = await self._c("batches").find_one_and_update(
+                    {"_id": batch_id},
+                    {"$set": {"over_budget": False}},
+                    return_document=ReturnDocument.AFTER,
+                )
+        return _batch(raw) if raw else None
 
     # -- documents and payloads ------------------------------------------------------------
 
@@ -518,19 +577,39 @@ class Store:
         reason: str | None = None,
         include_replayed: bool = True,
         limit: int = 0,
+        topic: str | None = None,
+        doc_id: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        only_replayed: bool = False,
     ) -> list[DeadLetterRecord]:
-        """Dead letters matching every filter given, oldest first (``limit`` 0: all)."""
+        """Dead letters matching every filter given, oldest first (``limit`` 0: all).
+
+        ``since``/``until`` bound ``dead_lettered_at`` (inclusive, exclusive);
+        ``include_replayed=False`` keeps those never replayed, ``only_replayed`` the others.
+        """
         query: dict[str, Any] = {}
         for field, value in (
             ("batch_id", batch_id),
             ("handler", handler),
             ("subscription", subscription),
             ("reason", reason),
+            ("topic", topic),
+            ("doc_id", doc_id),
         ):
             if value is not None:
                 query[field] = value
         if not include_replayed:
             query["replayed_at"] = None
+        elif only_replayed:
+            query["replayed_at"] = {"$ne": None}
+        if since is not None or until is not None:
+            window: dict[str, datetime] = {}
+            if since is not None:
+                window["$gte"] = since
+            if until is not None:
+                window["$lt"] = until
+            query["dead_lettered_at"] = window
         with _translated("read dead letters"):
             cursor = self._c("dead_letters").find(query).sort("dead_lettered_at", ASCENDING)
             if limit:
@@ -545,6 +624,113 @@ class Store:
                 {"_id": record.id}, {"$set": {"replayed_at": when or _now()}}
             )
 
+    async def get_dead_letter(self, record_id: str) -> DeadLetterRecord | None:
+        """One dead letter by its id (``subscription@message_id``)."""
+        with _translated(f"read dead letter {record_id}"):
+            raw = await self._c("dead_letters").find_one({"_id": record_id})
+        return DeadLetterRecord.model_validate(raw) if raw else None
+
+    async def claim_dead_letter_replay(
+        self, record: DeadLetterRecord, when: datetime | None = None
+    ) -> bool:
+        """Mark a dead letter replayed unless someone else did since ``record`` was read.
+
+        Returns True if this call claimed it: two replays running at once never both send it.
+        """
+        with _translated(f"claim dead letter {record.id} for replay"):
+            outcome = await self._c("dead_letters").update_one(
+                {"_id": record.id, "replayed_at": record.replayed_at},
+                {"$set": {"replayed_at": when or _now()}},
+            )
+        return outcome.modified_count == 1
+
+    async def release_dead_letter_replay(self, record: DeadLetterRecord, claimed: datetime) -> None:
+        """Undo :meth:`claim_dead_letter_replay` (the message could not be sent after all)."""
+        with _translated(f"release dead letter {record.id}"):
+            await self._c("dead_letters").update_one(
+                {"_id": record.id, "replayed_at": claimed},
+                {"$set": {"replayed_at": record.replayed_at}},
+            )
+
+    # -- replay generations, replays and rollbacks -----------------------------------------
+
+    async def known_generation(self, batch_id: str, doc_id: str) -> int:
+        """The highest replay generation of a document that anything has seen (0 if none)."""
+        scope = {"batch_id": batch_id, "doc_id": doc_id}
+        with _translated(f"read generation of {batch_id}:{doc_id}"):
+            known = [0]
+            raw = await self._c("generations").find_one({"_id": f"{batch_id}:{doc_id}"})
+            if raw is not None:
+                known.append(int(raw.get("last", 0)))
+            for collection in ("results", "dead_letters"):
+                top = await self._c(collection).find_one(
+                    {**scope, "generation": {"$ne": None}},
+                    {"generation": 1},
+                    sort=[("generation", DESCENDING)],
+                )
+                if top is not None and isinstance(top.get("generation"), int):
+                    known.append(top["generation"])
+        return max(known)
+
+    async def next_generation(self, batch_id: str, doc_id: str) -> int:
+        """Allocate the document's next replay generation: one above every one known.
+
+        Concurrent callers get distinct generations (one atomic counter per document).
+        """
+        key = f"{batch_id}:{doc_id}"
+        known = await self.known_generation(batch_id, doc_id)
+        counters = self._c("generations")
+        with _translated(f"allocate generation of {key}"):
+            await counters.update_one({"_id": key}, {"$max": {"last": known}}, upsert=True)
+            raw = await counters.find_one_and_update(
+                {"_id": key}, {"$inc": {"last": 1}}, return_document=ReturnDocument.AFTER
+            )
+        if raw is None:  # pragma: no cover - deleted behind our back
+            raise StoreError(f"allocate generation of {key}: counter vanished")
+        return int(raw["last"])
+
+    async def result_versions(
+        self,
+        *,
+        doc_id: str | None = None,
+        handler: str | None = None,
+        batch_id: str | None = None,
+        min_generation: int | None = None,
+        include_rolled_back: bool = True,
+    ) -> list[ResultRecord]:
+        """Result versions matching every filter given, by document, handler and version."""
+        query: dict[str, Any] = {}
+        for field, value in (("doc_id", doc_id), ("handler", handler), ("batch_id", batch_id)):
+            if value is not None:
+                query[field] = value
+        if min_generation is not None:
+            query["generation"] = {"$gte": min_generation}
+        if not include_rolled_back:
+            query["rolled_back"] = False
+        order = [("doc_id", ASCENDING), ("handler", ASCENDING), ("version", ASCENDING)]
+        with _translated("read result versions"):
+            cursor = self._c("results").find(query).sort(order)
+            return [_result(raw) async for raw in cursor]
+
+    async def record_replay(self, record: ReplayRecord) -> None:
+        """Keep (or update) the audit record of one replay run."""
+        fields = record.model_dump(mode="python", exclude={"id"})
+        with _translated(f"record replay {record.id}"):
+            await self._c("replays").replace_one(
+                {"_id": record.id}, {"_id": record.id, **fields}, upsert=True
+            )
+
+    async def get_replay(self, replay_id: str) -> ReplayRecord | None:
+        with _translated(f"read replay {replay_id}"):
+            raw = await self._c("replays").find_one({"_id": replay_id})
+        return ReplayRecord.model_validate({**raw, "id": raw["_id"]}) if raw else None
+
+    async def record_rollback(self, record: RollbackRecord) -> None:
+        """Keep the audit record of one rollback run."""
+        fields = record.model_dump(mode="python", exclude={"id"})
+        with _translated(f"record rollback {record.id}"):
+            await self._c("rollbacks").insert_one({"_id": record.id, **fields})
+
     # -- checkpoints and audit -------------------------------------------------------------
 
     async def get_checkpoint(self, key: CheckpointKey) -> Checkpoint | None:
@@ -553,9 +739,17 @@ class Store:
         return Checkpoint(raw["output"], raw["created_at"]) if raw else None
 
     async def put_checkpoint(
-        self, key: CheckpointKey, output: Any, *, batch_id: str | None = None
+        self,
+        key: CheckpointKey,
+        output: Any,
+        *,
+        batch_id: str | None = None,
+        replace: bool = False,
     ) -> bool:
-        """Store a step's output; the first write wins. Returns True if this call stored it."""
+        """Store a step's output; the first write wins. Returns True if this call stored it.
+
+        ``replace`` overwrites an existing output (for one that can no longer be loaded).
+        """
         fields = {
             "doc_id": key.doc_id,
             "handler": key.handler,
@@ -567,16 +761,76 @@ class Store:
             "created_at": _now(),
         }
         with _translated(f"write checkpoint {key.step}"):
+            if replace:
+                await self._c("checkpoints").replace_one({"_id": key.id}, fields, upsert=True)
+                return True
             outcome = await self._c("checkpoints").update_one(
                 {"_id": key.id}, {"$setOnInsert": fields}, upsert=True
             )
         return outcome.upserted_id is not None
 
-    async def record_llm_call(self, call: Mapping[str, Any]) -> str:
+    async def record_llm_call(self, call: Mapping[str, Any] | LLMCallRecord) -> str:
         """Insert one LLM audit row; returns its id."""
+        if isinstance(call, LLMCallRecord):
+            row = call.model_dump(mode="python", exclude={"id"})
+        else:
+            row = dict(call)
         with _translated("record llm call"):
-            outcome = await self._c("llm_calls").insert_one(dict(call))
+            outcome = await self._c("llm_calls").insert_one(row)
         return str(outcome.inserted_id)
+
+    async def iter_llm_calls(
+        self,
+        batch_id: str,
+        *,
+        doc_id: str | None = None,
+        step: str | None = None,
+        handler: str | None = None,
+    ) -> AsyncIterator[LLMCallRecord]:
+        """A batch's LLM audit rows matching every filter given, oldest first."""
+        query: dict[str, Any] = {"batch_id": batch_id}
+        for field, value in (("doc_id", doc_id), ("step", step), ("handler", handler)):
+            if value is not None:
+                query[field] = value
+        with _translated(f"read llm calls of {batch_id}"):
+            cursor = self._c("llm_calls").find(query).sort([("created_at", ASCENDING)])
+            async for raw in cursor:
+                yield LLMCallRecord.model_validate({**raw, "id": str(raw["_id"])})
+
+    async def llm_calls(
+        self,
+        batch_id: str,
+        *,
+        doc_id: str | None = None,
+        step: str | None = None,
+        handler: str | None = None,
+    ) -> list[LLMCallRecord]:
+        """:meth:`iter_llm_calls` as a list."""
+        return [
+            call
+            async for call in self.iter_llm_calls(
+                batch_id, doc_id=doc_id, step=step, handler=handler
+            )
+        ]
+
+    async def llm_spend(
+        self, batch_id: str, *, doc_id: str | None = None, generation: int | None = None
+    ) -> float:
+        """USD spent on LLM calls by a batch (or one of its documents, optionally in one replay
+        generation), summed from the audit rows."""
+        match: dict[str, Any] = {"batch_id": batch_id}
+        if doc_id is not None:
+            match["doc_id"] = doc_id
+        if generation is not None:
+            match["generation"] = generation
+        pipeline: list[dict[str, Any]] = [
+            {"$match": match},
+            {"$group": {"_id": None, "usd": {"$sum": "$cost_usd"}}},
+        ]
+        with _translated(f"sum llm spend of {batch_id}"):
+            async for row in await self._c("llm_calls").aggregate(pipeline):
+                return float(row.get("usd") or 0.0)
+        return 0.0
 
     # -- status ----------------------------------------------------------------------------
 

@@ -2,22 +2,27 @@
 
 A :class:`Context` is built by the worker for one delivery of one message: the envelope, the
 handler's spec, the delivery count, a logger that names the batch and document, the store (for
-step checkpoints) and ``ctx.llm``, the LLM client the worker attaches (see the LLM issue; it is
-``None`` until then, and in :func:`handlers.testing.run_handler` unless one is given).
+step checkpoints) and ``ctx.llm``, the LLM client bound to this delivery
+(:meth:`handlers.llm.LLMClient.bind`; an unbound client given to the constructor is bound on
+the spot). ``await ctx.step(name, fn, ...)`` runs a checkpointed step (:mod:`handlers.steps`).
 Neighbours: :mod:`handlers.document` (the document), :mod:`handlers.errors` (what to raise).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 from docbus.envelope import Envelope
 from docbus.records import CheckpointKey, input_hash
 from docbus.store import Store
 from handlers.decorator import HandlerSpec
+from handlers.steps import current_step, run_step
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 __all__ = ["Context", "HandlerLogger"]
 
@@ -48,12 +53,16 @@ class Context:
     store: Store | None = None
     """The Mongo store, for step checkpoints (``None`` in tests that need none)."""
     llm: Any = None
-    """The LLM client, attached by the worker."""
+    """The LLM client bound to this delivery (a :class:`handlers.llm.BoundLLM`), attached by
+    the worker: ``await ctx.llm.extract(Model, prompt)``, ``await ctx.llm.complete(prompt)``."""
     logger: HandlerLogger = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.attempt is None:
             self.attempt = self.delivery_count
+        bind = getattr(self.llm, "bind", None)
+        if callable(bind):  # an LLMClient given as is: bind it to this delivery
+            self.llm = bind(self)
         base = logging.getLogger(f"handlers.{self.handler.name}")
         self.logger = HandlerLogger(
             base,
@@ -83,6 +92,19 @@ class Context:
     @property
     def message_id(self) -> str:
         return self.envelope.message_id
+
+    @property
+    def current_step(self) -> str | None:
+        """The checkpointed step running now in this task, if any."""
+        return current_step()
+
+    async def step(
+        self, name: str, fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        """Run ``await fn(*args, **kwargs)`` once per document, handler version, step name and
+        input; on a redelivery or replay return its stored output instead (see
+        :mod:`handlers.steps`)."""
+        return await run_step(self, name, fn, *args, **kwargs)
 
     def checkpoint_key(self, step: str, step_input: Any) -> CheckpointKey:
         """The key under which a step's output for this document and input is checkpointed."""

@@ -26,10 +26,9 @@ import enum
 import random
 from dataclasses import dataclass
 
-import handlers.errors as handler_errors
 from docbus.envelope import InvalidEnvelope
 from docbus.store import PayloadError
-from handlers.errors import DeadLetter, Retry
+from handlers.errors import DeadLetter, OverBudget, Retry, SystemicFailure
 from subscriber.backoff import BackoffPolicy, backoff_delay
 
 MAX_REASON = 120
@@ -85,6 +84,9 @@ def decide(
         return Decision(Action.DEAD_LETTER, reason="InvalidEnvelope", description=describe(exc))
     if isinstance(exc, PayloadError):
         return Decision(Action.DEAD_LETTER, reason="ClaimCheckFailed", description=describe(exc))
+    if isinstance(exc, OverBudget) and exc.scope == "document":
+        # Only a restart with a larger per-document budget could help: say so, do not wait.
+        return Decision(Action.DEAD_LETTER, reason="DocumentOverBudget", description=describe(exc))
     parked = _parking_reason(exc)
     if parked is not None:
         return Decision(Action.PARK, reason=parked, description=describe(exc))
@@ -103,15 +105,6 @@ def decide(
 
 
 def _parking_reason(exc: BaseException) -> str | None:
-    for klass in _PARKING:
-        if isinstance(exc, klass):
-            return klass.__name__
+    if isinstance(exc, SystemicFailure | OverBudget):
+        return type(exc).__name__
     return None
-
-
-# SystemicFailure (circuit breaker) and OverBudget come with the LLM client.
-_PARKING: tuple[type[BaseException], ...] = tuple(
-    getattr(handler_errors, name)
-    for name in ("SystemicFailure", "OverBudget")
-    if hasattr(handler_errors, name)
-)

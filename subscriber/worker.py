@@ -450,9 +450,11 @@ class Worker:
             if self._stopping.is_set():
                 return
             try:
-                ok = await self.llm.probe() if self.llm is not None else True
+                if self.llm is not None:
+                    await self.llm.probe()  # raises while the systemic cause persists
+                ok = True
             except Exception as exc:
-                logger.warning("LLM probe failed: %s", exc)
+                logger.warning("LLM endpoint still failing: %s", exc)
                 ok = False
             if ok:
                 logger.warning("LLM endpoint works again: resuming consumption")

@@ -52,6 +52,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     server.add_argument("--strict-model", action="store_true", help="404 for any other model name")
     server.add_argument("--api-key", default=None, help="require this key (401 otherwise)")
     server.add_argument("--seed", type=int, default=0, help="seed of fault and latency draws")
+    server.add_argument(
+        "--no-json-schema",
+        dest="json_schema",
+        action="store_false",
+        help="reject response_format json_schema with a 400, like servers without it",
+    )
 
     latency = parser.add_argument_group("latency (seconds)").add_mutually_exclusive_group()
     latency.add_argument("--latency", type=_seconds, metavar="S", help="fixed delay")
@@ -126,6 +132,7 @@ def config_from_args(args: argparse.Namespace) -> LLMServerConfig:
         strict_model=args.strict_model,
         api_key=args.api_key,
         seed=args.seed,
+        json_schema=getattr(args, "json_schema", True),
         latency=latency,
         faults=Faults(
             rate_429=args.rate_429,

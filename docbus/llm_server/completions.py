@@ -53,8 +53,11 @@ class ChatRequest:
     seed: int | None = None
 
     @classmethod
-    def from_body(cls, body: Any) -> ChatRequest:
-        """Validate ``body``; raises :class:`~docbus.llm_server.errors.APIError` (400)."""
+    def from_body(cls, body: Any, *, json_schema: bool = True) -> ChatRequest:
+        """Validate ``body``; raises :class:`~docbus.llm_server.errors.APIError` (400).
+
+        ``json_schema`` False rejects that response format as servers without it do.
+        """
         if not isinstance(body, Mapping):
             raise errors.bad_request("The request body must be a JSON object.")
         model = body.get("model")
@@ -76,6 +79,12 @@ class ChatRequest:
         response_format = body.get("response_format")
         if response_format is not None:
             kind = response_format.get("type") if isinstance(response_format, Mapping) else None
+            if kind == "json_schema" and not json_schema:
+                raise errors.bad_request(
+                    "Invalid parameter: 'response_format' of type 'json_schema' is not supported "
+                    "with this model.",
+                    param="response_format",
+                )
             if kind == "json_schema":
                 spec = response_format.get("json_schema")
                 if not isinstance(spec, Mapping) or not isinstance(spec.get("name"), str):

@@ -149,6 +149,9 @@ class LLMServerConfig:
     echoed back unless ``strict_model``. ``api_key`` set means requests must carry it as
     ``Authorization: Bearer <key>`` (or ``api-key: <key>``) or get a 401. ``seed`` makes fault
     and latency draws reproducible; generated content depends on the request alone.
+    ``json_schema`` False makes the server answer a ``json_schema`` response format with the 400
+    that servers without structured outputs send (``json_object`` still works), so clients'
+    fallbacks can be tested.
     """
 
     host: str = "127.0.0.1"
@@ -157,6 +160,7 @@ class LLMServerConfig:
     strict_model: bool = False
     api_key: str | None = None
     seed: int = 0
+    json_schema: bool = True
     latency: Latency = field(default_factory=Latency)
     faults: Faults = field(default_factory=Faults)
     limits: Limits = field(default_factory=Limits)

@@ -202,6 +202,8 @@ class LLMServer:
                 return
             started.set()
             loop.run_forever()
+            # Finish in this thread: the caller's thread may be running an event loop of its own.
+            loop.run_until_complete(loop.shutdown_asyncgens())
 
         thread = threading.Thread(target=serve, name="docbus-llm-server", daemon=True)
         thread.start()
@@ -215,7 +217,6 @@ class LLMServer:
                 asyncio.run_coroutine_threadsafe(self.stop(), loop).result()
                 loop.call_soon_threadsafe(loop.stop)
             thread.join()
-            loop.run_until_complete(loop.shutdown_asyncgens())
             loop.close()
 
     def run_forever(self, ready: Callable[[LLMServer], None] | None = None) -> None:
@@ -252,7 +253,7 @@ class LLMServer:
                     "We could not parse the JSON body of your request. (HINT: This likely means "
                     "you aren't using your HTTP library correctly.)"
                 ) from exc
-            chat = ChatRequest.from_body(body)
+            chat = ChatRequest.from_body(body, json_schema=config.json_schema)
             if config.strict_model and chat.model != config.model:
                 raise errors.model_not_found(chat.model)
             with self._lock:

@@ -8,7 +8,7 @@ import pytest
 
 from docbus.envelope import InvalidEnvelope
 from docbus.store import PayloadError
-from handlers.errors import DeadLetter, Retry
+from handlers.errors import DeadLetter, OverBudget, Retry, SystemicFailure
 from subscriber.backoff import BackoffPolicy, backoff_delay
 from subscriber.settlement import Action, decide
 
@@ -79,3 +79,15 @@ def test_invalid_envelopes_and_lost_payloads_are_poison() -> None:
 def test_long_descriptions_are_trimmed_to_one_line() -> None:
     decision = decide_for(DeadLetter("R", "line one\nline two " + "x" * 5000))
     assert "\n" not in decision.description and len(decision.description) <= 1000
+
+
+def test_systemic_failures_and_spent_batch_budgets_park_without_spending_attempts() -> None:
+    systemic = decide_for(SystemicFailure("AuthenticationFailed", "bad key"), attempt=5)
+    assert (systemic.action, systemic.reason) == (Action.PARK, "SystemicFailure")
+    budget = decide_for(OverBudget("b1", spent=2.0, budget=1.0), attempt=5)
+    assert (budget.action, budget.reason) == (Action.PARK, "OverBudget")
+
+
+def test_a_document_over_its_own_budget_is_dead_lettered_with_that_reason() -> None:
+    decision = decide_for(OverBudget("b1", spent=0.2, budget=0.1, doc_id="d7"))
+    assert (decision.action, decision.reason) == (Action.DEAD_LETTER, "DocumentOverBudget")

@@ -1,0 +1,241 @@
+"""Steps: checkpointed units of a handler's work, so a redelivery never pays for them twice.
+
+``await ctx.step("entities", fn, *args, **kwargs)`` (or an ``@step("entities")`` function called
+with the context first) runs ``await fn(*args, **kwargs)`` once per (document, handler, handler
+version, step, input hash) and keeps its output in the ``checkpoints`` collection through
+:meth:`docbus.store.Store.put_checkpoint`. When the message comes back — a crash, a retry, a
+replay — the stored output is returned without calling ``fn``, so a crash after step 2 of 3
+re-runs step 3 only. The input hash covers the step name and the arguments in canonical JSON
+(pydantic models dumped; a model *class* counts by its path and JSON schema, a function by its
+name, the context not at all), so other input, a changed output model or a bumped handler
+version computes afresh.
+
+Outputs are stored as JSON text with what they were: a pydantic model (and a list of one model
+class) is stored with its class path and re-validated on load; anything else must be JSON-able
+and comes back in its JSON form — on the first run too, so a handler sees the same values
+whether a step ran or was replayed. While a step runs, :func:`current_step` names it (the LLM
+client writes it into its audit rows), and an exception leaving a step carries ``exc.step``.
+Neighbours: :mod:`handlers.context` (``ctx.step``), :mod:`handlers.llm` (the calls inside).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import importlib
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
+
+from pydantic import BaseModel, ValidationError
+from pydantic_core import PydanticSerializationError, to_jsonable_python
+
+if TYPE_CHECKING:
+    from handlers.context import Context
+
+__all__ = ["current_step", "run_step", "step"]
+
+logger = logging.getLogger(__name__)
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+FORMAT = "docbus.step/1"
+
+_current: ContextVar[str | None] = ContextVar("docbus_current_step", default=None)
+
+
+def current_step() -> str | None:
+    """The name of the step the running task is inside, if any (the innermost one)."""
+    return _current.get()
+
+
+async def run_step(
+    ctx: Context,
+    name: str,
+    fn: Callable[P, Awaitable[T]],
+    /,
+    *args: P.args,
+    **kwargs: P.kwargs,
+) -> T:
+    """Run ``await fn(*args, **kwargs)`` as the checkpointed step ``name`` of ``ctx``'s handler."""
+    return await _run(ctx, name, functools.partial(fn, *args, **kwargs), args, kwargs)
+
+
+def step(
+    name: str,
+) -> Callable[
+    [Callable[Concatenate[Context, P], Awaitable[T]]],
+    Callable[Concatenate[Context, P], Awaitable[T]],
+]:
+    """Make ``async def fn(ctx, *args, **kwargs)`` a checkpointed step named ``name``.
+
+    The context is not part of the input hash; the other arguments are.
+    """
+    _check_name(name)
+
+    def decorate(
+        fn: Callable[Concatenate[Context, P], Awaitable[T]],
+    ) -> Callable[Concatenate[Context, P], Awaitable[T]]:
+        @functools.wraps(fn)
+        async def wrapper(ctx: Context, /, *args: P.args, **kwargs: P.kwargs) -> T:
+            return await _run(ctx, name, functools.partial(fn, ctx, *args, **kwargs), args, kwargs)
+
+        return wrapper
+
+    return decorate
+
+
+def _check_name(name: str) -> None:
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError("a step needs a non-empty name")
+
+
+async def _run(
+    ctx: Context,
+    name: str,
+    call: Callable[[], Awaitable[T]],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> T:
+    _check_name(name)
+    from handlers.context import Context  # a runtime import: context imports this module
+
+    def hashable(value: Any) -> Any:
+        return "<context>" if isinstance(value, Context) else value  # per delivery: not input
+
+    try:
+        step_input = to_jsonable_python(
+            {
+                "step": name,
+                "args": [hashable(arg) for arg in args],
+                "kwargs": {key: hashable(value) for key, value in kwargs.items()},
+            },
+            fallback=_input_fallback,
+        )
+    except (PydanticSerializationError, TypeError) as exc:
+        raise TypeError(f"step {name!r}: its arguments are not JSON-able: {exc}") from exc
+    key = ctx.checkpoint_key(name, step_input)
+    store = ctx.store
+    stale = False
+    if store is not None:
+        stored = await store.get_checkpoint(key)
+        if stored is not None:
+            try:
+                value: T = decode_output(stored.output)
+            except _Unloadable as exc:
+                ctx.logger.warning("step %s: stored output unusable (%s); runs again", name, exc)
+                stale = True
+            else:
+                ctx.logger.debug("step %s: replayed from its checkpoint", name)
+                return value
+    token = _current.set(name)
+    try:
+        output = await call()
+    except BaseException as exc:
+        _mark(exc, name)
+        raise
+    finally:
+        _current.reset(token)
+    encoded = encode_output(output, name)
+    if store is None:
+        return decode_output(encoded)
+    stored_now = await store.put_checkpoint(key, encoded, batch_id=ctx.batch_id, replace=stale)
+    if not stored_now:
+        # A concurrent delivery of the same message stored first: agree with it.
+        winner = await store.get_checkpoint(key)
+        if winner is not None:
+            encoded = winner.output
+    return decode_output(encoded)
+
+
+def _input_fallback(value: Any) -> Any:
+    """The hashable form of step arguments JSON has no form for."""
+    if isinstance(value, type) and issubclass(value, BaseModel):
+        # The schema is part of the input: changing the model recomputes the step.
+        return {"model": _class_path(value), "schema": value.model_json_schema()}
+    if isinstance(value, type) or callable(value):
+        module = getattr(value, "__module__", "?")
+        return {"callable": f"{module}:{getattr(value, '__qualname__', repr(value))}"}
+    raise TypeError(f"{type(value).__name__} is not JSON-able")
+
+
+def _mark(exc: BaseException, name: str) -> None:
+    """Let the worker say which step a failure happened in (innermost step wins)."""
+    if getattr(exc, "step", None) is None:
+        with contextlib.suppress(AttributeError):  # exceptions with __slots__
+            exc.step = name  # type: ignore[attr-defined]
+
+
+class _Unloadable(Exception):
+    """A stored step output that cannot be turned back into a value."""
+
+
+def encode_output(value: Any, name: str = "step") -> dict[str, Any]:
+    """The stored form of a step's output."""
+    if isinstance(value, BaseModel):
+        return {
+            "format": FORMAT,
+            "kind": "model",
+            "class": _class_path(type(value)),
+            "json": value.model_dump_json(),
+        }
+    if (
+        isinstance(value, list | tuple)
+        and value
+        and isinstance(value[0], BaseModel)
+        and all(type(item) is type(value[0]) for item in value)
+    ):
+        return {
+            "format": FORMAT,
+            "kind": "models",
+            "class": _class_path(type(value[0])),
+            "json": "[" + ",".join(item.model_dump_json() for item in value) + "]",
+        }
+    try:
+        text = json.dumps(to_jsonable_python(value), ensure_ascii=False, allow_nan=False)
+    except (PydanticSerializationError, ValueError) as exc:
+        raise TypeError(
+            f"step {name!r} returned {type(value).__name__}, which cannot be checkpointed: "
+            "return a pydantic model, a list of one model class, or JSON-able data"
+        ) from exc
+    return {"format": FORMAT, "kind": "json", "json": text}
+
+
+def decode_output(stored: Any) -> Any:
+    """A step's output from its stored form; raises :class:`_Unloadable` when it cannot be."""
+    if not isinstance(stored, dict) or stored.get("format") != FORMAT:
+        raise _Unloadable("not a docbus step output")
+    kind, text = stored.get("kind"), stored.get("json")
+    if not isinstance(text, str):
+        raise _Unloadable("no JSON text")
+    if kind == "json":
+        return json.loads(text)
+    cls = _load_class(str(stored.get("class")))
+    try:
+        if kind == "model":
+            return cls.model_validate_json(text)
+        if kind == "models":
+            return [cls.model_validate(item) for item in json.loads(text)]
+    except (ValidationError, ValueError) as exc:
+        raise _Unloadable(f"{cls.__name__} no longer validates it: {exc}") from exc
+    raise _Unloadable(f"unknown kind {kind!r}")
+
+
+def _class_path(cls: type) -> str:
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+def _load_class(path: str) -> type[BaseModel]:
+    module_name, _, qualname = path.partition(":")
+    try:
+        obj: Any = importlib.import_module(module_name)
+        for part in qualname.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError) as exc:
+        raise _Unloadable(f"class {path} not found") from exc
+    if not (isinstance(obj, type) and issubclass(obj, BaseModel)):
+        raise _Unloadable(f"{path} is not a pydantic model")
+    return obj

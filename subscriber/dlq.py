@@ -1,0 +1,208 @@
+"""Dead-letter capture: drain each subscription's ``$DeadLetterQueue`` into Mongo ``dead_letters``.
+
+The worker records its own dead letters before it dead-letters them (:mod:`subscriber.processing`),
+but the broker dead-letters messages too — ``MaxDeliveryCountExceeded`` when a lock keeps expiring
+or a worker crashes, ``TTLExpiredException`` when a message outlives its time to live — and those
+leave no trace in Mongo. :func:`capture_dead_letters` receives a subscription's dead-letter
+sub-queue in peek-lock mode, writes a :class:`~docbus.records.DeadLetterRecord` for each message
+(filled from the envelope when the body is one, reason and description from the broker) and
+completes the message only once the record is written. Records are keyed
+``subscription@message_id`` and written insert-only, so a message the worker already recorded
+keeps the worker's richer record, and a DLQ message delivered twice (a lock lost between the write
+and the completion) never makes a second one. :func:`sync_dead_letters` does it for every
+subscription of a topology (``docbus dlq sync``). Neighbours: :mod:`subscriber.dlq_cli`,
+:mod:`publisher.replay` (which sends the captured dead letters back).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from azure.servicebus import ServiceBusReceivedMessage, ServiceBusReceiveMode, ServiceBusSubQueue
+from azure.servicebus.aio import ServiceBusClient, ServiceBusReceiver
+from azure.servicebus.exceptions import ServiceBusError
+
+from docbus.envelope import Envelope, InvalidEnvelope
+from docbus.records import DeadLetterRecord
+from docbus.servicebus import translated
+from docbus.store import Store, StoreError
+from docbus.topology import Topology
+from subscriber.processing import message_body, message_properties
+
+__all__ = ["Capture", "capture_dead_letters", "dead_letter_record", "sync_dead_letters"]
+
+logger = logging.getLogger(__name__)
+
+RECEIVE_BATCH = 100
+UNKNOWN_REASON = "Unknown"
+
+
+@dataclass
+class Capture:
+    """What one drain of one dead-letter queue did."""
+
+    topic: str
+    subscription: str
+    drained: int = 0
+    """Messages completed off the dead-letter queue; each has its Mongo record."""
+    recorded: int = 0
+    """Of those, how many this drain recorded (the others were recorded before, e.g. by the
+    worker that dead-lettered them)."""
+
+
+def dead_letter_record(
+    message: ServiceBusReceivedMessage,
+    *,
+    topic: str,
+    subscription: str,
+    handler: str | None = None,
+    now: datetime | None = None,
+) -> DeadLetterRecord:
+    """The Mongo record of a message received from a dead-letter queue."""
+    body = message_body(message)
+    envelope: Envelope | None
+    try:
+        envelope = Envelope.from_bytes(body)
+    except InvalidEnvelope:
+        envelope = None
+    if message.message_id is not None:
+        message_id = str(message.message_id)
+    else:  # the SDK always sets one; a foreign sender may not
+        message_id = f"seq:{message.sequence_number}"
+    enqueued = message.enqueued_time_utc
+    return DeadLetterRecord(
+        message_id=message_id,
+        subscription=subscription,
+        topic=topic,
+        reason=message.dead_letter_reason or UNKNOWN_REASON,
+        description=message.dead_letter_error_description or "",
+        handler=handler,
+        delivery_count=message.delivery_count,
+        batch_id=envelope.batch_id if envelope else None,
+        doc_id=envelope.doc_id if envelope else None,
+        generation=envelope.generation if envelope else None,
+        body=body,
+        properties=message_properties(message),
+        enqueued_at=enqueued.astimezone(UTC) if isinstance(enqueued, datetime) else None,
+        dead_lettered_at=now or datetime.now(UTC),
+    )
+
+
+async def capture_dead_letters(
+    client: ServiceBusClient,
+    store: Store,
+    topic: str,
+    subscription: str,
+    *,
+    handler: str | None = None,
+    max_wait: float = 1.0,
+) -> int:
+    """Drain ``topic/subscription``'s dead-letter queue into Mongo; returns how many messages.
+
+    Each message is completed only after its record is written; when the store fails, the
+    messages in hand are abandoned (they stay in the queue) and the :class:`StoreError` is
+    raised. ``handler`` names the handler of the subscription in the records it creates.
+    ``max_wait`` is how long an empty queue is waited on before the drain ends.
+    """
+    capture = await _drain(client, store, topic, subscription, handler=handler, max_wait=max_wait)
+    return capture.drained
+
+
+async def _drain(
+    client: ServiceBusClient,
+    store: Store,
+    topic: str,
+    subscription: str,
+    *,
+    handler: str | None,
+    max_wait: float,
+) -> Capture:
+    capture = Capture(topic, subscription)
+    where = f"{topic}/{subscription}/$DeadLetterQueue"
+    with translated(f"drain {where}"):
+        receiver = client.get_subscription_receiver(
+            topic,
+            subscription,
+            sub_queue=ServiceBusSubQueue.DEAD_LETTER,
+            receive_mode=ServiceBusReceiveMode.PEEK_LOCK,
+        )
+        async with receiver:
+            while True:
+                messages = await receiver.receive_messages(
+                    max_message_count=RECEIVE_BATCH, max_wait_time=max_wait
+                )
+                if not messages:
+                    break
+                await _capture_messages(receiver, store, messages, capture, handler)
+    if capture.drained:
+        logger.info(
+            "captured %d dead letters of %s (%d new records)",
+            capture.drained,
+            where,
+            capture.recorded,
+        )
+    return capture
+
+
+async def _capture_messages(
+    receiver: ServiceBusReceiver,
+    store: Store,
+    messages: Sequence[ServiceBusReceivedMessage],
+    capture: Capture,
+    handler: str | None,
+) -> None:
+    for index, message in enumerate(messages):
+        record = dead_letter_record(
+            message, topic=capture.topic, subscription=capture.subscription, handler=handler
+        )
+        try:
+            created = await store.record_dead_letter(record)
+        except StoreError:
+            # Never complete what is not recorded: give the rest back and let the caller retry.
+            for unrecorded in messages[index:]:
+                with contextlib.suppress(ServiceBusError, ValueError):
+                    await receiver.abandon_message(unrecorded)
+            raise
+        try:
+            await receiver.complete_message(message)
+        except ServiceBusError as exc:
+            # The lock was lost: the message comes back, finds its record, and is completed then.
+            logger.warning("could not complete dead letter %s: %s", record.id, exc)
+            continue
+        capture.drained += 1
+        capture.recorded += int(created)
+
+
+async def sync_dead_letters(
+    client: ServiceBusClient,
+    store: Store,
+    topology: Topology,
+    *,
+    topic: str | None = None,
+    subscription: str | None = None,
+    handlers: Mapping[tuple[str, str], str] | None = None,
+    max_wait: float = 1.0,
+) -> list[Capture]:
+    """Drain the dead-letter queue of every subscription of ``topology`` (or the one named).
+
+    ``handlers`` maps (topic, subscription) to the handler consuming it, for the records.
+    Raises :class:`~docbus.topology.TopologyError` for an unknown topic or subscription.
+    """
+    topics = [topology.topic(topic)] if topic is not None else list(topology.topics)
+    captures = []
+    for spec in topics:
+        subs = (
+            [spec.subscription(subscription)]
+            if subscription is not None
+            else list(spec.subscriptions)
+        )
+        for sub in subs:
+            name = (handlers or {}).get((spec.name, sub.name))
+            captures.append(
+                await _drain(client, store, spec.name, sub.name, handler=name, max_wait=max_wait)
+            )
+    return captures

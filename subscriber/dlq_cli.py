@@ -1,0 +1,329 @@
+"""``docbus dlq``: see why documents failed — ``list``, ``show`` and ``sync`` the dead letters.
+
+``docbus dlq list`` reads Mongo ``dead_letters`` with the filters of
+:mod:`docbus.dead_letter_filter` and prints a table (or, with ``--group-by``, counts per reason,
+handler, batch or error); ``docbus dlq show ID`` prints one dead letter in full, the document it
+carried (from ``documents``) and the LLM calls made for it (``llm_calls``), trimmed to be read;
+``docbus dlq sync`` drains the broker's dead-letter queues into Mongo first
+(:func:`subscriber.dlq.sync_dead_letters`), for dead letters the broker made on its own.
+Neighbours: :mod:`publisher.replay_cli` replays what these commands show.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from pathlib import Path
+
+from pydantic import ValidationError
+from rich.console import Console, Group, RenderableType
+from rich.table import Table
+from rich.text import Text
+
+from docbus.dead_letter_filter import DeadLetterFilter, add_filter_arguments, filter_from_args
+from docbus.envelope import Envelope, InvalidEnvelope
+from docbus.errors import DocbusError
+from docbus.records import DeadLetterRecord, LLMCallRecord
+from docbus.settings import Settings
+from docbus.settings_cli import describe_validation_error
+from docbus.store import Store
+from docbus.topology import TopologyError, load_topology
+
+__all__ = ["GROUPS", "add_arguments", "dead_letter_view", "group_table", "list_table", "run"]
+
+TEXT_LIMIT = 1200
+TRACEBACK_LINES = 25
+CELL_LIMIT = 60
+
+
+def _error(record: DeadLetterRecord) -> str:
+    if record.error_type:
+        first = (record.error_message or "").strip().splitlines()
+        return f"{record.error_type}: {first[0]}" if first else record.error_type
+    return record.description.strip().splitlines()[0] if record.description.strip() else ""
+
+
+GROUPS: dict[str, Callable[[DeadLetterRecord], str]] = {
+    "reason": lambda r: r.reason,
+    "handler": lambda r: r.handler or f"({r.subscription})",
+    "batch": lambda r: r.batch_id or "(none)",
+    "error": lambda r: _trim(_error(r), 80) or r.reason,
+    "subscription": lambda r: f"{r.topic or '?'}/{r.subscription}",
+}
+"""``--group-by`` keys: what a dead letter counts under."""
+
+
+def _trim(text: str | None, limit: int = CELL_LIMIT) -> str:
+    if not text:
+        return ""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+def _when(value: datetime | None, *, minutes: bool = False) -> str:
+    if value is None:
+        return ""
+    return f"{value:%Y-%m-%d %H:%M}" if minutes else f"{value:%Y-%m-%d %H:%M:%S}"
+
+
+def _heading(selection: DeadLetterFilter) -> str:
+    filters = selection.describe()
+    return ", ".join(f"{key}={value}" for key, value in filters.items()) or "all"
+
+
+# -- rendering --------------------------------------------------------------------------------
+
+
+def list_table(records: Sequence[DeadLetterRecord], *, total: int, heading: str = "all") -> Table:
+    """One row per dead letter; the title says how many match."""
+    shown = f" (showing {len(records)})" if len(records) < total else ""
+    table = Table(title=f"{total} dead letter(s){shown} · {heading}", title_justify="left")
+    widest = max((len(record.id) for record in records), default=2)
+    table.add_column("id", no_wrap=True, min_width=widest)  # whole: `dlq show` takes it
+    for name in ("handler", "reason", "step", "error", "dead-lettered", "replayed"):
+        table.add_column(name, no_wrap=True, overflow="ellipsis")
+    for record in records:
+        table.add_row(
+            record.id,
+            record.handler or "",
+            record.reason,
+            record.step or "",
+            _trim(_error(record), 48),
+            _when(record.dead_lettered_at, minutes=True),
+            _when(record.replayed_at, minutes=True),
+        )
+    return table
+
+
+def group_table(records: Sequence[DeadLetterRecord], by: str, *, heading: str = "all") -> Table:
+    """Counts per ``by`` (a key of :data:`GROUPS`), largest first."""
+    key = GROUPS[by]
+    groups: dict[str, list[DeadLetterRecord]] = {}
+    for record in records:
+        groups.setdefault(key(record), []).append(record)
+    table = Table(title=f"{len(records)} dead letter(s) by {by} · {heading}", title_justify="left")
+    table.add_column(by)
+    for name in ("count", "replayed", "documents"):
+        table.add_column(name, justify="right")
+    table.add_column("first")
+    table.add_column("last")
+    for name, members in sorted(groups.items(), key=lambda item: (-len(item[1]), item[0])):
+        times = [m.dead_lettered_at for m in members]
+        table.add_row(
+            name,
+            str(len(members)),
+            str(sum(1 for m in members if m.replayed_at is not None)),
+            str(len({(m.batch_id, m.doc_id) for m in members})),
+            _when(min(times)),
+            _when(max(times)),
+        )
+    return table
+
+
+def dead_letter_view(
+    record: DeadLetterRecord,
+    document: Envelope | None = None,
+    text: str | None = None,
+    calls: Sequence[LLMCallRecord] = (),
+) -> RenderableType:
+    """Everything about one dead letter: the record, its document and its LLM calls."""
+    facts = Table(title=f"dead letter {record.id}", show_header=False, title_justify="left")
+    facts.add_column("field", style="bold")
+    facts.add_column("value", overflow="fold")
+    version = f" (version {record.handler_version})" if record.handler_version else ""
+    rows: list[tuple[str, str]] = [
+        ("reason", record.reason),
+        ("description", record.description),
+        ("error", f"{record.error_type or ''}: {record.error_message or ''}".strip(": ")),
+        ("handler", f"{record.handler or '?'}{version}"),
+        ("step", record.step or ""),
+        ("topic / subscription", f"{record.topic or '?'} / {record.subscription}"),
+        ("message id", record.message_id),
+        ("batch / doc / generation", f"{record.batch_id} / {record.doc_id} / {record.generation}"),
+        ("delivery count", "" if record.delivery_count is None else str(record.delivery_count)),
+        ("enqueued", _when(record.enqueued_at)),
+        ("dead-lettered", _when(record.dead_lettered_at)),
+        ("replayed", _when(record.replayed_at) or "never"),
+        ("properties", json.dumps(record.properties, default=str, sort_keys=True)),
+        ("body", _body_summary(record.body)),
+    ]
+    for name, value in rows:
+        facts.add_row(name, value)
+    parts: list[RenderableType] = [facts]
+    if record.traceback:
+        lines = record.traceback.rstrip().splitlines()
+        if len(lines) > TRACEBACK_LINES:
+            lines = [f"… {len(lines) - TRACEBACK_LINES} lines trimmed", *lines[-TRACEBACK_LINES:]]
+        parts += [Text("traceback", style="bold"), Text("\n".join(lines))]
+    parts.append(_document_view(record, document, text))
+    if calls:
+        parts.append(_calls_table(calls))
+    return Group(*parts)
+
+
+def _body_summary(body: bytes) -> str:
+    try:
+        envelope = Envelope.from_bytes(body)
+    except InvalidEnvelope as exc:
+        head = body[:200].decode("utf-8", "replace")
+        return f"{len(body)} bytes, not an envelope ({exc.reason}): {head!r}"
+    how = "claim-check" if envelope.claim_check else "inline"
+    return f"{len(body)} bytes, envelope (content {how}, generation {envelope.generation})"
+
+
+def _document_view(
+    record: DeadLetterRecord, document: Envelope | None, text: str | None
+) -> RenderableType:
+    if document is None:
+        return Text(f"document: {record.batch_id}/{record.doc_id} is not in the store", "dim")
+    table = Table(title="document", show_header=False, title_justify="left")
+    table.add_column("field", style="bold")
+    table.add_column("value", overflow="fold")
+    table.add_row("doc / batch", f"{document.doc_id} / {document.batch_id}")
+    table.add_row("source", str(document.source or ""))
+    table.add_row("content type", document.content_type)
+    table.add_row("metadata", json.dumps(document.metadata, default=str, sort_keys=True))
+    if text is not None:
+        shown = text if len(text) <= TEXT_LIMIT else text[:TEXT_LIMIT] + "…"
+        table.add_row("text", f"({len(text)} characters)\n{shown}")
+    return table
+
+
+def _calls_table(calls: Sequence[LLMCallRecord]) -> Table:
+    table = Table(title=f"LLM calls ({len(calls)})", title_justify="left")
+    for name in ("at", "handler", "step", "try", "model", "tokens", "cost $", "outcome"):
+        table.add_column(name)
+    table.add_column("prompt", overflow="fold")
+    table.add_column("response", overflow="fold")
+    for call in calls:
+        prompt = str(call.messages[-1].get("content", "")) if call.messages else ""
+        table.add_row(
+            f"{call.created_at:%H:%M:%S}",
+            f"{call.handler or ''} v{call.handler_version or '?'}",
+            call.step or "",
+            f"{call.attempt}.{call.reask}.{call.retry}",
+            call.model,
+            str(call.prompt_tokens + call.completion_tokens),
+            f"{call.cost_usd:.5f}",
+            "ok" if call.ok else f"{call.error_type}: {_trim(call.error_message, 40)}",
+            _trim(prompt, 120),
+            _trim(call.response_text, 120),
+        )
+    return table
+
+
+# -- the command --------------------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    commands = parser.add_subparsers(dest="dlq_command", required=True, metavar="list|show|sync")
+    listing = commands.add_parser("list", help="dead letters as a table, or counted by group")
+    add_filter_arguments(listing)
+    listing.add_argument("--group-by", choices=sorted(GROUPS), help="counts per group")
+    listing.add_argument(
+        "--limit", type=int, default=100, metavar="N", help="rows shown (default 100; 0: all)"
+    )
+    show = commands.add_parser("show", help="one dead letter, its document and LLM calls")
+    show.add_argument("id", help="the dead letter's id, subscription@message_id (see list)")
+    sync = commands.add_parser("sync", help="drain the broker's dead-letter queues into Mongo")
+    sync.add_argument("--topic", help="only this topic's subscriptions")
+    sync.add_argument("--subscription", help="only this subscription (with --topic)")
+    sync.add_argument("--topology", type=Path, help="topology file (default infra/topology.toml)")
+    sync.add_argument(
+        "--handlers", metavar="MODULE", help="handler module, to name handlers in new records"
+    )
+    sync.add_argument(
+        "--max-wait", type=float, default=1.0, metavar="S", help="wait on an empty queue (1 s)"
+    )
+
+
+def run(args: argparse.Namespace, *, console: Console | None = None) -> int:
+    console = console or Console()
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        console.print("[bold red]invalid docbus settings:[/]")
+        for line in describe_validation_error(exc):
+            console.print(f"  {line}", markup=False, highlight=False)
+        return 2
+    command = {"list": _list, "show": _show, "sync": _sync}[args.dlq_command]
+    try:
+        return asyncio.run(command(settings, args, console))
+    except (DocbusError, TopologyError) as exc:
+        console.print(f"docbus dlq {args.dlq_command}: error: {exc}", markup=False)
+        return 1
+
+
+async def _list(settings: Settings, args: argparse.Namespace, console: Console) -> int:
+    selection = filter_from_args(args)
+    async with Store.from_settings(settings) as store:
+        records = await selection.select(store)
+    heading = _heading(selection)
+    if args.group_by:
+        console.print(group_table(records, args.group_by, heading=heading))
+    else:
+        shown = records[: args.limit] if args.limit else records
+        console.print(list_table(shown, total=len(records), heading=heading))
+    return 0
+
+
+async def _show(settings: Settings, args: argparse.Namespace, console: Console) -> int:
+    async with Store.from_settings(settings) as store:
+        record = await store.get_dead_letter(args.id)
+        if record is None:
+            console.print(
+                f"no dead letter {args.id!r}: ids look like subscription@message_id "
+                "(see `docbus dlq list`)",
+                markup=False,
+            )
+            return 1
+        document = text = None
+        calls: list[LLMCallRecord] = []
+        if record.batch_id is not None and record.doc_id is not None:
+            document = await store.get_document(record.batch_id, record.doc_id)
+            calls = await store.llm_calls(record.batch_id, doc_id=record.doc_id)
+        if document is not None:
+            text = document.content
+            if text is None and document.claim_check is not None:
+                try:
+                    text = await store.load_payload(document.claim_check)
+                except DocbusError as exc:
+                    text = f"(claim-checked content unavailable: {exc})"
+    console.print(dead_letter_view(record, document, text, calls))
+    return 0
+
+
+async def _sync(settings: Settings, args: argparse.Namespace, console: Console) -> int:
+    from docbus.servicebus import servicebus_client
+    from subscriber.dlq import sync_dead_letters
+
+    if args.subscription is not None and args.topic is None:
+        console.print("docbus dlq sync: error: --subscription needs --topic", markup=False)
+        return 2
+    topology = load_topology(args.topology)
+    handlers: dict[tuple[str, str], str] = {}
+    if args.handlers is not None:
+        from handlers.discovery import discover_handlers
+
+        for item in discover_handlers(args.handlers):
+            handlers[(item.spec.topic, item.spec.subscription)] = item.spec.name
+    async with Store.from_settings(settings) as store, servicebus_client(settings) as client:
+        await store.ensure_indexes()
+        captures = await sync_dead_letters(
+            client, store, topology, topic=args.topic, subscription=args.subscription,
+            handlers=handlers, max_wait=args.max_wait,
+        )  # fmt: skip
+    table = Table(title="dead-letter queues drained into Mongo", title_justify="left")
+    for name in ("topic", "subscription"):
+        table.add_column(name)
+    table.add_column("captured", justify="right")
+    table.add_column("new records", justify="right")
+    for capture in captures:
+        table.add_row(
+            capture.topic, capture.subscription, str(capture.drained), str(capture.recorded)
+        )
+    console.print(table)
+    return 0
