@@ -6,7 +6,7 @@ version, step, input hash) and keeps its output in the ``checkpoints`` collectio
 :meth:`docbus.store.Store.put_checkpoint`. When the message comes back — a crash, a retry, a
 replay — the stored output is returned without calling ``fn``, so a crash after step 2 of 3
 re-runs step 3 only. The input hash covers the step name and the arguments in canonical JSON
-(pydantic models dumped; a model *class* counts by its path and JSON schema, a function by its
+(pydantic models dumped; a model *class* counts by its name and JSON schema, a function by its
 name, the context not at all), so other input, a changed output model or a bumped handler
 version computes afresh.
 
@@ -155,10 +155,11 @@ def _input_fallback(value: Any) -> Any:
     """The hashable form of step arguments JSON has no form for."""
     if isinstance(value, type) and issubclass(value, BaseModel):
         # The schema is part of the input: changing the model recomputes the step.
-        return {"model": _class_path(value), "schema": value.model_json_schema()}
+        # By qualified name, not module path: a handler module imported by file path in one
+        # worker and by dotted name in another must still find the same checkpoints.
+        return {"model": value.__qualname__, "schema": value.model_json_schema()}
     if isinstance(value, type) or callable(value):
-        module = getattr(value, "__module__", "?")
-        return {"callable": f"{module}:{getattr(value, '__qualname__', repr(value))}"}
+        return {"callable": getattr(value, "__qualname__", repr(value))}
     raise TypeError(f"{type(value).__name__} is not JSON-able")
 
 

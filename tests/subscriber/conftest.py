@@ -18,6 +18,7 @@ TOPOLOGY = parse_topology(
         "defaults": {"max_delivery_count": 3, "lock_duration": "PT2S"},
         "topics": [
             {"name": "docs", "subscriptions": [{"name": "work"}, {"name": "other"}]},
+            {"name": "llm", "subscriptions": [{"name": "steps"}]},
             {
                 "name": "ordered",
                 "subscriptions": [{"name": "in-order", "requires_session": True}],
