@@ -90,14 +90,16 @@ async def run_demo(args: argparse.Namespace, console: Console) -> DemoSummary:
                 list(docs), topic="documents", batch_id=args.batch_id, settings=settings,
                 store=store, skip_invalid=True, source=[str(args.input)], console=console,
             )  # fmt: skip
-            all_problems = [*problems, *report.problems]
+            # What the loader refused counts as skipped, in the summary and the batch record.
+            report.problems[:0] = problems
+            await store.update_batch(report.batch_id, counts=report.counts)
             summary.published = report.sent
-            summary.skipped = len(all_problems)
-            if all_problems:
+            summary.skipped = len(report.problems)
+            if report.problems:
                 table = Table(title="input problems (skipped, not sent)")
                 table.add_column("where")
                 table.add_column("reason")
-                for problem in all_problems:
+                for problem in report.problems:
                     table.add_row(f"{problem.file}:{problem.line}", problem.reason)
                 console.print(table)
             console.print(report.table())

@@ -39,11 +39,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def build_llm(settings: Settings, store: Any) -> Any:
     """The LLM client for ``ctx.llm``, or None when the LLM package is not available."""
+    from handlers.llm import LLMClient, LLMConfigError
+
     try:
-        from handlers.llm import LLMClient
-    except ImportError:
-        return None
-    return LLMClient.from_settings(settings, store)
+        return LLMClient.from_settings(settings, store)
+    except LLMConfigError:
+        return None  # handlers that need one park their messages and the worker stops
 
 
 async def run_worker(args: argparse.Namespace, console: Console) -> WorkerReport:

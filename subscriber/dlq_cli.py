@@ -40,10 +40,14 @@ CELL_LIMIT = 60
 
 
 def _error(record: DeadLetterRecord) -> str:
+    """What went wrong, on one line: the description (the worker writes ``Type: message`` or
+    the handler's own words there; the broker its reason), else the error itself."""
+    if record.description.strip():
+        return record.description.strip().splitlines()[0]
     if record.error_type:
         first = (record.error_message or "").strip().splitlines()
         return f"{record.error_type}: {first[0]}" if first else record.error_type
-    return record.description.strip().splitlines()[0] if record.description.strip() else ""
+    return ""
 
 
 GROUPS: dict[str, Callable[[DeadLetterRecord], str]] = {
@@ -66,7 +70,7 @@ def _trim(text: str | None, limit: int = CELL_LIMIT) -> str:
 def _when(value: datetime | None, *, minutes: bool = False) -> str:
     if value is None:
         return ""
-    return f"{value:%Y-%m-%d %H:%M}" if minutes else f"{value:%Y-%m-%d %H:%M:%S}"
+    return f"{value:%m-%d %H:%M}" if minutes else f"{value:%Y-%m-%d %H:%M:%S}"
 
 
 def _heading(selection: DeadLetterFilter) -> str:
@@ -78,23 +82,31 @@ def _heading(selection: DeadLetterFilter) -> str:
 
 
 def list_table(records: Sequence[DeadLetterRecord], *, total: int, heading: str = "all") -> Table:
-    """One row per dead letter; the title says how many match."""
+    """One row per dead letter (its id names subscription, batch, document and generation);
+    the title says how many match."""
     shown = f" (showing {len(records)})" if len(records) < total else ""
     table = Table(title=f"{total} dead letter(s){shown} · {heading}", title_justify="left")
-    widest = max((len(record.id) for record in records), default=2)
-    table.add_column("id", no_wrap=True, min_width=widest)  # whole: `dlq show` takes it
-    for name in ("handler", "reason", "step", "error", "dead-lettered", "replayed"):
-        table.add_column(name, no_wrap=True, overflow="ellipsis")
-    for record in records:
-        table.add_row(
+    cells = [
+        (
             record.id,
-            record.handler or "",
             record.reason,
             record.step or "",
-            _trim(_error(record), 48),
+            _trim(_error(record), 60),
             _when(record.dead_lettered_at, minutes=True),
-            _when(record.replayed_at, minutes=True),
+            "yes" if record.replayed_at is not None else "",
         )
+        for record in records
+    ]
+    headers = ("id", "reason", "step", "error", "dead-lettered", "replayed")
+    for index, name in enumerate(headers):
+        # Every column keeps its width (the id is what `dlq show` takes); the error gives way.
+        width = max([len(name), *(len(row[index]) for row in cells)])
+        if name == "error":
+            table.add_column(name, ratio=1, min_width=12)
+        else:
+            table.add_column(name, no_wrap=True, min_width=width)
+    for row in cells:
+        table.add_row(*row)
     return table
 
 

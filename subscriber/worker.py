@@ -426,6 +426,16 @@ class Worker:
 
     # --- circuit breaker ------------------------------------------------------------------
     def _open_circuit(self) -> None:
+        if self.llm is None:
+            # Nothing to probe: handlers need an LLM this worker was not given. Stop rather
+            # than spin; the parked messages resume under a worker that has one.
+            logger.error(
+                "a handler needs an LLM but none is configured (set OPENAI_API_KEY, "
+                "DOCBUS_LLM__BASE_URL or AZURE_OPENAI_ENDPOINT): stopping; parked messages "
+                "resume when a worker with an LLM runs"
+            )
+            self.stop()
+            return
         if self._circuit_closed.is_set():
             logger.error(
                 "LLM endpoint failing systemically (authentication, quota or unreachable): "

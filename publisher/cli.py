@@ -1,0 +1,343 @@
+"""``docbus publish``: validate documents from files, JSONL or CSV, then send them as one batch.
+
+The command scans every input first (:func:`publisher.loaders.scan_documents`). Any invalid input
+— unreadable file, invalid JSON, missing or empty text, non-UTF-8 bytes, duplicate id — is listed
+with file:line and reason; without ``--skip-invalid`` nothing is sent and the exit code is 1.
+With it, the valid documents are sent and every skipped one is still listed (exit code 1 whenever
+anything was skipped or failed to send, 0 otherwise). ``--dry-run`` sends and records nothing and
+shows what would be sent. Sending is :func:`publisher.publish.publish_documents`; this module adds
+a progress bar sized by the scan (advanced as the broker accepts each message batch, through the
+publisher's sender seam), the skipped inputs in the closing summary and the batch record, and
+``--budget`` (the batch's own LLM budget, ``Store.set_batch_budget``, set before its first
+message is sent so no worker spends on the batch unchecked). The store and Service Bus come
+from :class:`~docbus.settings.Settings`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from azure.servicebus import ServiceBusMessageBatch
+from pydantic import ValidationError
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+from rich.text import Text
+
+from docbus.envelope import BATCH_ID_PATTERN, new_batch_id
+from docbus.errors import ConfigurationError
+from docbus.servicebus import MessagingError, servicebus_client
+from docbus.settings import Settings
+from docbus.settings_cli import describe_validation_error
+from docbus.store import Store, StoreError, StoreUnavailable
+from publisher.inputs import DocumentInput, InputProblem, InvalidInput
+from publisher.loaders import LoaderOptions, iter_documents, scan_documents
+from publisher.publish import MessageSender, PublishReport, SenderFactory, publish_documents
+
+__all__ = ["add_arguments", "problems_table", "run"]
+
+PREVIEW_ROWS = 20
+"""Documents listed one by one in a dry run's preview."""
+
+NO_BROKER = (
+    "no Service Bus configured: set DOCBUS_SERVICEBUS__CONNECTION_STRING (or "
+    "DOCBUS_SERVICEBUS__NAMESPACE to sign in with Entra ID), or start the local stack with "
+    "`docbus up` and export what it prints"
+)
+NO_STORE = (
+    "set DOCBUS_MONGODB__URI (or MONGODB_URI) and DOCBUS_MONGODB__DATABASE, or start the local "
+    "stack with `docbus up` and export what it prints"
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "paths", nargs="+", metavar="PATH", help="files, directories or globs to publish"
+    )
+    parser.add_argument("--topic", required=True, help="Service Bus topic to send to")
+    parser.add_argument("--batch-id", help="batch id (default: a fresh time-sortable one)")
+    parser.add_argument(
+        "--format",
+        choices=["auto", "files", "jsonl", "csv"],
+        default="auto",
+        help="how to read the inputs (default: by file extension)",
+    )
+    parser.add_argument(
+        "--id-field", help="JSON/CSV field holding each document's id (default: content hash)"
+    )
+    parser.add_argument(
+        "--text-field", default="text", help="JSON/CSV field holding the text (default: text)"
+    )
+    parser.add_argument(
+        "--session-key",
+        help="field whose value becomes the session id (documents with one value run in order)",
+    )
+    parser.add_argument(
+        "--dry-run", action="store_true", help="check and show what would be sent; send nothing"
+    )
+    parser.add_argument(
+        "--skip-invalid",
+        action="store_true",
+        help="send the valid documents even if some inputs are invalid (they are listed)",
+    )
+    parser.add_argument(
+        "--budget",
+        type=_budget,
+        metavar="USD",
+        help="maximum LLM spending for this batch, in US dollars",
+    )
+
+
+def _budget(value: str) -> float:
+    try:
+        amount = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of dollars: {value!r}") from None
+    if not amount > 0:
+        raise argparse.ArgumentTypeError("the budget must be more than 0 dollars")
+    return amount
+
+
+def run(args: argparse.Namespace, *, console: Console | None = None) -> int:
+    console = console or Console()
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        console.print("[bold red]invalid docbus settings:[/]")
+        for line in describe_validation_error(exc):
+            console.print(f"  {line}", markup=False, highlight=False)
+        return 2
+    batch_id = args.batch_id or new_batch_id()
+    if not re.match(BATCH_ID_PATTERN, batch_id):
+        _error(console, f"invalid batch id {batch_id!r}: use up to 64 letters, digits, . _ or -")
+        return 2
+    options = LoaderOptions(
+        format=args.format,
+        text_field=args.text_field,
+        id_field=args.id_field,
+        session_key=args.session_key,
+    )
+    with console.status("checking the inputs..."):
+        scan = scan_documents(args.paths, options)
+    if scan.problems and not args.skip_invalid:
+        console.print(problems_table(scan.problems, "Invalid input"))
+        _error(
+            console,
+            f"{len(scan.problems)} invalid input(s): nothing was sent. Fix them, or pass "
+            f"--skip-invalid to send the other {scan.documents} document(s).",
+        )
+        return 1
+    if scan.documents == 0:
+        if scan.problems:
+            console.print(problems_table(scan.problems, "Skipped (invalid input)"))
+        _error(console, "no valid documents to publish")
+        return 1
+    if not args.dry_run and not settings.servicebus.configured:
+        _error(console, NO_BROKER)
+        return 2
+    job = _Job(args=args, settings=settings, batch_id=batch_id, options=options, console=console)
+    try:
+        report = asyncio.run(job.dry_run() if args.dry_run else job.publish(scan.documents))
+    except InvalidInput as exc:  # an input changed between the scan and the send
+        console.print(problems_table(exc.problems, "Invalid input"))
+        _error(console, f"inputs changed while publishing; {exc.sent} document(s) were sent")
+        return 1
+    except StoreUnavailable as exc:
+        _error(console, f"cannot reach MongoDB: {exc}\n{NO_STORE}")
+        return 1
+    except StoreError as exc:
+        _error(console, f"recording the batch failed: {exc}")
+        return 1
+    except ConfigurationError as exc:
+        _error(console, str(exc))
+        return 2
+    except MessagingError as exc:
+        _error(console, f"cannot publish to topic {args.topic!r}: {exc}")
+        return 1
+    if report.problems:
+        console.print(problems_table(report.problems, "Skipped (invalid input)"))
+    if report.failed:
+        console.print(_failed_table(report.failed))
+    console.print(report.table())
+    return 0 if report.ok else 1
+
+
+def _error(console: Console, message: str) -> None:
+    console.print(Text.assemble(("error: ", "bold red"), message), highlight=False)
+
+
+def problems_table(problems: list[InputProblem], title: str) -> Table:
+    """Every problem, with where it is (file:line) and why."""
+    table = Table(title=f"{title}: {len(problems)}", title_justify="left")
+    table.add_column("#", justify="right")
+    table.add_column("where", overflow="fold")
+    table.add_column("reason", overflow="fold")
+    for number, problem in enumerate(problems, start=1):
+        where = problem.file if problem.line is None else f"{problem.file}:{problem.line}"
+        table.add_row(str(number), Text(where), Text(problem.reason))
+    return table
+
+
+def _failed_table(failed: dict[str, str]) -> Table:
+    table = Table(title=f"Not sent: {len(failed)}", title_justify="left")
+    table.add_column("doc_id", overflow="fold")
+    table.add_column("reason", overflow="fold")
+    for doc_id, reason in failed.items():
+        table.add_row(Text(doc_id), Text(reason))
+    return table
+
+
+@dataclass
+class _Preview:
+    """The first documents of a dry run, and how many there were."""
+
+    rows: list[tuple[str, str, int, str]] = field(default_factory=list)
+    count: int = 0
+
+    def watch(self, docs: Iterator[DocumentInput]) -> Iterator[DocumentInput]:
+        for doc in docs:
+            self.count += 1
+            if len(self.rows) < PREVIEW_ROWS:
+                where = str(doc.source) if doc.source is not None else "-"
+                size = len(doc.text.encode("utf-8"))
+                self.rows.append((doc.doc_id or "-", where, size, doc.session_id or ""))
+            yield doc
+
+    def table(self, topic: str, batch_id: str) -> Table:
+        table = Table(title=f"Would send to {topic} as batch {batch_id}", title_justify="left")
+        table.add_column("doc_id", overflow="fold")
+        table.add_column("from", overflow="fold")
+        table.add_column("bytes", justify="right")
+        table.add_column("session")
+        for doc_id, where, size, session in self.rows:
+            table.add_row(Text(doc_id), Text(where), str(size), Text(session))
+        if self.count > len(self.rows):
+            table.add_row(f"... and {self.count - len(self.rows)} more", "", "", "")
+        return table
+
+
+@dataclass
+class _Job:
+    args: argparse.Namespace
+    settings: Settings
+    batch_id: str
+    options: LoaderOptions
+    console: Console
+
+    @property
+    def sources(self) -> list[str]:
+        return [os.fspath(p) for p in self.args.paths]
+
+    async def dry_run(self) -> PublishReport:
+        problems: list[InputProblem] = []
+        preview = _Preview()
+        report = await publish_documents(
+            preview.watch(iter_documents(self.args.paths, problems, self.options)),
+            topic=self.args.topic,
+            batch_id=self.batch_id,
+            settings=self.settings,
+            skip_invalid=True,
+            dry_run=True,
+            progress=False,
+            source=self.sources,
+            console=self.console,
+        )
+        report.problems[:0] = problems
+        self.console.print(preview.table(self.args.topic, self.batch_id))
+        if self.args.budget is not None:
+            self.console.print(f"budget: ${self.args.budget:.2f} for this batch's LLM calls")
+        return report
+
+    async def publish(self, expected: int) -> PublishReport:
+        problems: list[InputProblem] = []
+        progress = Progress(
+            TextColumn("[progress.description]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=self.console,
+        )
+        task = progress.add_task(f"publishing {self.batch_id}", total=expected)
+        async with Store.from_settings(self.settings) as store:
+            budget = self.args.budget
+
+            async def before_first_send() -> None:
+                # The publisher records the batch before its first send: the budget is in
+                # place before any worker can see a message of this batch.
+                if budget is not None:
+                    await store.set_batch_budget(self.batch_id, budget)
+
+            hooks = _SendHooks(before_first_send, lambda n: progress.advance(task, n))
+            async with servicebus_client(self.settings) as client:
+                with progress:
+                    report = await publish_documents(
+                        iter_documents(self.args.paths, problems, self.options),
+                        topic=self.args.topic,
+                        batch_id=self.batch_id,
+                        settings=self.settings,
+                        sender_factory=hooks.wrap(client.get_topic_sender),
+                        store=store,
+                        skip_invalid=self.args.skip_invalid,
+                        progress=False,
+                        source=self.sources,
+                        console=self.console,
+                    )
+            if problems:
+                report.problems[:0] = problems
+                await store.update_batch(self.batch_id, counts=report.counts)
+        return report
+
+
+class _SendHooks:
+    """Wraps the publisher's senders: run a callback once before the first send, count sends."""
+
+    def __init__(
+        self, before_first_send: Callable[[], Awaitable[None]], sent: Callable[[int], None]
+    ) -> None:
+        self._before_first_send = before_first_send
+        self._sent = sent
+        self._ready: asyncio.Task[None] | None = None
+
+    async def before_send(self) -> None:
+        if self._ready is None:
+            self._ready = asyncio.ensure_future(self._before_first_send())
+        await asyncio.shield(self._ready)
+
+    def wrap(self, factory: Callable[[str], Any]) -> SenderFactory:
+        @asynccontextmanager
+        async def sender(topic: str) -> AsyncIterator[MessageSender]:
+            async with factory(topic) as inner:
+                yield _CountingSender(inner, self)
+
+        return sender
+
+    def sent(self, count: int) -> None:
+        self._sent(count)
+
+
+class _CountingSender:
+    def __init__(self, inner: MessageSender, hooks: _SendHooks) -> None:
+        self._inner = inner
+        self._hooks = hooks
+
+    async def create_message_batch(
+        self, max_size_in_bytes: int | None = None
+    ) -> ServiceBusMessageBatch:
+        return await self._inner.create_message_batch(max_size_in_bytes)
+
+    async def send_messages(
+        self,
+        message: ServiceBusMessageBatch,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 - the SDK's signature
+    ) -> None:
+        await self._hooks.before_send()
+        await self._inner.send_messages(message, timeout=timeout)
+        self._hooks.sent(len(message))
