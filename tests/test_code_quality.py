@@ -1,4 +1,4 @@
-"""The code base stays ruff- and mypy-clean: checked as part of the test suite, like any behaviour."""
+"""The code base stays ruff- and mypy-clean, checked as part of the test suite."""
 
 from __future__ import annotations
 
