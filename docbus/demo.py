@@ -56,6 +56,7 @@ class DemoSummary:
 
 
 async def run_demo(args: argparse.Namespace, console: Console) -> DemoSummary:
+    from docbus.llm_server import Faults
     from handlers import discover_handlers
     from publisher import LoaderOptions, iter_documents, publish_documents
     from subscriber.cli import build_llm
@@ -73,7 +74,12 @@ async def run_demo(args: argparse.Namespace, console: Console) -> DemoSummary:
             "'docbus-offline' (deterministic answers derived from each document, not a real "
             "LLM).[/] Set OPENAI_API_KEY (or AZURE_OPENAI_*) to use a real one."
         )
-    options = StackOptions(llm=offline, llm_latency=args.llm_latency)
+    # A little realism for the offline model: some schema-violating answers (re-asked) and
+    # some 429s (backed off), so the summary shows what they cost.
+    faults = {"faults": Faults(rate_schema=0.03, rate_429=0.02, retry_after=0.2), "seed": 7}
+    options = StackOptions(
+        llm=offline, llm_latency=args.llm_latency, extra_llm_config=faults if offline else {}
+    )
     async with LocalStack(options) as stack:
         settings = stack.settings(base)
         registered = discover_handlers("handlers.builtin")
@@ -89,6 +95,7 @@ async def run_demo(args: argparse.Namespace, console: Console) -> DemoSummary:
             report = await publish_documents(
                 list(docs), topic="documents", batch_id=args.batch_id, settings=settings,
                 store=store, skip_invalid=True, source=[str(args.input)], console=console,
+                progress=False,
             )  # fmt: skip
             # What the loader refused counts as skipped, in the summary and the batch record.
             report.problems[:0] = problems
@@ -100,7 +107,7 @@ async def run_demo(args: argparse.Namespace, console: Console) -> DemoSummary:
                 table.add_column("where")
                 table.add_column("reason")
                 for problem in report.problems:
-                    table.add_row(f"{problem.file}:{problem.line}", problem.reason)
+                    table.add_row(f"{Path(problem.file).name}:{problem.line}", problem.reason)
                 console.print(table)
             console.print(report.table())
             expected = report.sent * len(registered)
