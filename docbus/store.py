@@ -78,6 +78,16 @@ MAX_PAYLOAD_BYTES = 15 * 1024 * 1024
 """Largest claim-checked document: one Mongo document holds at most 16 MiB."""
 
 _CONVERGE_ATTEMPTS = 20
+_USAGE_FIELDS = (
+    "handler",
+    "step",
+    "category",
+    "prompt_tokens",
+    "completion_tokens",
+    "cost_usd",
+    "latency_s",
+    "error_type",
+)
 _VERSION_ATTEMPTS = 20
 
 
@@ -228,6 +238,8 @@ class Store:
             "llm_calls": [
                 IndexModel([("batch_id", ASCENDING), ("step", ASCENDING)]),
                 IndexModel([("batch_id", ASCENDING), ("doc_id", ASCENDING)]),
+                # iter_llm_calls streams in this order: no in-memory sort of a whole batch
+                IndexModel([("batch_id", ASCENDING), ("created_at", ASCENDING)]),
             ],
         }
         with _translated("ensure indexes"):
@@ -831,6 +843,56 @@ class Store:
             async for row in await self._c("llm_calls").aggregate(pipeline):
                 return float(row.get("usd") or 0.0)
         return 0.0
+
+    async def iter_llm_usage(self, batch_id: str) -> AsyncIterator[dict[str, Any]]:
+        """The figures of a batch's LLM audit rows, without prompts or answers, in no set order.
+
+        Each mapping holds ``handler``, ``step``, ``category``, ``prompt_tokens``,
+        ``completion_tokens``, ``cost_usd``, ``latency_s`` and ``error_type`` (``None`` or
+        missing where a row has none): what ``docbus report`` adds up, streamed.
+        """
+        projection = {field: 1 for field in _USAGE_FIELDS} | {"_id": 0}
+        with _translated(f"read llm usage of {batch_id}"):
+            async for raw in self._c("llm_calls").find({"batch_id": batch_id}, projection):
+                yield raw
+
+    async def dead_letter_reasons(self, batch_id: str) -> dict[str, dict[str, int]]:
+        """Handler → reason → documents dead-lettered and not done since, for a batch.
+
+        A document counts once per handler, under the reason of its latest dead letter, and
+        not at all once the handler has a result for it: the counts per handler add up to
+        :meth:`batch_counts`' ``dead_lettered``.
+        """
+        latest: dict[str, dict[str, str]] = {}
+        done: dict[str, set[str]] = {}
+        dead_pipeline: list[dict[str, Any]] = [
+            {"$match": {"batch_id": batch_id}},
+            {"$sort": {"dead_lettered_at": ASCENDING}},
+            {"$group": {"_id": {"h": "$handler", "d": "$doc_id"}, "reason": {"$last": "$reason"}}},
+        ]
+        done_pipeline: list[dict[str, Any]] = [
+            {"$match": {"batch_id": batch_id, "rolled_back": False}},
+            {"$group": {"_id": {"h": "$handler", "d": "$doc_id"}}},
+        ]
+        with _translated(f"read dead-letter reasons of {batch_id}"):
+            async for row in await self._c("dead_letters").aggregate(dead_pipeline):
+                name = row["_id"].get("h")
+                if name is not None:
+                    latest.setdefault(name, {})[row["_id"].get("d")] = str(row["reason"])
+            async for row in await self._c("results").aggregate(done_pipeline):
+                name = row["_id"].get("h")
+                if name in latest:
+                    done.setdefault(name, set()).add(row["_id"].get("d"))
+        reasons: dict[str, dict[str, int]] = {}
+        for name in sorted(latest):
+            counts: dict[str, int] = {}
+            finished = done.get(name, set())
+            for doc_id, reason in latest[name].items():
+                if doc_id not in finished:
+                    counts[reason] = counts.get(reason, 0) + 1
+            if counts:
+                reasons[name] = dict(sorted(counts.items()))
+        return reasons
 
     # -- status ----------------------------------------------------------------------------
 

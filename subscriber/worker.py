@@ -27,8 +27,9 @@ from azure.servicebus import NEXT_AVAILABLE_SESSION, ServiceBusReceivedMessage
 from azure.servicebus.aio import ServiceBusClient, ServiceBusReceiver
 from azure.servicebus.exceptions import OperationTimeoutError, ServiceBusError
 
+from docbus.servicebus import MessagingError
 from docbus.settings import WorkerSettings
-from docbus.store import Store
+from docbus.store import Store, StoreError
 from docbus.topology import Topology, TopologyError
 from handlers.discovery import RegisteredHandler
 from subscriber.backoff import BackoffPolicy
@@ -63,6 +64,9 @@ class WorkerOptions:
     """How often parked messages are checked for resumption."""
     max_sessions: int = 8
     """Sessions an ordered handler works on at once (each is one receiver connection)."""
+    dlq_capture_interval: float | None = 60.0
+    """How often the subscriptions' dead-letter queues are drained into Mongo (also once at
+    start and before an idle exit); None leaves broker-side dead letters on the broker."""
 
     @classmethod
     def from_settings(cls, worker: WorkerSettings, **overrides: Any) -> WorkerOptions:
@@ -209,6 +213,7 @@ class Worker:
         helpers = [
             asyncio.create_task(self._watch_idle()),
             asyncio.create_task(self._resume_loop()),
+            asyncio.create_task(self._capture_loop()),
         ]
         try:
             await asyncio.gather(*loops)
@@ -420,9 +425,42 @@ class Worker:
             quiet = time.monotonic() - self._last_activity
             if quiet >= idle and not self._in_flight and not self.paused:
                 logger.info("worker idle for %.1fs: draining and exiting", quiet)
+                await self._capture_dead_letters()
                 self.stop()
                 return
             await self._pause_for(min(0.2, idle))
+
+    # --- broker-side dead letters -----------------------------------------------------------
+    async def _capture_loop(self) -> None:
+        interval = self.options.dlq_capture_interval
+        if interval is None:
+            return
+        while not self._stopping.is_set():
+            await self._capture_dead_letters()
+            await self._pause_for(interval)
+
+    async def _capture_dead_letters(self) -> None:
+        """Record dead letters the broker made itself (delivery limit, TTL) like our own."""
+        if self.options.dlq_capture_interval is None:
+            return
+        from subscriber.dlq import capture_dead_letters
+
+        seen: set[tuple[str, str]] = set()
+        for registered in self.handlers:
+            spec = registered.spec
+            if (spec.topic, spec.subscription) in seen:
+                continue
+            seen.add((spec.topic, spec.subscription))
+            try:
+                captured = await capture_dead_letters(
+                    self.client, self.store, spec.topic, spec.subscription,
+                    handler=spec.name, max_wait=0.5,
+                )  # fmt: skip
+            except (MessagingError, StoreError, ServiceBusError) as exc:
+                logger.warning("dead-letter capture of %s failed: %s", spec.subscription, exc)
+                continue
+            if captured:
+                logger.info("captured %d dead letters of %s", captured, spec.subscription)
 
     # --- circuit breaker ------------------------------------------------------------------
     def _open_circuit(self) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import itertools
 import os
 import signal
@@ -41,6 +42,8 @@ def doc(doc_id: str, text: str, behaviour: str) -> dict[str, Any]:
 
 async def run_worker(stack: Stack, **options: Any) -> WorkerReport:
     options.setdefault("until_idle", 1.0)
+    # These tests look at the broker's dead-letter queue; capture has tests of its own.
+    options.setdefault("dlq_capture_interval", None)
     options.setdefault("backoff", FAST)
     async with ServiceBusClient.from_connection_string(stack.connection_string) as client:
         worker = Worker(
@@ -256,3 +259,27 @@ async def test_redelivered_duplicates_never_make_a_second_current_result(
     assert len(await invocations(stack, "o", "done")) == copies + 1
     assert len(await current_results(stack, "o")) == 1
     assert await stack.store.database["results"].count_documents({"doc_id": "o"}) == 1
+
+
+async def test_the_worker_records_dead_letters_the_broker_made_itself(stack: Stack) -> None:
+    await publish(stack, [doc("ok1", "fine", "ok")])
+    envelope = await stack.store.get_document("b1", "ok1")
+    assert envelope is not None
+    expiring = envelope.model_copy(update={"doc_id": "ttl", "generation": 0})
+    async with ServiceBusClient.from_connection_string(stack.connection_string) as client:
+        async with client.get_topic_sender("docs") as sender:
+            await sender.send_messages(
+                ServiceBusMessage(
+                    expiring.to_bytes(),
+                    message_id=expiring.message_id,
+                    time_to_live=dt.timedelta(seconds=1),  # the SDK sends whole seconds
+                    application_properties={ROUTE_PROPERTY: "work"},
+                )
+            )
+    await asyncio.sleep(1.2)  # let the TTL lapse before any worker looks
+    await run_worker(stack, dlq_capture_interval=30.0)
+    record = await stack.store.database["dead_letters"].find_one({"doc_id": "ttl"})
+    assert record is not None
+    assert record["reason"] == "TTLExpiredException" and record["subscription"] == "work"
+    assert await dead_letters_on_broker(stack) == []  # completed once recorded
+    assert len(await current_results(stack, "ok1")) == 1

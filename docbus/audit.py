@@ -1,0 +1,256 @@
+"""``docbus audit export``: a batch's LLM prompt/response pairs, for people to review.
+
+Every LLM request a handler makes is an ``llm_calls`` audit row
+(:class:`~docbus.records.LLMCallRecord`, written by :mod:`handlers.llm`).
+``docbus audit export --batch B [--step S] [--handler H] [--doc D] [--format jsonl|csv]
+[--output FILE]`` writes one line (JSONL) or one row (CSV) per request, oldest first: its ids,
+step, model, re-ask and retry numbers, the prompt messages, the response text, the parsed
+output, tokens, cost, latency and error. Rows are streamed from the store's cursor
+(``Store.iter_llm_calls``) to the output as they arrive, so a batch of any size exports in
+constant memory. In CSV the messages and the parsed output are JSON-encoded cells.
+
+With ``--output`` the export is written to ``FILE.partial`` and renamed to ``FILE`` only once
+complete, so an interrupted export never leaves a file that looks whole. The format defaults to
+the file's suffix (``.csv``), else JSONL. Neighbours: :mod:`docbus.report` (the same rows added
+up), :mod:`docbus.store`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import csv
+import json
+import os
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, Literal
+
+from pydantic import ValidationError
+from rich.console import Console
+
+from docbus.records import LLMCallRecord
+from docbus.settings import Settings
+from docbus.settings_cli import describe_validation_error
+from docbus.store import Store, StoreError, StoreUnavailable
+
+__all__ = [
+    "EXPORT_FIELDS",
+    "ExportFilter",
+    "RowWriter",
+    "add_arguments",
+    "export_calls",
+    "export_row",
+    "run",
+]
+
+Format = Literal["jsonl", "csv"]
+
+EXPORT_FIELDS: tuple[str, ...] = (
+    "id",
+    "created_at",
+    "batch_id",
+    "doc_id",
+    "generation",
+    "message_id",
+    "handler",
+    "handler_version",
+    "step",
+    "attempt",
+    "reask",
+    "retry",
+    "category",
+    "kind",
+    "mode",
+    "model",
+    "response_model",
+    "messages",
+    "response_text",
+    "parsed",
+    "finish_reason",
+    "prompt_tokens",
+    "completion_tokens",
+    "cost_usd",
+    "latency_s",
+    "error_type",
+    "error_message",
+    "request_id",
+)
+"""The fields of one exported row, in order (the CSV header)."""
+
+_JSON_CELLS = ("messages", "parsed")
+
+
+def export_row(call: LLMCallRecord) -> dict[str, Any]:
+    """One audit row as JSON-ready data with the fields of :data:`EXPORT_FIELDS`."""
+    data = call.model_dump(mode="json")
+    return {name: data.get(name) for name in EXPORT_FIELDS}
+
+
+class RowWriter:
+    """Writes exported rows as JSON lines or CSV to a text stream."""
+
+    def __init__(self, stream: IO[str], fmt: Format) -> None:
+        self.format = fmt
+        self.count = 0
+        self._stream = stream
+        self._csv: Any = None
+        if fmt == "csv":
+            self._csv = csv.DictWriter(stream, fieldnames=EXPORT_FIELDS, lineterminator="\n")
+
+    def write(self, row: dict[str, Any]) -> None:
+        if self._csv is not None:
+            if self.count == 0:
+                self._csv.writeheader()
+            self._csv.writerow({name: _cell(name, row.get(name)) for name in EXPORT_FIELDS})
+        else:
+            self._stream.write(json.dumps(row, ensure_ascii=False) + "\n")
+        self.count += 1
+
+
+def _cell(name: str, value: Any) -> Any:
+    if name in _JSON_CELLS:
+        return "" if value is None else json.dumps(value, ensure_ascii=False)
+    return "" if value is None else value
+
+
+@dataclass(frozen=True)
+class ExportFilter:
+    """Which rows of a batch to export (``None``: any)."""
+
+    batch_id: str
+    step: str | None = None
+    handler: str | None = None
+    doc_id: str | None = None
+
+    def describe(self) -> str:
+        parts = [f"batch {self.batch_id!r}"]
+        for label, value in (("step", self.step), ("handler", self.handler), ("doc", self.doc_id)):
+            if value is not None:
+                parts.append(f"{label} {value!r}")
+        return ", ".join(parts)
+
+
+async def export_calls(
+    store: Store,
+    selection: ExportFilter,
+    writer: RowWriter,
+    on_row: Callable[[int], None] | None = None,
+) -> int:
+    """Stream the selected audit rows, oldest first, into ``writer``; returns how many."""
+    async for call in store.iter_llm_calls(
+        selection.batch_id,
+        step=selection.step,
+        handler=selection.handler,
+        doc_id=selection.doc_id,
+    ):
+        writer.write(export_row(call))
+        if on_row is not None:
+            on_row(writer.count)
+    return writer.count
+
+
+# -- command ------------------------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    commands = parser.add_subparsers(dest="audit_command", required=True, metavar="export")
+    export = commands.add_parser(
+        "export", help="export a batch's LLM prompt/response pairs (one row per request)"
+    )
+    export.add_argument("--batch", required=True, metavar="ID", help="the batch")
+    export.add_argument("--step", metavar="NAME", help="only calls made in this step")
+    export.add_argument("--handler", metavar="NAME", help="only calls of this handler")
+    export.add_argument("--doc", metavar="ID", help="only calls about this document")
+    export.add_argument(
+        "--format",
+        choices=("jsonl", "csv"),
+        help="jsonl (default) or csv (messages and parsed output JSON-encoded); "
+        "default: from the --output suffix",
+    )
+    export.add_argument(
+        "--output", "-o", type=Path, metavar="FILE", help="write here (default: stdout)"
+    )
+
+
+def _format(args: argparse.Namespace) -> Format:
+    if args.format is not None:
+        return "csv" if args.format == "csv" else "jsonl"
+    output: Path | None = args.output
+    return "csv" if output is not None and output.suffix.lower() == ".csv" else "jsonl"
+
+
+def run(
+    args: argparse.Namespace, *, stdout: IO[str] | None = None, errors: Console | None = None
+) -> int:
+    """Run ``docbus audit export``; the export goes to ``--output`` or ``stdout``, messages to
+    ``errors`` (stderr)."""
+    errors = errors or Console(stderr=True)
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        errors.print("[bold red]invalid docbus settings:[/]")
+        for line in describe_validation_error(exc):
+            errors.print(f"  {line}", markup=False, highlight=False)
+        return 2
+    selection = ExportFilter(args.batch, step=args.step, handler=args.handler, doc_id=args.doc)
+    fmt = _format(args)
+    try:
+        with _destination(args.output, stdout) as stream:
+            count = asyncio.run(_export(settings, selection, RowWriter(stream, fmt), errors))
+            if count == 0:
+                raise _NothingMatched
+    except _NothingMatched:
+        errors.print(f"no LLM calls match {selection.describe()}", highlight=False)
+        return 1
+    except StoreUnavailable as exc:
+        errors.print(f"[bold red]cannot reach MongoDB:[/] {exc}", highlight=False)
+        return 1
+    except StoreError as exc:
+        errors.print(f"[bold red]reading the store failed:[/] {exc}", highlight=False)
+        return 1
+    except OSError as exc:
+        errors.print(f"[bold red]cannot write the export:[/] {exc}", highlight=False)
+        return 1
+    where = str(args.output) if args.output is not None else "stdout"
+    errors.print(f"exported {count:,} LLM call(s) as {fmt} to {where}", highlight=False)
+    return 0
+
+
+class _NothingMatched(Exception):
+    pass
+
+
+async def _export(
+    settings: Settings, selection: ExportFilter, writer: RowWriter, errors: Console
+) -> int:
+    async with Store.from_settings(settings) as store:
+        if not errors.is_terminal:
+            return await export_calls(store, selection, writer)
+        with errors.status("exporting…") as status:
+
+            def progress(count: int) -> None:
+                if count % 100 == 0:
+                    status.update(f"exporting… {count:,} LLM calls")
+
+            return await export_calls(store, selection, writer, progress)
+
+
+@contextlib.contextmanager
+def _destination(output: Path | None, stdout: IO[str] | None) -> Iterator[IO[str]]:
+    """stdout, or ``output`` written through ``output.partial`` and renamed when complete."""
+    if output is None:
+        stream = stdout or sys.stdout
+        yield stream
+        stream.flush()
+        return
+    partial = output.with_name(output.name + ".partial")
+    try:
+        with partial.open("w", encoding="utf-8", newline="") as stream:
+            yield stream
+        os.replace(partial, output)
+    finally:
+        partial.unlink(missing_ok=True)

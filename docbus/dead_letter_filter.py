@@ -1,0 +1,140 @@
+"""Dead-letter filters: which dead letters an operator means, for ``dlq list`` and ``replay``.
+
+A :class:`DeadLetterFilter` holds the selection the two commands share — batch, reason, handler,
+topic, subscription, document, a time window on ``dead_lettered_at`` and whether it was replayed
+already — and :meth:`DeadLetterFilter.select` asks :meth:`docbus.store.Store.dead_letters` for
+it. :func:`add_filter_arguments` and :func:`filter_from_args` give both commands the same
+options; :func:`parse_time` reads ``--since``/``--until`` as ISO 8601 or as an age (``30m``,
+``2h``, ``7d``). Neighbours: :mod:`subscriber.dlq_cli` lists, :mod:`publisher.replay` replays.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from docbus.records import DeadLetterRecord
+from docbus.store import Store
+
+__all__ = ["DeadLetterFilter", "add_filter_arguments", "filter_from_args", "parse_time"]
+
+_AGE = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+@dataclass(frozen=True)
+class DeadLetterFilter:
+    """A selection of dead letters; ``None`` fields do not filter."""
+
+    batch_id: str | None = None
+    reason: str | None = None
+    handler: str | None = None
+    topic: str | None = None
+    subscription: str | None = None
+    doc_id: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    replayed: bool | None = None
+    """True: only dead letters replayed already; False: only those never replayed."""
+
+    async def select(self, store: Store, *, limit: int = 0) -> list[DeadLetterRecord]:
+        """The matching dead letters, oldest first (``limit`` 0: all)."""
+        return await store.dead_letters(
+            batch_id=self.batch_id,
+            reason=self.reason,
+            handler=self.handler,
+            topic=self.topic,
+            subscription=self.subscription,
+            doc_id=self.doc_id,
+            since=self.since,
+            until=self.until,
+            include_replayed=self.replayed is not False,
+            only_replayed=self.replayed is True,
+            limit=limit,
+        )
+
+    def describe(self) -> dict[str, Any]:
+        """The filters that are set, JSON-able (for audit records and headings)."""
+        return {
+            key: value.isoformat() if isinstance(value, datetime) else value
+            for key, value in asdict(self).items()
+            if value is not None
+        }
+
+
+def parse_time(text: str, *, now: datetime | None = None) -> datetime:
+    """An aware UTC datetime from ISO 8601 (naive means UTC) or an age such as ``90m``/``2d``."""
+    value = text.strip()
+    age = _AGE.match(value.lower())
+    if age is not None:
+        amount, unit = float(age.group(1)), _UNITS[age.group(2)]
+        return (now or datetime.now(UTC)) - timedelta(**{unit: amount})
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(
+            f"{text!r} is neither an ISO 8601 time (2025-01-31T12:00) nor an age (30m, 2h, 7d)"
+        ) from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.astimezone(UTC)
+
+
+def _time_argument(text: str) -> datetime:
+    try:
+        return parse_time(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def add_filter_arguments(parser: argparse.ArgumentParser) -> None:
+    """The dead-letter selection options shared by ``docbus dlq list`` and ``docbus replay``."""
+    group = parser.add_argument_group("dead-letter filters (all given must match)")
+    group.add_argument("--batch", metavar="ID", help="dead letters of this batch")
+    group.add_argument("--reason", help="dead-letter reason, e.g. MaxDeliveryCountExceeded")
+    group.add_argument("--handler", metavar="NAME", help="dead letters of this handler")
+    group.add_argument("--topic", help="dead letters of this topic")
+    group.add_argument("--subscription", metavar="NAME", help="dead letters of this subscription")
+    group.add_argument("--doc", metavar="DOC_ID", help="dead letters of this document")
+    group.add_argument(
+        "--since",
+        type=_time_argument,
+        metavar="TIME",
+        help="dead-lettered at or after TIME (ISO 8601, or an age: 30m, 2h, 7d)",
+    )
+    group.add_argument(
+        "--until", type=_time_argument, metavar="TIME", help="dead-lettered before TIME"
+    )
+    replayed = group.add_mutually_exclusive_group()
+    replayed.add_argument(
+        "--replayed",
+        dest="replayed",
+        action="store_const",
+        const=True,
+        help="only dead letters replayed already",
+    )
+    replayed.add_argument(
+        "--not-replayed",
+        dest="replayed",
+        action="store_const",
+        const=False,
+        help="only dead letters never replayed",
+    )
+
+
+def filter_from_args(args: argparse.Namespace) -> DeadLetterFilter:
+    """The :class:`DeadLetterFilter` of parsed :func:`add_filter_arguments` options."""
+    return DeadLetterFilter(
+        batch_id=getattr(args, "batch", None),
+        reason=getattr(args, "reason", None),
+        handler=getattr(args, "handler", None),
+        topic=getattr(args, "topic", None),
+        subscription=getattr(args, "subscription", None),
+        doc_id=getattr(args, "doc", None),
+        since=getattr(args, "since", None),
+        until=getattr(args, "until", None),
+        replayed=getattr(args, "replayed", None),
+    )

@@ -1,0 +1,496 @@
+"""Replay: send dead letters, or a batch's documents, back into their topic as a new generation.
+
+A replay is planned first and sent second, so a dry run shows exactly what a real run sends.
+:func:`plan_dead_letter_replay` turns the dead letters a :class:`~docbus.dead_letter_filter.
+DeadLetterFilter` selects back into their envelopes (bodies that are not envelopes are skipped,
+with the reason); :func:`plan_batch_replay` takes a batch's documents from the ``documents``
+store — all of them, those that failed in a handler, or those a handler never finished — so no
+source file is needed. Every planned message is the original content under the document's next
+replay generation (one above any generation known for it, so its message id is new and its
+result a new version), with ``replay_of`` and ``replayed_at`` for lineage, ``attempt`` 0, and
+``target_subscription`` set to the subscription that failed: the routing property then matches
+only that subscription's *addressed* rule (:mod:`docbus.topology`), and the topic's other
+subscriptions never see the message.
+
+:func:`send_replay` sends a plan through :func:`docbus.servicebus.build_message`, the publisher's
+message mapping, at most ``rate`` messages per second (:mod:`publisher.token_bucket`). Each dead
+letter is claimed (marked replayed) before it is sent and released again if sending fails, so it
+is sent at most once however many replays run, unless a plan is made with ``again``. Every run is
+recorded in ``replays`` (:class:`~docbus.records.ReplayRecord`). Neighbours:
+:mod:`publisher.replay_cli` (``docbus replay``), :mod:`subscriber.dlq` (which captures
+broker-side dead letters first).
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from azure.servicebus import ServiceBusMessage, ServiceBusMessageBatch
+from azure.servicebus.exceptions import MessageSizeExceededError
+from rich.progress import Progress
+from rich.table import Table
+
+from docbus.dead_letter_filter import DeadLetterFilter
+from docbus.envelope import Envelope, InvalidEnvelope, message_id
+from docbus.errors import DocbusError
+from docbus.records import DeadLetterRecord, ReplayItem, ReplayRecord
+from docbus.servicebus import MessagingError, build_message, translated
+from docbus.store import Store
+from publisher.publish import MessageSender, SenderFactory
+from publisher.token_bucket import TokenBucket
+
+__all__ = [
+    "ONLY",
+    "PlannedMessage",
+    "ReplayError",
+    "ReplayPlan",
+    "ReplayReport",
+    "plan_batch_replay",
+    "plan_dead_letter_replay",
+    "send_replay",
+    "subscription_of",
+]
+
+logger = logging.getLogger(__name__)
+
+ONLY = ("failed", "missing", "all")
+"""What a batch replay selects: documents that failed in the handler, documents it never
+finished (neither result nor dead letter), or every document of the batch."""
+
+Only = Literal["failed", "missing", "all"]
+
+SEND_CHUNK = 100
+
+
+class ReplayError(DocbusError):
+    """A replay cannot be planned as asked (unknown batch, unresolvable handler...)."""
+
+
+@dataclass(frozen=True)
+class PlannedMessage:
+    """One message a replay sends: the envelope as planned and what it replays."""
+
+    key: str
+    """The dead letter's id, or ``batch:doc`` for a batch replay."""
+    envelope: Envelope
+    dead_letter: DeadLetterRecord | None = None
+    """The dead letter this message replays (claimed before sending)."""
+    settles: tuple[DeadLetterRecord, ...] = ()
+    """Dead letters a batch replay of a failed document answers (marked once it is sent)."""
+
+
+@dataclass
+class ReplayPlan:
+    """What a replay would send and what it leaves out, with why."""
+
+    kind: Literal["dead-letters", "batch"]
+    filters: dict[str, Any]
+    messages: list[PlannedMessage] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
+    note: str | None = None
+    """Something the operator should know about the selection (e.g. replayed ones left out)."""
+
+    def table(self, title: str | None = None) -> Table:
+        """Every planned message, one row each: what it replays, and how it will be sent."""
+        heading = "dead letter" if self.kind == "dead-letters" else "document"
+        title = title or f"replay plan: {len(self.messages)} message(s)"
+        table = Table(title=title, title_justify="left")
+        table.add_column("#", justify="right")
+        table.add_column(heading, no_wrap=True)
+        table.add_column("generation", justify="right")
+        table.add_column("route")
+        table.add_column("message id", no_wrap=True)
+        for number, planned in enumerate(self.messages, start=1):
+            envelope = planned.envelope
+            table.add_row(
+                str(number),
+                planned.key,
+                str(envelope.generation),
+                _route(envelope),
+                envelope.send_id,
+            )
+        return table
+
+    def skipped_table(self) -> Table:
+        table = Table(title=f"skipped: {len(self.skipped)}", title_justify="left")
+        table.add_column("dead letter" if self.kind == "dead-letters" else "document")
+        table.add_column("why")
+        for key, reason in self.skipped.items():
+            table.add_row(key, _trim(reason))
+        return table
+
+
+@dataclass
+class ReplayReport:
+    """What :func:`send_replay` did."""
+
+    record: ReplayRecord
+    duration: float = 0.0
+
+    @property
+    def sent(self) -> list[ReplayItem]:
+        return self.record.items
+
+    def table(self) -> Table:
+        """The closing summary: messages sent per topic and route, with their generations."""
+        record = self.record
+        table = Table(title=f"replayed: {record.count} message(s)", title_justify="left")
+        for name in ("topic", "route", "sent", "generations"):
+            table.add_column(name, justify="right" if name == "sent" else "left")
+        groups: dict[tuple[str, str], list[int]] = {}
+        for item in record.items:
+            route = item.target_subscription or "* (broadcast)"
+            groups.setdefault((item.topic, route), []).append(item.generation)
+        for (topic, route), generations in sorted(groups.items()):
+            low, high = min(generations), max(generations)
+            span = str(low) if low == high else f"{low}-{high}"
+            table.add_row(topic, route, str(len(generations)), span)
+        return table
+
+    def summary(self) -> str:
+        """One line: the audit record's id, what did not go, and how fast it went."""
+        record = self.record
+        rate = record.count / self.duration if self.duration > 0 else 0.0
+        return (
+            f"recorded as {record.id} · {len(record.skipped)} skipped, "
+            f"{len(record.failed)} failed · {self.duration:.2f} s, {rate:.0f} msg/s"
+        )
+
+    def problems_table(self) -> Table | None:
+        """What was skipped or failed to send, with why; None when everything went."""
+        record = self.record
+        if not record.skipped and not record.failed:
+            return None
+        table = Table(title="not replayed", title_justify="left")
+        for name in ("dead letter" if record.kind == "dead-letters" else "document", "", "why"):
+            table.add_column(name)
+        for outcome, problems in (("skipped", record.skipped), ("failed", record.failed)):
+            for key, reason in problems.items():
+                table.add_row(key, outcome, _trim(reason))
+        return table
+
+
+def _trim(text: str, limit: int = 100) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _route(envelope: Envelope) -> str:
+    return envelope.target_subscription or "* (broadcast)"
+
+
+def new_replay_id(now: datetime | None = None) -> str:
+    now = now or datetime.now(UTC)
+    return f"replay-{now:%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
+
+
+class _Generations:
+    """Next generations as a plan will allocate them: known + 1, + 1 more per earlier message."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.planned: Counter[tuple[str, str]] = Counter()
+
+    async def next(self, batch_id: str, doc_id: str) -> tuple[int, int]:
+        """(the latest known generation, the one the next message will carry)."""
+        known = await self.store.known_generation(batch_id, doc_id)
+        self.planned[(batch_id, doc_id)] += 1
+        return known, known + self.planned[(batch_id, doc_id)]
+
+
+async def plan_dead_letter_replay(
+    store: Store, selection: DeadLetterFilter, *, limit: int = 0, again: bool = False
+) -> ReplayPlan:
+    """The messages that replay the dead letters ``selection`` matches, oldest first.
+
+    Without ``again``, dead letters replayed before are left out (and counted in the note).
+    """
+    plan = ReplayPlan("dead-letters", {**selection.describe(), "limit": limit, "again": again})
+    chosen = selection if again else replace(selection, replayed=False)
+    if not again and selection.replayed is not False:
+        already = await replace(selection, replayed=True).select(store)
+        if already:
+            plan.note = (
+                f"{len(already)} matching dead letter(s) were replayed already and are left "
+                "out; --again replays them again"
+            )
+    generations = _Generations(store)
+    now = datetime.now(UTC)
+    for record in await chosen.select(store, limit=limit):
+        try:
+            original = Envelope.from_bytes(record.body)
+        except InvalidEnvelope as exc:
+            plan.skipped[record.id] = f"not a valid envelope, cannot be replayed: {exc.reason}"
+            continue
+        _, generation = await generations.next(original.batch_id, original.doc_id)
+        envelope = original.model_copy(
+            update={
+                "generation": generation,
+                "replay_of": record.message_id,
+                "replayed_at": now,
+                "target_subscription": record.subscription,
+                "attempt": 0,
+            }
+        )
+        plan.messages.append(PlannedMessage(record.id, envelope, dead_letter=record))
+    return plan
+
+
+async def plan_batch_replay(
+    store: Store,
+    batch_id: str,
+    *,
+    only: Only = "all",
+    handler: str | None = None,
+    subscription: str | None = None,
+    limit: int = 0,
+) -> ReplayPlan:
+    """The messages that replay a batch's documents from the ``documents`` store.
+
+    With ``handler`` (and its ``subscription``), ``failed`` selects the documents with a dead
+    letter on that subscription and no result of that handler, ``missing`` those with neither,
+    and the messages are addressed to that subscription alone. Without, they are broadcast to
+    the topic, and ``failed``/``missing`` consider every handler the batch has results or dead
+    letters of. Raises :class:`ReplayError` when the batch has no recorded documents.
+    """
+    if only not in ONLY:
+        raise ReplayError(f"--only must be one of {', '.join(ONLY)}, not {only!r}")
+    if handler is not None and subscription is None:
+        raise ReplayError(f"the subscription of handler {handler!r} is needed to address it")
+    filters = {"batch_id": batch_id, "only": only, "handler": handler}
+    plan = ReplayPlan("batch", {**filters, "subscription": subscription, "limit": limit})
+    done: dict[str, set[str]] = {}
+    for result in await store.result_versions(batch_id=batch_id, include_rolled_back=False):
+        done.setdefault(result.handler, set()).add(result.doc_id)
+    dead: dict[str, list[DeadLetterRecord]] = {}
+    for record in await store.dead_letters(batch_id=batch_id):
+        if record.doc_id is not None and (handler is None or record.subscription == subscription):
+            dead.setdefault(record.doc_id, []).append(record)
+    selection = _BatchSelection(done, dead, handler)
+    generations = _Generations(store)
+    now = datetime.now(UTC)
+    found = 0
+    async for original in store.iter_documents(batch_id):
+        found += 1
+        answered = selection.unanswered(original.doc_id)
+        if only == "failed" and not answered:
+            continue
+        if only == "missing" and not selection.missing(original.doc_id):
+            continue
+        if limit and len(plan.messages) >= limit:
+            break
+        known, generation = await generations.next(batch_id, original.doc_id)
+        envelope = original.model_copy(
+            update={
+                "generation": generation,
+                "replay_of": message_id(batch_id, original.doc_id, known),
+                "replayed_at": now,
+                "target_subscription": subscription if handler else None,
+                "attempt": 0,
+            }
+        )
+        key = f"{batch_id}:{original.doc_id}"
+        plan.messages.append(PlannedMessage(key, envelope, settles=tuple(answered)))
+    if not found:
+        raise ReplayError(f"batch {batch_id!r} has no recorded documents")
+    return plan
+
+
+@dataclass(frozen=True)
+class _BatchSelection:
+    """Which of a batch's documents failed or are missing, for one handler or for all.
+
+    ``done`` maps a consumer to the documents it has a (not rolled back) result for, ``dead``
+    a document to its dead letters. A dead letter's consumer is its handler, or its
+    subscription when the broker dead-lettered it and nobody named the handler.
+    """
+
+    done: dict[str, set[str]]
+    dead: dict[str, list[DeadLetterRecord]]
+    handler: str | None
+
+    def consumer(self, record: DeadLetterRecord) -> str:
+        return self.handler or record.handler or record.subscription
+
+    def unanswered(self, doc_id: str) -> tuple[DeadLetterRecord, ...]:
+        """The document's dead letters that no result of their consumer answered since."""
+        return tuple(
+            record
+            for record in self.dead.get(doc_id, [])
+            if doc_id not in self.done.get(self.consumer(record), set())
+        )
+
+    def missing(self, doc_id: str) -> bool:
+        """Some consumer has neither a result nor a dead letter for the document."""
+        consumers = {self.handler} if self.handler else set(self.done)
+        if not self.handler:
+            consumers |= {self.consumer(r) for records in self.dead.values() for r in records}
+        if not consumers:
+            return True
+        dead_in = {self.consumer(r) for r in self.dead.get(doc_id, [])}
+        return any(
+            doc_id not in self.done.get(name, set()) and name not in dead_in for name in consumers
+        )
+
+
+async def subscription_of(
+    store: Store, handler: str, *, handlers_module: str | None = None
+) -> tuple[str, str | None]:
+    """The (subscription, topic) a handler consumes.
+
+    Looked up in ``handlers_module`` (a module name or ``.py`` path, as ``docbus worker
+    --handlers`` takes) when given, else in the handler's own dead letters, which name it.
+    """
+    if handlers_module is not None:
+        from handlers.discovery import HandlerDiscoveryError, discover_handlers
+
+        try:
+            registered = discover_handlers(handlers_module)
+        except HandlerDiscoveryError as exc:
+            raise ReplayError(str(exc)) from exc
+        for item in registered:
+            if item.spec.name == handler:
+                return item.spec.subscription, item.spec.topic
+        raise ReplayError(f"no handler named {handler!r} in {handlers_module}")
+    seen = {(r.subscription, r.topic) for r in await store.dead_letters(handler=handler, limit=50)}
+    if len({sub for sub, _ in seen}) == 1:
+        return next(iter(seen))
+    raise ReplayError(
+        f"cannot tell which subscription handler {handler!r} consumes: "
+        "pass --subscription NAME or --handlers MODULE"
+    )
+
+
+async def send_replay(
+    plan: ReplayPlan,
+    *,
+    store: Store,
+    sender_factory: SenderFactory,
+    rate: float | None = None,
+    progress: Progress | None = None,
+    replay_id: str | None = None,
+) -> ReplayReport:
+    """Send a plan (allocating each document's generation now) and record the run.
+
+    Raises :class:`~docbus.servicebus.MessagingError` when a topic cannot be opened at all;
+    messages that fail to send are reported in ``record.failed`` (their claims released).
+    """
+    started = time.monotonic()
+    record = ReplayRecord(id=replay_id or new_replay_id(), kind=plan.kind, filters=plan.filters)
+    record.skipped.update(plan.skipped)
+    bucket = TokenBucket(rate) if rate else None
+    chunk_size = max(1, min(SEND_CHUNK, int(rate))) if rate else SEND_CHUNK
+    task = (
+        progress.add_task(f"replaying ({record.id})", total=len(plan.messages))
+        if progress
+        else None
+    )
+    by_topic: dict[str, list[PlannedMessage]] = {}
+    for planned in plan.messages:
+        by_topic.setdefault(planned.envelope.topic, []).append(planned)
+    try:
+        for topic, planned_messages in by_topic.items():
+            with translated(f"open a sender for topic {topic!r}"):
+                async with sender_factory(topic) as sender:
+                    for start in range(0, len(planned_messages), chunk_size):
+                        chunk = planned_messages[start : start + chunk_size]
+                        if bucket is not None:
+                            await bucket.take(len(chunk))
+                        await _send_chunk(store, sender, chunk, record)
+                        if progress is not None and task is not None:
+                            progress.advance(task, len(chunk))
+    finally:
+        record = record.model_copy(
+            update={"count": len(record.items), "finished_at": datetime.now(UTC)}
+        )
+        await store.record_replay(record)
+    logger.info(
+        "replay %s: %d sent, %d skipped, %d failed",
+        record.id, record.count, len(record.skipped), len(record.failed),
+    )  # fmt: skip
+    return ReplayReport(record, time.monotonic() - started)
+
+
+@dataclass
+class _Ready:
+    planned: PlannedMessage
+    envelope: Envelope
+    message: ServiceBusMessage
+    claimed_at: datetime | None
+
+
+async def _send_chunk(
+    store: Store, sender: MessageSender, chunk: Sequence[PlannedMessage], record: ReplayRecord
+) -> None:
+    """Claim, allocate generations, build and send one chunk; account for every message."""
+    ready: list[_Ready] = []
+    for planned in chunk:
+        claimed_at: datetime | None = None
+        if planned.dead_letter is not None:
+            claimed_at = datetime.now(UTC)
+            if not await store.claim_dead_letter_replay(planned.dead_letter, claimed_at):
+                record.skipped[planned.key] = "replayed meanwhile by another run"
+                continue
+        base = planned.envelope
+        generation = await store.next_generation(base.batch_id, base.doc_id)
+        envelope = base.model_copy(update={"generation": generation})
+        ready.append(_Ready(planned, envelope, build_message(envelope), claimed_at))
+
+    async def failed(group: list[_Ready], reason: str) -> None:
+        for entry in group:
+            record.failed[entry.planned.key] = reason
+            if entry.planned.dead_letter is not None and entry.claimed_at is not None:
+                await store.release_dead_letter_replay(entry.planned.dead_letter, entry.claimed_at)
+
+    async def send(batch: ServiceBusMessageBatch, group: list[_Ready]) -> None:
+        try:
+            with translated(f"send {len(group)} replayed messages"):
+                await sender.send_messages(batch)
+        except MessagingError as exc:
+            await failed(group, str(exc))
+            return
+        for entry in group:
+            for answered in entry.planned.settles:
+                await store.mark_dead_letter_replayed(answered)
+            envelope = entry.envelope
+            record.items.append(
+                ReplayItem(
+                    batch_id=envelope.batch_id,
+                    doc_id=envelope.doc_id,
+                    generation=envelope.generation,
+                    message_id=str(entry.message.message_id),
+                    topic=envelope.topic,
+                    target_subscription=envelope.target_subscription,
+                    replay_of=envelope.replay_of,
+                    dead_letter=entry.planned.dead_letter.id if entry.planned.dead_letter else None,
+                )
+            )
+
+    if not ready:
+        return
+    with translated("create a message batch"):
+        batch = await sender.create_message_batch()
+    group: list[_Ready] = []
+    for entry in ready:
+        try:
+            batch.add_message(entry.message)
+        except MessageSizeExceededError:
+            if group:
+                await send(batch, group)
+                with translated("create a message batch"):
+                    batch = await sender.create_message_batch()
+                group = []
+            try:
+                batch.add_message(entry.message)
+            except MessageSizeExceededError:
+                await failed([entry], "the message exceeds the size limit")
+                continue
+        group.append(entry)
+    if group:
+        await send(batch, group)

@@ -1,0 +1,207 @@
+"""``docbus replay``: send dead letters, or a whole batch, back to the subscription that failed.
+
+Two modes, one command:
+
+- **dead letters** (default): the dead letters the filters select (the options of ``docbus dlq
+  list``: ``--batch``, ``--reason``, ``--handler``, ``--topic``, ``--subscription``, ``--doc``,
+  ``--since``, ``--until``), each sent once to its own subscription; ``--again`` includes
+  dead letters replayed before.
+- **batch** (``--only failed|missing|all`` with ``--batch``): the batch's documents from the
+  ``documents`` store. With ``--handler H`` the messages go to H's subscription only — taken
+  from ``--subscription``, else from ``--handlers MODULE`` (the module ``docbus worker`` runs),
+  else from H's dead letters; without ``--handler`` they are broadcast to every subscription.
+
+``--dry-run`` prints exactly what would be sent and sends nothing. A real run asks for
+confirmation on a terminal, and refuses (exit 2) when stdin is not one, unless ``--yes``.
+``--rate`` caps messages per second; ``--limit`` the number of messages. Library:
+:mod:`publisher.replay`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from typing import TextIO
+
+from pydantic import ValidationError
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from docbus.confirm import REFUSED, confirm, stdin_is_terminal
+from docbus.dead_letter_filter import add_filter_arguments, filter_from_args
+from docbus.errors import DocbusError
+from docbus.servicebus import servicebus_client
+from docbus.settings import Settings
+from docbus.settings_cli import describe_validation_error
+from docbus.store import Store
+from publisher.replay import (
+    ONLY,
+    ReplayError,
+    ReplayPlan,
+    plan_batch_replay,
+    plan_dead_letter_replay,
+    send_replay,
+    subscription_of,
+)
+
+__all__ = ["add_arguments", "run"]
+
+_DEAD_LETTER_ONLY = ("reason", "topic", "doc", "since", "until", "replayed")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be 1 or more")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError("must be a positive number")
+    return value
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_filter_arguments(parser)
+    batch = parser.add_argument_group("batch replay")
+    batch.add_argument(
+        "--only",
+        choices=ONLY,
+        help="replay the documents of --batch instead of dead letters: those that failed in "
+        "--handler, those it never finished, or all",
+    )
+    batch.add_argument(
+        "--handlers",
+        metavar="MODULE",
+        help="handler module (as for `docbus worker`) to find --handler's subscription in",
+    )
+    sending = parser.add_argument_group("sending")
+    sending.add_argument(
+        "--dry-run", action="store_true", help="list what would be sent; send nothing"
+    )
+    sending.add_argument(
+        "--limit",
+        type=_positive_int,
+        metavar="N",
+        help="replay at most N dead letters (oldest first), or N documents of a batch",
+    )
+    sending.add_argument(
+        "--rate", type=_positive_float, metavar="N", help="at most N messages per second"
+    )
+    sending.add_argument(
+        "--again", action="store_true", help="also replay dead letters replayed before"
+    )
+    sending.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
+
+
+def run(
+    args: argparse.Namespace, *, console: Console | None = None, stdin: TextIO | None = None
+) -> int:
+    console = console or Console()
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        console.print("[bold red]invalid docbus settings:[/]")
+        for line in describe_validation_error(exc):
+            console.print(f"  {line}", markup=False, highlight=False)
+        return 2
+    problem = _check_arguments(args)
+    if problem is not None:
+        console.print(f"docbus replay: error: {problem}", markup=False, highlight=False)
+        return 2
+    interactive = stdin_is_terminal(stdin)
+    if not (args.dry_run or args.yes or interactive):
+        console.print(
+            "docbus replay: refusing to send without confirmation: stdin is not a terminal. "
+            "Pass --yes to replay, or --dry-run to see what would be sent.",
+            markup=False,
+            highlight=False,
+        )
+        return REFUSED
+    try:
+        return asyncio.run(_replay(settings, args, console, stdin))
+    except DocbusError as exc:
+        console.print(f"docbus replay: error: {exc}", markup=False, highlight=False)
+        return 1
+
+
+def _check_arguments(args: argparse.Namespace) -> str | None:
+    if args.only is None:
+        if args.handlers is not None:
+            return "--handlers applies to batch replays (--only) only"
+        return None
+    if args.batch is None:
+        return "--only replays a batch: name it with --batch"
+    given = [f"--{name}" for name in _DEAD_LETTER_ONLY if getattr(args, name, None) is not None]
+    if given or args.again:
+        extra = ", ".join(given + (["--again"] if args.again else []))
+        return f"{extra} select dead letters and do not apply to a batch replay (--only)"
+    return None
+
+
+async def _plan(store: Store, args: argparse.Namespace) -> ReplayPlan:
+    if args.only is None:
+        return await plan_dead_letter_replay(
+            store, filter_from_args(args), limit=args.limit or 0, again=args.again
+        )
+    subscription = args.subscription
+    if args.handler is not None and subscription is None:
+        subscription, _ = await subscription_of(store, args.handler, handlers_module=args.handlers)
+    return await plan_batch_replay(
+        store,
+        args.batch,
+        only=args.only,
+        handler=args.handler,
+        subscription=subscription,
+        limit=args.limit or 0,
+    )
+
+
+async def _replay(
+    settings: Settings, args: argparse.Namespace, console: Console, stdin: TextIO | None
+) -> int:
+    async with Store.from_settings(settings) as store:
+        try:
+            plan = await _plan(store, args)
+        except ReplayError as exc:
+            console.print(f"docbus replay: error: {exc}", markup=False, highlight=False)
+            return 2
+        if args.dry_run or not plan.messages:
+            if args.dry_run:
+                console.print(plan.table(f"dry run: would send {len(plan.messages)} message(s)"))
+            if plan.skipped:
+                console.print(plan.skipped_table())
+            if plan.note:
+                console.print(plan.note, markup=False, highlight=False)
+            done = "dry run: nothing was sent" if args.dry_run else "nothing to replay"
+            console.print(done, markup=False, highlight=False)
+            return 0
+        if plan.note:
+            console.print(plan.note, markup=False, highlight=False)
+        if not args.yes:
+            console.print(plan.table())
+            if not confirm(f"send {len(plan.messages)} message(s)?", console=console, stdin=stdin):
+                console.print("not confirmed: nothing was sent", markup=False)
+                return 1
+        progress = Progress(
+            TextColumn("[progress.description]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=Console(stderr=True),
+            transient=False,
+        )
+        async with servicebus_client(settings) as client:
+            with progress:
+                report = await send_replay(
+                    plan, store=store, sender_factory=client.get_topic_sender,
+                    rate=args.rate, progress=progress,
+                )  # fmt: skip
+        console.print(report.table())
+        console.print(report.summary(), markup=False, highlight=False)
+        problems = report.problems_table()
+        if problems is not None:
+            console.print(problems)
+        return 1 if report.record.failed else 0

@@ -1,0 +1,151 @@
+"""Replay decisions without a broker: batch selections, generations, rate limits, refusals."""
+
+from __future__ import annotations
+
+import io
+from datetime import UTC, datetime, timedelta
+from typing import Literal
+
+import pytest
+
+from docbus import rollback
+from docbus.dead_letter_filter import parse_time
+from docbus.envelope import Envelope, message_id
+from docbus.records import DeadLetterRecord
+from docbus.store import Store
+from publisher import replay_cli
+from publisher.replay import ReplayError, plan_batch_replay, subscription_of
+from publisher.token_bucket import TokenBucket
+from tests.replay.helpers import command
+
+
+async def batch(store: Store) -> None:
+    """d1 done by alpha, d2 dead in alpha, d3 done by beta only, d4 untouched, d5 done by both."""
+    await store.record_documents(
+        Envelope(doc_id=d, batch_id="b1", topic="docs", content=f"text {d}")
+        for d in ("d1", "d2", "d3", "d4", "d5")
+    )
+    for doc, handler in (("d1", "alpha"), ("d3", "beta"), ("d5", "alpha"), ("d5", "beta")):
+        await store.write_result(
+            doc_id=doc, handler=handler, handler_version="1", batch_id="b1",
+            message_id=message_id("b1", doc), output={},
+        )  # fmt: skip
+    await store.record_dead_letter(
+        DeadLetterRecord(
+            message_id=message_id("b1", "d2"), subscription="alpha-sub", handler="alpha",
+            topic="docs", reason="BadDocument", batch_id="b1", doc_id="d2", generation=0,
+        )
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("only", "handler", "expected"),
+    [
+        ("failed", "alpha", ["d2"]),
+        ("missing", "alpha", ["d3", "d4"]),
+        ("all", "alpha", ["d1", "d2", "d3", "d4", "d5"]),
+        ("failed", None, ["d2"]),
+        ("missing", None, ["d1", "d2", "d3", "d4"]),  # each lacks alpha or beta; d5 has both
+    ],
+)
+async def test_a_batch_replay_selects_failed_missing_or_all_documents(
+    store: Store,
+    only: Literal["failed", "missing", "all"],
+    handler: str | None,
+    expected: list[str],
+) -> None:
+    await batch(store)
+    subscription = "alpha-sub" if handler else None
+    plan = await plan_batch_replay(
+        store, "b1", only=only, handler=handler, subscription=subscription
+    )
+    assert [m.envelope.doc_id for m in plan.messages] == expected
+    for planned in plan.messages:
+        envelope = planned.envelope
+        assert envelope.generation == 1 and envelope.attempt == 0
+        assert envelope.target_subscription == subscription
+        assert envelope.replay_of == message_id("b1", envelope.doc_id, 0)
+        assert envelope.content == f"text {envelope.doc_id}"
+
+
+async def test_generations_count_up_from_the_highest_known_one(store: Store) -> None:
+    await batch(store)
+    await store.write_result(
+        doc_id="d1", handler="alpha", handler_version="1", batch_id="b1",
+        message_id=message_id("b1", "d1", 4), output={}, generation=4,
+    )  # fmt: skip
+    assert await store.known_generation("b1", "d1") == 4
+    assert [await store.next_generation("b1", "d1") for _ in range(2)] == [5, 6]
+    assert await store.known_generation("b1", "d1") == 6
+    plan = await plan_batch_replay(store, "b1", only="all", limit=2)
+    assert [(m.envelope.doc_id, m.envelope.generation) for m in plan.messages] == [
+        ("d1", 7),
+        ("d2", 1),
+    ]
+
+
+async def test_a_handler_is_resolved_to_its_subscription_or_refused(store: Store) -> None:
+    await batch(store)
+    assert await subscription_of(store, "alpha") == ("alpha-sub", "docs")  # from dead letters
+    module = "tests.replay.replay_handlers"
+    assert await subscription_of(store, "beta", handlers_module=module) == ("beta", "docs")
+    with pytest.raises(ReplayError, match="--subscription"):
+        await subscription_of(store, "beta")
+    with pytest.raises(ReplayError, match="has no recorded documents"):
+        await plan_batch_replay(store, "nope", only="all")
+
+
+async def test_token_bucket_holds_the_rate_after_a_burst() -> None:
+    now = [0.0]
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        now[0] += seconds
+
+    bucket = TokenBucket(10, clock=lambda: now[0], sleep=sleep)
+    for _ in range(10):  # the first second's worth goes at once
+        await bucket.take()
+    assert slept == []
+    for _ in range(20):
+        await bucket.take()
+    assert now[0] == pytest.approx(2.0)  # 20 more at 10/s
+    await bucket.take(5)
+    assert now[0] == pytest.approx(2.5)
+    await bucket.take(30)  # larger than the bucket: waits for a full one, borrows the rest
+    assert now[0] == pytest.approx(3.5)
+    await bucket.take()
+    assert now[0] == pytest.approx(5.6)  # the debt of 20 is waited off first
+
+
+def test_times_are_iso_8601_or_an_age() -> None:
+    now = datetime(2025, 1, 31, 12, tzinfo=UTC)
+    assert parse_time("2h", now=now) == now - timedelta(hours=2)
+    assert parse_time("7d", now=now) == now - timedelta(days=7)
+    assert parse_time("2025-01-30T08:00", now=now) == datetime(2025, 1, 30, 8, tzinfo=UTC)
+    assert parse_time("2025-01-30T08:00+02:00") == datetime(2025, 1, 30, 6, tzinfo=UTC)
+    with pytest.raises(ValueError, match="age"):
+        parse_time("yesterday")
+
+
+async def test_commands_that_change_things_refuse_without_yes_off_a_terminal(
+    mongo_env: Store,
+) -> None:
+    await batch(mongo_env)
+    code, out = await command(replay_cli, "--batch", "b1", stdin=io.StringIO(""))
+    assert code == 2 and "refusing to send without confirmation" in out
+    code, out = await command(rollback, "--batch", "b1", stdin=io.StringIO(""))
+    assert code == 2 and "refusing to roll back" in out
+    assert await mongo_env.current_result("d1", "alpha") is not None  # nothing was touched
+    code, out = await command(replay_cli, "--only", "failed", "--yes")
+    assert code == 2 and "--batch" in out
+    code, out = await command(replay_cli, "--batch", "b1", "--only", "all", "--reason", "X")
+    assert code == 2 and "--reason" in out
+    code, out = await command(
+        replay_cli, "--batch", "b1", "--only", "all", "--handler", "gamma", "--dry-run"
+    )
+    assert code == 2 and "cannot tell which subscription" in out
+    code, out = await command(
+        replay_cli, "--batch", "b1", "--only", "missing", "--handler", "alpha", "--dry-run"
+    )
+    assert code == 0 and "would send 2 message(s)" in out and "alpha-sub" in out
