@@ -13,14 +13,13 @@ import argparse
 import asyncio
 from collections.abc import Sequence
 
-from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
 from docbus.errors import DocbusError
 from docbus.records import ResultRecord
 from docbus.settings import Settings
-from docbus.settings_cli import describe_validation_error
+from docbus.settings_cli import load_settings
 from docbus.store import Store
 
 __all__ = ["add_arguments", "history_table", "run"]
@@ -61,12 +60,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, *, console: Console | None = None) -> int:
     console = console or Console()
-    try:
-        settings = Settings()
-    except ValidationError as exc:
-        console.print("[bold red]invalid docbus settings:[/]")
-        for line in describe_validation_error(exc):
-            console.print(f"  {line}", markup=False, highlight=False)
+    settings = load_settings(console)
+    if settings is None:
         return 2
     try:
         return asyncio.run(_history(settings, args, console))

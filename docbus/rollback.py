@@ -17,7 +17,6 @@ import secrets
 from datetime import UTC, datetime
 from typing import TextIO
 
-from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
@@ -25,7 +24,7 @@ from docbus.confirm import REFUSED, confirm, stdin_is_terminal
 from docbus.errors import DocbusError
 from docbus.records import RollbackRecord
 from docbus.settings import Settings
-from docbus.settings_cli import describe_validation_error
+from docbus.settings_cli import load_settings
 from docbus.store import Store
 
 __all__ = ["add_arguments", "roll_back", "run"]
@@ -73,12 +72,8 @@ def run(
     args: argparse.Namespace, *, console: Console | None = None, stdin: TextIO | None = None
 ) -> int:
     console = console or Console()
-    try:
-        settings = Settings()
-    except ValidationError as exc:
-        console.print("[bold red]invalid docbus settings:[/]")
-        for line in describe_validation_error(exc):
-            console.print(f"  {line}", markup=False, highlight=False)
+    settings = load_settings(console)
+    if settings is None:
         return 2
     if not args.yes and not stdin_is_terminal(stdin):
         console.print(

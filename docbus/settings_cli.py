@@ -83,6 +83,17 @@ def describe_validation_error(exc: ValidationError) -> list[str]:
     return lines
 
 
+def load_settings(console: Console) -> Settings | None:
+    """The settings from the environment, or None after printing what is wrong with them."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        console.print("[bold red]invalid docbus settings:[/]")
+        for line in describe_validation_error(exc):
+            console.print(f"  {line}", markup=False, highlight=False)
+        return None
+
+
 def _source(group: str, field: str, value: Any, default: Any) -> str:
     """Which variable a setting came from, as far as the environment tells."""
     name = f"{ENV_PREFIX}{group}__{field}".upper()

@@ -26,7 +26,6 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from pydantic import ValidationError
 from pymongo.errors import ConnectionFailure, PyMongoError
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
@@ -36,7 +35,7 @@ from rich.text import Text
 
 from docbus.records import BatchCounts, BatchRecord, HandlerCounts
 from docbus.settings import Settings
-from docbus.settings_cli import describe_validation_error
+from docbus.settings_cli import load_settings
 from docbus.store import Store, StoreError, StoreUnavailable
 
 __all__ = [
@@ -372,12 +371,8 @@ def _positive(value: str) -> float:
 
 def run(args: argparse.Namespace, *, console: Console | None = None) -> int:
     console = console or Console()
-    try:
-        settings = Settings()
-    except ValidationError as exc:
-        console.print("[bold red]invalid docbus settings:[/]")
-        for line in describe_validation_error(exc):
-            console.print(f"  {line}", markup=False, highlight=False)
+    settings = load_settings(console)
+    if settings is None:
         return 2
     try:
         return asyncio.run(_status(settings, args, console))

@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from azure.servicebus import ServiceBusMessageBatch
-from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -35,7 +34,7 @@ from docbus.envelope import BATCH_ID_PATTERN, new_batch_id
 from docbus.errors import ConfigurationError
 from docbus.servicebus import MessagingError, servicebus_client
 from docbus.settings import Settings
-from docbus.settings_cli import describe_validation_error
+from docbus.settings_cli import load_settings
 from docbus.store import Store, StoreError, StoreUnavailable
 from publisher.inputs import DocumentInput, InputProblem, InvalidInput
 from publisher.loaders import LoaderOptions, iter_documents, scan_documents
@@ -107,12 +106,8 @@ def _budget(value: str) -> float:
 
 def run(args: argparse.Namespace, *, console: Console | None = None) -> int:
     console = console or Console()
-    try:
-        settings = Settings()
-    except ValidationError as exc:
-        console.print("[bold red]invalid docbus settings:[/]")
-        for line in describe_validation_error(exc):
-            console.print(f"  {line}", markup=False, highlight=False)
+    settings = load_settings(console)
+    if settings is None:
         return 2
     batch_id = args.batch_id or new_batch_id()
     if not re.match(BATCH_ID_PATTERN, batch_id):

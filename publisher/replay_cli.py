@@ -23,7 +23,6 @@ import argparse
 import asyncio
 from typing import TextIO
 
-from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -32,7 +31,7 @@ from docbus.dead_letter_filter import add_filter_arguments, filter_from_args
 from docbus.errors import DocbusError
 from docbus.servicebus import servicebus_client
 from docbus.settings import Settings
-from docbus.settings_cli import describe_validation_error
+from docbus.settings_cli import load_settings
 from docbus.store import Store
 from publisher.replay import (
     ONLY,
@@ -100,12 +99,8 @@ def run(
     args: argparse.Namespace, *, console: Console | None = None, stdin: TextIO | None = None
 ) -> int:
     console = console or Console()
-    try:
-        settings = Settings()
-    except ValidationError as exc:
-        console.print("[bold red]invalid docbus settings:[/]")
-        for line in describe_validation_error(exc):
-            console.print(f"  {line}", markup=False, highlight=False)
+    settings = load_settings(console)
+    if settings is None:
         return 2
     problem = _check_arguments(args)
     if problem is not None:

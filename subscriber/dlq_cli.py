@@ -18,7 +18,6 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
 
-from pydantic import ValidationError
 from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
@@ -28,7 +27,7 @@ from docbus.envelope import Envelope, InvalidEnvelope
 from docbus.errors import DocbusError
 from docbus.records import DeadLetterRecord, LLMCallRecord
 from docbus.settings import Settings
-from docbus.settings_cli import describe_validation_error
+from docbus.settings_cli import load_settings
 from docbus.store import Store
 from docbus.topology import TopologyError, load_topology
 
@@ -254,12 +253,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, *, console: Console | None = None) -> int:
     console = console or Console()
-    try:
-        settings = Settings()
-    except ValidationError as exc:
-        console.print("[bold red]invalid docbus settings:[/]")
-        for line in describe_validation_error(exc):
-            console.print(f"  {line}", markup=False, highlight=False)
+    settings = load_settings(console)
+    if settings is None:
         return 2
     command = {"list": _list, "show": _show, "sync": _sync}[args.dlq_command]
     try:
