@@ -13,7 +13,7 @@ finds nothing and drops the record). Neighbours: :mod:`subscriber.processing` pa
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -35,6 +35,8 @@ class ParkedMessage(BaseModel):
     doc_id: str | None = None
     message_id: str | None = None
     parked_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    deferred: bool = False
+    """Set once Service Bus has deferred the message; only then can it be fetched back."""
 
     @property
     def id(self) -> str:
@@ -48,10 +50,25 @@ async def park(store: Store, parked: ParkedMessage) -> None:
     )
 
 
+async def mark_deferred(store: Store, parked: ParkedMessage) -> None:
+    await store.database[COLLECTION].update_one({"_id": parked.id}, {"$set": {"deferred": True}})
+
+
+# A record whose deferral was never confirmed (the worker died in between) is looked at
+# after this long; by then the deferral either happened or never will.
+UNCONFIRMED_AFTER = timedelta(minutes=5)
+
+
 async def parked_messages(
     store: Store, topic: str, subscription: str, *, reason: str | None = None, limit: int = 100
 ) -> list[ParkedMessage]:
-    query: dict[str, Any] = {"topic": topic, "subscription": subscription}
+    """Parked messages that can be fetched back: deferred, or unconfirmed for a while."""
+    stale = datetime.now(UTC) - UNCONFIRMED_AFTER
+    query: dict[str, Any] = {
+        "topic": topic,
+        "subscription": subscription,
+        "$or": [{"deferred": True}, {"parked_at": {"$lt": stale}}],
+    }
     if reason is not None:
         query["reason"] = reason
     cursor = store.database[COLLECTION].find(query).sort("sequence_number", 1).limit(limit)

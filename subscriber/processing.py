@@ -34,7 +34,7 @@ from handlers.discovery import RegisteredHandler
 from handlers.document import resolve_document
 from handlers.output import serialize_output
 from subscriber.backoff import BackoffPolicy
-from subscriber.parking import ParkedMessage, park
+from subscriber.parking import ParkedMessage, mark_deferred, park
 from subscriber.settlement import COMPLETE, Action, Decision, decide, describe
 
 logger = logging.getLogger(__name__)
@@ -241,20 +241,21 @@ class Processor:
         envelope: Envelope | None,
     ) -> None:
         spec = registered.spec
-        await park(
-            self.store,
-            ParkedMessage(
-                topic=spec.topic,
-                subscription=spec.subscription,
-                sequence_number=int(message.sequence_number or 0),
-                reason=decision.reason,
-                description=decision.description,
-                batch_id=envelope.batch_id if envelope else None,
-                doc_id=envelope.doc_id if envelope else None,
-                message_id=str(message.message_id),
-            ),
+        parked = ParkedMessage(
+            topic=spec.topic,
+            subscription=spec.subscription,
+            sequence_number=int(message.sequence_number or 0),
+            reason=decision.reason,
+            description=decision.description,
+            batch_id=envelope.batch_id if envelope else None,
+            doc_id=envelope.doc_id if envelope else None,
+            message_id=str(message.message_id),
         )
+        # Record first, so a deferred message is never without its record; then confirm, so
+        # no resumer fetches it before Service Bus has deferred it.
+        await park(self.store, parked)
         await receiver.defer_message(message)
+        await mark_deferred(self.store, parked)
 
     @staticmethod
     def _dead_letter_record(

@@ -25,7 +25,11 @@ from typing import Any
 
 from azure.servicebus import NEXT_AVAILABLE_SESSION, ServiceBusReceivedMessage
 from azure.servicebus.aio import ServiceBusClient, ServiceBusReceiver
-from azure.servicebus.exceptions import OperationTimeoutError, ServiceBusError
+from azure.servicebus.exceptions import (
+    MessageNotFoundError,
+    OperationTimeoutError,
+    ServiceBusError,
+)
 
 from docbus.servicebus import MessagingError
 from docbus.settings import WorkerSettings
@@ -558,15 +562,17 @@ class Worker:
             for p in parked:  # one by one: drop the records of messages that are gone
                 try:
                     messages += await receiver.receive_deferred_messages([p.sequence_number])
-                except ServiceBusError:
+                except MessageNotFoundError:
                     await unpark(self.store, p)
+                except ServiceBusError as one_exc:
+                    logger.warning("parked message %s stays parked: %s", p.id, one_exc)
         by_number = {m.sequence_number: m for m in messages}
         logger.info("resuming %d parked messages of %s", len(by_number), registered.spec.name)
         for p in parked:
             message = by_number.get(p.sequence_number)
-            await unpark(self.store, p)
             if message is None:
-                continue
+                continue  # not fetched this time: the record stays for the next round
+            await unpark(self.store, p)
             await self._slots.acquire()
             self._last_activity = time.monotonic()
             self._start(registered, receiver, message, self._handler_tasks[registered.spec.name])
