@@ -150,6 +150,7 @@ class Worker:
         self._renewer: LockRenewer | None = None
         self._receivers: dict[str, ServiceBusReceiver] = {}
         self._handler_tasks: dict[str, set[asyncio.Task[None]]] = {}
+        self._resume_lock = asyncio.Lock()
         self._processor = Processor(
             store,
             backoff=self.options.backoff,
@@ -523,6 +524,12 @@ class Worker:
             await self._pause_for(self.options.resume_interval)
 
     async def _resume_parked(self, reason: str) -> None:
+        # One resumer at a time: the probe and the periodic loop must not fetch the same
+        # deferred messages twice (the second fetch finds them locked).
+        async with self._resume_lock:
+            await self._resume_parked_now(reason)
+
+    async def _resume_parked_now(self, reason: str) -> None:
         for registered in self.handlers:
             spec = registered.spec
             receiver = self._receivers.get(spec.name)
