@@ -23,6 +23,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "publish": ("publisher.cli", "publish documents (files, JSONL, CSV) to a topic as a batch"),
     "worker": ("subscriber.cli", "run handlers on the messages of their subscriptions"),
     "status": ("docbus.status", "show batches: published, done, retrying, dead-lettered, pending"),
+    "report": ("docbus.report", "a batch's outcomes, LLM calls, tokens, cost and latency"),
+    "audit": ("docbus.audit", "export a batch's LLM prompt/response pairs for review"),
     "dlq": ("subscriber.dlq_cli", "dead letters: list, show, sync from the broker"),
     "replay": ("publisher.replay_cli", "re-publish dead letters or a whole batch, with filters"),
     "results": ("docbus.results_cli", "result versions of a document"),
@@ -62,6 +64,16 @@ def build_parser(command: str) -> argparse.ArgumentParser:
     return parser
 
 
+def _hoist_log_level(args: list[str]) -> list[str]:
+    """Accept ``--log-level X`` anywhere, also after a command's own subcommand."""
+    for index, arg in enumerate(args):
+        if arg.startswith("--log-level="):
+            return [arg, *args[:index], *args[index + 1 :]]
+        if arg == "--log-level" and index + 1 < len(args):
+            return [arg, args[index + 1], *args[:index], *args[index + 2 :]]
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in COMMANDS:
@@ -72,6 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         top.parse_args(argv[:1])  # prints the usage error for an unknown command
         return 2
     command, rest = argv[0], argv[1:]
+    rest = _hoist_log_level(rest)
     args = build_parser(command).parse_args(rest)
     logging.basicConfig(
         level=str(args.log_level).upper(),

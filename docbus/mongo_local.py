@@ -93,8 +93,11 @@ class LocalMongo:
 
     @property
     def uri(self) -> str:
-        """``mongodb://127.0.0.1:PORT`` once started."""
-        return f"mongodb://127.0.0.1:{self.port}"
+        """``mongodb://127.0.0.1:PORT/?retryWrites=false`` once started.
+
+        One local node has nothing to retry a write against, and SecantusDB slows down with
+        every retryable write it remembers, so the local URI turns them off."""
+        return f"mongodb://127.0.0.1:{self.port}/?retryWrites=false"
 
     @property
     def running(self) -> bool:

@@ -472,7 +472,9 @@ class Store:
                     "handler": handler,
                     "handler_version": handler_version,
                     "version": (last["version"] + 1) if last else 1,
-                    "current": False,
+                    # The first version of a document can be current at once: the partial
+                    # unique index on current versions refuses a concurrent second one.
+                    "current": last is None,
                     "rolled_back": False,
                     "batch_id": batch_id,
                     "generation": generation,
@@ -486,6 +488,8 @@ class Store:
                 except DuplicateKeyError:
                     continue  # same key written concurrently, or the version number was taken
                 created = True
+                if record["current"]:
+                    return ResultWrite(_result(record), created)
                 break
             else:
                 raise StoreError(f"write result {key}: no free version number after retries")

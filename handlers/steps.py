@@ -157,10 +157,16 @@ def _input_fallback(value: Any) -> Any:
         # The schema is part of the input: changing the model recomputes the step.
         # By qualified name, not module path: a handler module imported by file path in one
         # worker and by dotted name in another must still find the same checkpoints.
-        return {"model": value.__qualname__, "schema": value.model_json_schema()}
+        return {"model": value.__qualname__, "schema": _schema(value)}
     if isinstance(value, type) or callable(value):
         return {"callable": getattr(value, "__qualname__", repr(value))}
     raise TypeError(f"{type(value).__name__} is not JSON-able")
+
+
+@functools.lru_cache(maxsize=256)
+def _schema(model: type[BaseModel]) -> dict[str, Any]:
+    """A model's JSON schema, built once per class (it is part of every step's input hash)."""
+    return model.model_json_schema()
 
 
 def _mark(exc: BaseException, name: str) -> None:

@@ -27,7 +27,7 @@ def refuses_connections(port: int) -> bool:
 async def test_async_start_serves_pymongo_and_stop_frees_the_port() -> None:
     async with LocalMongo() as mongo:
         assert mongo.running
-        assert mongo.uri == f"mongodb://127.0.0.1:{mongo.port}"
+        assert mongo.uri == f"mongodb://127.0.0.1:{mongo.port}/?retryWrites=false"
         assert ping(mongo.uri)
         port = mongo.port
     assert not mongo.running
