@@ -235,6 +235,11 @@ class Store:
                 IndexModel([("batch_id", ASCENDING), ("handler", ASCENDING)]),
                 IndexModel([("doc_id", ASCENDING)]),
             ],
+            "checkpoints": [
+                IndexModel(
+                    [("doc_id", ASCENDING), ("handler", ASCENDING), ("handler_version", ASCENDING)]
+                ),
+            ],
             "llm_calls": [
                 IndexModel([("batch_id", ASCENDING), ("step", ASCENDING)]),
                 IndexModel([("batch_id", ASCENDING), ("doc_id", ASCENDING)]),
@@ -753,6 +758,18 @@ class Store:
         with _translated(f"read checkpoint {key.step}"):
             raw = await self._c("checkpoints").find_one({"_id": key.id})
         return Checkpoint(raw["output"], raw["created_at"]) if raw else None
+
+    async def checkpoints_of(
+        self, doc_id: str, handler: str, handler_version: str
+    ) -> dict[str, Checkpoint]:
+        """Every stored step output of one document under one handler version, by key id:
+        one query per delivery instead of one per step."""
+        query = {"doc_id": doc_id, "handler": handler, "handler_version": handler_version}
+        with _translated(f"read checkpoints of {doc_id}"):
+            return {
+                raw["_id"]: Checkpoint(raw["output"], raw["created_at"])
+                async for raw in self._c("checkpoints").find(query)
+            }
 
     async def put_checkpoint(
         self,

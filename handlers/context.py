@@ -55,6 +55,8 @@ class Context:
     llm: Any = None
     """The LLM client bound to this delivery (a :class:`handlers.llm.BoundLLM`), attached by
     the worker: ``await ctx.llm.extract(Model, prompt)``, ``await ctx.llm.complete(prompt)``."""
+    checkpoint_cache: dict[str, Any] | None = field(default=None, init=False, repr=False)
+    """Step outputs stored for this document and handler version, read once per delivery."""
     logger: HandlerLogger = field(init=False, repr=False)
 
     def __post_init__(self) -> None:

@@ -121,7 +121,7 @@ async def _run(
     store = ctx.store
     stale = False
     if store is not None:
-        stored = await store.get_checkpoint(key)
+        stored = await _stored_checkpoint(ctx, store, key)
         if stored is not None:
             try:
                 value: T = decode_output(stored.output)
@@ -161,6 +161,21 @@ def _input_fallback(value: Any) -> Any:
     if isinstance(value, type) or callable(value):
         return {"callable": getattr(value, "__qualname__", repr(value))}
     raise TypeError(f"{type(value).__name__} is not JSON-able")
+
+
+async def _stored_checkpoint(ctx: Context, store: Any, key: Any) -> Any:
+    """The stored output for ``key``: all of a delivery's checkpoints are read in one query,
+    on its first step, and kept on the context for the steps after it."""
+    cache = ctx.checkpoint_cache
+    if cache is None:
+        cache = await store.checkpoints_of(ctx.doc_id, ctx.handler_name, ctx.handler_version)
+        ctx.checkpoint_cache = cache
+    stored = cache.get(key.id)
+    if stored is None and cache:
+        # Not among what was there when the delivery began: written by a concurrent
+        # delivery since, perhaps; ask the store rather than recompute.
+        stored = await store.get_checkpoint(key)
+    return stored
 
 
 @functools.lru_cache(maxsize=256)
