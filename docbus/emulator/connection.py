@@ -4,26 +4,23 @@
 azure-servicebus SDK needs (``servicebus-amqp.md`` in the shared docs): SASL ANONYMOUS, pipelined
 headers, CBS put-token on ``$cbs``, sender links into queues and topics, receiver links out of
 queues, subscriptions, dead-letter sub-queues and sessions, and request/response links on
-``<entity>/$management`` (operations in :mod:`docbus.emulator.management`). Message semantics
-live in :mod:`docbus.emulator.broker`; this module only translates frames to broker calls and
-broker errors back to AMQP errors. A bad frame closes this connection only, with an AMQP error.
+``<entity>/$management`` (operations in :mod:`docbus.emulator.management`). Session and link
+state lives in :mod:`docbus.emulator.links`, token checks in :mod:`docbus.emulator.auth`,
+message semantics in :mod:`docbus.emulator.broker`; this module translates frames to broker
+calls and broker errors back to AMQP errors. A bad frame closes this connection only.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import hashlib
-import hmac
 import logging
 import struct
-import time
-import urllib.parse
 import uuid
 from typing import TYPE_CHECKING, Any
 
 from docbus.emulator import errors
 from docbus.emulator import frames as fr
+from docbus.emulator.auth import verify_sas_token
 from docbus.emulator.codec import (
     Array,
     DecodeError,
@@ -36,9 +33,16 @@ from docbus.emulator.codec import (
     UShort,
 )
 from docbus.emulator.frames import F, field
-from docbus.emulator.message import BrokeredMessage, ReceiveMode
+from docbus.emulator.links import (
+    MAX_FRAME_SIZE,
+    SENDER_CREDIT,
+    WINDOW,
+    IncomingLink,
+    Link,
+    OutgoingLink,
+    Session,
+)
 from docbus.emulator.wire import (
-    encode_delivery,
     encode_simple,
     parse_batch,
     parse_message,
@@ -49,13 +53,8 @@ if TYPE_CHECKING:
     from docbus.emulator.server import Emulator
 
 logger = logging.getLogger(__name__)
-frame_logger = logging.getLogger("docbus.emulator.frames")
-
-MAX_FRAME_SIZE = 1024 * 1024
-_WINDOW = 2**31 - 1
-_SENDER_CREDIT = 10_000
 _DOTNET_EPOCH_TICKS = 621355968000000000
-_TAG = struct.Struct(">Q")
+frame_logger = logging.getLogger("docbus.emulator.frames")
 
 
 def dotnet_ticks(epoch_seconds: float) -> int:
@@ -74,204 +73,6 @@ def entity_path(address: str | None) -> str:
 
 class _NoSession(Exception):
     """A frame arrived on a channel with no session (already ended)."""
-
-
-class Link:
-    """State shared by every link kind."""
-
-    def __init__(self, session: Session, attach: list[Any]) -> None:
-        self.session = session
-        self.name = field(attach, F.ATTACH_NAME)
-        self.handle = field(attach, F.ATTACH_HANDLE, 0)
-        self.remote_source = field(attach, F.ATTACH_SOURCE)
-        self.remote_target = field(attach, F.ATTACH_TARGET)
-        self.snd_settle_mode = field(attach, F.ATTACH_SND_SETTLE_MODE, 2)
-        self.rcv_settle_mode = field(attach, F.ATTACH_RCV_SETTLE_MODE, 0)
-        self.properties = field(attach, F.ATTACH_PROPERTIES, {}) or {}
-        self.detached = False
-
-    @property
-    def source_address(self) -> str | None:
-        return _terminus_address(self.remote_source)
-
-    @property
-    def target_address(self) -> str | None:
-        return _terminus_address(self.remote_target)
-
-    def on_flow(self, fields: list[Any]) -> None:
-        pass
-
-    def on_detach(self) -> None:
-        self.detached = True
-
-
-class IncomingLink(Link):
-    """A link on which the client sends (we are the receiver): entity, CBS or management."""
-
-    def __init__(self, session: Session, attach: list[Any]) -> None:
-        super().__init__(session, attach)
-        self.delivery_count = field(attach, F.ATTACH_INITIAL_DELIVERY_COUNT, 0)
-        self.partial: tuple[int, bytes, int, bool, bytearray] | None = None
-        self.received = 0
-        self.target: Any = None  # Queue/Topic for entity links
-        self.node = ""  # "$cbs" or "<entity>/$management"
-        self.max_message_size = 0
-
-
-class OutgoingLink(Link):
-    """A link on which we send: entity receivers (the broker's consumers) and reply links."""
-
-    def __init__(self, session: Session, attach: list[Any]) -> None:
-        super().__init__(session, attach)
-        self.delivery_count = 0
-        self.link_credit = 0
-        self.drain = False
-        self.entity: Any = None
-        self.receive_mode = (
-            ReceiveMode.RECEIVE_AND_DELETE if self.snd_settle_mode == 1 else ReceiveMode.PEEK_LOCK
-        )
-        self.session_id: str | None = None
-        self.attached = False
-        self._tag_counter = 0
-
-    # --- Consumer protocol used by the broker --------------------------------------------
-    @property
-    def credit(self) -> int:
-        if self.detached or not self.attached:
-            return 0
-        return max(0, min(self.link_credit, self.session.remote_incoming_window))
-
-    def deliver(self, message: BrokeredMessage) -> None:
-        settled = self.receive_mode == ReceiveMode.RECEIVE_AND_DELETE
-        with_lock = not settled and self.session_id is None
-        payload = encode_delivery(message, with_lock=with_lock)
-        if message.lock_token is not None and not settled:
-            tag = message.lock_token.bytes_le
-        else:
-            self._tag_counter += 1
-            tag = _TAG.pack(self._tag_counter)
-        self.link_credit -= 1
-        self.delivery_count += 1
-        delivery_id = self.session.send_transfer(self, tag, payload, settled)
-        if not settled:
-            self.session.unsettled[delivery_id] = (self, message.lock_token)
-
-    def session_lost(self) -> None:
-        self.session.connection.detach_link(
-            self,
-            errors.SessionLockLost(f"The session lock for '{self.session_id}' has expired."),
-        )
-
-    # ------------------------------------------------------------------------------------
-    def on_flow(self, fields: list[Any]) -> None:
-        credit = field(fields, F.FLOW_LINK_CREDIT)
-        if credit is None:
-            return
-        remote_count = field(fields, F.FLOW_DELIVERY_COUNT)
-        if remote_count is None:
-            self.link_credit = credit
-        else:
-            self.link_credit = remote_count + credit - self.delivery_count
-        self.drain = bool(field(fields, F.FLOW_DRAIN, False))
-        if self.entity is not None and self.attached:
-            self.entity.credit_available(self)
-        if self.drain:
-            # Everything that was available went out above: consume the rest of the credit.
-            if self.link_credit > 0:
-                self.delivery_count += self.link_credit
-                self.link_credit = 0
-            self.session.send_link_flow(self, drain=True)
-        elif field(fields, F.FLOW_ECHO, False):
-            self.session.send_link_flow(self)
-
-
-def _terminus_address(terminus: Any) -> str | None:
-    if isinstance(terminus, Described) and isinstance(terminus.value, list) and terminus.value:
-        address = terminus.value[0]
-        if isinstance(address, bytes):
-            return address.decode("utf-8", "replace")
-        return None if address is None else str(address)
-    return None
-
-
-class Session:
-    def __init__(self, connection: AmqpConnection, channel: int, begin: list[Any]) -> None:
-        self.connection = connection
-        self.channel = channel
-        self.next_incoming_id = field(begin, F.BEGIN_NEXT_OUTGOING_ID, 0)
-        self.remote_incoming_window = field(begin, F.BEGIN_INCOMING_WINDOW, _WINDOW)
-        self.next_outgoing_id = 0
-        self.next_delivery_id = 0
-        self.links: dict[int, Link] = {}
-        self.unsettled: dict[int, tuple[OutgoingLink, uuid.UUID | None]] = {}
-        self.pending_accepts: list[int] = []
-        self._frames_since_flow = 0
-
-    def send_transfer(self, link: Link, tag: bytes, payload: bytes, settled: bool) -> int:
-        delivery_id = self.next_delivery_id
-        self.next_delivery_id = (delivery_id + 1) & 0xFFFFFFFF
-        chunk = self.connection.max_payload
-        offset = 0
-        first = True
-        while True:
-            piece = payload[offset : offset + chunk]
-            offset += len(piece)
-            more = offset < len(payload)
-            if first:
-                fields = [
-                    UInt(link.handle), UInt(delivery_id), tag, UInt(0), settled, more
-                ]  # fmt: skip
-                first = False
-            else:
-                fields = [UInt(link.handle), None, None, None, settled, more]
-            self.connection.send(self.channel, fr.performative(fr.TRANSFER, fields), piece)
-            self.next_outgoing_id = (self.next_outgoing_id + 1) & 0xFFFFFFFF
-            self.remote_incoming_window -= 1
-            if not more:
-                return delivery_id
-
-    def flow_fields(self) -> list[Any]:
-        return [
-            UInt(self.next_incoming_id),
-            UInt(_WINDOW),
-            UInt(self.next_outgoing_id),
-            UInt(_WINDOW),
-        ]
-
-    def send_link_flow(self, link: Link, *, drain: bool = False) -> None:
-        fields = self.flow_fields()
-        if isinstance(link, OutgoingLink):
-            fields += [UInt(link.handle), UInt(link.delivery_count), UInt(link.link_credit)]
-            fields += [None, drain]
-        else:
-            assert isinstance(link, IncomingLink)
-            fields += [UInt(link.handle), UInt(link.delivery_count), UInt(_SENDER_CREDIT)]
-        self.connection.send(self.channel, fr.performative(fr.FLOW, fields))
-
-    def flush_accepts(self) -> None:
-        """Answer received transfers with settled ``accepted``, merging consecutive ids."""
-        if not self.pending_accepts:
-            return
-        ids = self.pending_accepts
-        self.pending_accepts = []
-        start = prev = ids[0]
-        for delivery_id in [*ids[1:], None]:
-            if delivery_id is not None and delivery_id == prev + 1:
-                prev = delivery_id
-                continue
-            self.connection.send(
-                self.channel,
-                fr.performative(
-                    fr.DISPOSITION,
-                    [True, UInt(start), UInt(prev), True, _ACCEPTED],
-                ),
-            )
-            if delivery_id is not None:
-                start = prev = delivery_id
-
-
-_ACCEPTED = Described(ULong(fr.ACCEPTED), [])
-_RELEASED_CODE = fr.RELEASED
 
 
 class AmqpConnection(asyncio.Protocol):
@@ -461,7 +262,7 @@ class AmqpConnection(asyncio.Protocol):
             channel,
             fr.performative(
                 fr.BEGIN,
-                [UShort(channel), UInt(0), UInt(_WINDOW), UInt(_WINDOW), UInt(2**32 - 1)],
+                [UShort(channel), UInt(0), UInt(WINDOW), UInt(WINDOW), UInt(2**32 - 1)],
             ),
         )
 
@@ -735,7 +536,7 @@ class AmqpConnection(asyncio.Protocol):
         link.partial = None
         link.delivery_count += 1
         link.received += 1
-        if link.received % (_SENDER_CREDIT // 2) == 0:
+        if link.received % (SENDER_CREDIT // 2) == 0:
             session.send_link_flow(link)
         if link.node:
             if not settled:
@@ -866,10 +667,7 @@ class AmqpConnection(asyncio.Protocol):
     def _reply(self, session: Session, address: str, payload: bytes) -> None:
         for candidate in session.links.values():
             if isinstance(candidate, OutgoingLink) and candidate.source_address == address:
-                candidate.link_credit -= 1
-                candidate.delivery_count += 1
-                candidate._tag_counter += 1
-                session.send_transfer(candidate, _TAG.pack(candidate._tag_counter), payload, True)
+                candidate.send_settled(payload)
                 return
         logger.warning("no reply link for %s on connection %s", address, self.peer)
 
@@ -920,29 +718,3 @@ def _text(value: Any) -> str | None:
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
     return str(value)
-
-
-def verify_sas_token(token: str, audience: str, keys: dict[str, str]) -> str | None:
-    """None if ``token`` is a valid, unexpired SAS token for ``audience``; else the problem."""
-    if not token.startswith("SharedAccessSignature "):
-        return "The token is not a SharedAccessSignature."
-    parts = dict(
-        item.split("=", 1)
-        for item in token[len("SharedAccessSignature ") :].split("&")
-        if "=" in item
-    )
-    resource, signature = parts.get("sr", ""), urllib.parse.unquote(parts.get("sig", ""))
-    expiry, key_name = parts.get("se", ""), parts.get("skn", "")
-    key = keys.get(key_name)
-    if key is None:
-        return f"Unknown SharedAccessKeyName '{key_name}'."
-    expected = base64.b64encode(
-        hmac.new(key.encode(), f"{resource}\n{expiry}".encode(), hashlib.sha256).digest()
-    ).decode()
-    if not hmac.compare_digest(expected, signature):
-        return "The token's signature does not match the key."
-    if not expiry.isdigit() or int(expiry) < time.time():
-        return "The token has expired."
-    if urllib.parse.unquote(resource).lower().rstrip("/") not in audience.lower():
-        return "The token's resource does not cover the audience."
-    return None
