@@ -47,6 +47,8 @@ class DemoSummary:
     llm_calls: int = 0
     tokens: int = 0
     cost: float = 0.0
+    extra_calls: dict[str, int] = field(default_factory=dict)  # re-ask / retry → calls
+    extra_cost: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
     offline: bool = True
 
@@ -169,6 +171,11 @@ async def _summarise(
         tokens = int(call.get("prompt_tokens") or 0) + int(call.get("completion_tokens") or 0)
         summary.tokens += tokens
         summary.cost += float(call.get("cost_usd") or 0.0)
+        category = call.get("category")
+        if category in ("reask", "retry"):
+            summary.extra_calls[category] = summary.extra_calls.get(category, 0) + 1
+            spent = float(call.get("cost_usd") or 0.0)
+            summary.extra_cost[category] = summary.extra_cost.get(category, 0.0) + spent
 
 
 def summary_table(summary: DemoSummary) -> Table:
@@ -189,6 +196,10 @@ def summary_table(summary: DemoSummary) -> Table:
     table.add_row("LLM", "calls", str(summary.llm_calls))
     table.add_row("LLM", "tokens", f"{summary.tokens:,}")
     table.add_row("LLM", "cost (USD)", f"{summary.cost:.4f}")
+    for category, label in (("reask", "re-asks"), ("retry", "retries")):
+        calls = summary.extra_calls.get(category, 0)
+        cost = summary.extra_cost.get(category, 0.0)
+        table.add_row("LLM", f"  of which {label}: calls / USD", f"{calls} / {cost:.4f}")
     table.add_row("time", "seconds", f"{summary.seconds:.1f}")
     return table
 

@@ -1,0 +1,51 @@
+"""The store: docbus's MongoDB collections behind one narrow async seam.
+
+:class:`Store` owns a ``pymongo.AsyncMongoClient`` and the collections ``batches`` (one record per
+published batch), ``documents`` (each published document's input, so a batch can be replayed
+without its source files), ``payloads`` (claim-checked content), ``results`` (versioned handler
+outputs), ``dead_letters`` (the Mongo copy of every dead letter), ``checkpoints`` (step outputs)
+and ``llm_calls`` (audit rows, insert only); ``generations`` (each document's last replay
+generation), ``replays`` and ``rollbacks`` (one audit record per run) serve the replay tooling.
+The shapes it returns are in :mod:`docbus.records`; the message contract it stores is
+:mod:`docbus.envelope`. pymongo errors are translated in one place (:func:`_translated`) into
+:class:`StoreError`.
+
+Results are idempotent without transactions (so standalone MongoDB and Cosmos DB work too): a
+result's ``_id`` is ``handler@message_id``, so a redelivered message finds its earlier write;
+versions are unique per (doc_id, handler); and a partial unique index on (doc_id, handler) where
+``current`` is true lets at most one version be current. :meth:`Store.write_result` then
+converges: the highest (generation, version) that is not rolled back becomes current, lower ones
+are demoted, and a writer that lost a race re-reads instead of overwriting. Between a demotion and
+the promotion that follows it no version is flagged current for a moment; :meth:`current_result`
+falls back to the same ranking so readers never see a gap.
+
+The store is split by concept into private modules: the client and indexes
+(:mod:`~docbus.store._base`), error translation (:mod:`~docbus.store._errors`), batches,
+documents and payloads, results, dead letters, checkpoints, LLM audit and replays, combined
+into :class:`Store` (:mod:`~docbus.store._store`). Import from here only.
+"""
+
+from __future__ import annotations
+
+from docbus.store._checkpoints import Checkpoint
+from docbus.store._documents import MAX_PAYLOAD_BYTES
+from docbus.store._errors import PayloadError, StoreError, StoreUnavailable
+from docbus.store._errors import _translated as _translated
+from docbus.store._results import _ranked_below as _ranked_below
+from docbus.store._store import Store
+
+__all__ = [
+    "MAX_PAYLOAD_BYTES",
+    "Checkpoint",
+    "PayloadError",
+    "Store",
+    "StoreError",
+    "StoreUnavailable",
+]
+
+# Public names report the module they are imported from, as before the split (reprs, pickles).
+Checkpoint.__module__ = __name__
+PayloadError.__module__ = __name__
+Store.__module__ = __name__
+StoreError.__module__ = __name__
+StoreUnavailable.__module__ = __name__

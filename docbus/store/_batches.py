@@ -1,0 +1,197 @@
+"""Batches: the ``batches`` collection — one record per published batch, its LLM spend and budget.
+
+:class:`BatchesMixin` records and lists batches, keeps their LLM cost totals and own budget
+(the ``over_budget`` flag that parks a batch's messages), and counts a batch's progress from
+``documents``, ``results`` and ``dead_letters`` (:meth:`~BatchesMixin.batch_counts`). The
+per-call figures behind the totals are the LLM audit rows (:mod:`docbus.store._llm`); the
+record shapes are in :mod:`docbus.records`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from pymongo import DESCENDING, ReturnDocument
+
+from docbus.records import BatchBudget, BatchCounts, BatchRecord, HandlerCounts, SpendCategory
+from docbus.store._base import StoreBase, _now
+from docbus.store._errors import _translated
+
+
+class BatchesMixin(StoreBase):
+    """Batch records, their spend and budget, and their progress counts."""
+
+    async def record_batch(
+        self,
+        batch_id: str,
+        *,
+        topic: str,
+        source: Sequence[str] = (),
+        status: str = "publishing",
+        counts: Mapping[str, int] | None = None,
+    ) -> None:
+        """Create the batch record, or refresh it when the same batch is published again."""
+        now = _now()
+        fields: dict[str, Any] = {
+            "topic": topic,
+            "source": list(source),
+            "status": status,
+            "updated_at": now,
+        }
+        if counts is not None:
+            fields["counts"] = dict(counts)
+        on_insert: dict[str, Any] = {"created_at": now, "over_budget": False}
+        if counts is None:
+            on_insert["counts"] = {}
+        with _translated(f"record batch {batch_id}"):
+            await self._c("batches").update_one(
+                {"_id": batch_id}, {"$set": fields, "$setOnInsert": on_insert}, upsert=True
+            )
+
+    async def update_batch(
+        self, batch_id: str, *, status: str | None = None, counts: Mapping[str, int] | None = None
+    ) -> None:
+        fields: dict[str, Any] = {"updated_at": _now()}
+        if status is not None:
+            fields["status"] = status
+        if counts is not None:
+            fields["counts"] = dict(counts)
+        with _translated(f"update batch {batch_id}"):
+            await self._c("batches").update_one({"_id": batch_id}, {"$set": fields})
+
+    async def get_batch(self, batch_id: str) -> BatchRecord | None:
+        with _translated(f"read batch {batch_id}"):
+            raw = await self._c("batches").find_one({"_id": batch_id})
+        return _batch(raw) if raw else None
+
+    async def list_batches(self, limit: int = 50) -> list[BatchRecord]:
+        """The most recent batches first."""
+        with _translated("list batches"):
+            cursor = self._c("batches").find({}).sort("created_at", DESCENDING).limit(limit)
+            return [_batch(raw) async for raw in cursor]
+
+    async def add_batch_usage(
+        self,
+        batch_id: str,
+        *,
+        usd: float,
+        prompt_tokens: int = 0,
+        completion_tokens: int = 0,
+        calls: int = 1,
+        category: SpendCategory = "first",
+    ) -> None:
+        """Add one LLM call's (or a sum of calls') cost to the batch's totals.
+
+        ``category`` ``reask`` or ``retry`` also adds it to ``cost.reasks`` / ``cost.retries``,
+        so the spend on re-asks and retries can be reported apart. A batch without a record
+        (never published) keeps no totals; its ``llm_calls`` rows still hold every figure.
+        """
+        figures = {
+            "usd": usd,
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "calls": calls,
+        }
+        increments = {f"cost.{name}": value for name, value in figures.items()}
+        if category != "first":
+            group = "reasks" if category == "reask" else "retries"
+            increments.update({f"cost.{group}.{name}": value for name, value in figures.items()})
+        with _translated(f"add usage to batch {batch_id}"):
+            await self._c("batches").update_one({"_id": batch_id}, {"$inc": increments})
+
+    async def set_batch_over_budget(self, batch_id: str, over_budget: bool) -> None:
+        with _translated(f"flag batch {batch_id}"):
+            await self._c("batches").update_one(
+                {"_id": batch_id}, {"$set": {"over_budget": over_budget, "updated_at": _now()}}
+            )
+
+    async def batch_budget(self, batch_id: str) -> BatchBudget | None:
+        """A batch's own budget, spend and flag, read cheaply (before every LLM call)."""
+        projection = {"budget_usd": 1, "cost.usd": 1, "over_budget": 1}
+        with _translated(f"read budget of batch {batch_id}"):
+            raw = await self._c("batches").find_one({"_id": batch_id}, projection)
+        if raw is None:
+            return None
+        budget = raw.get("budget_usd")
+        return BatchBudget(
+            budget_usd=float(budget) if budget is not None else None,
+            spent_usd=float((raw.get("cost") or {}).get("usd", 0.0)),
+            over_budget=bool(raw.get("over_budget")),
+        )
+
+    async def set_batch_budget(self, batch_id: str, usd: float | None) -> BatchRecord | None:
+        """Set (``None``: clear) a batch's own LLM budget; returns the updated record.
+
+        A budget above what the batch has spent also clears ``over_budget``, so its parked
+        messages may run again.
+        """
+        if usd is not None and usd < 0:
+            raise ValueError("a budget must be zero or positive")
+        with _translated(f"set budget of batch {batch_id}"):
+            raw = await self._c("batches").find_one_and_update(
+                {"_id": batch_id},
+                {"$set": {"budget_usd": usd, "updated_at": _now()}},
+                return_document=ReturnDocument.AFTER,
+            )
+            if raw is None:
+                return None
+            spent = float((raw.get("cost") or {}).get("usd", 0.0))
+            if raw.get("over_budget") and (usd is None or spent < usd):
+                raw = await self._c("batches").find_one_and_update(
+                    {"_id": batch_id},
+                    {"$set": {"over_budget": False}},
+                    return_document=ReturnDocument.AFTER,
+                )
+        return _batch(raw) if raw else None
+
+    async def batch_counts(self, batch_id: str, *, handlers: Iterable[str] = ()) -> BatchCounts:
+        """Published / done / dead-lettered / pending for a batch, overall and per handler.
+
+        ``handlers`` names handlers expected to process the batch even if none has reported
+        yet (without it, only handlers with a result or dead letter in the batch count).
+        """
+        done: dict[str, set[str]] = {name: set() for name in handlers}
+        dead: dict[str, set[str]] = {name: set() for name in done}
+        with _translated(f"count batch {batch_id}"):
+            published = await self._c("documents").count_documents({"batch_id": batch_id})
+            for collection, match, into in (
+                ("results", {"batch_id": batch_id, "rolled_back": False}, done),
+                ("dead_letters", {"batch_id": batch_id}, dead),
+            ):
+                pipeline: list[dict[str, Any]] = [
+                    {"$match": match},
+                    {"$group": {"_id": {"h": "$handler", "d": "$doc_id"}}},
+                ]
+                async for row in await self._c(collection).aggregate(pipeline):
+                    name = row["_id"].get("h")
+                    if name is not None:
+                        into.setdefault(name, set()).add(row["_id"]["d"])
+                        done.setdefault(name, set())
+                        dead.setdefault(name, set())
+        per_handler: dict[str, HandlerCounts] = {}
+        for name in sorted(done):
+            unresolved = dead[name] - done[name]
+            per_handler[name] = HandlerCounts(
+                done=len(done[name]),
+                dead_lettered=len(unresolved),
+                pending=max(0, published - len(done[name]) - len(unresolved)),
+            )
+        if done:
+            all_done = set.intersection(*done.values())
+            any_dead = set.union(*(dead[n] - done[n] for n in done))
+            n_done, n_dead = len(all_done), len(any_dead)
+        else:
+            n_done = n_dead = 0
+        return BatchCounts(
+            batch_id=batch_id,
+            published=published,
+            done=n_done,
+            dead_lettered=n_dead,
+            pending=max(0, published - n_done - n_dead),
+            handlers=per_handler,
+        )
+
+
+def _batch(raw: Mapping[str, Any]) -> BatchRecord:
+    return BatchRecord.model_validate({**raw, "id": raw["_id"]})

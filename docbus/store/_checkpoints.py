@@ -1,0 +1,75 @@
+"""Checkpoints: stored step outputs, so a redelivered message resumes where it stopped.
+
+:class:`CheckpointsMixin` keeps the ``checkpoints`` collection, one output per
+:class:`docbus.records.CheckpointKey` (document, handler and version, step and input hash),
+where the first write wins; :class:`Checkpoint` is what it returns. The steps that write them
+are in :mod:`handlers.steps`; the LLM calls they make are audited by :mod:`docbus.store._llm`.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, NamedTuple
+
+from docbus.records import CheckpointKey
+from docbus.store._base import StoreBase, _now
+from docbus.store._errors import _translated
+
+
+class Checkpoint(NamedTuple):
+    """A stored step output."""
+
+    output: Any
+    created_at: datetime
+
+
+class CheckpointsMixin(StoreBase):
+    """Step outputs by checkpoint key."""
+
+    async def get_checkpoint(self, key: CheckpointKey) -> Checkpoint | None:
+        with _translated(f"read checkpoint {key.step}"):
+            raw = await self._c("checkpoints").find_one({"_id": key.id})
+        return Checkpoint(raw["output"], raw["created_at"]) if raw else None
+
+    async def checkpoints_of(
+        self, doc_id: str, handler: str, handler_version: str
+    ) -> dict[str, Checkpoint]:
+        """Every stored step output of one document under one handler version, by key id:
+        one query per delivery instead of one per step."""
+        query = {"doc_id": doc_id, "handler": handler, "handler_version": handler_version}
+        with _translated(f"read checkpoints of {doc_id}"):
+            return {
+                raw["_id"]: Checkpoint(raw["output"], raw["created_at"])
+                async for raw in self._c("checkpoints").find(query)
+            }
+
+    async def put_checkpoint(
+        self,
+        key: CheckpointKey,
+        output: Any,
+        *,
+        batch_id: str | None = None,
+        replace: bool = False,
+    ) -> bool:
+        """Store a step's output; the first write wins. Returns True if this call stored it.
+
+        ``replace`` overwrites an existing output (for one that can no longer be loaded).
+        """
+        fields = {
+            "doc_id": key.doc_id,
+            "handler": key.handler,
+            "handler_version": key.handler_version,
+            "step": key.step,
+            "input_hash": key.input_hash,
+            "batch_id": batch_id,
+            "output": output,
+            "created_at": _now(),
+        }
+        with _translated(f"write checkpoint {key.step}"):
+            if replace:
+                await self._c("checkpoints").replace_one({"_id": key.id}, fields, upsert=True)
+                return True
+            outcome = await self._c("checkpoints").update_one(
+                {"_id": key.id}, {"$setOnInsert": fields}, upsert=True
+            )
+        return outcome.upserted_id is not None

@@ -1,0 +1,157 @@
+"""Dead letters: the Mongo copy of every dead-lettered message, and its replay bookkeeping.
+
+:class:`DeadLettersMixin` records each dead letter once per (message, subscription), filters
+them for the DLQ tools, claims and releases one for replay so two replays never both send it,
+and sums a batch's unresolved dead letters by reason (reading ``results`` to leave out those
+done since). Batch progress counts are in :mod:`docbus.store._batches`; the record shape is
+:class:`docbus.records.DeadLetterRecord`.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pymongo import ASCENDING
+
+from docbus.records import DeadLetterRecord
+from docbus.store._base import StoreBase, _now
+from docbus.store._errors import _translated
+
+
+class DeadLettersMixin(StoreBase):
+    """Dead-letter records, their filters and their replay claims."""
+
+    async def record_dead_letter(self, record: DeadLetterRecord) -> bool:
+        """Keep the Mongo copy of a dead letter; once per (message, subscription).
+
+        Returns True if this call created the record.
+        """
+        fields = record.model_dump(mode="python")
+        with _translated(f"record dead letter {record.id}"):
+            outcome = await self._c("dead_letters").update_one(
+                {"_id": record.id}, {"$setOnInsert": fields}, upsert=True
+            )
+        return outcome.upserted_id is not None
+
+    async def dead_letters(
+        self,
+        *,
+        batch_id: str | None = None,
+        handler: str | None = None,
+        subscription: str | None = None,
+        reason: str | None = None,
+        include_replayed: bool = True,
+        limit: int = 0,
+        topic: str | None = None,
+        doc_id: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        only_replayed: bool = False,
+    ) -> list[DeadLetterRecord]:
+        """Dead letters matching every filter given, oldest first (``limit`` 0: all).
+
+        ``since``/``until`` bound ``dead_lettered_at`` (inclusive, exclusive);
+        ``include_replayed=False`` keeps those never replayed, ``only_replayed`` the others.
+        """
+        query: dict[str, Any] = {}
+        for field, value in (
+            ("batch_id", batch_id),
+            ("handler", handler),
+            ("subscription", subscription),
+            ("reason", reason),
+            ("topic", topic),
+            ("doc_id", doc_id),
+        ):
+            if value is not None:
+                query[field] = value
+        if not include_replayed:
+            query["replayed_at"] = None
+        elif only_replayed:
+            query["replayed_at"] = {"$ne": None}
+        if since is not None or until is not None:
+            window: dict[str, datetime] = {}
+            if since is not None:
+                window["$gte"] = since
+            if until is not None:
+                window["$lt"] = until
+            query["dead_lettered_at"] = window
+        with _translated("read dead letters"):
+            cursor = self._c("dead_letters").find(query).sort("dead_lettered_at", ASCENDING)
+            if limit:
+                cursor = cursor.limit(limit)
+            return [DeadLetterRecord.model_validate(raw) async for raw in cursor]
+
+    async def mark_dead_letter_replayed(
+        self, record: DeadLetterRecord, when: datetime | None = None
+    ) -> None:
+        with _translated(f"mark dead letter {record.id} replayed"):
+            await self._c("dead_letters").update_one(
+                {"_id": record.id}, {"$set": {"replayed_at": when or _now()}}
+            )
+
+    async def get_dead_letter(self, record_id: str) -> DeadLetterRecord | None:
+        """One dead letter by its id (``subscription@message_id``)."""
+        with _translated(f"read dead letter {record_id}"):
+            raw = await self._c("dead_letters").find_one({"_id": record_id})
+        return DeadLetterRecord.model_validate(raw) if raw else None
+
+    async def claim_dead_letter_replay(
+        self, record: DeadLetterRecord, when: datetime | None = None
+    ) -> bool:
+        """Mark a dead letter replayed unless someone else did since ``record`` was read.
+
+        Returns True if this call claimed it: two replays running at once never both send it.
+        """
+        with _translated(f"claim dead letter {record.id} for replay"):
+            outcome = await self._c("dead_letters").update_one(
+                {"_id": record.id, "replayed_at": record.replayed_at},
+                {"$set": {"replayed_at": when or _now()}},
+            )
+        return outcome.modified_count == 1
+
+    async def release_dead_letter_replay(self, record: DeadLetterRecord, claimed: datetime) -> None:
+        """Undo :meth:`claim_dead_letter_replay` (the message could not be sent after all)."""
+        with _translated(f"release dead letter {record.id}"):
+            await self._c("dead_letters").update_one(
+                {"_id": record.id, "replayed_at": claimed},
+                {"$set": {"replayed_at": record.replayed_at}},
+            )
+
+    async def dead_letter_reasons(self, batch_id: str) -> dict[str, dict[str, int]]:
+        """Handler → reason → documents dead-lettered and not done since, for a batch.
+
+        A document counts once per handler, under the reason of its latest dead letter, and
+        not at all once the handler has a result for it: the counts per handler add up to
+        :meth:`batch_counts`' ``dead_lettered``.
+        """
+        latest: dict[str, dict[str, str]] = {}
+        done: dict[str, set[str]] = {}
+        dead_pipeline: list[dict[str, Any]] = [
+            {"$match": {"batch_id": batch_id}},
+            {"$sort": {"dead_lettered_at": ASCENDING}},
+            {"$group": {"_id": {"h": "$handler", "d": "$doc_id"}, "reason": {"$last": "$reason"}}},
+        ]
+        done_pipeline: list[dict[str, Any]] = [
+            {"$match": {"batch_id": batch_id, "rolled_back": False}},
+            {"$group": {"_id": {"h": "$handler", "d": "$doc_id"}}},
+        ]
+        with _translated(f"read dead-letter reasons of {batch_id}"):
+            async for row in await self._c("dead_letters").aggregate(dead_pipeline):
+                name = row["_id"].get("h")
+                if name is not None:
+                    latest.setdefault(name, {})[row["_id"].get("d")] = str(row["reason"])
+            async for row in await self._c("results").aggregate(done_pipeline):
+                name = row["_id"].get("h")
+                if name in latest:
+                    done.setdefault(name, set()).add(row["_id"].get("d"))
+        reasons: dict[str, dict[str, int]] = {}
+        for name in sorted(latest):
+            counts: dict[str, int] = {}
+            finished = done.get(name, set())
+            for doc_id, reason in latest[name].items():
+                if doc_id not in finished:
+                    counts[reason] = counts.get(reason, 0) + 1
+            if counts:
+                reasons[name] = dict(sorted(counts.items()))
+        return reasons

@@ -1,0 +1,87 @@
+"""Documents and payloads: each published document's input, and its claim-checked content.
+
+:class:`DocumentsMixin` keeps the ``documents`` collection (a batch's generation-0 envelopes,
+so it can be replayed without its source files) and ``payloads`` (content too large for a
+message, stored once per hash and checked on load). The claim-check reference itself is
+:class:`docbus.envelope.ClaimCheck`; replays (:mod:`docbus.store._replays`) read documents back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import AsyncIterator, Iterable
+
+from pymongo import ASCENDING, ReplaceOne
+
+from docbus.envelope import ClaimCheck, Envelope, claim_check_for
+from docbus.store._base import StoreBase, _now
+from docbus.store._errors import PayloadError, _translated
+
+MAX_PAYLOAD_BYTES = 15 * 1024 * 1024
+"""Largest claim-checked document: one Mongo document holds at most 16 MiB."""
+
+
+class DocumentsMixin(StoreBase):
+    """Published documents' inputs and claim-checked payloads."""
+
+    async def record_documents(self, envelopes: Iterable[Envelope]) -> int:
+        """Record published documents' inputs (idempotent per batch and doc). Returns the count."""
+        now = _now()
+        operations = []
+        for envelope in envelopes:
+            fields = envelope.model_dump(
+                mode="python",
+                exclude_none=True,
+                exclude={"generation", "replay_of", "replayed_at", "target_subscription"},
+            )
+            fields["recorded_at"] = now
+            key = f"{envelope.batch_id}:{envelope.doc_id}"
+            operations.append(ReplaceOne({"_id": key}, {"_id": key, **fields}, upsert=True))
+        if not operations:
+            return 0
+        with _translated("record documents"):
+            await self._c("documents").bulk_write(operations, ordered=False)
+        return len(operations)
+
+    async def get_document(self, batch_id: str, doc_id: str) -> Envelope | None:
+        """The generation-0 envelope of a published document."""
+        with _translated(f"read document {batch_id}:{doc_id}"):
+            raw = await self._c("documents").find_one({"_id": f"{batch_id}:{doc_id}"})
+        return Envelope.model_validate(raw) if raw else None
+
+    async def iter_documents(self, batch_id: str) -> AsyncIterator[Envelope]:
+        """Every recorded document of a batch, as generation-0 envelopes (for replays)."""
+        with _translated(f"read documents of {batch_id}"):
+            cursor = self._c("documents").find({"batch_id": batch_id}).sort("_id", ASCENDING)
+            async for raw in cursor:
+                yield Envelope.model_validate(raw)
+
+    async def put_payload(self, text: str) -> ClaimCheck:
+        """Store a document's content for claim-check; identical content is stored once."""
+        data = text.encode("utf-8")
+        if len(data) > MAX_PAYLOAD_BYTES:
+            raise PayloadError(
+                f"document of {len(data)} bytes exceeds the claim-check limit of "
+                f"{MAX_PAYLOAD_BYTES} bytes"
+            )
+        ref = claim_check_for(text)
+        with _translated("store payload"):
+            await self._c("payloads").update_one(
+                {"_id": ref.id},
+                {"$setOnInsert": {"data": data, "size": ref.size, "created_at": _now()}},
+                upsert=True,
+            )
+        return ref
+
+    async def load_payload(self, ref: ClaimCheck) -> str:
+        """Resolve a claim-check reference; raises :class:`PayloadError` if it cannot be trusted."""
+        if ref.collection != "payloads":
+            raise PayloadError(f"claim-check names collection {ref.collection!r}, not 'payloads'")
+        with _translated(f"load payload {ref.id}"):
+            raw = await self._c("payloads").find_one({"_id": ref.id})
+        if raw is None:
+            raise PayloadError(f"claim-check payload {ref.id} not found")
+        data = bytes(raw["data"])
+        if len(data) != ref.size or hashlib.sha256(data).hexdigest() != ref.sha256:
+            raise PayloadError(f"claim-check payload {ref.id} does not match its size and hash")
+        return data.decode("utf-8")

@@ -1,0 +1,34 @@
+"""The store class: :class:`Store` combines the base and every concept mixin into one seam.
+
+The client and lifecycle come from :mod:`docbus.store._base`; batches, documents and payloads,
+results, dead letters, checkpoints, LLM audit rows and replays each come from their own private
+module. The public surface is :mod:`docbus.store`.
+"""
+
+from __future__ import annotations
+
+from docbus.settings import MongoSettings, Settings
+from docbus.store._batches import BatchesMixin
+from docbus.store._checkpoints import CheckpointsMixin
+from docbus.store._dead_letters import DeadLettersMixin
+from docbus.store._documents import DocumentsMixin
+from docbus.store._llm import LLMAuditMixin
+from docbus.store._replays import ReplaysMixin
+from docbus.store._results import ResultsMixin
+
+
+class Store(
+    BatchesMixin,
+    DocumentsMixin,
+    ResultsMixin,
+    DeadLettersMixin,
+    ReplaysMixin,
+    CheckpointsMixin,
+    LLMAuditMixin,
+):
+    """docbus's MongoDB collections. Construct freely; ``await connect()`` (or ``async with``)."""
+
+    @classmethod
+    def from_settings(cls, settings: Settings | MongoSettings) -> Store:
+        mongo = settings.mongodb if isinstance(settings, Settings) else settings
+        return cls(mongo.uri, mongo.database, timeout=mongo.timeout)
