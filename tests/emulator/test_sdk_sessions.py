@@ -5,7 +5,12 @@ from __future__ import annotations
 import time
 
 import pytest
-from azure.servicebus import NEXT_AVAILABLE_SESSION, ServiceBusClient, ServiceBusMessage
+from azure.servicebus import (
+    NEXT_AVAILABLE_SESSION,
+    ServiceBusClient,
+    ServiceBusMessage,
+    ServiceBusSubQueue,
+)
 from azure.servicebus.exceptions import (
     OperationTimeoutError,
     ServiceBusError,
@@ -110,3 +115,16 @@ def test_list_sessions_returns_sessions_with_messages_or_state(client: ServiceBu
     with client.get_queue_receiver("sq", session_id="three") as receiver:
         receiver.session.set_state(b"s")
     assert sorted(client.list_queue_sessions("sq")) == ["one", "three", "two"]
+
+
+def test_dead_letters_of_a_session_queue_are_received_without_a_session(
+    client: ServiceBusClient,
+) -> None:
+    send(client, "sq", ("a", "poison"))
+    with client.get_queue_receiver("sq", session_id="a") as receiver:
+        (m,) = receiver.receive_messages(max_message_count=1, max_wait_time=2)
+        receiver.dead_letter_message(m, reason="Bad", error_description="unreadable")
+    with client.get_queue_receiver("sq", sub_queue=ServiceBusSubQueue.DEAD_LETTER) as dlq:
+        (dead,) = dlq.receive_messages(max_message_count=1, max_wait_time=2)
+        assert (str(dead), dead.session_id, dead.dead_letter_reason) == ("poison", "a", "Bad")
+        dlq.complete_message(dead)
