@@ -5,11 +5,11 @@
 record (:class:`~docbus.records.BatchRecord`) its topic, publishing status, LLM cost and
 over-budget flag and its own budget (``docbus publish --budget``).
 
-*Retrying* is derived from the LLM audit rows, the only place the store keeps attempt numbers: a
-document counts as retrying for a handler when an ``llm_calls`` row of the batch shows
-``attempt >= 2`` for that (handler, doc_id) and the handler has neither a result nor a dead letter
-for it yet. A handler that makes no LLM calls therefore never shows retrying documents. Retrying
-documents are taken out of *pending*, so published = done + retrying + dead-lettered + pending.
+*Retrying*: a document counts as retrying for a handler when the worker has noted a retry of it
+(the ``retries`` collection, written before each backoff) or an ``llm_calls`` row of the batch
+shows ``attempt >= 2`` for that (handler, doc_id), and the handler has neither a result nor a
+dead letter for it yet. Retrying documents are taken out of *pending*, so published = done +
+retrying + dead-lettered + pending.
 
 :func:`render_status` draws the tables; throughput is documents finished (done or dead-lettered)
 per second since the batch was created — up to its last result once complete — or, with
@@ -192,6 +192,12 @@ async def _one(store: Store, record: BatchRecord) -> BatchStatus:
             name, doc = row["_id"].get("h"), row["_id"].get("d")
             if isinstance(name, str) and doc is not None:
                 attempted_again.setdefault(name, set()).add(str(doc))
+        # The worker notes every delivery it retries, LLM calls or not.
+        async for row in db["retries"].find({"batch_id": batch_id}, {"handler": 1, "doc_id": 1}):
+            if isinstance(row.get("handler"), str) and row.get("doc_id") is not None:
+                attempted_again.setdefault(row["handler"], set()).add(str(row["doc_id"]))
+                if row["handler"] not in handlers:
+                    handlers.append(row["handler"])
         counts = await store.batch_counts(batch_id, handlers=handlers)
         retrying, per_handler = 0, dict[str, int]()
         if attempted_again:
@@ -331,7 +337,7 @@ def render_status(
     tables.append(
         Text(
             "published = done + retrying + dead-lettered + pending; "
-            "retrying: unfinished documents whose LLM calls show a second or later attempt",
+            "retrying: unfinished documents the worker is trying again",
             style="dim",
         )
     )

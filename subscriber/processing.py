@@ -19,12 +19,13 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from azure.servicebus import ServiceBusReceivedMessage
 from azure.servicebus.aio import ServiceBusReceiver
 from azure.servicebus.exceptions import ServiceBusError
+from pymongo.errors import PyMongoError
 
 from docbus.envelope import Envelope
 from docbus.records import DeadLetterRecord
@@ -38,6 +39,9 @@ from subscriber.parking import ParkedMessage, mark_deferred, park
 from subscriber.settlement import COMPLETE, Action, Decision, decide, describe
 
 logger = logging.getLogger(__name__)
+
+RETRIES = "retries"
+"""Collection of documents whose last delivery failed and will be tried again."""
 
 MAX_TRACEBACK = 4000
 
@@ -184,6 +188,7 @@ class Processor:
             if decision.action is Action.COMPLETE:
                 await receiver.complete_message(message)
             elif decision.action is Action.RETRY:
+                await self._note_retry(registered, envelope, attempt, decision)
                 await self._hold(decision.delay)
                 await receiver.abandon_message(message)
             elif decision.action is Action.DEAD_LETTER:
@@ -216,6 +221,34 @@ class Processor:
                 "could not settle %s (%s): %s", message.message_id, decision.action.value, exc
             )
         return decision.action
+
+    async def _note_retry(
+        self,
+        registered: RegisteredHandler,
+        envelope: Envelope | None,
+        attempt: int,
+        decision: Decision,
+    ) -> None:
+        """Say in Mongo that this document is being retried (``docbus status`` counts it)."""
+        if envelope is None:
+            return
+        try:
+            await self.store.database[RETRIES].update_one(
+                {"_id": f"{registered.spec.name}@{envelope.message_id}"},
+                {
+                    "$set": {
+                        "batch_id": envelope.batch_id,
+                        "doc_id": envelope.doc_id,
+                        "handler": registered.spec.name,
+                        "attempt": attempt,
+                        "error": decision.description,
+                        "next_attempt_at": datetime.now(UTC) + timedelta(seconds=decision.delay),
+                    }
+                },
+                upsert=True,
+            )
+        except PyMongoError as exc:  # a status hint only: never a reason to lose the retry
+            logger.warning("could not note the retry of %s: %s", envelope.doc_id, exc)
 
     async def _hold(self, seconds: float) -> None:
         """Wait out a backoff while the lock is renewed; shutdown cuts the wait short."""

@@ -283,3 +283,30 @@ async def test_the_worker_records_dead_letters_the_broker_made_itself(stack: Sta
     assert record["reason"] == "TTLExpiredException" and record["subscription"] == "work"
     assert await dead_letters_on_broker(stack) == []  # completed once recorded
     assert len(await current_results(stack, "ok1")) == 1
+
+
+async def test_a_document_held_for_retry_shows_as_retrying_in_status(stack: Stack) -> None:
+    from docbus.status import collect_status
+
+    await publish(stack, [doc("r", "again", "fail-times:1")])
+    async with ServiceBusClient.from_connection_string(stack.connection_string) as client:
+        worker = Worker(
+            discover_handlers(sample_handlers),
+            client=client,
+            store=stack.store,
+            options=WorkerOptions(backoff=BackoffPolicy(base=30.0, cap=30.0, jitter=0.0)),
+            topology=stack.topology,
+        )
+        running = asyncio.create_task(worker.run())
+        deadline = time.monotonic() + 20
+        while not await stack.store.database["retries"].count_documents({"doc_id": "r"}):
+            assert time.monotonic() < deadline, "the retry was never noted"
+            await asyncio.sleep(0.05)
+        (status,) = await collect_status(stack.store, ["b1"])
+        assert status.handler_retrying == {"work": 1}
+        assert status.pending("work") == 0  # retrying is not also counted as pending
+        worker.stop()  # cuts the 30 s hold short: the message goes back for the next worker
+        await asyncio.wait_for(running, 30)
+    await run_worker(stack)
+    (status,) = await collect_status(stack.store, ["b1"])
+    assert status.handler_retrying == {} and status.counts.done == 1
