@@ -33,13 +33,13 @@ import platform
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from _support import cpu_seconds, first_line
 from azure.servicebus import ServiceBusMessage
 from azure.servicebus.aio import ServiceBusClient, ServiceBusReceiver, ServiceBusSender
 from azure.servicebus.exceptions import MessageSizeExceededError
@@ -79,15 +79,6 @@ def bench_config(queue: str = QUEUE) -> dict[str, Any]:
 # The emulator under test
 
 
-def _cpu_seconds(pid: int) -> float | None:
-    """User + system CPU seconds of a process (Linux /proc); None where unavailable."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError):
-        return None
-
-
 @dataclass
 class EmulatorUnderTest:
     mode: str  # "subprocess", "in-process" or "external"
@@ -95,7 +86,7 @@ class EmulatorUnderTest:
     pid: int | None = None
 
     def cpu_seconds(self) -> float | None:
-        return _cpu_seconds(self.pid) if self.pid is not None else None
+        return cpu_seconds(self.pid) if self.pid is not None else None
 
 
 @contextlib.contextmanager
@@ -114,7 +105,7 @@ def subprocess_emulator(queue: str) -> Iterator[EmulatorUnderTest]:
                 stderr=log_file,
             )
             try:
-                line = _first_line(process, STARTUP_TIMEOUT)
+                line = first_line(process, STARTUP_TIMEOUT)
                 if not line.startswith("Endpoint="):
                     raise RuntimeError(
                         "the emulator did not start: " + log.read_text(errors="replace")[-2000:]
@@ -127,17 +118,6 @@ def subprocess_emulator(queue: str) -> Iterator[EmulatorUnderTest]:
                 except subprocess.TimeoutExpired:
                     process.kill()
                     process.wait()
-
-
-def _first_line(process: subprocess.Popen[bytes], timeout: float) -> str:
-    """The emulator's first stdout line (its connection string), or "" on exit or timeout."""
-    stdout = process.stdout
-    assert stdout is not None
-    lines: list[bytes] = []
-    reader = threading.Thread(target=lambda: lines.append(stdout.readline()), daemon=True)
-    reader.start()
-    reader.join(timeout)
-    return lines[0].decode().strip() if lines else ""
 
 
 @contextlib.contextmanager

@@ -39,7 +39,6 @@ import platform
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
@@ -47,6 +46,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from _support import cpu_seconds, first_line
 from pydantic import BaseModel, SecretStr
 from pymongo import monitoring
 from rich.console import Console
@@ -114,30 +114,6 @@ def documents(count: int) -> list[dict[str, Any]]:
 
 
 # -- the stand-ins, each in its own process ----------------------------------------------------
-
-
-def cpu_seconds(pid: int | None) -> float | None:
-    """User + system CPU seconds of a process (Linux /proc); None where unavailable."""
-    if pid is None:
-        return None
-    if pid == os.getpid():
-        return time.process_time()
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def first_line(process: subprocess.Popen[bytes], timeout: float) -> str:
-    """A child's first stdout line, or "" on exit or timeout."""
-    stdout = process.stdout
-    assert stdout is not None
-    lines: list[bytes] = []
-    reader = threading.Thread(target=lambda: lines.append(stdout.readline()), daemon=True)
-    reader.start()
-    reader.join(timeout)
-    return lines[0].decode().strip() if lines else ""
 
 
 @contextlib.contextmanager

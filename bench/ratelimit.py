@@ -36,7 +36,6 @@ import platform
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -44,6 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from _support import first_line
 from pydantic import BaseModel, SecretStr
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -82,16 +82,6 @@ def documents(count: int = 240) -> list[str]:
 
 
 # -- the server ---------------------------------------------------------------------------------
-
-
-def first_line(process: subprocess.Popen[bytes], timeout: float) -> str:
-    stdout = process.stdout
-    assert stdout is not None
-    lines: list[bytes] = []
-    reader = threading.Thread(target=lambda: lines.append(stdout.readline()), daemon=True)
-    reader.start()
-    reader.join(timeout)
-    return lines[0].decode().strip() if lines else ""
 
 
 @contextlib.contextmanager
