@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
-from dataclasses import dataclass
 
 import pytest
-from pydantic import SecretStr
 from rich.console import Console
 
 from docbus.emulator import EmulatorThread
-from docbus.settings import MongoSettings, PublisherSettings, ServiceBusSettings, Settings
 from docbus.store import Store
 from docbus.topology import Topology, parse_topology
+from tests.stack import Stack, build_stack
 
 TOPOLOGY_TOML = """\
 [defaults]
@@ -38,18 +35,6 @@ TOPOLOGY = parse_topology(
 )
 
 
-@dataclass
-class Stack:
-    emulator: EmulatorThread
-    store: Store
-    settings: Settings
-    topology: Topology
-
-    @property
-    def connection_string(self) -> str:
-        return self.emulator.connection_string
-
-
 @pytest.fixture
 def servicebus_topology() -> Topology:
     return TOPOLOGY
@@ -61,21 +46,11 @@ def stack(
     store: Store,
     local_mongo,  # type: ignore[no-untyped-def]
     monkeypatch: pytest.MonkeyPatch,
-) -> Iterator[Stack]:
+) -> Stack:
     """The stack, with the environment set so that commands' ``Settings()`` find it too."""
-    settings = Settings(
-        servicebus=ServiceBusSettings(
-            connection_string=SecretStr(servicebus_emulator.connection_string)
-        ),
-        mongodb=MongoSettings(uri=SecretStr(local_mongo.uri), database=store.database.name),
-        publisher=PublisherSettings(send_concurrency=1),
+    return build_stack(
+        servicebus_emulator, store, local_mongo, TOPOLOGY, monkeypatch, send_concurrency=1
     )
-    monkeypatch.setenv(
-        "DOCBUS_SERVICEBUS__CONNECTION_STRING", servicebus_emulator.connection_string
-    )
-    monkeypatch.setenv("DOCBUS_MONGODB__URI", local_mongo.uri)
-    monkeypatch.setenv("DOCBUS_MONGODB__DATABASE", store.database.name)
-    yield Stack(servicebus_emulator, store, settings, TOPOLOGY)
 
 
 @pytest.fixture
