@@ -33,6 +33,7 @@ from docbus.store import Store, StoreError
 from handlers.context import Context
 from handlers.discovery import RegisteredHandler
 from handlers.document import resolve_document
+from handlers.errors import HandlerOutcome
 from handlers.output import serialize_output
 from subscriber.backoff import BackoffPolicy
 from subscriber.parking import ParkedMessage, mark_deferred, park
@@ -328,6 +329,4 @@ class Processor:
 
 def _is_expected(error: BaseException) -> bool:
     """Outcomes a handler chose (DeadLetter, Retry) carry no traceback worth keeping."""
-    from handlers.errors import HandlerOutcome
-
     return isinstance(error, HandlerOutcome)
