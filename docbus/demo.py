@@ -150,12 +150,9 @@ async def _summarise(
     store: Any, batch_id: str, registered: list[Any], worker_report: Any, summary: DemoSummary
 ) -> None:
     db = store.database
+    published = {d["doc_id"] async for d in db["documents"].find({"batch_id": batch_id})}
     for h in registered:
         name = h.name
-        done = await db["results"].count_documents(
-            {"batch_id": batch_id, "handler": name, "current": True}
-        )
-        summary.done[name] = done
         dead_ids: set[str] = set()
         async for record in db["dead_letters"].find({"batch_id": batch_id, "handler": name}):
             key = (name, record["reason"])
@@ -163,7 +160,7 @@ async def _summarise(
             dead_ids.add(record.get("doc_id"))
         current = {"batch_id": batch_id, "handler": name, "current": True}
         result_ids = {r["doc_id"] async for r in db["results"].find(current)}
-        published = {d["doc_id"] async for d in db["documents"].find({"batch_id": batch_id})}
+        summary.done[name] = len(result_ids)
         both = result_ids & dead_ids
         summary.unaccounted[name] = len(published - result_ids - dead_ids) + len(both)
     async for call in db["llm_calls"].find({"batch_id": batch_id}):

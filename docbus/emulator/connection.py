@@ -42,6 +42,7 @@ from docbus.emulator.links import (
     OutgoingLink,
     Session,
 )
+from docbus.emulator.management import handle_request
 from docbus.emulator.wire import (
     encode_simple,
     parse_batch,
@@ -653,8 +654,6 @@ class AmqpConnection(asyncio.Protocol):
             )
             self._reply(link.session, "$cbs", reply)
             return
-        from docbus.emulator.management import handle_request
-
         node = link.node
         entity_node = entity_path(node)[: -len("$management")].rstrip("/")
         status, description, condition, body = handle_request(self.emulator, entity_node, request)
