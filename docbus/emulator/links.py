@@ -106,7 +106,7 @@ class OutgoingLink(Link):
             self._tag_counter += 1
             tag = DELIVERY_TAG.pack(self._tag_counter)
         self.link_credit -= 1
-        self.delivery_count += 1
+        self.delivery_count = _serial(self.delivery_count + 1)
         delivery_id = self.session.send_transfer(self, tag, payload, settled)
         if not settled:
             self.session.unsettled[delivery_id] = (self, message.lock_token)
@@ -114,7 +114,7 @@ class OutgoingLink(Link):
     def send_settled(self, payload: bytes) -> None:
         """One pre-settled transfer: how management and CBS replies go out."""
         self.link_credit -= 1
-        self.delivery_count += 1
+        self.delivery_count = _serial(self.delivery_count + 1)
         self._tag_counter += 1
         self.session.send_transfer(self, DELIVERY_TAG.pack(self._tag_counter), payload, True)
 
@@ -133,18 +133,28 @@ class OutgoingLink(Link):
         if remote_count is None:
             self.link_credit = credit
         else:
-            self.link_credit = remote_count + credit - self.delivery_count
+            # The client counted fewer deliveries than we sent when transfers were still on
+            # the wire as it wrote this flow: what it grants is that many fewer, never below
+            # zero (AMQP 1.0, 2.6.7; delivery counts are 32-bit serial numbers).
+            behind = _serial(self.delivery_count - remote_count)
+            behind = behind - 2**32 if behind >= 2**31 else behind
+            self.link_credit = max(0, credit - behind)
         self.drain = bool(field(fields, F.FLOW_DRAIN, False))
         if self.entity is not None and self.attached:
             self.entity.credit_available(self)
         if self.drain:
             # Everything that was available went out above: consume the rest of the credit.
             if self.link_credit > 0:
-                self.delivery_count += self.link_credit
+                self.delivery_count = _serial(self.delivery_count + self.link_credit)
                 self.link_credit = 0
             self.session.send_link_flow(self, drain=True)
         elif field(fields, F.FLOW_ECHO, False):
             self.session.send_link_flow(self)
+
+
+def _serial(value: int) -> int:
+    """``value`` as a 32-bit serial number (RFC 1982), what AMQP delivery counts are."""
+    return value & 0xFFFFFFFF
 
 
 def _terminus_address(terminus: Any) -> str | None:
@@ -203,7 +213,8 @@ class Session:
     def send_link_flow(self, link: Link, *, drain: bool = False) -> None:
         fields = self.flow_fields()
         if isinstance(link, OutgoingLink):
-            fields += [UInt(link.handle), UInt(link.delivery_count), UInt(link.link_credit)]
+            credit = max(0, link.link_credit)  # replies sent without credit leave it below 0
+            fields += [UInt(link.handle), UInt(link.delivery_count), UInt(credit)]
             fields += [None, drain]
         else:
             assert isinstance(link, IncomingLink)
