@@ -9,9 +9,10 @@ collections through ``_c``; each mixin subclasses it so mypy checks their bodies
 
 from __future__ import annotations
 
+from collections.abc import Callable, Hashable, Mapping
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 from pydantic import SecretStr
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel
@@ -20,6 +21,9 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from docbus.settings import mask_mongo_uri
 from docbus.store._errors import StoreError, _translated
+from docbus.store._group import GroupFinder, GroupWriter
+
+K = TypeVar("K", bound=Hashable)
 
 
 def _now() -> datetime:
@@ -37,6 +41,8 @@ class StoreBase:
         self._timeout = timeout
         self._client: AsyncMongoClient[dict[str, Any]] | None = None
         self._db: AsyncDatabase[dict[str, Any]] | None = None
+        self._writers: dict[str, GroupWriter] = {}
+        self._finders: dict[str, GroupFinder[Any]] = {}
 
     def __repr__(self) -> str:
         uri = mask_mongo_uri(self._uri.get_secret_value())
@@ -66,6 +72,9 @@ class StoreBase:
         self._db = client[self._database_name]
 
     async def close(self) -> None:
+        """Send what group writers still hold, then close the client."""
+        for writer in list(self._writers.values()):
+            await writer.drain()
         if self._client is not None:
             client, self._client, self._db = self._client, None, None
             await client.close()
@@ -91,6 +100,25 @@ class StoreBase:
 
     def _c(self, name: str) -> AsyncCollection[dict[str, Any]]:
         return self.database[name]
+
+    def _writer(self, name: str) -> GroupWriter:
+        """The group writer of collection ``name`` (see :mod:`docbus.store._group`): for the
+        small writes every handler makes at once, which it sends as one bulk write."""
+        writer = self._writers.get(name)
+        if writer is None:
+            writer = self._writers[name] = GroupWriter(lambda: self._c(name), name)
+        return writer
+
+    def _finder(
+        self, name: str, field: str, key_of: Callable[[Mapping[str, Any]], K]
+    ) -> GroupFinder[K]:
+        """The group finder of collection ``name`` by ``field``, splitting answers by
+        ``key_of``; one per (collection, field), so its callers must agree on ``key_of``."""
+        finder = self._finders.get(f"{name}.{field}")
+        if finder is None:
+            finder = GroupFinder(lambda: self._c(name), name, field, key_of)
+            self._finders[f"{name}.{field}"] = finder
+        return finder
 
     async def ensure_indexes(self) -> None:
         """Create the indexes the store's guarantees rely on (idempotent)."""

@@ -86,6 +86,8 @@ class BatchesMixin(StoreBase):
         ``category`` ``reask`` or ``retry`` also adds it to ``cost.reasks`` / ``cost.retries``,
         so the spend on re-asks and retries can be reported apart. A batch without a record
         (never published) keeps no totals; its ``llm_calls`` rows still hold every figure.
+        Increments of the same batch made at the same time by other handlers are summed into
+        one ``$inc`` (:mod:`docbus.store._group`); this returns once the sum is acknowledged.
         """
         figures = {
             "usd": usd,
@@ -98,7 +100,7 @@ class BatchesMixin(StoreBase):
             group = "reasks" if category == "reask" else "retries"
             increments.update({f"cost.{group}.{name}": value for name, value in figures.items()})
         with _translated(f"add usage to batch {batch_id}"):
-            await self._c("batches").update_one({"_id": batch_id}, {"$inc": increments})
+            await self._writer("batches").increment(batch_id, increments)
 
     async def set_batch_over_budget(self, batch_id: str, over_budget: bool) -> None:
         with _translated(f"flag batch {batch_id}"):
@@ -108,11 +110,13 @@ class BatchesMixin(StoreBase):
 
     async def batch_budget(self, batch_id: str) -> BatchBudget | None:
         """A batch's own budget, spend and flag, read cheaply (before every LLM call)."""
-        projection = {"budget_usd": 1, "cost.usd": 1, "over_budget": 1}
+        # Every handler asks before each call: reads of the moment share one query.
+        finder = self._finder("batches", "_id", _batch_id)
         with _translated(f"read budget of batch {batch_id}"):
-            raw = await self._c("batches").find_one({"_id": batch_id}, projection)
-        if raw is None:
+            found = await finder.find(batch_id, batch_id)
+        if not found:
             return None
+        raw = found[0]
         budget = raw.get("budget_usd")
         return BatchBudget(
             budget_usd=float(budget) if budget is not None else None,
@@ -191,6 +195,10 @@ class BatchesMixin(StoreBase):
             pending=max(0, published - n_done - n_dead),
             handlers=per_handler,
         )
+
+
+def _batch_id(raw: Mapping[str, Any]) -> Any:
+    return raw.get("_id")
 
 
 def _batch(raw: Mapping[str, Any]) -> BatchRecord:

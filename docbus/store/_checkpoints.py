@@ -8,8 +8,11 @@ are in :mod:`handlers.steps`; the LLM calls they make are audited by :mod:`docbu
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, NamedTuple
+
+from pymongo import ReplaceOne, UpdateOne
 
 from docbus.records import CheckpointKey
 from docbus.store._base import StoreBase, _now
@@ -35,13 +38,12 @@ class CheckpointsMixin(StoreBase):
         self, doc_id: str, handler: str, handler_version: str
     ) -> dict[str, Checkpoint]:
         """Every stored step output of one document under one handler version, by key id:
-        one query per delivery instead of one per step."""
-        query = {"doc_id": doc_id, "handler": handler, "handler_version": handler_version}
+        one query per delivery instead of one per step, and one command for the deliveries
+        that ask at the same time (:mod:`docbus.store._group`)."""
+        finder = self._finder("checkpoints", "doc_id", _owner)
         with _translated(f"read checkpoints of {doc_id}"):
-            return {
-                raw["_id"]: Checkpoint(raw["output"], raw["created_at"])
-                async for raw in self._c("checkpoints").find(query)
-            }
+            found = await finder.find((doc_id, handler, handler_version), doc_id)
+        return {raw["_id"]: Checkpoint(raw["output"], raw["created_at"]) for raw in found}
 
     async def put_checkpoint(
         self,
@@ -54,6 +56,8 @@ class CheckpointsMixin(StoreBase):
         """Store a step's output; the first write wins. Returns True if this call stored it.
 
         ``replace`` overwrites an existing output (for one that can no longer be loaded).
+        Checkpoints written at the same time by other handlers go in the same command; this
+        returns once this one is acknowledged.
         """
         fields = {
             "doc_id": key.doc_id,
@@ -65,11 +69,16 @@ class CheckpointsMixin(StoreBase):
             "output": output,
             "created_at": _now(),
         }
+        writer = self._writer("checkpoints")
         with _translated(f"write checkpoint {key.step}"):
             if replace:
-                await self._c("checkpoints").replace_one({"_id": key.id}, fields, upsert=True)
+                await writer.write(ReplaceOne({"_id": key.id}, fields, upsert=True))
                 return True
-            outcome = await self._c("checkpoints").update_one(
-                {"_id": key.id}, {"$setOnInsert": fields}, upsert=True
+            return await writer.write(
+                UpdateOne({"_id": key.id}, {"$setOnInsert": fields}, upsert=True)
             )
-        return outcome.upserted_id is not None
+
+
+def _owner(raw: Mapping[str, Any]) -> tuple[Any, Any, Any]:
+    """Whose checkpoint a stored one is: (document, handler, handler version)."""
+    return raw.get("doc_id"), raw.get("handler"), raw.get("handler_version")

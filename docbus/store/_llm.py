@@ -11,7 +11,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
-from pymongo import ASCENDING
+from bson import ObjectId
+from pymongo import ASCENDING, InsertOne
 
 from docbus.records import LLMCallRecord
 from docbus.store._base import StoreBase
@@ -33,14 +34,16 @@ class LLMAuditMixin(StoreBase):
     """LLM audit rows and the spend they add up to."""
 
     async def record_llm_call(self, call: Mapping[str, Any] | LLMCallRecord) -> str:
-        """Insert one LLM audit row; returns its id."""
+        """Insert one LLM audit row; returns its id. Rows written at the same time by other
+        handlers go in the same command (:mod:`docbus.store._group`)."""
         if isinstance(call, LLMCallRecord):
             row = call.model_dump(mode="python", exclude={"id"})
         else:
             row = dict(call)
+        row.setdefault("_id", ObjectId())
         with _translated("record llm call"):
-            outcome = await self._c("llm_calls").insert_one(row)
-        return str(outcome.inserted_id)
+            await self._writer("llm_calls").write(InsertOne(row))
+        return str(row["_id"])
 
     async def iter_llm_calls(
         self,

@@ -14,7 +14,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from pymongo import ASCENDING, DESCENDING
+from pymongo import ASCENDING, DESCENDING, InsertOne
 from pymongo.errors import DuplicateKeyError
 
 from docbus.records import ResultRecord, ResultWrite
@@ -53,7 +53,37 @@ class ResultsMixin(StoreBase):
         key = f"{handler}@{message_id}"
         results = self._c("results")
         created = False
+
+        def version(number: int) -> dict[str, Any]:
+            return {
+                "_id": key,
+                "doc_id": doc_id,
+                "handler": handler,
+                "handler_version": handler_version,
+                "version": number,
+                # The first version of a document can be current at once: the partial
+                # unique index on current versions refuses a concurrent second one.
+                "current": number == 1,
+                "rolled_back": False,
+                "batch_id": batch_id,
+                "generation": generation,
+                "message_id": message_id,
+                "output": dict(output),
+                "written_at": _now(),
+                "delivery_count": delivery_count,
+            }
+
         with _translated(f"write result {key}"):
+            # Most writes are a document's first version: try that in one (grouped) insert.
+            # The unique indexes refuse it if this message wrote before (same _id), if the
+            # document has a version already, or if one is current; then go the careful way.
+            first = version(1)
+            try:
+                await self._writer("results").write(InsertOne(first))
+            except DuplicateKeyError:
+                pass
+            else:
+                return ResultWrite(_result(first), True)
             for _ in range(_VERSION_ATTEMPTS):
                 existing = await results.find_one({"_id": key})
                 if existing is not None:
@@ -61,23 +91,7 @@ class ResultsMixin(StoreBase):
                 last = await results.find_one(
                     {"doc_id": doc_id, "handler": handler}, sort=[("version", DESCENDING)]
                 )
-                record = {
-                    "_id": key,
-                    "doc_id": doc_id,
-                    "handler": handler,
-                    "handler_version": handler_version,
-                    "version": (last["version"] + 1) if last else 1,
-                    # The first version of a document can be current at once: the partial
-                    # unique index on current versions refuses a concurrent second one.
-                    "current": last is None,
-                    "rolled_back": False,
-                    "batch_id": batch_id,
-                    "generation": generation,
-                    "message_id": message_id,
-                    "output": dict(output),
-                    "written_at": _now(),
-                    "delivery_count": delivery_count,
-                }
+                record = version(last["version"] + 1 if last else 1)
                 try:
                     await results.insert_one(record)
                 except DuplicateKeyError:

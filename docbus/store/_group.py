@@ -1,0 +1,241 @@
+"""Group commit: small writes and reads that arrive together leave together, as one command.
+
+A busy worker has dozens of handlers each wanting one small write at the same moment (an audit
+row, a usage increment, a step checkpoint, a result). Sent one by one they queue at the server
+one round trip each, and under load every handler waits on the queue rather than on its own
+write. :class:`GroupWriter` sends whatever writes to one collection are waiting as a single
+``bulk_write(ordered=False)`` and hands each writer its own outcome — acknowledged, upserted or
+not, or its own error such as a duplicate key — so a caller still returns only once *its* write
+is acknowledged: nothing is written behind its back, and a crash loses nothing a caller was told
+is stored. :class:`GroupFinder` does the same for reads by one indexed field: one ``$in`` query
+for every value asked, its answer split by key. (Not an ``$or`` of the callers' filters: some
+servers scan the collection for those.)
+
+Nothing waits on a timer: the first request to an idle group leaves on the next turn of the
+event loop (so requests made in the same turn share it), and requests arriving while a command
+is out leave together as soon as it lands. An idle worker pays one round trip, as before; a busy
+one pays about one per command in flight instead of one per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Hashable, Mapping
+from typing import Any, Generic, TypeVar
+
+from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.errors import BulkWriteError, DuplicateKeyError, WriteConcernError, WriteError
+from pymongo.operations import DeleteMany, DeleteOne, InsertOne, ReplaceOne, UpdateMany, UpdateOne
+
+__all__ = ["GroupFinder", "GroupWriter", "WriteOp"]
+
+WriteOp = InsertOne[Any] | UpdateOne | UpdateMany | ReplaceOne[Any] | DeleteOne | DeleteMany
+
+K = TypeVar("K", bound=Hashable)
+
+_DUPLICATE_KEY_CODES = frozenset({11000, 11001, 12582})
+MAX_GROUP = 500
+"""Requests per command at most (the driver splits bigger batches itself; this bounds the
+time one command holds the server)."""
+
+
+class _Group:
+    """The waiting requests of one group and the one task that sends them."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._flight: asyncio.Task[None] | None = None
+
+    def _launch(self) -> None:
+        if self._flight is None:
+            self._flight = asyncio.get_running_loop().create_task(
+                self._fly(), name=f"docbus-store-group-{self.name}"
+            )
+
+    async def _fly(self) -> None:
+        try:
+            while await self._send_next():
+                pass
+        finally:
+            self._flight = None
+
+    async def _send_next(self) -> bool:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    async def drain(self) -> None:
+        """Wait until every request made so far has been sent and answered."""
+        while self._flight is not None:
+            await asyncio.shield(self._flight)
+
+
+def _deliver(futures: list[asyncio.Future[Any]], exc: BaseException) -> None:
+    """Fail every waiter still waiting with ``exc`` (a cancellation cancels them instead)."""
+    for future in futures:
+        if future.done():
+            continue
+        if isinstance(exc, asyncio.CancelledError):
+            future.cancel()
+        else:
+            future.set_exception(exc)
+
+
+class _Increment:
+    """Increments of one document waiting to be sent, merged into one ``$inc``."""
+
+    __slots__ = ("amounts", "document_id")
+
+    def __init__(self, document_id: Any) -> None:
+        self.document_id = document_id
+        self.amounts: dict[str, float] = {}
+
+    def add(self, amounts: Mapping[str, float]) -> None:
+        for field, amount in amounts.items():
+            self.amounts[field] = self.amounts.get(field, 0) + amount
+
+    def op(self) -> UpdateOne:
+        return UpdateOne({"_id": self.document_id}, {"$inc": self.amounts})
+
+
+class GroupWriter(_Group):
+    """Writes to one collection, sent together as unordered bulk writes.
+
+    ``await writer.write(op)`` returns True if ``op`` upserted a document, False otherwise, and
+    raises the error that write alone met (``DuplicateKeyError``, ``WriteError``) or the error
+    of the whole command (a network failure reaches every write that was in it).
+    ``await writer.increment(_id, amounts)`` adds to counters of one document; increments of the
+    same document waiting together are summed into one ``$inc``.
+    """
+
+    def __init__(self, collection: Callable[[], AsyncCollection[dict[str, Any]]], name: str):
+        super().__init__(name)
+        self._collection = collection
+        self._waiting: list[tuple[WriteOp | _Increment, list[asyncio.Future[bool]]]] = []
+        self._increments: dict[Any, int] = {}  # document id -> its entry in _waiting
+
+    async def write(self, op: WriteOp) -> bool:
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._waiting.append((op, [future]))
+        self._launch()
+        return await future
+
+    async def increment(self, document_id: Any, amounts: Mapping[str, float]) -> None:
+        """Add ``amounts`` to fields of the document ``document_id`` (no upsert)."""
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        index = self._increments.get(document_id)
+        if index is None:
+            self._increments[document_id] = len(self._waiting)
+            self._waiting.append((_Increment(document_id), []))
+            index = len(self._waiting) - 1
+        pending, futures = self._waiting[index]
+        assert isinstance(pending, _Increment)
+        pending.add(amounts)
+        futures.append(future)
+        self._launch()
+        await future
+
+    async def _send_next(self) -> bool:
+        if not self._waiting:
+            return False
+        group, self._waiting = self._waiting[:MAX_GROUP], self._waiting[MAX_GROUP:]
+        self._increments = {
+            entry.document_id: index
+            for index, (entry, _) in enumerate(self._waiting)
+            if isinstance(entry, _Increment)
+        }
+        ops = [entry.op() if isinstance(entry, _Increment) else entry for entry, _ in group]
+        upserted: set[int] = set()
+        errors: dict[int, BaseException] = {}
+        try:
+            result = await self._collection().bulk_write(ops, ordered=False)
+        except BulkWriteError as exc:
+            details: Mapping[str, Any] = exc.details
+            upserted = {int(row["index"]) for row in details.get("upserted") or ()}
+            errors = {
+                int(row["index"]): _write_error(row) for row in details.get("writeErrors") or ()
+            }
+            concern = details.get("writeConcernErrors") or ()
+            if concern:  # not attributable to one write: every one not already failed hears it
+                first = concern[0]
+                failure = WriteConcernError(first.get("errmsg", ""), first.get("code"), first)
+                errors = {index: errors.get(index, failure) for index in range(len(group))}
+        except BaseException as exc:
+            _deliver([future for _, futures in group for future in futures], exc)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            return True
+        else:
+            upserted = set(result.upserted_ids or {})
+        for index, (_, futures) in enumerate(group):
+            error = errors.get(index)
+            for future in futures:
+                if future.done():
+                    continue
+                if error is not None:
+                    future.set_exception(error)
+                else:
+                    future.set_result(index in upserted)
+        return True
+
+
+def _write_error(row: Mapping[str, Any]) -> WriteError:
+    code = row.get("code")
+    message = str(row.get("errmsg", ""))
+    if code in _DUPLICATE_KEY_CODES:
+        return DuplicateKeyError(message, code, dict(row))
+    return WriteError(message, code, dict(row))
+
+
+class GroupFinder(_Group, Generic[K]):
+    """Reads of one collection by one (indexed) field, sent together as one ``$in`` query.
+
+    ``await finder.find(key, value)`` returns the documents whose ``field`` is ``value`` and
+    whose ``key_of`` is ``key`` — ``key`` narrows what the field selects (say, a document's
+    checkpoints of one handler version), and documents other callers asked for never leak
+    into another caller's answer.
+    """
+
+    def __init__(
+        self,
+        collection: Callable[[], AsyncCollection[dict[str, Any]]],
+        name: str,
+        field: str,
+        key_of: Callable[[Mapping[str, Any]], K],
+    ) -> None:
+        super().__init__(name)
+        self._collection = collection
+        self._field = field
+        self._key_of = key_of
+        self._waiting: dict[K, tuple[Any, list[asyncio.Future[list[dict[str, Any]]]]]] = {}
+
+    async def find(self, key: K, value: Any) -> list[dict[str, Any]]:
+        future: asyncio.Future[list[dict[str, Any]]] = asyncio.get_running_loop().create_future()
+        _, futures = self._waiting.setdefault(key, (value, []))
+        futures.append(future)
+        self._launch()
+        return await future
+
+    async def _send_next(self) -> bool:
+        if not self._waiting:
+            return False
+        keys = list(self._waiting)[:MAX_GROUP]
+        group = {key: self._waiting.pop(key) for key in keys}
+        waiters = [future for _, futures in group.values() for future in futures]
+        values = list({value: None for value, _ in group.values()})
+        try:
+            query = {self._field: values[0] if len(values) == 1 else {"$in": values}}
+            found: dict[K, list[dict[str, Any]]] = {key: [] for key in group}
+            async for raw in self._collection().find(query):
+                bucket = found.get(self._key_of(raw))
+                if bucket is not None:
+                    bucket.append(raw)
+        except BaseException as exc:
+            _deliver(waiters, exc)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            return True
+        for key, (_, futures) in group.items():
+            for future in futures:
+                if not future.done():
+                    # each waiter gets its own list: callers may keep or change what they get
+                    future.set_result(list(found[key]))
+        return True
