@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
@@ -156,6 +156,10 @@ class LLMSettings(BaseModel):
     """Upper bound of the requests in flight per model; halved on a 429, regained slowly."""
     max_retries: int = Field(default=3, ge=0)
     """Quick retries of a transient LLM error inside one call before the message is retried."""
+    http_client: Literal["aiohttp", "httpx"] = "aiohttp"
+    """The openai SDK's HTTP transport. ``aiohttp`` (the SDK's aiohttp extra) spends about
+    half the CPU per request of ``httpx`` at high concurrency (``bench/llm_bound.py``);
+    ``httpx`` is the SDK's default, for proxies or networks that need its behaviour."""
 
 
 class PublisherSettings(BaseModel):

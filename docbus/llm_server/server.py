@@ -1,9 +1,11 @@
 """The offline LLM server: an OpenAI-compatible HTTP endpoint on aiohttp, for tests and demos.
 
 :class:`LLMServer` serves ``GET /v1/models``, ``GET /v1/models/{id}`` and
-``POST /v1/chat/completions`` (JSON or SSE stream) so the ``openai`` SDK talks to it unchanged,
-plus an admin surface for tests and benchmarks: ``GET /_admin/stats``, ``GET``/``POST
-/_admin/config`` and ``POST /_admin/reset``. Each request passes auth, validation
+``POST /v1/chat/completions`` (JSON or SSE stream) so the ``openai`` SDK talks to it unchanged
+— also at Azure OpenAI's ``POST /openai/deployments/{deployment}/chat/completions``, for
+``AsyncAzureOpenAI`` with ``azure_endpoint`` set to the server's root — plus an admin surface
+for tests and benchmarks: ``GET /_admin/stats``, ``GET``/``POST /_admin/config`` and
+``POST /_admin/reset``. Each request passes auth, validation
 (:mod:`~docbus.llm_server.completions`), the fault plan (:mod:`~docbus.llm_server.faults`), the
 RPM/TPM limiter (:mod:`~docbus.llm_server.limits`) and the latency, in that order, and is counted
 in :mod:`~docbus.llm_server.stats`. Configuration (:mod:`~docbus.llm_server.config`) is read per
@@ -142,6 +144,10 @@ class LLMServer:
         app.router.add_get("/v1/models", self._list_models)
         app.router.add_get("/v1/models/{model}", self._get_model)
         app.router.add_post("/v1/chat/completions", self._chat_completions)
+        # Azure OpenAI's shape: the deployment in the path, the key in an api-key header.
+        app.router.add_post(
+            "/openai/deployments/{deployment}/chat/completions", self._chat_completions
+        )
         app.router.add_get("/_admin/stats", self._admin_stats)
         app.router.add_get("/_admin/config", self._admin_get_config)
         app.router.add_post("/_admin/config", self._admin_set_config)
@@ -253,6 +259,9 @@ class LLMServer:
                     "We could not parse the JSON body of your request. (HINT: This likely means "
                     "you aren't using your HTTP library correctly.)"
                 ) from exc
+            deployment = request.match_info.get("deployment")
+            if deployment and isinstance(body, dict) and not body.get("model"):
+                body["model"] = deployment  # Azure names the model by its deployment
             chat = ChatRequest.from_body(body, json_schema=config.json_schema)
             if config.strict_model and chat.model != config.model:
                 raise errors.model_not_found(chat.model)

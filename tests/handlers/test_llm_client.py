@@ -10,8 +10,10 @@ from typing import Any
 
 import openai
 import pytest
+from pydantic import SecretStr
 
 from docbus.llm_server import FAULT_HEADER, Faults, Limits, LLMServer, LLMServerConfig
+from docbus.settings import LLMSettings, Settings
 from docbus.store import Store
 from handlers import DeadLetter, OverBudget, Retry, SystemicFailure
 from handlers.llm import DEFAULT_PRICES, LLMClient, LLMOptions
@@ -54,6 +56,24 @@ async def test_extract_returns_a_nested_model_through_strict_structured_outputs(
     assert row.mode == "json_schema" and row.error_type is None
     assert row.parsed == invoice.model_dump(mode="json")
     assert Invoice.model_validate_json(row.response_text or "") == invoice
+
+
+@pytest.mark.parametrize("llm_server_config", [LLMServerConfig(api_key="azure-key")])
+async def test_azure_openai_is_reached_at_its_deployment_url_with_its_key_header(
+    llm_server: LLMServer, store: Store
+) -> None:
+    azure = LLMSettings(
+        azure_endpoint=llm_server.base_url.removesuffix("/v1"),
+        azure_api_key=SecretStr("azure-key"),
+        model="docbus-offline",
+    )
+    async with LLMClient.from_settings(Settings(llm=azure), store) as client:
+        assert isinstance(client.openai, openai.AsyncAzureOpenAI)
+        invoice = await make_ctx(store, llm=client).llm.extract(Invoice, INVOICE_TEXT)
+    assert isinstance(invoice, Invoice)
+    [row] = await store.llm_calls("b1")
+    assert (row.model, row.mode, row.error_type) == ("docbus-offline", "json_schema", None)
+    assert chat_requests(llm_server) == 1
 
 
 async def test_complete_returns_free_text_and_is_audited(
