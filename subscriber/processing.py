@@ -17,7 +17,7 @@ import logging
 import random
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -106,7 +106,15 @@ class Processor:
         registered: RegisteredHandler,
         receiver: ServiceBusReceiver,
         message: ServiceBusReceivedMessage,
+        *,
+        before_complete: Callable[[], Awaitable[None]] | None = None,
     ) -> Outcome:
+        """Run the handler on ``message`` and settle it.
+
+        ``before_complete`` is awaited once the result is stored and the message is about to be
+        completed: the worker hands the handler's slot on to the next message there, instead
+        of holding it while the broker confirms the settlement.
+        """
         started = time.monotonic()
         attempt = (message.delivery_count or 0) + 1
         envelope: Envelope | None = None
@@ -144,6 +152,8 @@ class Processor:
                 rng=self.rng,
             )
         step = getattr(ctx, "current_step", None) or getattr(error, "step", None)
+        if decision.action is Action.COMPLETE and before_complete is not None:
+            await before_complete()
         action = await self._settle(
             registered, receiver, message, decision, error, envelope, attempt, step
         )

@@ -21,7 +21,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 from azure.servicebus import NEXT_AVAILABLE_SESSION, ServiceBusReceivedMessage
 from azure.servicebus.aio import ServiceBusClient, ServiceBusReceiver
@@ -41,6 +41,7 @@ from subscriber.locks import LockRenewer
 from subscriber.parking import ParkedMessage, parked_messages, unpark
 from subscriber.processing import Outcome, Processor
 from subscriber.settlement import Action
+from subscriber.turns import TakingTurns
 
 logger = logging.getLogger(__name__)
 
@@ -144,6 +145,9 @@ class Worker:
         self._circuit_closed = asyncio.Event()
         self._circuit_closed.set()
         self._slots = asyncio.Semaphore(self.options.concurrency)
+        # Messages whose result is stored and which wait for the broker to confirm their
+        # completion: they no longer hold a handler slot, but at most `concurrency` of them.
+        self._completing = asyncio.Semaphore(self.options.concurrency)
         self._in_flight: set[asyncio.Task[None]] = set()
         self._taken = 0
         self._last_activity = time.monotonic()
@@ -237,10 +241,13 @@ class Worker:
     # --- receiving ------------------------------------------------------------------------
     async def _receive_loop(self, registered: RegisteredHandler) -> None:
         spec = registered.spec
-        receiver = self.client.get_subscription_receiver(
+        link = self.client.get_subscription_receiver(
             spec.topic, spec.subscription, prefetch_count=self.options.prefetch
         )
-        async with receiver:
+        # Receives and settlements on this link take turns (see subscriber.turns); the
+        # wrapper has the receiver's interface, so whatever settles need not know.
+        receiver = cast(ServiceBusReceiver, TakingTurns(link))
+        async with link:
             self._receivers[spec.name] = receiver
             mine = self._handler_tasks.setdefault(spec.name, set())
             try:
@@ -387,8 +394,20 @@ class Worker:
         receiver: ServiceBusReceiver,
         message: ServiceBusReceivedMessage,
     ) -> None:
+        slot_held = True
+        completing = False
+
+        async def before_complete() -> None:
+            nonlocal slot_held, completing
+            await self._completing.acquire()
+            completing = True
+            slot_held = False
+            self._slots.release()
+
         try:
-            outcome = await self._processor.process(registered, receiver, message)
+            outcome = await self._processor.process(
+                registered, receiver, message, before_complete=before_complete
+            )
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -397,7 +416,10 @@ class Worker:
         finally:
             if self._renewer is not None:
                 self._renewer.release(message)
-            self._slots.release()
+            if slot_held:
+                self._slots.release()
+            if completing:
+                self._completing.release()
             self._last_activity = time.monotonic()
         self.report.add(outcome)
         if outcome.action is Action.PARK and outcome.reason == "SystemicFailure":

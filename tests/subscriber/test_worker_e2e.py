@@ -310,3 +310,47 @@ async def test_a_document_held_for_retry_shows_as_retrying_in_status(stack: Stac
     await run_worker(stack)
     (status,) = await collect_status(stack.store, ["b1"])
     assert status.handler_retrying == {} and status.counts.done == 1
+
+
+async def test_a_handler_slot_is_handed_on_after_the_result_is_stored_and_before_completion(
+    stack: Stack,
+) -> None:
+    from subscriber.processing import Processor, message_properties
+    from subscriber.settlement import Action
+
+    await publish(stack, [doc("d1", "alpha text", "ok"), doc("d2", "beta text", "always-fail")])
+    [work] = [h for h in discover_handlers(sample_handlers) if h.spec.name == "work"]
+    events: list[str] = []
+
+    class Recording:
+        """The receiver, noting when the broker is told a message is complete."""
+
+        def __init__(self, receiver: Any) -> None:
+            self._receiver = receiver
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self._receiver, name)
+
+        async def complete_message(self, message: Any) -> None:
+            events.append("complete")
+            await self._receiver.complete_message(message)
+
+    processor = Processor(stack.store, backoff=FAST, max_attempts=lambda _: 3)
+    async with ServiceBusClient.from_connection_string(stack.connection_string) as client:
+        async with client.get_subscription_receiver("docs", "work") as receiver:
+            messages: list[Any] = []
+            while len(messages) < 2:
+                messages += await receiver.receive_messages(max_message_count=2, max_wait_time=5)
+            outcomes = {}
+            for message in messages:
+                doc_id = str(message_properties(message)["doc_id"])
+
+                async def hand_on(doc_id: str = doc_id) -> None:
+                    stored = await stack.store.current_result(doc_id, "work")
+                    events.append(f"hand on ({'stored' if stored else 'not stored'})")
+
+                recording: Any = Recording(receiver)
+                outcome = await processor.process(work, recording, message, before_complete=hand_on)
+                outcomes[outcome.doc_id] = outcome.action
+    assert outcomes == {"d1": Action.COMPLETE, "d2": Action.RETRY}
+    assert events == ["hand on (stored)", "complete"]  # the failing one keeps its slot
