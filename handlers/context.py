@@ -20,6 +20,7 @@ from docbus.records import CheckpointKey, input_hash
 from docbus.store import Store
 from handlers.decorator import HandlerSpec
 from handlers.steps import current_step, run_step
+from handlers.writes import PendingWrites
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -57,9 +58,16 @@ class Context:
     the worker: ``await ctx.llm.extract(Model, prompt)``, ``await ctx.llm.complete(prompt)``."""
     checkpoint_cache: dict[str, Any] | None = field(default=None, init=False, repr=False)
     """Step outputs stored for this document and handler version, read once per delivery."""
+    write_behind: bool = False
+    """Let the handler go on while its audit rows and checkpoints are acknowledged; whoever
+    runs it must then ``await ctx.writes.flush()`` before storing its result (the worker
+    does). Off: every such write is acknowledged before the call that makes it returns."""
+    writes: PendingWrites = field(init=False, repr=False)
+    """This delivery's audit-row and checkpoint writes (:mod:`handlers.writes`)."""
     logger: HandlerLogger = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
+        self.writes = PendingWrites(behind=self.write_behind)
         if self.attempt is None:
             self.attempt = self.delivery_count
         bind = getattr(self.llm, "bind", None)

@@ -32,6 +32,8 @@ from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 from pydantic import BaseModel, ValidationError
 from pydantic_core import PydanticSerializationError, to_jsonable_python
 
+from handlers.errors import Retry
+
 if TYPE_CHECKING:
     from handlers.context import Context
 
@@ -142,13 +144,34 @@ async def _run(
     encoded = encode_output(output, name)
     if store is None:
         return decode_output(encoded)
-    stored_now = await store.put_checkpoint(key, encoded, batch_id=ctx.batch_id, replace=stale)
-    if not stored_now:
-        # A concurrent delivery of the same message stored first: agree with it.
-        winner = await store.get_checkpoint(key)
-        if winner is not None:
-            encoded = winner.output
+    if ctx.writes.behind:
+        # Sent now, acknowledged later (handlers.writes): after the audit rows of this step's
+        # calls, before the result. The handler goes on with its next step meanwhile.
+        ctx.writes.start(
+            _store_checkpoint(ctx, store, key, encoded, replace=stale, adopt=False),
+            after_earlier=True,
+        )
+    else:
+        encoded = await _store_checkpoint(ctx, store, key, encoded, replace=stale, adopt=True)
     return decode_output(encoded)
+
+
+async def _store_checkpoint(
+    ctx: Context, store: Any, key: Any, encoded: Any, *, replace: bool, adopt: bool
+) -> Any:
+    """Store a step's output; return what is stored for its key — the output given, or what a
+    concurrent delivery of the same message stored first (``adopt``; else that raises)."""
+    stored = await store.put_checkpoint(key, encoded, batch_id=ctx.batch_id, replace=replace)
+    if stored:
+        return encoded
+    winner = await store.get_checkpoint(key)
+    if winner is None or winner.output == encoded:
+        return encoded
+    if adopt:
+        return winner.output
+    # This delivery has gone on with its own output: run again, on the stored outputs, so
+    # the result agrees with the checkpoints.
+    raise Retry(after=0, reason=f"CheckpointConflict in step {key.step}")
 
 
 def _input_fallback(value: Any) -> Any:

@@ -122,10 +122,18 @@ class Processor:
         try:
             envelope = Envelope.from_bytes(message_body(message))
             document = await resolve_document(envelope, self.store)
-            ctx = Context(envelope, registered.spec, delivery_count=attempt, store=self.store)
+            ctx = Context(
+                envelope,
+                registered.spec,
+                delivery_count=attempt,
+                store=self.store,
+                write_behind=True,
+            )
             if self.llm is not None:
                 ctx.llm = self.llm.bind(ctx)
             output = serialize_output(await registered.fn(document, ctx))
+            # Audit rows and checkpoints the handler did not wait for: stored before its result.
+            await ctx.writes.flush()
             await self.store.write_result(
                 doc_id=envelope.doc_id,
                 handler=registered.spec.name,
@@ -140,10 +148,15 @@ class Processor:
             error: BaseException | None = None
         except asyncio.CancelledError:
             # Shutdown past its grace period: give the message back for another worker.
+            if ctx is not None:
+                await asyncio.shield(self._flush_quietly(ctx))
             await asyncio.shield(self._abandon(receiver, message))
             raise
         except Exception as exc:
             error = exc
+            if ctx is not None:
+                # The failed delivery's audit rows go in before its retry or dead letter.
+                await self._flush_quietly(ctx)
             decision = decide(
                 exc,
                 attempt=attempt,
@@ -182,6 +195,15 @@ class Processor:
                 "will retry %s after %.1fs: %s", outcome.doc_id, decision.delay, describe(error)
             )
         return outcome
+
+    @staticmethod
+    async def _flush_quietly(ctx: Context) -> None:
+        """Wait for a failed delivery's pending writes; their own failure changes nothing of
+        what happens to the message, so it is only logged."""
+        try:
+            await ctx.writes.flush()
+        except Exception as exc:
+            logger.warning("%s/%s: a pending write failed: %s", ctx.batch_id, ctx.doc_id, exc)
 
     # --- carrying decisions out ---------------------------------------------------------
     async def _settle(

@@ -11,7 +11,9 @@ table (:mod:`handlers.llm.pricing`), the token counter and what it learnt about 
 Every request goes through :meth:`LLMClient._exchange`, which in order: checks the batch's and
 the document's budget (:class:`~handlers.errors.OverBudget`, before anything is spent),
 reserves rate-limit capacity, sends the request with the SDK's own retries off, and writes one
-``llm_calls`` audit row — success or failure — adding its cost to the batch's totals. Failures
+``llm_calls`` audit row — success or failure — adding its cost to the batch's totals (in the
+worker the row is sent at once and acknowledged before the result is stored, while the handler
+goes on: :mod:`handlers.writes`). Failures
 are translated once (:func:`handlers.llm.errors.translate`); transient ones are retried here
 a few times (honouring ``Retry-After``), then raised as :class:`~handlers.errors.Retry` for the
 worker's delivery-level backoff. A 400 that names a parameter the server lacks (structured
@@ -304,8 +306,8 @@ class LLMClient:
             except openai.OpenAIError as exc:
                 latency = time.monotonic() - started
                 outcome = self._failed(exc, model, reservation)
-                await write_audit(
-                    self.store,
+                await self._audit(
+                    ctx,
                     audit_row(
                         ctx,
                         kind=ask.kind,
@@ -375,10 +377,18 @@ class LLMClient:
                 request_id=raw.headers.get("x-request-id"),
                 error=error,
             )
-            await write_audit(self.store, row)
+            await self._audit(ctx, row)
             if filtered:
                 raise DeadLetter("ContentFiltered", f"{_where(ctx)}: {error}"[:500])
             return Answer(text, finish, parsed, error, row)
+
+    async def _audit(self, ctx: Context | None, row: LLMCallRecord) -> None:
+        """Write a call's audit row (and its cost on the batch): sent now, and acknowledged
+        before this returns unless the delivery writes behind (:mod:`handlers.writes`)."""
+        if ctx is None:
+            await write_audit(self.store, row)
+        else:
+            await ctx.writes.write(write_audit(self.store, row))
 
     async def _post(self, params: dict[str, Any]) -> Any:
         """``chat.completions.with_raw_response.create(**params)``, minus its typed-params
@@ -542,6 +552,7 @@ class LLMClient:
                     raise OverBudget(batch_id, spent, budget)
         per_document = self.options.budget_per_document_usd
         if per_document is not None:
+            await ctx.writes.flush()  # the document's own audit rows, summed just below
             spent = await store.llm_spend(
                 batch_id, doc_id=ctx.doc_id, generation=ctx.envelope.generation
             )

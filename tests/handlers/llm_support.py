@@ -50,10 +50,13 @@ def make_ctx(
     version: str = "1",
     attempt: int = 1,
     llm: Any = None,
+    write_behind: bool = False,
 ) -> Context:
     envelope = Envelope(doc_id=doc_id, batch_id=batch_id, topic="documents", content=text)
     spec = HandlerSpec(name=handler, topic="documents", subscription=handler, version=version)
-    return Context(envelope, spec, delivery_count=attempt, store=store, llm=llm)
+    return Context(
+        envelope, spec, delivery_count=attempt, store=store, llm=llm, write_behind=write_behind
+    )
 
 
 def make_client(server: LLMServer, store: Store | None = None, **llm: Any) -> LLMClient:

@@ -1,0 +1,128 @@
+"""Writes behind the handler (handlers.writes): it goes on, nothing is lost, order holds."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from pymongo.errors import AutoReconnect
+
+from docbus.llm_server import LLMServer
+from docbus.store import Store, StoreUnavailable
+from docbus.store._group import GroupWriter
+from handlers import Retry
+from handlers.writes import PendingWrites
+from tests.handlers.llm_support import INVOICE_TEXT, Invoice, Summary, make_client, make_ctx
+
+
+class Gate:
+    """A collection whose bulk writes wait at a gate (or fail) until the test says so."""
+
+    def __init__(self, collection: Any) -> None:
+        self.collection = collection
+        self.open = asyncio.Event()
+        self.reached = asyncio.Event()
+        self.failure: BaseException | None = None
+
+    async def bulk_write(self, ops: list[Any], ordered: bool = True) -> Any:
+        self.reached.set()
+        await self.open.wait()
+        if self.failure is not None:
+            raise self.failure
+        return await self.collection.bulk_write(ops, ordered=ordered)
+
+
+def gate(store: Store, name: str) -> Gate:
+    held = Gate(store.database[name])
+    store._writers[name] = GroupWriter(lambda: held, name)  # type: ignore[arg-type,return-value]
+    return held
+
+
+async def test_the_handler_goes_on_while_its_audit_rows_and_checkpoints_are_acknowledged(
+    llm_server: LLMServer, store: Store
+) -> None:
+    audit = gate(store, "llm_calls")
+    async with make_client(llm_server, store) as client:
+        ctx = make_ctx(store, llm=client, write_behind=True)
+        invoice = await ctx.step("invoice", ctx.llm.extract, Invoice, INVOICE_TEXT)
+        summary = await ctx.step("summary", ctx.llm.extract, Summary, INVOICE_TEXT)
+        # both steps are done while the first audit row still waits at the gate
+        assert isinstance(invoice, Invoice) and isinstance(summary, Summary)
+        assert audit.reached.is_set() and len(ctx.writes) > 0
+        assert await store.database["llm_calls"].count_documents({}) == 0
+        # a checkpoint waits for the audit rows written before it
+        assert await store.database["checkpoints"].count_documents({}) == 0
+        flushing = asyncio.ensure_future(ctx.writes.flush())
+        await asyncio.sleep(0)
+        assert not flushing.done()
+        audit.open.set()
+        await flushing
+    assert len(ctx.writes) == 0
+    assert await store.database["llm_calls"].count_documents({}) == 2
+    assert await store.database["checkpoints"].count_documents({}) == 2
+    batch = await store.get_batch("b1")
+    assert batch is None or batch.cost.calls == 2  # no batch record: no totals kept
+
+
+async def test_a_failed_audit_write_fails_the_flush_and_stores_no_checkpoint(
+    llm_server: LLMServer, store: Store
+) -> None:
+    audit = gate(store, "llm_calls")
+    audit.failure = AutoReconnect("primary stepped down")
+    audit.open.set()
+    async with make_client(llm_server, store) as client:
+        ctx = make_ctx(store, llm=client, write_behind=True)
+        await ctx.step("invoice", ctx.llm.extract, Invoice, INVOICE_TEXT)
+        with pytest.raises(StoreUnavailable, match="record llm call"):
+            await ctx.writes.flush()
+    # the step runs again on the next delivery, and its call is audited then
+    assert await store.database["checkpoints"].count_documents({}) == 0
+
+
+async def test_a_concurrent_deliverys_checkpoint_is_adopted_in_line_and_retried_behind(
+    store: Store,
+) -> None:
+    async def answer(value: str) -> dict[str, str]:
+        return {"answer": value}
+
+    first = make_ctx(store)
+    assert await first.step("ask", answer, "same input") == {"answer": "same input"}
+
+    async def other(_: str) -> dict[str, str]:
+        return {"answer": "something else"}
+
+    # Same key (step name and input), another output: a concurrent delivery that lost.
+    in_line = make_ctx(store, attempt=2)
+    in_line.checkpoint_cache = {}  # as if it read before the first one stored
+    assert await in_line.step("ask", other, "same input") == {"answer": "same input"}
+
+    behind = make_ctx(store, attempt=2, write_behind=True)
+    behind.checkpoint_cache = {}
+    assert await behind.step("ask", other, "same input") == {"answer": "something else"}
+    with pytest.raises(Retry, match="CheckpointConflict in step ask"):
+        await behind.writes.flush()
+
+
+async def test_flush_waits_for_every_write_and_raises_the_first_failure_after_all() -> None:
+    writes = PendingWrites(behind=True)
+    done: list[str] = []
+    release = asyncio.Event()
+
+    async def slow(name: str) -> None:
+        await release.wait()
+        done.append(name)
+
+    async def failing() -> None:
+        raise ValueError("refused")
+
+    writes.start(slow("a"))
+    writes.start(failing())
+    writes.start(slow("b"), after_earlier=True)  # never runs: an earlier write failed
+    flushing = asyncio.ensure_future(writes.flush())
+    await asyncio.sleep(0)
+    release.set()
+    with pytest.raises(ValueError, match="refused"):
+        await flushing
+    assert done == ["a"]
+    assert len(writes) == 0
