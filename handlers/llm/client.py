@@ -24,6 +24,7 @@ is sent again without it.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import random
 import time
@@ -33,7 +34,6 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, Self
 
 import openai
-from openai.types.chat import ChatCompletion
 
 from docbus.records import LLMCallRecord
 from docbus.settings import LLMSettings, Settings
@@ -302,7 +302,7 @@ class LLMClient:
             started = time.monotonic()
             try:
                 raw = await self._post(params)
-                completion = raw.parse()
+                reply = _Reply.read(raw)
             except openai.OpenAIError as exc:
                 latency = time.monotonic() - started
                 outcome = self._failed(exc, model, reservation)
@@ -336,15 +336,10 @@ class LLMClient:
                 raise
             latency = time.monotonic() - started
             self._connection_failures = 0
-            usage = completion.usage
-            prompt_tokens = usage.prompt_tokens if usage else 0
-            completion_tokens = usage.completion_tokens if usage else 0
+            prompt_tokens, completion_tokens = reply.prompt_tokens, reply.completion_tokens
             self.limiter.release(reservation, tokens=prompt_tokens + completion_tokens)
             self._learn(model, raw.headers, completion_tokens)
-            choice = completion.choices[0] if completion.choices else None
-            text = (choice.message.content if choice else None) or ""
-            finish = choice.finish_reason if choice else None
-            refusal = choice.message.refusal if choice else None
+            text, finish, refusal = reply.text, reply.finish_reason, reply.refusal
             parsed: Any = None
             error: Exception | None = None
             filtered = finish == "content_filter" or bool(refusal)
@@ -365,14 +360,14 @@ class LLMClient:
                 messages=messages,
                 latency=latency,
                 max_chars=self.options.audit_max_chars,
-                response_model=completion.model,
+                response_model=reply.model,
                 text=text,
                 parsed=parsed,
                 finish_reason=finish,
                 prompt_tokens=prompt_tokens,
                 completion_tokens=completion_tokens,
                 cost=self.pricing.cost(
-                    completion.model or model, prompt_tokens, completion_tokens, fallback=model
+                    reply.model or model, prompt_tokens, completion_tokens, fallback=model
                 ),
                 request_id=raw.headers.get("x-request-id"),
                 error=error,
@@ -392,19 +387,20 @@ class LLMClient:
 
     async def _post(self, params: dict[str, Any]) -> Any:
         """``chat.completions.with_raw_response.create(**params)``, minus its typed-params
-        transform.
+        transform and its typed answer.
 
         The body here is plain JSON built by :meth:`_params`, so the SDK's walk over it
         against its TypedDicts changes nothing, yet it is a quarter of the SDK's CPU per
-        request (measured with cProfile under ``bench/llm_bound.py``'s load). Everything else
-        is the SDK's own path: authentication and Azure deployment URLs, timeouts, the
-        status-code errors :func:`~handlers.llm.errors.translate` knows, and the same raw
-        response (headers, ``.parse()``) that ``with_raw_response`` gives.
+        request; building its ``ChatCompletion`` model is a fifth more, for the six fields
+        :class:`_Reply` reads from the JSON (cProfile under ``bench/llm_bound.py``'s load).
+        Everything else is the SDK's own path: authentication and Azure deployment URLs,
+        timeouts, the status-code errors :func:`~handlers.llm.errors.translate` knows, and the
+        raw response (headers, and the body as text from ``.parse()``).
         """
         body = dict(params)
         headers = {**(body.pop("extra_headers", None) or {}), _RAW_RESPONSE_HEADER: "true"}
         return await self.openai.post(
-            "/chat/completions", cast_to=ChatCompletion, body=body, options={"headers": headers}
+            "/chat/completions", cast_to=str, body=body, options={"headers": headers}
         )
 
     def _features_for(self, model: str) -> _Features:
@@ -558,6 +554,44 @@ class LLMClient:
             )
             if spent >= per_document:
                 raise OverBudget(batch_id, spent, per_document, doc_id=ctx.doc_id)
+
+
+@dataclass(frozen=True, slots=True)
+class _Reply:
+    """What docbus reads of a chat completion, taken leniently from its JSON: compatible
+    servers leave out fields (usage, refusal) that OpenAI always sends."""
+
+    text: str
+    finish_reason: str | None
+    refusal: str | None
+    model: str | None
+    prompt_tokens: int
+    completion_tokens: int
+
+    @classmethod
+    def read(cls, raw: Any) -> _Reply:
+        """The reply in ``raw`` (the SDK's raw response); raises the SDK's
+        ``APIResponseValidationError`` for a body that is not a chat completion."""
+        body = raw.parse()
+        try:
+            data = json.loads(body)
+            choices = data.get("choices") or [{}]
+            choice, usage = choices[0], data.get("usage") or {}
+            message = choice.get("message") or {}
+            return cls(
+                text=message.get("content") or "",
+                finish_reason=choice.get("finish_reason"),
+                refusal=message.get("refusal"),
+                model=data.get("model"),
+                prompt_tokens=int(usage.get("prompt_tokens") or 0),
+                completion_tokens=int(usage.get("completion_tokens") or 0),
+            )
+        except (ValueError, TypeError, AttributeError, IndexError) as exc:
+            raise openai.APIResponseValidationError(
+                response=raw.http_response,
+                body=body[:2000] if isinstance(body, str) else None,
+                message=f"not a chat completion: {exc}",
+            ) from exc
 
 
 def _http_client(llm: LLMSettings) -> Any:

@@ -32,6 +32,7 @@ ENCODING = "o200k_base"
 TOKENS_PER_MESSAGE = 3
 REPLY_PRIMING_TOKENS = 3
 _LOAD_TIMEOUT = 5.0
+_SCHEMAS_KEPT = 256
 
 T = TypeVar("T")
 
@@ -55,6 +56,9 @@ class TokenCounter:
         self._encode: Callable[[str], list[int]] | None = None
         self._loaded = not use_tiktoken
         self._lock: asyncio.Lock | None = None
+        # A response schema is the same object on every call of its model: counted once.
+        # (Kept with its count, so an id is never reused while its entry lives.)
+        self._schemas: dict[int, tuple[Mapping[str, Any], int]] = {}
 
     @property
     def source(self) -> str:
@@ -98,8 +102,18 @@ class TokenCounter:
             if isinstance(name, str):
                 total += 1 + self.count(name)
         if schema is not None:
-            total += self.count(json.dumps(schema, sort_keys=True))
+            total += self._schema_tokens(schema)
         return total
+
+    def _schema_tokens(self, schema: Mapping[str, Any]) -> int:
+        known = self._schemas.get(id(schema))
+        if known is not None and known[0] is schema:
+            return known[1]
+        tokens = self.count(json.dumps(schema, sort_keys=True))
+        if len(self._schemas) >= _SCHEMAS_KEPT:
+            self._schemas.clear()
+        self._schemas[id(schema)] = (schema, tokens)
+        return tokens
 
 
 def _in_daemon_thread(fn: Callable[[], T]) -> asyncio.Future[T]:

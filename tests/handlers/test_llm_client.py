@@ -3,13 +3,17 @@ re-asks, the failure taxonomy, budgets and the audit trail."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import json
 import socket
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import openai
 import pytest
+from aiohttp import web
 from pydantic import SecretStr
 
 from docbus.llm_server import FAULT_HEADER, Faults, Limits, LLMServer, LLMServerConfig
@@ -301,6 +305,56 @@ async def test_an_endpoint_refusing_connections_is_systemic(store: Store) -> Non
             await client.probe()
     rows = await store.llm_calls("b1")
     assert [r.error_type for r in rows] == ["APIConnectionError"] * 4
+
+
+@contextlib.asynccontextmanager
+async def answering(*bodies: str) -> AsyncIterator[str]:
+    """A bare HTTP server on 127.0.0.1 answering chat completions with ``bodies`` in turn (the
+    last one for ever); yields its base URL."""
+    answers = list(bodies)
+
+    async def chat(request: web.Request) -> web.Response:
+        body = answers.pop(0) if len(answers) > 1 else answers[0]
+        return web.Response(text=body, content_type="application/json")
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", chat)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}/v1"
+    finally:
+        await runner.cleanup()
+
+
+async def test_a_compatible_server_leaving_out_usage_and_refusal_is_understood(
+    store: Store,
+) -> None:
+    answer = json.dumps({"summary": "x", "keywords": []})
+    terse = json.dumps({"choices": [{"message": {"content": answer}, "finish_reason": "stop"}]})
+    async with answering(terse) as base_url:
+        server = openai.AsyncOpenAI(base_url=base_url, api_key="x", max_retries=0)
+        async with LLMClient(server, options=LLMOptions(model="local"), store=store) as client:
+            summary = await make_ctx(store, llm=client).llm.extract(Summary, OTHER_TEXT)
+    assert summary == Summary(summary="x", keywords=[])
+    [row] = await store.llm_calls("b1")
+    assert (row.prompt_tokens, row.completion_tokens, row.error_type) == (0, 0, None)
+
+
+async def test_an_answer_that_is_not_a_chat_completion_is_retried_as_invalid(
+    store: Store,
+) -> None:
+    async with answering("<html>gateway says hello</html>") as base_url:
+        server = openai.AsyncOpenAI(base_url=base_url, api_key="x", max_retries=0)
+        options = LLMOptions(model="local", retry_base=0.01, max_retries=1)
+        async with LLMClient(server, options=options, store=store) as client:
+            with pytest.raises(Retry) as caught:
+                await make_ctx(store, llm=client).llm.complete("hello")
+    assert caught.value.reason == "LLMInvalidResponse"
+    rows = await store.llm_calls("b1")
+    assert [r.error_type for r in rows] == ["APIResponseValidationError"] * 2
 
 
 @pytest.mark.parametrize("llm_server_config", [LLMServerConfig(limits=Limits(context_tokens=60))])
