@@ -10,6 +10,7 @@ Neighbours: :mod:`handlers.document` (the document), :mod:`handlers.errors` (wha
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
@@ -62,6 +63,8 @@ class Context:
     """Let the handler go on while its audit rows and checkpoints are acknowledged; whoever
     runs it must then ``await ctx.writes.flush()`` before storing its result (the worker
     does). Off: every such write is acknowledged before the call that makes it returns."""
+    step_runs: dict[str, asyncio.Future[Any]] = field(default_factory=dict, init=False, repr=False)
+    """Steps run in this delivery, by checkpoint key: a repeat returns the first one's output."""
     writes: PendingWrites = field(init=False, repr=False)
     """This delivery's audit-row and checkpoint writes (:mod:`handlers.writes`)."""
     logger: HandlerLogger = field(init=False, repr=False)

@@ -20,6 +20,7 @@ Neighbours: :mod:`handlers.context` (``ctx.step``), :mod:`handlers.llm` (the cal
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import importlib
@@ -120,40 +121,65 @@ async def _run(
     except (PydanticSerializationError, TypeError) as exc:
         raise TypeError(f"step {name!r}: its arguments are not JSON-able: {exc}") from exc
     key = ctx.checkpoint_key(name, step_input)
+    earlier = ctx.step_runs.get(key.id)
+    if earlier is not None:
+        # The same step on the same input, already run (or running) in this delivery: its
+        # output, not a second call (nor, behind, a checkpoint conflict with itself).
+        return decode_output(await asyncio.shield(earlier))
+    run: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    ctx.step_runs[key.id] = run
     store = ctx.store
     stale = False
-    if store is not None:
-        stored = await _stored_checkpoint(ctx, store, key)
-        if stored is not None:
-            try:
-                value: T = decode_output(stored.output)
-            except _Unloadable as exc:
-                ctx.logger.warning("step %s: stored output unusable (%s); runs again", name, exc)
-                stale = True
-            else:
-                ctx.logger.debug("step %s: replayed from its checkpoint", name)
-                return value
     token = _current.set(name)
     try:
+        if store is not None:
+            stored = await _stored_checkpoint(ctx, store, key)
+            if stored is not None:
+                try:
+                    value: T = decode_output(stored.output)
+                except _Unloadable as exc:
+                    ctx.logger.warning(
+                        "step %s: stored output unusable (%s); runs again", name, exc
+                    )
+                    stale = True
+                else:
+                    ctx.logger.debug("step %s: replayed from its checkpoint", name)
+                    run.set_result(stored.output)
+                    return value
         output = await call()
+        encoded = encode_output(output, name)
     except BaseException as exc:
         _mark(exc, name)
+        _failed_run(ctx, key.id, run, exc)
         raise
     finally:
         _current.reset(token)
-    encoded = encode_output(output, name)
-    if store is None:
-        return decode_output(encoded)
-    if ctx.writes.behind:
+    if store is not None and ctx.writes.behind:
         # Sent now, acknowledged later (handlers.writes): after the audit rows of this step's
         # calls, before the result. The handler goes on with its next step meanwhile.
         ctx.writes.start(
             _store_checkpoint(ctx, store, key, encoded, replace=stale, adopt=False),
             after_earlier=True,
         )
-    else:
-        encoded = await _store_checkpoint(ctx, store, key, encoded, replace=stale, adopt=True)
+    elif store is not None:
+        try:
+            encoded = await _store_checkpoint(ctx, store, key, encoded, replace=stale, adopt=True)
+        except BaseException as exc:
+            _failed_run(ctx, key.id, run, exc)
+            raise
+    run.set_result(encoded)
     return decode_output(encoded)
+
+
+def _failed_run(ctx: Context, key_id: str, run: asyncio.Future[Any], exc: BaseException) -> None:
+    """Forget a step run that failed (a later call may try again); a repeat waiting on it
+    gets the same error."""
+    ctx.step_runs.pop(key_id, None)
+    if isinstance(exc, asyncio.CancelledError):
+        run.cancel()
+    else:
+        run.set_exception(exc)
+        run.exception()  # retrieved: no "never retrieved" warning when nobody waits
 
 
 async def _store_checkpoint(

@@ -24,25 +24,37 @@ the next delivery runs on the stored outputs — the result always agrees with t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 from collections.abc import Awaitable
 from typing import Any, TypeVar
 
-__all__ = ["PendingWrites"]
+__all__ = ["PendingWrites", "WriteCancelled"]
 
 T = TypeVar("T")
 
 
+class WriteCancelled(Exception):
+    """A pending write was cancelled before it was acknowledged (the loop shutting down)."""
+
+
 class PendingWrites:
-    """The writes a delivery has started and not yet seen acknowledged."""
+    """The writes a delivery has started and not yet seen acknowledged.
+
+    A failure is kept: every later :meth:`flush` raises it again, so a handler that catches
+    the error of an LLM call whose audit row could not be written still cannot store its
+    result. Waiting in :meth:`flush` never cancels a write, and several flushes may wait at
+    once (a per-document budget check flushes in the middle of a handler).
+    """
 
     def __init__(self, *, behind: bool = False) -> None:
         self.behind = behind
         """True: writes are acknowledged later, at :meth:`flush`; False: as they are made."""
-        self._tasks: list[asyncio.Task[Any]] = []
+        self._pending: list[asyncio.Task[Any]] = []
+        self._failure: BaseException | None = None
 
     def __len__(self) -> int:
-        return sum(1 for task in self._tasks if not task.done())
+        return len(self._pending)
 
     async def write(self, write: Awaitable[Any]) -> None:
         """Make ``write``: behind (see :meth:`start`) or now, as this delivery writes."""
@@ -54,29 +66,41 @@ class PendingWrites:
     def start(self, write: Awaitable[T], *, after_earlier: bool = False) -> asyncio.Task[T]:
         """Send ``write`` now (as a task) and keep it for :meth:`flush`; with
         ``after_earlier``, only once every write started before it is acknowledged (and not at
-        all if one of them failed)."""
-        earlier = list(self._tasks) if after_earlier else []
+        all if one of them, or any write of this delivery so far, failed)."""
+        earlier = list(self._pending) if after_earlier else []
 
         async def ordered() -> T:
             try:
-                await asyncio.gather(*earlier)
+                if earlier:
+                    await asyncio.wait(earlier)
+                if self._failure is not None:
+                    raise self._failure
             except BaseException:
                 if inspect.iscoroutine(write):
                     write.close()  # never to be sent: say so, rather than leave it pending
                 raise
             return await write
 
-        task = asyncio.ensure_future(ordered() if earlier else write)
-        self._tasks.append(task)
+        task = asyncio.ensure_future(ordered() if after_earlier else write)
+        self._pending.append(task)
+        task.add_done_callback(self._settled)
         return task
 
+    def _settled(self, task: asyncio.Task[Any]) -> None:
+        with contextlib.suppress(ValueError):
+            self._pending.remove(task)
+        if task.cancelled():
+            failure: BaseException | None = WriteCancelled("a write was cancelled unacknowledged")
+        else:
+            failure = task.exception()
+        if failure is not None and self._failure is None:
+            self._failure = failure
+
     async def flush(self) -> None:
-        """Wait until every write started so far is acknowledged; if any failed, raise the
-        first failure once all have finished."""
-        failures: list[BaseException] = []
-        while self._tasks:
-            tasks, self._tasks = self._tasks, []
-            outcomes = await asyncio.gather(*tasks, return_exceptions=True)
-            failures += [outcome for outcome in outcomes if isinstance(outcome, BaseException)]
-        if failures:
-            raise failures[0]
+        """Wait until every write started so far is acknowledged; raise the delivery's first
+        failed write, if any (again on every call)."""
+        while self._pending:
+            # (each task's _settled ran before asyncio.wait's own callback woke us)
+            await asyncio.wait(list(self._pending))
+        if self._failure is not None:
+            raise self._failure

@@ -147,10 +147,11 @@ class Processor:
             decision: Decision = COMPLETE
             error: BaseException | None = None
         except asyncio.CancelledError:
-            # Shutdown past its grace period: give the message back for another worker.
+            # Shutdown past its grace period: give the message back for another worker, then
+            # see the writes already sent acknowledged.
+            await asyncio.shield(self._abandon(receiver, message))
             if ctx is not None:
                 await asyncio.shield(self._flush_quietly(ctx))
-            await asyncio.shield(self._abandon(receiver, message))
             raise
         except Exception as exc:
             error = exc
@@ -166,7 +167,11 @@ class Processor:
             )
         step = getattr(ctx, "current_step", None) or getattr(error, "step", None)
         if decision.action is Action.COMPLETE and before_complete is not None:
-            await before_complete()
+            try:
+                await before_complete()
+            except asyncio.CancelledError:
+                await asyncio.shield(self._abandon(receiver, message))
+                raise
         action = await self._settle(
             registered, receiver, message, decision, error, envelope, attempt, step
         )

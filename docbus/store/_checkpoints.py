@@ -43,7 +43,11 @@ class CheckpointsMixin(StoreBase):
         that ask at the same time (:mod:`docbus.store._group`)."""
         finder = self._finder("checkpoints", "doc_id", _owner)
         with _translated(f"read checkpoints of {doc_id}"):
-            found = await finder.find((doc_id, handler, handler_version), doc_id)
+            found = await finder.find(
+                (doc_id, handler, handler_version),
+                doc_id,
+                {"handler": handler, "handler_version": handler_version},
+            )
         return {raw["_id"]: Checkpoint(raw["output"], raw["created_at"]) for raw in found}
 
     async def put_checkpoint(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
+from bson.errors import BSONError
 from pymongo.errors import (
     AutoReconnect,
     ConnectionFailure,
@@ -56,5 +57,5 @@ def _translated(operation: str) -> Iterator[None]:
         WTimeoutError,
     ) as exc:
         raise StoreUnavailable(f"{operation}: MongoDB unavailable: {exc}") from exc
-    except PyMongoError as exc:
+    except (PyMongoError, BSONError) as exc:
         raise StoreError(f"{operation}: {exc}") from exc

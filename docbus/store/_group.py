@@ -24,7 +24,13 @@ from collections.abc import Callable, Hashable, Mapping
 from typing import Any, Generic, TypeVar
 
 from pymongo.asynchronous.collection import AsyncCollection
-from pymongo.errors import BulkWriteError, DuplicateKeyError, WriteConcernError, WriteError
+from pymongo.errors import (
+    BulkWriteError,
+    DuplicateKeyError,
+    PyMongoError,
+    WriteConcernError,
+    WriteError,
+)
 from pymongo.operations import DeleteMany, DeleteOne, InsertOne, ReplaceOne, UpdateMany, UpdateOne
 
 __all__ = ["GroupFinder", "GroupWriter", "WriteOp"]
@@ -56,16 +62,22 @@ class _Group:
         try:
             while await self._send_next():
                 pass
+        except asyncio.CancelledError:
+            _deliver(self._waiters(), asyncio.CancelledError())  # nobody left to send them
+            raise
         finally:
             self._flight = None
 
     async def _send_next(self) -> bool:  # pragma: no cover - overridden
         raise NotImplementedError
 
+    def _waiters(self) -> list[asyncio.Future[Any]]:  # pragma: no cover - overridden
+        raise NotImplementedError
+
     async def drain(self) -> None:
         """Wait until every request made so far has been sent and answered."""
         while self._flight is not None:
-            await asyncio.shield(self._flight)
+            await asyncio.wait({self._flight})
 
 
 def _deliver(futures: list[asyncio.Future[Any]], exc: BaseException) -> None:
@@ -133,6 +145,9 @@ class GroupWriter(_Group):
         self._launch()
         await future
 
+    def _waiters(self) -> list[asyncio.Future[Any]]:
+        return [future for _, futures in self._waiting for future in futures]
+
     async def _send_next(self) -> bool:
         if not self._waiting:
             return False
@@ -158,13 +173,42 @@ class GroupWriter(_Group):
                 first = concern[0]
                 failure = WriteConcernError(first.get("errmsg", ""), first.get("code"), first)
                 errors = {index: errors.get(index, failure) for index in range(len(group))}
-        except BaseException as exc:
+        except (asyncio.CancelledError, PyMongoError) as exc:  # the command's fate: everyone's
             _deliver([future for _, futures in group for future in futures], exc)
             if isinstance(exc, asyncio.CancelledError):
                 raise
             return True
+        except Exception:
+            # Refused before it left (a document that cannot be encoded, say): one write's
+            # fault, so find out whose by sending them one at a time.
+            await self._send_one_by_one(ops, group)
+            return True
         else:
             upserted = set(result.upserted_ids or {})
+        self._resolve(group, upserted, errors)
+        return True
+
+    async def _send_one_by_one(
+        self,
+        ops: list[WriteOp],
+        group: list[tuple[WriteOp | _Increment, list[asyncio.Future[bool]]]],
+    ) -> None:
+        upserted: set[int] = set()
+        errors: dict[int, BaseException] = {}
+        for index, op in enumerate(ops):
+            created, error = await _write_alone(self._collection(), op)
+            if created:
+                upserted.add(index)
+            if error is not None:
+                errors[index] = error
+        self._resolve(group, upserted, errors)
+
+    @staticmethod
+    def _resolve(
+        group: list[tuple[WriteOp | _Increment, list[asyncio.Future[bool]]]],
+        upserted: set[int],
+        errors: dict[int, BaseException],
+    ) -> None:
         for index, (_, futures) in enumerate(group):
             error = errors.get(index)
             for future in futures:
@@ -174,7 +218,21 @@ class GroupWriter(_Group):
                     future.set_exception(error)
                 else:
                     future.set_result(index in upserted)
-        return True
+
+
+async def _write_alone(
+    collection: AsyncCollection[dict[str, Any]], op: WriteOp
+) -> tuple[bool, BaseException | None]:
+    try:
+        result = await collection.bulk_write([op], ordered=False)
+    except BulkWriteError as exc:
+        rows = exc.details.get("writeErrors") or [{}]
+        return False, _write_error(rows[0])
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        return False, exc
+    return bool(result.upserted_ids), None
 
 
 def _write_error(row: Mapping[str, Any]) -> WriteError:
@@ -191,7 +249,8 @@ class GroupFinder(_Group, Generic[K]):
     ``await finder.find(key, value)`` returns the documents whose ``field`` is ``value`` and
     whose ``key_of`` is ``key`` — ``key`` narrows what the field selects (say, a document's
     checkpoints of one handler version), and documents other callers asked for never leak
-    into another caller's answer.
+    into another caller's answer. ``where`` (equalities implied by ``key``) goes into the
+    query when every read of the command agrees on it, so the server sends less.
     """
 
     def __init__(
@@ -205,24 +264,34 @@ class GroupFinder(_Group, Generic[K]):
         self._collection = collection
         self._field = field
         self._key_of = key_of
-        self._waiting: dict[K, tuple[Any, list[asyncio.Future[list[dict[str, Any]]]]]] = {}
+        self._waiting: dict[K, tuple[Any, dict[str, Any], list[asyncio.Future[Any]]]] = {}
 
-    async def find(self, key: K, value: Any) -> list[dict[str, Any]]:
+    async def find(
+        self, key: K, value: Any, where: Mapping[str, Any] | None = None
+    ) -> list[dict[str, Any]]:
         future: asyncio.Future[list[dict[str, Any]]] = asyncio.get_running_loop().create_future()
-        _, futures = self._waiting.setdefault(key, (value, []))
+        _, _, futures = self._waiting.setdefault(key, (value, dict(where or {}), []))
         futures.append(future)
         self._launch()
         return await future
+
+    def _waiters(self) -> list[asyncio.Future[Any]]:
+        return [future for _, _, futures in self._waiting.values() for future in futures]
 
     async def _send_next(self) -> bool:
         if not self._waiting:
             return False
         keys = list(self._waiting)[:MAX_GROUP]
         group = {key: self._waiting.pop(key) for key in keys}
-        waiters = [future for _, futures in group.values() for future in futures]
-        values = list({value: None for value, _ in group.values()})
+        waiters = [future for _, _, futures in group.values() for future in futures]
+        values = list({value: None for value, _, _ in group.values()})
+        wheres = [where for _, where, _ in group.values()]
         try:
-            query = {self._field: values[0] if len(values) == 1 else {"$in": values}}
+            query: dict[str, Any] = {
+                self._field: values[0] if len(values) == 1 else {"$in": values}
+            }
+            if all(where == wheres[0] for where in wheres):
+                query.update(wheres[0])
             found: dict[K, list[dict[str, Any]]] = {key: [] for key in group}
             async for raw in self._collection().find(query):
                 bucket = found.get(self._key_of(raw))
@@ -233,7 +302,7 @@ class GroupFinder(_Group, Generic[K]):
             if isinstance(exc, asyncio.CancelledError):
                 raise
             return True
-        for key, (_, futures) in group.items():
+        for key, (_, _, futures) in group.items():
             for future in futures:
                 if not future.done():
                     # each waiter gets its own list: callers may keep or change what they get

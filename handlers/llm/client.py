@@ -42,6 +42,7 @@ from handlers.errors import DeadLetter, HandlerOutcome, OverBudget, Retry, Syste
 from handlers.llm.audit import Filtered, audit_row, write_audit
 from handlers.llm.errors import (
     LLMConfigError,
+    never_connected,
     parse_duration,
     translate,
     unsupported_parameter,
@@ -277,8 +278,8 @@ class LLMClient:
         try:
             await self.openai.chat.completions.create(**params)
         except openai.APIConnectionError as exc:
-            if isinstance(exc, openai.APITimeoutError):
-                return
+            if not never_connected(exc):
+                return  # it answered, if slowly: the endpoint is there
             raise SystemicFailure("EndpointUnreachable", f"{self.openai.base_url}: {exc}") from exc
         except openai.OpenAIError as exc:
             outcome = translate(exc)
@@ -463,9 +464,7 @@ class LLMClient:
     ) -> HandlerOutcome:
         """Translate a failure and tell the limiter what it means."""
         outcome = translate(exc)
-        if isinstance(exc, openai.APIConnectionError) and not isinstance(
-            exc, openai.APITimeoutError
-        ):
+        if never_connected(exc):
             self.limiter.release(reservation, tokens=0)
             self._connection_failures += 1
             if self._connection_failures >= self.options.unreachable_after:
@@ -578,8 +577,11 @@ class _Reply:
             choices = data.get("choices") or [{}]
             choice, usage = choices[0], data.get("usage") or {}
             message = choice.get("message") or {}
+            content = message.get("content") or ""
+            if isinstance(content, list):  # content parts, as some servers answer
+                content = "".join(str(part.get("text", "")) for part in content)
             return cls(
-                text=message.get("content") or "",
+                text=str(content),
                 finish_reason=choice.get("finish_reason"),
                 refusal=message.get("refusal"),
                 model=data.get("model"),

@@ -27,10 +27,12 @@ from __future__ import annotations
 
 import email.utils
 import re
+import socket
 import time
 from collections.abc import Mapping
 
 import openai
+from aiohttp import ClientConnectorError
 
 from docbus.errors import DocbusError
 from handlers.errors import DeadLetter, HandlerOutcome, Retry, SystemicFailure
@@ -55,10 +57,10 @@ def translate(exc: BaseException) -> HandlerOutcome:
     """The handler outcome an ``openai`` exception stands for (see the module docstring)."""
     if isinstance(exc, HandlerOutcome):
         return exc
+    if never_connected(exc):
+        return Retry(reason="LLMConnectionError")
     if isinstance(exc, openai.APITimeoutError):
         return Retry(reason="LLMTimeout")
-    if isinstance(exc, openai.APIConnectionError):
-        return Retry(reason="LLMConnectionError")
     if isinstance(exc, openai.APIStatusError):
         return _status(exc)
     if isinstance(exc, openai.APIResponseValidationError):
@@ -66,6 +68,28 @@ def translate(exc: BaseException) -> HandlerOutcome:
     if isinstance(exc, openai.ContentFilterFinishReasonError):
         return DeadLetter("ContentFiltered", _describe(exc))
     return Retry(reason=f"LLM{type(exc).__name__}")
+
+
+def never_connected(exc: BaseException) -> bool:
+    """True for a request that never reached the server: refused, unresolvable, unroutable.
+
+    The SDK says ``APIConnectionError`` for these over httpx, but its aiohttp transport maps
+    every aiohttp connection error to a connect *timeout*, so the cause chain decides: a
+    refused or failed connection under a timeout is still a connection that never happened.
+    """
+    if not isinstance(exc, openai.APIConnectionError):
+        return False
+    if not isinstance(exc, openai.APITimeoutError):
+        return True
+    cause: BaseException | None = exc.__cause__ or exc.__context__
+    seen = 0
+    while cause is not None and seen < 8:
+        if isinstance(cause, TimeoutError):
+            return False  # a real timeout on the way (asyncio's and aiohttp's included)
+        if isinstance(cause, ConnectionRefusedError | socket.gaierror | ClientConnectorError):
+            return True
+        cause, seen = cause.__cause__ or cause.__context__, seen + 1
+    return False
 
 
 def _status(exc: openai.APIStatusError) -> HandlerOutcome:

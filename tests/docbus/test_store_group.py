@@ -7,6 +7,7 @@ import asyncio
 from typing import Any
 
 import pytest
+from bson.errors import InvalidDocument
 from pymongo import InsertOne, UpdateOne
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import AutoReconnect, DuplicateKeyError
@@ -175,3 +176,63 @@ async def test_closing_the_store_sends_what_its_groups_still_hold(store: Store) 
     assert pending.done() and not pending.exception()
     await store.connect()
     assert await store.database["llm_calls"].count_documents({"doc_id": "d1"}) == 1
+
+
+async def test_a_write_the_driver_cannot_encode_fails_alone(things: Counting) -> None:
+    group = writer(things)
+    outcomes = await asyncio.gather(
+        group.write(InsertOne({"_id": "fine"})),
+        group.write(InsertOne({"_id": "bad", "value": object()})),
+        group.write(InsertOne({"_id": "also fine"})),
+        return_exceptions=True,
+    )
+    assert outcomes[0] is False and outcomes[2] is False
+    assert isinstance(outcomes[1], InvalidDocument)
+    assert {doc["_id"] async for doc in things.collection.find({})} == {"fine", "also fine"}
+
+
+async def test_increments_made_during_a_command_are_summed_into_the_next(
+    things: Counting,
+) -> None:
+    await things.collection.insert_one({"_id": "b1", "n": 0})
+    group = writer(things)
+    things.gate = asyncio.Event()
+    first = asyncio.ensure_future(group.increment("b1", {"n": 1}))
+    await things.entered.wait()
+    later = [asyncio.ensure_future(group.increment("b1", {"n": 10})) for _ in range(3)]
+    things.gate.set()
+    await asyncio.gather(first, *later)
+    assert things.bulk_writes == [1, 1]
+    assert await things.collection.find_one({"_id": "b1"}) == {"_id": "b1", "n": 31}
+
+
+async def test_requests_left_when_the_sending_task_is_cancelled_are_cancelled_too(
+    things: Counting,
+) -> None:
+    group = writer(things)
+    things.gate = asyncio.Event()
+    first = asyncio.ensure_future(group.write(InsertOne({"_id": "a"})))
+    await things.entered.wait()
+    queued = asyncio.ensure_future(group.write(InsertOne({"_id": "b"})))
+    await asyncio.sleep(0)
+    assert group._flight is not None
+    group._flight.cancel()  # the loop shutting down
+    await group.drain()  # returns: nothing left to wait for
+    for request in (first, queued):
+        with pytest.raises(asyncio.CancelledError):
+            await request
+
+
+async def test_reads_that_agree_on_a_filter_send_it_to_the_server(things: Counting) -> None:
+    await things.collection.insert_many(
+        [{"_id": 1, "doc": "d1", "handler": "a"}, {"_id": 2, "doc": "d1", "handler": "b"}]
+    )
+    finder: GroupFinder[tuple[str, str]] = GroupFinder(
+        lambda: things,  # type: ignore[arg-type,return-value]
+        "things",
+        "doc",
+        lambda raw: (raw["doc"], raw["handler"]),
+    )
+    [found] = await asyncio.gather(finder.find(("d1", "a"), "d1", {"handler": "a"}))
+    assert things.finds == [{"doc": "d1", "handler": "a"}]
+    assert [r["_id"] for r in found] == [1]

@@ -126,3 +126,54 @@ async def test_flush_waits_for_every_write_and_raises_the_first_failure_after_al
         await flushing
     assert done == ["a"]
     assert len(writes) == 0
+
+
+async def test_flushes_may_wait_together_and_a_cancelled_one_cancels_no_write() -> None:
+    writes = PendingWrites(behind=True)
+    release = asyncio.Event()
+    done: list[str] = []
+
+    async def slow() -> None:
+        await release.wait()
+        done.append("written")
+
+    writes.start(slow())
+    first = asyncio.ensure_future(writes.flush())
+    second = asyncio.ensure_future(writes.flush())
+    impatient = asyncio.ensure_future(writes.flush())
+    await asyncio.sleep(0)
+    impatient.cancel()
+    await asyncio.sleep(0)
+    assert not first.done() and not second.done()  # neither returns early
+    release.set()
+    await asyncio.gather(first, second)
+    assert done == ["written"]  # the cancelled flush took no write with it
+
+
+async def test_a_failed_write_fails_every_later_flush_even_if_the_handler_caught_it() -> None:
+    writes = PendingWrites(behind=True)
+
+    async def refused() -> None:
+        raise ValueError("audit row refused")
+
+    writes.start(refused())
+    with pytest.raises(ValueError):
+        await writes.flush()  # say a budget check in the middle of the handler, caught there
+    with pytest.raises(ValueError, match="audit row refused"):
+        await writes.flush()  # the worker's flush before the result still sees it
+
+
+async def test_a_step_repeated_in_one_delivery_runs_once_and_conflicts_with_nothing(
+    llm_server: LLMServer, store: Store
+) -> None:
+    async with make_client(llm_server, store) as client:
+        ctx = make_ctx(store, llm=client, write_behind=True)
+        both = await asyncio.gather(
+            ctx.step("invoice", ctx.llm.extract, Invoice, INVOICE_TEXT),
+            ctx.step("invoice", ctx.llm.extract, Invoice, INVOICE_TEXT),
+        )
+        again = await ctx.step("invoice", ctx.llm.extract, Invoice, INVOICE_TEXT)
+        await ctx.writes.flush()
+    assert both[0] == both[1] == again
+    assert llm_server.stats()["requests"] == 1
+    assert await store.database["checkpoints"].count_documents({}) == 1
