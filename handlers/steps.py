@@ -5,7 +5,10 @@ with the context first) runs ``await fn(*args, **kwargs)`` once per (document, h
 version, step, input hash) and keeps its output in the ``checkpoints`` collection through
 :meth:`docbus.store.Store.put_checkpoint`. When the message comes back — a crash, a retry, a
 replay — the stored output is returned without calling ``fn``, so a crash after step 2 of 3
-re-runs step 3 only. The input hash covers the step name and the arguments in canonical JSON
+re-runs step 3 only; the same step on the same input twice in one delivery runs once. In the
+worker the checkpoint is acknowledged behind the handler, before its result is stored
+(:mod:`handlers.writes`); a crash in that moment re-runs the step, as a crash during a
+synchronous write would. The input hash covers the step name and the arguments in canonical JSON
 (pydantic models dumped; a model *class* counts by its name and JSON schema, a function by its
 name, the context not at all), so other input, a changed output model or a bumped handler
 version computes afresh.
