@@ -107,13 +107,14 @@ class Processor:
         receiver: ServiceBusReceiver,
         message: ServiceBusReceivedMessage,
         *,
-        before_complete: Callable[[], Awaitable[None]] | None = None,
+        handler_returned: Callable[[], Awaitable[None]] | None = None,
     ) -> Outcome:
         """Run the handler on ``message`` and settle it.
 
-        ``before_complete`` is awaited once the result is stored and the message is about to be
-        completed: the worker hands the handler's slot on to the next message there, instead
-        of holding it while the broker confirms the settlement.
+        ``handler_returned`` is awaited once the handler has returned its output: the worker
+        hands the handler's slot on to the next message there. What is left — acknowledging
+        its audit rows and checkpoints, storing the result, completing the message — is
+        bookkeeping that needs no handler slot (a failure in it is settled as any other).
         """
         started = time.monotonic()
         attempt = (message.delivery_count or 0) + 1
@@ -132,6 +133,8 @@ class Processor:
             if self.llm is not None:
                 ctx.llm = self.llm.bind(ctx)
             output = serialize_output(await registered.fn(document, ctx))
+            if handler_returned is not None:
+                await handler_returned()
             # Audit rows and checkpoints the handler did not wait for: stored before its result.
             await ctx.writes.flush()
             await self.store.write_result(
@@ -166,12 +169,6 @@ class Processor:
                 rng=self.rng,
             )
         step = getattr(ctx, "current_step", None) or getattr(error, "step", None)
-        if decision.action is Action.COMPLETE and before_complete is not None:
-            try:
-                await before_complete()
-            except asyncio.CancelledError:
-                await asyncio.shield(self._abandon(receiver, message))
-                raise
         action = await self._settle(
             registered, receiver, message, decision, error, envelope, attempt, step
         )

@@ -145,8 +145,9 @@ class Worker:
         self._circuit_closed = asyncio.Event()
         self._circuit_closed.set()
         self._slots = asyncio.Semaphore(self.options.concurrency)
-        # Messages whose result is stored and which wait for the broker to confirm their
-        # completion: they no longer hold a handler slot, but at most `concurrency` of them.
+        # Messages whose handler has returned, while their writes are acknowledged, their
+        # result stored and their completion confirmed: they no longer hold a handler slot,
+        # but at most `concurrency` of them.
         self._completing = asyncio.Semaphore(self.options.concurrency)
         self._in_flight: set[asyncio.Task[None]] = set()
         self._taken = 0
@@ -397,7 +398,7 @@ class Worker:
         slot_held = True
         completing = False
 
-        async def before_complete() -> None:
+        async def handler_returned() -> None:
             nonlocal slot_held, completing
             await self._completing.acquire()
             completing = True
@@ -406,7 +407,7 @@ class Worker:
 
         try:
             outcome = await self._processor.process(
-                registered, receiver, message, before_complete=before_complete
+                registered, receiver, message, handler_returned=handler_returned
             )
         except asyncio.CancelledError:
             raise

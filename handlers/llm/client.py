@@ -533,6 +533,10 @@ class LLMClient:
         budget = self.options.budget_per_batch_usd
         now = time.monotonic()
         if budget is not None or self._unbudgeted.get(batch_id, 0.0) <= now:
+            if budget is not None or batch_id not in self._unbudgeted:
+                # A budget (may) apply: this delivery's own earlier calls are counted first,
+                # as when every write was synchronous (handlers.writes).
+                await ctx.writes.flush()
             status = await store.batch_budget(batch_id)
             if status is not None and status.budget_usd is not None:
                 budget = status.budget_usd

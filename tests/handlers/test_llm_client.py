@@ -425,12 +425,14 @@ async def test_a_long_retry_after_goes_to_the_worker_instead_of_waiting_here(
 # -- budgets -----------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("write_behind", [False, True], ids=["in-line", "behind"])
 async def test_an_exhausted_batch_budget_stops_spending_until_it_is_raised(
-    llm_server: LLMServer, store: Store
+    llm_server: LLMServer, store: Store, write_behind: bool
 ) -> None:
     await store.record_batch("b1", topic="documents")
     async with make_client(llm_server, store, budget_per_batch_usd=0.000_001) as client:
-        ctx = make_ctx(store, llm=client)
+        # behind too, a delivery's own first call counts before its second is allowed
+        ctx = make_ctx(store, llm=client, write_behind=write_behind)
         await ctx.llm.extract(Invoice, INVOICE_TEXT)  # within budget: spends past it
         with pytest.raises(OverBudget) as caught:
             await ctx.llm.extract(Summary, OTHER_TEXT)
@@ -443,6 +445,7 @@ async def test_an_exhausted_batch_budget_stops_spending_until_it_is_raised(
         raised = await store.set_batch_budget("b1", 1.0)  # the batch's own budget wins
         assert raised is not None and not raised.over_budget
         assert isinstance(await ctx.llm.extract(Summary, OTHER_TEXT), Summary)
+        await ctx.writes.flush()
     assert len(await store.llm_calls("b1")) == 2
 
 

@@ -312,7 +312,7 @@ async def test_a_document_held_for_retry_shows_as_retrying_in_status(stack: Stac
     assert status.handler_retrying == {} and status.counts.done == 1
 
 
-async def test_a_handler_slot_is_handed_on_after_the_result_is_stored_and_before_completion(
+async def test_a_handler_slot_is_handed_on_when_it_returns_and_the_result_is_stored_after(
     stack: Stack,
 ) -> None:
     from subscriber.processing import Processor, message_properties
@@ -346,11 +346,18 @@ async def test_a_handler_slot_is_handed_on_after_the_result_is_stored_and_before
                 doc_id = str(message_properties(message)["doc_id"])
 
                 async def hand_on(doc_id: str = doc_id) -> None:
+                    done = await invocations(stack, doc_id, "done")
                     stored = await stack.store.current_result(doc_id, "work")
-                    events.append(f"hand on ({'stored' if stored else 'not stored'})")
+                    events.append(f"hand on: handler {'done' if done else 'running'}")
+                    events.append(f"result {'stored' if stored else 'not yet stored'}")
 
                 recording: Any = Recording(receiver)
-                outcome = await processor.process(work, recording, message, before_complete=hand_on)
+                outcome = await processor.process(
+                    work, recording, message, handler_returned=hand_on
+                )
                 outcomes[outcome.doc_id] = outcome.action
+                if outcome.action is Action.COMPLETE:
+                    assert await stack.store.current_result(doc_id, "work") is not None
     assert outcomes == {"d1": Action.COMPLETE, "d2": Action.RETRY}
-    assert events == ["hand on (stored)", "complete"]  # the failing one keeps its slot
+    # the failing one keeps its slot through its retry hold; d1 hands it on as it returns
+    assert events == ["hand on: handler done", "result not yet stored", "complete"]
