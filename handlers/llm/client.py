@@ -308,19 +308,7 @@ class LLMClient:
                 latency = time.monotonic() - started
                 outcome = self._failed(exc, model, reservation)
                 await self._audit(
-                    ctx,
-                    audit_row(
-                        ctx,
-                        kind=ask.kind,
-                        reask=ask.reask,
-                        retry=retry,
-                        model=model,
-                        mode=mode,
-                        messages=messages,
-                        latency=latency,
-                        max_chars=self.options.audit_max_chars,
-                        error=exc,
-                    ),
+                    ctx, self._row(ctx, ask, retry, model, mode, messages, latency, error=exc)
                 )
                 if isinstance(outcome, DeadLetter) and self._adapt(features, exc, mode, model):
                     retry += 1
@@ -351,16 +339,14 @@ class LLMClient:
                     parsed = ask.parse(text)
                 except Exception as exc:  # the parser's verdict: recorded, then re-asked
                     error = exc
-            row = audit_row(
+            row = self._row(
                 ctx,
-                kind=ask.kind,
-                reask=ask.reask,
-                retry=retry,
-                model=model,
-                mode=mode,
-                messages=messages,
-                latency=latency,
-                max_chars=self.options.audit_max_chars,
+                ask,
+                retry,
+                model,
+                mode,
+                messages,
+                latency,
                 response_model=reply.model,
                 text=text,
                 parsed=parsed,
@@ -377,6 +363,31 @@ class LLMClient:
             if filtered:
                 raise DeadLetter("ContentFiltered", f"{_where(ctx)}: {error}"[:500])
             return Answer(text, finish, parsed, error, row)
+
+    def _row(
+        self,
+        ctx: Context | None,
+        ask: Ask,
+        retry: int,
+        model: str,
+        mode: Mode,
+        messages: list[dict[str, Any]],
+        latency: float,
+        **outcome: Any,
+    ) -> LLMCallRecord:
+        """The audit row of one request of ``ask``, with what came of it (``outcome``)."""
+        return audit_row(
+            ctx,
+            kind=ask.kind,
+            reask=ask.reask,
+            retry=retry,
+            model=model,
+            mode=mode,
+            messages=messages,
+            latency=latency,
+            max_chars=self.options.audit_max_chars,
+            **outcome,
+        )
 
     async def _audit(self, ctx: Context | None, row: LLMCallRecord) -> None:
         """Write a call's audit row (and its cost on the batch): sent now, and acknowledged
