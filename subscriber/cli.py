@@ -31,7 +31,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="module (dotted name or .py path) whose @handler functions to run (repeatable)",
     )
     parser.add_argument("--concurrency", type=int, help="handlers running at once (default 16)")
-    parser.add_argument("--prefetch", type=int, help="messages fetched ahead (default 0)")
+    parser.add_argument(
+        "--receive-ahead",
+        type=int,
+        metavar="N",
+        help="messages received beyond the free handler slots (default: concurrency / 8)",
+    )
+    parser.add_argument("--prefetch", type=int, help="SDK link prefetch (default 0)")
     parser.add_argument("--until-idle", type=float, metavar="SECONDS", help="exit when idle")
     parser.add_argument("--max-messages", type=int, metavar="N", help="exit after N messages")
     parser.add_argument("--topology", type=Path, help="topology file (default infra/topology.toml)")
@@ -64,6 +70,7 @@ async def run_worker(args: argparse.Namespace, console: Console) -> WorkerReport
     options = WorkerOptions.from_settings(
         settings.worker,
         concurrency=args.concurrency,
+        receive_ahead=args.receive_ahead,
         prefetch=args.prefetch,
         until_idle=args.until_idle,
         max_messages=args.max_messages,

@@ -152,7 +152,7 @@ class Processor:
         except asyncio.CancelledError:
             # Shutdown past its grace period: give the message back for another worker, then
             # see the writes already sent acknowledged.
-            await asyncio.shield(self._abandon(receiver, message))
+            await asyncio.shield(self.give_back(receiver, message))
             if ctx is not None:
                 await asyncio.shield(self._flush_quietly(ctx))
             raise
@@ -292,9 +292,11 @@ class Processor:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.stopping.wait(), timeout=seconds)
 
-    async def _abandon(
+    async def give_back(
         self, receiver: ServiceBusReceiver, message: ServiceBusReceivedMessage
     ) -> None:
+        """Abandon ``message`` for any worker to take again; a failure is only logged (the
+        lock then expires, with the same effect, later)."""
         try:
             await receiver.abandon_message(message)
         except (ServiceBusError, ValueError) as exc:

@@ -1,9 +1,12 @@
 """The worker: receive from each handler's subscription, run handlers concurrently, settle.
 
 One :class:`Worker` serves a set of handlers in one process. Per handler it keeps a peek-lock
-receiver on the handler's subscription and pulls only as many messages as it has free handler
-slots (``concurrency`` is shared by all handlers), so nothing waits in a buffer with a ticking
-lock. Locks are renewed while handlers run (``AutoLockRenewer``). A circuit breaker pauses every
+receiver on the handler's subscription and pulls as many messages as it has free handler slots
+(``concurrency`` is shared by all handlers) plus a few more, ``receive_ahead``: those wait, in
+the order received, for the next free slot, so a slot a handler hands on is taken at once rather
+than after a round trip to the broker. Every received message's lock is renewed from the moment
+it arrives (:class:`~subscriber.locks.LockRenewer`); ``stop()`` gives back the ones still waiting
+at once. A circuit breaker pauses every
 receiver when the LLM endpoint fails systemically and probes until it recovers; parked messages
 (:mod:`subscriber.parking`) are resumed once their cause clears. ``stop()`` (SIGINT/SIGTERM in
 the CLI) stops receiving, lets in-flight handlers finish within the grace period and abandons
@@ -51,6 +54,10 @@ class WorkerOptions:
     """How a worker runs; durations in seconds."""
 
     concurrency: int = 16
+    receive_ahead: int | None = None
+    """Messages received beyond the free handler slots, waiting for the next one to free up.
+    None: an eighth of ``concurrency`` (at least 1), or 0 without lock renewal, since a waiting
+    message's lock would otherwise tick unrenewed."""
     prefetch: int = 0
     until_idle: float | None = None
     """Exit once nothing has arrived for this long and nothing is in flight."""
@@ -77,6 +84,7 @@ class WorkerOptions:
     def from_settings(cls, worker: WorkerSettings, **overrides: Any) -> WorkerOptions:
         values: dict[str, Any] = {
             "concurrency": worker.concurrency,
+            "receive_ahead": worker.receive_ahead,
             "prefetch": worker.prefetch,
             "shutdown_grace": worker.shutdown_grace,
             "lock_renewal": worker.lock_renewal,
@@ -89,6 +97,13 @@ class WorkerOptions:
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
+
+    @property
+    def ahead(self) -> int:
+        """``receive_ahead`` with its default resolved."""
+        if self.receive_ahead is not None:
+            return self.receive_ahead
+        return max(1, self.concurrency // 8) if self.lock_renewal else 0
 
 
 @dataclass
@@ -145,6 +160,12 @@ class Worker:
         self._circuit_closed = asyncio.Event()
         self._circuit_closed.set()
         self._slots = asyncio.Semaphore(self.options.concurrency)
+        # Messages received and not yet through their handler: those running (each also holds
+        # a slot) and those waiting for a slot, at most `receive_ahead` beyond the slots.
+        self._credits = asyncio.Semaphore(self.options.concurrency + self.options.ahead)
+        self._waiting: set[asyncio.Task[None]] = set()
+        self._stop_cancelled: set[asyncio.Task[None]] = set()
+        self._giving_back = False
         # Messages whose handler has returned, while their writes are acknowledged, their
         # result stored and their completion confirmed: they no longer hold a handler slot,
         # but at most `concurrency` of them.
@@ -183,10 +204,15 @@ class Worker:
 
     # --- public ---------------------------------------------------------------------------
     def stop(self) -> None:
-        """Stop receiving; in-flight handlers get the grace period to finish."""
+        """Stop receiving; in-flight handlers get the grace period to finish, and messages
+        received ahead that no handler has started are given back to the broker now."""
         if not self._stopping.is_set():
             logger.info("worker stopping: no new messages, finishing in-flight handlers")
         self._stopping.set()
+        self._giving_back = True
+        for task in self._waiting - self._stop_cancelled:
+            self._stop_cancelled.add(task)
+            task.cancel()
 
     @property
     def paused(self) -> bool:
@@ -256,7 +282,7 @@ class Worker:
                     await self._wait_for_circuit()
                     if self._stopping.is_set():
                         break
-                    granted = await self._take_slots()
+                    granted = await self._take_credits()
                     if granted == 0:
                         break
                     try:
@@ -309,7 +335,7 @@ class Worker:
         self, registered: RegisteredHandler, receiver: ServiceBusReceiver
     ) -> None:
         while not self._stopping.is_set():
-            granted = await self._take_slots(most=1)
+            granted = await self._take_credits(most=1)
             if granted == 0:
                 return
             try:
@@ -324,9 +350,7 @@ class Worker:
                 return  # this session is drained: let another receiver take the next one
             self._last_activity = time.monotonic()
             self._taken += 1
-            task = asyncio.create_task(self._run_one(registered, receiver, messages[0]))
-            self._in_flight.add(task)
-            task.add_done_callback(self._in_flight.discard)
+            task = self._start(registered, receiver, messages[0])
             # One at a time within a session: the next message waits for this settlement.
             await asyncio.shield(task)
 
@@ -342,15 +366,16 @@ class Worker:
                 logger.warning("lost the lock of session %s: %s", session.session_id, exc)
                 return
 
-    async def _take_slots(self, most: int | None = None) -> int:
-        """Block for one free handler slot, then take whatever else is free right now."""
+    async def _take_credits(self, most: int | None = None) -> int:
+        """Block until one more message may be received, then take whatever else is free now
+        (handler slots, plus ``receive_ahead`` for messages that wait for one)."""
         remaining = None
         if self.options.max_messages is not None:
             remaining = self.options.max_messages - self._taken
             if remaining <= 0:
                 self._stopping.set()
                 return 0
-        acquire = asyncio.ensure_future(self._slots.acquire())
+        acquire = asyncio.ensure_future(self._credits.acquire())
         stop = asyncio.ensure_future(self._stopping.wait())
         done, _ = await asyncio.wait({acquire, stop}, return_when=asyncio.FIRST_COMPLETED)
         stop.cancel()
@@ -359,35 +384,38 @@ class Worker:
             with contextlib.suppress(asyncio.CancelledError):
                 await acquire
             if acquire.done() and not acquire.cancelled():
-                self._slots.release()
+                self._credits.release()
             return 0
         granted = 1
         limit = remaining if remaining is not None else self.options.concurrency
         if most is not None:
             limit = min(limit, most)
-        while granted < limit and not self._slots.locked():
-            await self._slots.acquire()
+        while granted < limit and not self._credits.locked():
+            await self._credits.acquire()
             granted += 1
         return granted
 
     def _release(self, count: int) -> None:
         for _ in range(count):
-            self._slots.release()
+            self._credits.release()
 
     def _start(
         self,
         registered: RegisteredHandler,
         receiver: ServiceBusReceiver,
         message: ServiceBusReceivedMessage,
-        mine: set[asyncio.Task[None]],
-    ) -> None:
+        mine: set[asyncio.Task[None]] | None = None,
+    ) -> asyncio.Task[None]:
+        """Run ``message`` (holding one of :attr:`_credits`) as soon as a handler slot frees."""
         if self._renewer is not None:
             self._renewer.register(receiver, message)
         task = asyncio.create_task(self._run_one(registered, receiver, message))
         self._in_flight.add(task)
-        mine.add(task)
         task.add_done_callback(self._in_flight.discard)
-        task.add_done_callback(mine.discard)
+        if mine is not None:
+            mine.add(task)
+            task.add_done_callback(mine.discard)
+        return task
 
     async def _run_one(
         self,
@@ -395,17 +423,22 @@ class Worker:
         receiver: ServiceBusReceiver,
         message: ServiceBusReceivedMessage,
     ) -> None:
-        slot_held = True
+        slot_held = False
+        credit_held = True
         completing = False
 
         async def handler_returned() -> None:
-            nonlocal slot_held, completing
+            nonlocal slot_held, credit_held, completing
             await self._completing.acquire()
             completing = True
-            slot_held = False
+            slot_held = credit_held = False
             self._slots.release()
+            self._credits.release()
 
         try:
+            if not await self._wait_for_slot(receiver, message):
+                return
+            slot_held = True
             outcome = await self._processor.process(
                 registered, receiver, message, handler_returned=handler_returned
             )
@@ -419,6 +452,8 @@ class Worker:
                 self._renewer.release(message)
             if slot_held:
                 self._slots.release()
+            if credit_held:
+                self._credits.release()
             if completing:
                 self._completing.release()
             self._last_activity = time.monotonic()
@@ -427,6 +462,34 @@ class Worker:
             self._open_circuit()
         if self.on_outcome is not None:
             self.on_outcome(outcome)
+
+    async def _wait_for_slot(
+        self, receiver: ServiceBusReceiver, message: ServiceBusReceivedMessage
+    ) -> bool:
+        """Take a handler slot for ``message``, first come first served. False if ``stop()``
+        came first: the message, which no handler has seen, is then given back to the broker
+        for any worker to take (as a lock left to expire would, that counts a delivery)."""
+        if self._giving_back:
+            await self._processor.give_back(receiver, message)
+            return False
+        if not self._slots.locked():
+            await self._slots.acquire()  # returns at once: nothing to wait for or cancel
+            return True
+        task = asyncio.current_task()
+        assert task is not None
+        self._waiting.add(task)
+        try:
+            await self._slots.acquire()
+            return True
+        except asyncio.CancelledError:
+            await asyncio.shield(self._processor.give_back(receiver, message))
+            if task in self._stop_cancelled:
+                self._stop_cancelled.discard(task)
+                if task.uncancel() == 0:
+                    return False  # stop()'s cancellation, and nobody else's: taken back
+            raise
+        finally:
+            self._waiting.discard(task)
 
     async def _drain(self, tasks: set[asyncio.Task[None]]) -> None:
         """Give in-flight handlers the grace period, then cancel (they abandon their message)."""
@@ -603,6 +666,6 @@ class Worker:
             if message is None:
                 continue  # not fetched this time: the record stays for the next round
             await unpark(self.store, p)
-            await self._slots.acquire()
+            await self._credits.acquire()
             self._last_activity = time.monotonic()
             self._start(registered, receiver, message, self._handler_tasks[registered.spec.name])

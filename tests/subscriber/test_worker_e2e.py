@@ -361,3 +361,69 @@ async def test_a_handler_slot_is_handed_on_when_it_returns_and_the_result_is_sto
     assert outcomes == {"d1": Action.COMPLETE, "d2": Action.RETRY}
     # the failing one keeps its slot through its retry hold; d1 hands it on as it returns
     assert events == ["hand on: handler done", "result not yet stored", "complete"]
+
+
+def one_slot_two_ahead(stack: Stack, client: ServiceBusClient, **options: Any) -> Worker:
+    return Worker(
+        discover_handlers(sample_handlers),
+        client=client,
+        store=stack.store,
+        options=WorkerOptions(
+            concurrency=1, receive_ahead=2, dlq_capture_interval=None, backoff=FAST, **options
+        ),
+        topology=stack.topology,
+    )
+
+
+async def wait_for_invocations(stack: Stack, count: int, event: str = "start") -> None:
+    deadline = time.monotonic() + 20
+    while await stack.store.database["invocations"].count_documents({"event": event}) < count:
+        assert time.monotonic() < deadline, f"fewer than {count} handler {event} events"
+        await asyncio.sleep(0.05)
+
+
+async def test_messages_received_ahead_wait_their_turn_with_their_locks_renewed(
+    stack: Stack,
+) -> None:
+    # One slot, two messages received ahead: all three are this worker's from the start, and
+    # the last waits two handler runs (4.4 s), twice the subscription's 2 s lock.
+    await publish(stack, [doc(f"a{i}", f"text {i}", "slow:2.2") for i in range(3)])
+    async with ServiceBusClient.from_connection_string(stack.connection_string) as client:
+        worker = one_slot_two_ahead(stack, client, until_idle=1.0)
+        running = asyncio.create_task(worker.run())
+        await wait_for_invocations(stack, 1)
+        async with client.get_subscription_receiver("docs", "work") as rival:
+            assert await rival.receive_messages(max_message_count=3, max_wait_time=1) == []
+        report = await asyncio.wait_for(running, 30)
+    assert report.count(report_action("completed")) == 3
+    starts = await stack.store.database["invocations"].find().sort("at", 1).to_list(None)
+    # one at a time, in turn: start, done, start, done, ...
+    assert [e["event"] for e in starts] == ["start", "done"] * 3
+    for i in range(3):
+        (result,) = await current_results(stack, f"a{i}")
+        assert result["delivery_count"] == 1  # never lost its lock while it waited
+
+
+async def test_stop_gives_messages_received_ahead_back_at_once(stack: Stack) -> None:
+    await publish(stack, [doc(f"r{i}", f"text {i}", "slow:3") for i in range(3)])
+    async with ServiceBusClient.from_connection_string(stack.connection_string) as client:
+        worker = one_slot_two_ahead(stack, client)
+        running = asyncio.create_task(worker.run())
+        await wait_for_invocations(stack, 1)
+        worker.stop()
+        async with client.get_subscription_receiver("docs", "work") as rival:
+            taken: list[Any] = []
+            deadline = time.monotonic() + 10
+            while len(taken) < 2 and time.monotonic() < deadline:
+                taken += await rival.receive_messages(max_message_count=2, max_wait_time=1)
+            # given back while the running handler still runs, not after it
+            assert await stack.store.database["invocations"].count_documents({"event": "done"}) == 0
+            for message in taken:
+                await rival.abandon_message(message)
+        assert len(taken) == 2
+        first = await asyncio.wait_for(running, 30)
+    assert first.count(report_action("completed")) == 1
+    assert await stack.store.database["invocations"].count_documents({"event": "start"}) == 1
+    await run_worker(stack)
+    for i in range(3):
+        assert len(await current_results(stack, f"r{i}")) == 1
