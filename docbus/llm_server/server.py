@@ -69,6 +69,8 @@ class LLMServer:
         self._runner: web.AppRunner | None = None
         self._port: int | None = None
         self._closing: asyncio.Event | None = None
+        self._sleepers: set[asyncio.Future[None]] = set()
+        self._in_flight = 0
 
     # -- configuration and figures -------------------------------------------------------------
 
@@ -93,8 +95,9 @@ class LLMServer:
         return new
 
     def stats(self) -> dict[str, Any]:
-        """Counters since start or reset (outcomes, tokens, per-minute usage, window figures)
-        and the current configuration, as ``GET /_admin/stats`` returns them."""
+        """Counters since start or reset (outcomes, tokens, per-minute usage, window figures),
+        the chat requests being answered now (``in_flight``) and the current configuration,
+        as ``GET /_admin/stats`` returns them."""
         limits = self._config.limits
         with self._lock:
             snapshot = self._stats.snapshot()
@@ -106,6 +109,7 @@ class LLMServer:
                 "peak_requests": self._limiter.peak_requests,
                 "peak_tokens": self._limiter.peak_tokens,
             }
+        snapshot["in_flight"] = self._in_flight
         snapshot["config"] = self._config.to_dict()
         return snapshot
 
@@ -171,6 +175,9 @@ class LLMServer:
             return
         if self._closing is not None:
             self._closing.set()
+        for sleeper in self._sleepers:
+            if not sleeper.done():
+                sleeper.set_result(None)
         await runner.cleanup()
         self._port = None
         logger.info("offline LLM server stopped")
@@ -245,6 +252,13 @@ class LLMServer:
     # -- HTTP handlers -------------------------------------------------------------------------
 
     async def _chat_completions(self, request: web.Request) -> web.StreamResponse:
+        self._in_flight += 1
+        try:
+            return await self._answer(request)
+        finally:
+            self._in_flight -= 1
+
+    async def _answer(self, request: web.Request) -> web.StreamResponse:
         started = time.monotonic()
         config = self._config
         sequence = -1
@@ -289,7 +303,7 @@ class LLMServer:
             elif plan.status is not None:
                 raise self._status_fault(plan.status, chat.model, config)
             rate_headers = self._admit(chat.model, completion.total_tokens, config)
-            await self._pause(delay)
+            await self._pause(delay, since=started)
             if content_fault == "malformed":
                 outcome = Outcome.MALFORMED
             elif content_fault == "schema":
@@ -418,18 +432,24 @@ class LLMServer:
     def _is_closing(self) -> bool:
         return self._closing is not None and self._closing.is_set()
 
-    async def _pause(self, seconds: float) -> None:
-        """Sleep ``seconds`` (never less), or until the server stops."""
-        if seconds <= 0 or self._closing is None:
+    async def _pause(self, seconds: float, since: float | None = None) -> None:
+        """Sleep until ``seconds`` after ``since`` (a ``time.monotonic()``; default now), or
+        until the server stops. The model's latency counts from the request's arrival, so
+        the server's own work on a request is part of it rather than added to it."""
+        if seconds <= 0 or self._closing is None or self._closing.is_set():
+            return
+        remaining = (time.monotonic() if since is None else since) + seconds - time.monotonic()
+        if remaining <= 0:
             return
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + seconds
-        while not self._closing.is_set():
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                return
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._closing.wait(), remaining)
+        sleeper: asyncio.Future[None] = loop.create_future()
+        wake = loop.call_later(remaining, _wake, sleeper)
+        self._sleepers.add(sleeper)
+        try:
+            await sleeper
+        finally:
+            wake.cancel()
+            self._sleepers.discard(sleeper)
 
     @staticmethod
     def _drop(request: web.Request) -> NoReturn:
@@ -484,3 +504,8 @@ class LLMServer:
     async def _not_found(self, request: web.Request) -> web.Response:
         body = errors.bad_request(f"Invalid URL ({request.method} {request.path})").body()
         return web.json_response(body, status=404)
+
+
+def _wake(sleeper: asyncio.Future[None]) -> None:
+    if not sleeper.done():
+        sleeper.set_result(None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 
@@ -275,3 +276,22 @@ def test_limits_config_rejects_nonsense(llm_server: LLMServer) -> None:
     with pytest.raises(ValueError, match="port"):
         llm_server.configure(port=1)
     assert llm_server.configure(limits=Limits(tpm=10)).limits.tpm == 10
+
+
+async def test_stopping_answers_at_once_what_waits_out_its_latency() -> None:
+    server = LLMServer(LLMServerConfig(latency=Latency.fixed(60.0), api_key=None))
+    await server.start()
+    async with openai.AsyncOpenAI(
+        base_url=server.base_url, api_key=API_KEY, max_retries=0, timeout=120
+    ) as sdk:
+        call = asyncio.create_task(
+            sdk.chat.completions.create(model=OFFLINE_MODEL, messages=messages())
+        )
+        deadline = time.monotonic() + 10
+        while server.stats()["in_flight"] < 1:
+            assert time.monotonic() < deadline, "the request never reached the server"
+            await asyncio.sleep(0.01)
+        await server.stop()
+        # answered, not cut off by the server's shutdown grace (nor after the 60 s)
+        completion = await asyncio.wait_for(call, 10)
+    assert completion.choices[0].message.content
