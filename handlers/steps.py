@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 from pydantic import BaseModel, ValidationError
 from pydantic_core import PydanticSerializationError, to_jsonable_python
 
+from docbus.store import StoreError
 from handlers.errors import Retry
 
 if TYPE_CHECKING:
@@ -220,7 +221,12 @@ async def _stored_checkpoint(ctx: Context, store: Any, key: Any) -> Any:
     on its first step, and kept on the context for the steps after it."""
     cache = ctx.checkpoint_cache
     if cache is None:
-        cache = await store.checkpoints_of(ctx.doc_id, ctx.handler_name, ctx.handler_version)
+        started, ctx.checkpoints_read = ctx.checkpoints_read, None
+        if started is not None:
+            with contextlib.suppress(StoreError):  # read again below, and fail there if so
+                cache = await started
+        if cache is None:
+            cache = await store.checkpoints_of(ctx.doc_id, ctx.handler_name, ctx.handler_version)
         ctx.checkpoint_cache = cache
     stored = cache.get(key.id)
     if stored is None and cache:

@@ -100,6 +100,26 @@ class Processor:
         self.llm = llm
         self.stopping = stopping or asyncio.Event()
         self.rng = rng or random.Random()
+        self._stepping: set[str] = set()
+        """Handlers whose deliveries read their checkpoints: worth reading ahead for."""
+
+    def read_ahead(
+        self, registered: RegisteredHandler, message: ServiceBusReceivedMessage
+    ) -> asyncio.Task[dict[str, Any]] | None:
+        """Start reading the checkpoints ``message``'s handler run will look up first, if its
+        handler is one that uses steps; None otherwise (or if the body is no envelope: the
+        delivery will say why). Pass the task to :meth:`process`; whoever started it settles it
+        afterwards with :func:`settle_unused` (the handler may never have asked)."""
+        spec = registered.spec
+        if spec.name not in self._stepping:
+            return None
+        try:
+            envelope = Envelope.from_bytes(message_body(message))
+        except Exception:
+            return None
+        return asyncio.create_task(
+            self.store.checkpoints_of(envelope.doc_id, spec.name, spec.version)
+        )
 
     async def process(
         self,
@@ -108,6 +128,7 @@ class Processor:
         message: ServiceBusReceivedMessage,
         *,
         handler_returned: Callable[[], Awaitable[None]] | None = None,
+        checkpoints: asyncio.Task[dict[str, Any]] | None = None,
     ) -> Outcome:
         """Run the handler on ``message`` and settle it.
 
@@ -115,6 +136,7 @@ class Processor:
         hands the handler's slot on to the next message there. What is left — acknowledging
         its audit rows and checkpoints, storing the result, completing the message — is
         bookkeeping that needs no handler slot (a failure in it is settled as any other).
+        ``checkpoints`` is the read :meth:`read_ahead` started for this message.
         """
         started = time.monotonic()
         attempt = (message.delivery_count or 0) + 1
@@ -129,10 +151,15 @@ class Processor:
                 delivery_count=attempt,
                 store=self.store,
                 write_behind=True,
+                checkpoints_read=checkpoints,
             )
             if self.llm is not None:
                 ctx.llm = self.llm.bind(ctx)
-            output = serialize_output(await registered.fn(document, ctx))
+            try:
+                output = serialize_output(await registered.fn(document, ctx))
+            finally:
+                if ctx.checkpoint_cache is not None:
+                    self._stepping.add(registered.spec.name)
             if handler_returned is not None:
                 await handler_returned()
             # Audit rows and checkpoints the handler did not wait for: stored before its result.
@@ -366,3 +393,12 @@ class Processor:
 def _is_expected(error: BaseException) -> bool:
     """Outcomes a handler chose (DeadLetter, Retry) carry no traceback worth keeping."""
     return isinstance(error, HandlerOutcome)
+
+
+def settle_unused(read: asyncio.Task[Any]) -> None:
+    """Cancel a read no one awaits any more, or take its error: it is no one's to raise."""
+    if read.done():
+        if not read.cancelled():
+            read.exception()
+    else:
+        read.cancel()

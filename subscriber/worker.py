@@ -42,7 +42,7 @@ from handlers.discovery import RegisteredHandler
 from subscriber.backoff import BackoffPolicy
 from subscriber.locks import LockRenewer
 from subscriber.parking import ParkedMessage, parked_messages, unpark
-from subscriber.processing import Outcome, Processor
+from subscriber.processing import Outcome, Processor, settle_unused
 from subscriber.settlement import Action
 from subscriber.turns import TakingTurns
 
@@ -406,10 +406,12 @@ class Worker:
         message: ServiceBusReceivedMessage,
         mine: set[asyncio.Task[None]] | None = None,
     ) -> asyncio.Task[None]:
-        """Run ``message`` (holding one of :attr:`_credits`) as soon as a handler slot frees."""
+        """Run ``message`` (holding one of :attr:`_credits`) as soon as a handler slot frees.
+        Its checkpoints are read meanwhile, if its handler uses steps."""
         if self._renewer is not None:
             self._renewer.register(receiver, message)
-        task = asyncio.create_task(self._run_one(registered, receiver, message))
+        checkpoints = self._processor.read_ahead(registered, message)
+        task = asyncio.create_task(self._run_one(registered, receiver, message, checkpoints))
         self._in_flight.add(task)
         task.add_done_callback(self._in_flight.discard)
         if mine is not None:
@@ -422,6 +424,7 @@ class Worker:
         registered: RegisteredHandler,
         receiver: ServiceBusReceiver,
         message: ServiceBusReceivedMessage,
+        checkpoints: asyncio.Task[dict[str, Any]] | None = None,
     ) -> None:
         slot_held = False
         credit_held = True
@@ -440,7 +443,11 @@ class Worker:
                 return
             slot_held = True
             outcome = await self._processor.process(
-                registered, receiver, message, handler_returned=handler_returned
+                registered,
+                receiver,
+                message,
+                handler_returned=handler_returned,
+                checkpoints=checkpoints,
             )
         except asyncio.CancelledError:
             raise
@@ -448,6 +455,8 @@ class Worker:
             logger.exception("unexpected failure processing %s", message.message_id)
             return
         finally:
+            if checkpoints is not None:
+                settle_unused(checkpoints)
             if self._renewer is not None:
                 self._renewer.release(message)
             if slot_held:

@@ -1,0 +1,120 @@
+"""A stepping handler's checkpoints are read as its message arrives, not when it starts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from azure.servicebus.aio import ServiceBusClient
+
+from docbus.store import Store, StoreError
+from handlers import Context, Document, discover_handlers, handler
+from publisher import publish_documents
+from subscriber.backoff import BackoffPolicy
+from subscriber.processing import Processor, settle_unused
+from subscriber.settlement import Action
+from tests.subscriber.conftest import Stack
+
+STEP_CALLS: list[str] = []
+
+
+async def shout(text: str) -> str:
+    STEP_CALLS.append(text)
+    return text.upper()
+
+
+@handler(topic="docs", subscription="other", version="1")
+async def stepping(doc: Document, ctx: Context) -> dict[str, Any]:
+    return {"loud": await ctx.step("shout", shout, doc.text)}
+
+
+class CountingReads:
+    """The real store, counting the checkpoint reads made through it."""
+
+    def __init__(self, store: Store, fail: bool = False) -> None:
+        self.store = store
+        self.fail = fail
+        self.reads: list[str] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+    async def checkpoints_of(self, doc_id: str, handler: str, version: str) -> dict[str, Any]:
+        self.reads.append(doc_id)
+        if self.fail:
+            self.fail = False
+            raise StoreError("the read ahead met a failover")
+        return await self.store.checkpoints_of(doc_id, handler, version)
+
+
+async def received(stack: Stack, count: int) -> tuple[ServiceBusClient, Any, list[Any]]:
+    client = ServiceBusClient.from_connection_string(stack.connection_string)
+    receiver = client.get_subscription_receiver("docs", "other")
+    await receiver.__aenter__()
+    messages: list[Any] = []
+    while len(messages) < count:
+        messages += await receiver.receive_messages(max_message_count=count, max_wait_time=5)
+    return client, receiver, messages
+
+
+async def test_checkpoints_are_read_ahead_once_a_handler_is_seen_to_use_steps(
+    stack: Stack,
+) -> None:
+    docs = [{"doc_id": f"s{i}", "text": f"text {i}"} for i in range(3)]
+    report = await publish_documents(
+        docs, topic="docs", batch_id="b1", settings=stack.settings, store=stack.store,
+        progress=False,
+    )  # fmt: skip
+    assert report.ok
+    [registered] = discover_handlers([stepping])
+    counting = CountingReads(stack.store, fail=False)
+    processor = Processor(counting, backoff=BackoffPolicy(), max_attempts=lambda _: 3)  # type: ignore[arg-type]
+    client, receiver, messages = await received(stack, 3)
+    try:
+        first, second, third = sorted(messages, key=lambda m: m.application_properties[b"doc_id"])
+        # not known to use steps yet: nothing read ahead; its first step reads for itself
+        assert processor.read_ahead(registered, first) is None
+        outcome = await processor.process(registered, receiver, first)
+        assert (outcome.action, counting.reads) == (Action.COMPLETE, ["s0"])
+
+        # from now on the read starts as the message arrives; the step uses it
+        ahead = processor.read_ahead(registered, second)
+        assert ahead is not None
+        assert await ahead == {}
+        assert counting.reads == ["s0", "s1"]
+        outcome = await processor.process(registered, receiver, second, checkpoints=ahead)
+        settle_unused(ahead)
+        assert (outcome.action, counting.reads) == (Action.COMPLETE, ["s0", "s1"])
+
+        # a read ahead that failed is made again by the step, which then goes on as usual
+        counting.fail = True
+        ahead = processor.read_ahead(registered, third)
+        assert ahead is not None
+        outcome = await processor.process(registered, receiver, third, checkpoints=ahead)
+        settle_unused(ahead)
+        assert (outcome.action, counting.reads) == (Action.COMPLETE, ["s0", "s1", "s2", "s2"])
+    finally:
+        await receiver.close()
+        await client.close()
+    for i in range(3):
+        stored = await stack.store.current_result(f"s{i}", "stepping")
+        assert stored is not None and stored.output == {"loud": f"TEXT {i}"}
+    assert STEP_CALLS == ["text 0", "text 1", "text 2"]
+
+    # the same document again (another batch): its checkpoint comes with the read ahead
+    report = await publish_documents(
+        docs[:1], topic="docs", batch_id="b2", settings=stack.settings, store=stack.store,
+        progress=False,
+    )  # fmt: skip
+    assert report.ok
+    client, receiver, [again] = await received(stack, 1)
+    try:
+        ahead = processor.read_ahead(registered, again)
+        assert ahead is not None
+        outcome = await processor.process(registered, receiver, again, checkpoints=ahead)
+        settle_unused(ahead)
+    finally:
+        await receiver.close()
+        await client.close()
+    assert outcome.action is Action.COMPLETE
+    assert STEP_CALLS == ["text 0", "text 1", "text 2"]  # not run again
+    assert counting.reads[-1:] == ["s0"] and len(counting.reads) == 5
