@@ -19,7 +19,7 @@ from rich.table import Table
 
 from docbus.settings import Settings
 from docbus.topology import TopologyError, load_topology
-from subscriber.worker import Worker, WorkerOptions, WorkerReport
+from subscriber.worker import Worker, WorkerOptions, WorkerReport, settle_heap
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -89,6 +89,7 @@ async def run_worker(args: argparse.Namespace, console: Console) -> WorkerReport
                 f"{h.name} ({h.spec.topic}/{h.spec.subscription})" for h in registered
             )
             console.print(f"worker running {names}; Ctrl-C stops gracefully")
+            settle_heap()
             return await worker.run()
 
 
