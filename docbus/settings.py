@@ -93,6 +93,10 @@ class MongoSettings(BaseModel):
     """Database holding docbus's collections."""
     timeout: float = Field(default=10.0, gt=0)
     """Seconds to wait for a server before an operation fails."""
+    write_linger: float = Field(default=0.025, ge=0, le=1.0)
+    """Seconds a worker's audit rows, cost increments and checkpoints, written behind its
+    handlers, may wait to leave in one command with others (0: leave at once). Nothing a
+    handler waits for lingers."""
 
 
 class ModelPrice(BaseModel):

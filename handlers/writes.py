@@ -29,6 +29,8 @@ import inspect
 from collections.abc import Awaitable
 from typing import Any, TypeVar
 
+from docbus.store import Patience, hurry_writes, patiently
+
 __all__ = ["PendingWrites", "WriteCancelled"]
 
 T = TypeVar("T")
@@ -52,6 +54,8 @@ class PendingWrites:
         """True: writes are acknowledged later, at :meth:`flush`; False: as they are made."""
         self._pending: list[asyncio.Task[Any]] = []
         self._failure: BaseException | None = None
+        self._patience = Patience()
+        self._hurrying = 0  # flushes waiting with hurry=True
 
     def __len__(self) -> int:
         return len(self._pending)
@@ -81,7 +85,9 @@ class PendingWrites:
                 raise
             return await write
 
-        task = asyncio.ensure_future(ordered() if after_earlier else write)
+        # nobody waits for it yet: it may wait for company (docbus.store), until a flush does
+        with patiently(self._patience):
+            task = asyncio.ensure_future(ordered() if after_earlier else write)
         self._pending.append(task)
         task.add_done_callback(self._settled)
         return task
@@ -96,11 +102,23 @@ class PendingWrites:
         if failure is not None and self._failure is None:
             self._failure = failure
 
-    async def flush(self) -> None:
+    async def flush(self, *, hurry: bool = False) -> None:
         """Wait until every write started so far is acknowledged; raise the delivery's first
-        failed write, if any (again on every call)."""
-        while self._pending:
-            # (each task's _settled ran before asyncio.wait's own callback woke us)
-            await asyncio.wait(list(self._pending))
+        failed write, if any (again on every call). ``hurry``: a handler is waiting, so the
+        writes leave now rather than after lingering for company."""
+        if hurry:
+            # what is on its way leaves now, and what follows it (a checkpoint waiting for the
+            # audit rows before it) leaves as it comes
+            self._hurrying += 1
+            self._patience.patient = False
+            hurry_writes()
+        try:
+            while self._pending:
+                # (each task's _settled ran before asyncio.wait's own callback woke us)
+                await asyncio.wait(list(self._pending))
+        finally:
+            if hurry:
+                self._hurrying -= 1
+                self._patience.patient = self._hurrying == 0
         if self._failure is not None:
             raise self._failure

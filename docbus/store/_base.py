@@ -34,11 +34,17 @@ class StoreBase:
     """The client, lifecycle and indexes shared by every part of :class:`docbus.store.Store`."""
 
     def __init__(
-        self, uri: str | SecretStr, database: str = "docbus", *, timeout: float = 10.0
+        self,
+        uri: str | SecretStr,
+        database: str = "docbus",
+        *,
+        timeout: float = 10.0,
+        write_linger: float = 0.0,
     ) -> None:
         self._uri = uri if isinstance(uri, SecretStr) else SecretStr(uri)
         self._database_name = database
         self._timeout = timeout
+        self._write_linger = write_linger
         self._client: AsyncMongoClient[dict[str, Any]] | None = None
         self._db: AsyncDatabase[dict[str, Any]] | None = None
         self._writers: dict[str, GroupWriter] = {}
@@ -106,7 +112,9 @@ class StoreBase:
         small writes every handler makes at once, which it sends as one bulk write."""
         writer = self._writers.get(name)
         if writer is None:
-            writer = self._writers[name] = GroupWriter(lambda: self._c(name), name)
+            writer = self._writers[name] = GroupWriter(
+                lambda: self._c(name), name, linger=self._write_linger
+            )
         return writer
 
     def _finder(

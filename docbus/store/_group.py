@@ -11,16 +11,26 @@ is stored. :class:`GroupFinder` does the same for reads by one indexed field: on
 for every value asked, its answer split by key. (Not an ``$or`` of the callers' filters: some
 servers scan the collection for those.)
 
-Nothing waits on a timer: the first request to an idle group leaves on the next turn of the
-event loop (so requests made in the same turn share it), and requests arriving while a command
-is out leave together as soon as it lands. An idle worker pays one round trip, as before; a busy
-one pays about one per command in flight instead of one per request.
+The first request to an idle group leaves on the next turn of the event loop (so requests made
+in the same turn share it), and requests arriving while a command is out leave together as soon
+as it lands. An idle worker pays one round trip, as before; a busy one pays about one per
+command in flight instead of one per request.
+
+Writes nobody waits for yet — those a worker's handler makes behind it (:mod:`handlers.writes`)
+— may also wait a little for company: inside :func:`patiently`, a :class:`GroupWriter` with a
+``linger`` holds a command until its oldest write is ``linger`` old, unless a write someone
+waits for joins it, or :func:`hurry_writes` is called (a flush that blocks a handler does).
+In ``bench/llm_bound.py`` 25 ms cut the Mongo commands per document from about 4 to 1.3 and
+SecantusDB's CPU by 40 %, at no cost to any handler's time.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Hashable, Mapping
+import contextlib
+import weakref
+from collections.abc import Callable, Hashable, Iterator, Mapping
+from contextvars import ContextVar
 from typing import Any, Generic, TypeVar
 
 from pymongo.asynchronous.collection import AsyncCollection
@@ -33,7 +43,7 @@ from pymongo.errors import (
 )
 from pymongo.operations import DeleteMany, DeleteOne, InsertOne, ReplaceOne, UpdateMany, UpdateOne
 
-__all__ = ["GroupFinder", "GroupWriter", "WriteOp"]
+__all__ = ["GroupFinder", "GroupWriter", "Patience", "WriteOp", "hurry_writes", "patiently"]
 
 WriteOp = InsertOne[Any] | UpdateOne | UpdateMany | ReplaceOne[Any] | DeleteOne | DeleteMany
 
@@ -43,6 +53,41 @@ _DUPLICATE_KEY_CODES = frozenset({11000, 11001, 12582})
 MAX_GROUP = 500
 """Requests per command at most (the driver splits bigger batches itself; this bounds the
 time one command holds the server)."""
+
+
+class Patience:
+    """Whether the writes made under it may linger now; a holder can take it back (and give
+    it again) while they are on their way, say while it waits for them."""
+
+    __slots__ = ("patient",)
+
+    def __init__(self) -> None:
+        self.patient = True
+
+
+_PATIENCE: ContextVar[Patience | None] = ContextVar("docbus_write_patience", default=None)
+_LINGERING: weakref.WeakSet[GroupWriter] = weakref.WeakSet()
+
+
+@contextlib.contextmanager
+def patiently(patience: Patience | None = None) -> Iterator[Patience]:
+    """Writes made in this context (and in tasks created in it) may linger for company, as
+    long as ``patience`` (a new one by default) is patient when they reach their group."""
+    patience = patience or Patience()
+    token = _PATIENCE.set(patience)
+    try:
+        yield patience
+    finally:
+        _PATIENCE.reset(token)
+
+
+def hurry_writes() -> None:
+    """Send every lingering group write of this event loop now: someone is about to wait for
+    one of them."""
+    loop = asyncio.get_running_loop()
+    for writer in list(_LINGERING):
+        if writer._loop is loop:
+            writer.hurry()
 
 
 class _Group:
@@ -60,13 +105,18 @@ class _Group:
 
     async def _fly(self) -> None:
         try:
-            while await self._send_next():
-                pass
+            while True:
+                await self._gather()
+                if not await self._send_next():
+                    break
         except asyncio.CancelledError:
             _deliver(self._waiters(), asyncio.CancelledError())  # nobody left to send them
             raise
         finally:
             self._flight = None
+
+    async def _gather(self) -> None:
+        """Wait, if this group may, for more requests to send along (see :class:`GroupWriter`)."""
 
     async def _send_next(self) -> bool:  # pragma: no cover - overridden
         raise NotImplementedError
@@ -74,10 +124,19 @@ class _Group:
     def _waiters(self) -> list[asyncio.Future[Any]]:  # pragma: no cover - overridden
         raise NotImplementedError
 
+    def hurry(self) -> None:
+        """Send what waits now (see :class:`GroupWriter`'s ``linger``)."""
+
     async def drain(self) -> None:
         """Wait until every request made so far has been sent and answered."""
+        self.hurry()
         while self._flight is not None:
             await asyncio.wait({self._flight})
+
+
+def _wake_up(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 def _deliver(futures: list[asyncio.Future[Any]], exc: BaseException) -> None:
@@ -116,23 +175,71 @@ class GroupWriter(_Group):
     of the whole command (a network failure reaches every write that was in it).
     ``await writer.increment(_id, amounts)`` adds to counters of one document; increments of the
     same document waiting together are summed into one ``$inc``.
+
+    ``linger`` (seconds): how long writes made :func:`patiently` may wait for others to leave
+    with. A command leaves when its oldest write is that old, at once when a write made
+    impatiently is among them, or on :meth:`hurry`.
     """
 
-    def __init__(self, collection: Callable[[], AsyncCollection[dict[str, Any]]], name: str):
+    def __init__(
+        self,
+        collection: Callable[[], AsyncCollection[dict[str, Any]]],
+        name: str,
+        *,
+        linger: float = 0.0,
+    ) -> None:
         super().__init__(name)
         self._collection = collection
+        self._linger = linger
         self._waiting: list[tuple[WriteOp | _Increment, list[asyncio.Future[bool]]]] = []
         self._increments: dict[Any, int] = {}  # document id -> its entry in _waiting
+        self._oldest = 0.0  # loop time the oldest waiting write was made
+        self._urgent = False  # a waiting write was made impatiently, or hurry() was called
+        self._wake: asyncio.Future[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def write(self, op: WriteOp) -> bool:
         future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._note_arrival()
         self._waiting.append((op, [future]))
         self._launch()
         return await future
 
+    def _note_arrival(self) -> None:
+        loop = asyncio.get_running_loop()
+        if not self._waiting:
+            self._oldest = loop.time()
+        patience = _PATIENCE.get()
+        if patience is None or not patience.patient:
+            self.hurry()
+        elif self._linger > 0:
+            self._loop = loop
+            _LINGERING.add(self)  # until nothing waits: hurry_writes() may need to reach it
+
+    def hurry(self) -> None:
+        self._urgent = True
+        if self._wake is not None and not self._wake.done():
+            self._wake.set_result(None)
+
+    async def _gather(self) -> None:
+        if self._linger <= 0 or self._urgent or not self._waiting:
+            return
+        loop = asyncio.get_running_loop()
+        remaining = self._oldest + self._linger - loop.time()
+        if remaining <= 0:
+            return
+        self._wake = wake = loop.create_future()
+        timer = loop.call_later(remaining, _wake_up, wake)
+        try:
+            await wake
+        finally:
+            timer.cancel()
+            self._wake = None
+
     async def increment(self, document_id: Any, amounts: Mapping[str, float]) -> None:
         """Add ``amounts`` to fields of the document ``document_id`` (no upsert)."""
         future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._note_arrival()
         index = self._increments.get(document_id)
         if index is None:
             self._increments[document_id] = len(self._waiting)
@@ -152,6 +259,10 @@ class GroupWriter(_Group):
         if not self._waiting:
             return False
         group, self._waiting = self._waiting[:MAX_GROUP], self._waiting[MAX_GROUP:]
+        # what is left over (more than one command holds) leaves next, without lingering
+        self._urgent = bool(self._waiting)
+        if not self._waiting:
+            _LINGERING.discard(self)
         self._increments = {
             entry.document_id: index
             for index, (entry, _) in enumerate(self._waiting)

@@ -31,4 +31,6 @@ class Store(
     @classmethod
     def from_settings(cls, settings: Settings | MongoSettings) -> Store:
         mongo = settings.mongodb if isinstance(settings, Settings) else settings
-        return cls(mongo.uri, mongo.database, timeout=mongo.timeout)
+        return cls(
+            mongo.uri, mongo.database, timeout=mongo.timeout, write_linger=mongo.write_linger
+        )

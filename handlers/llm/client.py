@@ -547,7 +547,7 @@ class LLMClient:
             if budget is not None or batch_id not in self._unbudgeted:
                 # A budget (may) apply: this delivery's own earlier calls are counted first,
                 # as when every write was synchronous (handlers.writes).
-                await ctx.writes.flush()
+                await ctx.writes.flush(hurry=True)
             status = await store.batch_budget(batch_id)
             if status is not None and status.budget_usd is not None:
                 budget = status.budget_usd
@@ -562,7 +562,7 @@ class LLMClient:
                     raise OverBudget(batch_id, spent, budget)
         per_document = self.options.budget_per_document_usd
         if per_document is not None:
-            await ctx.writes.flush()  # the document's own audit rows, summed just below
+            await ctx.writes.flush(hurry=True)  # the document's own audit rows, summed below
             spent = await store.llm_spend(
                 batch_id, doc_id=ctx.doc_id, generation=ctx.envelope.generation
             )

@@ -177,3 +177,21 @@ async def test_a_step_repeated_in_one_delivery_runs_once_and_conflicts_with_noth
     assert both[0] == both[1] == again
     assert llm_server.stats()["requests"] == 1
     assert await store.database["checkpoints"].count_documents({}) == 1
+
+
+async def test_writes_behind_linger_for_company_but_a_blocking_flush_sends_them_now(
+    llm_server: LLMServer, store: Store
+) -> None:
+    store._write_linger = 60.0  # a minute: any wait for it fails the wait_for calls below
+    async with make_client(llm_server, store, budget_per_document_usd=100.0) as client:
+        ctx = make_ctx(store, llm=client, write_behind=True)
+        # the per-document budget check before the second call flushes the first call's
+        # audit row: lingering, it would hold the handler for the whole minute
+        await asyncio.wait_for(ctx.step("invoice", ctx.llm.extract, Invoice, INVOICE_TEXT), 10)
+        await asyncio.wait_for(ctx.step("summary", ctx.llm.extract, Summary, INVOICE_TEXT), 10)
+        assert await store.database["llm_calls"].count_documents({}) == 1
+        # the second call's row and the checkpoints wait for company, until a flush hurries
+        assert len(ctx.writes) > 0
+        await asyncio.wait_for(ctx.writes.flush(hurry=True), 10)
+    assert await store.database["llm_calls"].count_documents({}) == 2
+    assert await store.database["checkpoints"].count_documents({}) == 2
