@@ -59,7 +59,9 @@ class Context:
     the worker: ``await ctx.llm.extract(Model, prompt)``, ``await ctx.llm.complete(prompt)``."""
     checkpoint_cache: dict[str, Any] | None = field(default=None, init=False, repr=False)
     """Step outputs stored for this document and handler version, read once per delivery."""
-    checkpoints_read: Awaitable[dict[str, Any]] | None = field(default=None, repr=False)
+    checkpoints_read: Awaitable[dict[str, Any]] | None = field(
+        default=None, repr=False, kw_only=True
+    )
     """That read, if whoever runs the handler started it already (the worker does, as a
     message arrives, for handlers that use steps): the first step awaits it instead."""
     write_behind: bool = False

@@ -218,7 +218,8 @@ def _input_fallback(value: Any) -> Any:
 
 async def _stored_checkpoint(ctx: Context, store: Any, key: Any) -> Any:
     """The stored output for ``key``: all of a delivery's checkpoints are read in one query,
-    on its first step, and kept on the context for the steps after it."""
+    on its first step (or as its message arrived, by the worker: ``ctx.checkpoints_read``),
+    and kept on the context for the steps after it."""
     cache = ctx.checkpoint_cache
     if cache is None:
         started, ctx.checkpoints_read = ctx.checkpoints_read, None
@@ -230,7 +231,7 @@ async def _stored_checkpoint(ctx: Context, store: Any, key: Any) -> Any:
         ctx.checkpoint_cache = cache
     stored = cache.get(key.id)
     if stored is None and cache:
-        # Not among what was there when the delivery began: written by a concurrent
+        # Not among what was there when they were read: written by a concurrent
         # delivery since, perhaps; ask the store rather than recompute.
         stored = await store.get_checkpoint(key)
     return stored

@@ -2,8 +2,10 @@
 
 After an LLM call the handler has its answer; the call's audit row (and its cost on the batch)
 and, at the end of a step, the step's checkpoint still have to reach MongoDB. In the worker
-they are sent at once — exactly when they were sent before — but the handler no longer waits
-for their acknowledgement before its next step: :class:`PendingWrites` keeps them, and the
+they are started at once, but the handler no longer waits for their acknowledgement before its
+next step, and they may linger a few milliseconds to leave in one command with other
+deliveries' writes (``write_linger``, :mod:`docbus.store._group`; a flush that blocks the
+handler sends them at once): :class:`PendingWrites` keeps them, and the
 worker waits for all of them (:meth:`PendingWrites.flush`) before it stores the result and
 settles the message. Under load that takes two round trips per step off every document's path
 (``bench/llm_bound.py``). A context made elsewhere (tests, scripts, ``run_handler``) writes

@@ -1,4 +1,4 @@
-"""Lock renewal: keep a message's peek-lock alive while its handler runs.
+"""Lock renewal: keep a message's peek-lock alive while it waits for and runs its handler.
 
 LLM calls outlast lock durations, so every message in flight gets a small task that renews its
 lock when half of the remaining lock time has passed, until the message is settled, the renewal
@@ -6,7 +6,8 @@ budget (``max_duration``) is spent, or a renewal fails (the lock is then lost an
 redelivers the message; the handler's result write stays idempotent). The SDK's
 ``AutoLockRenewer`` polls once a second and renews only in the last 75 % of whole seconds, which
 loses locks shorter than about three seconds; this renewer has no such floor. Neighbour:
-:mod:`subscriber.worker` registers messages when it starts their handlers.
+:mod:`subscriber.worker` registers messages as they arrive (received, or fetched back from
+deferral), before they wait for a handler slot.
 """
 
 from __future__ import annotations

@@ -17,12 +17,13 @@ import logging
 import random
 import time
 import traceback
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from azure.servicebus import ServiceBusReceivedMessage
+from azure.servicebus import ServiceBusMessageState, ServiceBusReceivedMessage
 from azure.servicebus.aio import ServiceBusReceiver
 from azure.servicebus.exceptions import ServiceBusError
 from pymongo.errors import PyMongoError
@@ -102,6 +103,8 @@ class Processor:
         self.rng = rng or random.Random()
         self._stepping: set[str] = set()
         """Handlers whose deliveries read their checkpoints: worth reading ahead for."""
+        self._running: Counter[tuple[str, str]] = Counter()
+        """Deliveries in :meth:`process` by (document, handler)."""
 
     def read_ahead(
         self, registered: RegisteredHandler, message: ServiceBusReceivedMessage
@@ -117,6 +120,8 @@ class Processor:
             envelope = Envelope.from_bytes(message_body(message))
         except Exception:
             return None
+        if self._running[(envelope.doc_id, spec.name)]:
+            return None  # another delivery of it may store checkpoints before this one starts
         return asyncio.create_task(
             self.store.checkpoints_of(envelope.doc_id, spec.name, spec.version)
         )
@@ -142,8 +147,13 @@ class Processor:
         attempt = (message.delivery_count or 0) + 1
         envelope: Envelope | None = None
         ctx: Context | None = None
+        running: tuple[str, str] | None = None
         try:
             envelope = Envelope.from_bytes(message_body(message))
+            running = (envelope.doc_id, registered.spec.name)
+            self._running[running] += 1
+            if checkpoints is not None and self._running[running] > 1:
+                checkpoints = None  # read before a delivery of the same document began: stale
             document = await resolve_document(envelope, self.store)
             ctx = Context(
                 envelope,
@@ -179,7 +189,7 @@ class Processor:
         except asyncio.CancelledError:
             # Shutdown past its grace period: give the message back for another worker, then
             # see the writes already sent acknowledged.
-            await asyncio.shield(self.give_back(receiver, message))
+            await asyncio.shield(self.give_back(registered, receiver, message, envelope))
             if ctx is not None:
                 await asyncio.shield(self._flush_quietly(ctx))
             raise
@@ -195,6 +205,11 @@ class Processor:
                 policy=self.backoff,
                 rng=self.rng,
             )
+        finally:
+            if running is not None:
+                self._running[running] -= 1
+                if not self._running[running]:
+                    del self._running[running]
         step = getattr(ctx, "current_step", None) or getattr(error, "step", None)
         action = await self._settle(
             registered, receiver, message, decision, error, envelope, attempt, step
@@ -230,7 +245,7 @@ class Processor:
         """Wait for a failed delivery's pending writes; their own failure changes nothing of
         what happens to the message, so it is only logged."""
         try:
-            await ctx.writes.flush()
+            await ctx.writes.flush(hurry=True)  # the failed handler still holds its slot
         except Exception as exc:
             logger.warning("%s/%s: a pending write failed: %s", ctx.batch_id, ctx.doc_id, exc)
 
@@ -251,8 +266,9 @@ class Processor:
                 await receiver.complete_message(message)
             elif decision.action is Action.RETRY:
                 await self._note_retry(registered, envelope, attempt, decision)
-                await self._hold(decision.delay)
-                await receiver.abandon_message(message)
+                if not is_deferred(message):  # a resumed parked one waits in its park instead
+                    await self._hold(decision.delay)
+                await self.give_back(registered, receiver, message, envelope, decision)
             elif decision.action is Action.DEAD_LETTER:
                 record = self._dead_letter_record(
                     registered, message, decision, error, envelope, attempt, step
@@ -263,7 +279,7 @@ class Processor:
                     # Never dead-letter what we could not record: try again later instead.
                     logger.error("cannot record dead letter, retrying later: %s", exc)
                     await self._hold(self.backoff.base)
-                    await receiver.abandon_message(message)
+                    await self.give_back(registered, receiver, message, envelope)
                     return Action.RETRY
                 await receiver.dead_letter_message(
                     message, reason=decision.reason, error_description=decision.description
@@ -320,14 +336,63 @@ class Processor:
             await asyncio.wait_for(self.stopping.wait(), timeout=seconds)
 
     async def give_back(
-        self, receiver: ServiceBusReceiver, message: ServiceBusReceivedMessage
+        self,
+        registered: RegisteredHandler,
+        receiver: ServiceBusReceiver,
+        message: ServiceBusReceivedMessage,
+        envelope: Envelope | None = None,
+        decision: Decision | None = None,
     ) -> None:
         """Abandon ``message`` for any worker to take again; a failure is only logged (the
-        lock then expires, with the same effect, later)."""
+        lock then expires, with the same effect, later).
+
+        A resumed parked message is still deferred, and abandoning leaves it so: only its
+        ``parked`` record brings it back, so that record is written again first (kept as it
+        is if the message was given back before its handler started).
+        """
+        if is_deferred(message):
+            reason = decision.reason if decision is not None and decision.reason else "GivenBack"
+            description = (
+                decision.description
+                if decision is not None
+                else "given back unprocessed (the worker stopped); resumed again later"
+            )
+            try:
+                await park(
+                    self.store,
+                    self._parked(registered, message, reason, description, envelope, deferred=True),
+                )
+            except StoreError as exc:
+                logger.error(
+                    "a deferred message has no parked record (%s): %s", message.sequence_number, exc
+                )
         try:
             await receiver.abandon_message(message)
         except (ServiceBusError, ValueError) as exc:
             logger.warning("could not abandon %s: %s", message.message_id, exc)
+
+    @staticmethod
+    def _parked(
+        registered: RegisteredHandler,
+        message: ServiceBusReceivedMessage,
+        reason: str,
+        description: str,
+        envelope: Envelope | None,
+        *,
+        deferred: bool = False,
+    ) -> ParkedMessage:
+        spec = registered.spec
+        return ParkedMessage(
+            topic=spec.topic,
+            subscription=spec.subscription,
+            sequence_number=int(message.sequence_number or 0),
+            reason=reason,
+            description=description,
+            batch_id=envelope.batch_id if envelope else None,
+            doc_id=envelope.doc_id if envelope else None,
+            message_id=str(message.message_id),
+            deferred=deferred,
+        )
 
     async def _park(
         self,
@@ -337,17 +402,7 @@ class Processor:
         decision: Decision,
         envelope: Envelope | None,
     ) -> None:
-        spec = registered.spec
-        parked = ParkedMessage(
-            topic=spec.topic,
-            subscription=spec.subscription,
-            sequence_number=int(message.sequence_number or 0),
-            reason=decision.reason,
-            description=decision.description,
-            batch_id=envelope.batch_id if envelope else None,
-            doc_id=envelope.doc_id if envelope else None,
-            message_id=str(message.message_id),
-        )
+        parked = self._parked(registered, message, decision.reason, decision.description, envelope)
         # Record first, so a deferred message is never without its record; then confirm, so
         # no resumer fetches it before Service Bus has deferred it.
         await park(self.store, parked)
@@ -402,3 +457,8 @@ def settle_unused(read: asyncio.Task[Any]) -> None:
             read.exception()
     else:
         read.cancel()
+
+
+def is_deferred(message: ServiceBusReceivedMessage) -> bool:
+    """A message fetched back from deferral (a resumed parked one)."""
+    return message.state == ServiceBusMessageState.DEFERRED

@@ -4,9 +4,9 @@ One :class:`Worker` serves a set of handlers in one process. Per handler it keep
 receiver on the handler's subscription and pulls as many messages as it has free handler slots
 (``concurrency`` is shared by all handlers) plus a few more, ``receive_ahead``: those wait, in
 the order received, for the next free slot, so a slot a handler hands on is taken at once rather
-than after a round trip to the broker. Every received message's lock is renewed from the moment
-it arrives (:class:`~subscriber.locks.LockRenewer`); ``stop()`` gives back the ones still waiting
-at once. A circuit breaker pauses every
+than after a round trip to the broker (by default only with lock renewal on: a waiting message's
+lock is renewed from the moment it arrives, :class:`~subscriber.locks.LockRenewer`). ``stop()``
+gives back the ones still waiting at once. A circuit breaker pauses every
 receiver when the LLM endpoint fails systemically and probes until it recovers; parked messages
 (:mod:`subscriber.parking`) are resumed once their cause clears. ``stop()`` (SIGINT/SIGTERM in
 the CLI) stops receiving, lets in-flight handlers finish within the grace period and abandons
@@ -120,6 +120,12 @@ class WorkerOptions:
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
 
+    def __post_init__(self) -> None:
+        if self.concurrency < 1:
+            raise ValueError(f"concurrency must be at least 1, not {self.concurrency}")
+        if self.receive_ahead is not None and self.receive_ahead < 0:
+            raise ValueError(f"receive_ahead must be 0 or more, not {self.receive_ahead}")
+
     @property
     def ahead(self) -> int:
         """``receive_ahead`` with its default resolved."""
@@ -188,6 +194,7 @@ class Worker:
         self._waiting: set[asyncio.Task[None]] = set()
         self._stop_cancelled: set[asyncio.Task[None]] = set()
         self._giving_back = False
+        self._resumed_waiting: set[str] = set()  # parked ids fetched back, not yet started
         # Messages whose handler has returned, while their writes are acknowledged, their
         # result stored and their completion confirmed: they no longer hold a handler slot,
         # but at most `concurrency` of them.
@@ -427,13 +434,16 @@ class Worker:
         receiver: ServiceBusReceiver,
         message: ServiceBusReceivedMessage,
         mine: set[asyncio.Task[None]] | None = None,
+        parked: ParkedMessage | None = None,
     ) -> asyncio.Task[None]:
         """Run ``message`` (holding one of :attr:`_credits`) as soon as a handler slot frees.
         Its checkpoints are read meanwhile, if its handler uses steps."""
         if self._renewer is not None:
             self._renewer.register(receiver, message)
         checkpoints = self._processor.read_ahead(registered, message)
-        task = asyncio.create_task(self._run_one(registered, receiver, message, checkpoints))
+        task = asyncio.create_task(
+            self._run_one(registered, receiver, message, checkpoints, parked)
+        )
         self._in_flight.add(task)
         task.add_done_callback(self._in_flight.discard)
         if mine is not None:
@@ -447,6 +457,7 @@ class Worker:
         receiver: ServiceBusReceiver,
         message: ServiceBusReceivedMessage,
         checkpoints: asyncio.Task[dict[str, Any]] | None = None,
+        parked: ParkedMessage | None = None,
     ) -> None:
         slot_held = False
         credit_held = True
@@ -461,9 +472,12 @@ class Worker:
             self._credits.release()
 
         try:
-            if not await self._wait_for_slot(receiver, message):
+            if not await self._wait_for_slot(registered, receiver, message):
                 return
             slot_held = True
+            if parked is not None:
+                # only now: a resumed message given back before this point keeps its record
+                await self._unpark(parked)
             outcome = await self._processor.process(
                 registered,
                 receiver,
@@ -477,6 +491,8 @@ class Worker:
             logger.exception("unexpected failure processing %s", message.message_id)
             return
         finally:
+            if parked is not None:
+                self._resumed_waiting.discard(parked.id)
             if checkpoints is not None:
                 settle_unused(checkpoints)
             if self._renewer is not None:
@@ -495,13 +511,16 @@ class Worker:
             self.on_outcome(outcome)
 
     async def _wait_for_slot(
-        self, receiver: ServiceBusReceiver, message: ServiceBusReceivedMessage
+        self,
+        registered: RegisteredHandler,
+        receiver: ServiceBusReceiver,
+        message: ServiceBusReceivedMessage,
     ) -> bool:
         """Take a handler slot for ``message``, first come first served. False if ``stop()``
         came first: the message, which no handler has seen, is then given back to the broker
         for any worker to take (as a lock left to expire would, that counts a delivery)."""
         if self._giving_back:
-            await self._processor.give_back(receiver, message)
+            await self._processor.give_back(registered, receiver, message)
             return False
         if not self._slots.locked():
             await self._slots.acquire()  # returns at once: nothing to wait for or cancel
@@ -513,7 +532,7 @@ class Worker:
             await self._slots.acquire()
             return True
         except asyncio.CancelledError:
-            await asyncio.shield(self._processor.give_back(receiver, message))
+            await asyncio.shield(self._processor.give_back(registered, receiver, message))
             if task in self._stop_cancelled:
                 self._stop_cancelled.discard(task)
                 if task.uncancel() == 0:
@@ -659,9 +678,17 @@ class Worker:
             except Exception as exc:
                 logger.warning("cannot read parked messages: %s", exc)
                 return
-            ready = [p for p in parked if await self._may_resume(p)]
+            ready = [
+                p for p in parked if p.id not in self._resumed_waiting and await self._may_resume(p)
+            ]
             if ready:
                 await self._resume(registered, receiver, ready)
+
+    async def _unpark(self, parked: ParkedMessage) -> None:
+        try:
+            await unpark(self.store, parked)
+        except StoreError as exc:  # the record outlives the message: the next round drops it
+            logger.warning("could not remove the parked record %s: %s", parked.id, exc)
 
     async def _may_resume(self, parked: ParkedMessage) -> bool:
         if parked.reason == "SystemicFailure":
@@ -696,7 +723,8 @@ class Worker:
             message = by_number.get(p.sequence_number)
             if message is None:
                 continue  # not fetched this time: the record stays for the next round
-            await unpark(self.store, p)
             await self._credits.acquire()
             self._last_activity = time.monotonic()
-            self._start(registered, receiver, message, self._handler_tasks[registered.spec.name])
+            mine = self._handler_tasks[registered.spec.name]
+            self._resumed_waiting.add(p.id)
+            self._start(registered, receiver, message, mine, parked=p)

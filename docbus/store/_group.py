@@ -114,6 +114,7 @@ class _Group:
             raise
         finally:
             self._flight = None
+            self._landed()
 
     async def _gather(self) -> None:
         """Wait, if this group may, for more requests to send along (see :class:`GroupWriter`)."""
@@ -126,6 +127,9 @@ class _Group:
 
     def hurry(self) -> None:
         """Send what waits now (see :class:`GroupWriter`'s ``linger``)."""
+
+    def _landed(self) -> None:
+        """The flight ended with nothing left to send."""
 
     async def drain(self) -> None:
         """Wait until every request made so far has been sent and answered."""
@@ -211,13 +215,21 @@ class GroupWriter(_Group):
             self._oldest = loop.time()
         patience = _PATIENCE.get()
         if patience is None or not patience.patient:
-            self.hurry()
+            self._urgent = True
+            self._end_lingering()
         elif self._linger > 0:
             self._loop = loop
             _LINGERING.add(self)  # until nothing waits: hurry_writes() may need to reach it
 
+    def _landed(self) -> None:
+        self._urgent = False  # a hurry() made with nothing waiting must not carry over
+
     def hurry(self) -> None:
-        self._urgent = True
+        if self._waiting:  # (with nothing waiting, there is nothing to hurry)
+            self._urgent = True
+            self._end_lingering()
+
+    def _end_lingering(self) -> None:
         if self._wake is not None and not self._wake.done():
             self._wake.set_result(None)
 

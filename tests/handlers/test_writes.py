@@ -189,8 +189,9 @@ async def test_writes_behind_linger_for_company_but_a_blocking_flush_sends_them_
         # audit row: lingering, it would hold the handler for the whole minute
         await asyncio.wait_for(ctx.step("invoice", ctx.llm.extract, Invoice, INVOICE_TEXT), 10)
         await asyncio.wait_for(ctx.step("summary", ctx.llm.extract, Summary, INVOICE_TEXT), 10)
-        assert await store.database["llm_calls"].count_documents({}) == 1
         # the second call's row and the checkpoints wait for company, until a flush hurries
+        await asyncio.sleep(0.3)  # ample for a write that would leave at once
+        assert await store.database["llm_calls"].count_documents({}) == 1
         assert len(ctx.writes) > 0
         await asyncio.wait_for(ctx.writes.flush(hurry=True), 10)
     assert await store.database["llm_calls"].count_documents({}) == 2

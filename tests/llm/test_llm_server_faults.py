@@ -295,3 +295,18 @@ async def test_stopping_answers_at_once_what_waits_out_its_latency() -> None:
         # answered, not cut off by the server's shutdown grace (nor after the 60 s)
         completion = await asyncio.wait_for(call, 10)
     assert completion.choices[0].message.content
+
+
+async def test_the_model_latency_counts_from_the_requests_arrival() -> None:
+    server = LLMServer(LLMServerConfig(api_key=None))
+    await server.start()
+    try:
+        # a request that arrived 0.25 s ago, at 0.3 s of latency, has 0.05 s left to wait
+        started = time.monotonic()
+        await server._pause(0.3, since=started - 0.25)
+        assert time.monotonic() - started < 0.2
+        started = time.monotonic()
+        await server._pause(0.3)  # from now, by default
+        assert time.monotonic() - started >= 0.3
+    finally:
+        await server.stop()

@@ -421,6 +421,8 @@ async def test_stop_gives_messages_received_ahead_back_at_once(stack: Stack) -> 
             for message in taken:
                 await rival.abandon_message(message)
         assert len(taken) == 2
+        # the worker had them (giving back counted a delivery), and no handler ran them
+        assert [m.delivery_count for m in taken] == [1, 1]
         first = await asyncio.wait_for(running, 30)
     assert first.count(report_action("completed")) == 1
     assert await stack.store.database["invocations"].count_documents({"event": "start"}) == 1

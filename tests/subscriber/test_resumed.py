@@ -1,0 +1,58 @@
+"""A resumed parked message is still deferred: whatever gives it back must park it again."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from azure.servicebus.aio import ServiceBusClient
+
+from handlers import discover_handlers
+from publisher import publish_documents
+from subscriber.backoff import BackoffPolicy
+from subscriber.parking import ParkedMessage, mark_deferred, park, parked_messages, unpark
+from subscriber.processing import Processor, is_deferred
+from subscriber.settlement import Action
+from tests.subscriber import sample_handlers
+from tests.subscriber.conftest import Stack
+
+
+async def test_a_resumed_message_that_fails_again_is_parked_again_not_stranded(
+    stack: Stack,
+) -> None:
+    report = await publish_documents(
+        [{"doc_id": "p1", "text": "t", "metadata": {"behaviour": "always-fail"}}],
+        topic="docs", batch_id="b1", settings=stack.settings, store=stack.store, progress=False,
+    )  # fmt: skip
+    assert report.ok
+    [work] = [h for h in discover_handlers(sample_handlers) if h.spec.name == "work"]
+    processor = Processor(
+        stack.store, backoff=BackoffPolicy(base=0.1, cap=0.1, jitter=0.0), max_attempts=lambda _: 5
+    )
+    async with ServiceBusClient.from_connection_string(stack.connection_string) as client:
+        async with client.get_subscription_receiver("docs", "work") as receiver:
+            messages: list[Any] = []
+            while not messages:
+                messages = await receiver.receive_messages(max_message_count=1, max_wait_time=5)
+            [message] = messages
+            # parked as the processor parks (record, defer, confirm), then resumed as the
+            # worker resumes (fetch back, drop the record once a handler slot is taken)
+            record = ParkedMessage(
+                topic="docs", subscription="work", reason="SystemicFailure",
+                sequence_number=int(message.sequence_number), batch_id="b1", doc_id="p1",
+            )  # fmt: skip
+            await park(stack.store, record)
+            await receiver.defer_message(message)
+            await mark_deferred(stack.store, record)
+            [resumed] = await receiver.receive_deferred_messages([record.sequence_number])
+            assert is_deferred(resumed)
+            await unpark(stack.store, record)
+
+            outcome = await processor.process(work, receiver, resumed)
+
+            assert outcome.action is Action.RETRY
+            [again] = await parked_messages(stack.store, "docs", "work")
+            assert again.sequence_number == record.sequence_number and again.deferred
+            # and the broker still has it aside, for the next resume round to fetch
+            [fetched] = await receiver.receive_deferred_messages([record.sequence_number])
+            assert fetched.delivery_count > resumed.delivery_count
+            await receiver.complete_message(fetched)
