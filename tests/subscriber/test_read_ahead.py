@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from azure.servicebus.aio import ServiceBusClient
@@ -12,6 +13,7 @@ from publisher import publish_documents
 from subscriber.backoff import BackoffPolicy
 from subscriber.processing import Processor, settle_unused
 from subscriber.settlement import Action
+from subscriber.worker import Worker, WorkerOptions
 from tests.subscriber.conftest import Stack
 
 STEP_CALLS: list[str] = []
@@ -118,3 +120,52 @@ async def test_checkpoints_are_read_ahead_once_a_handler_is_seen_to_use_steps(
     assert outcome.action is Action.COMPLETE
     assert STEP_CALLS == ["text 0", "text 1", "text 2"]  # not run again
     assert counting.reads[-1:] == ["s0"] and len(counting.reads) == 5
+
+
+STARTS: dict[str, float] = {}
+
+
+@handler(topic="docs", subscription="other", version="2", name="stepping_timed")
+async def stepping_timed(doc: Document, ctx: Context) -> dict[str, Any]:
+    STARTS[doc.doc_id] = time.monotonic()
+    return {"loud": await ctx.step("shout", shout, doc.text)}
+
+
+class TimedReads(CountingReads):
+    def __init__(self, store: Store) -> None:
+        super().__init__(store)
+        self.at: dict[str, float] = {}
+
+    async def checkpoints_of(self, doc_id: str, handler: str, version: str) -> dict[str, Any]:
+        self.at.setdefault(doc_id, time.monotonic())
+        return await super().checkpoints_of(doc_id, handler, version)
+
+
+async def test_a_worker_reads_checkpoints_as_messages_arrive_and_once_per_delivery(
+    stack: Stack,
+) -> None:
+    docs = [{"doc_id": f"w{i}", "text": f"text {i}"} for i in range(8)]
+    report = await publish_documents(
+        docs, topic="docs", batch_id="b1", settings=stack.settings, store=stack.store,
+        progress=False,
+    )  # fmt: skip
+    assert report.ok
+    timed = TimedReads(stack.store)
+    async with ServiceBusClient.from_connection_string(stack.connection_string) as client:
+        worker = Worker(
+            discover_handlers([stepping_timed]),
+            client=client,
+            store=timed,  # type: ignore[arg-type]
+            options=WorkerOptions(
+                concurrency=1, receive_ahead=2, until_idle=1.0, dlq_capture_interval=None
+            ),
+            topology=stack.topology,
+        )
+        outcome = await worker.run()
+    assert outcome.count(Action.COMPLETE) == 8
+    assert sorted(timed.reads) == [f"w{i}" for i in range(8)]  # one read per delivery
+    ahead = [d for d in STARTS if timed.at[d] < STARTS[d]]
+    # the first delivery teaches the worker that the handler uses steps (the messages
+    # received before it ends, one slot and two ahead at most, read for themselves); the
+    # rest are read as they arrive
+    assert len(ahead) >= 8 - 3, (timed.at, STARTS)
