@@ -48,6 +48,15 @@ class CountingReads:
         return await self.store.checkpoints_of(doc_id, handler, version)
 
 
+async def publish(stack: Stack, prefix: str, count: int, batch_id: str = "b1") -> None:
+    docs = [{"doc_id": f"{prefix}{i}", "text": f"text {i}"} for i in range(count)]
+    report = await publish_documents(
+        docs, topic="docs", batch_id=batch_id, settings=stack.settings, store=stack.store,
+        progress=False,
+    )  # fmt: skip
+    assert report.ok
+
+
 async def received(stack: Stack, count: int) -> tuple[ServiceBusClient, Any, list[Any]]:
     client = ServiceBusClient.from_connection_string(stack.connection_string)
     receiver = client.get_subscription_receiver("docs", "other")
@@ -61,12 +70,7 @@ async def received(stack: Stack, count: int) -> tuple[ServiceBusClient, Any, lis
 async def test_checkpoints_are_read_ahead_once_a_handler_is_seen_to_use_steps(
     stack: Stack,
 ) -> None:
-    docs = [{"doc_id": f"s{i}", "text": f"text {i}"} for i in range(3)]
-    report = await publish_documents(
-        docs, topic="docs", batch_id="b1", settings=stack.settings, store=stack.store,
-        progress=False,
-    )  # fmt: skip
-    assert report.ok
+    await publish(stack, "s", 3)
     [registered] = discover_handlers([stepping])
     counting = CountingReads(stack.store, fail=False)
     processor = Processor(counting, backoff=BackoffPolicy(), max_attempts=lambda _: 3)  # type: ignore[arg-type]
@@ -103,11 +107,7 @@ async def test_checkpoints_are_read_ahead_once_a_handler_is_seen_to_use_steps(
     assert STEP_CALLS == ["text 0", "text 1", "text 2"]
 
     # the same document again (another batch): its checkpoint comes with the read ahead
-    report = await publish_documents(
-        docs[:1], topic="docs", batch_id="b2", settings=stack.settings, store=stack.store,
-        progress=False,
-    )  # fmt: skip
-    assert report.ok
+    await publish(stack, "s", 1, batch_id="b2")
     client, receiver, [again] = await received(stack, 1)
     try:
         ahead = processor.read_ahead(registered, again)
@@ -144,12 +144,7 @@ class TimedReads(CountingReads):
 async def test_a_worker_reads_checkpoints_as_messages_arrive_and_once_per_delivery(
     stack: Stack,
 ) -> None:
-    docs = [{"doc_id": f"w{i}", "text": f"text {i}"} for i in range(8)]
-    report = await publish_documents(
-        docs, topic="docs", batch_id="b1", settings=stack.settings, store=stack.store,
-        progress=False,
-    )  # fmt: skip
-    assert report.ok
+    await publish(stack, "w", 8)
     timed = TimedReads(stack.store)
     async with ServiceBusClient.from_connection_string(stack.connection_string) as client:
         worker = Worker(
