@@ -477,7 +477,11 @@ class Worker:
             slot_held = True
             if parked is not None:
                 # only now: a resumed message given back before this point keeps its record
-                await self._unpark(parked)
+                try:
+                    await self._unpark(parked)
+                except asyncio.CancelledError:
+                    await asyncio.shield(self._processor.give_back(registered, receiver, message))
+                    raise
             outcome = await self._processor.process(
                 registered,
                 receiver,
