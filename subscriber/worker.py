@@ -722,6 +722,9 @@ class Worker:
                 except ServiceBusError as one_exc:
                     logger.warning("parked message %s stays parked: %s", p.id, one_exc)
         by_number = {m.sequence_number: m for m in messages}
+        if self._renewer is not None:
+            for fetched in messages:  # their locks tick while they wait for a credit below
+                self._renewer.register(receiver, fetched)
         logger.info("resuming %d parked messages of %s", len(by_number), registered.spec.name)
         for p in parked:
             message = by_number.get(p.sequence_number)
