@@ -114,7 +114,6 @@ class _Group:
             raise
         finally:
             self._flight = None
-            self._landed()
 
     async def _gather(self) -> None:
         """Wait, if this group may, for more requests to send along (see :class:`GroupWriter`)."""
@@ -127,9 +126,6 @@ class _Group:
 
     def hurry(self) -> None:
         """Send what waits now (see :class:`GroupWriter`'s ``linger``)."""
-
-    def _landed(self) -> None:
-        """The flight ended with nothing left to send."""
 
     async def drain(self) -> None:
         """Wait until every request made so far has been sent and answered."""
@@ -220,9 +216,6 @@ class GroupWriter(_Group):
         elif self._linger > 0:
             self._loop = loop
             _LINGERING.add(self)  # until nothing waits: hurry_writes() may need to reach it
-
-    def _landed(self) -> None:
-        self._urgent = False  # a hurry() made with nothing waiting must not carry over
 
     def hurry(self) -> None:
         if self._waiting:  # (with nothing waiting, there is nothing to hurry)
