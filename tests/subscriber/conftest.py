@@ -16,6 +16,13 @@ TOPOLOGY = parse_topology(
             {"name": "docs", "subscriptions": [{"name": "work"}, {"name": "other"}]},
             {"name": "llm", "subscriptions": [{"name": "steps"}]},
             {
+                # a lock a handler that blocks the event loop outlives (tests of lock loss)
+                "name": "slow",
+                "subscriptions": [
+                    {"name": "blocking", "lock_duration": "PT1S", "max_delivery_count": 2}
+                ],
+            },
+            {
                 "name": "ordered",
                 "subscriptions": [{"name": "in-order", "requires_session": True}],
             },
