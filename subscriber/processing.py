@@ -32,6 +32,7 @@ from docbus.envelope import Envelope
 from docbus.records import DeadLetterRecord
 from docbus.store import Store, StoreError
 from handlers.context import Context
+from handlers.decorator import HandlerTimeout
 from handlers.discovery import RegisteredHandler
 from handlers.document import resolve_document
 from handlers.errors import HandlerOutcome
@@ -94,8 +95,11 @@ class Processor:
         llm: Any = None,
         stopping: asyncio.Event | None = None,
         rng: random.Random | None = None,
+        handler_timeout: float | None = None,
     ) -> None:
         self.store = store
+        self.handler_timeout = handler_timeout
+        """Seconds an attempt may take when its handler sets no ``timeout``; None: no limit."""
         self.backoff = backoff
         self.max_attempts = max_attempts
         self.llm = llm
@@ -168,7 +172,7 @@ class Processor:
             if self.llm is not None:
                 ctx.llm = self.llm.bind(ctx)
             try:
-                output = serialize_output(await registered.fn(document, ctx))
+                output = serialize_output(await self._call(registered, document, ctx))
             finally:
                 if ctx.checkpoint_cache is not None:
                     self._stepping.add(registered.spec.name)
@@ -307,6 +311,22 @@ class Processor:
                 "could not settle %s (%s): %s", message.message_id, decision.action.value, exc
             )
         return decision.action
+
+    async def _call(self, registered: RegisteredHandler, document: Any, ctx: Context) -> Any:
+        """The handler's output, or :class:`HandlerTimeout` once it has run past its timeout."""
+        seconds = registered.spec.timeout or self.handler_timeout
+        if seconds is None:
+            return await registered.fn(document, ctx)
+        deadline = asyncio.timeout(seconds)
+        try:
+            async with deadline:
+                return await registered.fn(document, ctx)
+        except TimeoutError as exc:
+            if not deadline.expired():
+                raise  # the handler's own TimeoutError (an I/O timeout of its own)
+            # (the cancellation that stopped it says in which step: handlers.steps marks it)
+            step = getattr(exc.__context__, "step", None)
+            raise HandlerTimeout(registered.spec.name, seconds, step) from None
 
     # --- done or dead, never both -------------------------------------------------------
     async def _done_before(self, registered: RegisteredHandler, envelope: Envelope | None) -> bool:

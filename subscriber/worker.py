@@ -86,6 +86,9 @@ class WorkerOptions:
     max_messages: int | None = None
     """Exit after settling this many messages."""
     shutdown_grace: float = 30.0
+    handler_timeout: float | None = 600.0
+    """Seconds one attempt of a handler may take (its ``@handler(timeout=...)`` wins); past it
+    the attempt is cancelled and counts as a transient failure. None: no limit."""
     lock_renewal: bool = True
     max_lock_renewal: float = 3600.0
     backoff: BackoffPolicy = field(default_factory=BackoffPolicy)
@@ -109,6 +112,7 @@ class WorkerOptions:
             "receive_ahead": worker.receive_ahead,
             "prefetch": worker.prefetch,
             "shutdown_grace": worker.shutdown_grace,
+            "handler_timeout": worker.handler_timeout,
             "lock_renewal": worker.lock_renewal,
             "max_lock_renewal": worker.max_lock_renewal_duration,
             "backoff": BackoffPolicy(
@@ -212,6 +216,7 @@ class Worker:
             max_attempts=self.max_delivery_count,
             llm=llm,
             stopping=self._stopping,
+            handler_timeout=self.options.handler_timeout,
         )
 
     def _check_ordering(self) -> None:
