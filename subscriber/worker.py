@@ -25,6 +25,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from types import CodeType
 from typing import Any, cast
 
 from azure.servicebus import NEXT_AVAILABLE_SESSION, ServiceBusReceivedMessage
@@ -46,6 +47,7 @@ from subscriber.parking import ParkedMessage, parked_messages, unpark
 from subscriber.processing import Outcome, Processor, settle_unused
 from subscriber.settlement import Action
 from subscriber.turns import TakingTurns
+from subscriber.watchdog import LoopWatchdog
 
 logger = logging.getLogger(__name__)
 
@@ -104,6 +106,10 @@ class WorkerOptions:
     dlq_capture_interval: float | None = 60.0
     """How often the subscriptions' dead-letter queues are drained into Mongo (also once at
     start and before an idle exit); None leaves broker-side dead letters on the broker."""
+    blocked_loop_warning: float | None = None
+    """Seconds the event loop may stand still (a handler blocking it) before the worker warns,
+    naming the handler and the line (:mod:`subscriber.watchdog`). None: a third of the
+    shortest lock duration of its subscriptions, between 0.5 and 5 s; 0: never warn."""
 
     @classmethod
     def from_settings(cls, worker: WorkerSettings, **overrides: Any) -> WorkerOptions:
@@ -265,11 +271,36 @@ class Worker:
                 pass
         return self.options.default_max_delivery_count
 
+    def blocked_loop_threshold(self) -> float | None:
+        """Seconds of a stalled event loop worth a warning (see ``blocked_loop_warning``)."""
+        if self.options.blocked_loop_warning is not None:
+            return self.options.blocked_loop_warning or None
+        locks = [60.0]  # Service Bus's default lock duration
+        if self.topology is not None:
+            from docbus.emulator.config import ConfigError, parse_duration
+
+            for registered in self.handlers:
+                spec = registered.spec
+                with contextlib.suppress(TopologyError, ConfigError):
+                    sub = self.topology.topic(spec.topic).subscription(spec.subscription)
+                    locks.append(parse_duration(sub.lock_duration))
+        return max(0.5, min(5.0, min(locks) / 3))
+
     async def run(self) -> WorkerReport:
         started = time.monotonic()
         self._last_activity = started
         if self.options.lock_renewal:
             self._renewer = LockRenewer(self.options.max_lock_renewal)
+        threshold = self.blocked_loop_threshold()
+        watchdog = None
+        if threshold is not None:
+            codes = {
+                code: h.spec.name
+                for h in self.handlers
+                if isinstance(code := getattr(h.fn, "__code__", None), CodeType)
+            }
+            watchdog = LoopWatchdog(threshold, codes)
+            watchdog.start()
         loops = []
         for registered in self.handlers:
             if registered.spec.ordered_by:
@@ -296,6 +327,8 @@ class Worker:
             await asyncio.gather(*helpers, *loops, return_exceptions=True)
             if self._renewer is not None:
                 await self._renewer.close()
+            if watchdog is not None:
+                watchdog.stop()
             self.report.seconds = time.monotonic() - started
         return self.report
 
@@ -447,7 +480,8 @@ class Worker:
             self._renewer.register(receiver, message)
         checkpoints = self._processor.read_ahead(registered, message)
         task = asyncio.create_task(
-            self._run_one(registered, receiver, message, checkpoints, parked)
+            self._run_one(registered, receiver, message, checkpoints, parked),
+            name=f"message {message.message_id}",  # named in a blocked-loop warning
         )
         self._in_flight.add(task)
         task.add_done_callback(self._in_flight.discard)

@@ -19,5 +19,6 @@ async def blocking(doc: Document, ctx: Context) -> dict[str, Any]:
     await ctx.store.database["invocations"].insert_one(
         {"doc_id": ctx.doc_id, "attempt": ctx.delivery_count, "at": datetime.now(UTC)}
     )
-    time.sleep(float(doc.metadata.get("block", 0)))  # the mistake: nothing else runs meanwhile
+    # the mistake: nothing else runs meanwhile
+    time.sleep(float(doc.metadata.get("block", 0)))  # noqa: ASYNC251
     return {"length": len(doc.text)}

@@ -60,9 +60,23 @@ async def test_a_handler_blocking_past_its_lock_leaves_no_document_both_done_and
     for i in range(3):
         assert await db["results"].count_documents({"doc_id": f"b{i}", "current": True}) == 1
     done = {r["doc_id"] async for r in db["results"].find({"batch_id": "blk"})}
-    dead = [
-        d async for d in db["dead_letters"].find({"batch_id": "blk", "resolved_at": None})
-    ]
+    dead = [d async for d in db["dead_letters"].find({"batch_id": "blk", "resolved_at": None})]
     assert [d["doc_id"] for d in dead if d["doc_id"] in done] == []
     counts = await stack.store.batch_counts("blk", handlers=["blocking"])
     assert (counts.done, counts.dead_lettered, counts.pending) == (3, 0, 0)
+
+
+async def test_a_blocked_loop_is_reported_once_naming_the_handler_message_and_line(
+    stack: Stack, caplog: pytest.LogCaptureFixture
+) -> None:
+    await publish(stack, 1, block=1.5)
+    caplog.set_level(logging.INFO, logger="subscriber.watchdog")
+    await run_worker(stack, dlq_capture_interval=None, until_idle=1.0)
+    warnings = [r.getMessage() for r in caplog.records if r.name == "subscriber.watchdog"]
+    blocked = [w for w in warnings if w.startswith("event loop blocked")]
+    assert len(blocked) == 1, warnings  # once per stall, not every look
+    [line] = blocked
+    assert "handler 'blocking' (message blk:b0:0)" in line
+    assert "blocking_handlers.py:" in line and "in blocking" in line
+    assert "asyncio.to_thread" in line
+    assert any(w.startswith("event loop ran again after") for w in warnings)
