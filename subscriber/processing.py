@@ -478,6 +478,7 @@ class Processor:
             batch_id=envelope.batch_id if envelope else None,
             doc_id=envelope.doc_id if envelope else None,
             message_id=str(message.message_id),
+            handler=spec.name,
             deferred=deferred,
         )
 
