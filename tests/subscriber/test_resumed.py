@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -108,3 +109,36 @@ async def test_resumed_messages_keep_their_locks_while_they_wait_for_a_slot(stac
             for number in numbers:
                 with pytest.raises(MessageNotFoundError):
                     await receiver.receive_deferred_messages([number])
+
+
+async def test_a_message_given_back_to_its_park_is_resumed_by_the_next_worker(
+    stack: Stack,
+) -> None:
+    # A resumed message that failed transiently, or was given back at a stop, is parked again
+    # as "GivenBack": nothing to wait for, so the next worker fetches it back at once.
+    report = await publish_documents(
+        [{"doc_id": "g1", "text": "t", "metadata": {"behaviour": "ok"}}],
+        topic="docs", batch_id="b1", settings=stack.settings, store=stack.store, progress=False,
+    )  # fmt: skip
+    assert report.ok
+    async with ServiceBusClient.from_connection_string(stack.connection_string) as client:
+        async with client.get_subscription_receiver("docs", "work") as receiver:
+            messages: list[Any] = []
+            while not messages:
+                messages = await receiver.receive_messages(max_message_count=1, max_wait_time=5)
+            record = ParkedMessage(
+                topic="docs", subscription="work", reason="GivenBack", batch_id="b1",
+                doc_id="g1", sequence_number=int(messages[0].sequence_number),
+            )  # fmt: skip
+            await park(stack.store, record)
+            await receiver.defer_message(messages[0])
+            await mark_deferred(stack.store, record)
+        worker = Worker(
+            discover_handlers(sample_handlers), client=client, store=stack.store,
+            options=WorkerOptions(until_idle=1.0, dlq_capture_interval=None),
+            topology=stack.topology,
+        )  # fmt: skip
+        outcome = await asyncio.wait_for(worker.run(), 30)
+    assert outcome.count(Action.COMPLETE) == 1
+    assert await stack.store.current_result("g1", "work") is not None
+    assert await parked_messages(stack.store, "docs", "work") == []
