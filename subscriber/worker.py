@@ -790,9 +790,7 @@ class Worker:
         return [
             p
             for p in candidates
-            if may_resume(
-                p, llm_works=llm_works, over_budget=over_budget.get(p.batch_id or "")
-            )
+            if may_resume(p, llm_works=llm_works, over_budget=over_budget.get(p.batch_id or ""))
         ]
 
     async def _left_parked(self) -> list[ParkedGroup]:

@@ -159,10 +159,16 @@ class ParkedMixin(StoreBase):
         batch_id: str | None = None,
         topic: str | None = None,
         subscription: str | None = None,
+        handler: str | None = None,
+        reason: str | None = None,
     ) -> list[ParkedGroup]:
         """Parked messages counted per subscription, handler and reason, largest first."""
+        match = _query(
+            topic=topic, subscription=subscription, batch_id=batch_id, handler=handler,
+            reason=reason,
+        )  # fmt: skip
         pipeline: list[dict[str, Any]] = [
-            {"$match": _query(topic=topic, subscription=subscription, batch_id=batch_id)},
+            {"$match": match},
             {"$sort": {"parked_at": 1}},
             {
                 "$group": {
