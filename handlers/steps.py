@@ -31,13 +31,15 @@ import json
 import logging
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
 from pydantic import BaseModel, ValidationError
 from pydantic_core import PydanticSerializationError, to_jsonable_python
 
-from docbus.store import StoreError
+from docbus.store import Checkpoint, StoreError
 from handlers.errors import Retry
+from handlers.writes import backlog_of, checkpoint_on_its_way, durably
 
 if TYPE_CHECKING:
     from handlers.context import Context
@@ -160,11 +162,13 @@ async def _run(
         _current.reset(token)
     if store is not None and ctx.writes.behind:
         # Sent now, acknowledged later (handlers.writes): after the audit rows of this step's
-        # calls, before the result. The handler goes on with its next step meanwhile.
-        ctx.writes.start(
+        # calls, before the result. The handler goes on with its next step meanwhile; until
+        # it is stored, another delivery of the document in this process finds it on its way.
+        write = ctx.writes.start(
             _store_checkpoint(ctx, store, key, encoded, replace=stale, adopt=False),
             after_earlier=True,
         )
+        checkpoint_on_its_way(store, _owner(ctx), key.id, encoded, write)
     elif store is not None:
         try:
             encoded = await _store_checkpoint(ctx, store, key, encoded, replace=stale, adopt=True)
@@ -191,7 +195,11 @@ async def _store_checkpoint(
 ) -> Any:
     """Store a step's output; return what is stored for its key — the output given, or what a
     concurrent delivery of the same message stored first (``adopt``; else that raises)."""
-    stored = await store.put_checkpoint(key, encoded, batch_id=ctx.batch_id, replace=replace)
+    stored = await durably(
+        store,
+        lambda: store.put_checkpoint(key, encoded, batch_id=ctx.batch_id, replace=replace),
+        f"checkpoint of step {key.step}",
+    )
     if stored:
         return encoded
     winner = await store.get_checkpoint(key)
@@ -230,11 +238,24 @@ async def _stored_checkpoint(ctx: Context, store: Any, key: Any) -> Any:
             cache = await store.checkpoints_of(ctx.doc_id, ctx.handler_name, ctx.handler_version)
         ctx.checkpoint_cache = cache
     stored = cache.get(key.id)
+    if stored is None:
+        on_its_way = backlog_of(store).checkpoint(_owner(ctx), key.id)
+        if on_its_way is not None:
+            # Finished by an earlier delivery in this process, still on its way to the store
+            # (held through an outage, say): this delivery's result waits for it too.
+            output, write = on_its_way
+            ctx.writes.follow(write)
+            return Checkpoint(output, datetime.now(UTC))
     if stored is None and cache:
         # Not among what was there when they were read: written by a concurrent
         # delivery since, perhaps; ask the store rather than recompute.
         stored = await store.get_checkpoint(key)
     return stored
+
+
+def _owner(ctx: Context) -> tuple[str, str, str]:
+    """Whose checkpoints a delivery reads and writes: document, handler, handler version."""
+    return (ctx.doc_id, ctx.handler_name, ctx.handler_version)
 
 
 @functools.lru_cache(maxsize=256)

@@ -41,6 +41,7 @@ from docbus.settings import WorkerSettings
 from docbus.store import ParkedGroup, Store, StoreError
 from docbus.topology import Topology, TopologyError
 from handlers.discovery import RegisteredHandler
+from handlers.writes import drain_backlog
 from subscriber.backoff import BackoffPolicy
 from subscriber.locks import LockRenewer
 from subscriber.parking import (
@@ -345,6 +346,8 @@ class Worker:
                 await self._renewer.close()
             if watchdog is not None:
                 watchdog.stop()
+            # audit rows and checkpoints an outage refused: stored now, as far as possible
+            await drain_backlog(self.store, within=self.options.shutdown_grace)
             self.report.parked = await self._left_parked()
             self.report.seconds = time.monotonic() - started
         return self.report
@@ -614,6 +617,9 @@ class Worker:
             )
             for task in pending:
                 task.cancel()
+            _, stuck = await asyncio.wait(pending, timeout=self.options.shutdown_grace)
+            if stuck:  # waiting for writes MongoDB keeps refusing: give those up
+                await drain_backlog(self.store, within=0)
             await asyncio.gather(*pending, return_exceptions=True)
 
     async def _pause_for(self, seconds: float) -> None:
