@@ -5,7 +5,10 @@
 entity's size limit (content in the ``payloads`` collection, the message carries a reference) —
 records the batch and every document in Mongo (:class:`~docbus.store.Store`) *before* sending,
 then sends with ``ServiceBusSender.create_message_batch()``, splitting at the size limit, on
-several sender links at once. Documents are recorded and sent in chunks, so memory stays bounded
+several sender links at once. A batch the broker refuses as too large is sent again in halves
+(down to single messages); a transient failure is retried with backoff
+(``PublisherSettings.send_attempts``), safely, since message ids are fixed and duplicate detection
+drops a copy that did arrive. Documents are recorded and sent in chunks, so memory stays bounded
 however long the input. A rich progress bar runs while sending and a summary table closes the
 run. Messages are built by :func:`docbus.servicebus.build_message`; replays reuse this path.
 
@@ -36,6 +39,7 @@ from rich.table import Table
 
 from docbus.envelope import BATCH_ID_PATTERN, Envelope, claim_check_for, new_batch_id
 from docbus.servicebus import (
+    MessageTooLarge,
     MessagingAuthError,
     MessagingEntityNotFound,
     MessagingError,
@@ -281,8 +285,9 @@ async def publish_documents(
             bar.advance(task, len(ids))
 
         abort = _Abort()
+        retry = _Retry(settings.publisher.send_attempts, settings.publisher.send_retry_backoff)
         lanes = [
-            asyncio.create_task(_lane(s, q, abort, sent, failed))
+            asyncio.create_task(_lane(s, q, abort, sent, failed, retry))
             for s, q in zip(senders, queues, strict=True)
         ]
         recorder = None if dry_run else store
@@ -398,6 +403,7 @@ async def _lane(
     abort: _Abort,
     sent: Callable[[list[str]], None],
     failed: Callable[[list[str], str], None],
+    retry: _Retry,
 ) -> None:
     """One sender link: fill a batch from the queue, send it when full, repeat.
 
@@ -413,24 +419,55 @@ async def _lane(
             abort.error = abort.error or exc
             return None
 
-    async def send(batch: ServiceBusMessageBatch, ids: list[str]) -> None:
-        if abort.error is not None:
-            failed(ids, f"not sent: {abort.error}")
-            return
-        try:
-            with translated(f"send {len(ids)} messages"):
-                await sender.send_messages(batch)
-        except (MessagingAuthError, MessagingEntityNotFound) as exc:
-            abort.error = abort.error or exc  # the topic itself is unusable: stop everything
-            failed(ids, str(exc))
-        except MessagingError as exc:
-            logger.warning("sending %d messages failed: %s", len(ids), exc)
-            failed(ids, str(exc))
-        else:
-            sent(ids)
+    async def deliver(
+        batch: ServiceBusMessageBatch, items: list[tuple[str, ServiceBusMessage]]
+    ) -> None:
+        ids = [doc_id for doc_id, _ in items]
+        attempt = 0
+        while True:
+            if abort.error is not None:
+                failed(ids, f"not sent: {abort.error}")
+                return
+            attempt += 1
+            try:
+                with translated(f"send {len(ids)} messages"):
+                    await sender.send_messages(batch)
+            except (MessagingAuthError, MessagingEntityNotFound) as exc:
+                abort.error = abort.error or exc  # the topic itself is unusable: stop everything
+                failed(ids, str(exc))
+                return
+            except MessageTooLarge as exc:
+                if len(items) == 1:
+                    failed(ids, f"the broker refused the message as too large: {exc}")
+                    return
+                # The broker counted the batch larger than the SDK did: send it in halves.
+                logger.warning("the broker refused %d messages as too large; splitting", len(ids))
+                half = len(items) // 2
+                for part in (items[:half], items[half:]):
+                    smaller = await new_batch()
+                    if smaller is None:
+                        failed([doc_id for doc_id, _ in part], f"not sent: {abort.error}")
+                        continue
+                    for _, message in part:
+                        smaller.add_message(message)
+                    await deliver(smaller, part)
+                return
+            except MessagingError as exc:
+                delay = retry.delay(attempt, exc)
+                if delay is None:
+                    failed(ids, str(exc))
+                    return
+                logger.warning(
+                    "sending %d messages failed (attempt %d of %d), retrying in %.1f s: %s",
+                    len(ids), attempt, retry.attempts, delay, exc,
+                )  # fmt: skip
+                await asyncio.sleep(delay)
+            else:
+                sent(ids)
+                return
 
     batch = await new_batch()
-    ids: list[str] = []
+    items: list[tuple[str, ServiceBusMessage]] = []
     while (item := await queue.get()) is not None:
         doc_id, message = item
         if batch is None or abort.error is not None:
@@ -439,9 +476,9 @@ async def _lane(
         try:
             batch.add_message(message)
         except MessageSizeExceededError:
-            if ids:
-                await send(batch, ids)
-                batch, ids = await new_batch(), []
+            if items:
+                await deliver(batch, items)
+                batch, items = await new_batch(), []
             try:
                 if batch is None:
                     raise MessageSizeExceededError(message="no batch")
@@ -449,6 +486,20 @@ async def _lane(
             except MessageSizeExceededError:
                 failed([doc_id], "message exceeds the size limit even by claim-check")
                 continue
-        ids.append(doc_id)
-    if ids and batch is not None:
-        await send(batch, ids)
+        items.append(item)
+    if items and batch is not None:
+        await deliver(batch, items)
+
+
+@dataclass(frozen=True)
+class _Retry:
+    """How often, and after how long, a transiently failed send is tried again."""
+
+    attempts: int
+    backoff: float
+
+    def delay(self, attempt: int, error: MessagingError) -> float | None:
+        """Seconds to wait before attempt ``attempt + 1``, or None to give up."""
+        if not error.transient or attempt >= self.attempts:
+            return None
+        return self.backoff * 2 ** (attempt - 1)

@@ -15,7 +15,11 @@ from typing import Any
 
 import pytest
 from azure.servicebus import ServiceBusMessage, ServiceBusMessageBatch
-from azure.servicebus.exceptions import MessagingEntityNotFoundError, ServiceBusConnectionError
+from azure.servicebus.exceptions import (
+    MessageSizeExceededError,
+    MessagingEntityNotFoundError,
+    ServiceBusConnectionError,
+)
 from rich.console import Console
 
 from docbus.envelope import Envelope
@@ -73,7 +77,10 @@ class Sender:
 def settings(concurrency: int = 2, chunk: int = 50, max_size: int = 64 * 1024) -> Settings:
     return Settings(
         publisher=PublisherSettings(
-            send_concurrency=concurrency, chunk_size=chunk, max_message_size=max_size
+            send_concurrency=concurrency,
+            chunk_size=chunk,
+            max_message_size=max_size,
+            send_retry_backoff=0.01,
         )
     )
 
@@ -266,26 +273,69 @@ async def test_async_iterables_are_accepted(store: Store) -> None:
     assert report.sent == 5 and len(broker.messages) == 5
 
 
-async def test_a_failed_send_is_reported_per_document(store: Store) -> None:
+async def test_a_transient_send_failure_is_retried(store: Store) -> None:
     broker = Broker(limit=4 * 1024)
     failures = 0
 
-    async def fail_once(sender: Sender, batch: RecordingBatch) -> None:
+    async def fail_twice(sender: Sender, batch: RecordingBatch) -> None:
         nonlocal failures
-        if failures == 0:
+        if failures < 2:
             failures += 1
             raise ServiceBusConnectionError(message="connection reset")
 
-    broker.on_send = fail_once
+    broker.on_send = fail_twice
     report = await publish_documents(
         news(20, size=1000), topic="documents", batch_id="b1", settings=settings(),
         sender_factory=broker.sender, store=store, progress=False,
     )  # fmt: skip
-    assert report.failed and not report.ok
-    assert report.sent + len(report.failed) == 20
+    assert failures == 2
+    assert (report.sent, report.failed, report.ok) == (20, {}, True)
+    assert sorted(e.doc_id for e in broker.envelopes()) == sorted(f"n{i}" for i in range(20))
+
+
+async def test_a_send_that_keeps_failing_is_reported_per_document(store: Store) -> None:
+    broker = Broker(limit=4 * 1024)
+    attempts: dict[frozenset[str], int] = {}
+
+    async def always_fail(sender: Sender, batch: RecordingBatch) -> None:
+        ids = frozenset(str(m.message_id) for m in batch.added)
+        attempts[ids] = attempts.get(ids, 0) + 1
+        raise ServiceBusConnectionError(message="connection reset")
+
+    broker.on_send = always_fail
+    report = await publish_documents(
+        news(20, size=1000), topic="documents", batch_id="b1", settings=settings(),
+        sender_factory=broker.sender, store=store, progress=False,
+    )  # fmt: skip
+    assert set(attempts.values()) == {settings().publisher.send_attempts}
+    assert sorted(report.failed) == sorted(f"n{i}" for i in range(20)) and not report.ok
     assert all("connection reset" in reason for reason in report.failed.values())
     batch = await store.get_batch("b1")
     assert batch is not None and batch.status == "failed"
+
+
+async def test_a_batch_the_broker_refuses_as_too_large_is_split_and_resent(store: Store) -> None:
+    # The broker may count a batch larger than the SDK did: halve it until it is accepted,
+    # and report only a message the broker refuses on its own.
+    broker = Broker(limit=16 * 1024)
+    refused = 0
+
+    async def stricter_limit(sender: Sender, batch: RecordingBatch) -> None:
+        nonlocal refused
+        if batch.size_in_bytes > 5 * 1024:
+            refused += 1
+            raise MessageSizeExceededError(message="too large for the broker")
+
+    broker.on_send = stricter_limit
+    docs = [*news(30, size=1000), DocumentInput(text="y" * 9000, doc_id="big")]
+    report = await publish_documents(
+        docs, topic="documents", batch_id="b1", settings=settings(concurrency=1),
+        sender_factory=broker.sender, store=store, progress=False,
+    )  # fmt: skip
+    assert refused > 1
+    assert sorted(e.doc_id for e in broker.envelopes()) == sorted(f"n{i}" for i in range(30))
+    assert list(report.failed) == ["big"] and "too large" in report.failed["big"]
+    assert report.sent == 30
 
 
 async def test_an_unusable_topic_stops_the_publish(store: Store) -> None:
