@@ -3,7 +3,8 @@
 :func:`iter_documents` streams :class:`~publisher.inputs.DocumentInput` objects (one JSONL line or
 CSV row at a time, so large inputs never sit in memory) and appends an
 :class:`~publisher.inputs.InputProblem` with file, line and reason for every input it cannot use:
-unreadable file, invalid JSON, missing text, id or session field, empty document, non-UTF-8
+unreadable file, invalid JSON, a CSV row with the wrong field count or an unterminated quote,
+missing text, id or session field, empty document, non-UTF-8
 bytes, duplicate ids. :func:`load_documents` collects both into lists; :func:`scan_documents`
 only counts, for a validation pass before sending. Formats: ``files`` (each file one document;
 a ``.json`` file holds one record or a list of records), ``jsonl``, ``csv``, or ``auto`` by
@@ -249,12 +250,18 @@ class _Lines:
         self._stream = iter(stream)
         self.number = 0
         self.bad: set[int] = set()
+        self.eof = False
+        """Set once the reader asked past the last line: only a quoted field still open does."""
 
     def __iter__(self) -> Iterator[str]:
         return self
 
     def __next__(self) -> str:
-        raw = next(self._stream)
+        try:
+            raw = next(self._stream)
+        except StopIteration:
+            self.eof = True
+            raise
         self.number += 1
         try:
             return raw.decode("utf-8-sig" if self.number == 1 else "utf-8")
@@ -297,6 +304,16 @@ def _read_csv(
                 )
                 return
             end = lines.number
+            if lines.eof:
+                # csv ends a quoted field silently at the end of the file, merging every row
+                # after the opening quote into this one.
+                reason = (
+                    f"unterminated quote: a quoted field opened in this row runs to the end of "
+                    f"the file ({end - start + 1} lines), taking the rows after it into this "
+                    f'one; close the quote (a quote inside a quoted field is written "")'
+                )
+                problems.append(InputProblem(file=str(path), line=start, reason=reason))
+                return
             if not row or (len(row) == 1 and not row[0].strip()):
                 continue  # blank line
             if any(number in lines.bad for number in range(start, end + 1)):

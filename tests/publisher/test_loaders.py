@@ -180,6 +180,30 @@ def test_bad_csv_rows_are_reported_with_their_line(tmp_path: Path) -> None:
     ]
 
 
+@pytest.mark.parametrize(
+    "csv_text",
+    [
+        # the quote opens in a middle field: the row would also have too few fields
+        'id,text,country\nn1,Acme strike,FR\n'
+        'n2,"Beta fire at the plant,DE\nn3,Gamma recall,US\nn4,Delta merger,FR\n',
+        # the quote opens in the last field: the merged row has the header's field count
+        'id,country,text\nn1,FR,Acme strike\n'
+        'n2,DE,"Beta fire at the plant\nn3,US,Gamma recall\nn4,FR,Delta merger\n',
+    ],
+    ids=["middle-field", "last-field"],
+)
+def test_an_unterminated_quote_is_reported_where_it_opened_not_merged(
+    tmp_path: Path, csv_text: str
+) -> None:
+    path = write(tmp_path / "news.csv", csv_text)
+    docs, problems = load_documents([path], LoaderOptions(id_field="id"))
+    assert [d.doc_id for d in docs] == ["n1"]
+    assert len(problems) == 1
+    assert problems[0].line == 3
+    assert "unterminated quote" in problems[0].reason
+    assert "3 lines" in problems[0].reason
+
+
 def test_csv_without_the_text_column_is_one_clear_problem(tmp_path: Path) -> None:
     path = write(tmp_path / "cols.csv", "id,body\n1,x\n")
     docs, problems = load_documents([path])
