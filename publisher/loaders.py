@@ -4,8 +4,7 @@
 CSV row at a time, so large inputs never sit in memory) and appends an
 :class:`~publisher.inputs.InputProblem` with file, line and reason for every input it cannot use:
 unreadable file, invalid JSON, a CSV row with the wrong field count or an unterminated quote,
-missing text, id or session field, empty document, non-UTF-8
-bytes, duplicate ids. :func:`load_documents` collects both into lists; :func:`scan_documents`
+missing text, id or session field, empty document, non-UTF-8 bytes, duplicate ids. :func:`load_documents` collects both into lists; :func:`scan_documents`
 only counts, for a validation pass before sending. Formats: ``files`` (each file one document;
 a ``.json`` file holds one record or a list of records), ``jsonl``, ``csv``, or ``auto`` by
 extension. Hidden files and directories (``.name``) are not loaded. Neighbour:

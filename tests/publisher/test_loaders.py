@@ -184,10 +184,10 @@ def test_bad_csv_rows_are_reported_with_their_line(tmp_path: Path) -> None:
     "csv_text",
     [
         # the quote opens in a middle field: the row would also have too few fields
-        'id,text,country\nn1,Acme strike,FR\n'
+        "id,text,country\nn1,Acme strike,FR\n"
         'n2,"Beta fire at the plant,DE\nn3,Gamma recall,US\nn4,Delta merger,FR\n',
         # the quote opens in the last field: the merged row has the header's field count
-        'id,country,text\nn1,FR,Acme strike\n'
+        "id,country,text\nn1,FR,Acme strike\n"
         'n2,DE,"Beta fire at the plant\nn3,US,Gamma recall\nn4,FR,Delta merger\n',
     ],
     ids=["middle-field", "last-field"],
