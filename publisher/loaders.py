@@ -3,12 +3,14 @@
 :func:`iter_documents` streams :class:`~publisher.inputs.DocumentInput` objects (one JSONL line or
 CSV row at a time, so large inputs never sit in memory) and appends an
 :class:`~publisher.inputs.InputProblem` with file, line and reason for every input it cannot use:
-unreadable file, invalid JSON, a CSV row with the wrong field count or an unterminated quote,
-missing text, id or session field, empty document, non-UTF-8 bytes, duplicate ids. :func:`load_documents` collects both into lists; :func:`scan_documents`
-only counts, for a validation pass before sending. Formats: ``files`` (each file one document;
-a ``.json`` file holds one record or a list of records), ``jsonl``, ``csv``, or ``auto`` by
-extension. Hidden files and directories (``.name``) are not loaded. Neighbour:
-:mod:`publisher.publish` sends what these produce.
+unreadable file, invalid or too deeply nested JSON, a CSV row with the wrong field count or an
+unterminated quote, missing text, id or session field, empty document, non-UTF-8 bytes, duplicate
+ids, values that JSON, MongoDB or UTF-8 cannot carry (:func:`publisher.inputs.uncarriable`).
+:func:`load_documents` collects both into lists; :func:`scan_documents` only counts, for a
+validation pass before sending. Formats: ``files`` (each file one document; a ``.json`` file
+holds one record or a list of records), ``jsonl``, ``csv``, or ``auto`` by extension. Hidden
+files and directories (``.name``) are not loaded. Neighbour: :mod:`publisher.publish` sends what
+these produce.
 """
 
 from __future__ import annotations
@@ -22,8 +24,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from pydantic import ValidationError
+
 from docbus.envelope import Source
-from publisher.inputs import DocumentChecker, DocumentInput, InputProblem
+from publisher.inputs import DocumentChecker, DocumentInput, InputProblem, uncarriable
 
 __all__ = [
     "Format",
@@ -38,6 +42,7 @@ Format = Literal["auto", "files", "jsonl", "csv"]
 
 _JSONL_SUFFIXES = {".jsonl", ".ndjson"}
 _MARKDOWN_SUFFIXES = {".md", ".markdown"}
+_TOO_DEEP = "JSON nested too deeply to read (thousands of levels)"
 
 
 @dataclass(frozen=True)
@@ -201,6 +206,9 @@ def _read_json_file(
             InputProblem(file=str(path), line=exc.lineno, reason=f"invalid JSON: {exc.msg}")
         )
         return
+    except RecursionError:
+        problems.append(InputProblem(file=str(path), line=1, reason=_TOO_DEEP))
+        return
     items = value if isinstance(value, list) else [value]
     for index, item in enumerate(items, start=1):
         prefix = f"item {index}: " if isinstance(value, list) else ""
@@ -232,6 +240,9 @@ def _read_jsonl(
                 problems.append(
                     InputProblem(file=str(path), line=number, reason=f"invalid JSON: {exc.msg}")
                 )
+                continue
+            except RecursionError:
+                problems.append(InputProblem(file=str(path), line=number, reason=_TOO_DEEP))
                 continue
             if not isinstance(value, dict):
                 reason = f"JSON {type(value).__name__}, expected an object"
@@ -389,10 +400,17 @@ def _document(
                 )
             )
             return None
-    return DocumentInput(
-        text=text,
-        doc_id=doc_id,
-        content_type=content_type,
-        metadata=metadata,
-        source=Source(path=str(path), line=line),
-    )
+    try:
+        return DocumentInput(
+            text=text,
+            doc_id=doc_id,
+            content_type=content_type,
+            metadata=metadata,
+            source=Source(path=str(path), line=line),
+        )
+    except ValidationError as exc:  # what the model refuses, e.g. an id pydantic cannot read
+        reason = uncarriable(doc_id, "the id") or "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        problems.append(InputProblem(file=str(path), line=line, reason=f"{prefix}{reason}"))
+        return None

@@ -223,6 +223,33 @@ async def test_invalid_input_in_a_list_sends_and_records_nothing(store: Store) -
     assert await store.get_batch("b1") is None
 
 
+async def test_values_json_or_mongo_cannot_carry_are_problems_before_anything_is_recorded(
+    store: Store,
+) -> None:
+    broker = Broker()
+    docs: list[Any] = [
+        {"text": "fine", "doc_id": "ok"},
+        {"text": "x", "doc_id": "big-int", "metadata": {"n": 2**64}},
+        {"text": "x", "doc_id": "nul", "metadata": {"a\0b": 1}},
+        {"text": "bad \ud800 text", "doc_id": "surrogate"},
+        {"text": "x", "doc_id": "nan", "metadata": {"score": float("nan")}},
+        {"text": "x", "doc_id": "set", "metadata": {"tags": {"a", "b"}}},
+    ]
+    with pytest.raises(InvalidInput) as caught:
+        await publish_documents(
+            docs, topic="documents", batch_id="b1", settings=settings(),
+            sender_factory=broker.sender, store=store, progress=False,
+        )  # fmt: skip
+    assert [p.line for p in caught.value.problems] == [2, 3, 4, 5, 6]
+    assert broker.batches == [] and await store.get_batch("b1") is None
+    report = await publish_documents(
+        docs, topic="documents", batch_id="b2", settings=settings(),
+        sender_factory=broker.sender, store=store, progress=False, skip_invalid=True,
+    )  # fmt: skip
+    assert (report.sent, len(report.problems), report.failed) == (1, 5, {})
+    assert [e.doc_id async for e in store.iter_documents("b2")] == ["ok"]
+
+
 async def test_skip_invalid_sends_the_rest_and_lists_what_was_skipped(store: Store) -> None:
     broker = Broker()
     report = await publish_documents(
