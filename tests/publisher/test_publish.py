@@ -26,7 +26,8 @@ from docbus.envelope import Envelope
 from docbus.servicebus import MessagingEntityNotFound
 from docbus.settings import PublisherSettings, Settings
 from docbus.store import Store
-from publisher import DocumentInput, InvalidInput, publish_documents
+from docbus.topology import SubscriptionSpec, TopicSpec, Topology
+from publisher import DocumentInput, InvalidInput, PublishRefused, publish_documents
 
 
 class RecordingBatch(ServiceBusMessageBatch):
@@ -441,3 +442,38 @@ async def test_documents_of_one_session_reach_the_topic_in_input_order(store: St
     for session in range(5):
         in_session = [d for d in sent_order if int(d[1:]) % 5 == session]
         assert in_session == sorted(in_session)
+
+
+async def test_a_batch_id_used_before_is_refused_unless_resumed(store: Store) -> None:
+    broker = Broker()
+    first = await publish_documents(
+        news(3), topic="documents", batch_id="b1", settings=settings(),
+        sender_factory=broker.sender, store=store, progress=False,
+    )  # fmt: skip
+    assert first.ok
+    with pytest.raises(PublishRefused, match="batch b1 already exists"):
+        await publish_documents(
+            news(4), topic="documents", batch_id="b1", settings=settings(),
+            sender_factory=broker.sender, store=store, progress=False,
+        )  # fmt: skip
+    assert len(broker.messages) == 3
+    resumed = await publish_documents(
+        news(4), topic="documents", batch_id="b1", settings=settings(),
+        sender_factory=broker.sender, store=store, progress=False, resume=True,
+    )  # fmt: skip
+    # nothing has an outcome yet: the three are sent again under their ids, n3 is new
+    assert (resumed.resent, resumed.already_sent, resumed.sent) == (3, 0, 4)
+    assert sorted({str(m.message_id) for m in broker.messages}) == [f"b1:n{i}:0" for i in range(4)]
+    record = await store.get_batch("b1")
+    assert record is not None and record.counts["documents"] == 4
+
+
+async def test_a_topic_the_topology_does_not_know_records_and_sends_nothing(store: Store) -> None:
+    broker = Broker()
+    topology = Topology((TopicSpec("documents", (SubscriptionSpec("s"),)),))
+    with pytest.raises(PublishRefused, match="unknown topic 'other'"):
+        await publish_documents(
+            news(2), topic="other", batch_id="b1", settings=settings(),
+            sender_factory=broker.sender, store=store, progress=False, topology=topology,
+        )  # fmt: skip
+    assert broker.senders_opened == 0 and await store.get_batch("b1") is None
