@@ -329,8 +329,9 @@ async def publish_documents(
                 # Every link opens before anything is recorded: a missing topic or a refused
                 # credential fails here, leaving no half-published batch behind.
                 with translated(f"open senders for topic {topic!r}"):
-                    for _ in range(settings.publisher.send_concurrency):
-                        senders.append(await stack.enter_async_context(factory(topic)))
+                    links = await _open_links(factory, topic, settings.publisher.send_concurrency)
+                    stack.push_async_callback(_close_links, links)
+                    senders.extend(sender for sender, _ in links)
                     return (await senders[0].create_message_batch()).max_size_in_bytes
 
             async def read_store() -> ResumePlan | None:
@@ -469,6 +470,30 @@ def _batch_counts(report: PublishReport, plan: ResumePlan | None) -> dict[str, i
         counts["documents"] = len(plan.recorded) + new
         counts["sent"] = min(counts["documents"], report.sent + report.already_sent)
     return counts
+
+
+async def _open_links(
+    factory: SenderFactory, topic: str, count: int
+) -> list[tuple[MessageSender, AsyncExitStack]]:
+    """Open ``count`` sender links at once (each takes a connection and a token round trip)."""
+
+    async def open_one() -> tuple[MessageSender, AsyncExitStack]:
+        async with AsyncExitStack() as link:
+            sender = await link.enter_async_context(factory(topic))
+            return sender, link.pop_all()
+
+    opened = await asyncio.gather(*(open_one() for _ in range(count)), return_exceptions=True)
+    links = [item for item in opened if not isinstance(item, BaseException)]
+    errors = [item for item in opened if isinstance(item, BaseException)]
+    if errors:
+        await _close_links(links)
+        raise errors[0]
+    return links
+
+
+async def _close_links(links: list[tuple[MessageSender, AsyncExitStack]]) -> None:
+    # At once: the SDK takes up to a second to close each link.
+    await asyncio.gather(*(link.aclose() for _, link in links), return_exceptions=True)
 
 
 async def _finish(closing: list[asyncio.Task[None]]) -> None:
