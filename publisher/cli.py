@@ -1,16 +1,19 @@
 """``docbus publish``: validate documents from files, JSONL or CSV, then send them as one batch.
 
-The command scans every input first (:func:`publisher.loaders.scan_documents`). Any invalid input
-— unreadable file, invalid JSON, missing or empty text, non-UTF-8 bytes, duplicate id — is listed
-with file:line and reason; without ``--skip-invalid`` nothing is sent and the exit code is 1.
-With it, the valid documents are sent and every skipped one is still listed (exit code 1 whenever
-anything was skipped or failed to send, 0 otherwise). ``--dry-run`` sends and records nothing and
-shows what would be sent. Sending is :func:`publisher.publish.publish_documents`; this module adds
-a progress bar sized by the scan (advanced as the broker accepts each message batch, through the
-publisher's sender seam), the skipped inputs in the closing summary and the batch record, and
-``--budget`` (the batch's own LLM budget, ``Store.set_batch_budget``, set before its first
-message is sent so no worker spends on the batch unchecked). The store and Service Bus come
-from :class:`~docbus.settings.Settings`.
+The command reads the topology first (``--topology``, default ``infra/topology.toml``) and
+refuses a topic it does not know or whose subscriptions would not take the messages; it then
+scans every input (:func:`publisher.loaders.scan_documents`). Any invalid input — unreadable
+file, invalid JSON, missing or empty text, non-UTF-8 bytes, duplicate id, a value JSON, MongoDB
+or UTF-8 cannot carry — is listed with file:line and reason; without ``--skip-invalid`` nothing
+is sent. Sending is :func:`publisher.publish.publish_documents`, which also refuses a
+subscription missing on the broker and a batch id used before (``--resume`` sends only what
+that batch is missing) and fails fast when the broker is unreachable. This module adds a
+progress bar sized by the scan (advanced as the broker accepts each message batch, through the
+publisher's sender seam), the skipped inputs in the closing summary and the batch record,
+``--json`` (the summary as one JSON document on stdout, errors on stderr) and ``--budget`` (the
+batch's own LLM budget, ``Store.set_batch_budget``, set before its first message is sent so no
+worker spends on the batch unchecked). Exit codes are :data:`EXIT_CODES`. The store and Service
+Bus come from :class:`~docbus.settings.Settings`.
 """
 
 from __future__ import annotations

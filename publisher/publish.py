@@ -12,6 +12,11 @@ drops a copy that did arrive. Documents are recorded and sent in chunks, so memo
 however long the input. A rich progress bar runs while sending and a summary table closes the
 run. Messages are built by :func:`docbus.servicebus.build_message`; replays reuse this path.
 
+Before recording anything it checks, at once and beside opening the sender links
+(:mod:`publisher.preflight`): the topic against the topology, its subscriptions on the broker,
+that the broker answers at all, and whether the batch id was used before (refused unless
+resuming).
+
 Invalid input: with ``skip_invalid=False`` (the default) a list of documents is checked in full
 first and nothing is sent if any is invalid; a stream (generator) is checked as it is read, so
 publishing stops at the first invalid document (validate streams first with
