@@ -178,6 +178,12 @@ class PublisherSettings(BaseModel):
     Standard tier's limit. When sending, the limit the broker announces is used instead."""
     chunk_size: int = Field(default=500, ge=1)
     """Documents recorded in Mongo per bulk write before their messages are sent."""
+    send_attempts: int = Field(default=4, ge=1, le=20)
+    """Times a message batch is sent before its documents are reported as failed, when the
+    broker's refusal is transient (connection lost, busy, timeout; the SDK also retries
+    inside each attempt). Resending is safe: message ids are fixed, duplicates are dropped."""
+    send_retry_backoff: float = Field(default=0.5, ge=0)
+    """Seconds before the second attempt; each further attempt waits twice as long."""
 
 
 class WorkerSettings(BaseModel):
