@@ -87,7 +87,8 @@ def test_settings_are_frozen() -> None:
 def test_connection_string_and_namespace_are_exclusive() -> None:
     with pytest.raises(ValidationError, match="not both"):
         ServiceBusSettings(
-            connection_string=SecretStr("Endpoint=sb://x/"), namespace="x.servicebus.windows.net"
+            connection_string=SecretStr("Endpoint=sb://x/;SharedAccessKeyName=a;SharedAccessKey=k"),
+            namespace="x.servicebus.windows.net",
         )
 
 

@@ -92,21 +92,24 @@ def test_json_output_parses_and_is_masked() -> None:
 
 
 def test_invalid_settings_exit_2_naming_the_variables_without_echoing_values(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # Both ways into Service Bus at once is refused; the refusal must not print the key.
     monkeypatch.setenv(
         "DOCBUS_SERVICEBUS__CONNECTION_STRING",
-        f"Endpoint=sb://ns.servicebus.windows.net/;SharedAccessKey={SB_KEY}",
+        f"Endpoint=sb://ns.servicebus.windows.net/;SharedAccessKeyName=k;SharedAccessKey={SB_KEY}",
     )
     monkeypatch.setenv("DOCBUS_SERVICEBUS__NAMESPACE", "ns.servicebus.windows.net")
     monkeypatch.setenv("DOCBUS_WORKER__CONCURRENCY", "0")
-    code, text = run_config()
+    code = main(["config"])
+    captured = capsys.readouterr()
     assert code == 2
-    assert_no_secret(text)
-    assert "invalid docbus settings" in text
-    assert "DOCBUS_SERVICEBUS__*: set either DOCBUS_SERVICEBUS__CONNECTION_STRING" in text
-    assert "DOCBUS_WORKER__CONCURRENCY: Input should be greater than or equal to 1" in text
+    assert captured.out == ""
+    assert_no_secret(captured.err)
+    (line,) = captured.err.splitlines()
+    assert line.startswith("docbus config: error: invalid settings: ")
+    assert "DOCBUS_SERVICEBUS__*: set either DOCBUS_SERVICEBUS__CONNECTION_STRING" in line
+    assert "DOCBUS_WORKER__CONCURRENCY: Input should be greater than or equal to 1" in line
 
 
 def test_the_umbrella_cli_runs_config(
