@@ -202,6 +202,8 @@ def run(
     except _NothingMatched:
         say_error("audit", f"no LLM calls match {selection.describe()}")
         return 1
+    except BrokenPipeError:
+        raise  # the reader went away (`| head`): the runner ends quietly
     except OSError as exc:
         say_error("audit", f"cannot write the export: {exc}")
         return 1

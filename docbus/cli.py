@@ -27,6 +27,7 @@ import logging
 import os
 import re
 import sys
+import textwrap
 import traceback
 from collections.abc import Callable, Coroutine, Sequence
 from enum import IntEnum
@@ -87,7 +88,7 @@ class ExitCode(IntEnum):
 
 _MEANINGS: dict[int, str] = {
     ExitCode.OK: "success",
-    ExitCode.ATTENTION: "something needs attention (see below), or an unexpected error",
+    ExitCode.ATTENTION: "something needs attention, or an unexpected error",
     ExitCode.USAGE: "usage or configuration error: fix the command line or the DOCBUS_* settings",
     ExitCode.UNAVAILABLE: "MongoDB or Service Bus could not be reached, or a port or data "
     "directory is in use: try again once it is available",
@@ -96,13 +97,20 @@ _MEANINGS: dict[int, str] = {
 
 
 def exit_code_rows(own: dict[int, str] | None = None) -> list[tuple[int, str]]:
-    """Exit codes and their meanings, a command's ``own`` wording taking precedence."""
-    meanings = {**_MEANINGS, **(own or {})}
+    """Exit codes and their meanings, a command's ``own`` wording taking precedence (code 1
+    keeps "or an unexpected error": any command can meet one)."""
+    meanings = dict(_MEANINGS)
+    for code, meaning in (own or {}).items():
+        unexpected = code == ExitCode.ATTENTION and "unexpected" not in meaning
+        meanings[code] = f"{meaning}; or an unexpected error" if unexpected else meaning
     return sorted(meanings.items())
 
 
 def _exit_code_epilog(own: dict[int, str] | None) -> str:
-    lines = [f"  {code:<4}{meaning}" for code, meaning in exit_code_rows(own)]
+    lines = [
+        textwrap.fill(meaning, width=78, initial_indent=f"  {code:<4}", subsequent_indent=" " * 6)
+        for code, meaning in exit_code_rows(own)
+    ]
     return "exit codes:\n" + "\n".join(lines)
 
 
@@ -171,8 +179,12 @@ def describe_failure(exc: BaseException) -> tuple[int, str]:
     from docbus.store import StoreError, StoreUnavailable
     from docbus.topology import TopologyError
 
+    settings_problem = _settings_problem(exc)
+    if settings_problem is not None:
+        return ExitCode.USAGE, settings_problem
     text = brief(str(exc))
     if isinstance(exc, StoreUnavailable):
+        text = text.replace(": MongoDB unavailable:", ":")
         return ExitCode.UNAVAILABLE, f"cannot reach MongoDB ({text}); {_NO_STORE}"
     if isinstance(exc, StoreError):
         return ExitCode.ATTENTION, f"MongoDB refused the operation: {text}"
@@ -194,6 +206,24 @@ def describe_failure(exc: BaseException) -> tuple[int, str]:
             return ExitCode.UNAVAILABLE, text
         return ExitCode.ATTENTION, text
     return ExitCode.ATTENTION, f"unexpected {type(exc).__name__}: {text}"
+
+
+def _settings_problem(exc: BaseException) -> str | None:
+    """The one-line explanation when ``exc`` is :class:`~docbus.settings.Settings` refusing the
+    environment (a command that built ``Settings()`` itself), else None."""
+    from pydantic import ValidationError
+    from pydantic_settings import SettingsError
+
+    from docbus import settings as settings_module
+    from docbus.settings_cli import describe_settings_error, describe_validation_error
+
+    if isinstance(exc, SettingsError):
+        return "invalid settings: " + describe_settings_error(exc)
+    if isinstance(exc, ValidationError) and isinstance(
+        getattr(settings_module, exc.title, None), type
+    ):
+        return "invalid settings: " + "; ".join(describe_validation_error(exc))
+    return None
 
 
 # What foreign messages carry after their useful part (pymongo appends its topology, timeouts).

@@ -70,7 +70,10 @@ __all__ = [
 
 ALL = "all handlers"
 
-EXIT_CODES = {1: "a batch given with --batch is not in the store"}
+EXIT_CODES = {
+    1: "a batch shown needs attention (dead letters, parked documents, over budget, documents "
+    "the publisher skipped or failed to send), or a batch given with --batch is not in the store"
+}
 
 Probe = Callable[[str, str], Awaitable[Backlog]]
 """Asks the broker what of a batch is left: ``probe(topic, batch_id)``."""
@@ -138,6 +141,21 @@ class BatchStatus:
         if self.backlog is not None and self.backlog.total:
             return "finishing"
         return "complete" if self.broker_checked else "complete (broker not checked)"
+
+    @property
+    def attention(self) -> list[str]:
+        """What about the batch needs someone to look (``docbus status`` then exits 1)."""
+        found = []
+        if self.counts.dead_lettered:
+            found.append(f"{self.counts.dead_lettered} dead-lettered")
+        if self.parked:
+            found.append(f"{self.parked} parked")
+        if self.record.over_budget:
+            found.append("over budget")
+        for key, what in (("skipped", "skipped by the publisher"), ("failed", "not sent")):
+            if self.record.counts.get(key, 0):
+                found.append(f"{self.record.counts[key]} {what}")
+        return found
 
     def finished(self, handler: str | None = None) -> int:
         """Documents done or dead-lettered, overall or for one handler."""
@@ -405,6 +423,7 @@ def status_json(statuses: Sequence[BatchStatus]) -> dict[str, Any]:
                 "status": record.status,
                 "state": status.state,
                 "complete": status.complete,
+                "attention": status.attention,
                 "created_at": record.created_at.isoformat(),
                 "documents": {
                     "published": counts.published,
@@ -445,7 +464,7 @@ def status_json(statuses: Sequence[BatchStatus]) -> dict[str, Any]:
 def _bar(done: int, total: int) -> RenderableType:
     share = f"{100 * done / total:3.0f}%" if total else "  -"
     table = Table.grid(padding=(0, 1))
-    table.add_row(ProgressBar(total=max(total, 1), completed=done, width=20), share)
+    table.add_row(ProgressBar(total=max(total, 1), completed=done, width=12), share)
     return table
 
 
@@ -637,9 +656,9 @@ async def _status(settings: Settings, args: argparse.Namespace, console: Console
         async with _maybe(probe):
             try:
                 if args.watch and not args.json:
-                    await watch(store, console, args.batch, limit=args.limit,
-                                interval=args.interval, probe=probe)  # fmt: skip
-                    return 0
+                    statuses = await watch(store, console, args.batch, limit=args.limit,
+                                           interval=args.interval, probe=probe)  # fmt: skip
+                    return 1 if any(status.attention for status in statuses) else 0
                 while True:
                     statuses = await collect_status(store, args.batch, limit=args.limit,
                                                     probe=probe)  # fmt: skip
@@ -653,7 +672,7 @@ async def _status(settings: Settings, args: argparse.Namespace, console: Console
         console.out(json.dumps(status_json(statuses), indent=2), highlight=False)
     else:
         console.print(render_status(statuses))
-    return 0
+    return 1 if any(status.attention for status in statuses) else 0
 
 
 def _maybe(probe: BacklogProbe | None) -> Any:

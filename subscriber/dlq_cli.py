@@ -42,6 +42,8 @@ __all__ = [
     "show_json",
 ]
 
+EXIT_CODES = {1: "show: no dead letter has that id"}
+
 TEXT_LIMIT = 1200
 TRACEBACK_LINES = 25
 CELL_LIMIT = 60

@@ -105,6 +105,31 @@ def test_pricing_with_bad_values_names_the_variable_that_holds_them(
     assert "DOCBUS_LLM__PRICING__M" not in line
 
 
+@pytest.mark.parametrize(
+    ("variable", "value", "expected"),
+    [
+        ("DOCBUS_LLM__PRICING", "{bad", "DOCBUS_LLM__PRICING: not valid JSON"),
+        ("DOCBUS_WORKER__CONCURRENCY", "0", "DOCBUS_WORKER__CONCURRENCY: Input should be greater"),
+    ],
+)
+def test_settings_a_command_builds_itself_are_explained_by_the_runner(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    variable: str,
+    value: str,
+    expected: str,
+) -> None:
+    monkeypatch.setenv(variable, value)
+
+    def command() -> int:
+        Settings()  # as commands that predate run_async do
+        return 0
+
+    assert cli.run_command("worker", command) == 2
+    line = one_line(capsys.readouterr().err)
+    assert line.startswith(f"docbus worker: error: invalid settings: {expected}")
+
+
 def test_an_unknown_log_level_is_one_line_listing_the_levels(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

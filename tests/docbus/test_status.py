@@ -273,8 +273,12 @@ async def test_the_command_reads_the_configured_store(
     store: Store, mixed_batch: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     code, text = await asyncio.to_thread(run_cli, "--batch", mixed_batch)
-    assert code == 0
+    assert code == 1  # a dead letter, and over budget: attention
     assert rows(text)["all handlers"][:6] == ["5", "2", "2", "0", "1", "0"]
+    await publish(store, "b-clean", ["d1"])
+    code, text = await asyncio.to_thread(run_cli, "--batch", "b-clean", "--no-broker")
+    assert code == 0
+    assert "published · created" in text
     capsys.readouterr()
     code, text = await asyncio.to_thread(run_cli, "--batch", "missing")
     assert code == 1 and text == ""
@@ -454,8 +458,10 @@ async def test_json_is_one_document_with_the_table_s_figures(
         cli.main, ["status", "--batch", mixed_batch, "--batch", "b-json-done", "--json"]
     )
     captured = capsys.readouterr()
-    assert code == 0, captured.err
+    assert code == 1, captured.err  # the mixed batch needs attention
     mixed, done = json.loads(captured.out)["batches"]
+    assert mixed["attention"] == ["1 dead-lettered", "1 parked", "over budget"]
+    assert done["attention"] == []
     assert mixed["batch_id"] == mixed_batch and mixed["state"] == "published"
     assert mixed["documents"] == {
         "published": 5, "done": 2, "retrying": 1, "parked": 1, "dead_lettered": 1, "pending": 0
