@@ -23,6 +23,7 @@ import argparse
 import asyncio
 import contextlib
 import importlib
+import json
 import logging
 import os
 import re
@@ -34,6 +35,8 @@ from enum import IntEnum
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from rich.console import Console
+
     from docbus.settings import Settings
 
 __all__ = [
@@ -43,6 +46,7 @@ __all__ = [
     "describe_failure",
     "exit_code_rows",
     "main",
+    "print_json",
     "run_async",
     "run_command",
     "say_error",
@@ -235,6 +239,11 @@ def brief(text: str, limit: int = 300) -> str:
     text = _NOISE.sub("", text)
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def print_json(console: Console, data: Any) -> None:
+    """A command's ``--json`` output: one document on ``console`` (stdout), never wrapped."""
+    console.out(json.dumps(data, indent=2, ensure_ascii=False, default=str), highlight=False)
 
 
 def say_error(command: str, message: str) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -250,7 +249,9 @@ def run(args: argparse.Namespace) -> int:
     summary = asyncio.run(run_demo(args, console))
     out = Console()
     if args.json:
-        out.out(json.dumps(summary_json(summary), indent=2), highlight=False)
+        from docbus.cli import print_json
+
+        print_json(out, summary_json(summary))
         return 0 if summary.accounted else 1
     out.print(summary_table(summary))
     if summary.accounted:

@@ -17,7 +17,6 @@ JSON (``--json``). Neighbours: :mod:`docbus.status` (progress while a batch runs
 from __future__ import annotations
 
 import argparse
-import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -459,7 +458,7 @@ def run(args: argparse.Namespace, *, console: Console | None = None) -> int:
 
 
 async def _report(settings: Settings, args: argparse.Namespace, console: Console) -> int:
-    from docbus.cli import say_error
+    from docbus.cli import print_json, say_error
 
     try:
         async with Store.from_settings(settings) as store:
@@ -468,7 +467,7 @@ async def _report(settings: Settings, args: argparse.Namespace, console: Console
         say_error("report", f"no batch {args.batch!r} in the store")
         return 1
     if args.json:
-        console.out(json.dumps(report_json(report), indent=2), highlight=False)
+        print_json(console, report_json(report))
     else:
         console.print(render_report(report))
     return 0

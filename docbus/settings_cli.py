@@ -63,8 +63,9 @@ def run(args: argparse.Namespace, *, console: Console | None = None) -> int:
     console = console or Console()
     data = masked(settings)
     if args.json:
-        # out(), not print(): no wrapping, so long values stay valid JSON when piped
-        console.out(json.dumps(data, indent=2, default=str), highlight=False)
+        from docbus.cli import print_json
+
+        print_json(console, data)
     else:
         console.print(settings_table(data, settings))
     return 0

@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -645,7 +644,7 @@ def run(args: argparse.Namespace, *, console: Console | None = None) -> int:
 
 
 async def _status(settings: Settings, args: argparse.Namespace, console: Console) -> int:
-    from docbus.cli import say_error
+    from docbus.cli import print_json, say_error
     from docbus.topology import load_topology
 
     async with Store.from_settings(settings) as store:
@@ -669,7 +668,7 @@ async def _status(settings: Settings, args: argparse.Namespace, console: Console
                 say_error("status", f"no batch {exc.args[0]!r} in the store")
                 return 1
     if args.json:
-        console.out(json.dumps(status_json(statuses), indent=2), highlight=False)
+        print_json(console, status_json(statuses))
     else:
         console.print(render_status(statuses))
     return 1 if any(status.attention for status in statuses) else 0

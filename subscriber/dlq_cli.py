@@ -22,6 +22,7 @@ from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
+from docbus.cli import print_json
 from docbus.dead_letter_filter import DeadLetterFilter, add_filter_arguments, filter_from_args
 from docbus.envelope import Envelope, InvalidEnvelope
 from docbus.errors import DocbusError
@@ -208,10 +209,6 @@ def show_json(
     }
 
 
-def _print_json(console: Console, data: dict[str, Any]) -> None:
-    console.out(json.dumps(data, indent=2, ensure_ascii=False), highlight=False)
-
-
 def dead_letter_view(
     record: DeadLetterRecord,
     document: Envelope | None = None,
@@ -346,7 +343,7 @@ async def _list(settings: Settings, args: argparse.Namespace, console: Console) 
     heading = _heading(selection)
     if args.json:
         shown = records[: args.limit] if args.limit and not args.group_by else records
-        _print_json(
+        print_json(
             console,
             group_json(records, args.group_by, selection=selection)
             if args.group_by
@@ -390,7 +387,7 @@ async def _show(settings: Settings, args: argparse.Namespace, console: Console) 
                 except DocbusError as exc:
                     text = f"(claim-checked content unavailable: {exc})"
     if args.json:
-        _print_json(console, show_json(record, document, text, calls))
+        print_json(console, show_json(record, document, text, calls))
     else:
         console.print(dead_letter_view(record, document, text, calls))
     return 0

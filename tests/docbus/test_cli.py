@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 from importlib.metadata import version
 
 import pytest
@@ -17,33 +16,22 @@ from docbus.records import DeadLetterRecord
 from docbus.settings import Settings
 from docbus.store import Store, StoreUnavailable
 
-ECOSYSTEM = (
-    "MONGODB_URI",
-    "OPENAI_API_KEY",
-    "OPENAI_BASE_URL",
-    "OPENAI_API_VERSION",
-    "AZURE_OPENAI_ENDPOINT",
-    "AZURE_OPENAI_API_KEY",
-)
 SB_KEY = "c2VjcmV0LXNiLWtleS1kby1ub3Qtc2hvdw=="
 
-
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in list(os.environ):
-        if name.startswith("DOCBUS_") or name in ECOSYSTEM:
-            monkeypatch.delenv(name)
+pytestmark = pytest.mark.usefixtures("clean_env")
 
 
 @pytest.fixture
-def mongo_env(monkeypatch: pytest.MonkeyPatch, local_mongo: LocalMongo, store: Store) -> Store:
+def mongo_env(
+    clean_env: None, monkeypatch: pytest.MonkeyPatch, local_mongo: LocalMongo, store: Store
+) -> Store:
     monkeypatch.setenv("DOCBUS_MONGODB__URI", local_mongo.uri)
     monkeypatch.setenv("DOCBUS_MONGODB__DATABASE", store.database.name)
     return store
 
 
 @pytest.fixture
-def no_mongo(monkeypatch: pytest.MonkeyPatch) -> None:
+def no_mongo(clean_env: None, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DOCBUS_MONGODB__URI", "mongodb://127.0.0.1:9/")
     monkeypatch.setenv("DOCBUS_MONGODB__TIMEOUT", "0.3")
 
@@ -65,44 +53,48 @@ def one_line(err: str) -> str:
 # -- settings ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("argv", [["dlq", "sync"], ["status"], ["config"]])
-def test_a_malformed_connection_string_is_one_line_naming_the_variable(
-    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, argv: list[str]
+BAD_SETTINGS = {
+    "a malformed connection string, where the broker is used": (
+        "DOCBUS_SERVICEBUS__CONNECTION_STRING", f"sb://ns/;Key={SB_KEY}", ["dlq", "sync"],
+        ["DOCBUS_SERVICEBUS__CONNECTION_STRING: malformed connection string", "Endpoint=sb://"],
+    ),
+    "a malformed connection string, where it is not": (
+        "DOCBUS_SERVICEBUS__CONNECTION_STRING", f"Endpoint=sb://ns/;SharedAccessKey={SB_KEY}",
+        ["status"], ["must have both SharedAccessKeyName and SharedAccessKey"],
+    ),
+    "pricing that is not JSON: the variable and the shape expected": (
+        "DOCBUS_LLM__PRICING", "{gpt-4o: 1}", ["status"],
+        ["DOCBUS_LLM__PRICING: not valid JSON",
+         'expected e.g. {"my-deployment": {"input": 0.15, "output": 0.6}}'],
+    ),
+    "pricing with bad values: the variable holding them, then where inside its JSON": (
+        "DOCBUS_LLM__PRICING", '{"m": {"input": -1}}', ["config"],
+        ["DOCBUS_LLM__PRICING: m.input: Input should be greater than or equal to 0; "
+         "m.output: Field required"],
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "argv", "expected"), BAD_SETTINGS.values(), ids=list(BAD_SETTINGS)
+)
+def test_bad_settings_are_one_line_naming_the_variable_and_what_it_expects(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    variable: str,
+    value: str,
+    argv: list[str],
+    expected: list[str],
 ) -> None:
-    monkeypatch.setenv("DOCBUS_SERVICEBUS__CONNECTION_STRING", f"sb://ns/;Key={SB_KEY}")
+    monkeypatch.setenv(variable, value)
     code, out, err = run(capsys, *argv)
     assert code == 2
     line = one_line(err)
     assert line.startswith(f"docbus {argv[0]}: error: invalid settings: ")
-    assert "DOCBUS_SERVICEBUS__CONNECTION_STRING: malformed connection string" in line
-    assert "Endpoint=sb://" in line  # what is expected
+    for part in expected:
+        assert part in line
     assert SB_KEY not in out + err
     assert out == ""
-
-
-def test_pricing_that_is_not_json_names_the_variable_and_the_expected_shape(
-    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("DOCBUS_LLM__PRICING", "{gpt-4o: 1}")
-    code, out, err = run(capsys, "status")
-    assert code == 2
-    line = one_line(err)
-    assert "DOCBUS_LLM__PRICING: not valid JSON" in line
-    assert '{"my-deployment": {"input": 0.15, "output": 0.6}}' in line
-    assert out == ""
-
-
-def test_pricing_with_bad_values_names_the_variable_that_holds_them(
-    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("DOCBUS_LLM__PRICING", '{"m": {"input": -1}}')
-    code, _, err = run(capsys, "config")
-    assert code == 2
-    line = one_line(err)
-    # The variable that is set, then where inside its JSON, then what is expected.
-    assert "DOCBUS_LLM__PRICING: m.input: Input should be greater than or equal to 0" in line
-    assert "m.output: Field required" in line
-    assert "DOCBUS_LLM__PRICING__M" not in line
 
 
 @pytest.mark.parametrize(
@@ -326,3 +318,50 @@ async def test_dlq_list_and_show_print_one_json_document(
     captured = capsys.readouterr()
     assert code == 1 and captured.out == ""
     assert "no dead letter 'alpha@nothing'" in one_line(captured.err)
+
+
+# -- pure parts -------------------------------------------------------------------------------
+
+
+def test_brief_keeps_a_driver_message_to_its_useful_part() -> None:
+    pymongo = (
+        "h:9: [Errno 111] Connect call failed ('h', 9) (configured timeouts: socketTimeoutMS: "
+        "300.0ms), Timeout: 0.3s, Topology Description: <TopologyDescription id: 1, ...>"
+    )
+    assert cli.brief(pymongo) == "h:9: [Errno 111] Connect call failed ('h', 9)"
+    assert cli.brief("a\n  b\tc") == "a b c"
+    assert cli.brief("x" * 500, limit=10) == "x" * 9 + "…"
+
+
+def test_failures_map_to_exit_codes() -> None:
+    from docbus.errors import ConfigurationError
+    from docbus.servicebus import MessagingEntityNotFound, MessagingUnavailable
+    from docbus.stack import StackInUse
+    from docbus.store import StoreError
+    from docbus.topology import TopologyError
+
+    cases = {
+        StoreUnavailable("x"): 3,
+        MessagingUnavailable("x"): 3,
+        StackInUse("x"): 3,
+        StoreError("x"): 1,
+        MessagingEntityNotFound("no subscription 'a'"): 2,
+        ConfigurationError("x"): 2,
+        TopologyError("x"): 2,
+        ValueError("x"): 1,
+    }
+    assert {type(e).__name__: cli.describe_failure(e)[0] for e in cases} == {
+        type(e).__name__: code for e, code in cases.items()
+    }
+
+
+def test_a_setting_inside_json_or_from_an_ecosystem_variable_is_named_as_set() -> None:
+    from docbus.settings_cli import variable_name
+
+    env = {"DOCBUS_LLM__PRICING": "{}", "MONGODB_URI": "mongodb://x", "DOCBUS_LLM__MODEL": "m"}
+    inside_json = ("DOCBUS_LLM__PRICING", "m.input")
+    assert variable_name(("llm", "pricing", "m", "input"), env) == inside_json
+    assert variable_name(("mongodb", "uri"), env) == ("MONGODB_URI", "")
+    assert variable_name(("llm", "model"), env) == ("DOCBUS_LLM__MODEL", "")
+    assert variable_name(("worker", "prefetch"), env) == ("DOCBUS_WORKER__PREFETCH", "")
+    assert variable_name(("servicebus",), env) == ("DOCBUS_SERVICEBUS__*", "")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import os
 
 import pytest
 from rich.console import Console
@@ -13,29 +12,16 @@ from rich.console import Console
 from docbus import settings_cli
 from docbus.cli import main
 
-ECOSYSTEM = (
-    "MONGODB_URI",
-    "OPENAI_API_KEY",
-    "OPENAI_BASE_URL",
-    "OPENAI_API_VERSION",
-    "AZURE_OPENAI_ENDPOINT",
-    "AZURE_OPENAI_API_KEY",
-)
 SB_KEY = "c2VjcmV0LXNiLWtleS1kby1ub3Qtc2hvdw=="
 MONGO_PASSWORD = "hunter2-mongo-pw"
 OPENAI_KEY = "sk-proj-neverprintthis0123456789"
 AZURE_KEY = "azure-key-neverprintthis"
 
-
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in list(os.environ):
-        if name.startswith("DOCBUS_") or name in ECOSYSTEM:
-            monkeypatch.delenv(name)
+pytestmark = pytest.mark.usefixtures("clean_env")
 
 
 @pytest.fixture
-def secrets_in_env(monkeypatch: pytest.MonkeyPatch) -> None:
+def secrets_in_env(clean_env: None, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(
         "DOCBUS_SERVICEBUS__CONNECTION_STRING",
         f"Endpoint=sb://ns.servicebus.windows.net/;SharedAccessKeyName=send;SharedAccessKey={SB_KEY}",

@@ -26,6 +26,7 @@ from docbus.status import (
     render_status,
     retrying_counts,
     throughput,
+    unfinished_counts,
     watch,
 )
 from docbus.store import Store
@@ -492,3 +493,14 @@ async def test_watch_with_json_prints_once_when_complete(
     assert await asyncio.wait_for(watching, timeout=20) == 0
     (batch,) = json.loads(capsys.readouterr().out)["batches"]
     assert batch["complete"] and batch["documents"]["done"] == 2
+
+
+def test_a_parked_document_is_not_also_retrying() -> None:
+    attempted = {"a": {"x", "y"}, "b": {"z"}}
+    parked = {"a": {"x"}, "b": {"y"}}
+    (retrying, retrying_per), (parked_n, parked_per) = unfinished_counts(
+        attempted, parked, done={}, dead={}, handlers=["a", "b"]
+    )
+    # a: x parked, y retrying; b: y parked, z retrying. Overall y is parked (in b), not retrying.
+    assert (parked_n, parked_per) == (2, {"a": 1, "b": 1})
+    assert (retrying, retrying_per) == (1, {"a": 1, "b": 1})
