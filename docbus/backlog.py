@@ -66,17 +66,21 @@ class BacklogProbe:
 
     ``async with BacklogProbe(settings, topology) as probe: backlog = await probe(topic, b)``.
     Each call gets ``timeout`` seconds; once the broker has failed to answer, later calls do
-    not wait for it again and report why.
+    not wait for it again and report why. Without a topology (None) nothing is asked.
     """
 
-    def __init__(self, settings: Settings, topology: Topology, *, timeout: float = 5.0) -> None:
+    def __init__(
+        self, settings: Settings, topology: Topology | None, *, timeout: float = 5.0
+    ) -> None:
         self._settings = settings
-        self._topology = topology
+        self._topology = topology or Topology()
         self._timeout = timeout
         self._client: Any = None
-        self._failed: str | None = None
+        self._failed: str | None = None if topology is not None else "no topology file"
 
     async def __aenter__(self) -> BacklogProbe:
+        if self._failed is not None:
+            return self
         if not self._settings.servicebus.configured:
             self._failed = "no Service Bus configured"
             return self

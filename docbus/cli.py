@@ -136,7 +136,8 @@ def run_async(main: Callable[[Settings], Coroutine[Any, Any, int]]) -> int:
 def run_command(command: str, body: Callable[[], int], *, debug: bool = False) -> int:
     """Run one command's ``body``; what escapes it becomes one line on stderr and an exit code.
 
-    ``debug`` (``--log-level debug``) adds the traceback of an unexpected error before its line.
+        ``debug`` (``--log-level debug``) prints the traceback before the line; without it, the line
+    of an unexpected error says how to get one.
     """
     try:
         return int(body() or 0)
@@ -149,11 +150,10 @@ def run_command(command: str, body: Callable[[], int], *, debug: bool = False) -
         return ExitCode.ATTENTION
     except Exception as exc:
         code, message = describe_failure(exc)
-        if code == ExitCode.ATTENTION and not _known(exc):
-            if debug:
-                traceback.print_exception(exc, file=sys.stderr)
-            else:
-                message += " (run with --log-level debug for the traceback)"
+        if debug:
+            traceback.print_exception(exc, file=sys.stderr)
+        elif code == ExitCode.ATTENTION and not _known(exc):
+            message += " (run with --log-level debug for the traceback)"
         _say(f"docbus {command}: error: {message}")
         return code
 
@@ -223,10 +223,10 @@ def _settings_problem(exc: BaseException) -> str | None:
 
     if isinstance(exc, SettingsError):
         return "invalid settings: " + describe_settings_error(exc)
-    if isinstance(exc, ValidationError) and isinstance(
-        getattr(settings_module, exc.title, None), type
-    ):
-        return "invalid settings: " + "; ".join(describe_validation_error(exc))
+    if isinstance(exc, ValidationError):
+        model = getattr(settings_module, exc.title, None)
+        if isinstance(model, type) and model.__module__ == settings_module.__name__:
+            return "invalid settings: " + "; ".join(describe_validation_error(exc))
     return None
 
 

@@ -645,12 +645,17 @@ def run(args: argparse.Namespace, *, console: Console | None = None) -> int:
 
 async def _status(settings: Settings, args: argparse.Namespace, console: Console) -> int:
     from docbus.cli import print_json, say_error
-    from docbus.topology import load_topology
+    from docbus.topology import Topology, TopologyError, load_topology
 
+    topology: Topology | None = None
+    if args.topology is not None:
+        topology = load_topology(args.topology)  # asked for: a bad file is an error
+    elif not args.no_broker:
+        with contextlib.suppress(TopologyError):  # none shipped: the broker is not asked
+            topology = load_topology()
     async with Store.from_settings(settings) as store:
         probe: BacklogProbe | None = None
         if not args.no_broker:
-            topology = load_topology(args.topology)
             probe = BacklogProbe(settings, topology, timeout=args.broker_timeout)
         async with _maybe(probe):
             try:

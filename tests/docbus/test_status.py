@@ -504,3 +504,14 @@ def test_a_parked_document_is_not_also_retrying() -> None:
     # a: x parked, y retrying; b: y parked, z retrying. Overall y is parked (in b), not retrying.
     assert (parked_n, parked_per) == (2, {"a": 1, "b": 1})
     assert (retrying, retrying_per) == (1, {"a": 1, "b": 1})
+
+
+async def test_without_a_topology_the_broker_is_not_asked(
+    store: Store, servicebus_connection_string: str
+) -> None:
+    await settled_batch(store, "b-notopology")
+    settings = broker_settings(servicebus_connection_string)
+    async with BacklogProbe(settings, None) as probe:
+        (status,) = await collect_status(store, ["b-notopology"], probe=probe)
+    assert status.state == "complete (broker not checked)"
+    assert status.backlog is not None and status.backlog.unchecked == {"*": "no topology file"}
