@@ -1,11 +1,12 @@
 """The umbrella command line: ``docbus <command>``, and the one way every command is run.
 
 Each command lives with the code it drives and contributes ``add_arguments(parser)`` and
-``run(args) -> int`` (optionally ``EXIT_CODES``, what its own exit codes mean); this module
-wires them. The module of a command is imported only when that command runs, so ``docbus``
-imports none of ``publisher``, ``subscriber`` or ``handlers`` until a command needs them, and a
-broken optional part cannot stop the others. The CLI is the one place that configures logging
-(``--log-level``, ``DOCBUS_LOG_LEVEL``).
+``run(args) -> int`` — optionally ``EXIT_CODES``, ``{code: meaning}`` for the codes it gives
+a meaning of its own, which ``--help`` lists with the common ones (:func:`exit_code_rows`);
+this module wires them. The module of a command is imported only when that command runs, so
+``docbus`` imports none of ``publisher``, ``subscriber`` or ``handlers`` until a command needs
+them, and a broken optional part cannot stop the others. The CLI is the one place that
+configures logging (``--log-level``, ``DOCBUS_LOG_LEVEL``).
 
 :func:`run_command` is the safety net around every command: whatever escapes it becomes one
 line on stderr — ``docbus COMMAND: error: what is wrong; what to do`` — and an exit code
@@ -30,7 +31,7 @@ import re
 import sys
 import textwrap
 import traceback
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from enum import IntEnum
 from typing import TYPE_CHECKING, Any
 
@@ -100,7 +101,7 @@ _MEANINGS: dict[int, str] = {
 }
 
 
-def exit_code_rows(own: dict[int, str] | None = None) -> list[tuple[int, str]]:
+def exit_code_rows(own: Mapping[int, str] | None = None) -> list[tuple[int, str]]:
     """Exit codes and their meanings, a command's ``own`` wording taking precedence (code 1
     keeps "or an unexpected error": any command can meet one)."""
     meanings = dict(_MEANINGS)
@@ -110,7 +111,7 @@ def exit_code_rows(own: dict[int, str] | None = None) -> list[tuple[int, str]]:
     return sorted(meanings.items())
 
 
-def _exit_code_epilog(own: dict[int, str] | None) -> str:
+def _exit_code_epilog(own: Mapping[int, str] | None) -> str:
     lines = [
         textwrap.fill(meaning, width=78, initial_indent=f"  {code:<4}", subsequent_indent=" " * 6)
         for code, meaning in exit_code_rows(own)
@@ -293,13 +294,14 @@ def _top_parser() -> argparse.ArgumentParser:
 def build_parser(command: str) -> argparse.ArgumentParser:
     module_name, help_text = COMMANDS[command]
     module = importlib.import_module(module_name)
+    own = getattr(module, "EXIT_CODES", None)
     parser = argparse.ArgumentParser(
         prog=f"docbus {command}",
         description=help_text,
-        epilog=_exit_code_epilog(getattr(module, "EXIT_CODES", None)),
+        epilog=_exit_code_epilog(own if isinstance(own, Mapping) else None),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    module.add_arguments(parser)
+    module.add_arguments(parser)  # a command may still write its whole epilog itself
     if not any(action.dest == "log_level" for action in parser._actions):
         parser.add_argument(
             "--log-level",

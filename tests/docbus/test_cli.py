@@ -4,6 +4,7 @@ traceback; ``--version``; exit codes in every ``--help``; ``--json`` is one docu
 from __future__ import annotations
 
 import asyncio
+import importlib
 import json
 from importlib.metadata import version
 
@@ -261,8 +262,11 @@ def test_every_command_s_help_lists_its_exit_codes(
     code, out, _ = run(capsys, command, "--help")
     assert code == 0
     epilog = out[out.index("exit codes:") :]
-    for exit_code in (0, 2, 130):
-        assert f"\n  {exit_code} " in epilog or f"\n  {exit_code}  " in epilog, epilog
+    module = importlib.import_module(cli.COMMANDS[command][0])
+    # A command that writes its own epilog (a string EXIT_CODES) answers for its codes itself.
+    common = (0, 2) if isinstance(getattr(module, "EXIT_CODES", None), str) else (0, 2, 3, 130)
+    for exit_code in common:
+        assert f"\n  {exit_code} " in epilog, epilog
 
 
 def test_the_exit_code_table_is_one_row_per_code() -> None:
