@@ -18,7 +18,6 @@ up), :mod:`docbus.store`.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import csv
 import json
@@ -29,15 +28,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Literal
 
-from pydantic import ValidationError
 from rich.console import Console
 
 from docbus.records import LLMCallRecord
 from docbus.settings import Settings
-from docbus.settings_cli import describe_validation_error
-from docbus.store import Store, StoreError, StoreUnavailable
+from docbus.store import Store
 
 __all__ = [
+    "EXIT_CODES",
     "EXPORT_FIELDS",
     "ExportFilter",
     "RowWriter",
@@ -48,6 +46,8 @@ __all__ = [
 ]
 
 Format = Literal["jsonl", "csv"]
+
+EXIT_CODES = {1: "no LLM call matches the selection, or the export could not be written"}
 
 EXPORT_FIELDS: tuple[str, ...] = (
     "id",
@@ -186,34 +186,26 @@ def _format(args: argparse.Namespace) -> Format:
 def run(
     args: argparse.Namespace, *, stdout: IO[str] | None = None, errors: Console | None = None
 ) -> int:
-    """Run ``docbus audit export``; the export goes to ``--output`` or ``stdout``, messages to
-    ``errors`` (stderr)."""
+    """Run ``docbus audit export``; the export goes to ``--output`` or ``stdout``, progress to
+    ``errors`` (stderr), failures through the CLI's runner."""
+    from docbus.cli import run_async, say_error
+
     errors = errors or Console(stderr=True)
-    try:
-        settings = Settings()
-    except ValidationError as exc:
-        errors.print("[bold red]invalid docbus settings:[/]")
-        for line in describe_validation_error(exc):
-            errors.print(f"  {line}", markup=False, highlight=False)
-        return 2
     selection = ExportFilter(args.batch, step=args.step, handler=args.handler, doc_id=args.doc)
     fmt = _format(args)
     try:
         with _destination(args.output, stdout) as stream:
-            count = asyncio.run(_export(settings, selection, RowWriter(stream, fmt), errors))
+            writer = RowWriter(stream, fmt)
+            count = run_async(lambda settings: _export(settings, selection, writer, errors))
             if count == 0:
                 raise _NothingMatched
     except _NothingMatched:
-        errors.print(f"no LLM calls match {selection.describe()}", highlight=False)
+        say_error("audit", f"no LLM calls match {selection.describe()}")
         return 1
-    except StoreUnavailable as exc:
-        errors.print(f"[bold red]cannot reach MongoDB:[/] {exc}", highlight=False)
-        return 1
-    except StoreError as exc:
-        errors.print(f"[bold red]reading the store failed:[/] {exc}", highlight=False)
-        return 1
+    except BrokenPipeError:
+        raise  # the reader went away (`| head`): the runner ends quietly
     except OSError as exc:
-        errors.print(f"[bold red]cannot write the export:[/] {exc}", highlight=False)
+        say_error("audit", f"cannot write the export: {exc}")
         return 1
     where = str(args.output) if args.output is not None else "stdout"
     errors.print(f"exported {count:,} LLM call(s) as {fmt} to {where}", highlight=False)

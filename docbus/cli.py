@@ -1,20 +1,57 @@
-"""The umbrella command line: ``docbus <command>``.
+"""The umbrella command line: ``docbus <command>``, and the one way every command is run.
 
 Each command lives with the code it drives and contributes ``add_arguments(parser)`` and
-``run(args) -> int``; this module only wires them. The module of a command is imported only when
-that command runs, so ``docbus`` imports none of ``publisher``, ``subscriber`` or ``handlers``
-until a command needs them, and a broken optional part cannot stop the others. The CLI is the
-one place that configures logging (``--log-level``, ``DOCBUS_LOG_LEVEL``).
+``run(args) -> int`` — optionally ``EXIT_CODES``, ``{code: meaning}`` for the codes it gives
+a meaning of its own, which ``--help`` lists with the common ones (:func:`exit_code_rows`);
+this module wires them. The module of a command is imported only when that command runs, so
+``docbus`` imports none of ``publisher``, ``subscriber`` or ``handlers`` until a command needs
+them, and a broken optional part cannot stop the others. The CLI is the one place that
+configures logging (``--log-level``, ``DOCBUS_LOG_LEVEL``).
+
+:func:`run_command` is the safety net around every command: whatever escapes it becomes one
+line on stderr — ``docbus COMMAND: error: what is wrong; what to do`` — and an exit code
+(:class:`ExitCode`): settings that do not validate and other configuration errors 2, a service
+that cannot be reached 3, Ctrl-C 130, any other docbus error 1, and anything unexpected 1 with
+a pointer to ``--log-level debug``, the only level that shows a traceback. Commands still print
+their own, more specific messages; :func:`run_async` is how a command loads the settings and
+runs its coroutine. Neighbours: :mod:`docbus.settings_cli` (the settings' one-line
+explanation), :mod:`docbus.errors` (the exception tree mapped here).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import importlib
+import json
 import logging
 import os
+import re
 import sys
-from collections.abc import Sequence
+import textwrap
+import traceback
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from enum import IntEnum
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from docbus.settings import Settings
+
+__all__ = [
+    "COMMANDS",
+    "ExitCode",
+    "build_parser",
+    "describe_failure",
+    "exit_code_rows",
+    "main",
+    "print_json",
+    "run_async",
+    "run_command",
+    "say_error",
+]
 
 # command → (module providing add_arguments/run, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -36,29 +73,242 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "llm-server": ("docbus.llm_server", "run the offline OpenAI-compatible LLM server"),
 }
 
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+class ExitCode(IntEnum):
+    """What a docbus command's exit status means, for scripts."""
+
+    OK = 0
+    ATTENTION = 1
+    """Something needs attention: dead letters, skipped or failed documents, nothing found —
+    each command's ``--help`` says which — or an unexpected error."""
+    USAGE = 2
+    """The command line or the settings are wrong: fix them and run again."""
+    UNAVAILABLE = 3
+    """A service docbus needs (MongoDB, Service Bus) could not be reached, or a port or data
+    directory is in use: try again once it is available."""
+    INTERRUPTED = 130
+    """Stopped by Ctrl-C (SIGINT)."""
+
+
+_MEANINGS: dict[int, str] = {
+    ExitCode.OK: "success",
+    ExitCode.ATTENTION: "something needs attention, or an unexpected error",
+    ExitCode.USAGE: "usage or configuration error: fix the command line or the DOCBUS_* settings",
+    ExitCode.UNAVAILABLE: "MongoDB or Service Bus could not be reached, or a port or data "
+    "directory is in use: try again once it is available",
+    ExitCode.INTERRUPTED: "interrupted (Ctrl-C)",
+}
+
+
+def exit_code_rows(own: Mapping[int, str] | None = None) -> list[tuple[int, str]]:
+    """Exit codes and their meanings, a command's ``own`` wording taking precedence (code 1
+    keeps "or an unexpected error": any command can meet one)."""
+    meanings = dict(_MEANINGS)
+    for code, meaning in (own or {}).items():
+        unexpected = code == ExitCode.ATTENTION and "unexpected" not in meaning
+        meanings[code] = f"{meaning}; or an unexpected error" if unexpected else meaning
+    return sorted(meanings.items())
+
+
+def _exit_code_epilog(own: Mapping[int, str] | None) -> str:
+    lines = [
+        textwrap.fill(meaning, width=78, initial_indent=f"  {code:<4}", subsequent_indent=" " * 6)
+        for code, meaning in exit_code_rows(own)
+    ]
+    return "exit codes:\n" + "\n".join(lines)
+
+
+# -- the runner ---------------------------------------------------------------------------------
+
+
+def run_async(main: Callable[[Settings], Coroutine[Any, Any, int]]) -> int:
+    """Load the settings and run ``main(settings)`` on a fresh event loop; its exit code.
+
+    Settings that do not validate raise :class:`~docbus.settings_cli.InvalidSettings`, which
+    :func:`run_command` turns into one line and exit code 2.
+    """
+    from docbus.settings_cli import load_settings
+
+    settings = load_settings()
+    return asyncio.run(main(settings))
+
+
+def run_command(command: str, body: Callable[[], int], *, debug: bool = False) -> int:
+    """Run one command's ``body``; what escapes it becomes one line on stderr and an exit code.
+
+        ``debug`` (``--log-level debug``) prints the traceback before the line; without it, the line
+    of an unexpected error says how to get one.
+    """
+    try:
+        return int(body() or 0)
+    except KeyboardInterrupt:
+        _say(f"docbus {command}: interrupted")
+        return ExitCode.INTERRUPTED
+    except BrokenPipeError:
+        # stdout's reader went away (`docbus ... | head`): nothing to say, and nowhere to say it
+        _silence_stdout()
+        return ExitCode.ATTENTION
+    except Exception as exc:
+        code, message = describe_failure(exc)
+        if debug:
+            traceback.print_exception(exc, file=sys.stderr)
+        elif code == ExitCode.ATTENTION and not _known(exc):
+            message += " (run with --log-level debug for the traceback)"
+        _say(f"docbus {command}: error: {message}")
+        return code
+
+
+def _known(exc: BaseException) -> bool:
+    from docbus.errors import DocbusError
+    from docbus.topology import TopologyError
+
+    return isinstance(exc, DocbusError | TopologyError)
+
+
+_NO_STORE = (
+    "set DOCBUS_MONGODB__URI (or MONGODB_URI) and DOCBUS_MONGODB__DATABASE, or start the "
+    "local stack with `docbus up` and export what it prints"
+)
+_NO_BROKER = (
+    "check DOCBUS_SERVICEBUS__CONNECTION_STRING (or DOCBUS_SERVICEBUS__NAMESPACE), or start "
+    "the local stack with `docbus up` and export what it prints"
+)
+
+
+def describe_failure(exc: BaseException) -> tuple[int, str]:
+    """The exit code and the one-line message (without the ``docbus COMMAND:`` prefix) for an
+    exception that escaped a command."""
+    from docbus.errors import ConfigurationError, DocbusError
+    from docbus.servicebus import MessagingAuthError, MessagingEntityNotFound, MessagingError
+    from docbus.store import StoreError, StoreUnavailable
+    from docbus.topology import TopologyError
+
+    settings_problem = _settings_problem(exc)
+    if settings_problem is not None:
+        return ExitCode.USAGE, settings_problem
+    text = brief(str(exc))
+    if isinstance(exc, StoreUnavailable):
+        text = text.replace(": MongoDB unavailable:", ":")
+        return ExitCode.UNAVAILABLE, f"cannot reach MongoDB ({text}); {_NO_STORE}"
+    if isinstance(exc, StoreError):
+        return ExitCode.ATTENTION, f"MongoDB refused the operation: {text}"
+    if isinstance(exc, MessagingAuthError):
+        return ExitCode.USAGE, f"Service Bus refused the credentials ({text}); {_NO_BROKER}"
+    if isinstance(exc, MessagingEntityNotFound):
+        return ExitCode.USAGE, (
+            f"{text}; create the entity from the topology (`docbus topology`), or fix the "
+            "topic or subscription name"
+        )
+    if isinstance(exc, MessagingError):
+        if exc.transient:
+            return ExitCode.UNAVAILABLE, f"cannot reach Service Bus ({text}); {_NO_BROKER}"
+        return ExitCode.ATTENTION, f"Service Bus: {text}"
+    if isinstance(exc, ConfigurationError | TopologyError):
+        return ExitCode.USAGE, text
+    if isinstance(exc, DocbusError):
+        if getattr(exc, "transient", False):
+            return ExitCode.UNAVAILABLE, text
+        return ExitCode.ATTENTION, text
+    return ExitCode.ATTENTION, f"unexpected {type(exc).__name__}: {text}"
+
+
+def _settings_problem(exc: BaseException) -> str | None:
+    """The one-line explanation when ``exc`` is :class:`~docbus.settings.Settings` refusing the
+    environment (a command that built ``Settings()`` itself), else None."""
+    from pydantic import ValidationError
+    from pydantic_settings import SettingsError
+
+    from docbus import settings as settings_module
+    from docbus.settings_cli import describe_settings_error, describe_validation_error
+
+    if isinstance(exc, SettingsError):
+        return "invalid settings: " + describe_settings_error(exc)
+    if isinstance(exc, ValidationError):
+        model = getattr(settings_module, exc.title, None)
+        if isinstance(model, type) and model.__module__ == settings_module.__name__:
+            return "invalid settings: " + "; ".join(describe_validation_error(exc))
+    return None
+
+
+# What foreign messages carry after their useful part (pymongo appends its topology, timeouts).
+_NOISE = re.compile(r"\s*(?:\(configured timeouts:|, Timeout: |, Topology Description: ).*$", re.S)
+
+
+def brief(text: str, limit: int = 300) -> str:
+    """An error message on one line: whitespace folded, driver internals dropped, bounded."""
+    text = _NOISE.sub("", text)
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def print_json(console: Console, data: Any) -> None:
+    """A command's ``--json`` output: one document on ``console`` (stdout), never wrapped."""
+    console.out(json.dumps(data, indent=2, ensure_ascii=False, default=str), highlight=False)
+
+
+def say_error(command: str, message: str) -> None:
+    """Print a command's own error the way the runner prints the ones that escape it."""
+    _say(f"docbus {command}: error: {brief(message, limit=1000)}")
+
+
+def _say(line: str) -> None:
+    with contextlib.suppress(BrokenPipeError, ValueError):  # stderr closed: nowhere to say it
+        print(line, file=sys.stderr, flush=True)
+
+
+def _silence_stdout() -> None:
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # not a real file (tests): nothing to flush later
+        pass
+
+
+# -- parsing ------------------------------------------------------------------------------------
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("docbus")
+    except PackageNotFoundError:  # running from a checkout that was never installed
+        return "unknown"
+
 
 def _top_parser() -> argparse.ArgumentParser:
     lines = [f"  {name:<12} {help_text}" for name, (_, help_text) in COMMANDS.items()]
     parser = argparse.ArgumentParser(
         prog="docbus",
         description="Batch LLM work on documents, on Azure Service Bus.",
-        epilog="commands:\n" + "\n".join(lines) + "\n\nRun 'docbus COMMAND --help' for details.",
+        epilog="commands:\n" + "\n".join(lines) + "\n\nRun 'docbus COMMAND --help' for details."
+        "\n\n" + _exit_code_epilog(None),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"docbus {_version()}")
     parser.add_argument("command", nargs="?", choices=list(COMMANDS), metavar="COMMAND")
     return parser
 
 
 def build_parser(command: str) -> argparse.ArgumentParser:
     module_name, help_text = COMMANDS[command]
-    parser = argparse.ArgumentParser(prog=f"docbus {command}", description=help_text)
     module = importlib.import_module(module_name)
-    module.add_arguments(parser)
+    own = getattr(module, "EXIT_CODES", None)
+    parser = argparse.ArgumentParser(
+        prog=f"docbus {command}",
+        description=help_text,
+        epilog=_exit_code_epilog(own if isinstance(own, Mapping) else None),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    module.add_arguments(parser)  # a command may still write its whole epilog itself
     if not any(action.dest == "log_level" for action in parser._actions):
         parser.add_argument(
             "--log-level",
+            type=str.lower,
             default=os.environ.get("DOCBUS_LOG_LEVEL", "warning"),
-            choices=["debug", "info", "warning", "error"],
+            choices=LOG_LEVELS,
             help="logging verbosity (default: warning; DOCBUS_LOG_LEVEL)",
         )
     parser.set_defaults(_module=module)
@@ -75,26 +325,38 @@ def _hoist_log_level(args: list[str]) -> list[str]:
     return args
 
 
+def _log_level(args: argparse.Namespace) -> str | None:
+    """The level to log at, or None when ``DOCBUS_LOG_LEVEL`` names no level (argparse checks
+    ``--log-level`` itself, but not a default taken from the environment)."""
+    level = str(args.log_level).lower()
+    return level if level in LOG_LEVELS or level in ("critical", "notset") else None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] not in COMMANDS:
-        top = _top_parser()
-        if not argv:
-            top.print_help()
-            return 2
-        top.parse_args(argv[:1])  # prints the usage error for an unknown command
-        return 2
-    command, rest = argv[0], argv[1:]
-    rest = _hoist_log_level(rest)
-    args = build_parser(command).parse_args(rest)
-    logging.basicConfig(
-        level=str(args.log_level).upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
     try:
-        return int(args._module.run(args) or 0)
-    except KeyboardInterrupt:
-        return 130
+        if not argv or argv[0] not in COMMANDS:
+            top = _top_parser()
+            if not argv:
+                top.print_help()
+                return ExitCode.USAGE
+            top.parse_args(argv[:1])  # --version, --help, or the usage error of a bad command
+            return ExitCode.USAGE
+        command, rest = argv[0], _hoist_log_level(argv[1:])
+        args = build_parser(command).parse_args(rest)
+    except SystemExit as exit_:  # argparse: --help, --version, or a usage error already printed
+        return exit_.code if isinstance(exit_.code, int) else ExitCode.USAGE
+    level = _log_level(args)
+    if level is None:
+        _say(
+            f"docbus {command}: error: DOCBUS_LOG_LEVEL={str(args.log_level)!r} is not a log "
+            f"level; use one of {', '.join(LOG_LEVELS)} (or --log-level)"
+        )
+        return ExitCode.USAGE
+    logging.basicConfig(
+        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    return run_command(command, lambda: args._module.run(args), debug=level == "debug")
 
 
 if __name__ == "__main__":

@@ -26,6 +26,10 @@ from docbus.stack import LocalStack, StackOptions
 
 SAMPLES = Path(__file__).resolve().parent / "samples" / "supplier_news.jsonl"
 
+EXIT_CODES = {
+    1: "some published document ended with neither one current result nor one dead letter"
+}
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input", type=Path, default=SAMPLES, help="JSONL of documents")
@@ -34,6 +38,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--llm-latency", type=float, default=0.05, help="offline model seconds per call (0.05)"
     )
     parser.add_argument("--batch-id", help="batch id (default: generated)")
+    parser.add_argument(
+        "--json", action="store_true", help="print the summary as JSON (progress stays on stderr)"
+    )
 
 
 @dataclass
@@ -202,10 +209,50 @@ def summary_table(summary: DemoSummary) -> Table:
     return table
 
 
+def summary_json(summary: DemoSummary) -> dict[str, Any]:
+    """The summary's figures as JSON-ready data (what ``--json`` prints)."""
+    handlers = {
+        name: {
+            "done": summary.done.get(name, 0),
+            "dead_lettered": {
+                reason: count for (handler, reason), count in sorted(summary.dead.items())
+                if handler == name
+            },
+            "unaccounted": summary.unaccounted.get(name, 0),
+        }
+        for name in summary.handlers
+    }  # fmt: skip
+    return {
+        "published": summary.published,
+        "skipped": summary.skipped,
+        "model": "docbus-offline" if summary.offline else "configured",
+        "handlers": handlers,
+        "llm": {
+            "calls": summary.llm_calls,
+            "tokens": summary.tokens,
+            "cost_usd": summary.cost,
+            **{
+                label: {
+                    "calls": summary.extra_calls.get(category, 0),
+                    "cost_usd": summary.extra_cost.get(category, 0.0),
+                }
+                for category, label in (("reask", "reasks"), ("retry", "retries"))
+            },
+        },
+        "seconds": summary.seconds,
+        "accounted": summary.accounted,
+    }
+
+
 def run(args: argparse.Namespace) -> int:
     console = Console(stderr=True)
     summary = asyncio.run(run_demo(args, console))
     out = Console()
+    if args.json:
+        from docbus.cli import print_json
+
+        print_json(out, summary_json(summary))
+        return 0 if summary.accounted else 1
     out.print(summary_table(summary))
     if summary.accounted:
         out.print(

@@ -17,24 +17,21 @@ JSON (``--json``). Neighbours: :mod:`docbus.status` (progress while a batch runs
 from __future__ import annotations
 
 import argparse
-import asyncio
-import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import ValidationError
 from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
 from docbus.records import SPEND_CATEGORIES, BatchCounts, BatchRecord, SpendCategory
 from docbus.settings import Settings
-from docbus.settings_cli import describe_validation_error
-from docbus.store import Store, StoreError, StoreUnavailable
+from docbus.store import Store
 
 __all__ = [
+    "EXIT_CODES",
     "BatchReport",
     "CallTally",
     "StepFigures",
@@ -46,6 +43,8 @@ __all__ = [
     "report_json",
     "run",
 ]
+
+EXIT_CODES = {1: "the batch is not in the store"}
 
 NO_STEP = "(no step)"
 CATEGORY_LABELS: Mapping[str, str] = {"first": "first asks", "reask": "re-asks", "retry": "retries"}
@@ -451,46 +450,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
 
 
-def run(
-    args: argparse.Namespace, *, console: Console | None = None, errors: Console | None = None
-) -> int:
-    """Print the report of ``--batch`` (tables, or JSON on stdout); problems go to ``errors``."""
-    console = console or Console()
-    errors = errors or Console(stderr=True)
-    try:
-        settings = Settings()
-    except ValidationError as exc:
-        errors.print("[bold red]invalid docbus settings:[/]")
-        for line in describe_validation_error(exc):
-            errors.print(f"  {line}", markup=False, highlight=False)
-        return 2
-    return asyncio.run(_report(settings, args, console, errors))
+def run(args: argparse.Namespace, *, console: Console | None = None) -> int:
+    """Print the report of ``--batch`` (tables, or JSON on stdout); errors go to stderr."""
+    from docbus.cli import run_async
+
+    return run_async(lambda settings: _report(settings, args, console or Console()))
 
 
-async def _report(
-    settings: Settings, args: argparse.Namespace, console: Console, errors: Console
-) -> int:
+async def _report(settings: Settings, args: argparse.Namespace, console: Console) -> int:
+    from docbus.cli import print_json, say_error
+
     try:
         async with Store.from_settings(settings) as store:
             report = await collect_report(store, args.batch)
     except LookupError:
-        errors.print(f"[bold red]no batch {args.batch!r} in the store[/]", highlight=False)
-        return 1
-    except StoreUnavailable as exc:
-        errors.print(f"[bold red]cannot reach MongoDB:[/] {exc}", highlight=False)
-        errors.print(
-            "set DOCBUS_MONGODB__URI (or MONGODB_URI) and DOCBUS_MONGODB__DATABASE, "
-            "or start the local stack with `docbus up` and export what it prints",
-            markup=False,
-        )
-        return 1
-    except StoreError as exc:
-        errors.print(f"[bold red]reading the store failed:[/] {exc}", highlight=False)
+        say_error("report", f"no batch {args.batch!r} in the store")
         return 1
     if args.json:
-        console.print(
-            json.dumps(report_json(report), indent=2), markup=False, highlight=False, soft_wrap=True
-        )
+        print_json(console, report_json(report))
     else:
         console.print(render_report(report))
     return 0

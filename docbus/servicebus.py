@@ -13,8 +13,10 @@ receives and settles.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
+import urllib.parse
 from collections.abc import Iterator
 from typing import Any
 
@@ -50,7 +52,9 @@ __all__ = [
     "MessagingUnavailable",
     "build_message",
     "fits_in_message",
+    "probe_endpoint",
     "servicebus_client",
+    "servicebus_endpoint",
     "translate_error",
     "translated",
 ]
@@ -139,29 +143,86 @@ class _ClientOwningCredential(ServiceBusClient):
 
 
 def servicebus_client(
-    settings: Settings | ServiceBusSettings, *, credential: AsyncTokenCredential | None = None
+    settings: Settings | ServiceBusSettings,
+    *,
+    credential: AsyncTokenCredential | None = None,
+    retry_total: int | None = None,
 ) -> ServiceBusClient:
     """A Service Bus client for the configured broker; use it with ``async with``.
 
     With a namespace and no ``credential``, ``DefaultAzureCredential`` is created (and closed
     with the client). No connection is opened until a sender or receiver is used.
+    ``retry_total`` overrides the SDK's retries per operation (3); 0 for one-shot checks.
     """
     sb = settings.servicebus if isinstance(settings, Settings) else settings
+    options: dict[str, Any] = {} if retry_total is None else {"retry_total": retry_total}
     if sb.connection_string is not None:
-        return ServiceBusClient.from_connection_string(sb.connection_string.get_secret_value())
+        return ServiceBusClient.from_connection_string(
+            sb.connection_string.get_secret_value(), **options
+        )
     if sb.namespace is None:
         raise ConfigurationError(
             "no Service Bus configured: set DOCBUS_SERVICEBUS__CONNECTION_STRING, or "
             "DOCBUS_SERVICEBUS__NAMESPACE (fully qualified) to use Entra ID"
         )
     if credential is not None:
-        return ServiceBusClient(sb.namespace, credential)
+        return ServiceBusClient(sb.namespace, credential, **options)
     from azure.identity.aio import DefaultAzureCredential
 
     owned = DefaultAzureCredential()
-    client = _ClientOwningCredential(sb.namespace, owned)
+    client = _ClientOwningCredential(sb.namespace, owned, **options)
     client._owned_credential = owned
     return client
+
+
+_AMQPS_PORT = 5671
+_EMULATOR_PORT = 5672
+
+
+def servicebus_endpoint(settings: Settings | ServiceBusSettings) -> tuple[str, int]:
+    """The host and port the SDK connects to for these settings (AMQP over TCP).
+
+    A connection string's ``Endpoint`` names the host (and, for an emulator, maybe a port:
+    ``UseDevelopmentEmulator=true`` means plain AMQP, 5672 unless given); Azure is AMQPS, 5671.
+    """
+    sb = settings.servicebus if isinstance(settings, Settings) else settings
+    if sb.connection_string is not None:
+        parts: dict[str, str] = {}
+        for item in sb.connection_string.get_secret_value().split(";"):
+            key, sep, value = item.partition("=")
+            if sep:
+                parts[key.strip().lower()] = value.strip()
+        endpoint = parts.get("endpoint", "")
+        emulator = parts.get("usedevelopmentemulator") == "true"
+        default_port = _EMULATOR_PORT if emulator else _AMQPS_PORT
+    elif sb.namespace is not None:
+        endpoint, default_port = sb.namespace, _AMQPS_PORT
+    else:
+        raise ConfigurationError("no Service Bus configured")
+    url = urllib.parse.urlsplit(endpoint if "//" in endpoint else f"//{endpoint}")
+    port = url.port if url.port is not None and default_port == _EMULATOR_PORT else default_port
+    return url.hostname or "", port
+
+
+async def probe_endpoint(settings: Settings | ServiceBusSettings, within: float = 3.0) -> None:
+    """Open (and close) a TCP connection to the broker, or raise :class:`MessagingUnavailable`.
+
+    The SDK retries an unreachable broker for about 12 s before it says so; this answers in
+    ``within`` seconds at most, naming where it tried to connect.
+    """
+    host, port = servicebus_endpoint(settings)
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), within)
+    except (OSError, TimeoutError) as exc:
+        why = "no answer" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
+        raise MessagingUnavailable(
+            f"cannot connect to Service Bus at {host}:{port} ({why}): start the local stack "
+            "with `docbus up`, or check DOCBUS_SERVICEBUS__CONNECTION_STRING / "
+            "DOCBUS_SERVICEBUS__NAMESPACE and the network"
+        ) from exc
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
 
 
 def build_message(envelope: Envelope) -> ServiceBusMessage:

@@ -67,6 +67,25 @@ class ServiceBusSettings(BaseModel):
             )
         return value
 
+    @field_validator("connection_string")
+    @classmethod
+    def _well_formed(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value().strip():
+            return None
+        # The SDK's own parser, so what passes here is what the client accepts; its messages
+        # name the missing part and never echo the key.
+        from azure.servicebus import parse_connection_string
+
+        try:
+            parse_connection_string(value.get_secret_value())
+        except ValueError as exc:
+            raise ValueError(
+                f"malformed connection string ({str(exc).rstrip('.')}); expected "
+                "Endpoint=sb://NAMESPACE/;SharedAccessKeyName=NAME;SharedAccessKey=KEY "
+                "(add ;UseDevelopmentEmulator=true for an emulator)"
+            ) from None
+        return value
+
     @model_validator(mode="after")
     def _one_way_in(self) -> ServiceBusSettings:
         if self.connection_string is not None and self.namespace is not None:
@@ -178,6 +197,12 @@ class PublisherSettings(BaseModel):
     Standard tier's limit. When sending, the limit the broker announces is used instead."""
     chunk_size: int = Field(default=500, ge=1)
     """Documents recorded in Mongo per bulk write before their messages are sent."""
+    send_attempts: int = Field(default=4, ge=1, le=20)
+    """Times a message batch is sent before its documents are reported as failed, when the
+    broker's refusal is transient (connection lost, busy, timeout; the SDK also retries
+    inside each attempt). Resending is safe: message ids are fixed, duplicates are dropped."""
+    send_retry_backoff: float = Field(default=0.5, ge=0)
+    """Seconds before the second attempt; each further attempt waits twice as long."""
 
 
 class WorkerSettings(BaseModel):

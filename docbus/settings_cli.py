@@ -1,11 +1,14 @@
-"""``docbus config``: print the effective settings, every secret masked.
+"""``docbus config``: print the effective settings, every secret masked; and the settings'
+explanation when they are wrong.
 
 Reads :class:`~docbus.settings.Settings` the way every other command does (``DOCBUS_*`` variables,
 then ``MONGODB_URI``, ``OPENAI_API_KEY`` and the other ecosystem variables, then defaults) and
 prints :func:`~docbus.settings.masked` as a table — one row per setting with the variable it came
-from — or as JSON (``--json``). Settings that do not validate become one readable line per
-problem, naming the variable to fix, and exit code 2; the offending values are never echoed,
-since they may be secrets.
+from — or as JSON (``--json``). :func:`load_settings` is how every command reads them: settings
+that do not validate raise :class:`InvalidSettings`, whose message is one line naming each
+variable to fix and what it expects (a JSON variable that does not parse included); the CLI's
+runner (:mod:`docbus.cli`) prints it and exits 2. The offending values are never echoed, since
+they may be secrets.
 """
 
 from __future__ import annotations
@@ -14,16 +17,27 @@ import argparse
 import json
 import os
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, get_origin
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
+from pydantic_settings import SettingsError
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from docbus.errors import ConfigurationError
 from docbus.settings import Settings, masked
 
-__all__ = ["add_arguments", "describe_validation_error", "run", "settings_table"]
+__all__ = [
+    "InvalidSettings",
+    "add_arguments",
+    "describe_settings_error",
+    "describe_validation_error",
+    "load_settings",
+    "run",
+    "settings_table",
+    "variable_name",
+]
 
 ENV_PREFIX = "DOCBUS_"
 
@@ -45,53 +59,112 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, *, console: Console | None = None) -> int:
-    try:
-        settings = Settings()
-    except ValidationError as exc:
-        err = console or Console(stderr=True)
-        err.print("[bold red]invalid docbus settings:[/]", highlight=False)
-        for line in describe_validation_error(exc):
-            err.print(f"  {line}", highlight=False, markup=False)
-        return 2
+    settings = load_settings()
     console = console or Console()
     data = masked(settings)
     if args.json:
-        # out(), not print(): no wrapping, so long values stay valid JSON when piped
-        console.out(json.dumps(data, indent=2, default=str), highlight=False)
+        from docbus.cli import print_json
+
+        print_json(console, data)
     else:
         console.print(settings_table(data, settings))
     return 0
 
 
-def variable_name(loc: tuple[int | str, ...]) -> str:
-    """The ``DOCBUS_`` variable for a settings location: ``("worker", "prefetch")`` →
-    ``DOCBUS_WORKER__PREFETCH``; a whole group → ``DOCBUS_WORKER__*``."""
-    parts = [str(p).upper() for p in loc]
-    if len(parts) == 1:
-        return f"{ENV_PREFIX}{parts[0]}__*"
-    return ENV_PREFIX + "__".join(parts)
+class InvalidSettings(ConfigurationError):
+    """The ``DOCBUS_*`` (or ecosystem) variables do not make valid settings; the message is one
+    line naming each variable to fix and what it expects."""
 
 
-def describe_validation_error(exc: ValidationError) -> list[str]:
-    """One line per problem, naming the variable to fix; input values are left out (secrets)."""
-    lines = []
-    for error in exc.errors(include_input=False, include_url=False):
-        loc = tuple(error["loc"])
-        message = str(error["msg"]).removeprefix("Value error, ")
-        where = variable_name(loc) if loc else "settings"
-        lines.append(f"{where}: {message}")
-    return lines
+def load_settings(console: Console | None = None) -> Settings:
+    """The settings from the environment; raises :class:`InvalidSettings` when they are wrong.
 
-
-def load_settings(console: Console) -> Settings | None:
-    """The settings from the environment, or None after printing what is wrong with them."""
+    ``console`` is ignored (kept for the commands that still pass one): the message reaches
+    the user through the CLI's runner (:func:`docbus.cli.run_command`), on stderr.
+    """
     try:
         return Settings()
     except ValidationError as exc:
-        console.print("[bold red]invalid docbus settings:[/]")
-        for line in describe_validation_error(exc):
-            console.print(f"  {line}", markup=False, highlight=False)
-        return None
+        raise InvalidSettings(
+            "invalid settings: " + "; ".join(describe_validation_error(exc))
+        ) from exc
+    except SettingsError as exc:  # a variable that must hold JSON does not
+        raise InvalidSettings("invalid settings: " + describe_settings_error(exc)) from exc
+
+
+def variable_name(
+    loc: tuple[int | str, ...], environ: Mapping[str, str] | None = None
+) -> tuple[str, str]:
+    """The variable behind a settings location, and the path inside its value.
+
+    ``("worker", "prefetch")`` → ``("DOCBUS_WORKER__PREFETCH", "")``; with
+    ``DOCBUS_LLM__PRICING`` set, ``("llm", "pricing", "m", "input")`` →
+    ``("DOCBUS_LLM__PRICING", "m.input")`` (the problem is inside its JSON); an ecosystem
+    variable (``MONGODB_URI``) when that is where the value came from; a whole group →
+    ``("DOCBUS_WORKER__*", "")``.
+    """
+    environ = os.environ if environ is None else environ
+    present = {key.upper() for key, value in environ.items() if value}
+    parts = [str(p) for p in loc]
+    for size in range(len(parts), 0, -1):
+        name = ENV_PREFIX + "__".join(p.upper() for p in parts[:size])
+        inside = ".".join(parts[size:])
+        if name in present:
+            return name, inside
+        ecosystem = _ECOSYSTEM.get((parts[0], parts[1])) if size == 2 else None
+        if ecosystem is not None and ecosystem in present:
+            return ecosystem, inside
+    if len(parts) == 1:
+        return f"{ENV_PREFIX}{parts[0].upper()}__*", ""
+    return ENV_PREFIX + "__".join(p.upper() for p in parts), ""
+
+
+def describe_validation_error(exc: ValidationError) -> list[str]:
+    """One entry per variable, naming it and each problem in it; input values are left out
+    (they may be secrets)."""
+    problems: dict[str, list[str]] = {}
+    for error in exc.errors(include_input=False, include_url=False):
+        loc = tuple(error["loc"])
+        message = str(error["msg"]).removeprefix("Value error, ")
+        where, inside = variable_name(loc) if loc else ("settings", "")
+        problems.setdefault(where, []).append(f"{inside}: {message}" if inside else message)
+    return [f"{where}: {'; '.join(messages)}" for where, messages in problems.items()]
+
+
+# Examples of the variables that take JSON, for the message when their value is not JSON.
+_JSON_EXAMPLES: dict[tuple[str, str], str] = {
+    ("llm", "pricing"): '{"my-deployment": {"input": 0.15, "output": 0.6}}',
+    ("llm", "rate_limits"): '{"gpt-4o": {"rpm": 500, "tpm": 30000}}',
+}
+
+
+def describe_settings_error(exc: SettingsError, environ: Mapping[str, str] | None = None) -> str:
+    """Which variable held JSON that does not parse (pydantic-settings names only the group)."""
+    environ = os.environ if environ is None else environ
+    for key, value in sorted(environ.items()):
+        parts = key.upper().removeprefix(ENV_PREFIX).lower().split("__")
+        if not key.upper().startswith(ENV_PREFIX) or not _takes_json(parts):
+            continue
+        try:
+            json.loads(value)
+        except json.JSONDecodeError as error:
+            example = _JSON_EXAMPLES.get((parts[0], parts[1])) if len(parts) == 2 else None
+            expected = f"; expected e.g. {example}" if example else "; expected JSON"
+            return f"{key.upper()}: not valid JSON ({error.msg} at character {error.pos}){expected}"
+    return str(exc)
+
+
+def _takes_json(parts: list[str]) -> bool:
+    """Whether the setting at ``parts`` (group, field...) is read as JSON from the environment."""
+    annotation: Any = Settings
+    for part in parts:
+        fields = getattr(annotation, "model_fields", None)
+        if fields is None or part not in fields:
+            return False
+        annotation = fields[part].annotation
+    return (isinstance(annotation, type) and issubclass(annotation, BaseModel)) or (
+        get_origin(annotation) in (dict, list, set, tuple)
+    )
 
 
 def _source(group: str, field: str, value: Any, default: Any) -> str:

@@ -5,8 +5,11 @@ SecantusDB (a separate process: it is GPL and never imported here) and the offli
 OpenAI-compatible LLM server, on free or given ports of 127.0.0.1, and exposes the
 :class:`~docbus.settings.Settings` and environment variables that point docbus at them.
 ``docbus up`` runs it in the foreground; ``docbus demo`` (:mod:`docbus.demo`) and tests use
-it in-process. Neighbours: :mod:`docbus.emulator`, :mod:`docbus.mongo_local`,
-:mod:`docbus.llm_server`, :mod:`docbus.topology`.
+it in-process. A stack keeping its state in a data directory holds a lock on it
+(``stack.lock``, with its pid) while it runs, so a second stack on the same directory is refused
+with :class:`StackInUse` rather than left to fail deep inside SecantusDB; ``docbus up`` also
+checks its ports before starting anything. Neighbours: :mod:`docbus.emulator`,
+:mod:`docbus.mongo_local`, :mod:`docbus.llm_server`, :mod:`docbus.topology`.
 """
 
 from __future__ import annotations
@@ -14,18 +17,76 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
+import os
 import shlex
 import signal
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from pydantic import SecretStr
 
+from docbus.errors import DocbusError
 from docbus.settings import LLMSettings, MongoSettings, ServiceBusSettings, Settings
 from docbus.topology import Topology, load_topology
 
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: no advisory locks, no protection
+    fcntl = None  # type: ignore[assignment]
+
 OFFLINE_API_KEY = "offline-local-key"
+LOCK_FILE = "stack.lock"
+
+EXIT_CODES = {
+    3: "a port or the data directory is in use (by another `docbus up`?): stop it, or choose "
+    "other ports, --data-dir or --memory",
+}
+
+
+class StackInUse(DocbusError):
+    """A port or the data directory the stack needs is taken; the message says by what."""
+
+    transient = True  # it frees up once the other stack stops
+
+
+def hold_data_dir(data_dir: Path) -> IO[str]:
+    """Lock ``data_dir`` for this process (the returned file holds the lock until closed).
+
+    Raises :class:`StackInUse` naming the other stack's pid when it is locked already.
+    """
+    data_dir.mkdir(parents=True, exist_ok=True)
+    handle = (data_dir / LOCK_FILE).open("a+", encoding="utf-8")
+    if fcntl is None:  # pragma: no cover
+        return handle
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        handle.seek(0)
+        holder = handle.read().strip() or "unknown"
+        handle.close()
+        raise StackInUse(
+            f"data directory {data_dir} is in use by another docbus stack (pid {holder}): stop "
+            "it (Ctrl-C in its shell), or give this one --data-dir DIR or --memory"
+        ) from exc
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    return handle
+
+
+def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether something listens on (or holds) ``host:port`` now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is not in use
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            return exc.errno in (errno.EADDRINUSE, errno.EACCES)
+        return False
 
 
 @dataclass
@@ -52,6 +113,7 @@ class LocalStack:
         self._mongo: Any = None
         self._llm: Any = None
         self._llm_cm: Any = None
+        self._lock: IO[str] | None = None
 
     async def start(self) -> None:
         from docbus.emulator import EmulatorThread, parse_config
@@ -60,7 +122,7 @@ class LocalStack:
         options = self.options
         data = options.data_dir
         if data is not None:
-            data.mkdir(parents=True, exist_ok=True)
+            self._lock = hold_data_dir(data)
         try:
             self._mongo = LocalMongo(
                 port=options.mongo_port, data_dir=str(data / "mongo") if data else None
@@ -99,6 +161,9 @@ class LocalStack:
         if self._mongo is not None:
             await self._mongo.stop()
             self._mongo = None
+        if self._lock is not None:
+            self._lock.close()  # releases the data directory
+            self._lock = None
 
     async def __aenter__(self) -> LocalStack:
         await self.start()
@@ -181,6 +246,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--memory", action="store_true", help="keep nothing across restarts")
 
 
+_PORTS = (
+    ("servicebus_port", "Service Bus emulator", "--servicebus-port"),
+    ("mongo_port", "SecantusDB", "--mongo-port"),
+    ("llm_port", "offline LLM server", "--llm-port"),
+)
+
+
+def busy_port(args: argparse.Namespace) -> str | None:
+    """What to say about the first of ``docbus up``'s ports that is taken, or None."""
+    for attribute, what, flag in _PORTS:
+        port = getattr(args, attribute)
+        if port and port_in_use(port):
+            return (
+                f"port {port} ({what}) is in use — is `docbus up` already running? Stop it, or "
+                f"choose another port with {flag}"
+            )
+    return None
+
+
 def run(args: argparse.Namespace) -> int:
     options = StackOptions(
         topology=load_topology(args.topology) if args.topology else None,
@@ -203,5 +287,17 @@ def run(args: argparse.Namespace) -> int:
             print("# Ctrl-C stops it.", flush=True)
             await stop.wait()
 
-    asyncio.run(main())
+    # The data directory first: its lock names the stack that holds it, the likelier story.
+    lock = hold_data_dir(options.data_dir) if options.data_dir is not None else None
+    if lock is not None:
+        lock.close()
+    busy = busy_port(args)
+    if busy is not None:
+        raise StackInUse(busy)
+    try:
+        asyncio.run(main())
+    except OSError as exc:  # a port taken between the check and the start
+        if exc.errno == errno.EADDRINUSE:
+            raise StackInUse(f"a port is in use ({exc}): is `docbus up` already running?") from exc
+        raise
     return 0

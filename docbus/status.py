@@ -1,29 +1,40 @@
-"""``docbus status``: how far each batch has got — per batch and per handler, as rich tables.
+"""``docbus status``: how far each batch has got — per batch and per handler, as tables or JSON.
 
 :func:`collect_status` reads a batch's progress from the store (:mod:`docbus.store`):
 ``Store.batch_counts`` gives published / done / dead-lettered / pending per handler, the batch
 record (:class:`~docbus.records.BatchRecord`) its topic, publishing status, LLM cost and
 over-budget flag and its own budget (``docbus publish --budget``).
 
-*Retrying*: a document counts as retrying for a handler when the worker has noted a retry of it
-(the ``retries`` collection, written before each backoff) or an ``llm_calls`` row of the batch
-shows ``attempt >= 2`` for that (handler, doc_id), and the handler has neither a result nor a
-dead letter for it yet. Retrying documents are taken out of *pending*, so published = done +
-retrying + dead-lettered + pending.
+*Parked*: a document whose message the worker set aside (deferred) until a condition clears —
+the LLM endpoint refusing the key, a circuit breaker, the budget — has a record in ``parked``
+(:mod:`subscriber.parking`); it counts as parked for that handler until it has a result or a
+dead letter. *Retrying*: a document counts as retrying for a handler when the worker has noted a
+retry of it (the ``retries`` collection, written before each backoff) or an ``llm_calls`` row of
+the batch shows ``attempt >= 2`` for that (handler, doc_id), and the handler has neither a
+result nor a dead letter for it yet, nor a parked message. Parked and retrying documents are
+taken out of *pending*, so published = done + retrying + parked + dead-lettered + pending.
 
-:func:`render_status` draws the tables; throughput is documents finished (done or dead-lettered)
-per second since the batch was created — up to its last result once complete — or, with
-``--watch``, over the last refresh interval. ``--watch`` redraws with ``rich.live.Live`` until
-every batch shown is complete, or Ctrl-C.
+*Complete*: publishing has ended and every document sent is done or dead-lettered — and, when
+the broker can be asked (:class:`~docbus.backlog.BacklogProbe` peeks the batch's
+subscriptions), no message of the batch is left on a subscription; when it cannot, the batch is
+shown "complete (broker not checked)".
+
+:func:`render_status` draws the tables, :func:`status_json` the same figures as JSON
+(``--json``); throughput is documents finished (done or dead-lettered) per second since the
+batch was created — up to its last result once complete — or, with ``--watch``, over the last
+refresh interval. ``--watch`` redraws with ``rich.live.Live`` until every batch shown is
+complete, or Ctrl-C (with ``--json``: waits, then prints the final figures once).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-from collections.abc import Iterable, Mapping, Sequence
+import contextlib
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from pymongo.errors import ConnectionFailure, PyMongoError
@@ -33,25 +44,48 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
+from docbus.backlog import Backlog, BacklogProbe
 from docbus.records import BatchCounts, BatchRecord, HandlerCounts
 from docbus.settings import Settings
-from docbus.settings_cli import load_settings
 from docbus.store import Store, StoreError, StoreUnavailable
 
 __all__ = [
+    "EXIT_CODES",
     "BatchStatus",
+    "Parked",
     "add_arguments",
     "batch_table",
     "batch_view",
     "collect_status",
+    "parked_documents",
     "render_status",
     "retrying_counts",
     "run",
+    "status_json",
     "throughput",
+    "unfinished_counts",
     "watch",
 ]
 
 ALL = "all handlers"
+
+EXIT_CODES = {
+    1: "a batch shown needs attention (dead letters, parked documents, over budget, documents "
+    "the publisher skipped or failed to send), or a batch given with --batch is not in the store"
+}
+
+Probe = Callable[[str, str], Awaitable[Backlog]]
+"""Asks the broker what of a batch is left: ``probe(topic, batch_id)``."""
+
+
+@dataclass(frozen=True)
+class Parked:
+    """One parked message of a batch, as far as status needs it."""
+
+    handler: str
+    """The handler, or the subscription's name when the record does not say."""
+    doc_id: str
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -63,6 +97,14 @@ class BatchStatus:
     retrying: int = 0
     """Documents retrying in some handler and neither done nor dead-lettered overall."""
     handler_retrying: dict[str, int] = field(default_factory=dict)
+    parked: int = 0
+    """Documents parked in some handler and neither done nor dead-lettered overall."""
+    handler_parked: dict[str, int] = field(default_factory=dict)
+    parked_reasons: dict[str, int] = field(default_factory=dict)
+    """Reason → parked messages of the batch (a document parked in two handlers counts twice)."""
+    backlog: Backlog | None = None
+    """What the broker still holds of the batch; None: not asked (the counts are not complete,
+    or no probe was given)."""
     observed_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     last_activity: datetime | None = None
     """When the latest result or dead letter was written (looked up once complete)."""
@@ -72,14 +114,47 @@ class BatchStatus:
         return self.record.id
 
     @property
-    def complete(self) -> bool:
-        """Publishing has ended and every document sent is done or dead-lettered.
+    def settled(self) -> bool:
+        """Publishing has ended and every document sent is done or dead-lettered in Mongo.
 
         Documents the publisher recorded but failed to send (``counts["failed"]``) will not
         arrive until they are replayed, so they do not hold a batch open.
         """
         unsent = self.record.counts.get("failed", 0)
         return self.record.status != "publishing" and self.counts.pending <= unsent
+
+    @property
+    def complete(self) -> bool:
+        """Settled, and no message of the batch known to be left on the broker."""
+        return self.settled and (self.backlog is None or self.backlog.total == 0)
+
+    @property
+    def broker_checked(self) -> bool:
+        return self.backlog is not None and self.backlog.checked
+
+    @property
+    def state(self) -> str:
+        """One word or phrase for the batch: complete, or where it stands."""
+        if not self.settled:
+            return self.record.status
+        if self.backlog is not None and self.backlog.total:
+            return "finishing"
+        return "complete" if self.broker_checked else "complete (broker not checked)"
+
+    @property
+    def attention(self) -> list[str]:
+        """What about the batch needs someone to look (``docbus status`` then exits 1)."""
+        found = []
+        if self.counts.dead_lettered:
+            found.append(f"{self.counts.dead_lettered} dead-lettered")
+        if self.parked:
+            found.append(f"{self.parked} parked")
+        if self.record.over_budget:
+            found.append("over budget")
+        for key, what in (("skipped", "skipped by the publisher"), ("failed", "not sent")):
+            if self.record.counts.get(key, 0):
+                found.append(f"{self.record.counts[key]} {what}")
+        return found
 
     def finished(self, handler: str | None = None) -> int:
         """Documents done or dead-lettered, overall or for one handler."""
@@ -89,13 +164,33 @@ class BatchStatus:
         return counts.done + counts.dead_lettered
 
     def pending(self, handler: str | None = None) -> int:
-        """Pending documents that are not retrying."""
+        """Pending documents that are neither retrying nor parked."""
         if handler is None:
-            return max(0, self.counts.pending - self.retrying)
-        return max(0, self.counts.handlers[handler].pending - self.handler_retrying.get(handler, 0))
+            return max(0, self.counts.pending - self.retrying - self.parked)
+        unfinished = self.handler_retrying.get(handler, 0) + self.handler_parked.get(handler, 0)
+        return max(0, self.counts.handlers[handler].pending - unfinished)
 
 
 # -- pure decisions -----------------------------------------------------------------------------
+
+
+def _unfinished(
+    seen: Mapping[str, set[str]],
+    done: Mapping[str, set[str]],
+    dead: Mapping[str, set[str]],
+    handlers: Iterable[str],
+) -> tuple[set[str], dict[str, set[str]]]:
+    names = sorted(set(handlers) | set(seen))
+    per_handler: dict[str, set[str]] = {}
+    for name in names:
+        settled = done.get(name, set()) | dead.get(name, set())
+        per_handler[name] = seen.get(name, set()) - settled
+    candidates = set().union(*per_handler.values()) if per_handler else set()
+    dead_anywhere = set().union(*(dead.get(name, set()) - done.get(name, set()) for name in names))
+    done_everywhere = (
+        set.intersection(*(done.get(name, set()) for name in names)) if names else set()
+    )
+    return candidates - dead_anywhere - done_everywhere, per_handler
 
 
 def retrying_counts(
@@ -112,18 +207,31 @@ def retrying_counts(
     done nor dead. Overall, a document retrying somewhere counts unless it is dead-lettered by
     some handler (without a later result) or done by every handler.
     """
-    names = sorted(set(handlers) | set(attempted_again))
-    per_handler: dict[str, set[str]] = {}
-    for name in names:
-        settled = done.get(name, set()) | dead.get(name, set())
-        per_handler[name] = attempted_again.get(name, set()) - settled
-    candidates = set().union(*per_handler.values()) if per_handler else set()
-    dead_anywhere = set().union(*(dead.get(name, set()) - done.get(name, set()) for name in names))
-    done_everywhere = (
-        set.intersection(*(done.get(name, set()) for name in names)) if names else set()
-    )
-    overall = candidates - dead_anywhere - done_everywhere
+    overall, per_handler = _unfinished(attempted_again, done, dead, handlers)
     return len(overall), {name: len(docs) for name, docs in per_handler.items() if docs}
+
+
+def unfinished_counts(
+    attempted_again: Mapping[str, set[str]],
+    parked: Mapping[str, set[str]],
+    done: Mapping[str, set[str]],
+    dead: Mapping[str, set[str]],
+    handlers: Iterable[str],
+) -> tuple[tuple[int, dict[str, int]], tuple[int, dict[str, int]]]:
+    """((retrying, per handler), (parked, per handler)), by :func:`retrying_counts`'s rules.
+
+    A parked document is not retrying: it waits, deferred, until its worker resumes it. Overall,
+    a document parked in one handler and retrying in another counts as parked.
+    """
+    handlers = list(handlers)
+    parked_all, parked_per = _unfinished(parked, done, dead, handlers)
+    again = {name: docs - parked.get(name, set()) for name, docs in attempted_again.items()}
+    retrying_all, retrying_per = _unfinished(again, done, dead, handlers)
+    retrying_all -= parked_all
+    return (
+        (len(retrying_all), {name: len(docs) for name, docs in retrying_per.items() if docs}),
+        (len(parked_all), {name: len(docs) for name, docs in parked_per.items() if docs}),
+    )
 
 
 def throughput(
@@ -143,7 +251,7 @@ def throughput(
             rates[key] = max(0, current.finished(key) - before) / seconds if seconds > 0 else 0.0
         return rates
     end = current.observed_at
-    if current.complete and current.last_activity is not None:
+    if current.settled and current.last_activity is not None:
         end = current.last_activity
     seconds = (end - current.record.created_at).total_seconds()
     return {key: current.finished(key) / seconds if seconds > 0 else 0.0 for key in keys}
@@ -153,11 +261,17 @@ def throughput(
 
 
 async def collect_status(
-    store: Store, batch_ids: Sequence[str] | None = None, *, limit: int = 10
+    store: Store,
+    batch_ids: Sequence[str] | None = None,
+    *,
+    limit: int = 10,
+    probe: Probe | None = None,
 ) -> list[BatchStatus]:
     """The status of the given batches, or of the ``limit`` most recent ones.
 
-    Raises ``LookupError`` naming a batch id that has no record.
+    With ``probe`` (a :class:`~docbus.backlog.BacklogProbe`), the broker is asked what is left
+    of each batch whose documents are all settled in Mongo. Raises ``LookupError`` naming a
+    batch id that has no record.
     """
     if batch_ids:
         records = []
@@ -168,7 +282,48 @@ async def collect_status(
             records.append(record)
     else:
         records = await store.list_batches(limit=limit)
-    return [await _one(store, record) for record in records]
+    statuses = []
+    for record in records:
+        status = await _one(store, record)
+        if probe is not None and status.settled:
+            status = replace(status, backlog=await probe(record.topic, record.id))
+        statuses.append(status)
+    return statuses
+
+
+async def parked_documents(store: Store, batch_id: str) -> list[Parked]:
+    """The batch's parked messages: handler (or subscription), document and reason.
+
+    Reads the ``parked`` collection that :mod:`subscriber.parking` writes; the handler is the
+    record's own ``handler`` when it has one, else the one the batch's dead letters name for the
+    subscription, else the subscription's name.
+    """
+    # TODO(lead): point this at the store's parked-message method once it exists.
+    db = store.database
+    rows = [
+        row
+        async for row in db["parked"].find(
+            {"batch_id": batch_id}, {"subscription": 1, "handler": 1, "doc_id": 1, "reason": 1}
+        )
+    ]
+    names: dict[str, str] = {}
+    if any(not isinstance(row.get("handler"), str) for row in rows):
+        pipeline: list[dict[str, Any]] = [
+            {"$match": {"batch_id": batch_id, "handler": {"$type": "string"}}},
+            {"$group": {"_id": {"s": "$subscription", "h": "$handler"}}},
+        ]
+        async for pair in await db["dead_letters"].aggregate(pipeline):
+            names[str(pair["_id"].get("s"))] = str(pair["_id"].get("h"))
+    found = []
+    for row in rows:
+        if row.get("doc_id") is None:
+            continue
+        subscription = str(row.get("subscription") or "?")
+        handler = row.get("handler")
+        if not isinstance(handler, str):
+            handler = names.get(subscription, subscription)
+        found.append(Parked(handler, str(row["doc_id"]), str(row.get("reason") or "?")))
+    return found
 
 
 async def _one(store: Store, record: BatchRecord) -> BatchStatus:
@@ -198,22 +353,32 @@ async def _one(store: Store, record: BatchRecord) -> BatchStatus:
                 attempted_again.setdefault(row["handler"], set()).add(str(row["doc_id"]))
                 if row["handler"] not in handlers:
                     handlers.append(row["handler"])
-        counts = await store.batch_counts(batch_id, handlers=handlers)
-        retrying, per_handler = 0, dict[str, int]()
-        if attempted_again:
-            candidates = sorted(set().union(*attempted_again.values()))
+        parked: dict[str, set[str]] = {}
+        reasons: dict[str, int] = {}
+        for item in await parked_documents(store, batch_id):
+            parked.setdefault(item.handler, set()).add(item.doc_id)
+            reasons[item.reason] = reasons.get(item.reason, 0) + 1
+        counts = await store.batch_counts(batch_id, handlers=[*handlers, *parked])
+        retrying, per_handler, parked_count, parked_per = 0, dict[str, int](), 0, dict[str, int]()
+        if attempted_again or parked:
+            candidates = sorted(set().union(*attempted_again.values(), *parked.values()))
             done = await _doc_sets(
                 db["results"], {"batch_id": batch_id, "rolled_back": False}, candidates
             )
             dead = await _doc_sets(db["dead_letters"], {"batch_id": batch_id}, candidates)
-            retrying, per_handler = retrying_counts(attempted_again, done, dead, counts.handlers)
+            (retrying, per_handler), (parked_count, parked_per) = unfinished_counts(
+                attempted_again, parked, done, dead, counts.handlers
+            )
         status = BatchStatus(
             record=record,
             counts=counts,
             retrying=retrying,
             handler_retrying=per_handler,
+            parked=parked_count,
+            handler_parked=parked_per,
+            parked_reasons=reasons if parked_count else {},
         )
-        if status.complete:
+        if status.settled:
             status = replace(status, last_activity=await _last_activity(store, batch_id))
     except ConnectionFailure as exc:  # raw queries: the store's exception vocabulary too
         raise StoreUnavailable(f"read status of batch {batch_id}: {exc}") from exc
@@ -242,13 +407,63 @@ async def _last_activity(store: Store, batch_id: str) -> datetime | None:
     return max(latest) if latest else None
 
 
+# -- JSON ---------------------------------------------------------------------------------------
+
+
+def status_json(statuses: Sequence[BatchStatus]) -> dict[str, Any]:
+    """The figures of :func:`render_status` as JSON-ready data (what ``--json`` prints)."""
+    batches = []
+    for status in statuses:
+        record, counts = status.record, status.counts
+        batches.append(
+            {
+                "batch_id": record.id,
+                "topic": record.topic,
+                "status": record.status,
+                "state": status.state,
+                "complete": status.complete,
+                "attention": status.attention,
+                "created_at": record.created_at.isoformat(),
+                "documents": {
+                    "published": counts.published,
+                    "done": counts.done,
+                    "retrying": status.retrying,
+                    "parked": status.parked,
+                    "dead_lettered": counts.dead_lettered,
+                    "pending": status.pending(),
+                },
+                "handlers": {
+                    name: {
+                        "done": handler.done,
+                        "retrying": status.handler_retrying.get(name, 0),
+                        "parked": status.handler_parked.get(name, 0),
+                        "dead_lettered": handler.dead_lettered,
+                        "pending": status.pending(name),
+                    }
+                    for name, handler in counts.handlers.items()
+                },
+                "parked_reasons": status.parked_reasons,
+                "broker": status.backlog.to_json() if status.backlog is not None else None,
+                "publisher": {
+                    "skipped": record.counts.get("skipped", 0),
+                    "failed": record.counts.get("failed", 0),
+                },
+                "cost": record.cost.model_dump(mode="json"),
+                "budget_usd": record.budget_usd,
+                "over_budget": record.over_budget,
+                "docs_per_second": throughput(status)[None],
+            }
+        )
+    return {"batches": batches}
+
+
 # -- rendering ----------------------------------------------------------------------------------
 
 
 def _bar(done: int, total: int) -> RenderableType:
     share = f"{100 * done / total:3.0f}%" if total else "  -"
     table = Table.grid(padding=(0, 1))
-    table.add_row(ProgressBar(total=max(total, 1), completed=done, width=20), share)
+    table.add_row(ProgressBar(total=max(total, 1), completed=done, width=12), share)
     return table
 
 
@@ -269,7 +484,7 @@ def batch_table(status: BatchStatus, previous: BatchStatus | None = None) -> Tab
     title = Text.assemble(("batch ", "bold"), (record.id, "bold cyan"), f" → {record.topic}")
     table = Table(title=title, title_justify="left")
     table.add_column("handler", no_wrap=True)
-    for name in ("published", "done", "retrying", "dead-lettered", "pending"):
+    for name in ("published", "done", "retrying", "parked", "dead-lettered", "pending"):
         table.add_column(name, justify="right")
     table.add_column("progress", no_wrap=True)
     table.add_column(rate_title, justify="right")
@@ -279,6 +494,7 @@ def batch_table(status: BatchStatus, previous: BatchStatus | None = None) -> Tab
         str(counts.published),
         str(counts.done),
         str(status.retrying),
+        str(status.parked),
         str(counts.dead_lettered),
         str(status.pending()),
         _bar(status.finished(), counts.published),
@@ -290,6 +506,7 @@ def batch_table(status: BatchStatus, previous: BatchStatus | None = None) -> Tab
             str(counts.published),
             str(handler.done),
             str(status.handler_retrying.get(name, 0)),
+            str(status.handler_parked.get(name, 0)),
             str(handler.dead_lettered),
             str(status.pending(name)),
             _bar(status.finished(name), counts.published),
@@ -301,9 +518,25 @@ def batch_table(status: BatchStatus, previous: BatchStatus | None = None) -> Tab
 def _caption(status: BatchStatus) -> Text:
     record = status.record
     parts: list[tuple[str, str] | str] = [
-        f"{'complete' if status.complete else record.status}",
+        status.state,
         f" · created {record.created_at:%Y-%m-%d %H:%M:%S %Z}",
     ]
+    backlog = status.backlog
+    if backlog is not None and backlog.total:
+        where = ", ".join(f"{name} {count}" for name, count in sorted(backlog.left.items()))
+        parts.append(
+            (f" · {backlog.total} message(s) of the batch still on the broker ({where})", "yellow")
+        )
+    elif backlog is not None and not backlog.checked:
+        why = "; ".join(
+            reason if name == "*" else f"{name}: {reason}"
+            for name, reason in sorted(backlog.unchecked.items())
+        )
+        parts.append(f" · broker: {why}")
+    if status.parked_reasons:
+        reasons = sorted(status.parked_reasons.items())
+        why = ", ".join(f"{reason} {count}" for reason, count in reasons)
+        parts.append((f" · parked: {why}", "yellow"))
     skipped = record.counts.get("skipped", 0)
     failed = record.counts.get("failed", 0)
     if skipped or failed:
@@ -336,8 +569,9 @@ def render_status(
     ]
     tables.append(
         Text(
-            "published = done + retrying + dead-lettered + pending; "
-            "retrying: unfinished documents the worker is trying again",
+            "published = done + retrying + parked + dead-lettered + pending; "
+            "retrying: unfinished documents the worker is trying again; "
+            "parked: set aside until their condition clears (docbus worker resumes them)",
             style="dim",
         )
     )
@@ -357,7 +591,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--watch",
         action="store_true",
-        help="refresh until every batch shown is complete (or Ctrl-C)",
+        help="refresh until every batch shown is complete (or Ctrl-C); "
+        "with --json, print the figures once it is",
     )
     parser.add_argument(
         "--interval",
@@ -365,6 +600,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=2.0,
         metavar="S",
         help="seconds between refreshes with --watch (default 2)",
+    )
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    parser.add_argument(
+        "--topology",
+        type=Path,
+        metavar="PATH",
+        help="topology file naming each topic's subscriptions, peeked before a batch is called "
+        "complete (default: infra/topology.toml)",
+    )
+    parser.add_argument(
+        "--broker-timeout",
+        type=_positive,
+        default=5.0,
+        metavar="S",
+        help="seconds the broker gets to answer per batch (default 5)",
+    )
+    parser.add_argument(
+        "--no-broker",
+        action="store_true",
+        help="do not ask the broker: complete batches show 'complete (broker not checked)'",
     )
 
 
@@ -376,40 +631,56 @@ def _positive(value: str) -> float:
 
 
 def run(args: argparse.Namespace, *, console: Console | None = None) -> int:
+    """``docbus status``: tables (or JSON) on ``console``/stdout; errors reach the CLI's runner."""
+    from docbus.cli import run_async
+
     console = console or Console()
-    settings = load_settings(console)
-    if settings is None:
-        return 2
     try:
-        return asyncio.run(_status(settings, args, console))
+        return run_async(lambda settings: _status(settings, args, console))
     except KeyboardInterrupt:
-        return 0  # Ctrl-C is how a watch ends early
+        if args.watch and not args.json:
+            return 0  # Ctrl-C is how a watch ends early
+        raise
 
 
 async def _status(settings: Settings, args: argparse.Namespace, console: Console) -> int:
-    try:
-        async with Store.from_settings(settings) as store:
-            if not args.watch:
-                console.print(
-                    render_status(await collect_status(store, args.batch, limit=args.limit))
-                )
-                return 0
-            await watch(store, console, args.batch, limit=args.limit, interval=args.interval)
-            return 0
-    except LookupError as exc:
-        console.print(Text(f"no batch {exc.args[0]!r} in the store", style="bold red"))
-        return 1
-    except StoreUnavailable as exc:
-        console.print(Text.assemble(("cannot reach MongoDB: ", "bold red"), str(exc)))
-        console.print(
-            "set DOCBUS_MONGODB__URI (or MONGODB_URI) and DOCBUS_MONGODB__DATABASE, "
-            "or start the local stack with `docbus up` and export what it prints",
-            markup=False,
-        )
-        return 1
-    except StoreError as exc:
-        console.print(Text.assemble(("reading the store failed: ", "bold red"), str(exc)))
-        return 1
+    from docbus.cli import print_json, say_error
+    from docbus.topology import Topology, TopologyError, load_topology
+
+    topology: Topology | None = None
+    if args.topology is not None:
+        topology = load_topology(args.topology)  # asked for: a bad file is an error
+    elif not args.no_broker:
+        with contextlib.suppress(TopologyError):  # none shipped: the broker is not asked
+            topology = load_topology()
+    async with Store.from_settings(settings) as store:
+        probe: BacklogProbe | None = None
+        if not args.no_broker:
+            probe = BacklogProbe(settings, topology, timeout=args.broker_timeout)
+        async with _maybe(probe):
+            try:
+                if args.watch and not args.json:
+                    statuses = await watch(store, console, args.batch, limit=args.limit,
+                                           interval=args.interval, probe=probe)  # fmt: skip
+                    return 1 if any(status.attention for status in statuses) else 0
+                while True:
+                    statuses = await collect_status(store, args.batch, limit=args.limit,
+                                                    probe=probe)  # fmt: skip
+                    if not args.watch or all(status.complete for status in statuses):
+                        break
+                    await asyncio.sleep(args.interval)
+            except LookupError as exc:
+                say_error("status", f"no batch {exc.args[0]!r} in the store")
+                return 1
+    if args.json:
+        print_json(console, status_json(statuses))
+    else:
+        console.print(render_status(statuses))
+    return 1 if any(status.attention for status in statuses) else 0
+
+
+def _maybe(probe: BacklogProbe | None) -> Any:
+    return probe if probe is not None else contextlib.nullcontext()
 
 
 async def watch(
@@ -419,12 +690,13 @@ async def watch(
     *,
     limit: int = 10,
     interval: float = 2.0,
+    probe: Probe | None = None,
 ) -> list[BatchStatus]:
     """Redraw until every batch shown is complete; returns the last observation."""
     previous: dict[str, BatchStatus] = {}
     with Live(console=console, auto_refresh=False, transient=False) as live:
         while True:
-            statuses = await collect_status(store, batch_ids, limit=limit)
+            statuses = await collect_status(store, batch_ids, limit=limit, probe=probe)
             live.update(render_status(statuses, previous), refresh=True)
             if all(status.complete for status in statuses):
                 return statuses

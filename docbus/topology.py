@@ -36,6 +36,10 @@ class SubscriptionSpec:
     dead_lettering_on_message_expiration: bool = True
     requires_session: bool = False
 
+    def takes(self, route: str) -> bool:
+        """Whether this subscription's generated rules accept a message with ``route``."""
+        return route == BROADCAST or route.lower() == self.name.lower()
+
 
 @dataclass(frozen=True)
 class TopicSpec:

@@ -25,6 +25,11 @@ from docbus.topology import Topology, TopologyError, load_topology
 
 FORMATS = ("emulator-config", "bicep-params")
 
+EXIT_CODES = {
+    1: "the output file could not be written",
+    2: "the topology file is malformed, or --microsoft-limits was given with bicep-params",
+}
+
 # Microsoft's emulator: (property, lowest, highest) as ISO-8601 durations, per entity kind.
 _MICROSOFT_DURATIONS: dict[str, tuple[tuple[str, str, str], ...]] = {
     "topic": (

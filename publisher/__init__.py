@@ -2,7 +2,9 @@
 
 Load with :func:`iter_documents` / :func:`load_documents` / :func:`scan_documents`
 (:mod:`publisher.loaders`), publish with :func:`publish_documents` (:mod:`publisher.publish`).
-Every invalid input is reported as an :class:`InputProblem` with file, line and reason.
+Every invalid input is reported as an :class:`InputProblem` with file, line and reason; what
+the broker would drop silently (a topic without subscriptions, a batch id used before) is
+refused with :class:`PublishRefused` (:mod:`publisher.preflight`).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from publisher.loaders import (
     load_documents,
     scan_documents,
 )
+from publisher.preflight import PublishRefused
 from publisher.publish import MessageSender, PublishReport, SenderFactory, publish_documents
 
 __all__ = [
@@ -26,6 +29,7 @@ __all__ = [
     "InvalidInput",
     "LoaderOptions",
     "MessageSender",
+    "PublishRefused",
     "PublishReport",
     "ScanResult",
     "SenderFactory",

@@ -1,27 +1,33 @@
 """``docbus publish``: validate documents from files, JSONL or CSV, then send them as one batch.
 
-The command scans every input first (:func:`publisher.loaders.scan_documents`). Any invalid input
-— unreadable file, invalid JSON, missing or empty text, non-UTF-8 bytes, duplicate id — is listed
-with file:line and reason; without ``--skip-invalid`` nothing is sent and the exit code is 1.
-With it, the valid documents are sent and every skipped one is still listed (exit code 1 whenever
-anything was skipped or failed to send, 0 otherwise). ``--dry-run`` sends and records nothing and
-shows what would be sent. Sending is :func:`publisher.publish.publish_documents`; this module adds
-a progress bar sized by the scan (advanced as the broker accepts each message batch, through the
-publisher's sender seam), the skipped inputs in the closing summary and the batch record, and
-``--budget`` (the batch's own LLM budget, ``Store.set_batch_budget``, set before its first
-message is sent so no worker spends on the batch unchecked). The store and Service Bus come
-from :class:`~docbus.settings.Settings`.
+The command reads the topology first (``--topology``, default ``infra/topology.toml``) and
+refuses a topic it does not know or whose subscriptions would not take the messages; it then
+scans every input (:func:`publisher.loaders.scan_documents`). Any invalid input — unreadable
+file, invalid JSON, missing or empty text, non-UTF-8 bytes, duplicate id, a value JSON, MongoDB
+or UTF-8 cannot carry — is listed with file:line and reason; without ``--skip-invalid`` nothing
+is sent. Sending is :func:`publisher.publish.publish_documents`, which also refuses a
+subscription missing on the broker and a batch id used before (``--resume`` sends only what
+that batch is missing) and fails fast when the broker is unreachable. This module adds a
+progress bar sized by the scan (advanced as the broker accepts each message batch, through the
+publisher's sender seam), the skipped inputs in the closing summary and the batch record,
+``--json`` (the summary as one JSON document on stdout, errors on stderr) and ``--budget`` (the
+batch's own LLM budget, ``Store.set_batch_budget``, set before its first message is sent so no
+worker spends on the batch unchecked). Exit codes are :data:`EXIT_CODES`. The store and Service
+Bus come from :class:`~docbus.settings.Settings`.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import io
+import json
 import os
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from azure.servicebus import ServiceBusMessageBatch
@@ -36,8 +42,10 @@ from docbus.servicebus import MessagingError, servicebus_client
 from docbus.settings import Settings
 from docbus.settings_cli import load_settings
 from docbus.store import Store, StoreError, StoreUnavailable
+from docbus.topology import Topology, TopologyError, load_topology
 from publisher.inputs import DocumentInput, InputProblem, InvalidInput
 from publisher.loaders import LoaderOptions, iter_documents, scan_documents
+from publisher.preflight import PublishRefused, topic_receivers
 from publisher.publish import MessageSender, PublishReport, SenderFactory, publish_documents
 
 __all__ = ["add_arguments", "problems_table", "run"]
@@ -56,7 +64,20 @@ NO_STORE = (
 )
 
 
+EXIT_CODES = """\
+exit codes:
+  0  every document was sent (with --dry-run: every input is valid)
+  1  something was skipped (invalid input, or --resume found a changed document), failed to
+     send, or the publish was refused (topic or subscription unknown to the topology or
+     missing on the broker, batch id already used) or could not reach Service Bus / MongoDB;
+     a refusal records and sends nothing
+  2  usage or configuration error (bad batch id, no broker configured, unreadable topology)
+"""
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = EXIT_CODES
     parser.add_argument(
         "paths", nargs="+", metavar="PATH", help="files, directories or globs to publish"
     )
@@ -87,6 +108,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="send the valid documents even if some inputs are invalid (they are listed)",
     )
     parser.add_argument(
+        "--topology",
+        type=Path,
+        help="topology file the entities were deployed from (default: infra/topology.toml); "
+        "a topic it does not know, or whose subscriptions are missing, is refused",
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="publish into an existing batch: send only what it is missing (documents not yet "
+        "in it, and recorded ones with no result or dead letter); changed documents are listed",
+    )
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="print the summary as one JSON document on stdout (errors go to stderr)",
+    )
+    parser.add_argument(
         "--budget",
         type=_budget,
         metavar="USD",
@@ -104,68 +142,113 @@ def _budget(value: str) -> float:
     return amount
 
 
-def run(args: argparse.Namespace, *, console: Console | None = None) -> int:
+def run(
+    args: argparse.Namespace,
+    *,
+    console: Console | None = None,
+    err_console: Console | None = None,
+) -> int:
+    """Run ``docbus publish``; returns the exit code (see :data:`EXIT_CODES`).
+
+    Tables go to ``console`` (stdout), error lines to ``err_console`` (stderr; ``console``
+    when only that is given). With ``--json`` stdout holds only the summary as JSON.
+    """
+    err = err_console or console or Console(stderr=True)
     console = console or Console()
-    settings = load_settings(console)
+    out = Console(file=io.StringIO()) if args.json else console  # tables: not with --json
+    settings = load_settings(err)
     if settings is None:
         return 2
     batch_id = args.batch_id or new_batch_id()
     if not re.match(BATCH_ID_PATTERN, batch_id):
-        _error(console, f"invalid batch id {batch_id!r}: use up to 64 letters, digits, . _ or -")
+        _error(err, f"invalid batch id {batch_id!r}: use up to 64 letters, digits, . _ or -")
         return 2
+    try:
+        topology = load_topology(args.topology)
+    except TopologyError as exc:
+        _error(err, f"{exc}: pass --topology FILE (the file the entities were deployed from)")
+        return 2
+    try:
+        topic_receivers(topology, args.topic)
+    except PublishRefused as exc:
+        _error(err, f"cannot publish to topic {args.topic!r}: {exc}; nothing was sent")
+        return 1
     options = LoaderOptions(
         format=args.format,
         text_field=args.text_field,
         id_field=args.id_field,
         session_key=args.session_key,
     )
-    with console.status("checking the inputs..."):
+    with out.status("checking the inputs..."):
         scan = scan_documents(args.paths, options)
     if scan.problems and not args.skip_invalid:
-        console.print(problems_table(scan.problems, "Invalid input"))
+        out.print(problems_table(scan.problems, "Invalid input"))
         _error(
-            console,
+            err,
             f"{len(scan.problems)} invalid input(s): nothing was sent. Fix them, or pass "
             f"--skip-invalid to send the other {scan.documents} document(s).",
+            problems=scan.problems if args.json else None,
         )
         return 1
     if scan.documents == 0:
         if scan.problems:
-            console.print(problems_table(scan.problems, "Skipped (invalid input)"))
-        _error(console, "no valid documents to publish")
+            out.print(problems_table(scan.problems, "Skipped (invalid input)"))
+        _error(err, "no valid documents to publish", problems=scan.problems if args.json else None)
         return 1
     if not args.dry_run and not settings.servicebus.configured:
-        _error(console, NO_BROKER)
+        _error(err, NO_BROKER)
         return 2
-    job = _Job(args=args, settings=settings, batch_id=batch_id, options=options, console=console)
+    job = _Job(
+        args=args, settings=settings, batch_id=batch_id, options=options, console=out,
+        topology=topology,
+    )  # fmt: skip
     try:
         report = asyncio.run(job.dry_run() if args.dry_run else job.publish(scan.documents))
     except InvalidInput as exc:  # an input changed between the scan and the send
-        console.print(problems_table(exc.problems, "Invalid input"))
-        _error(console, f"inputs changed while publishing; {exc.sent} document(s) were sent")
+        out.print(problems_table(exc.problems, "Invalid input"))
+        _error(
+            err,
+            f"inputs changed while publishing; {exc.sent} document(s) were sent",
+            problems=exc.problems if args.json else None,
+        )
+        return 1
+    except PublishRefused as exc:
+        _error(err, f"cannot publish to topic {args.topic!r}: {exc}; nothing was sent")
         return 1
     except StoreUnavailable as exc:
-        _error(console, f"cannot reach MongoDB: {exc}\n{NO_STORE}")
+        _error(err, f"cannot reach MongoDB: {exc}\n{NO_STORE}")
         return 1
     except StoreError as exc:
-        _error(console, f"recording the batch failed: {exc}")
+        _error(err, f"recording the batch failed: {exc}")
         return 1
     except ConfigurationError as exc:
-        _error(console, str(exc))
+        _error(err, str(exc))
         return 2
     except MessagingError as exc:
-        _error(console, f"cannot publish to topic {args.topic!r}: {exc}")
+        _error(err, f"cannot publish to topic {args.topic!r}: {exc}")
         return 1
-    if report.problems:
-        console.print(problems_table(report.problems, "Skipped (invalid input)"))
-    if report.failed:
-        console.print(_failed_table(report.failed))
-    console.print(report.table())
+    if args.json:
+        console.file.write(json.dumps(report.as_dict(), ensure_ascii=False) + "\n")
+        console.file.flush()
+    else:
+        if report.problems:
+            out.print(problems_table(report.problems, "Skipped (invalid input)"))
+        if report.failed:
+            out.print(_failed_table(report.failed))
+        for warning in report.warnings:
+            out.print(Text.assemble(("warning: ", "bold yellow"), warning), highlight=False)
+        out.print(report.table())
     return 0 if report.ok else 1
 
 
-def _error(console: Console, message: str) -> None:
-    console.print(Text.assemble(("error: ", "bold red"), message), highlight=False)
+def _error(
+    console: Console, message: str, *, problems: Sequence[InputProblem] | None = None
+) -> None:
+    """One error line, then each of ``problems`` (given when no table shows them)."""
+    # soft_wrap: a line stays one line (rich would wrap at 80 columns off a terminal)
+    console.print(Text.assemble(("error: ", "bold red"), message), highlight=False, soft_wrap=True)
+    for problem in problems or ():
+        console.print(Text(f"  {problem}"), highlight=False, soft_wrap=True)
 
 
 def problems_table(problems: list[InputProblem], title: str) -> Table:
@@ -225,6 +308,7 @@ class _Job:
     batch_id: str
     options: LoaderOptions
     console: Console
+    topology: Topology
 
     @property
     def sources(self) -> list[str]:
@@ -243,6 +327,7 @@ class _Job:
             progress=False,
             source=self.sources,
             console=self.console,
+            topology=self.topology,
         )
         report.problems[:0] = problems
         self.console.print(preview.table(self.args.topic, self.batch_id))
@@ -259,7 +344,9 @@ class _Job:
             TimeElapsedColumn(),
             console=self.console,
         )
-        task = progress.add_task(f"publishing {self.batch_id}", total=expected)
+        # Resuming sends only what the batch is missing: how much is not known up front.
+        total = None if self.args.resume else expected
+        task = progress.add_task(f"publishing {self.batch_id}", total=total)
         async with Store.from_settings(self.settings) as store:
             budget = self.args.budget
 
@@ -268,10 +355,11 @@ class _Job:
                 # place before any worker can see a message of this batch.
                 if budget is not None:
                     await store.set_batch_budget(self.batch_id, budget)
+                progress.start()  # only now: a refused publish shows no bar, just its error
 
             hooks = _SendHooks(before_first_send, lambda n: progress.advance(task, n))
             async with servicebus_client(self.settings) as client:
-                with progress:
+                try:
                     report = await publish_documents(
                         iter_documents(self.args.paths, problems, self.options),
                         topic=self.args.topic,
@@ -283,10 +371,17 @@ class _Job:
                         progress=False,
                         source=self.sources,
                         console=self.console,
+                        topology=self.topology,
+                        resume=self.args.resume,
                     )
+                finally:
+                    progress.stop()
             if problems:
                 report.problems[:0] = problems
-                await store.update_batch(self.batch_id, counts=report.counts)
+                record = await store.get_batch(self.batch_id)
+                counts = dict(record.counts) if record is not None else report.counts
+                counts["skipped"] = len(report.problems)
+                await store.update_batch(self.batch_id, counts=counts)
         return report
 
 

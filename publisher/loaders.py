@@ -3,12 +3,14 @@
 :func:`iter_documents` streams :class:`~publisher.inputs.DocumentInput` objects (one JSONL line or
 CSV row at a time, so large inputs never sit in memory) and appends an
 :class:`~publisher.inputs.InputProblem` with file, line and reason for every input it cannot use:
-unreadable file, invalid JSON, missing text, id or session field, empty document, non-UTF-8
-bytes, duplicate ids. :func:`load_documents` collects both into lists; :func:`scan_documents`
-only counts, for a validation pass before sending. Formats: ``files`` (each file one document;
-a ``.json`` file holds one record or a list of records), ``jsonl``, ``csv``, or ``auto`` by
-extension. Hidden files and directories (``.name``) are not loaded. Neighbour:
-:mod:`publisher.publish` sends what these produce.
+unreadable file, invalid or too deeply nested JSON, a CSV row with the wrong field count or an
+unterminated quote, missing text, id or session field, empty document, non-UTF-8 bytes, duplicate
+ids, values that JSON, MongoDB or UTF-8 cannot carry (:func:`publisher.inputs.uncarriable`).
+:func:`load_documents` collects both into lists; :func:`scan_documents` only counts, for a
+validation pass before sending. Formats: ``files`` (each file one document; a ``.json`` file
+holds one record or a list of records), ``jsonl``, ``csv``, or ``auto`` by extension. Hidden
+files and directories (``.name``) are not loaded. Neighbour: :mod:`publisher.publish` sends what
+these produce.
 """
 
 from __future__ import annotations
@@ -22,8 +24,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from pydantic import ValidationError
+
 from docbus.envelope import Source
-from publisher.inputs import DocumentChecker, DocumentInput, InputProblem
+from publisher.inputs import DocumentChecker, DocumentInput, InputProblem, uncarriable
 
 __all__ = [
     "Format",
@@ -38,6 +42,7 @@ Format = Literal["auto", "files", "jsonl", "csv"]
 
 _JSONL_SUFFIXES = {".jsonl", ".ndjson"}
 _MARKDOWN_SUFFIXES = {".md", ".markdown"}
+_TOO_DEEP = "JSON nested too deeply to read (thousands of levels)"
 
 
 @dataclass(frozen=True)
@@ -201,6 +206,9 @@ def _read_json_file(
             InputProblem(file=str(path), line=exc.lineno, reason=f"invalid JSON: {exc.msg}")
         )
         return
+    except RecursionError:
+        problems.append(InputProblem(file=str(path), line=1, reason=_TOO_DEEP))
+        return
     items = value if isinstance(value, list) else [value]
     for index, item in enumerate(items, start=1):
         prefix = f"item {index}: " if isinstance(value, list) else ""
@@ -233,6 +241,9 @@ def _read_jsonl(
                     InputProblem(file=str(path), line=number, reason=f"invalid JSON: {exc.msg}")
                 )
                 continue
+            except RecursionError:
+                problems.append(InputProblem(file=str(path), line=number, reason=_TOO_DEEP))
+                continue
             if not isinstance(value, dict):
                 reason = f"JSON {type(value).__name__}, expected an object"
                 problems.append(InputProblem(file=str(path), line=number, reason=reason))
@@ -249,12 +260,18 @@ class _Lines:
         self._stream = iter(stream)
         self.number = 0
         self.bad: set[int] = set()
+        self.eof = False
+        """Set once the reader asked past the last line: only a quoted field still open does."""
 
     def __iter__(self) -> Iterator[str]:
         return self
 
     def __next__(self) -> str:
-        raw = next(self._stream)
+        try:
+            raw = next(self._stream)
+        except StopIteration:
+            self.eof = True
+            raise
         self.number += 1
         try:
             return raw.decode("utf-8-sig" if self.number == 1 else "utf-8")
@@ -297,6 +314,16 @@ def _read_csv(
                 )
                 return
             end = lines.number
+            if lines.eof:
+                # csv ends a quoted field silently at the end of the file, merging every row
+                # after the opening quote into this one.
+                reason = (
+                    f"unterminated quote: a quoted field opened in this row runs to the end of "
+                    f"the file ({end - start + 1} lines), taking the rows after it into this "
+                    f'one; close the quote (a quote inside a quoted field is written "")'
+                )
+                problems.append(InputProblem(file=str(path), line=start, reason=reason))
+                return
             if not row or (len(row) == 1 and not row[0].strip()):
                 continue  # blank line
             if any(number in lines.bad for number in range(start, end + 1)):
@@ -373,10 +400,17 @@ def _document(
                 )
             )
             return None
-    return DocumentInput(
-        text=text,
-        doc_id=doc_id,
-        content_type=content_type,
-        metadata=metadata,
-        source=Source(path=str(path), line=line),
-    )
+    try:
+        return DocumentInput(
+            text=text,
+            doc_id=doc_id,
+            content_type=content_type,
+            metadata=metadata,
+            source=Source(path=str(path), line=line),
+        )
+    except ValidationError as exc:  # what the model refuses, e.g. an id pydantic cannot read
+        reason = uncarriable(doc_id, "the id") or "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        problems.append(InputProblem(file=str(path), line=line, reason=f"{prefix}{reason}"))
+        return None

@@ -5,9 +5,17 @@
 entity's size limit (content in the ``payloads`` collection, the message carries a reference) —
 records the batch and every document in Mongo (:class:`~docbus.store.Store`) *before* sending,
 then sends with ``ServiceBusSender.create_message_batch()``, splitting at the size limit, on
-several sender links at once. Documents are recorded and sent in chunks, so memory stays bounded
+several sender links at once. A batch the broker refuses as too large is sent again in halves
+(down to single messages); a transient failure is retried with backoff
+(``PublisherSettings.send_attempts``), safely, since message ids are fixed and duplicate detection
+drops a copy that did arrive. Documents are recorded and sent in chunks, so memory stays bounded
 however long the input. A rich progress bar runs while sending and a summary table closes the
 run. Messages are built by :func:`docbus.servicebus.build_message`; replays reuse this path.
+
+Before recording anything it checks, at once and beside opening the sender links
+(:mod:`publisher.preflight`): the topic against the topology, its subscriptions on the broker,
+that the broker answers at all, and whether the batch id was used before (refused unless
+resuming).
 
 Invalid input: with ``skip_invalid=False`` (the default) a list of documents is checked in full
 first and nothing is sent if any is invalid; a stream (generator) is checked as it is read, so
@@ -23,7 +31,15 @@ import contextlib
 import logging
 import time
 import zlib
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Mapping,
+    Sequence,
+)
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -36,19 +52,36 @@ from rich.table import Table
 
 from docbus.envelope import BATCH_ID_PATTERN, Envelope, claim_check_for, new_batch_id
 from docbus.servicebus import (
+    MessageTooLarge,
     MessagingAuthError,
     MessagingEntityNotFound,
     MessagingError,
     build_message,
     fits_in_message,
+    probe_endpoint,
     servicebus_client,
     translated,
 )
 from docbus.settings import Settings
 from docbus.store import Store
+from docbus.topology import Topology
 from publisher.inputs import DocumentChecker, DocumentInput, InputProblem, InvalidInput, as_input
+from publisher.preflight import (
+    PublishRefused,
+    ResumePlan,
+    check_subscriptions,
+    existing_batch,
+    first_failure,
+    topic_receivers,
+)
 
-__all__ = ["MessageSender", "PublishReport", "SenderFactory", "publish_documents"]
+__all__ = [
+    "MessageSender",
+    "PublishRefused",
+    "PublishReport",
+    "SenderFactory",
+    "publish_documents",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -94,11 +127,35 @@ class PublishReport:
     """doc_id → why its message was not sent."""
     problems: list[InputProblem] = field(default_factory=list)
     """Invalid inputs that were skipped."""
+    already_sent: int = 0
+    """Resuming: documents the batch holds that reached the topic (not sent again)."""
+    resent: int = 0
+    """Resuming: recorded documents without any outcome, sent again under their message id."""
+    warnings: list[str] = field(default_factory=list)
+    """What could not be checked (e.g. send-only credentials cannot look at subscriptions)."""
     duration: float = 0.0
 
     @property
     def ok(self) -> bool:
         return not self.failed and not self.problems
+
+    def as_dict(self) -> dict[str, Any]:
+        """The report as JSON-ready data (``docbus publish --json``)."""
+        return {
+            "batch_id": self.batch_id,
+            "topic": self.topic,
+            "dry_run": self.dry_run,
+            "ok": self.ok,
+            **self.counts,
+            "message_batches": self.message_batches,
+            "already_sent": self.already_sent,
+            "resent": self.resent,
+            "max_message_size": self.max_message_size,
+            "duration_s": round(self.duration, 3),
+            "skipped_inputs": [p.model_dump() for p in self.problems],
+            "failed_documents": dict(self.failed),
+            "warnings": list(self.warnings),
+        }
 
     @property
     def counts(self) -> dict[str, int]:
@@ -125,6 +182,7 @@ class PublishReport:
             ),
             ("by claim-check", str(self.claim_checked)),
             ("message batches", "-" if self.dry_run else str(self.message_batches)),
+            ("already in the batch", str(self.already_sent)),
             ("skipped (invalid input)", str(len(self.problems))),
             ("failed to send", str(len(self.failed))),
             ("size limit (bytes)", str(self.max_message_size)),
@@ -132,6 +190,8 @@ class PublishReport:
         ]
         if not self.dry_run:
             rows.append(("throughput", f"{rate:.0f} docs/s"))
+        if not self.already_sent and not self.resent:
+            rows = [row for row in rows if row[0] != "already in the batch"]
         for name, value in rows:
             table.add_row(name, value)
         return table
@@ -206,6 +266,8 @@ async def publish_documents(
     progress: bool = True,
     source: Sequence[str] = ("python",),
     console: Console | None = None,
+    topology: Topology | None = None,
+    resume: bool = False,
 ) -> PublishReport:
     """Publish documents to ``topic`` as one batch; returns what happened.
 
@@ -215,15 +277,25 @@ async def publish_documents(
     ``session_key`` names the metadata field whose value becomes each message's session id.
     A dry run checks and sizes everything but records and sends nothing.
 
+    With ``topology`` (:func:`docbus.topology.load_topology`), a topic it does not know, or
+    whose subscriptions would not take the messages, is refused; so is a subscription missing
+    on the broker (checked when ``settings`` name the broker). A batch id already used is
+    refused unless ``resume``: then only what the batch is missing is sent (new documents, and
+    recorded ones that have no result or dead letter yet); a document that differs from what
+    the batch recorded is reported as a problem. Every refusal records and sends nothing.
+
     Raises :class:`~publisher.inputs.InvalidInput` on invalid input unless ``skip_invalid``,
-    and :class:`~docbus.servicebus.MessagingError` when the broker refuses the topic itself
-    (unknown topic, bad credentials); other send failures are reported per document.
+    :class:`~publisher.preflight.PublishRefused` for the refusals above, and
+    :class:`~docbus.servicebus.MessagingError` when the broker refuses the topic itself
+    (unknown topic, bad credentials, unreachable); other send failures are reported per
+    document.
     """
     settings = settings or Settings()
     batch_id = batch_id or new_batch_id()
     _check_batch_id(batch_id)
     console = console or Console(stderr=True)
     report = PublishReport(batch_id=batch_id, topic=topic, dry_run=dry_run)
+    receivers = topic_receivers(topology, topic) if topology is not None else ()
     checker = DocumentChecker(session_key=session_key)
     started = time.monotonic()
 
@@ -243,23 +315,50 @@ async def publish_documents(
         source_docs, total = valid, len(valid)
         checker = DocumentChecker(session_key=session_key)  # ids already seen once
 
+    closing: list[asyncio.Task[None]] = []
     async with AsyncExitStack() as stack:
+        stack.push_async_callback(_finish, closing)
         senders: list[MessageSender] = []
+        plan: ResumePlan | None = None
         if dry_run:
             limit = settings.publisher.max_message_size
         else:
             if store is None:
                 store = await stack.enter_async_context(Store.from_settings(settings))
-            await store.ensure_indexes()
             if sender_factory is None:
                 client = await stack.enter_async_context(servicebus_client(settings))
                 sender_factory = client.get_topic_sender
-            # Open every link before recording anything: a missing topic or a refused
-            # credential fails here, leaving no half-published batch behind.
-            with translated(f"open senders for topic {topic!r}"):
-                for _ in range(settings.publisher.send_concurrency):
-                    senders.append(await stack.enter_async_context(sender_factory(topic)))
-                limit = (await senders[0].create_message_batch()).max_size_in_bytes
+            factory, known_store = sender_factory, store
+
+            async def open_senders() -> int:
+                # Every link opens before anything is recorded: a missing topic or a refused
+                # credential fails here, leaving no half-published batch behind.
+                with translated(f"open senders for topic {topic!r}"):
+                    links = await _open_links(factory, topic, settings.publisher.send_concurrency)
+                    stack.push_async_callback(_close_links, links)
+                    senders.extend(sender for sender, _ in links)
+                    return (await senders[0].create_message_batch()).max_size_in_bytes
+
+            async def read_store() -> ResumePlan | None:
+                await known_store.ensure_indexes()
+                return await existing_batch(known_store, batch_id, topic, resume=resume)
+
+            async def check_broker() -> list[str]:
+                # Fail fast (the SDK retries an unreachable broker for ~12 s), then look.
+                await probe_endpoint(settings)
+                if not receivers:
+                    return []
+                checks = servicebus_client(settings, retry_total=0)
+                stack.push_async_callback(checks.close)
+                return await check_subscriptions(checks, topic, receivers, closing)
+
+            steps: list[Awaitable[Any]] = [open_senders(), read_store()]
+            if settings.servicebus.configured:
+                steps.append(check_broker())
+            results = await first_failure(*steps)
+            limit, plan = results[0], results[1]
+            if len(results) > 2:
+                report.warnings.extend(results[2])
             await store.record_batch(batch_id, topic=topic, source=source)
         report.max_message_size = limit
         envelopes = _Envelopes(topic, batch_id, limit, None if dry_run else store)
@@ -281,24 +380,32 @@ async def publish_documents(
             bar.advance(task, len(ids))
 
         abort = _Abort()
+        retry = _Retry(settings.publisher.send_attempts, settings.publisher.send_retry_backoff)
         lanes = [
-            asyncio.create_task(_lane(s, q, abort, sent, failed))
+            asyncio.create_task(_lane(s, q, abort, sent, failed, retry))
             for s, q in zip(senders, queues, strict=True)
         ]
         recorder = None if dry_run else store
         stop_error: InvalidInput | None = None
         try:
             with bar:
-                chunk: list[tuple[Envelope, ServiceBusMessage]] = []
+                chunk: list[_Outgoing] = []
                 index = 0
                 async for item in _aiter(source_docs):
                     if abort.error is not None:
                         break
                     index += 1
                     doc, problem = _check(checker, item, index)
+                    if problem is None and doc is not None and plan is not None:
+                        problem, record = _resume(plan, doc, report)
+                        if problem is None and record is None:
+                            bar.advance(task, 1)
+                            continue
+                    else:
+                        record = True
                     if problem is not None:
                         report.problems.append(problem)
-                        if not skip_invalid:
+                        if not skip_invalid and plan is None:
                             stop_error = InvalidInput(report.problems, sent=report.documents)
                             break
                         continue
@@ -306,7 +413,7 @@ async def publish_documents(
                     envelope, message, claim_checked = await envelopes.build(doc)
                     report.documents += 1
                     report.claim_checked += claim_checked
-                    chunk.append((envelope, message))
+                    chunk.append(_Outgoing(envelope, message, bool(record)))
                     if len(chunk) >= settings.publisher.chunk_size:
                         await _flush(chunk, recorder, queues)
                         chunk = []
@@ -327,7 +434,7 @@ async def publish_documents(
         report.duration = time.monotonic() - started
         if not dry_run and store is not None:
             status = "published" if not report.failed and stop_error is None else "failed"
-            await store.update_batch(batch_id, status=status, counts=report.counts)
+            await store.update_batch(batch_id, status=status, counts=_batch_counts(report, plan))
 
     logger.info(
         "batch %s: %d documents, %d sent, %d by claim-check, %d skipped, %d failed%s",
@@ -339,6 +446,64 @@ async def publish_documents(
     if stop_error is not None:
         raise stop_error
     return report
+
+
+def _resume(
+    plan: ResumePlan, doc: DocumentInput, report: PublishReport
+) -> tuple[InputProblem | None, bool | None]:
+    """For a resumed batch: (problem, None), (None, record it?) to send, or (None, None) to skip."""
+    assert doc.doc_id is not None
+    decision = plan.decide(doc.doc_id, doc.text, doc.metadata, doc.content_type, doc.session_id)
+    if decision == "done":
+        report.already_sent += 1
+        return None, None
+    if decision == "resend":
+        report.resent += 1
+        return None, False
+    if decision == "send":
+        return None, True
+    where = doc.source.path if doc.source is not None else "<input>"
+    line = doc.source.line if doc.source is not None else None
+    return InputProblem(file=where, line=line, reason=decision), None
+
+
+def _batch_counts(report: PublishReport, plan: ResumePlan | None) -> dict[str, int]:
+    """The batch record's figures; a resumed batch's cover every run, not just this one."""
+    counts = report.counts
+    if plan is not None:
+        new = report.documents - report.resent
+        counts["documents"] = len(plan.recorded) + new
+        counts["sent"] = min(counts["documents"], report.sent + report.already_sent)
+    return counts
+
+
+async def _open_links(
+    factory: SenderFactory, topic: str, count: int
+) -> list[tuple[MessageSender, AsyncExitStack]]:
+    """Open ``count`` sender links at once (each takes a connection and a token round trip)."""
+
+    async def open_one() -> tuple[MessageSender, AsyncExitStack]:
+        async with AsyncExitStack() as link:
+            sender = await link.enter_async_context(factory(topic))
+            return sender, link.pop_all()
+
+    opened = await asyncio.gather(*(open_one() for _ in range(count)), return_exceptions=True)
+    links = [item for item in opened if not isinstance(item, BaseException)]
+    errors = [item for item in opened if isinstance(item, BaseException)]
+    if errors:
+        await _close_links(links)
+        raise errors[0]
+    return links
+
+
+async def _close_links(links: list[tuple[MessageSender, AsyncExitStack]]) -> None:
+    # At once: the SDK takes up to a second to close each link.
+    await asyncio.gather(*(link.aclose() for _, link in links), return_exceptions=True)
+
+
+async def _finish(closing: list[asyncio.Task[None]]) -> None:
+    if closing:
+        await asyncio.gather(*closing, return_exceptions=True)
 
 
 def _check_batch_id(batch_id: str) -> None:
@@ -361,8 +526,17 @@ def _progress(console: Console, enabled: bool) -> Progress:
     )
 
 
+@dataclass(frozen=True)
+class _Outgoing:
+    """A document on its way: its envelope, its message, and whether to record it first."""
+
+    envelope: Envelope
+    message: ServiceBusMessage
+    record: bool = True
+
+
 async def _flush(
-    chunk: list[tuple[Envelope, ServiceBusMessage]],
+    chunk: list[_Outgoing],
     store: Store | None,
     queues: list[asyncio.Queue[tuple[str, ServiceBusMessage] | None]],
 ) -> None:
@@ -374,15 +548,16 @@ async def _flush(
     if not chunk:
         return
     if store is not None:
-        await store.record_documents(envelope for envelope, _ in chunk)
+        await store.record_documents(item.envelope for item in chunk if item.record)
     if not queues:  # dry run
         return
-    for position, (envelope, message) in enumerate(chunk):
+    for position, item in enumerate(chunk):
+        envelope = item.envelope
         if envelope.session_id is not None:
             lane = zlib.crc32(envelope.session_id.encode("utf-8")) % len(queues)
         else:
             lane = position % len(queues)
-        await queues[lane].put((envelope.doc_id, message))
+        await queues[lane].put((envelope.doc_id, item.message))
 
 
 @dataclass
@@ -398,6 +573,7 @@ async def _lane(
     abort: _Abort,
     sent: Callable[[list[str]], None],
     failed: Callable[[list[str], str], None],
+    retry: _Retry,
 ) -> None:
     """One sender link: fill a batch from the queue, send it when full, repeat.
 
@@ -413,24 +589,55 @@ async def _lane(
             abort.error = abort.error or exc
             return None
 
-    async def send(batch: ServiceBusMessageBatch, ids: list[str]) -> None:
-        if abort.error is not None:
-            failed(ids, f"not sent: {abort.error}")
-            return
-        try:
-            with translated(f"send {len(ids)} messages"):
-                await sender.send_messages(batch)
-        except (MessagingAuthError, MessagingEntityNotFound) as exc:
-            abort.error = abort.error or exc  # the topic itself is unusable: stop everything
-            failed(ids, str(exc))
-        except MessagingError as exc:
-            logger.warning("sending %d messages failed: %s", len(ids), exc)
-            failed(ids, str(exc))
-        else:
-            sent(ids)
+    async def deliver(
+        batch: ServiceBusMessageBatch, items: list[tuple[str, ServiceBusMessage]]
+    ) -> None:
+        ids = [doc_id for doc_id, _ in items]
+        attempt = 0
+        while True:
+            if abort.error is not None:
+                failed(ids, f"not sent: {abort.error}")
+                return
+            attempt += 1
+            try:
+                with translated(f"send {len(ids)} messages"):
+                    await sender.send_messages(batch)
+            except (MessagingAuthError, MessagingEntityNotFound) as exc:
+                abort.error = abort.error or exc  # the topic itself is unusable: stop everything
+                failed(ids, str(exc))
+                return
+            except MessageTooLarge as exc:
+                if len(items) == 1:
+                    failed(ids, f"the broker refused the message as too large: {exc}")
+                    return
+                # The broker counted the batch larger than the SDK did: send it in halves.
+                logger.warning("the broker refused %d messages as too large; splitting", len(ids))
+                half = len(items) // 2
+                for part in (items[:half], items[half:]):
+                    smaller = await new_batch()
+                    if smaller is None:
+                        failed([doc_id for doc_id, _ in part], f"not sent: {abort.error}")
+                        continue
+                    for _, message in part:
+                        smaller.add_message(message)
+                    await deliver(smaller, part)
+                return
+            except MessagingError as exc:
+                delay = retry.delay(attempt, exc)
+                if delay is None:
+                    failed(ids, str(exc))
+                    return
+                logger.warning(
+                    "sending %d messages failed (attempt %d of %d), retrying in %.1f s: %s",
+                    len(ids), attempt, retry.attempts, delay, exc,
+                )  # fmt: skip
+                await asyncio.sleep(delay)
+            else:
+                sent(ids)
+                return
 
     batch = await new_batch()
-    ids: list[str] = []
+    items: list[tuple[str, ServiceBusMessage]] = []
     while (item := await queue.get()) is not None:
         doc_id, message = item
         if batch is None or abort.error is not None:
@@ -439,9 +646,9 @@ async def _lane(
         try:
             batch.add_message(message)
         except MessageSizeExceededError:
-            if ids:
-                await send(batch, ids)
-                batch, ids = await new_batch(), []
+            if items:
+                await deliver(batch, items)
+                batch, items = await new_batch(), []
             try:
                 if batch is None:
                     raise MessageSizeExceededError(message="no batch")
@@ -449,6 +656,20 @@ async def _lane(
             except MessageSizeExceededError:
                 failed([doc_id], "message exceeds the size limit even by claim-check")
                 continue
-        ids.append(doc_id)
-    if ids and batch is not None:
-        await send(batch, ids)
+        items.append(item)
+    if items and batch is not None:
+        await deliver(batch, items)
+
+
+@dataclass(frozen=True)
+class _Retry:
+    """How often, and after how long, a transiently failed send is tried again."""
+
+    attempts: int
+    backoff: float
+
+    def delay(self, attempt: int, error: MessagingError) -> float | None:
+        """Seconds to wait before attempt ``attempt + 1``, or None to give up."""
+        if not error.transient or attempt >= self.attempts:
+            return None
+        return self.backoff * 2 ** (attempt - 1)

@@ -12,26 +12,38 @@ Neighbours: :mod:`publisher.replay_cli` replays what these commands show.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
+from docbus.cli import print_json
 from docbus.dead_letter_filter import DeadLetterFilter, add_filter_arguments, filter_from_args
 from docbus.envelope import Envelope, InvalidEnvelope
 from docbus.errors import DocbusError
 from docbus.records import DeadLetterRecord, LLMCallRecord
 from docbus.settings import Settings
-from docbus.settings_cli import load_settings
 from docbus.store import Store
-from docbus.topology import TopologyError, load_topology
+from docbus.topology import load_topology
 
-__all__ = ["GROUPS", "add_arguments", "dead_letter_view", "group_table", "list_table", "run"]
+__all__ = [
+    "GROUPS",
+    "add_arguments",
+    "dead_letter_view",
+    "group_json",
+    "group_table",
+    "list_json",
+    "list_table",
+    "run",
+    "show_json",
+]
+
+EXIT_CODES = {1: "show: no dead letter has that id"}
 
 TEXT_LIMIT = 1200
 TRACEBACK_LINES = 25
@@ -132,6 +144,69 @@ def group_table(records: Sequence[DeadLetterRecord], by: str, *, heading: str = 
             _when(max(times)),
         )
     return table
+
+
+def list_json(
+    records: Sequence[DeadLetterRecord], *, total: int, selection: DeadLetterFilter
+) -> dict[str, Any]:
+    """``dlq list --json``: the rows of :func:`list_table`, without bodies or tracebacks."""
+    return {
+        "total": total,
+        "filters": selection.describe(),
+        "dead_letters": [
+            {
+                "id": record.id,
+                **record.model_dump(
+                    mode="json", exclude={"body", "traceback", "properties", "error_message"}
+                ),
+                "error": _error(record),
+            }
+            for record in records
+        ],
+    }
+
+
+def group_json(
+    records: Sequence[DeadLetterRecord], by: str, *, selection: DeadLetterFilter
+) -> dict[str, Any]:
+    """``dlq list --group-by X --json``: the rows of :func:`group_table`."""
+    key = GROUPS[by]
+    groups: dict[str, list[DeadLetterRecord]] = {}
+    for record in records:
+        groups.setdefault(key(record), []).append(record)
+    rows = []
+    for name, members in sorted(groups.items(), key=lambda item: (-len(item[1]), item[0])):
+        times = [m.dead_lettered_at for m in members]
+        rows.append(
+            {
+                by: name,
+                "count": len(members),
+                "replayed": sum(1 for m in members if m.replayed_at is not None),
+                "documents": len({(m.batch_id, m.doc_id) for m in members}),
+                "first": min(times).isoformat(),
+                "last": max(times).isoformat(),
+            }
+        )
+    return {"total": len(records), "by": by, "filters": selection.describe(), "groups": rows}
+
+
+def show_json(
+    record: DeadLetterRecord,
+    document: Envelope | None,
+    text: str | None,
+    calls: Sequence[LLMCallRecord],
+) -> dict[str, Any]:
+    """``dlq show --json``: the record (its body summarised), the document, its LLM calls."""
+    return {
+        "dead_letter": {
+            "id": record.id,
+            **record.model_dump(mode="json", exclude={"body"}),
+            "body": _body_summary(record.body),
+        },
+        "document": document.model_dump(mode="json", exclude={"content"}) if document else None,
+        "text": text,
+        "llm_calls": [call.model_dump(mode="json") for call in calls],
+    }
 
 
 def dead_letter_view(
@@ -237,8 +312,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     listing.add_argument(
         "--limit", type=int, default=100, metavar="N", help="rows shown (default 100; 0: all)"
     )
+    listing.add_argument("--json", action="store_true", help="print the rows as JSON")
     show = commands.add_parser("show", help="one dead letter, its document and LLM calls")
     show.add_argument("id", help="the dead letter's id, subscription@message_id (see list)")
+    show.add_argument("--json", action="store_true", help="print it all as JSON")
     sync = commands.add_parser("sync", help="drain the broker's dead-letter queues into Mongo")
     sync.add_argument("--topic", help="only this topic's subscriptions")
     sync.add_argument("--subscription", help="only this subscription (with --topic)")
@@ -252,16 +329,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, *, console: Console | None = None) -> int:
+    from docbus.cli import run_async  # failures: one line on stderr, by the CLI's runner
+
     console = console or Console()
-    settings = load_settings(console)
-    if settings is None:
-        return 2
     command = {"list": _list, "show": _show, "sync": _sync}[args.dlq_command]
-    try:
-        return asyncio.run(command(settings, args, console))
-    except (DocbusError, TopologyError) as exc:
-        console.print(f"docbus dlq {args.dlq_command}: error: {exc}", markup=False)
-        return 1
+    return run_async(lambda settings: command(settings, args, console))
 
 
 async def _list(settings: Settings, args: argparse.Namespace, console: Console) -> int:
@@ -269,6 +341,15 @@ async def _list(settings: Settings, args: argparse.Namespace, console: Console) 
     async with Store.from_settings(settings) as store:
         records = await selection.select(store)
     heading = _heading(selection)
+    if args.json:
+        shown = records[: args.limit] if args.limit and not args.group_by else records
+        print_json(
+            console,
+            group_json(records, args.group_by, selection=selection)
+            if args.group_by
+            else list_json(shown, total=len(records), selection=selection),
+        )
+        return 0
     if args.group_by:
         console.print(group_table(records, args.group_by, heading=heading))
     else:
@@ -280,6 +361,12 @@ async def _list(settings: Settings, args: argparse.Namespace, console: Console) 
 async def _show(settings: Settings, args: argparse.Namespace, console: Console) -> int:
     async with Store.from_settings(settings) as store:
         record = await store.get_dead_letter(args.id)
+        if record is None and args.json:
+            from docbus.cli import say_error
+
+            say_error("dlq show", f"no dead letter {args.id!r}: ids look like "
+                      "subscription@message_id (see `docbus dlq list`)")  # fmt: skip
+            return 1
         if record is None:
             console.print(
                 f"no dead letter {args.id!r}: ids look like subscription@message_id "
@@ -299,7 +386,10 @@ async def _show(settings: Settings, args: argparse.Namespace, console: Console) 
                     text = await store.load_payload(document.claim_check)
                 except DocbusError as exc:
                     text = f"(claim-checked content unavailable: {exc})"
-    console.print(dead_letter_view(record, document, text, calls))
+    if args.json:
+        print_json(console, show_json(record, document, text, calls))
+    else:
+        console.print(dead_letter_view(record, document, text, calls))
     return 0
 
 

@@ -44,6 +44,7 @@ from docbus.emulator.links import (
 )
 from docbus.emulator.management import handle_request
 from docbus.emulator.wire import (
+    batch_size,
     encode_simple,
     parse_batch,
     parse_message,
@@ -564,16 +565,15 @@ class AmqpConnection(asyncio.Protocol):
         )
 
     def _accept_messages(self, link: IncomingLink, payload: bytes, message_format: int) -> None:
+        batch = message_format == fr.BATCH_MESSAGE_FORMAT
+        size = batch_size(payload) if batch else len(payload)
         limit = link.max_message_size
-        if limit and len(payload) > limit:
+        if limit and size > limit:
             raise errors.MessageSizeExceeded(
-                f"The received message (size: {len(payload)} bytes) exceeds the limit "
+                f"The received message (size: {size} bytes) exceeds the limit "
                 f"({limit} bytes) currently allowed on the link."
             )
-        if message_format == fr.BATCH_MESSAGE_FORMAT:
-            messages = parse_batch(payload)
-        else:
-            messages = [parse_message(payload)]
+        messages = parse_batch(payload) if batch else [parse_message(payload)]
         for message in messages:
             link.target.enqueue(message)
 

@@ -120,6 +120,17 @@ def parse_message(payload: bytes) -> BrokeredMessage:
     return msg
 
 
+def batch_size(payload: bytes) -> int:
+    """The size of an SDK batch as Service Bus counts it against the entity's message limit.
+
+    That is the sum of its data sections (each inner message plus 5 bytes of section overhead,
+    8 from 256 bytes on), exactly what ``ServiceBusMessageBatch`` adds up while it is filled.
+    The envelope's own sections (the first message's id and session, copied after the SDK
+    sized the batch) are not counted, or a batch the SDK filled to its limit would be refused.
+    """
+    return sum(end - start for code, start, _, end in _sections(payload) if code == fr.DATA)
+
+
 def parse_batch(payload: bytes) -> list[BrokeredMessage]:
     """Split an SDK batch (message-format 0x80013700): one data section per inner message."""
     messages = []

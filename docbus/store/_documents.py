@@ -56,6 +56,17 @@ class DocumentsMixin(StoreBase):
             async for raw in cursor:
                 yield Envelope.model_validate(raw)
 
+    async def documents_with_outcome(self, batch_id: str) -> set[str]:
+        """Ids of the batch's documents that have a result or a dead letter, in any handler.
+
+        Such a document reached the topic (a topic send reaches every subscription at once);
+        the publisher's ``--resume`` sends again only recorded documents outside this set.
+        """
+        with _translated(f"read outcomes of {batch_id}"):
+            done = await self._c("results").distinct("doc_id", {"batch_id": batch_id})
+            dead = await self._c("dead_letters").distinct("doc_id", {"batch_id": batch_id})
+        return {str(doc_id) for doc_id in [*done, *dead] if doc_id is not None}
+
     async def put_payload(self, text: str) -> ClaimCheck:
         """Store a document's content for claim-check; identical content is stored once."""
         data = text.encode("utf-8")

@@ -194,11 +194,13 @@ async def test_export_to_a_file_takes_the_format_from_its_suffix(tmp_path: Path)
 
 
 @pytest.mark.usefixtures("store_env", "calls")
-async def test_nothing_matching_is_an_error_and_leaves_no_file(tmp_path: Path) -> None:
+async def test_nothing_matching_is_an_error_and_leaves_no_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     target = tmp_path / "review.jsonl"
-    code, out, err = await asyncio.to_thread(
+    code, out, _ = await asyncio.to_thread(
         command, "export", "--batch", "missing", "--output", str(target)
     )
     assert code == 1 and out == ""
-    assert "no LLM calls match batch 'missing'" in err
+    assert capsys.readouterr().err == "docbus audit: error: no LLM calls match batch 'missing'\n"
     assert await asyncio.to_thread(names, tmp_path) == []

@@ -254,23 +254,21 @@ def store_env(monkeypatch: pytest.MonkeyPatch, store: Store, local_mongo: LocalM
     monkeypatch.setenv("DOCBUS_MONGODB__DATABASE", store.database.name)
 
 
-def run_command(*argv: str) -> tuple[int, str, str]:
+def run_command(*argv: str) -> tuple[int, str]:
     parser = argparse.ArgumentParser()
     report_cli.add_arguments(parser)
-    out, err = io.StringIO(), io.StringIO()
-    code = report_cli.run(
-        parser.parse_args(list(argv)),
-        console=Console(file=out, width=200),
-        errors=Console(file=err, width=200),
-    )
-    return code, out.getvalue(), err.getvalue()
+    out = io.StringIO()
+    code = report_cli.run(parser.parse_args(list(argv)), console=Console(file=out, width=200))
+    return code, out.getvalue()
 
 
 @pytest.mark.usefixtures("store_env")
-async def test_json_output_holds_the_same_figures(store: Store, batch: str) -> None:
+async def test_json_output_holds_the_same_figures(
+    store: Store, batch: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     report = await collect_report(store, batch)
-    code, out, err = await _in_thread(run_command, "--batch", batch, "--json")
-    assert code == 0, err
+    code, out = await _in_thread(run_command, "--batch", batch, "--json")
+    assert code == 0, capsys.readouterr().err
     data = json.loads(out)
     assert data == json.loads(json.dumps(report_json(report)))
     assert data["llm"]["total"]["calls"] == 18
@@ -283,10 +281,12 @@ async def test_json_output_holds_the_same_figures(store: Store, batch: str) -> N
 
 
 @pytest.mark.usefixtures("store_env")
-async def test_an_unknown_batch_is_an_error_naming_it(store: Store) -> None:
-    code, out, err = await _in_thread(run_command, "--batch", "nope")
+async def test_an_unknown_batch_is_an_error_naming_it(
+    store: Store, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out = await _in_thread(run_command, "--batch", "nope")
     assert code == 1 and out == ""
-    assert "no batch 'nope'" in err
+    assert capsys.readouterr().err == "docbus report: error: no batch 'nope' in the store\n"
 
 
 async def _in_thread(fn: Any, *args: Any) -> Any:

@@ -9,23 +9,7 @@ from docbus.errors import ConfigurationError
 from docbus.servicebus import servicebus_client
 from docbus.settings import LLMSettings, MongoSettings, ServiceBusSettings, Settings, masked
 
-ECOSYSTEM = (
-    "MONGODB_URI",
-    "OPENAI_API_KEY",
-    "OPENAI_BASE_URL",
-    "OPENAI_API_VERSION",
-    "AZURE_OPENAI_ENDPOINT",
-    "AZURE_OPENAI_API_KEY",
-)
-
-
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    import os
-
-    for name in list(os.environ):
-        if name.startswith("DOCBUS_") or name in ECOSYSTEM:
-            monkeypatch.delenv(name)
+pytestmark = pytest.mark.usefixtures("clean_env")
 
 
 def test_defaults_are_the_documented_ones() -> None:
@@ -87,7 +71,8 @@ def test_settings_are_frozen() -> None:
 def test_connection_string_and_namespace_are_exclusive() -> None:
     with pytest.raises(ValidationError, match="not both"):
         ServiceBusSettings(
-            connection_string=SecretStr("Endpoint=sb://x/"), namespace="x.servicebus.windows.net"
+            connection_string=SecretStr("Endpoint=sb://x/;SharedAccessKeyName=a;SharedAccessKey=k"),
+            namespace="x.servicebus.windows.net",
         )
 
 

@@ -5,25 +5,32 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
+import json
 import os
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from pydantic import SecretStr
 from rich.console import Console
 
+from docbus import cli
 from docbus import status as status_cli
+from docbus.backlog import BacklogProbe
 from docbus.envelope import Envelope, message_id
 from docbus.mongo_local import LocalMongo
 from docbus.records import BatchCounts, BatchRecord, DeadLetterRecord, HandlerCounts
+from docbus.settings import ServiceBusSettings, Settings
 from docbus.status import (
     BatchStatus,
     collect_status,
     render_status,
     retrying_counts,
     throughput,
+    unfinished_counts,
     watch,
 )
 from docbus.store import Store
+from docbus.topology import load_topology
 
 DOCS = ["d1", "d2", "d3", "d4", "d5"]
 
@@ -120,12 +127,12 @@ async def test_counts_per_batch_and_handler_add_up_with_retrying_from_llm_attemp
     assert not status.complete
 
     table = rows(rendered([status]))
-    # published, done, retrying, dead-lettered, pending, progress, docs/s
-    assert table["all handlers"][:5] == ["5", "2", "2", "1", "0"]
-    assert table["entities"][:5] == ["5", "3", "1", "1", "0"]
-    assert table["supplier_risk"][:5] == ["5", "3", "1", "0", "1"]
-    assert table["entities"][5].endswith("80%")  # 3 done + 1 dead of 5
-    assert table["supplier_risk"][5].endswith("60%")
+    # published, done, retrying, parked, dead-lettered, pending, progress, docs/s
+    assert table["all handlers"][:6] == ["5", "2", "2", "0", "1", "0"]
+    assert table["entities"][:6] == ["5", "3", "1", "0", "1", "0"]
+    assert table["supplier_risk"][:6] == ["5", "3", "1", "0", "0", "1"]
+    assert table["entities"][6].endswith("80%")  # 3 done + 1 dead of 5
+    assert table["supplier_risk"][6].endswith("60%")
 
 
 async def test_the_table_names_the_batch_topic_cost_budget_and_over_budget_flag(
@@ -238,7 +245,7 @@ async def test_watch_returns_once_every_batch_shown_is_complete(store: Store) ->
     await result(store, "b-watch", "d2", "entities")
     final = await asyncio.wait_for(watching, timeout=20)
     assert [s.complete for s in final] == [True]
-    assert rows(out.getvalue())["entities"][:5] == ["2", "2", "0", "0", "0"]
+    assert rows(out.getvalue())["entities"][:6] == ["2", "2", "0", "0", "0", "0"]
 
 
 def status_args(*argv: str) -> argparse.Namespace:
@@ -263,22 +270,248 @@ def run_cli(*argv: str) -> tuple[int, str]:
 
 
 @pytest.mark.usefixtures("mongo_env")
-async def test_the_command_reads_the_configured_store(store: Store, mixed_batch: str) -> None:
+async def test_the_command_reads_the_configured_store(
+    store: Store, mixed_batch: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     code, text = await asyncio.to_thread(run_cli, "--batch", mixed_batch)
+    assert code == 1  # a dead letter, and over budget: attention
+    assert rows(text)["all handlers"][:6] == ["5", "2", "2", "0", "1", "0"]
+    await publish(store, "b-clean", ["d1"])
+    code, text = await asyncio.to_thread(run_cli, "--batch", "b-clean", "--no-broker")
     assert code == 0
-    assert rows(text)["all handlers"][:5] == ["5", "2", "2", "1", "0"]
+    assert "published · created" in text
+    capsys.readouterr()
     code, text = await asyncio.to_thread(run_cli, "--batch", "missing")
-    assert code == 1
-    assert "no batch 'missing'" in text
+    assert code == 1 and text == ""
+    assert capsys.readouterr().err == "docbus status: error: no batch 'missing' in the store\n"
 
 
-def test_an_unreachable_store_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in list(os.environ):
-        if name.startswith("DOCBUS_") or name == "MONGODB_URI":
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("DOCBUS_MONGODB__URI", "mongodb://127.0.0.1:9/")
-    monkeypatch.setenv("DOCBUS_MONGODB__TIMEOUT", "0.3")
-    code, text = run_cli()
-    assert code == 1
-    assert "cannot reach MongoDB" in text
-    assert "docbus up" in text
+# -- parked documents ---------------------------------------------------------------------------
+
+
+async def parked(store: Store, batch_id: str, doc: str, subscription: str, reason: str) -> None:
+    from subscriber.parking import ParkedMessage, park
+
+    await park(
+        store,
+        ParkedMessage(
+            topic="documents", subscription=subscription, sequence_number=hash(doc) % 10_000,
+            reason=reason, batch_id=batch_id, doc_id=doc, message_id=message_id(batch_id, doc),
+            deferred=True,
+        ),
+    )  # fmt: skip
+
+
+async def test_parked_documents_are_counted_apart_from_pending_and_retrying(
+    store: Store,
+) -> None:
+    await publish(store, "b-parked", ["d1", "d2", "d3", "d4"])
+    await result(store, "b-parked", "d1", "entities")
+    await llm_call(store, "b-parked", "d2", "entities", attempt=2)  # retried, then parked
+    await parked(store, "b-parked", "d2", "entities", "SystemicFailure")
+    await parked(store, "b-parked", "d3", "entities", "OverBudget")
+    await parked(store, "b-parked", "d1", "entities", "SystemicFailure")  # done since: not parked
+    (status,) = await collect_status(store, ["b-parked"])
+    assert (status.parked, status.handler_parked) == (2, {"entities": 2})
+    assert (status.retrying, status.handler_retrying) == (0, {})
+    assert status.pending() == 1 and status.pending("entities") == 1  # d4
+    assert status.parked_reasons == {"SystemicFailure": 2, "OverBudget": 1}
+    assert not status.complete
+    text = rendered([status])
+    # published, done, retrying, parked, dead-lettered, pending
+    assert rows(text)["entities"][:6] == ["4", "1", "0", "2", "0", "1"]
+    assert "parked: OverBudget 1, SystemicFailure 2" in text
+
+
+async def test_a_parked_message_of_a_subscription_is_counted_under_its_handler(
+    store: Store,
+) -> None:
+    await publish(store, "b-sub", ["d1", "d2"])
+    await dead_letter(store, "b-sub", "d1", "supplier_risk")
+    await store.database["dead_letters"].update_many(
+        {"batch_id": "b-sub"}, {"$set": {"subscription": "supplier-risk"}}
+    )
+    await parked(store, "b-sub", "d2", "supplier-risk", "SystemicFailure")
+    (status,) = await collect_status(store, ["b-sub"])
+    assert status.handler_parked == {"supplier_risk": 1}
+    assert status.pending("supplier_risk") == 0
+
+
+# -- what is left on the broker -----------------------------------------------------------------
+
+
+async def settled_batch(store: Store, batch_id: str) -> None:
+    await publish(store, batch_id, ["d1"])
+    await result(store, batch_id, "d1", "entities")
+
+
+async def send(connection_string: str, batch_id: str, doc: str) -> None:
+    from azure.servicebus import ServiceBusMessage
+    from azure.servicebus.aio import ServiceBusClient
+
+    async with ServiceBusClient.from_connection_string(connection_string) as client:
+        async with client.get_topic_sender("documents") as sender:
+            await sender.send_messages(
+                ServiceBusMessage(
+                    b"{}", message_id=f"{batch_id}:{doc}",
+                    application_properties={"batch_id": batch_id, "doc_id": doc,
+                                            "docbus-route": "*"},
+                )
+            )  # fmt: skip
+
+
+async def drain(connection_string: str, subscription: str) -> int:
+    from azure.servicebus.aio import ServiceBusClient
+
+    async with ServiceBusClient.from_connection_string(connection_string) as client:
+        async with client.get_subscription_receiver("documents", subscription) as receiver:
+            messages = await receiver.receive_messages(max_message_count=10, max_wait_time=1)
+            for message in messages:
+                await receiver.complete_message(message)
+            return len(messages)
+
+
+def broker_settings(connection_string: str) -> Settings:
+    return Settings(servicebus=ServiceBusSettings(connection_string=SecretStr(connection_string)))
+
+
+async def test_a_batch_settled_in_mongo_is_complete_only_once_the_broker_holds_none_of_it(
+    store: Store, servicebus_connection_string: str
+) -> None:
+    await settled_batch(store, "b-left")
+    await send(servicebus_connection_string, "b-left", "d1")  # e.g. a replay still in flight
+    await send(servicebus_connection_string, "b-other", "d9")  # another batch: not counted
+    settings = broker_settings(servicebus_connection_string)
+    async with BacklogProbe(settings, load_topology()) as probe:
+        (status,) = await collect_status(store, ["b-left"], probe=probe)
+        assert status.settled and not status.complete
+        assert status.backlog is not None
+        assert status.backlog.left == {"entities": 1, "supplier-risk": 1}
+        assert status.state == "finishing"
+        text = rendered([status])
+        assert "2 message(s) of the batch still on the broker (entities 1, supplier-risk 1)" in text
+        assert "complete" not in text.split("batch b-left")[1].split("·")[0]
+
+        assert await drain(servicebus_connection_string, "entities") == 2
+        assert await drain(servicebus_connection_string, "supplier-risk") == 2
+        (status,) = await collect_status(store, ["b-left"], probe=probe)
+    assert status.complete and status.broker_checked
+    assert status.state == "complete"
+
+
+async def test_without_a_broker_to_ask_a_settled_batch_is_complete_but_not_checked(
+    store: Store,
+) -> None:
+    await settled_batch(store, "b-nobroker")
+    async with BacklogProbe(Settings(), load_topology()) as probe:
+        (status,) = await collect_status(store, ["b-nobroker"], probe=probe)
+    assert status.complete and not status.broker_checked
+    assert status.state == "complete (broker not checked)"
+    text = rendered([status])
+    assert "complete (broker not checked)" in text
+    assert "broker: no Service Bus configured" in text
+
+
+async def test_an_unreachable_broker_is_not_waited_for_beyond_the_timeout(store: Store) -> None:
+    await settled_batch(store, "b-down")
+    await settled_batch(store, "b-down-2")
+    down = broker_settings(
+        "Endpoint=sb://127.0.0.1:9;SharedAccessKeyName=k;SharedAccessKey=s;"
+        "UseDevelopmentEmulator=true"
+    )
+    async with BacklogProbe(down, load_topology(), timeout=0.5) as probe:
+        started = asyncio.get_running_loop().time()
+        statuses = await collect_status(store, ["b-down", "b-down-2"], probe=probe)
+        elapsed = asyncio.get_running_loop().time() - started
+    assert elapsed < 3  # one timeout, not one per batch and subscription
+    assert [s.state for s in statuses] == ["complete (broker not checked)"] * 2
+
+
+async def test_watch_waits_for_the_broker_too(
+    store: Store, servicebus_connection_string: str
+) -> None:
+    await settled_batch(store, "b-watch-broker")
+    await send(servicebus_connection_string, "b-watch-broker", "d1")
+    console = Console(file=io.StringIO(), width=200, force_terminal=False)
+    settings = broker_settings(servicebus_connection_string)
+    async with BacklogProbe(settings, load_topology()) as probe:
+        watching = asyncio.create_task(
+            watch(store, console, ["b-watch-broker"], interval=0.05, probe=probe)
+        )
+        await asyncio.sleep(0.3)
+        assert not watching.done()  # the message is still there
+        await drain(servicebus_connection_string, "entities")
+        await drain(servicebus_connection_string, "supplier-risk")
+        final = await asyncio.wait_for(watching, timeout=20)
+    assert [s.state for s in final] == ["complete"]
+
+
+# -- JSON ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.usefixtures("mongo_env")
+async def test_json_is_one_document_with_the_table_s_figures(
+    store: Store, mixed_batch: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    await parked(store, mixed_batch, "d5", "supplier_risk", "SystemicFailure")
+    await settled_batch(store, "b-json-done")
+    code = await asyncio.to_thread(
+        cli.main, ["status", "--batch", mixed_batch, "--batch", "b-json-done", "--json"]
+    )
+    captured = capsys.readouterr()
+    assert code == 1, captured.err  # the mixed batch needs attention
+    mixed, done = json.loads(captured.out)["batches"]
+    assert mixed["attention"] == ["1 dead-lettered", "1 parked", "over budget"]
+    assert done["attention"] == []
+    assert mixed["batch_id"] == mixed_batch and mixed["state"] == "published"
+    assert mixed["documents"] == {
+        "published": 5, "done": 2, "retrying": 1, "parked": 1, "dead_lettered": 1, "pending": 0
+    }  # fmt: skip
+    assert mixed["handlers"]["supplier_risk"] == {
+        "done": 3, "retrying": 1, "parked": 1, "dead_lettered": 0, "pending": 0
+    }  # fmt: skip
+    assert mixed["parked_reasons"] == {"SystemicFailure": 1}
+    assert mixed["over_budget"] is True and mixed["budget_usd"] == 0.01
+    assert mixed["broker"] is None  # not settled: the broker was not asked
+    assert done["complete"] is True and done["state"] == "complete (broker not checked)"
+    assert done["broker"] == {
+        "checked": False, "left": {}, "unchecked": {"*": "no Service Bus configured"}
+    }  # fmt: skip
+
+
+@pytest.mark.usefixtures("mongo_env")
+async def test_watch_with_json_prints_once_when_complete(
+    store: Store, capsys: pytest.CaptureFixture[str]
+) -> None:
+    await publish(store, "b-wj", ["d1", "d2"])
+    await result(store, "b-wj", "d1", "entities")
+    argv = ["status", "--batch", "b-wj", "--watch", "--json", "--interval", "0.05"]
+    watching = asyncio.create_task(asyncio.to_thread(cli.main, argv))
+    await asyncio.sleep(0.3)
+    assert not watching.done()
+    await result(store, "b-wj", "d2", "entities")
+    assert await asyncio.wait_for(watching, timeout=20) == 0
+    (batch,) = json.loads(capsys.readouterr().out)["batches"]
+    assert batch["complete"] and batch["documents"]["done"] == 2
+
+
+def test_a_parked_document_is_not_also_retrying() -> None:
+    attempted = {"a": {"x", "y"}, "b": {"z"}}
+    parked = {"a": {"x"}, "b": {"y"}}
+    (retrying, retrying_per), (parked_n, parked_per) = unfinished_counts(
+        attempted, parked, done={}, dead={}, handlers=["a", "b"]
+    )
+    # a: x parked, y retrying; b: y parked, z retrying. Overall y is parked (in b), not retrying.
+    assert (parked_n, parked_per) == (2, {"a": 1, "b": 1})
+    assert (retrying, retrying_per) == (1, {"a": 1, "b": 1})
+
+
+async def test_without_a_topology_the_broker_is_not_asked(
+    store: Store, servicebus_connection_string: str
+) -> None:
+    await settled_batch(store, "b-notopology")
+    settings = broker_settings(servicebus_connection_string)
+    async with BacklogProbe(settings, None) as probe:
+        (status,) = await collect_status(store, ["b-notopology"], probe=probe)
+    assert status.state == "complete (broker not checked)"
+    assert status.backlog is not None and status.backlog.unchecked == {"*": "no topology file"}

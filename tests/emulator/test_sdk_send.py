@@ -157,3 +157,29 @@ def test_duplicate_message_ids_are_dropped_within_the_window(client: ServiceBusC
         sender.send_messages(ServiceBusMessage("other", message_id="other"))
     got = receive_all(client, "q-dup", 2)
     assert sorted(str(m) for m in got) == ["first", "other"]
+
+
+def test_a_batch_the_sdk_filled_to_its_limit_is_accepted(client: ServiceBusClient) -> None:
+    # The SDK counts only the inner messages (each plus its data-section overhead), not the
+    # envelope it copies the first message's id and session into; the broker must agree.
+    def message(number: int, size: int) -> ServiceBusMessage:
+        return ServiceBusMessage("x" * size, message_id=f"{number:0>128}", session_id="s" * 128)
+
+    with client.get_queue_sender("q") as sender:
+        batch = sender.create_message_batch()
+        count = 0
+        while batch.max_size_in_bytes - batch.size_in_bytes > 2000:
+            batch.add_message(message(count, 1000))
+            count += 1
+        size = batch.max_size_in_bytes - batch.size_in_bytes
+        while size > 0:  # the largest last message that still fits: the batch is then full
+            try:
+                batch.add_message(message(count, size))
+            except MessageSizeExceededError:
+                size -= 1
+                continue
+            count += 1
+            break
+        assert batch.size_in_bytes == batch.max_size_in_bytes
+        sender.send_messages(batch)
+    assert len(receive_all(client, "q", count)) == count

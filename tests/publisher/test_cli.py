@@ -187,6 +187,15 @@ BAD_INPUTS: dict[str, tuple[list[dict[str, Any] | str], int, str]] = {
     "duplicate-id": ([good("n1"), good("n2"), good("n1")], 3, "duplicate id 'n1'"),
     "missing-id": ([good("n1"), {"text": "no id here"}], 2, "missing id field 'id'"),
     "text-not-a-string": ([{"id": "n1", "text": 42}], 1, "is int, not a string"),
+    "lone-surrogate": ([good("n1"), '{"id": "n2", "text": "bad \\ud800"}'], 2, "lone surrogate"),
+    "deep-json": (
+        [good("n1"), '{"id": "n2", "text": "x", "m": ' + "[" * 100_000 + "]" * 100_000 + "}"],
+        2,
+        "nested too deeply",
+    ),
+    "int-over-64-bits": ([good("n1"), {"id": "n2", "text": "x", "n": 2**64}], 2, "64-bit"),
+    "nul-in-key": ([good("n1"), {"id": "n2", "text": "x", "a\x00b": 1}], 2, "NUL character"),
+    "nan": ([good("n1"), {"id": "n2", "text": "x", "score": float("nan")}], 2, "not a finite"),
 }
 
 
@@ -202,6 +211,24 @@ async def test_each_bad_input_is_reported_with_file_and_line_and_nothing_is_sent
     assert "nothing was sent" in out and "--skip-invalid" in out
     assert await store.list_batches() == []
     assert await waiting(broker_env) == {"entities": 0, "supplier-risk": 0}
+
+
+async def test_skip_invalid_sends_the_rest_when_some_values_mongo_cannot_store(
+    tmp_path: Path, broker_env: str, store: Store
+) -> None:
+    source = write_jsonl(
+        tmp_path / "mixed.jsonl",
+        [good("n1"), {"id": "n2", "text": "x", "a\x00b": 1}, {"id": "n3", "text": "x", "n": 2**64},
+         good("n4")],
+    )  # fmt: skip
+    code, out = await publish(
+        str(source), "--topic", TOPIC, "--batch-id", "b-skip", "--id-field", "id",
+        "--skip-invalid",
+    )  # fmt: skip
+    assert code == 1
+    assert f"{source}:2" in out and f"{source}:3" in out
+    assert sorted(e.doc_id for e in await receive_all(broker_env, "entities", 2)) == ["n1", "n4"]
+    assert [e.doc_id async for e in store.iter_documents("b-skip")] == ["n1", "n4"]
 
 
 @pytest.mark.usefixtures("mongo_env")

@@ -110,6 +110,47 @@ def test_every_bad_jsonl_line_is_reported_with_its_line(tmp_path: Path) -> None:
     assert f"(first at {path}:1)" in problems[4].reason
 
 
+UNCARRIABLE: dict[str, tuple[str, str]] = {
+    # case: (JSONL line, what the reason must say)
+    "lone-surrogate-text": ('{"id": "s1", "text": "a \\ud800 b"}', "lone surrogate"),
+    "lone-surrogate-key": ('{"id": "s2", "text": "x", "k\\udfff": 1}', "lone surrogate"),
+    "lone-surrogate-id": ('{"id": "s3\\ud800", "text": "x"}', "lone surrogate"),
+    "deep-json": ('{"id": "d", "text": "x", "m": ' + "[" * 100_000 + "]" * 100_000 + "}",
+                  "nested too deeply"),
+    "deep-metadata": ('{"id": "d2", "text": "x", "m": ' + "[" * 200 + "]" * 200 + "}",
+                      "nested too deeply"),
+    "int-over-64-bits": ('{"id": "i", "text": "x", "n": 18446744073709551616}', "64-bit"),
+    "nul-in-key": ('{"id": "k", "text": "x", "a\\u0000b": 1}', "NUL"),
+    "nan": ('{"id": "f1", "text": "x", "score": NaN}', "not a finite number"),
+    "infinity": ('{"id": "f2", "text": "x", "score": [-Infinity]}', "not a finite number"),
+    "huge-metadata": ('{"id": "h", "text": "x", "m": "' + "y" * 70_000 + '"}', "metadata of"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", sorted(UNCARRIABLE))
+def test_what_json_bson_or_utf8_cannot_carry_is_a_problem_with_its_line(
+    tmp_path: Path, case: str
+) -> None:
+    line, reason = UNCARRIABLE[case]
+    path = write(
+        tmp_path / "in.jsonl",
+        f'{{"id": "ok1", "text": "fine"}}\n{line}\n{{"id": "ok2", "text": "fine too"}}\n',
+    )
+    docs, problems = load_documents([path], LoaderOptions(id_field="id"))
+    assert [d.doc_id for d in docs] == ["ok1", "ok2"]
+    assert [(p.file, p.line) for p in problems] == [(str(path), 2)]
+    assert reason in problems[0].reason
+
+
+def test_a_json_file_nested_too_deeply_is_a_problem(tmp_path: Path) -> None:
+    path = write(
+        tmp_path / "deep.json", '{"text": "x", "m": ' + "[" * 100_000 + "]" * 100_000 + "}"
+    )
+    docs, problems = load_documents([path])
+    assert docs == [] and len(problems) == 1
+    assert "nested too deeply" in problems[0].reason
+
+
 def test_duplicate_content_without_ids_is_reported(tmp_path: Path) -> None:
     path = write(tmp_path / "dup.jsonl", '{"text": "same"}\n{"text": "same"}\n')
     docs, problems = load_documents([path])
@@ -178,6 +219,30 @@ def test_bad_csv_rows_are_reported_with_their_line(tmp_path: Path) -> None:
         (5, "not valid UTF-8"),
         (6, "duplicate id 'a'"),
     ]
+
+
+@pytest.mark.parametrize(
+    "csv_text",
+    [
+        # the quote opens in a middle field: the row would also have too few fields
+        "id,text,country\nn1,Acme strike,FR\n"
+        'n2,"Beta fire at the plant,DE\nn3,Gamma recall,US\nn4,Delta merger,FR\n',
+        # the quote opens in the last field: the merged row has the header's field count
+        "id,country,text\nn1,FR,Acme strike\n"
+        'n2,DE,"Beta fire at the plant\nn3,US,Gamma recall\nn4,FR,Delta merger\n',
+    ],
+    ids=["middle-field", "last-field"],
+)
+def test_an_unterminated_quote_is_reported_where_it_opened_not_merged(
+    tmp_path: Path, csv_text: str
+) -> None:
+    path = write(tmp_path / "news.csv", csv_text)
+    docs, problems = load_documents([path], LoaderOptions(id_field="id"))
+    assert [d.doc_id for d in docs] == ["n1"]
+    assert len(problems) == 1
+    assert problems[0].line == 3
+    assert "unterminated quote" in problems[0].reason
+    assert "3 lines" in problems[0].reason
 
 
 def test_csv_without_the_text_column_is_one_clear_problem(tmp_path: Path) -> None:

@@ -15,14 +15,19 @@ from typing import Any
 
 import pytest
 from azure.servicebus import ServiceBusMessage, ServiceBusMessageBatch
-from azure.servicebus.exceptions import MessagingEntityNotFoundError, ServiceBusConnectionError
+from azure.servicebus.exceptions import (
+    MessageSizeExceededError,
+    MessagingEntityNotFoundError,
+    ServiceBusConnectionError,
+)
 from rich.console import Console
 
 from docbus.envelope import Envelope
 from docbus.servicebus import MessagingEntityNotFound
 from docbus.settings import PublisherSettings, Settings
 from docbus.store import Store
-from publisher import DocumentInput, InvalidInput, publish_documents
+from docbus.topology import SubscriptionSpec, TopicSpec, Topology
+from publisher import DocumentInput, InvalidInput, PublishRefused, publish_documents
 
 
 class RecordingBatch(ServiceBusMessageBatch):
@@ -73,7 +78,10 @@ class Sender:
 def settings(concurrency: int = 2, chunk: int = 50, max_size: int = 64 * 1024) -> Settings:
     return Settings(
         publisher=PublisherSettings(
-            send_concurrency=concurrency, chunk_size=chunk, max_message_size=max_size
+            send_concurrency=concurrency,
+            chunk_size=chunk,
+            max_message_size=max_size,
+            send_retry_backoff=0.01,
         )
     )
 
@@ -216,6 +224,33 @@ async def test_invalid_input_in_a_list_sends_and_records_nothing(store: Store) -
     assert await store.get_batch("b1") is None
 
 
+async def test_values_json_or_mongo_cannot_carry_are_problems_before_anything_is_recorded(
+    store: Store,
+) -> None:
+    broker = Broker()
+    docs: list[Any] = [
+        {"text": "fine", "doc_id": "ok"},
+        {"text": "x", "doc_id": "big-int", "metadata": {"n": 2**64}},
+        {"text": "x", "doc_id": "nul", "metadata": {"a\0b": 1}},
+        {"text": "bad \ud800 text", "doc_id": "surrogate"},
+        {"text": "x", "doc_id": "nan", "metadata": {"score": float("nan")}},
+        {"text": "x", "doc_id": "set", "metadata": {"tags": {"a", "b"}}},
+    ]
+    with pytest.raises(InvalidInput) as caught:
+        await publish_documents(
+            docs, topic="documents", batch_id="b1", settings=settings(),
+            sender_factory=broker.sender, store=store, progress=False,
+        )  # fmt: skip
+    assert [p.line for p in caught.value.problems] == [2, 3, 4, 5, 6]
+    assert broker.batches == [] and await store.get_batch("b1") is None
+    report = await publish_documents(
+        docs, topic="documents", batch_id="b2", settings=settings(),
+        sender_factory=broker.sender, store=store, progress=False, skip_invalid=True,
+    )  # fmt: skip
+    assert (report.sent, len(report.problems), report.failed) == (1, 5, {})
+    assert [e.doc_id async for e in store.iter_documents("b2")] == ["ok"]
+
+
 async def test_skip_invalid_sends_the_rest_and_lists_what_was_skipped(store: Store) -> None:
     broker = Broker()
     report = await publish_documents(
@@ -266,26 +301,69 @@ async def test_async_iterables_are_accepted(store: Store) -> None:
     assert report.sent == 5 and len(broker.messages) == 5
 
 
-async def test_a_failed_send_is_reported_per_document(store: Store) -> None:
+async def test_a_transient_send_failure_is_retried(store: Store) -> None:
     broker = Broker(limit=4 * 1024)
     failures = 0
 
-    async def fail_once(sender: Sender, batch: RecordingBatch) -> None:
+    async def fail_twice(sender: Sender, batch: RecordingBatch) -> None:
         nonlocal failures
-        if failures == 0:
+        if failures < 2:
             failures += 1
             raise ServiceBusConnectionError(message="connection reset")
 
-    broker.on_send = fail_once
+    broker.on_send = fail_twice
     report = await publish_documents(
         news(20, size=1000), topic="documents", batch_id="b1", settings=settings(),
         sender_factory=broker.sender, store=store, progress=False,
     )  # fmt: skip
-    assert report.failed and not report.ok
-    assert report.sent + len(report.failed) == 20
+    assert failures == 2
+    assert (report.sent, report.failed, report.ok) == (20, {}, True)
+    assert sorted(e.doc_id for e in broker.envelopes()) == sorted(f"n{i}" for i in range(20))
+
+
+async def test_a_send_that_keeps_failing_is_reported_per_document(store: Store) -> None:
+    broker = Broker(limit=4 * 1024)
+    attempts: dict[frozenset[str], int] = {}
+
+    async def always_fail(sender: Sender, batch: RecordingBatch) -> None:
+        ids = frozenset(str(m.message_id) for m in batch.added)
+        attempts[ids] = attempts.get(ids, 0) + 1
+        raise ServiceBusConnectionError(message="connection reset")
+
+    broker.on_send = always_fail
+    report = await publish_documents(
+        news(20, size=1000), topic="documents", batch_id="b1", settings=settings(),
+        sender_factory=broker.sender, store=store, progress=False,
+    )  # fmt: skip
+    assert set(attempts.values()) == {settings().publisher.send_attempts}
+    assert sorted(report.failed) == sorted(f"n{i}" for i in range(20)) and not report.ok
     assert all("connection reset" in reason for reason in report.failed.values())
     batch = await store.get_batch("b1")
     assert batch is not None and batch.status == "failed"
+
+
+async def test_a_batch_the_broker_refuses_as_too_large_is_split_and_resent(store: Store) -> None:
+    # The broker may count a batch larger than the SDK did: halve it until it is accepted,
+    # and report only a message the broker refuses on its own.
+    broker = Broker(limit=16 * 1024)
+    refused = 0
+
+    async def stricter_limit(sender: Sender, batch: RecordingBatch) -> None:
+        nonlocal refused
+        if batch.size_in_bytes > 5 * 1024:
+            refused += 1
+            raise MessageSizeExceededError(message="too large for the broker")
+
+    broker.on_send = stricter_limit
+    docs = [*news(30, size=1000), DocumentInput(text="y" * 9000, doc_id="big")]
+    report = await publish_documents(
+        docs, topic="documents", batch_id="b1", settings=settings(concurrency=1),
+        sender_factory=broker.sender, store=store, progress=False,
+    )  # fmt: skip
+    assert refused > 1
+    assert sorted(e.doc_id for e in broker.envelopes()) == sorted(f"n{i}" for i in range(30))
+    assert list(report.failed) == ["big"] and "too large" in report.failed["big"]
+    assert report.sent == 30
 
 
 async def test_an_unusable_topic_stops_the_publish(store: Store) -> None:
@@ -364,3 +442,38 @@ async def test_documents_of_one_session_reach_the_topic_in_input_order(store: St
     for session in range(5):
         in_session = [d for d in sent_order if int(d[1:]) % 5 == session]
         assert in_session == sorted(in_session)
+
+
+async def test_a_batch_id_used_before_is_refused_unless_resumed(store: Store) -> None:
+    broker = Broker()
+    first = await publish_documents(
+        news(3), topic="documents", batch_id="b1", settings=settings(),
+        sender_factory=broker.sender, store=store, progress=False,
+    )  # fmt: skip
+    assert first.ok
+    with pytest.raises(PublishRefused, match="batch b1 already exists"):
+        await publish_documents(
+            news(4), topic="documents", batch_id="b1", settings=settings(),
+            sender_factory=broker.sender, store=store, progress=False,
+        )  # fmt: skip
+    assert len(broker.messages) == 3
+    resumed = await publish_documents(
+        news(4), topic="documents", batch_id="b1", settings=settings(),
+        sender_factory=broker.sender, store=store, progress=False, resume=True,
+    )  # fmt: skip
+    # nothing has an outcome yet: the three are sent again under their ids, n3 is new
+    assert (resumed.resent, resumed.already_sent, resumed.sent) == (3, 0, 4)
+    assert sorted({str(m.message_id) for m in broker.messages}) == [f"b1:n{i}:0" for i in range(4)]
+    record = await store.get_batch("b1")
+    assert record is not None and record.counts["documents"] == 4
+
+
+async def test_a_topic_the_topology_does_not_know_records_and_sends_nothing(store: Store) -> None:
+    broker = Broker()
+    topology = Topology((TopicSpec("documents", (SubscriptionSpec("s"),)),))
+    with pytest.raises(PublishRefused, match="unknown topic 'other'"):
+        await publish_documents(
+            news(2), topic="other", batch_id="b1", settings=settings(),
+            sender_factory=broker.sender, store=store, progress=False, topology=topology,
+        )  # fmt: skip
+    assert broker.senders_opened == 0 and await store.get_batch("b1") is None
