@@ -14,17 +14,13 @@ Neighbours: :mod:`docbus.store._parked` (the records), :mod:`subscriber.worker` 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import json
 from collections.abc import Sequence
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
-from docbus.errors import DocbusError
 from docbus.settings import Settings
-from docbus.settings_cli import load_settings
 from docbus.store import ParkedGroup, ParkedMessage, Store
 
 __all__ = ["add_arguments", "groups_table", "parked_table", "run"]
@@ -51,17 +47,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, *, console: Console | None = None) -> int:
+    from docbus.cli import run_async  # failures: one line on stderr, by the CLI's runner
+
     console = console or Console()
-    errors = Console(stderr=True)
-    settings = load_settings(errors)
-    if settings is None:
-        return 2
     command = {"list": _list, "resume": _resume}[args.parked_command]
-    try:
-        return asyncio.run(command(settings, args, console))
-    except DocbusError as exc:
-        errors.print(f"docbus parked {args.parked_command}: error: {exc}", markup=False)
-        return 1
+    return run_async(lambda settings: command(settings, args, console))
 
 
 def _filters(args: argparse.Namespace) -> dict[str, Any]:
@@ -75,12 +65,14 @@ async def _list(settings: Settings, args: argparse.Namespace, console: Console) 
         groups = await store.parked_groups(**filters)
     shown = records[: args.limit] if args.limit else records
     if args.json:
+        from docbus.cli import print_json
+
         data = {
             "total": len(records),
             "groups": [group.model_dump(mode="json") for group in groups],
             "parked": [record.model_dump(mode="json") for record in records],
         }
-        console.print(json.dumps(data, indent=2), markup=False, highlight=False, soft_wrap=True)
+        print_json(console, data)
         return 0
     heading = ", ".join(f"{k.removesuffix('_id')}={v}" for k, v in filters.items() if v) or "all"
     if not records:
@@ -95,7 +87,9 @@ async def _resume(settings: Settings, args: argparse.Namespace, console: Console
     async with Store.from_settings(settings) as store:
         requested = await store.request_resume(**_filters(args))
     if args.json:
-        console.print(json.dumps({"requested": requested}), markup=False, highlight=False)
+        from docbus.cli import print_json
+
+        print_json(console, {"requested": requested})
     elif requested:
         console.print(
             f"asked workers to resume {requested} parked message(s): a worker of their "
