@@ -8,10 +8,16 @@ than after a round trip to the broker (by default only with lock renewal on: a w
 lock is renewed from the moment it arrives, :class:`~subscriber.locks.LockRenewer`). ``stop()``
 gives back the ones still waiting at once. A circuit breaker pauses every
 receiver when the LLM endpoint fails systemically and probes until it recovers; parked messages
-(:mod:`subscriber.parking`) are resumed once their cause clears. ``stop()`` (SIGINT/SIGTERM in
-the CLI) stops receiving, lets in-flight handlers finish within the grace period and abandons
-the rest; ``until_idle`` drains and exits, for batch jobs and tests. Neighbours:
-:mod:`subscriber.processing` (one delivery), :mod:`subscriber.cli` (``docbus worker``).
+(:mod:`subscriber.parking`) are resumed once their cause clears — as soon as a receiver opens,
+then every ``resume_interval`` — and :attr:`WorkerReport.parked` says what is left parked when
+the worker exits. ``stop()`` (SIGINT/SIGTERM in the CLI) stops receiving, lets in-flight
+handlers finish within the grace period and abandons the rest; ``until_idle`` drains and exits,
+for batch jobs and tests: idle means nothing arrived for that long, nothing is in flight and
+nothing parked is resumable — or the LLM endpoint still fails after one last probe, rather than
+probing for ever. A :class:`~subscriber.watchdog.LoopWatchdog` says when a handler blocks the
+event loop; audit rows and checkpoints an outage of the store held back are drained before exit
+(:mod:`handlers.writes`). Neighbours: :mod:`subscriber.processing` (one delivery),
+:mod:`subscriber.cli` (``docbus worker``).
 """
 
 from __future__ import annotations
