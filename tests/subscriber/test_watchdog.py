@@ -47,15 +47,15 @@ async def test_one_warning_per_stall_and_none_for_a_loop_that_turns(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO, logger="subscriber.watchdog")
-    watchdog = LoopWatchdog(0.2)
+    watchdog = LoopWatchdog(0.4)
     watchdog.start()
     try:
         await asyncio.sleep(0.6)  # turning: nothing to say
         assert watchdog.warnings == 0
-        time.sleep(0.7)  # noqa: ASYNC251 - the stall under test
-        await asyncio.sleep(0.3)
-        time.sleep(0.5)  # noqa: ASYNC251 - a second stall
-        await asyncio.sleep(0.3)
+        time.sleep(1.0)  # noqa: ASYNC251 - the stall under test
+        await asyncio.sleep(0.5)
+        time.sleep(0.8)  # noqa: ASYNC251 - a second stall
+        await asyncio.sleep(0.5)
     finally:
         watchdog.stop()
     assert watchdog.warnings == 2
