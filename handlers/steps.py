@@ -8,10 +8,11 @@ replay — the stored output is returned without calling ``fn``, so a crash afte
 re-runs step 3 only; the same step on the same input twice in one delivery runs once. In the
 worker the checkpoint is acknowledged behind the handler, before its result is stored
 (:mod:`handlers.writes`); a crash in that moment re-runs the step, as a crash during a
-synchronous write would. The input hash covers the step name and the arguments in canonical JSON
-(pydantic models dumped; a model *class* counts by its name and JSON schema, a function by its
-name, the context not at all), so other input, a changed output model or a bumped handler
-version computes afresh.
+synchronous write would, while an outage of the store only delays it (it is held and retried,
+and a redelivery in the same process meanwhile reuses the output on its way). The input hash
+covers the step name and the arguments in canonical JSON (pydantic models dumped; a model
+*class* counts by its name and JSON schema, a function by its name, the context not at all), so
+other input, a changed output model or a bumped handler version computes afresh.
 
 Outputs are stored as JSON text with what they were: a pydantic model (and a list of one model
 class) is stored with its class path and re-validated on load; anything else must be JSON-able

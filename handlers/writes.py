@@ -167,7 +167,7 @@ class PendingWrites:
 
 BACKLOG_WARNING = 1_000
 """Writes held for retrying past which the backlog warns (once, until it is empty again)."""
-BACKLOG_LIMIT = 50_000
+BACKLOG_LIMIT = 10_000
 """Writes held at most; a write refused beyond that fails at once (memory stays bounded)."""
 
 
@@ -224,7 +224,7 @@ class Backlog:
             return  # given up (drain says how many)
         task.exception()  # retrieved: its waiter, if any, has its own copy
         if not self._retrying and self._since is not None:
-            logger.warning(
+            logger.info(
                 "MongoDB is back: stored the %d writes held for %.1fs",
                 self._held, time.monotonic() - self._since,
             )  # fmt: skip
