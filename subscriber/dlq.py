@@ -20,18 +20,17 @@ import contextlib
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 
 from azure.servicebus import ServiceBusReceivedMessage, ServiceBusReceiveMode, ServiceBusSubQueue
 from azure.servicebus.aio import ServiceBusClient, ServiceBusReceiver
 from azure.servicebus.exceptions import ServiceBusError
 
-from docbus.envelope import Envelope, InvalidEnvelope
 from docbus.records import DeadLetterRecord
 from docbus.servicebus import translated
 from docbus.store import Store, StoreError
 from docbus.topology import Topology
-from subscriber.processing import message_body, message_properties
+from subscriber import received
 
 __all__ = ["Capture", "capture_dead_letters", "dead_letter_record", "sync_dead_letters"]
 
@@ -62,33 +61,17 @@ def dead_letter_record(
     handler: str | None = None,
     now: datetime | None = None,
 ) -> DeadLetterRecord:
-    """The Mongo record of a message received from a dead-letter queue."""
-    body = message_body(message)
-    envelope: Envelope | None
-    try:
-        envelope = Envelope.from_bytes(body)
-    except InvalidEnvelope:
-        envelope = None
-    if message.message_id is not None:
-        message_id = str(message.message_id)
-    else:  # the SDK always sets one; a foreign sender may not
-        message_id = f"seq:{message.sequence_number}"
-    enqueued = message.enqueued_time_utc
-    return DeadLetterRecord(
-        message_id=message_id,
-        subscription=subscription,
+    """The Mongo record of a message received from a dead-letter queue: reason and description
+    from the broker, document identity from the envelope when the body is one. Never raises,
+    whatever the body (see :mod:`subscriber.received`)."""
+    return received.dead_letter_record(
+        message,
         topic=topic,
+        subscription=subscription,
         reason=message.dead_letter_reason or UNKNOWN_REASON,
         description=message.dead_letter_error_description or "",
         handler=handler,
-        delivery_count=message.delivery_count,
-        batch_id=envelope.batch_id if envelope else None,
-        doc_id=envelope.doc_id if envelope else None,
-        generation=envelope.generation if envelope else None,
-        body=body,
-        properties=message_properties(message),
-        enqueued_at=enqueued.astimezone(UTC) if isinstance(enqueued, datetime) else None,
-        dead_lettered_at=now or datetime.now(UTC),
+        now=now,
     )
 
 
@@ -160,7 +143,7 @@ async def _capture_messages(
             message, topic=capture.topic, subscription=capture.subscription, handler=handler
         )
         try:
-            created = await store.record_dead_letter(record)
+            created = await received.record_dead_letter(store, record)
         except StoreError:
             # Never complete what is not recorded: give the rest back and let the caller retry.
             for unrecorded in messages[index:]:

@@ -570,8 +570,10 @@ class Worker:
             quiet = time.monotonic() - self._last_activity
             if quiet >= idle and not self._in_flight and not self.paused:
                 logger.info("worker idle for %.1fs: draining and exiting", quiet)
-                await self._capture_dead_letters()
-                self.stop()
+                try:
+                    await self._capture_dead_letters()
+                finally:  # whatever the capture met, the worker exits
+                    self.stop()
                 return
             await self._pause_for(min(0.2, idle))
 
@@ -603,6 +605,9 @@ class Worker:
                 )  # fmt: skip
             except (MessagingError, StoreError, ServiceBusError) as exc:
                 logger.warning("dead-letter capture of %s failed: %s", spec.subscription, exc)
+                continue
+            except Exception:  # a bug must not stop the capture loop or the idle exit
+                logger.exception("dead-letter capture of %s failed", spec.subscription)
                 continue
             if captured:
                 logger.info("captured %d dead letters of %s", captured, spec.subscription)

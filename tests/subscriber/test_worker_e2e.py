@@ -315,7 +315,8 @@ async def test_a_document_held_for_retry_shows_as_retrying_in_status(stack: Stac
 async def test_a_handler_slot_is_handed_on_when_it_returns_and_the_result_is_stored_after(
     stack: Stack,
 ) -> None:
-    from subscriber.processing import Processor, message_properties
+    from subscriber.processing import Processor
+    from subscriber.received import message_properties
     from subscriber.settlement import Action
 
     await publish(stack, [doc("d1", "alpha text", "ok"), doc("d2", "beta text", "always-fail")])
