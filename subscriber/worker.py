@@ -493,6 +493,8 @@ class Worker:
             raise
         except Exception:
             logger.exception("unexpected failure processing %s", message.message_id)
+            # never left locked until its lock runs out: give it back now
+            await self._processor.give_back(registered, receiver, message)
             return
         finally:
             if parked is not None:
