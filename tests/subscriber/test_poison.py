@@ -68,3 +68,21 @@ async def test_every_poison_body_is_dead_lettered_at_once_with_a_record_and_the_
     assert props["long"] == 2**40
     assert len(props["big"]) == 60_000
     assert await stack.store.database["invocations"].count_documents({}) == 0
+
+
+async def test_an_idle_worker_exits_even_when_its_dead_letter_capture_breaks(stack: Stack) -> None:
+    class BrokenCapture(Worker):
+        """A capture that fails unexpectedly, as one did on poison bodies."""
+
+        async def _capture_dead_letters(self) -> None:
+            raise TypeError("'int' object is not iterable")
+
+    async with ServiceBusClient.from_connection_string(stack.connection_string) as client:
+        worker = BrokenCapture(
+            discover_handlers(sample_handlers),
+            client=client,
+            store=stack.store,
+            options=WorkerOptions(until_idle=0.5, dlq_capture_interval=30.0),
+            topology=stack.topology,
+        )
+        await asyncio.wait_for(worker.run(), 20)
