@@ -2,7 +2,11 @@
 
 Wires settings, the Mongo store, the Service Bus client, the LLM client (when the handlers'
 LLM package is installed) and the topology into a :class:`~subscriber.worker.Worker`, installs
-SIGINT/SIGTERM handlers for a graceful stop, and prints a summary table when it exits.
+SIGINT/SIGTERM handlers for a graceful stop, and prints a summary table (or ``--json``) when it
+exits. What stops a worker from starting — a handler module that does not import, settings or a
+connection string that do not parse, a subscription missing on the broker, MongoDB or Service
+Bus out of reach — is one line on stderr and an exit code (:data:`EXIT_CODES`), never a
+traceback; :func:`exit_code` says how a run that did start ended.
 """
 
 from __future__ import annotations
@@ -10,16 +14,76 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import signal
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
+from docbus.errors import ConfigurationError, DocbusError
 from docbus.settings import Settings
 from docbus.topology import TopologyError, load_topology
+from subscriber.settlement import Action
 from subscriber.worker import Worker, WorkerOptions, WorkerReport, settle_heap
+
+__all__ = [
+    "EXIT_CODES",
+    "WorkerRun",
+    "WorkerStartError",
+    "add_arguments",
+    "exit_code",
+    "report_table",
+    "run",
+    "run_worker",
+]
+
+EXIT_DONE = 0
+EXIT_DEAD_LETTERED = 1
+EXIT_USAGE = 2
+EXIT_PARKED = 3
+EXIT_UNREACHABLE = 4
+
+EXIT_CODES: Mapping[int, str] = {
+    EXIT_DONE: "every message taken was completed (or there was nothing to do)",
+    EXIT_DEAD_LETTERED: "some messages were dead-lettered (see `docbus dlq list`)",
+    EXIT_USAGE: "usage or configuration error: arguments, settings, handler module, topology, "
+    "or a subscription missing on the broker (nothing was received)",
+    EXIT_PARKED: "messages are left parked (LLM unreachable, bad key, budget): a worker resumes "
+    "them once the cause is fixed; this wins over 1",
+    EXIT_UNREACHABLE: "MongoDB or Service Bus could not be reached at start: start them, or retry",
+}
+"""``docbus worker``'s exit codes (also in ``--help``)."""
+
+
+class WorkerStartError(DocbusError):
+    """The worker cannot start; ``str()`` is the one line to show, ``code`` the exit code."""
+
+    def __init__(self, message: str, code: int = EXIT_USAGE) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass
+class WorkerRun:
+    """How a worker run ended: its report, and what is left parked on its subscriptions."""
+
+    report: WorkerReport
+    parked: Counter[tuple[str, str]] = field(default_factory=Counter)
+    """Messages left parked, by (handler, reason): this run's and earlier runs'."""
+
+
+def exit_code(run: WorkerRun) -> int:
+    """The exit code of a worker run that started (see :data:`EXIT_CODES`)."""
+    if sum(run.parked.values()):
+        return EXIT_PARKED
+    if run.report.count(Action.DEAD_LETTER):
+        return EXIT_DEAD_LETTERED
+    return EXIT_DONE
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -28,7 +92,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         required=True,
         action="append",
         metavar="MODULE",
-        help="module (dotted name or .py path) whose @handler functions to run (repeatable)",
+        help="module (dotted name, found on the import path or in the working directory, or a "
+        ".py path) whose @handler functions to run (repeatable)",
     )
     parser.add_argument("--concurrency", type=int, help="handlers running at once (default 16)")
     parser.add_argument(
@@ -41,6 +106,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--until-idle", type=float, metavar="SECONDS", help="exit when idle")
     parser.add_argument("--max-messages", type=int, metavar="N", help="exit after N messages")
     parser.add_argument("--topology", type=Path, help="topology file (default infra/topology.toml)")
+    parser.add_argument(
+        "--json", action="store_true", help="print the summary as one JSON document on stdout"
+    )
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = "exit codes:\n" + "\n".join(
+        f"  {code}  {text}" for code, text in EXIT_CODES.items()
+    )
 
 
 def build_llm(settings: Settings, store: Any) -> Any:
@@ -53,47 +125,164 @@ def build_llm(settings: Settings, store: Any) -> Any:
         return None  # handlers that need one park their messages and the worker stops
 
 
-async def run_worker(args: argparse.Namespace, console: Console) -> WorkerReport:
-    from docbus.servicebus import servicebus_client
-    from docbus.store import Store
-    from handlers.discovery import discover_handlers
+async def run_worker(args: argparse.Namespace, console: Console) -> WorkerRun:
+    """Start the worker ``args`` describe and run it to its end; raises
+    :class:`WorkerStartError` when it cannot start."""
+    from docbus.store import Store, StoreError
+    from handlers.discovery import HandlerDiscoveryError, discover_handlers
 
-    settings = Settings()
-    registered = [h for source in args.handlers for h in discover_handlers(source)]
+    settings = _settings()
+    try:
+        registered = [h for source in args.handlers for h in discover_handlers(source)]
+    except HandlerDiscoveryError as exc:
+        raise WorkerStartError(
+            f"{exc} (give a module on the import path or in the working directory, or a .py file)"
+        ) from exc
     try:
         topology = load_topology(args.topology)
     except TopologyError as exc:
         if args.topology is not None:
-            raise
+            raise WorkerStartError(str(exc)) from exc
         console.print(f"[yellow]no topology ({exc}); delivery limits default to 10[/]")
         topology = None
-    options = WorkerOptions.from_settings(
-        settings.worker,
-        concurrency=args.concurrency,
-        receive_ahead=args.receive_ahead,
-        prefetch=args.prefetch,
-        until_idle=args.until_idle,
-        max_messages=args.max_messages,
+    try:
+        options = WorkerOptions.from_settings(
+            settings.worker,
+            concurrency=args.concurrency,
+            receive_ahead=args.receive_ahead,
+            prefetch=args.prefetch,
+            until_idle=args.until_idle,
+            max_messages=args.max_messages,
+        )
+    except ValueError as exc:
+        raise WorkerStartError(str(exc)) from exc
+    client = _servicebus_client(settings)
+    try:
+        async with Store.from_settings(settings) as store, client:
+            await store.ensure_indexes()
+            await _check_subscriptions(
+                client, {(h.spec.topic, h.spec.subscription) for h in registered}
+            )
+            llm = build_llm(settings, store)
+            async with llm if llm is not None else contextlib.nullcontext():
+                try:
+                    worker = Worker(
+                        registered, client=client, store=store, options=options,
+                        topology=topology, llm=llm,
+                    )  # fmt: skip
+                except ValueError as exc:  # e.g. an ordered handler on a sessionless subscription
+                    raise WorkerStartError(str(exc)) from exc
+                loop = asyncio.get_running_loop()
+                for sig in (signal.SIGINT, signal.SIGTERM):
+                    loop.add_signal_handler(sig, worker.stop)
+                names = ", ".join(
+                    f"{h.name} ({h.spec.topic}/{h.spec.subscription})" for h in registered
+                )
+                console.print(f"worker running {names}; Ctrl-C stops gracefully")
+                settle_heap()
+                report = await worker.run()
+                return WorkerRun(report, await _parked_left(store, registered))
+    except StoreError as exc:
+        if getattr(exc, "transient", False):
+            detail = _clause(str(exc).split(UNAVAILABLE)[-1])
+            raise WorkerStartError(
+                f"MongoDB is unreachable: {detail} (start it, or set DOCBUS_MONGODB__URI / "
+                "MONGODB_URI)",
+                EXIT_UNREACHABLE,
+            ) from exc
+        raise WorkerStartError(f"MongoDB refused: {_clause(str(exc))}") from exc
+
+
+UNAVAILABLE = "MongoDB unavailable: "
+"""What :class:`~docbus.store.StoreUnavailable` says before the driver's own words."""
+
+
+def _settings() -> Settings:
+    from pydantic import ValidationError
+
+    from docbus.settings_cli import describe_validation_error
+
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = "; ".join(describe_validation_error(exc))
+        raise WorkerStartError(f"invalid docbus settings: {problems}") from exc
+
+
+def _servicebus_client(settings: Settings) -> Any:
+    from docbus.servicebus import servicebus_client
+
+    try:
+        return servicebus_client(settings)
+    except ConfigurationError as exc:
+        raise WorkerStartError(str(exc)) from exc
+    except ValueError as exc:  # the SDK's word for a connection string it cannot parse
+        raise WorkerStartError(
+            "the Service Bus connection string (DOCBUS_SERVICEBUS__CONNECTION_STRING) is "
+            "malformed: expected Endpoint=sb://...;SharedAccessKeyName=...;SharedAccessKey=..."
+        ) from exc
+
+
+async def _check_subscriptions(client: Any, subscriptions: set[tuple[str, str]]) -> None:
+    """Attach to each subscription's dead-letter queue (which no session requirement guards)
+    before anything runs, so a missing one or a refused key is one line now, not a traceback
+    from a receive loop later."""
+    from azure.servicebus import ServiceBusSubQueue
+
+    from docbus.servicebus import (
+        MessagingAuthError,
+        MessagingEntityNotFound,
+        MessagingError,
+        translated,
     )
-    async with Store.from_settings(settings) as store, servicebus_client(settings) as client:
-        await store.ensure_indexes()
-        llm = build_llm(settings, store)
-        async with llm if llm is not None else contextlib.nullcontext():
-            worker = Worker(
-                registered, client=client, store=store, options=options, topology=topology, llm=llm
-            )
-            loop = asyncio.get_running_loop()
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.add_signal_handler(sig, worker.stop)
-            names = ", ".join(
-                f"{h.name} ({h.spec.topic}/{h.spec.subscription})" for h in registered
-            )
-            console.print(f"worker running {names}; Ctrl-C stops gracefully")
-            settle_heap()
-            return await worker.run()
+
+    for topic, subscription in sorted(subscriptions):
+        receiver = client.get_subscription_receiver(
+            topic, subscription, sub_queue=ServiceBusSubQueue.DEAD_LETTER
+        )
+        try:
+            with translated(f"attach to {topic}/{subscription}"):
+                async with receiver:
+                    pass
+        except MessagingEntityNotFound as exc:
+            raise WorkerStartError(
+                f"subscription {topic}/{subscription} does not exist on the broker: create it "
+                "(infra/topology.toml, `docbus topology`) or fix the handler's topic/subscription"
+            ) from exc
+        except MessagingAuthError as exc:
+            raise WorkerStartError(
+                f"Service Bus refused the credentials for {topic}/{subscription}: "
+                f"{_clause(str(exc))}"
+            ) from exc
+        except MessagingError as exc:
+            raise WorkerStartError(
+                f"Service Bus is unreachable: {_clause(str(exc))} (start it, or check "
+                "DOCBUS_SERVICEBUS__CONNECTION_STRING)",
+                EXIT_UNREACHABLE,
+            ) from exc
 
 
-def report_table(report: WorkerReport) -> Table:
+async def _parked_left(store: Any, registered: list[Any]) -> Counter[tuple[str, str]]:
+    from subscriber.parking import parked_messages
+
+    left: Counter[tuple[str, str]] = Counter()
+    for handler in registered:
+        spec = handler.spec
+        for parked in await parked_messages(store, spec.topic, spec.subscription, limit=0):
+            left[(spec.name, parked.reason)] += 1
+    return left
+
+
+def _clause(text: str, limit: int = 200) -> str:
+    """The first line of a foreign error message, before the driver's diagnostics."""
+    first = text.strip().splitlines()[0] if text.strip() else text
+    for cut in (" (configured timeouts", ", Timeout:", " Error condition:"):
+        first = first.split(cut)[0]
+    return first if len(first) <= limit else first[: limit - 1] + "…"
+
+
+def report_table(run: WorkerRun) -> Table:
+    report = run.report
     table = Table(title=f"worker summary ({report.seconds:.1f}s)")
     table.add_column("handler")
     table.add_column("outcome")
@@ -102,11 +291,43 @@ def report_table(report: WorkerReport) -> Table:
         table.add_row(handler, outcome, str(count))
     for (handler, reason), count in sorted(report.reasons.items()):
         table.add_row(handler, f"  dead-lettered: {reason}", str(count))
+    for (handler, reason), count in sorted(run.parked.items()):
+        table.add_row(handler, f"left parked: {reason}", str(count))
     return table
+
+
+def report_json(run: WorkerRun) -> dict[str, Any]:
+    """The summary as plain data: per handler, outcomes, dead-letter reasons and parked left."""
+    handlers: dict[str, dict[str, Any]] = {}
+
+    def entry(name: str) -> dict[str, Any]:
+        return handlers.setdefault(
+            name, {"outcomes": {}, "dead_letter_reasons": {}, "parked_left": {}}
+        )
+
+    for (handler, outcome), count in sorted(run.report.outcomes.items()):
+        entry(handler)["outcomes"][outcome] = count
+    for (handler, reason), count in sorted(run.report.reasons.items()):
+        entry(handler)["dead_letter_reasons"][reason] = count
+    for (handler, reason), count in sorted(run.parked.items()):
+        entry(handler)["parked_left"][reason] = count
+    return {
+        "exit_code": exit_code(run),
+        "seconds": round(run.report.seconds, 3),
+        "settled": run.report.settled,
+        "handlers": handlers,
+    }
 
 
 def run(args: argparse.Namespace) -> int:
     console = Console(stderr=True)
-    report = asyncio.run(run_worker(args, console))
-    Console().print(report_table(report))
-    return 0
+    try:
+        result = asyncio.run(run_worker(args, console))
+    except WorkerStartError as exc:
+        console.print(f"docbus worker: error: {exc}", markup=False, highlight=False, soft_wrap=True)
+        return exc.code
+    if getattr(args, "json", False):
+        print(json.dumps(report_json(result)))
+    else:
+        Console().print(report_table(result))
+    return exit_code(result)
