@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib
 import json
 import signal
 from collections import Counter
@@ -132,6 +133,8 @@ async def run_worker(args: argparse.Namespace, console: Console) -> WorkerRun:
     from handlers.discovery import HandlerDiscoveryError, discover_handlers
 
     settings = _settings()
+    # The LLM package (openai) takes ~0.5 s to import: let that overlap the connecting below.
+    llm_package = asyncio.create_task(asyncio.to_thread(importlib.import_module, "handlers.llm"))
     try:
         registered = [h for source in args.handlers for h in discover_handlers(source)]
     except HandlerDiscoveryError as exc:
@@ -157,12 +160,14 @@ async def run_worker(args: argparse.Namespace, console: Console) -> WorkerRun:
     except ValueError as exc:
         raise WorkerStartError(str(exc)) from exc
     client = _servicebus_client(settings)
+    closing: set[asyncio.Task[None]] = set()
     try:
         async with Store.from_settings(settings) as store, client:
             await store.ensure_indexes()
             await _check_subscriptions(
-                client, {(h.spec.topic, h.spec.subscription) for h in registered}
+                client, {(h.spec.topic, h.spec.subscription) for h in registered}, closing
             )
+            await llm_package
             llm = build_llm(settings, store)
             async with llm if llm is not None else contextlib.nullcontext():
                 try:
@@ -181,6 +186,7 @@ async def run_worker(args: argparse.Namespace, console: Console) -> WorkerRun:
                 console.print(f"worker running {names}; Ctrl-C stops gracefully")
                 settle_heap()
                 report = await worker.run()
+                await asyncio.gather(*closing, return_exceptions=True)
                 return WorkerRun(report, await _parked_left(store, registered))
     except StoreError as exc:
         if getattr(exc, "transient", False):
@@ -223,10 +229,12 @@ def _servicebus_client(settings: Settings) -> Any:
         ) from exc
 
 
-async def _check_subscriptions(client: Any, subscriptions: set[tuple[str, str]]) -> None:
+async def _check_subscriptions(
+    client: Any, subscriptions: set[tuple[str, str]], closing: set[asyncio.Task[None]]
+) -> None:
     """Attach to each subscription's dead-letter queue (which no session requirement guards)
     before anything runs, so a missing one or a refused key is one line now, not a traceback
-    from a receive loop later."""
+    from a receive loop later. The receivers close in the background (tasks in ``closing``)."""
     from azure.servicebus import ServiceBusSubQueue
 
     from docbus.servicebus import (
@@ -242,8 +250,9 @@ async def _check_subscriptions(client: Any, subscriptions: set[tuple[str, str]])
         )
         try:
             with translated(f"attach to {topic}/{subscription}"):
-                async with receiver:
-                    pass
+                await receiver.__aenter__()
+            # Closing waits for the SDK's keep-alive task to wake (up to 1 s): not at start.
+            closing.add(asyncio.create_task(receiver.close()))
         except MessagingEntityNotFound as exc:
             raise WorkerStartError(
                 f"subscription {topic}/{subscription} does not exist on the broker: create it "

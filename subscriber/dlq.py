@@ -114,12 +114,13 @@ async def _drain(
             receive_mode=ServiceBusReceiveMode.PEEK_LOCK,
         )
         async with receiver:
-            while True:
+            # A peek answers at once; a receive on an empty queue waits ``max_wait`` out.
+            while await receiver.peek_messages(max_message_count=1, sequence_number=1):
                 messages = await receiver.receive_messages(
                     max_message_count=RECEIVE_BATCH, max_wait_time=max_wait
                 )
                 if not messages:
-                    break
+                    break  # the ones there are locked by another capture
                 await _capture_messages(receiver, store, messages, capture, handler)
     if capture.drained:
         logger.info(

@@ -10,7 +10,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -20,16 +19,19 @@ DOCBUS = Path(sys.executable).parent / "docbus"
 """The console script, as a user runs it (``python -m`` would put the working directory on the
 import path by itself)."""
 
-HANDLERS = '''
-from handlers import DeadLetter, handler
+HANDLERS = """
+from handlers import DeadLetter, SystemicFailure, handler
 
 
 @handler(topic="docs", subscription="work", version="1")
 async def work(doc, ctx):
-    if doc.metadata.get("behaviour") == "poison":
+    behaviour = doc.metadata.get("behaviour")
+    if behaviour == "poison":
         raise DeadLetter("BadDocument", "no usable text")
+    if behaviour == "no-llm":
+        raise SystemicFailure("AuthenticationFailed", "the key was refused")
     return {"length": len(doc.text)}
-'''
+"""
 
 TOPOLOGY = (
     '[defaults]\nmax_delivery_count = 3\nlock_duration = "PT2S"\n'
@@ -39,8 +41,11 @@ TOPOLOGY = (
 
 
 def stack_env(stack: Stack) -> dict[str, str]:
+    plain = {
+        k: v for k, v in os.environ.items() if not k.startswith(("DOCBUS_", "OPENAI_", "AZURE_"))
+    }
     return {
-        **os.environ,
+        **plain,
         "DOCBUS_SERVICEBUS__CONNECTION_STRING": stack.connection_string,
         "DOCBUS_MONGODB__URI": stack.settings.mongodb.uri.get_secret_value(),
         "DOCBUS_MONGODB__DATABASE": stack.settings.mongodb.database,
@@ -48,14 +53,14 @@ def stack_env(stack: Stack) -> dict[str, str]:
 
 
 async def docbus_worker(
-    cwd: Path, env: dict[str, str], *args: str, timeout: float = 60
+    cwd: Path, env: dict[str, str], *args: str
 ) -> subprocess.CompletedProcess[str]:
     """``docbus worker ARGS`` in ``cwd``, as a separate process; its exit code and output."""
 
     def run() -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [str(DOCBUS), "worker", *args],
-            cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False,
+            cwd=cwd, env=env, capture_output=True, text=True, timeout=60, check=False,
         )  # fmt: skip
 
     return await asyncio.to_thread(run)
@@ -92,9 +97,7 @@ async def test_the_readme_dotted_handler_module_is_found_in_the_working_director
     assert done.returncode == 0, done.stderr
 
 
-async def test_a_missing_handler_module_is_one_line_and_exit_2(
-    stack: Stack, project: Path
-) -> None:
+async def test_a_missing_handler_module_is_one_line_and_exit_2(stack: Stack, project: Path) -> None:
     done = await docbus_worker(project, stack_env(stack), "--handlers", "no_such_handlers")
     assert done.returncode == 2
     line = one_line(done.stderr)
@@ -136,3 +139,43 @@ async def test_a_subscription_missing_on_the_broker_is_one_line_and_exit_2(
     assert done.returncode == 2, done.stderr
     line = one_line(done.stderr)
     assert "docs/missing" in line
+
+
+async def publish(stack: Stack, behaviours: list[str]) -> None:
+    from publisher import publish_documents
+
+    docs = [
+        {"doc_id": f"d{i}", "text": f"text {i}", "metadata": {"behaviour": b}}
+        for i, b in enumerate(behaviours)
+    ]
+    report = await publish_documents(
+        docs, topic="docs", batch_id="b1", settings=stack.settings, store=stack.store,
+        progress=False,
+    )  # fmt: skip
+    assert report.ok, report
+
+
+@pytest.mark.parametrize(
+    ("behaviours", "code", "outcomes"),
+    [
+        (["ok", "ok"], 0, {"completed": 2}),
+        (["ok", "poison"], 1, {"completed": 1, "dead-lettered": 1}),
+        (["no-llm"], 3, {"parked": 1}),
+    ],
+)
+async def test_the_exit_code_says_how_the_run_ended_and_json_says_what_happened(
+    stack: Stack, project: Path, behaviours: list[str], code: int, outcomes: dict[str, int]
+) -> None:
+    await publish(stack, behaviours)
+    done = await docbus_worker(
+        project, stack_env(stack), "--handlers", "my_handlers", "--until-idle", "1",
+        "--topology", "topology.toml", "--json",
+    )  # fmt: skip
+    assert done.returncode == code, done.stderr
+    summary = json.loads(done.stdout)
+    assert summary["exit_code"] == code
+    assert summary["handlers"]["work"]["outcomes"] == outcomes
+    if code == 1:
+        assert summary["handlers"]["work"]["dead_letter_reasons"] == {"BadDocument": 1}
+    if code == 3:
+        assert summary["handlers"]["work"]["parked_left"] == {"SystemicFailure": 1}
