@@ -34,7 +34,7 @@ from handlers.context import Context
 from handlers.discovery import RegisteredHandler
 from handlers.document import resolve_document
 from handlers.errors import HandlerOutcome
-from handlers.output import serialize_output
+from handlers.output import declared_output, serialize_output
 from subscriber.backoff import BackoffPolicy
 from subscriber.parking import ParkedMessage, mark_deferred, park
 from subscriber.received import dead_letter_record, read_envelope, record_dead_letter, storable_text
@@ -143,7 +143,8 @@ class Processor:
             if self.llm is not None:
                 ctx.llm = self.llm.bind(ctx)
             try:
-                output = serialize_output(await registered.fn(document, ctx))
+                returned = await registered.fn(document, ctx)
+                output = serialize_output(returned, declared_output(registered.fn))
             finally:
                 if ctx.checkpoint_cache is not None:
                     self._stepping.add(registered.spec.name)
