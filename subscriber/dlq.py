@@ -31,6 +31,7 @@ from docbus.servicebus import translated
 from docbus.store import Store, StoreError
 from docbus.topology import Topology
 from subscriber import received
+from subscriber.processing import settlement_lost
 
 __all__ = ["Capture", "capture_dead_letters", "dead_letter_record", "sync_dead_letters"]
 
@@ -153,9 +154,12 @@ async def _capture_messages(
             raise
         try:
             await receiver.complete_message(message)
-        except ServiceBusError as exc:
+        except (ServiceBusError, ValueError) as exc:
+            lost = settlement_lost(exc)
+            if lost is None:
+                raise
             # The lock was lost: the message comes back, finds its record, and is completed then.
-            logger.warning("could not complete dead letter %s: %s", record.id, exc)
+            logger.warning("could not complete dead letter %s: %s", record.id, lost)
             continue
         capture.drained += 1
         capture.recorded += int(created)

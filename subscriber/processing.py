@@ -291,6 +291,7 @@ class Processor:
             logger.warning(
                 "could not settle %s (%s): %s", message.message_id, decision.action.value, lost
             )
+            return Action.RETRY  # it comes back: its next delivery is the one that counts
         return decision.action
 
     async def _note_retry(
