@@ -159,7 +159,7 @@ class Envelope(BaseModel):
         try:
             text = data if isinstance(data, str) else bytes(data).decode("utf-8-sig")
         except UnicodeDecodeError as exc:
-            raise InvalidEnvelope(f"message body is not UTF-8 text: {exc}") from exc
+            raise InvalidEnvelope(f"message body is not JSON (not UTF-8 text: {exc})") from exc
         try:
             raw = json.loads(text)
         except RecursionError as exc:
