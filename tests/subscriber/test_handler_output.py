@@ -5,14 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from azure.servicebus.aio import ServiceBusClient
 
-from handlers import InvalidOutput, discover_handlers, serialize_output
+from handlers import InvalidOutput, serialize_output
 from handlers.output import declared_output
 from publisher import publish_documents
-from subscriber.worker import Worker, WorkerOptions
 from tests.subscriber import output_handlers
 from tests.subscriber.conftest import Stack
+from tests.subscriber.helpers import run_worker
 from tests.subscriber.output_handlers import DICTS, RETURNS, Entities, Summary, declared
 
 
@@ -28,15 +27,7 @@ async def test_outputs_are_stored_faithfully_or_dead_lettered_naming_the_field(
         progress=False,
     )  # fmt: skip
     assert report.ok
-    async with ServiceBusClient.from_connection_string(stack.connection_string) as client:
-        worker = Worker(
-            discover_handlers(output_handlers),
-            client=client,
-            store=stack.store,
-            options=WorkerOptions(until_idle=1.0, dlq_capture_interval=None),
-            topology=stack.topology,
-        )
-        await worker.run()
+    await run_worker(stack, output_handlers)
     results = {
         (r["handler"], r["doc_id"]): r["output"]
         async for r in stack.store.database["results"].find({"current": True})

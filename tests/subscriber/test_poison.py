@@ -18,6 +18,7 @@ from subscriber.settlement import Action
 from subscriber.worker import Worker, WorkerOptions
 from tests.subscriber import sample_handlers
 from tests.subscriber.conftest import Stack
+from tests.subscriber.helpers import run_worker
 from tests.subscriber.poison_messages import DEEP, poison_messages, send
 
 FAST = BackoffPolicy(base=0.1, cap=0.2, jitter=0.0)
@@ -29,15 +30,8 @@ async def test_every_poison_body_is_dead_lettered_at_once_with_a_record_and_the_
     caplog.set_level(logging.INFO, logger="subscriber")
     poison = poison_messages("work")
     await send(stack.connection_string, list(poison.values()))
+    report = await asyncio.wait_for(run_worker(stack, dlq_capture_interval=30.0), 60)
     async with ServiceBusClient.from_connection_string(stack.connection_string) as client:
-        worker = Worker(
-            discover_handlers(sample_handlers),
-            client=client,
-            store=stack.store,
-            options=WorkerOptions(until_idle=1.0, backoff=FAST, dlq_capture_interval=30.0),
-            topology=stack.topology,
-        )
-        report = await asyncio.wait_for(worker.run(), 60)
         async with client.get_subscription_receiver(
             "docs", "work", sub_queue=ServiceBusSubQueue.DEAD_LETTER
         ) as dlq:
