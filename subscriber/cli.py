@@ -5,8 +5,9 @@ LLM package is installed) and the topology into a :class:`~subscriber.worker.Wor
 SIGINT/SIGTERM handlers for a graceful stop, and prints a summary table (or ``--json``) when it
 exits. What stops a worker from starting — a handler module that does not import, settings or a
 connection string that do not parse, a subscription missing on the broker, MongoDB or Service
-Bus out of reach — is one line on stderr and an exit code (:data:`EXIT_CODES`), never a
-traceback; :func:`exit_code` says how a run that did start ended.
+Bus out of reach — is one line on stderr and an exit code, never a traceback (the worker's own
+errors are worded here, the rest by :func:`docbus.cli.run_command`); :func:`exit_code` says how a
+run that did start ended (:data:`EXIT_CODES`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import argparse
 import asyncio
 import contextlib
 import importlib
-import json
 import signal
 from collections import Counter
 from collections.abc import Mapping
@@ -46,19 +46,16 @@ __all__ = [
 EXIT_DONE = 0
 EXIT_DEAD_LETTERED = 1
 EXIT_USAGE = 2
-EXIT_PARKED = 3
-EXIT_UNREACHABLE = 4
+EXIT_PARKED = 4
 
 EXIT_CODES: Mapping[int, str] = {
     EXIT_DONE: "every message taken was completed (or there was nothing to do)",
     EXIT_DEAD_LETTERED: "some messages were dead-lettered (see `docbus dlq list`)",
-    EXIT_USAGE: "usage or configuration error: arguments, settings, handler module, topology, "
-    "or a subscription missing on the broker (nothing was received)",
-    EXIT_PARKED: "messages are left parked (LLM unreachable, bad key, budget): a worker resumes "
-    "them once the cause is fixed; this wins over 1",
-    EXIT_UNREACHABLE: "MongoDB or Service Bus could not be reached at start: start them, or retry",
+    EXIT_PARKED: "messages are left parked (LLM unreachable, bad key, over budget): a worker "
+    "resumes them once the cause is fixed; this wins over 1",
 }
-"""``docbus worker``'s exit codes (also in ``--help``)."""
+"""``docbus worker``'s own exit codes; ``--help`` lists them with the common ones of
+:class:`docbus.cli.ExitCode` (2 usage or configuration, 3 MongoDB or Service Bus unreachable)."""
 
 
 class WorkerStartError(DocbusError):
@@ -110,10 +107,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--json", action="store_true", help="print the summary as one JSON document on stdout"
     )
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.epilog = "exit codes:\n" + "\n".join(
-        f"  {code}  {text}" for code, text in EXIT_CODES.items()
-    )
 
 
 def build_llm(settings: Settings, store: Any) -> Any:
@@ -126,13 +119,17 @@ def build_llm(settings: Settings, store: Any) -> Any:
         return None  # handlers that need one park their messages and the worker stops
 
 
-async def run_worker(args: argparse.Namespace, console: Console) -> WorkerRun:
+async def run_worker(
+    args: argparse.Namespace, console: Console, settings: Settings | None = None
+) -> WorkerRun:
     """Start the worker ``args`` describe and run it to its end; raises
-    :class:`WorkerStartError` when it cannot start."""
-    from docbus.store import Store, StoreError
+    :class:`WorkerStartError` when it cannot start (MongoDB or Service Bus out of reach raise
+    their own errors, which the CLI's runner words)."""
+    from docbus.settings_cli import load_settings
+    from docbus.store import Store
     from handlers.discovery import HandlerDiscoveryError, discover_handlers
 
-    settings = _settings()
+    settings = settings or load_settings()
     # The LLM package (openai) takes ~0.5 s to import: let that overlap the connecting below.
     llm_package = asyncio.create_task(asyncio.to_thread(importlib.import_module, "handlers.llm"))
     try:
@@ -161,58 +158,32 @@ async def run_worker(args: argparse.Namespace, console: Console) -> WorkerRun:
         raise WorkerStartError(str(exc)) from exc
     client = _servicebus_client(settings)
     closing: set[asyncio.Task[None]] = set()
-    try:
-        async with Store.from_settings(settings) as store, client:
-            await store.ensure_indexes()
-            await _check_subscriptions(
-                client, {(h.spec.topic, h.spec.subscription) for h in registered}, closing
+    async with Store.from_settings(settings) as store, client:
+        await store.ensure_indexes()
+        await _check_subscriptions(
+            client, settings, {(h.spec.topic, h.spec.subscription) for h in registered}, closing
+        )
+        await llm_package
+        llm = build_llm(settings, store)
+        async with llm if llm is not None else contextlib.nullcontext():
+            try:
+                worker = Worker(
+                    registered, client=client, store=store, options=options,
+                    topology=topology, llm=llm,
+                )  # fmt: skip
+            except ValueError as exc:  # e.g. an ordered handler on a sessionless subscription
+                raise WorkerStartError(str(exc)) from exc
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, worker.stop)
+            names = ", ".join(
+                f"{h.name} ({h.spec.topic}/{h.spec.subscription})" for h in registered
             )
-            await llm_package
-            llm = build_llm(settings, store)
-            async with llm if llm is not None else contextlib.nullcontext():
-                try:
-                    worker = Worker(
-                        registered, client=client, store=store, options=options,
-                        topology=topology, llm=llm,
-                    )  # fmt: skip
-                except ValueError as exc:  # e.g. an ordered handler on a sessionless subscription
-                    raise WorkerStartError(str(exc)) from exc
-                loop = asyncio.get_running_loop()
-                for sig in (signal.SIGINT, signal.SIGTERM):
-                    loop.add_signal_handler(sig, worker.stop)
-                names = ", ".join(
-                    f"{h.name} ({h.spec.topic}/{h.spec.subscription})" for h in registered
-                )
-                console.print(f"worker running {names}; Ctrl-C stops gracefully")
-                settle_heap()
-                report = await worker.run()
-                await asyncio.gather(*closing, return_exceptions=True)
-                return WorkerRun(report, await _parked_left(store, registered))
-    except StoreError as exc:
-        if getattr(exc, "transient", False):
-            detail = _clause(str(exc).split(UNAVAILABLE)[-1])
-            raise WorkerStartError(
-                f"MongoDB is unreachable: {detail} (start it, or set DOCBUS_MONGODB__URI / "
-                "MONGODB_URI)",
-                EXIT_UNREACHABLE,
-            ) from exc
-        raise WorkerStartError(f"MongoDB refused: {_clause(str(exc))}") from exc
-
-
-UNAVAILABLE = "MongoDB unavailable: "
-"""What :class:`~docbus.store.StoreUnavailable` says before the driver's own words."""
-
-
-def _settings() -> Settings:
-    from pydantic import ValidationError
-
-    from docbus.settings_cli import describe_validation_error
-
-    try:
-        return Settings()
-    except ValidationError as exc:
-        problems = "; ".join(describe_validation_error(exc))
-        raise WorkerStartError(f"invalid docbus settings: {problems}") from exc
+            console.print(f"worker running {names}; Ctrl-C stops gracefully")
+            settle_heap()
+            report = await worker.run()
+            await asyncio.gather(*closing, return_exceptions=True)
+            return WorkerRun(report, await _parked_left(store, registered))
 
 
 def _servicebus_client(settings: Settings) -> Any:
@@ -230,20 +201,21 @@ def _servicebus_client(settings: Settings) -> Any:
 
 
 async def _check_subscriptions(
-    client: Any, subscriptions: set[tuple[str, str]], closing: set[asyncio.Task[None]]
+    client: Any,
+    settings: Settings,
+    subscriptions: set[tuple[str, str]],
+    closing: set[asyncio.Task[None]],
 ) -> None:
     """Attach to each subscription's dead-letter queue (which no session requirement guards)
-    before anything runs, so a missing one or a refused key is one line now, not a traceback
-    from a receive loop later. The receivers close in the background (tasks in ``closing``)."""
+    before anything runs, so a missing one is one line now, not a traceback from a receive
+    loop later; a broker that does not answer is said in seconds, not after the SDK's retries.
+    The receivers close in the background (tasks in ``closing``): closing waits for the SDK's
+    keep-alive task to wake, up to 1 s, which a start need not wait for."""
     from azure.servicebus import ServiceBusSubQueue
 
-    from docbus.servicebus import (
-        MessagingAuthError,
-        MessagingEntityNotFound,
-        MessagingError,
-        translated,
-    )
+    from docbus.servicebus import MessagingEntityNotFound, probe_endpoint, translated
 
+    await probe_endpoint(settings)
     for topic, subscription in sorted(subscriptions):
         receiver = client.get_subscription_receiver(
             topic, subscription, sub_queue=ServiceBusSubQueue.DEAD_LETTER
@@ -251,24 +223,12 @@ async def _check_subscriptions(
         try:
             with translated(f"attach to {topic}/{subscription}"):
                 await receiver.__aenter__()
-            # Closing waits for the SDK's keep-alive task to wake (up to 1 s): not at start.
-            closing.add(asyncio.create_task(receiver.close()))
         except MessagingEntityNotFound as exc:
             raise WorkerStartError(
                 f"subscription {topic}/{subscription} does not exist on the broker: create it "
                 "(infra/topology.toml, `docbus topology`) or fix the handler's topic/subscription"
             ) from exc
-        except MessagingAuthError as exc:
-            raise WorkerStartError(
-                f"Service Bus refused the credentials for {topic}/{subscription}: "
-                f"{_clause(str(exc))}"
-            ) from exc
-        except MessagingError as exc:
-            raise WorkerStartError(
-                f"Service Bus is unreachable: {_clause(str(exc))} (start it, or check "
-                "DOCBUS_SERVICEBUS__CONNECTION_STRING)",
-                EXIT_UNREACHABLE,
-            ) from exc
+        closing.add(asyncio.create_task(receiver.close()))
 
 
 async def _parked_left(store: Any, registered: list[Any]) -> Counter[tuple[str, str]]:
@@ -280,14 +240,6 @@ async def _parked_left(store: Any, registered: list[Any]) -> Counter[tuple[str, 
         for parked in await parked_messages(store, spec.topic, spec.subscription, limit=0):
             left[(spec.name, parked.reason)] += 1
     return left
-
-
-def _clause(text: str, limit: int = 200) -> str:
-    """The first line of a foreign error message, before the driver's diagnostics."""
-    first = text.strip().splitlines()[0] if text.strip() else text
-    for cut in (" (configured timeouts", ", Timeout:", " Error condition:"):
-        first = first.split(cut)[0]
-    return first if len(first) <= limit else first[: limit - 1] + "…"
 
 
 def report_table(run: WorkerRun) -> Table:
@@ -329,14 +281,21 @@ def report_json(run: WorkerRun) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    console = Console(stderr=True)
+    from docbus.cli import run_async
+
+    return run_async(lambda settings: _run(args, settings))
+
+
+async def _run(args: argparse.Namespace, settings: Settings) -> int:
+    from docbus.cli import print_json, say_error
+
     try:
-        result = asyncio.run(run_worker(args, console))
+        result = await run_worker(args, Console(stderr=True), settings)
     except WorkerStartError as exc:
-        console.print(f"docbus worker: error: {exc}", markup=False, highlight=False, soft_wrap=True)
+        say_error("worker", str(exc))
         return exc.code
-    if getattr(args, "json", False):
-        print(json.dumps(report_json(result)))
+    if args.json:
+        print_json(Console(), report_json(result))
     else:
         Console().print(report_table(result))
     return exit_code(result)

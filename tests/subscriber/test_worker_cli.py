@@ -104,7 +104,7 @@ async def test_a_missing_handler_module_is_one_line_and_exit_2(stack: Stack, pro
     assert "no_such_handlers" in line
 
 
-async def test_an_unreachable_mongo_is_one_line_and_exit_4(stack: Stack, project: Path) -> None:
+async def test_an_unreachable_mongo_is_one_line_and_exit_3(stack: Stack, project: Path) -> None:
     env = {
         **stack_env(stack),
         "DOCBUS_MONGODB__URI": f"mongodb://127.0.0.1:{closed_port()}",
@@ -112,7 +112,7 @@ async def test_an_unreachable_mongo_is_one_line_and_exit_4(stack: Stack, project
     }
     started = time.monotonic()
     done = await docbus_worker(project, env, "--handlers", "my_handlers", "--until-idle", "1")
-    assert done.returncode == 4, done.stderr
+    assert done.returncode == 3, done.stderr
     line = one_line(done.stderr)
     assert "MongoDB" in line
     assert time.monotonic() - started < 20
@@ -160,7 +160,7 @@ async def publish(stack: Stack, behaviours: list[str]) -> None:
     [
         (["ok", "ok"], 0, {"completed": 2}),
         (["ok", "poison"], 1, {"completed": 1, "dead-lettered": 1}),
-        (["no-llm"], 3, {"parked": 1}),
+        (["no-llm"], 4, {"parked": 1}),
     ],
 )
 async def test_the_exit_code_says_how_the_run_ended_and_json_says_what_happened(
@@ -177,5 +177,29 @@ async def test_the_exit_code_says_how_the_run_ended_and_json_says_what_happened(
     assert summary["handlers"]["work"]["outcomes"] == outcomes
     if code == 1:
         assert summary["handlers"]["work"]["dead_letter_reasons"] == {"BadDocument": 1}
-    if code == 3:
+    if code == 4:
         assert summary["handlers"]["work"]["parked_left"] == {"SystemicFailure": 1}
+
+
+async def test_help_lists_the_exit_codes(project: Path) -> None:
+    done = await docbus_worker(project, dict(os.environ), "--help")
+    assert done.returncode == 0
+    codes = done.stdout.split("exit codes:")[1]
+    for code in ("0", "1", "2", "3", "4"):
+        assert f"\n  {code} " in codes, codes
+
+
+async def test_an_unreachable_broker_is_one_line_and_exit_3_in_seconds(
+    stack: Stack, project: Path
+) -> None:
+    env = {
+        **stack_env(stack),
+        "DOCBUS_SERVICEBUS__CONNECTION_STRING": stack.connection_string.replace(
+            f":{stack.emulator.emulator.port};", f":{closed_port()};"
+        ),
+    }
+    started = time.monotonic()
+    done = await docbus_worker(project, env, "--handlers", "my_handlers", "--until-idle", "1")
+    assert done.returncode == 3, done.stderr
+    assert "Service Bus" in one_line(done.stderr)
+    assert time.monotonic() - started < 10  # not the SDK's 12 s of retries
