@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import secrets
 from datetime import UTC, datetime
 from typing import Any, Final, Literal
@@ -149,28 +150,67 @@ class Envelope(BaseModel):
 
     @classmethod
     def from_bytes(cls, data: bytes | bytearray | memoryview | str) -> Envelope:
-        """Read a message body, or raise :class:`InvalidEnvelope` saying what is wrong with it."""
+        """Read a message body, or raise :class:`InvalidEnvelope` saying what is wrong with it.
+
+        Nothing else escapes, whatever the body: bytes that are not UTF-8, JSON nested deeper
+        than the interpreter parses, integers too long to convert and lone surrogates are all
+        :class:`InvalidEnvelope`.
+        """
         try:
-            raw = json.loads(bytes(data) if not isinstance(data, str) else data)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            text = data if isinstance(data, str) else bytes(data).decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            raise InvalidEnvelope(f"message body is not JSON (not UTF-8 text: {exc})") from exc
+        try:
+            raw = json.loads(text)
+        except RecursionError as exc:
+            raise InvalidEnvelope("message body is JSON nested too deeply to read") from exc
+        except ValueError as exc:  # JSONDecodeError, or an integer of over 4300 digits
             raise InvalidEnvelope(f"message body is not JSON: {exc}") from exc
         if not isinstance(raw, dict):
             raise InvalidEnvelope(f"message body is JSON {type(raw).__name__}, not an object")
+        _check_unicode(text, raw)
         version = raw.get("schema_version")
         if version is None:
             raise InvalidEnvelope("envelope has no schema_version")
         if version != SCHEMA_VERSION:
             raise InvalidEnvelope(
-                f"unknown envelope schema_version {version!r} (this worker reads {SCHEMA_VERSION})"
+                f"unknown envelope schema_version {_short(version)} "
+                f"(this worker reads {SCHEMA_VERSION})"
             )
         try:
             return cls.model_validate(raw)
+        except RecursionError as exc:
+            raise InvalidEnvelope("envelope is nested too deeply to read") from exc
         except ValidationError as exc:
             problems = "; ".join(
                 f"{'.'.join(str(p) for p in err['loc']) or 'envelope'}: {err['msg']}"
                 for err in exc.errors()
             )
             raise InvalidEnvelope(f"envelope fails the schema: {problems}") from exc
+
+
+_SURROGATE_ESCAPE: Final = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+
+
+def _check_unicode(text: str, raw: dict[str, Any]) -> None:
+    """Refuse a lone surrogate: JSON can escape one (an unpaired ``\\ud800``-``\\udfff``),
+    but no UTF-8 text, so no store, can hold it. Only a body with such an escape is looked at
+    twice (a pair of them is one character, and fine)."""
+    if _SURROGATE_ESCAPE.search(text) is None:
+        return
+    try:
+        json.dumps(raw, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidEnvelope(
+            "message body has an unpaired surrogate escape (\\ud800-\\udfff): not Unicode text"
+        ) from exc
+    except RecursionError as exc:
+        raise InvalidEnvelope("message body is JSON nested too deeply to read") from exc
+
+
+def _short(value: object, limit: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def message_id(batch_id: str, doc_id: str, generation: int = 0) -> str:

@@ -1,6 +1,7 @@
 """Discovery: find the ``@handler`` functions a worker is told to run.
 
-``docbus worker --handlers MODULE`` names a module (``pkg.mod``) or a file (``path/to/file.py``);
+``docbus worker --handlers MODULE`` names a module (``pkg.mod``, looked up on the import path and
+then in the working directory) or a file (``path/to/file.py``);
 :func:`discover_handlers` imports it and returns every function carrying a
 :class:`~handlers.decorator.HandlerSpec`, in definition order, checked for clashes (two handlers
 with one name, or on one subscription). Handlers imported into the module count too, so a module
@@ -93,10 +94,22 @@ def _import(source: str | os.PathLike[str]) -> ModuleType:
             del sys.modules[name]
             raise HandlerDiscoveryError(f"importing {text} failed: {exc!r}") from exc
         return module
+    _search_working_directory()
     try:
         return importlib.import_module(text)
     except ImportError as exc:
         raise HandlerDiscoveryError(f"cannot import handler module {text!r}: {exc}") from exc
+    except Exception as exc:  # the module itself fails as it is imported
+        raise HandlerDiscoveryError(f"importing handler module {text!r} failed: {exc!r}") from exc
+
+
+def _search_working_directory() -> None:
+    """Let ``--handlers my_handlers`` find ``./my_handlers.py`` as ``python -m`` would: the
+    ``docbus`` console script starts with its own directory on the import path, not the
+    working directory. Appended, so an installed module of the same name still wins."""
+    cwd = os.getcwd()
+    if not any(os.path.abspath(entry or os.curdir) == cwd for entry in sys.path):
+        sys.path.append(cwd)
 
 
 def _check_clashes(found: list[RegisteredHandler]) -> None:

@@ -17,7 +17,7 @@ from docbus.store import Store
 from handlers.context import Context
 from handlers.decorator import HandlerFunction, HandlerSpec, handler_spec
 from handlers.document import Document
-from handlers.output import serialize_output
+from handlers.output import declared_output, serialize_output
 
 __all__ = ["run_handler"]
 
@@ -73,5 +73,5 @@ async def run_handler(
     )
     ctx = Context(envelope, spec, delivery_count=delivery_count, store=store, llm=llm)
     output = await fn(document, ctx)
-    serialize_output(output)
+    serialize_output(output, declared_output(fn))
     return output

@@ -20,18 +20,18 @@ import contextlib
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 
 from azure.servicebus import ServiceBusReceivedMessage, ServiceBusReceiveMode, ServiceBusSubQueue
 from azure.servicebus.aio import ServiceBusClient, ServiceBusReceiver
 from azure.servicebus.exceptions import ServiceBusError
 
-from docbus.envelope import Envelope, InvalidEnvelope
 from docbus.records import DeadLetterRecord
 from docbus.servicebus import translated
 from docbus.store import Store, StoreError
 from docbus.topology import Topology
-from subscriber.processing import message_body, message_properties
+from subscriber import received
+from subscriber.processing import settlement_lost
 
 __all__ = ["Capture", "capture_dead_letters", "dead_letter_record", "sync_dead_letters"]
 
@@ -62,33 +62,17 @@ def dead_letter_record(
     handler: str | None = None,
     now: datetime | None = None,
 ) -> DeadLetterRecord:
-    """The Mongo record of a message received from a dead-letter queue."""
-    body = message_body(message)
-    envelope: Envelope | None
-    try:
-        envelope = Envelope.from_bytes(body)
-    except InvalidEnvelope:
-        envelope = None
-    if message.message_id is not None:
-        message_id = str(message.message_id)
-    else:  # the SDK always sets one; a foreign sender may not
-        message_id = f"seq:{message.sequence_number}"
-    enqueued = message.enqueued_time_utc
-    return DeadLetterRecord(
-        message_id=message_id,
-        subscription=subscription,
+    """The Mongo record of a message received from a dead-letter queue: reason and description
+    from the broker, document identity from the envelope when the body is one. Never raises,
+    whatever the body (see :mod:`subscriber.received`)."""
+    return received.dead_letter_record(
+        message,
         topic=topic,
+        subscription=subscription,
         reason=message.dead_letter_reason or UNKNOWN_REASON,
         description=message.dead_letter_error_description or "",
         handler=handler,
-        delivery_count=message.delivery_count,
-        batch_id=envelope.batch_id if envelope else None,
-        doc_id=envelope.doc_id if envelope else None,
-        generation=envelope.generation if envelope else None,
-        body=body,
-        properties=message_properties(message),
-        enqueued_at=enqueued.astimezone(UTC) if isinstance(enqueued, datetime) else None,
-        dead_lettered_at=now or datetime.now(UTC),
+        now=now,
     )
 
 
@@ -131,12 +115,13 @@ async def _drain(
             receive_mode=ServiceBusReceiveMode.PEEK_LOCK,
         )
         async with receiver:
-            while True:
+            # A peek answers at once; a receive on an empty queue waits ``max_wait`` out.
+            while await receiver.peek_messages(max_message_count=1, sequence_number=1):
                 messages = await receiver.receive_messages(
                     max_message_count=RECEIVE_BATCH, max_wait_time=max_wait
                 )
                 if not messages:
-                    break
+                    break  # the ones there are locked by another capture
                 await _capture_messages(receiver, store, messages, capture, handler)
     if capture.drained:
         logger.info(
@@ -160,7 +145,7 @@ async def _capture_messages(
             message, topic=capture.topic, subscription=capture.subscription, handler=handler
         )
         try:
-            created = await store.record_dead_letter(record)
+            created = await received.record_dead_letter(store, record)
         except StoreError:
             # Never complete what is not recorded: give the rest back and let the caller retry.
             for unrecorded in messages[index:]:
@@ -169,9 +154,12 @@ async def _capture_messages(
             raise
         try:
             await receiver.complete_message(message)
-        except ServiceBusError as exc:
+        except (ServiceBusError, ValueError) as exc:
+            lost = settlement_lost(exc)
+            if lost is None:
+                raise
             # The lock was lost: the message comes back, finds its record, and is completed then.
-            logger.warning("could not complete dead letter %s: %s", record.id, exc)
+            logger.warning("could not complete dead letter %s: %s", record.id, lost)
             continue
         capture.drained += 1
         capture.recorded += int(created)

@@ -16,7 +16,6 @@ import contextlib
 import logging
 import random
 import time
-import traceback
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -28,7 +27,7 @@ from azure.servicebus.aio import ServiceBusReceiver
 from azure.servicebus.exceptions import ServiceBusError
 from pymongo.errors import PyMongoError
 
-from docbus.envelope import Envelope
+from docbus.envelope import Envelope, InvalidEnvelope
 from docbus.records import DeadLetterRecord
 from docbus.store import Store, StoreError
 from handlers.context import Context
@@ -36,17 +35,16 @@ from handlers.decorator import HandlerTimeout
 from handlers.discovery import RegisteredHandler
 from handlers.document import resolve_document
 from handlers.errors import HandlerOutcome
-from handlers.output import serialize_output
+from handlers.output import declared_output, serialize_output
 from subscriber.backoff import BackoffPolicy
 from subscriber.parking import ParkedMessage, mark_deferred, park
+from subscriber.received import dead_letter_record, read_envelope, record_dead_letter, storable_text
 from subscriber.settlement import COMPLETE, Action, Decision, decide, describe
 
 logger = logging.getLogger(__name__)
 
 RETRIES = "retries"
 """Collection of documents whose last delivery failed and will be tried again."""
-
-MAX_TRACEBACK = 4000
 
 
 @dataclass
@@ -60,27 +58,6 @@ class Outcome:
     reason: str = ""
     batch_id: str | None = None
     doc_id: str | None = None
-
-
-def message_body(message: ServiceBusReceivedMessage) -> bytes:
-    """The raw body of a data-section message (what the publisher sends)."""
-    body = message.body
-    if body is None:
-        return b""
-    if isinstance(body, bytes | bytearray):
-        return bytes(body)
-    if isinstance(body, str):
-        return body.encode("utf-8")
-    return b"".join(bytes(part) for part in body)
-
-
-def _plain(value: Any) -> Any:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
-
-
-def message_properties(message: ServiceBusReceivedMessage) -> dict[str, Any]:
-    props = message.application_properties or {}
-    return {str(_plain(k)): _plain(v) for k, v in props.items()}
 
 
 class Processor:
@@ -121,7 +98,7 @@ class Processor:
         if spec.name not in self._stepping:
             return None
         try:
-            envelope = Envelope.from_bytes(message_body(message))
+            envelope = read_envelope(message)
         except Exception:
             return None
         if self._running[(envelope.doc_id, spec.name)]:
@@ -153,7 +130,7 @@ class Processor:
         ctx: Context | None = None
         running: tuple[str, str] | None = None
         try:
-            envelope = Envelope.from_bytes(message_body(message))
+            envelope = read_envelope(message)
             running = (envelope.doc_id, registered.spec.name)
             self._running[running] += 1
             if checkpoints is not None and self._running[running] > 1:
@@ -172,7 +149,8 @@ class Processor:
             if self.llm is not None:
                 ctx.llm = self.llm.bind(ctx)
             try:
-                output = serialize_output(await self._call(registered, document, ctx))
+                returned = await self._call(registered, document, ctx)
+                output = serialize_output(returned, declared_output(registered.fn))
             finally:
                 if ctx.checkpoint_cache is not None:
                     self._stepping.add(registered.spec.name)
@@ -286,7 +264,7 @@ class Processor:
                     registered, message, decision, error, envelope, attempt, step
                 )
                 try:
-                    await self.store.record_dead_letter(record)
+                    await record_dead_letter(self.store, record)
                 except StoreError as exc:
                     # Never dead-letter what we could not record: try again later instead.
                     logger.error("cannot record dead letter, retrying later: %s", exc)
@@ -294,7 +272,9 @@ class Processor:
                     await self.give_back(registered, receiver, message, envelope)
                     return Action.RETRY
                 await receiver.dead_letter_message(
-                    message, reason=decision.reason, error_description=decision.description
+                    message,
+                    reason=storable_text(decision.reason),
+                    error_description=storable_text(decision.description),
                 )
             elif decision.action is Action.PARK and registered.spec.ordered_by:
                 # A deferred session message would break its session's order: hold it (the
@@ -304,12 +284,26 @@ class Processor:
                 return Action.RETRY
             elif decision.action is Action.PARK:
                 await self._park(registered, receiver, message, decision, envelope)
-        except ServiceBusError as exc:
+        except Exception as exc:
+            lost = settlement_lost(exc)
+            if lost is None:
+                # Whatever went wrong, the message must not sit locked and unsettled until its
+                # lock runs out (and the worker wait for it): give it back now.
+                logger.error(
+                    "could not %s %s (%s): giving it back",
+                    decision.action.name.lower().replace("_", "-"),
+                    message.message_id,
+                    describe(exc),
+                    exc_info=not isinstance(exc, StoreError),
+                )
+                await self.give_back(registered, receiver, message, envelope)
+                return Action.RETRY
             # Lock lost or connection gone: the broker redelivers; the result (if any) is
             # already written and the rewrite is idempotent.
             logger.warning(
-                "could not settle %s (%s): %s", message.message_id, decision.action.value, exc
+                "could not settle %s (%s): %s", message.message_id, decision.action.value, lost
             )
+            return Action.RETRY  # it comes back: its next delivery is the one that counts
         return decision.action
 
     async def _call(self, registered: RegisteredHandler, document: Any, ctx: Context) -> Any:
@@ -360,7 +354,7 @@ class Processor:
         is resolved by that result: only a redelivery, or a lost lock, can have one."""
         try:
             await receiver.complete_message(message)
-        except ServiceBusError:
+        except Exception:  # (settled below as any failed settlement: see settlement_lost)
             await self._resolve_dead_letters(registered, envelope)
             raise
         if attempt > 1:
@@ -507,29 +501,20 @@ class Processor:
         attempt: int,
         step: str | None,
     ) -> DeadLetterRecord:
-        trace = None
-        if error is not None and not _is_expected(error):
-            trace = "".join(traceback.format_exception(error))[-MAX_TRACEBACK:]
-        enqueued = message.enqueued_time_utc
-        return DeadLetterRecord(
-            message_id=str(message.message_id),
-            subscription=registered.spec.subscription,
-            topic=registered.spec.topic,
+        spec = registered.spec
+        return dead_letter_record(
+            message,
+            topic=spec.topic,
+            subscription=spec.subscription,
             reason=decision.reason,
             description=decision.description,
-            error_type=type(error).__name__ if error is not None else None,
-            error_message=str(error)[:2000] if error is not None else None,
-            traceback=trace,
-            handler=registered.spec.name,
-            handler_version=registered.spec.version,
+            handler=spec.name,
+            handler_version=spec.version,
+            envelope=envelope,
+            error=error,
+            with_traceback=error is not None and not _is_expected(error),
             step=step,
             delivery_count=attempt,
-            batch_id=envelope.batch_id if envelope else None,
-            doc_id=envelope.doc_id if envelope else None,
-            generation=envelope.generation if envelope else None,
-            body=message_body(message),
-            properties=message_properties(message),
-            enqueued_at=enqueued.astimezone(UTC) if isinstance(enqueued, datetime) else None,
         )
 
 
@@ -537,9 +522,22 @@ class _AlreadyDone(Exception):
     """An earlier delivery of the message stored its result: complete it, nothing more."""
 
 
+def settlement_lost(exc: BaseException) -> str | None:
+    """Why a settlement failed in a way the broker repairs by itself — the lock was lost, or
+    the link is gone (the SDK says so with a ``ValueError`` once it has shut the receiver's
+    handler down, as after a broker restart): the message comes back. None for anything else.
+    """
+    if isinstance(exc, ServiceBusError):
+        return str(exc)
+    if isinstance(exc, ValueError) and "shutdown" in str(exc):
+        return "the link to the broker was lost (the message will be delivered again)"
+    return None
+
+
 def _is_expected(error: BaseException) -> bool:
-    """Outcomes a handler chose (DeadLetter, Retry) carry no traceback worth keeping."""
-    return isinstance(error, HandlerOutcome)
+    """Outcomes a handler chose (DeadLetter, Retry) and unreadable messages carry no traceback
+    worth keeping."""
+    return isinstance(error, HandlerOutcome | InvalidEnvelope)
 
 
 def settle_unused(read: asyncio.Task[Any]) -> None:

@@ -66,6 +66,9 @@ from subscriber.watchdog import LoopWatchdog
 logger = logging.getLogger(__name__)
 
 
+MIN_RECEIVE_WAIT = 0.1
+"""Seconds a receive waits at least, even just before an idle exit."""
+
 YOUNG_COLLECTION_THRESHOLD = 10_000
 """Allocations between two collections of the youngest generation (CPython's default: 700)."""
 
@@ -239,6 +242,7 @@ class Worker:
         self._handler_tasks: dict[str, set[asyncio.Task[None]]] = {}
         self._resume_lock = asyncio.Lock()
         self._llm_works: bool | None = None  # None: not known yet (no probe, no failure)
+        self._exit_capture: asyncio.Task[None] | None = None
         self._processor = Processor(
             store,
             backoff=self.options.backoff,
@@ -343,6 +347,7 @@ class Worker:
             await asyncio.gather(*loops)
         finally:
             self._stopping.set()
+            await self._finish_exit_capture()
             for task in helpers:
                 task.cancel()
             for task in loops:
@@ -382,7 +387,7 @@ class Worker:
                         break
                     try:
                         messages = await receiver.receive_messages(
-                            max_message_count=granted, max_wait_time=self.options.receive_wait
+                            max_message_count=granted, max_wait_time=self._receive_wait()
                         )
                     except ServiceBusError as exc:
                         self._release(granted)
@@ -398,6 +403,16 @@ class Worker:
                 await self._drain(mine)
             finally:
                 self._receivers.pop(spec.name, None)
+
+    def _receive_wait(self) -> float:
+        """How long a receive waits for messages: ``receive_wait``, but not past the moment an
+        idle worker with nothing in flight exits, so that exit does not wait out one more
+        receive (sessions keep theirs: a session receiver waits as it locks a session)."""
+        wait = self.options.receive_wait
+        if self.options.until_idle is None or self._in_flight:
+            return wait
+        left = self.options.until_idle - (time.monotonic() - self._last_activity)
+        return max(MIN_RECEIVE_WAIT, min(wait, left))
 
     async def _session_loop(self, registered: RegisteredHandler) -> None:
         """Ordered handlers: lock the next session with messages, run them in order, repeat."""
@@ -560,6 +575,8 @@ class Worker:
             raise
         except Exception:
             logger.exception("unexpected failure processing %s", message.message_id)
+            # never left locked until its lock runs out: give it back now
+            await self._processor.give_back(registered, receiver, message)
             return
         finally:
             if parked is not None:
@@ -640,8 +657,8 @@ class Worker:
             quiet = time.monotonic() - self._last_activity
             if quiet >= idle and not self._in_flight and await self._idle_now():
                 logger.info("worker idle for %.1fs: draining and exiting", quiet)
-                await self._capture_dead_letters()
                 self.stop()
+                self._start_exit_capture()
                 return
             await self._pause_for(min(0.2, idle))
 
@@ -663,6 +680,16 @@ class Worker:
         return await self._resume_parked() == 0 and not self._in_flight
 
     # --- broker-side dead letters -----------------------------------------------------------
+    def _start_exit_capture(self) -> None:
+        """Capture the dead-letter queues once more before an idle exit, while the receive
+        under way finishes (:meth:`run` waits for both)."""
+        self._exit_capture = asyncio.create_task(self._capture_dead_letters())
+
+    async def _finish_exit_capture(self) -> None:
+        if self._exit_capture is not None:
+            with contextlib.suppress(Exception):  # the capture logs its own failures
+                await self._exit_capture
+
     async def _capture_loop(self) -> None:
         interval = self.options.dlq_capture_interval
         if interval is None:
@@ -690,6 +717,9 @@ class Worker:
                 )  # fmt: skip
             except (MessagingError, StoreError, ServiceBusError) as exc:
                 logger.warning("dead-letter capture of %s failed: %s", spec.subscription, exc)
+                continue
+            except Exception:  # a bug must not stop the capture loop or the idle exit
+                logger.exception("dead-letter capture of %s failed", spec.subscription)
                 continue
             if captured:
                 logger.info("captured %d dead letters of %s", captured, spec.subscription)

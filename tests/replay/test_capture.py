@@ -6,8 +6,9 @@ import asyncio
 import time
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
-from azure.servicebus import ServiceBusMessage, ServiceBusSubQueue
+from azure.servicebus import ServiceBusMessage, ServiceBusReceivedMessage, ServiceBusSubQueue
 from azure.servicebus.aio import ServiceBusClient
 
 from docbus.envelope import Envelope
@@ -18,6 +19,7 @@ from subscriber import dlq_cli
 from subscriber.dlq import capture_dead_letters, dead_letter_record
 from tests.replay.conftest import TOPOLOGY_TOML, Stack
 from tests.replay.helpers import command, rows
+from tests.subscriber.poison_messages import DEEP, poison_messages, send
 
 
 def envelope(doc_id: str, target: str = "alpha") -> Envelope:
@@ -144,3 +146,35 @@ async def test_broker_side_dead_letters_are_captured_once_and_leave_the_queue(
     assert [r[:4] for r in rows(out)] == [["docs", "alpha", "0", "0"], ["docs", "beta", "1", "1"]]
     (late_record,) = await store.dead_letters(subscription="beta")
     assert late_record.doc_id == "late" and late_record.reason == "TTLExpiredException"
+
+
+async def test_dlq_sync_records_every_poison_body_the_broker_holds_and_drains_it(
+    stack: Stack, tmp_path: Path
+) -> None:
+    poison = poison_messages("alpha")
+    await send(stack.connection_string, list(poison.values()))
+    async with ServiceBusClient.from_connection_string(stack.connection_string) as client:
+        async with client.get_subscription_receiver("docs", "alpha") as receiver:
+            taken: list[ServiceBusReceivedMessage] = []
+            deadline = time.monotonic() + 15
+            while len(taken) < len(poison):
+                assert time.monotonic() < deadline, f"only {len(taken)} messages came"
+                taken += await receiver.receive_messages(len(poison), max_wait_time=1)
+            for message in taken:  # as a foreign consumer would leave them
+                await receiver.dead_letter_message(message, reason="Foreign", error_description="x")
+        topology = tmp_path / "topology.toml"
+        topology.write_text(TOPOLOGY_TOML)
+        code, out = await command(dlq_cli, "sync", "--topology", str(topology), "--max-wait", "0.5")
+        assert code == 0, out
+        assert await dead_letter_count(client, "alpha") == 0
+    n = str(len(poison))
+    assert [r[:4] for r in rows(out)] == [["docs", "alpha", n, n], ["docs", "beta", "0", "0"]]
+    records = await store_records(stack)
+    assert sorted(records) == sorted(poison)
+    assert all(r["reason"] == "Foreign" and r["batch_id"] is None for r in records.values())
+    assert records["deep-json"]["body"] == DEEP
+    assert records["odd-properties"]["properties"]["huge-int"] == str(2**64 - 1)
+
+
+async def store_records(stack: Stack) -> dict[str, dict[str, Any]]:
+    return {r["message_id"]: r async for r in stack.store.database["dead_letters"].find({})}

@@ -21,11 +21,10 @@ from docbus.topology import ROUTE_PROPERTY
 from handlers import discover_handlers
 from publisher import publish_documents
 from subscriber.backoff import BackoffPolicy
-from subscriber.worker import Worker, WorkerOptions, WorkerReport
+from subscriber.worker import Worker, WorkerOptions
 from tests.subscriber import sample_handlers
 from tests.subscriber.conftest import Stack
-
-FAST = BackoffPolicy(base=0.2, cap=1.0, jitter=0.0)
+from tests.subscriber.helpers import FAST, run_worker
 
 
 async def publish(stack: Stack, docs: list[dict[str, Any]], batch_id: str = "b1") -> None:
@@ -38,22 +37,6 @@ async def publish(stack: Stack, docs: list[dict[str, Any]], batch_id: str = "b1"
 
 def doc(doc_id: str, text: str, behaviour: str) -> dict[str, Any]:
     return {"text": text, "doc_id": doc_id, "metadata": {"behaviour": behaviour}}
-
-
-async def run_worker(stack: Stack, **options: Any) -> WorkerReport:
-    options.setdefault("until_idle", 1.0)
-    # These tests look at the broker's dead-letter queue; capture has tests of its own.
-    options.setdefault("dlq_capture_interval", None)
-    options.setdefault("backoff", FAST)
-    async with ServiceBusClient.from_connection_string(stack.connection_string) as client:
-        worker = Worker(
-            discover_handlers(sample_handlers),
-            client=client,
-            store=stack.store,
-            options=WorkerOptions(**options),
-            topology=stack.topology,
-        )
-        return await worker.run()
 
 
 async def invocations(stack: Stack, doc_id: str, event: str = "start") -> list[dict[str, Any]]:
@@ -315,7 +298,8 @@ async def test_a_document_held_for_retry_shows_as_retrying_in_status(stack: Stac
 async def test_a_handler_slot_is_handed_on_when_it_returns_and_the_result_is_stored_after(
     stack: Stack,
 ) -> None:
-    from subscriber.processing import Processor, message_properties
+    from subscriber.processing import Processor
+    from subscriber.received import message_properties
     from subscriber.settlement import Action
 
     await publish(stack, [doc("d1", "alpha text", "ok"), doc("d2", "beta text", "always-fail")])
