@@ -12,16 +12,11 @@ import logging
 from typing import Any
 
 import pytest
-from azure.servicebus.aio import ServiceBusClient
 
-from handlers import discover_handlers
 from publisher import publish_documents
-from subscriber.backoff import BackoffPolicy
-from subscriber.worker import Worker, WorkerOptions, WorkerReport
-from tests.subscriber import blocking_handlers
+from subscriber.worker import WorkerReport
+from tests.subscriber import blocking_handlers, helpers
 from tests.subscriber.conftest import Stack
-
-FAST = BackoffPolicy(base=0.2, cap=1.0, jitter=0.0)
 
 
 async def publish(stack: Stack, count: int, block: float, batch_id: str = "blk") -> None:
@@ -38,16 +33,7 @@ async def publish(stack: Stack, count: int, block: float, batch_id: str = "blk")
 
 async def run_worker(stack: Stack, **options: Any) -> WorkerReport:
     options.setdefault("until_idle", 2.0)
-    options.setdefault("backoff", FAST)
-    async with ServiceBusClient.from_connection_string(stack.connection_string) as client:
-        worker = Worker(
-            discover_handlers(blocking_handlers),
-            client=client,
-            store=stack.store,
-            options=WorkerOptions(**options),
-            topology=stack.topology,
-        )
-        return await worker.run()
+    return await helpers.run_worker(stack, blocking_handlers, **options)
 
 
 async def test_a_handler_blocking_past_its_lock_leaves_no_document_both_done_and_dead(
