@@ -63,6 +63,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "report": ("docbus.report", "a batch's outcomes, LLM calls, tokens, cost and latency"),
     "audit": ("docbus.audit", "export a batch's LLM prompt/response pairs for review"),
     "dlq": ("subscriber.dlq_cli", "dead letters: list, show, sync from the broker"),
+    "parked": ("subscriber.parked_cli", "parked messages: list them and why, ask to resume them"),
     "replay": ("publisher.replay_cli", "re-publish dead letters or a whole batch, with filters"),
     "results": ("docbus.results_cli", "result versions of a document"),
     "rollback": ("docbus.rollback", "withdraw the result versions a batch or replay wrote"),

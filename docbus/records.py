@@ -162,6 +162,10 @@ class DeadLetterRecord(BaseModel):
     dead_lettered_at: datetime = Field(default_factory=_now)
     replayed_at: datetime | None = None
     """Set by replay tooling once this dead letter has been sent again."""
+    resolved_at: datetime | None = None
+    """Set when a delivery of the same message (batch, document, generation) stored a result
+    for the same handler: the message is done, and this dead letter — a lock lost while that
+    delivery ran — is superseded: it counts as dead nowhere and is not replayed."""
 
     @property
     def id(self) -> str:

@@ -230,6 +230,9 @@ class WorkerSettings(BaseModel):
     """Fraction of a delay drawn at random (0.2: the delay varies by up to ±20 %)."""
     shutdown_grace: float = Field(default=30.0, ge=0)
     """Seconds in-flight handlers get to finish after SIGINT/SIGTERM; the rest is abandoned."""
+    handler_timeout: float | None = Field(default=600.0, gt=0)
+    """Seconds one attempt of a handler may take before it is cancelled and retried (a handler's
+    own ``@handler(timeout=...)`` wins); None: no limit."""
 
 
 class _EcosystemEnv(PydanticBaseSettingsSource):

@@ -11,7 +11,7 @@ package imports from ``docbus`` and never from ``subscriber``.
 from __future__ import annotations
 
 from handlers.context import Context, HandlerLogger
-from handlers.decorator import HandlerFunction, HandlerSpec, handler, handler_spec
+from handlers.decorator import HandlerFunction, HandlerSpec, HandlerTimeout, handler, handler_spec
 from handlers.discovery import HandlerDiscoveryError, RegisteredHandler, discover_handlers
 from handlers.document import Document, resolve_document
 from handlers.errors import (
@@ -35,6 +35,7 @@ __all__ = [
     "HandlerLogger",
     "HandlerOutcome",
     "HandlerSpec",
+    "HandlerTimeout",
     "InvalidOutput",
     "OverBudget",
     "RegisteredHandler",

@@ -4,6 +4,8 @@
 and returns the function itself, unchanged, so a handler stays a plain ``async def`` that a unit
 test can call (or run with :func:`handlers.testing.run_handler`). Nothing is registered globally:
 the worker is handed functions or a module, and :mod:`handlers.discovery` reads the specs.
+A handler's ``timeout`` bounds one attempt: past it the worker cancels the handler and counts a
+transient failure, :class:`HandlerTimeout` (retried with backoff up to the delivery limit).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-__all__ = ["HandlerFunction", "HandlerSpec", "handler", "handler_spec"]
+__all__ = ["HandlerFunction", "HandlerSpec", "HandlerTimeout", "handler", "handler_spec"]
 
 HandlerFunction = Callable[..., Awaitable[Any]]
 """``async def fn(doc: Document, ctx: Context) -> BaseModel | dict``."""
@@ -39,12 +41,18 @@ class HandlerSpec:
     ordered_by: str | None = None
     """Metadata field used as the session key: documents with the same value run in order, one
     at a time (the subscription must require sessions)."""
+    timeout: float | None = None
+    """Seconds one attempt of the handler may take; None: the worker's default
+    (``DOCBUS_WORKER__HANDLER_TIMEOUT``). A handler that blocks the event loop cannot be
+    interrupted: the timeout acts at its next ``await``."""
 
     def __post_init__(self) -> None:
         if not _NAME.match(self.name):
             raise ValueError(
                 f"handler name {self.name!r}: use up to 100 letters, digits, '_', '.' or '-'"
             )
+        if self.timeout is not None and not self.timeout > 0:
+            raise ValueError(f"handler {self.name!r}: timeout must be more than 0 seconds")
         for field_name in ("topic", "subscription", "version"):
             if not getattr(self, field_name):
                 raise ValueError(f"handler {self.name!r}: {field_name} must not be empty")
@@ -57,8 +65,10 @@ def handler(
     version: str | int = "1",
     ordered_by: str | None = None,
     name: str | None = None,
+    timeout: float | None = None,
 ) -> Callable[[F], F]:
-    """Declare an ``async def fn(doc, ctx)`` as the handler of ``subscription`` on ``topic``."""
+    """Declare an ``async def fn(doc, ctx)`` as the handler of ``subscription`` on ``topic``;
+    ``timeout`` bounds one attempt, in seconds (default: the worker's)."""
 
     def decorate(fn: F) -> F:
         original = fn  # iscoroutinefunction narrows fn's type; the decorator returns it as given
@@ -70,11 +80,27 @@ def handler(
             subscription=subscription,
             version=str(version),
             ordered_by=ordered_by,
+            timeout=timeout,
         )
         setattr(original, SPEC_ATTRIBUTE, spec)
         return original
 
     return decorate
+
+
+class HandlerTimeout(Exception):
+    """An attempt of a handler ran past its timeout and was cancelled: a transient failure,
+    retried with backoff; on the last delivery the dead letter names the timeout."""
+
+    def __init__(self, handler: str, seconds: float, step: str | None = None) -> None:
+        where = f" (in step {step!r})" if step else ""
+        super().__init__(
+            f"handler {handler!r} ran longer than its {seconds:g}s timeout{where}; raise it "
+            "with @handler(timeout=...) or DOCBUS_WORKER__HANDLER_TIMEOUT if it needs longer"
+        )
+        self.handler = handler
+        self.seconds = seconds
+        self.step = step
 
 
 def handler_spec(fn: object) -> HandlerSpec | None:

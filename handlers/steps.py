@@ -8,10 +8,11 @@ replay — the stored output is returned without calling ``fn``, so a crash afte
 re-runs step 3 only; the same step on the same input twice in one delivery runs once. In the
 worker the checkpoint is acknowledged behind the handler, before its result is stored
 (:mod:`handlers.writes`); a crash in that moment re-runs the step, as a crash during a
-synchronous write would. The input hash covers the step name and the arguments in canonical JSON
-(pydantic models dumped; a model *class* counts by its name and JSON schema, a function by its
-name, the context not at all), so other input, a changed output model or a bumped handler
-version computes afresh.
+synchronous write would, while an outage of the store only delays it (it is held and retried,
+and a redelivery in the same process meanwhile reuses the output on its way). The input hash
+covers the step name and the arguments in canonical JSON (pydantic models dumped; a model
+*class* counts by its name and JSON schema, a function by its name, the context not at all), so
+other input, a changed output model or a bumped handler version computes afresh.
 
 Outputs are stored as JSON text with what they were: a pydantic model (and a list of one model
 class) is stored with its class path and re-validated on load; anything else must be JSON-able
@@ -31,13 +32,15 @@ import json
 import logging
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
 from pydantic import BaseModel, ValidationError
 from pydantic_core import PydanticSerializationError, to_jsonable_python
 
-from docbus.store import StoreError
+from docbus.store import Checkpoint, StoreError
 from handlers.errors import Retry
+from handlers.writes import backlog_of, checkpoint_on_its_way, durably
 
 if TYPE_CHECKING:
     from handlers.context import Context
@@ -160,11 +163,13 @@ async def _run(
         _current.reset(token)
     if store is not None and ctx.writes.behind:
         # Sent now, acknowledged later (handlers.writes): after the audit rows of this step's
-        # calls, before the result. The handler goes on with its next step meanwhile.
-        ctx.writes.start(
+        # calls, before the result. The handler goes on with its next step meanwhile; until
+        # it is stored, another delivery of the document in this process finds it on its way.
+        write = ctx.writes.start(
             _store_checkpoint(ctx, store, key, encoded, replace=stale, adopt=False),
             after_earlier=True,
         )
+        checkpoint_on_its_way(store, _owner(ctx), key.id, encoded, write)
     elif store is not None:
         try:
             encoded = await _store_checkpoint(ctx, store, key, encoded, replace=stale, adopt=True)
@@ -191,7 +196,11 @@ async def _store_checkpoint(
 ) -> Any:
     """Store a step's output; return what is stored for its key — the output given, or what a
     concurrent delivery of the same message stored first (``adopt``; else that raises)."""
-    stored = await store.put_checkpoint(key, encoded, batch_id=ctx.batch_id, replace=replace)
+    stored = await durably(
+        store,
+        lambda: store.put_checkpoint(key, encoded, batch_id=ctx.batch_id, replace=replace),
+        f"checkpoint of step {key.step}",
+    )
     if stored:
         return encoded
     winner = await store.get_checkpoint(key)
@@ -230,11 +239,24 @@ async def _stored_checkpoint(ctx: Context, store: Any, key: Any) -> Any:
             cache = await store.checkpoints_of(ctx.doc_id, ctx.handler_name, ctx.handler_version)
         ctx.checkpoint_cache = cache
     stored = cache.get(key.id)
+    if stored is None:
+        on_its_way = backlog_of(store).checkpoint(_owner(ctx), key.id)
+        if on_its_way is not None:
+            # Finished by an earlier delivery in this process, still on its way to the store
+            # (held through an outage, say): this delivery's result waits for it too.
+            output, write = on_its_way
+            ctx.writes.follow(write)
+            return Checkpoint(output, datetime.now(UTC))
     if stored is None and cache:
         # Not among what was there when they were read: written by a concurrent
         # delivery since, perhaps; ask the store rather than recompute.
         stored = await store.get_checkpoint(key)
     return stored
+
+
+def _owner(ctx: Context) -> tuple[str, str, str]:
+    """Whose checkpoints a delivery reads and writes: document, handler, handler version."""
+    return (ctx.doc_id, ctx.handler_name, ctx.handler_version)
 
 
 @functools.lru_cache(maxsize=256)

@@ -3,82 +3,75 @@
 When a failure is not the message's fault — the LLM endpoint refuses our key, the quota is
 gone (circuit breaker), or the batch has spent its budget — the worker defers the message
 (Service Bus keeps it, never redelivers it on its own) and writes a ``parked`` record in Mongo
-with the sequence number needed to fetch it back. Once the condition clears, any worker
-resumes the parked messages of its subscriptions with ``receive_deferred_messages`` and runs
-them as ordinary deliveries. The Mongo record is written before the deferral, so a crash in
-between leaves at worst a record for a message that is still active (harmless: resuming it
-finds nothing and drops the record). Neighbours: :mod:`subscriber.processing` parks,
-:mod:`subscriber.worker` resumes.
+with the sequence number needed to fetch it back (:class:`~docbus.store.ParkedMessage`, kept by
+the store). Once the condition clears — or an operator asks, ``docbus parked resume`` — any
+worker resumes the parked messages of its subscriptions with ``receive_deferred_messages`` and
+runs them as ordinary deliveries: at its start, as soon as its receiver is open, then every
+``resume_interval``; :func:`may_resume` is that decision. The Mongo record is written before
+the deferral, so a crash in between leaves at worst a record for a message that is still
+active (harmless: resuming it finds nothing and drops the record). Neighbours:
+:mod:`subscriber.processing` parks, :mod:`subscriber.worker` resumes.
 """
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
-from typing import Any
+from docbus.store import ParkedMessage, Store
 
-from pydantic import BaseModel, ConfigDict, Field
+__all__ = [
+    "ParkedMessage",
+    "count_parked",
+    "mark_deferred",
+    "may_resume",
+    "park",
+    "parked_messages",
+    "unpark",
+]
 
-from docbus.store import Store
-
-COLLECTION = "parked"
-
-
-class ParkedMessage(BaseModel):
-    model_config = ConfigDict(frozen=True)
-
-    topic: str
-    subscription: str
-    sequence_number: int
-    reason: str
-    description: str = ""
-    batch_id: str | None = None
-    doc_id: str | None = None
-    message_id: str | None = None
-    parked_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
-    deferred: bool = False
-    """Set once Service Bus has deferred the message; only then can it be fetched back."""
-
-    @property
-    def id(self) -> str:
-        return f"{self.topic}/{self.subscription}#{self.sequence_number}"
+SYSTEMIC = "SystemicFailure"
+OVER_BUDGET = "OverBudget"
 
 
 async def park(store: Store, parked: ParkedMessage) -> None:
-    document: dict[str, Any] = parked.model_dump()
-    await store.database[COLLECTION].update_one(
-        {"_id": parked.id}, {"$setOnInsert": document}, upsert=True
-    )
+    await store.park(parked)
 
 
 async def mark_deferred(store: Store, parked: ParkedMessage) -> None:
-    await store.database[COLLECTION].update_one({"_id": parked.id}, {"$set": {"deferred": True}})
-
-
-# A record whose deferral was never confirmed (the worker died in between) is looked at
-# after this long; by then the deferral either happened or never will.
-UNCONFIRMED_AFTER = timedelta(minutes=5)
+    await store.mark_parked_deferred(parked)
 
 
 async def parked_messages(
     store: Store, topic: str, subscription: str, *, reason: str | None = None, limit: int = 100
 ) -> list[ParkedMessage]:
     """Parked messages that can be fetched back: deferred, or unconfirmed for a while."""
-    stale = datetime.now(UTC) - UNCONFIRMED_AFTER
-    query: dict[str, Any] = {
-        "topic": topic,
-        "subscription": subscription,
-        "$or": [{"deferred": True}, {"parked_at": {"$lt": stale}}],
-    }
-    if reason is not None:
-        query["reason"] = reason
-    cursor = store.database[COLLECTION].find(query).sort("sequence_number", 1).limit(limit)
-    return [ParkedMessage.model_validate(doc) async for doc in cursor]
+    return await store.parked(
+        topic=topic, subscription=subscription, reason=reason, fetchable=True, limit=limit
+    )
 
 
 async def unpark(store: Store, parked: ParkedMessage) -> None:
-    await store.database[COLLECTION].delete_one({"_id": parked.id})
+    await store.unpark(parked)
 
 
 async def count_parked(store: Store, *, batch_id: str | None = None) -> int:
-    query: dict[str, Any] = {} if batch_id is None else {"batch_id": batch_id}
-    return int(await store.database[COLLECTION].count_documents(query))
+    return await store.count_parked(batch_id=batch_id)
+
+
+def may_resume(
+    parked: ParkedMessage, *, llm_works: bool | None, over_budget: bool | None = None
+) -> bool:
+    """Whether a worker should fetch ``parked`` back now (no I/O; the caller asks around):
+
+        resume requested by an operator  -> yes
+        SystemicFailure                  -> once the LLM endpoint works (``llm_works``)
+        OverBudget                       -> once its batch is no longer over budget
+        anything else (given back, ...)  -> yes: nothing to wait for
+
+    ``llm_works`` None: not known (not asked yet); ``over_budget`` None: no batch record.
+    """
+    if parked.resume_requested_at is not None:
+        return True
+    if parked.reason == SYSTEMIC:
+        return bool(llm_works)
+    if parked.reason == OVER_BUDGET:
+        return not over_budget
+    return True

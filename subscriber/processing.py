@@ -31,6 +31,7 @@ from docbus.envelope import Envelope, InvalidEnvelope
 from docbus.records import DeadLetterRecord
 from docbus.store import Store, StoreError
 from handlers.context import Context
+from handlers.decorator import HandlerTimeout
 from handlers.discovery import RegisteredHandler
 from handlers.document import resolve_document
 from handlers.errors import HandlerOutcome
@@ -71,8 +72,11 @@ class Processor:
         llm: Any = None,
         stopping: asyncio.Event | None = None,
         rng: random.Random | None = None,
+        handler_timeout: float | None = None,
     ) -> None:
         self.store = store
+        self.handler_timeout = handler_timeout
+        """Seconds an attempt may take when its handler sets no ``timeout``; None: no limit."""
         self.backoff = backoff
         self.max_attempts = max_attempts
         self.llm = llm
@@ -131,6 +135,8 @@ class Processor:
             self._running[running] += 1
             if checkpoints is not None and self._running[running] > 1:
                 checkpoints = None  # read before a delivery of the same document began: stale
+            if attempt > 1 and await self._done_before(registered, envelope):
+                raise _AlreadyDone
             document = await resolve_document(envelope, self.store)
             ctx = Context(
                 envelope,
@@ -143,7 +149,7 @@ class Processor:
             if self.llm is not None:
                 ctx.llm = self.llm.bind(ctx)
             try:
-                returned = await registered.fn(document, ctx)
+                returned = await self._call(registered, document, ctx)
                 output = serialize_output(returned, declared_output(registered.fn))
             finally:
                 if ctx.checkpoint_cache is not None:
@@ -164,6 +170,8 @@ class Processor:
             )
             decision: Decision = COMPLETE
             error: BaseException | None = None
+        except _AlreadyDone:
+            decision, error = COMPLETE, None
         except asyncio.CancelledError:
             # Shutdown past its grace period: give the message back for another worker, then
             # see the writes already sent acknowledged.
@@ -241,13 +249,17 @@ class Processor:
     ) -> Action:
         try:
             if decision.action is Action.COMPLETE:
-                await receiver.complete_message(message)
+                await self._complete(registered, receiver, message, envelope, attempt)
             elif decision.action is Action.RETRY:
                 await self._note_retry(registered, envelope, attempt, decision)
                 if not is_deferred(message):  # a resumed parked one waits in its park instead
                     await self._hold(decision.delay)
                 await self.give_back(registered, receiver, message, envelope, decision)
             elif decision.action is Action.DEAD_LETTER:
+                if await self._done_before(registered, envelope):
+                    return await self._settle(
+                        registered, receiver, message, COMPLETE, None, envelope, attempt, step
+                    )
                 record = self._dead_letter_record(
                     registered, message, decision, error, envelope, attempt, step
                 )
@@ -293,6 +305,81 @@ class Processor:
             )
             return Action.RETRY  # it comes back: its next delivery is the one that counts
         return decision.action
+
+    async def _call(self, registered: RegisteredHandler, document: Any, ctx: Context) -> Any:
+        """The handler's output, or :class:`HandlerTimeout` once it has run past its timeout."""
+        seconds = registered.spec.timeout or self.handler_timeout
+        if seconds is None:
+            return await registered.fn(document, ctx)
+        deadline = asyncio.timeout(seconds)
+        try:
+            async with deadline:
+                return await registered.fn(document, ctx)
+        except TimeoutError as exc:
+            if not deadline.expired():
+                raise  # the handler's own TimeoutError (an I/O timeout of its own)
+            # (the cancellation that stopped it says in which step: handlers.steps marks it)
+            step = getattr(exc.__context__, "step", None)
+            raise HandlerTimeout(registered.spec.name, seconds, step) from None
+
+    # --- done or dead, never both -------------------------------------------------------
+    async def _done_before(self, registered: RegisteredHandler, envelope: Envelope | None) -> bool:
+        """Whether another delivery of this message stored its result already (its lock was
+        lost, or this is a parallel delivery): then this one completes, it neither runs the
+        handler again nor dead-letters a document that is done."""
+        if envelope is None:
+            return False
+        try:
+            done = await self.store.has_result(registered.spec.name, envelope.message_id)
+        except StoreError as exc:
+            logger.warning("cannot tell whether %s is done: %s", envelope.doc_id, exc)
+            return False
+        if done:
+            logger.info(
+                "%s %s/%s: a result is stored already (an earlier delivery lost its lock): "
+                "completing", registered.spec.name, envelope.batch_id, envelope.doc_id,
+            )  # fmt: skip
+        return done
+
+    async def _complete(
+        self,
+        registered: RegisteredHandler,
+        receiver: ServiceBusReceiver,
+        message: ServiceBusReceivedMessage,
+        envelope: Envelope | None,
+        attempt: int,
+    ) -> None:
+        """Complete a message whose result is stored. A dead letter of the same message — a
+        delivery before this one (or beside it, once this one's lock is lost) that gave up —
+        is resolved by that result: only a redelivery, or a lost lock, can have one."""
+        try:
+            await receiver.complete_message(message)
+        except Exception:  # (settled below as any failed settlement: see settlement_lost)
+            await self._resolve_dead_letters(registered, envelope)
+            raise
+        if attempt > 1:
+            await self._resolve_dead_letters(registered, envelope)
+
+    async def _resolve_dead_letters(
+        self, registered: RegisteredHandler, envelope: Envelope | None
+    ) -> None:
+        if envelope is None:
+            return
+        try:
+            resolved = await self.store.resolve_dead_letters(
+                handler=registered.spec.name,
+                batch_id=envelope.batch_id,
+                doc_id=envelope.doc_id,
+                generation=envelope.generation,
+            )
+        except StoreError as exc:  # status counts by result already; the record says less
+            logger.warning("could not resolve dead letters of %s: %s", envelope.doc_id, exc)
+            return
+        if resolved:
+            logger.info(
+                "%s %s/%s: %d dead letter(s) resolved by its result",
+                registered.spec.name, envelope.batch_id, envelope.doc_id, resolved,
+            )  # fmt: skip
 
     async def _note_retry(
         self,
@@ -385,6 +472,7 @@ class Processor:
             batch_id=envelope.batch_id if envelope else None,
             doc_id=envelope.doc_id if envelope else None,
             message_id=str(message.message_id),
+            handler=spec.name,
             deferred=deferred,
         )
 
@@ -428,6 +516,10 @@ class Processor:
             step=step,
             delivery_count=attempt,
         )
+
+
+class _AlreadyDone(Exception):
+    """An earlier delivery of the message stored its result: complete it, nothing more."""
 
 
 def settlement_lost(exc: BaseException) -> str | None:

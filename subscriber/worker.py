@@ -8,10 +8,16 @@ than after a round trip to the broker (by default only with lock renewal on: a w
 lock is renewed from the moment it arrives, :class:`~subscriber.locks.LockRenewer`). ``stop()``
 gives back the ones still waiting at once. A circuit breaker pauses every
 receiver when the LLM endpoint fails systemically and probes until it recovers; parked messages
-(:mod:`subscriber.parking`) are resumed once their cause clears. ``stop()`` (SIGINT/SIGTERM in
-the CLI) stops receiving, lets in-flight handlers finish within the grace period and abandons
-the rest; ``until_idle`` drains and exits, for batch jobs and tests. Neighbours:
-:mod:`subscriber.processing` (one delivery), :mod:`subscriber.cli` (``docbus worker``).
+(:mod:`subscriber.parking`) are resumed once their cause clears — as soon as a receiver opens,
+then every ``resume_interval`` — and :attr:`WorkerReport.parked` says what is left parked when
+the worker exits. ``stop()`` (SIGINT/SIGTERM in the CLI) stops receiving, lets in-flight
+handlers finish within the grace period and abandons the rest; ``until_idle`` drains and exits,
+for batch jobs and tests: idle means nothing arrived for that long, nothing is in flight and
+nothing parked is resumable — or the LLM endpoint still fails after one last probe, rather than
+probing for ever. A :class:`~subscriber.watchdog.LoopWatchdog` says when a handler blocks the
+event loop; audit rows and checkpoints an outage of the store held back are drained before exit
+(:mod:`handlers.writes`). Neighbours: :mod:`subscriber.processing` (one delivery),
+:mod:`subscriber.cli` (``docbus worker``).
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from types import CodeType
 from typing import Any, cast
 
 from azure.servicebus import NEXT_AVAILABLE_SESSION, ServiceBusReceivedMessage
@@ -37,15 +44,24 @@ from azure.servicebus.exceptions import (
 
 from docbus.servicebus import MessagingError
 from docbus.settings import WorkerSettings
-from docbus.store import Store, StoreError
+from docbus.store import ParkedGroup, Store, StoreError
 from docbus.topology import Topology, TopologyError
 from handlers.discovery import RegisteredHandler
+from handlers.writes import drain_backlog
 from subscriber.backoff import BackoffPolicy
 from subscriber.locks import LockRenewer
-from subscriber.parking import ParkedMessage, parked_messages, unpark
+from subscriber.parking import (
+    OVER_BUDGET,
+    SYSTEMIC,
+    ParkedMessage,
+    may_resume,
+    parked_messages,
+    unpark,
+)
 from subscriber.processing import Outcome, Processor, settle_unused
 from subscriber.settlement import Action
 from subscriber.turns import TakingTurns
+from subscriber.watchdog import LoopWatchdog
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +105,9 @@ class WorkerOptions:
     max_messages: int | None = None
     """Exit after settling this many messages."""
     shutdown_grace: float = 30.0
+    handler_timeout: float | None = 600.0
+    """Seconds one attempt of a handler may take (its ``@handler(timeout=...)`` wins); past it
+    the attempt is cancelled and counts as a transient failure. None: no limit."""
     lock_renewal: bool = True
     max_lock_renewal: float = 3600.0
     backoff: BackoffPolicy = field(default_factory=BackoffPolicy)
@@ -104,6 +123,10 @@ class WorkerOptions:
     dlq_capture_interval: float | None = 60.0
     """How often the subscriptions' dead-letter queues are drained into Mongo (also once at
     start and before an idle exit); None leaves broker-side dead letters on the broker."""
+    blocked_loop_warning: float | None = None
+    """Seconds the event loop may stand still (a handler blocking it) before the worker warns,
+    naming the handler and the line (:mod:`subscriber.watchdog`). None: a third of the
+    shortest lock duration of its subscriptions, between 0.5 and 5 s; 0: never warn."""
 
     @classmethod
     def from_settings(cls, worker: WorkerSettings, **overrides: Any) -> WorkerOptions:
@@ -112,6 +135,7 @@ class WorkerOptions:
             "receive_ahead": worker.receive_ahead,
             "prefetch": worker.prefetch,
             "shutdown_grace": worker.shutdown_grace,
+            "handler_timeout": worker.handler_timeout,
             "lock_renewal": worker.lock_renewal,
             "max_lock_renewal": worker.max_lock_renewal_duration,
             "backoff": BackoffPolicy(
@@ -144,6 +168,9 @@ class WorkerReport:
     outcomes: Counter[tuple[str, str]] = field(default_factory=Counter)
     reasons: Counter[tuple[str, str]] = field(default_factory=Counter)
     seconds: float = 0.0
+    parked: list[ParkedGroup] = field(default_factory=list)
+    """What is left parked on the worker's subscriptions as it exits, per handler and reason
+    (with the latest description of why): messages a batch job has not finished."""
 
     def add(self, outcome: Outcome) -> None:
         self.outcomes[(outcome.handler, outcome.action.value)] += 1
@@ -160,6 +187,11 @@ class WorkerReport:
     @property
     def settled(self) -> int:
         return sum(self.outcomes.values())
+
+    @property
+    def left_parked(self) -> int:
+        """How many messages are left parked (see :attr:`parked`)."""
+        return sum(group.count for group in self.parked)
 
 
 class Worker:
@@ -209,6 +241,7 @@ class Worker:
         self._receivers: dict[str, ServiceBusReceiver] = {}
         self._handler_tasks: dict[str, set[asyncio.Task[None]]] = {}
         self._resume_lock = asyncio.Lock()
+        self._llm_works: bool | None = None  # None: not known yet (no probe, no failure)
         self._exit_capture: asyncio.Task[None] | None = None
         self._processor = Processor(
             store,
@@ -216,6 +249,7 @@ class Worker:
             max_attempts=self.max_delivery_count,
             llm=llm,
             stopping=self._stopping,
+            handler_timeout=self.options.handler_timeout,
         )
 
     def _check_ordering(self) -> None:
@@ -264,11 +298,36 @@ class Worker:
                 pass
         return self.options.default_max_delivery_count
 
+    def blocked_loop_threshold(self) -> float | None:
+        """Seconds of a stalled event loop worth a warning (see ``blocked_loop_warning``)."""
+        if self.options.blocked_loop_warning is not None:
+            return self.options.blocked_loop_warning or None
+        locks = [60.0]  # Service Bus's default lock duration
+        if self.topology is not None:
+            from docbus.emulator.config import ConfigError, parse_duration
+
+            for registered in self.handlers:
+                spec = registered.spec
+                with contextlib.suppress(TopologyError, ConfigError):
+                    sub = self.topology.topic(spec.topic).subscription(spec.subscription)
+                    locks.append(parse_duration(sub.lock_duration))
+        return max(0.5, min(5.0, min(locks) / 3))
+
     async def run(self) -> WorkerReport:
         started = time.monotonic()
         self._last_activity = started
         if self.options.lock_renewal:
             self._renewer = LockRenewer(self.options.max_lock_renewal)
+        threshold = self.blocked_loop_threshold()
+        watchdog = None
+        if threshold is not None:
+            codes = {
+                code: h.spec.name
+                for h in self.handlers
+                if isinstance(code := getattr(h.fn, "__code__", None), CodeType)
+            }
+            watchdog = LoopWatchdog(threshold, codes)
+            watchdog.start()
         loops = []
         for registered in self.handlers:
             if registered.spec.ordered_by:
@@ -296,6 +355,11 @@ class Worker:
             await asyncio.gather(*helpers, *loops, return_exceptions=True)
             if self._renewer is not None:
                 await self._renewer.close()
+            if watchdog is not None:
+                watchdog.stop()
+            # audit rows and checkpoints an outage refused: stored now, as far as possible
+            await drain_backlog(self.store, within=self.options.shutdown_grace)
+            self.report.parked = await self._left_parked()
             self.report.seconds = time.monotonic() - started
         return self.report
 
@@ -312,6 +376,8 @@ class Worker:
             self._receivers[spec.name] = receiver
             mine = self._handler_tasks.setdefault(spec.name, set())
             try:
+                # parked messages whose cause has cleared go first, not a resume round later
+                await self._resume_parked(registered)
                 while not self._stopping.is_set():
                     await self._wait_for_circuit()
                     if self._stopping.is_set():
@@ -457,7 +523,8 @@ class Worker:
             self._renewer.register(receiver, message)
         checkpoints = self._processor.read_ahead(registered, message)
         task = asyncio.create_task(
-            self._run_one(registered, receiver, message, checkpoints, parked)
+            self._run_one(registered, receiver, message, checkpoints, parked),
+            name=f"message {message.message_id}",  # named in a blocked-loop warning
         )
         self._in_flight.add(task)
         task.add_done_callback(self._in_flight.discard)
@@ -573,6 +640,9 @@ class Worker:
             )
             for task in pending:
                 task.cancel()
+            _, stuck = await asyncio.wait(pending, timeout=self.options.shutdown_grace)
+            if stuck:  # waiting for writes MongoDB keeps refusing: give those up
+                await drain_backlog(self.store, within=0)
             await asyncio.gather(*pending, return_exceptions=True)
 
     async def _pause_for(self, seconds: float) -> None:
@@ -585,12 +655,29 @@ class Worker:
             return
         while not self._stopping.is_set():
             quiet = time.monotonic() - self._last_activity
-            if quiet >= idle and not self._in_flight and not self.paused:
+            if quiet >= idle and not self._in_flight and await self._idle_now():
                 logger.info("worker idle for %.1fs: draining and exiting", quiet)
                 self.stop()
                 self._start_exit_capture()
                 return
             await self._pause_for(min(0.2, idle))
+
+    async def _idle_now(self) -> bool:
+        """Nothing has arrived for the idle time and nothing is in flight: is there anything
+        left to do? Parked messages whose cause has cleared are (they are resumed now); so is
+        a paused circuit that one more probe finds closed. A circuit still open is not: a
+        batch job ends, and its report lists what it left parked, rather than probe forever."""
+        if self.paused:
+            if not await self._probe_once():
+                logger.warning(
+                    "LLM endpoint still failing after %.0fs without work: stopping; parked "
+                    "messages stay parked (docbus parked list) and resume when a worker finds "
+                    "the endpoint working",
+                    self.options.until_idle or 0,
+                )
+                return True
+            self._close_circuit()
+        return await self._resume_parked() == 0 and not self._in_flight
 
     # --- broker-side dead letters -----------------------------------------------------------
     def _start_exit_capture(self) -> None:
@@ -639,6 +726,7 @@ class Worker:
 
     # --- circuit breaker ------------------------------------------------------------------
     def _open_circuit(self) -> None:
+        self._llm_works = False
         if self.llm is None:
             # Nothing to probe: handlers need an LLM this worker was not given. Stop rather
             # than spin; the parked messages resume under a worker that has one.
@@ -658,6 +746,11 @@ class Worker:
             self._circuit_closed.clear()
             asyncio.get_running_loop().create_task(self._probe_until_recovered())
 
+    def _close_circuit(self) -> None:
+        if not self._circuit_closed.is_set():
+            logger.warning("LLM endpoint works again: resuming consumption")
+        self._circuit_closed.set()
+
     async def _wait_for_circuit(self) -> None:
         if self._circuit_closed.is_set():
             return
@@ -667,56 +760,97 @@ class Worker:
         waiter.cancel()
         stop.cancel()
 
+    async def _probe_once(self) -> bool:
+        """Ask the LLM endpoint whether it serves us (:meth:`handlers.llm.LLMClient.probe`)."""
+        if self.llm is None:
+            return False
+        try:
+            await self.llm.probe()  # raises while the systemic cause persists
+        except Exception as exc:
+            logger.warning("LLM endpoint still failing: %s", exc)
+            self._llm_works = False
+            return False
+        self._llm_works = True
+        return True
+
     async def _probe_until_recovered(self) -> None:
         while not self._stopping.is_set():
             await self._pause_for(self.options.probe_interval)
-            if self._stopping.is_set():
-                return
-            try:
-                if self.llm is not None:
-                    await self.llm.probe()  # raises while the systemic cause persists
-                ok = True
-            except Exception as exc:
-                logger.warning("LLM endpoint still failing: %s", exc)
-                ok = False
-            if ok:
-                logger.warning("LLM endpoint works again: resuming consumption")
-                self._circuit_closed.set()
-                await self._resume_parked("SystemicFailure")
+            if self._stopping.is_set() or not self.paused:
+                return  # (an idle check found it working first)
+            if await self._probe_once():
+                self._close_circuit()
+                await self._resume_parked()
                 return
 
     # --- parked messages ------------------------------------------------------------------
     async def _resume_loop(self) -> None:
         while not self._stopping.is_set():
-            await self._resume_parked("OverBudget")
-            if self.paused is False:
-                await self._resume_parked("SystemicFailure")
             await self._pause_for(self.options.resume_interval)
+            await self._resume_parked()
 
-    async def _resume_parked(self, reason: str) -> None:
+    async def _resume_parked(self, only: RegisteredHandler | None = None) -> int:
+        """Fetch back and start the parked messages of this worker's subscriptions (or of
+        ``only``'s) that :func:`~subscriber.parking.may_resume`; returns how many started."""
         # One resumer at a time: the probe and the periodic loop must not fetch the same
         # deferred messages twice (the second fetch finds them locked).
         async with self._resume_lock:
-            await self._resume_parked_now(reason)
+            started = 0
+            for registered in self.handlers if only is None else [only]:
+                spec = registered.spec
+                receiver = self._receivers.get(spec.name)
+                if receiver is None or self._stopping.is_set():
+                    continue
+                try:
+                    parked = await parked_messages(self.store, spec.topic, spec.subscription)
+                    ready = await self._ready_to_resume(parked)
+                except StoreError as exc:
+                    logger.warning("cannot read parked messages: %s", exc)
+                    return started
+                if ready:
+                    started += await self._resume(registered, receiver, ready)
+            return started
 
-    async def _resume_parked_now(self, reason: str) -> None:
-        for registered in self.handlers:
-            spec = registered.spec
-            receiver = self._receivers.get(spec.name)
-            if receiver is None:
-                continue
+    async def _ready_to_resume(self, parked: list[ParkedMessage]) -> list[ParkedMessage]:
+        candidates = [p for p in parked if p.id not in self._resumed_waiting]
+        over_budget: dict[str, bool] = {}
+        for batch_id in {p.batch_id for p in candidates if p.reason == OVER_BUDGET}:
+            if batch_id is not None:
+                batch = await self.store.get_batch(batch_id)
+                over_budget[batch_id] = batch is not None and batch.over_budget
+        llm_works: bool | None = False if self.paused else self._llm_works
+        if self.llm is None:
+            # Nothing to ask: try them (a handler that needs an LLM parks them again and
+            # stops this worker, see _open_circuit).
+            llm_works = not self.paused
+        elif llm_works is None and any(
+            p.reason == SYSTEMIC and p.resume_requested_at is None for p in candidates
+        ):
+            llm_works = await self._probe_once()  # a new worker: does the key work now?
+            if not llm_works:
+                self._open_circuit()
+        return [
+            p
+            for p in candidates
+            if may_resume(p, llm_works=llm_works, over_budget=over_budget.get(p.batch_id or ""))
+        ]
+
+    async def _left_parked(self) -> list[ParkedGroup]:
+        groups: list[ParkedGroup] = []
+        for topic, subscription in dict.fromkeys(
+            (h.spec.topic, h.spec.subscription) for h in self.handlers if not h.spec.ordered_by
+        ):
             try:
-                parked = await parked_messages(
-                    self.store, spec.topic, spec.subscription, reason=reason
-                )
-            except Exception as exc:
-                logger.warning("cannot read parked messages: %s", exc)
-                return
-            ready = [
-                p for p in parked if p.id not in self._resumed_waiting and await self._may_resume(p)
-            ]
-            if ready:
-                await self._resume(registered, receiver, ready)
+                groups += await self.store.parked_groups(topic=topic, subscription=subscription)
+            except StoreError as exc:
+                logger.warning("cannot tell what is left parked on %s: %s", subscription, exc)
+        for group in groups:
+            logger.warning(
+                "left parked: %d message(s) of %s (%s/%s), %s: %s",
+                group.count, group.handler or "?", group.topic, group.subscription,
+                group.reason, group.description,
+            )  # fmt: skip
+        return groups
 
     async def _unpark(self, parked: ParkedMessage) -> None:
         try:
@@ -724,20 +858,12 @@ class Worker:
         except StoreError as exc:  # the record outlives the message: the next round drops it
             logger.warning("could not remove the parked record %s: %s", parked.id, exc)
 
-    async def _may_resume(self, parked: ParkedMessage) -> bool:
-        if parked.reason == "SystemicFailure":
-            return not self.paused
-        if parked.reason == "OverBudget" and parked.batch_id is not None:
-            batch = await self.store.get_batch(parked.batch_id)
-            return batch is None or not getattr(batch, "over_budget", False)
-        return True
-
     async def _resume(
         self,
         registered: RegisteredHandler,
         receiver: ServiceBusReceiver,
         parked: list[ParkedMessage],
-    ) -> None:
+    ) -> int:
         numbers = [p.sequence_number for p in parked]
         try:
             messages = await receiver.receive_deferred_messages(numbers)
@@ -755,13 +881,22 @@ class Worker:
         if self._renewer is not None:
             for fetched in messages:  # their locks tick while they wait for a credit below
                 self._renewer.register(receiver, fetched)
-        logger.info("resuming %d parked messages of %s", len(by_number), registered.spec.name)
+        if by_number:
+            logger.info("resuming %d parked messages of %s", len(by_number), registered.spec.name)
+        started = 0
         for p in parked:
-            message = by_number.get(p.sequence_number)
+            message = by_number.pop(p.sequence_number, None)
             if message is None:
                 continue  # not fetched this time: the record stays for the next round
-            await self._credits.acquire()
+            if await self._take_credits(most=1) == 0:  # stopping: back to their park
+                for unstarted in [message, *by_number.values()]:
+                    if self._renewer is not None:
+                        self._renewer.release(unstarted)
+                    await self._processor.give_back(registered, receiver, unstarted)
+                break
             self._last_activity = time.monotonic()
-            mine = self._handler_tasks[registered.spec.name]
+            mine = self._handler_tasks.setdefault(registered.spec.name, set())
             self._resumed_waiting.add(p.id)
             self._start(registered, receiver, message, mine, parked=p)
+            started += 1
+        return started

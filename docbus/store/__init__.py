@@ -4,8 +4,9 @@
 published batch), ``documents`` (each published document's input, so a batch can be replayed
 without its source files), ``payloads`` (claim-checked content), ``results`` (versioned handler
 outputs), ``dead_letters`` (the Mongo copy of every dead letter), ``checkpoints`` (step outputs)
-and ``llm_calls`` (audit rows, insert only); ``generations`` (each document's last replay
-generation), ``replays`` and ``rollbacks`` (one audit record per run) serve the replay tooling.
+and ``llm_calls`` (audit rows, insert only), ``parked`` (deferred messages); ``generations``
+(each document's last replay generation), ``replays`` and ``rollbacks`` (one audit record per
+run) serve the replay tooling.
 The shapes it returns are in :mod:`docbus.records`; the message contract it stores is
 :mod:`docbus.envelope`. pymongo errors are translated in one place (:func:`_translated`) into
 :class:`StoreError`.
@@ -32,12 +33,15 @@ from docbus.store._documents import MAX_PAYLOAD_BYTES
 from docbus.store._errors import PayloadError, StoreError, StoreUnavailable
 from docbus.store._errors import _translated as _translated
 from docbus.store._group import Patience, hurry_writes, patiently
+from docbus.store._parked import ParkedGroup, ParkedMessage
 from docbus.store._results import _ranked_below as _ranked_below
 from docbus.store._store import Store
 
 __all__ = [
     "MAX_PAYLOAD_BYTES",
     "Checkpoint",
+    "ParkedGroup",
+    "ParkedMessage",
     "Patience",
     "PayloadError",
     "Store",
@@ -49,6 +53,8 @@ __all__ = [
 
 # Public names report the module they are imported from, as before the split (reprs, pickles).
 Checkpoint.__module__ = __name__
+ParkedGroup.__module__ = __name__
+ParkedMessage.__module__ = __name__
 PayloadError.__module__ = __name__
 Store.__module__ = __name__
 StoreError.__module__ = __name__

@@ -159,6 +159,16 @@ class StoreBase:
                     [("doc_id", ASCENDING), ("handler", ASCENDING), ("handler_version", ASCENDING)]
                 ),
             ],
+            "parked": [
+                IndexModel(
+                    [
+                        ("topic", ASCENDING),
+                        ("subscription", ASCENDING),
+                        ("sequence_number", ASCENDING),
+                    ]
+                ),
+                IndexModel([("batch_id", ASCENDING)]),
+            ],
             "llm_calls": [
                 IndexModel([("batch_id", ASCENDING), ("step", ASCENDING)]),
                 IndexModel([("batch_id", ASCENDING), ("doc_id", ASCENDING)]),

@@ -25,14 +25,50 @@ class DeadLettersMixin(StoreBase):
     async def record_dead_letter(self, record: DeadLetterRecord) -> bool:
         """Keep the Mongo copy of a dead letter; once per (message, subscription).
 
-        Returns True if this call created the record.
+        Returns True if this call created the record. If its handler already has a result for
+        the same message, the record is marked resolved (``resolved_at``): a delivery whose
+        lock was lost finished after all, and the document is done, not dead. The record is
+        written before the result is looked for, and :meth:`resolve_dead_letters` runs after
+        a result is written, so whichever of the two comes second sees the other.
         """
         fields = record.model_dump(mode="python")
         with _translated(f"record dead letter {record.id}"):
             outcome = await self._c("dead_letters").update_one(
                 {"_id": record.id}, {"$setOnInsert": fields}, upsert=True
             )
+            if record.handler is not None and record.batch_id is not None:
+                done = await self._c("results").find_one(
+                    {
+                        "doc_id": record.doc_id,
+                        "handler": record.handler,
+                        "batch_id": record.batch_id,
+                        "generation": record.generation or 0,
+                    },
+                    {"_id": 1},
+                )
+                if done is not None:
+                    await self._c("dead_letters").update_one(
+                        {"_id": record.id, "resolved_at": None}, {"$set": {"resolved_at": _now()}}
+                    )
         return outcome.upserted_id is not None
+
+    async def resolve_dead_letters(
+        self, *, handler: str, batch_id: str, doc_id: str, generation: int = 0
+    ) -> int:
+        """Mark resolved the unresolved dead letters of ``handler`` for one message (batch,
+        document, generation), now that a result for it is stored; returns how many."""
+        with _translated(f"resolve dead letters of {batch_id}/{doc_id}"):
+            outcome = await self._c("dead_letters").update_many(
+                {
+                    "batch_id": batch_id,
+                    "handler": handler,
+                    "doc_id": doc_id,
+                    "generation": generation,
+                    "resolved_at": None,
+                },
+                {"$set": {"resolved_at": _now()}},
+            )
+        return outcome.modified_count
 
     async def dead_letters(
         self,
@@ -48,13 +84,15 @@ class DeadLettersMixin(StoreBase):
         since: datetime | None = None,
         until: datetime | None = None,
         only_replayed: bool = False,
+        include_resolved: bool = False,
     ) -> list[DeadLetterRecord]:
         """Dead letters matching every filter given, oldest first (``limit`` 0: all).
 
         ``since``/``until`` bound ``dead_lettered_at`` (inclusive, exclusive);
         ``include_replayed=False`` keeps those never replayed, ``only_replayed`` the others.
+        Resolved ones (their message got a result after all) only with ``include_resolved``.
         """
-        query: dict[str, Any] = {}
+        query: dict[str, Any] = {} if include_resolved else {"resolved_at": None}
         for field, value in (
             ("batch_id", batch_id),
             ("handler", handler),

@@ -108,6 +108,12 @@ class ResultsMixin(StoreBase):
             raise StoreError(f"write result {key}: record vanished")
         return ResultWrite(_result(stored), created)
 
+    async def has_result(self, handler: str, message_id: str) -> bool:
+        """Whether a delivery of ``message_id`` stored a result for ``handler`` already."""
+        key = f"{handler}@{message_id}"
+        with _translated(f"read result {key}"):
+            return await self._c("results").find_one({"_id": key}, {"_id": 1}) is not None
+
     async def _converge(self, doc_id: str, handler: str) -> None:
         """Make the top (generation, version) current and every other version not current."""
         results = self._c("results")

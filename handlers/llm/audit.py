@@ -17,12 +17,14 @@ from collections.abc import Coroutine, Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
 import openai
+from bson import ObjectId
 from pydantic import ValidationError
 
 from docbus.records import LLMCallRecord, SpendCategory
-from docbus.store import Store
+from docbus.store import Store, StoreError
 from handlers.llm.schema import describe_errors
 from handlers.steps import current_step
+from handlers.writes import durably, is_duplicate
 
 if TYPE_CHECKING:
     from handlers.context import Context
@@ -95,19 +97,43 @@ def audit_row(
 
 
 async def write_audit(store: Store | None, row: LLMCallRecord) -> None:
-    """Insert ``row`` and add its usage to its batch's totals (nothing without a store)."""
+    """Insert ``row`` and add its usage to its batch's totals (nothing without a store).
+
+    An outage delays both, it does not lose them (:func:`handlers.writes.durably`): the row
+    gets its id here, so a try whose outcome was unknown and a later one store it once. The
+    usage increment has no such guard: after a timeout that hid its success it is counted
+    twice (the rows stay the truth: ``docbus report`` sums them).
+    """
     if store is None:
         return
-    writes: list[Coroutine[Any, Any, object]] = [store.record_llm_call(row)]
+    document = {**row.model_dump(mode="python", exclude={"id"}), "_id": ObjectId()}
+    tried = False
+
+    async def insert() -> None:
+        nonlocal tried
+        try:
+            await store.record_llm_call(document)
+        except StoreError as exc:
+            if not (tried and is_duplicate(exc)):  # else: the unknown try was stored
+                raise
+        finally:
+            tried = True
+
+    writes: list[Coroutine[Any, Any, object]] = [durably(store, insert, "llm call audit row")]
     if row.batch_id is not None:
+        batch_id = row.batch_id
         writes.append(
-            store.add_batch_usage(
-                row.batch_id,
-                usd=row.cost_usd,
-                prompt_tokens=row.prompt_tokens,
-                completion_tokens=row.completion_tokens,
-                calls=1,
-                category=row.category,
+            durably(
+                store,
+                lambda: store.add_batch_usage(
+                    batch_id,
+                    usd=row.cost_usd,
+                    prompt_tokens=row.prompt_tokens,
+                    completion_tokens=row.completion_tokens,
+                    calls=1,
+                    category=row.category,
+                ),
+                "batch usage",
             )
         )
     await asyncio.gather(*writes)

@@ -12,7 +12,13 @@ from docbus.llm_server import LLMServer
 from docbus.store import Store, StoreUnavailable
 from docbus.store._group import GroupWriter
 from handlers import Retry
-from handlers.writes import PendingWrites
+from handlers.writes import (
+    PendingWrites,
+    WriteCancelled,
+    backlog_of,
+    drain_backlog,
+    durably,
+)
 from tests.handlers.llm_support import INVOICE_TEXT, Invoice, Summary, make_client, make_ctx
 
 
@@ -65,7 +71,7 @@ async def test_the_handler_goes_on_while_its_audit_rows_and_checkpoints_are_ackn
     assert batch is None or batch.cost.calls == 2  # no batch record: no totals kept
 
 
-async def test_a_failed_audit_write_fails_the_flush_and_stores_no_checkpoint(
+async def test_an_audit_write_refused_by_an_outage_is_held_until_stored_then_its_checkpoint(
     llm_server: LLMServer, store: Store
 ) -> None:
     audit = gate(store, "llm_calls")
@@ -74,10 +80,58 @@ async def test_a_failed_audit_write_fails_the_flush_and_stores_no_checkpoint(
     async with make_client(llm_server, store) as client:
         ctx = make_ctx(store, llm=client, write_behind=True)
         await ctx.step("invoice", ctx.llm.extract, Invoice, INVOICE_TEXT)
-        with pytest.raises(StoreUnavailable, match="record llm call"):
-            await ctx.writes.flush()
-    # the step runs again on the next delivery, and its call is audited then
-    assert await store.database["checkpoints"].count_documents({}) == 0
+        flushing = asyncio.ensure_future(ctx.writes.flush())
+        await asyncio.sleep(0.6)  # a few tries, all refused: the flush waits, it does not fail
+        assert not flushing.done() and len(backlog_of(store)) >= 1
+        assert await store.database["checkpoints"].count_documents({}) == 0  # not before it
+        audit.failure = None  # the outage ends
+        await asyncio.wait_for(flushing, 10)
+    assert await store.database["llm_calls"].count_documents({}) == 1
+    assert await store.database["checkpoints"].count_documents({}) == 1
+    assert len(backlog_of(store)) == 0
+
+
+async def test_an_audit_row_whose_first_try_was_stored_unbeknown_is_stored_once(
+    llm_server: LLMServer, store: Store
+) -> None:
+    class StoredThenTimedOut(Gate):
+        async def bulk_write(self, ops: list[Any], ordered: bool = True) -> Any:
+            if self.failure is None:
+                return await self.collection.bulk_write(ops, ordered=ordered)
+            await self.collection.bulk_write(ops, ordered=ordered)
+            failure, self.failure = self.failure, None
+            raise failure  # written, but the answer was lost
+
+    audit = StoredThenTimedOut(store.database["llm_calls"])
+    audit.failure = AutoReconnect("timed out")
+    store._writers["llm_calls"] = GroupWriter(lambda: audit, "llm_calls")  # type: ignore[arg-type,return-value]
+    async with make_client(llm_server, store) as client:
+        ctx = make_ctx(store, llm=client, write_behind=True)
+        await ctx.step("invoice", ctx.llm.extract, Invoice, INVOICE_TEXT)
+        await asyncio.wait_for(ctx.writes.flush(), 10)
+    assert await store.database["llm_calls"].count_documents({}) == 1
+
+
+async def test_a_redelivery_reuses_a_step_whose_checkpoint_is_still_held(
+    llm_server: LLMServer, store: Store
+) -> None:
+    checkpoints = gate(store, "checkpoints")
+    checkpoints.failure = AutoReconnect("primary stepped down")
+    checkpoints.open.set()
+    async with make_client(llm_server, store) as client:
+        first = make_ctx(store, llm=client, write_behind=True)
+        invoice = await first.step("invoice", first.llm.extract, Invoice, INVOICE_TEXT)
+        await asyncio.sleep(0.3)  # its checkpoint is refused, and held
+        again = make_ctx(store, llm=client, write_behind=True, attempt=2)
+        assert await again.step("invoice", again.llm.extract, Invoice, INVOICE_TEXT) == invoice
+        assert llm_server.stats()["requests"] == 1  # not run again
+        flushing = asyncio.ensure_future(again.writes.flush())
+        await asyncio.sleep(0.3)
+        assert not flushing.done()  # its result would wait for the held checkpoint too
+        checkpoints.failure = None
+        await asyncio.wait_for(flushing, 10)
+        await asyncio.wait_for(first.writes.flush(), 10)
+    assert await store.database["checkpoints"].count_documents({}) == 1
 
 
 async def test_a_concurrent_deliverys_checkpoint_is_adopted_in_line_and_retried_behind(
@@ -196,3 +250,23 @@ async def test_writes_behind_linger_for_company_but_a_blocking_flush_sends_them_
         await asyncio.wait_for(ctx.writes.flush(hurry=True), 10)
     assert await store.database["llm_calls"].count_documents({}) == 2
     assert await store.database["checkpoints"].count_documents({}) == 2
+
+
+async def test_what_an_outage_still_refuses_at_exit_is_given_up_after_the_grace(
+    store: Store,
+) -> None:
+    tries = 0
+
+    async def refused() -> None:
+        nonlocal tries
+        tries += 1
+        raise StoreUnavailable("MongoDB unavailable")
+
+    writes = PendingWrites(behind=True)
+    writes.start(durably(store, refused, "an audit row"))
+    await asyncio.sleep(0.5)
+    assert tries >= 2 and len(backlog_of(store)) == 1
+    assert await drain_backlog(store, within=0.2) == 1  # still refused: given up, said so
+    with pytest.raises(WriteCancelled):
+        await asyncio.wait_for(writes.flush(), 5)  # its waiter is not left hanging
+    assert len(backlog_of(store)) == 0

@@ -12,45 +12,24 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from azure.servicebus.aio import ServiceBusClient
-from pydantic import SecretStr
 
 from docbus.llm_server import Faults, LLMServer, LLMServerConfig
-from docbus.settings import LLMSettings
 from handlers import discover_handlers
 from handlers.llm import LLMClient
 from publisher import publish_documents
 from subscriber.backoff import BackoffPolicy
 from subscriber.worker import Worker, WorkerOptions, WorkerReport
 from tests.subscriber import llm_handlers
-from tests.subscriber.conftest import Stack
+from tests.subscriber.conftest import KEY, Stack
 
-KEY = "sk-test-key"
 FAST = BackoffPolicy(base=0.2, cap=1.0, jitter=0.0)
 TEXT = "Acme Metals reported a fire at its plant in Ostrava; Globex Logistics expects delays."
-
-
-@pytest.fixture
-def llm_server_config() -> LLMServerConfig:
-    return LLMServerConfig(api_key=KEY)
-
-
-@pytest.fixture
-async def llm(stack: Stack, llm_server: LLMServer) -> AsyncIterator[LLMClient]:
-    stack.settings = stack.settings.model_copy(
-        update={
-            "llm": LLMSettings(
-                api_key=SecretStr(KEY), base_url=llm_server.base_url, model="docbus-offline"
-            )
-        }
-    )
-    async with LLMClient.from_settings(stack.settings, stack.store) as client:
-        yield client
 
 
 async def publish(stack: Stack, count: int, **metadata: Any) -> None:

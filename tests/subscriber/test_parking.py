@@ -5,10 +5,11 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from docbus.store import Store
+from docbus.store._parked import UNCONFIRMED_AFTER
 from subscriber.parking import (
-    UNCONFIRMED_AFTER,
     ParkedMessage,
     mark_deferred,
+    may_resume,
     park,
     parked_messages,
     unpark,
@@ -44,3 +45,20 @@ async def test_parking_twice_keeps_one_record_and_filters_by_reason(store: Store
     await mark_deferred(store, parked(1))
     assert len(await parked_messages(store, "t", "s")) == 1
     assert await parked_messages(store, "t", "s", reason="SystemicFailure") == []
+
+
+def parked_for(reason: str, **fields: object) -> ParkedMessage:
+    fields.update(topic="t", subscription="s", sequence_number=1, reason=reason)
+    return ParkedMessage.model_validate(fields)
+
+
+def test_which_parked_messages_a_worker_resumes() -> None:
+    systemic, budget = parked_for("SystemicFailure"), parked_for("OverBudget", batch_id="b")
+    assert not may_resume(systemic, llm_works=False)
+    assert not may_resume(systemic, llm_works=None)
+    assert may_resume(systemic, llm_works=True)
+    assert not may_resume(budget, llm_works=True, over_budget=True)
+    assert may_resume(budget, llm_works=False, over_budget=False)
+    assert may_resume(parked_for("GivenBack"), llm_works=False)  # nothing to wait for
+    requested = parked_for("SystemicFailure", resume_requested_at="2026-01-01T00:00:00Z")
+    assert may_resume(requested, llm_works=False)  # an operator asked

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -108,3 +109,60 @@ async def test_resumed_messages_keep_their_locks_while_they_wait_for_a_slot(stac
             for number in numbers:
                 with pytest.raises(MessageNotFoundError):
                     await receiver.receive_deferred_messages([number])
+
+
+async def park_one(stack: Stack, client: ServiceBusClient, doc_id: str, reason: str) -> None:
+    """Publish ``doc_id`` and park it for ``reason`` as the processor parks (record, defer,
+    confirm)."""
+    report = await publish_documents(
+        [{"doc_id": doc_id, "text": "t", "metadata": {"behaviour": "ok"}}],
+        topic="docs", batch_id="b1", settings=stack.settings, store=stack.store, progress=False,
+    )  # fmt: skip
+    assert report.ok
+    async with client.get_subscription_receiver("docs", "work") as receiver:
+        messages: list[Any] = []
+        while not messages:
+            messages = await receiver.receive_messages(max_message_count=1, max_wait_time=5)
+        record = ParkedMessage(
+            topic="docs", subscription="work", reason=reason, batch_id="b1", doc_id=doc_id,
+            sequence_number=int(messages[0].sequence_number),
+        )  # fmt: skip
+        await park(stack.store, record)
+        await receiver.defer_message(messages[0])
+        await mark_deferred(stack.store, record)
+
+
+def sample_worker(stack: Stack, client: ServiceBusClient, **options: Any) -> Worker:
+    return Worker(
+        discover_handlers(sample_handlers), client=client, store=stack.store,
+        options=WorkerOptions(until_idle=1.0, dlq_capture_interval=None, **options),
+        topology=stack.topology,
+    )  # fmt: skip
+
+
+async def test_a_message_given_back_to_its_park_is_resumed_by_the_next_worker(
+    stack: Stack,
+) -> None:
+    # A resumed message that failed transiently, or was given back at a stop, is parked again
+    # as "GivenBack": nothing to wait for, so the next worker fetches it back at once.
+    async with ServiceBusClient.from_connection_string(stack.connection_string) as client:
+        await park_one(stack, client, "g1", "GivenBack")
+        outcome = await asyncio.wait_for(sample_worker(stack, client).run(), 30)
+    assert outcome.count(Action.COMPLETE) == 1
+    assert await stack.store.current_result("g1", "work") is not None
+    assert await parked_messages(stack.store, "docs", "work") == []
+
+
+async def test_an_until_idle_worker_resumes_what_became_resumable_before_calling_itself_idle(
+    stack: Stack,
+) -> None:
+    async with ServiceBusClient.from_connection_string(stack.connection_string) as client:
+        await park_one(stack, client, "o1", "OverBudget")
+        await stack.store.set_batch_over_budget("b1", True)
+        running = asyncio.create_task(sample_worker(stack, client, resume_interval=600).run())
+        await asyncio.sleep(0.3)  # started, and left it parked: the batch is over budget
+        assert await stack.store.current_result("o1", "work") is None
+        await stack.store.set_batch_budget("b1", 10.0)  # the operator raises the budget
+        outcome = await asyncio.wait_for(running, 30)
+    assert outcome.count(Action.COMPLETE) == 1 and outcome.parked == []
+    assert await stack.store.current_result("o1", "work") is not None

@@ -1,0 +1,222 @@
+"""Parked messages: the ``parked`` records of messages a worker deferred, and what they add up to.
+
+A message is parked when its failure is not its own fault — the LLM endpoint refuses the key or is
+unreachable (``SystemicFailure``), the batch has spent its budget (``OverBudget``) — and Service
+Bus keeps it deferred, which only its sequence number fetches back. :class:`ParkedMixin` keeps one
+record per deferred message (:class:`ParkedMessage`): written before the deferral
+(:meth:`~ParkedMixin.park`), confirmed after it (:meth:`~ParkedMixin.mark_parked_deferred`), listed
+for resumption and for people (:meth:`~ParkedMixin.parked`, :meth:`~ParkedMixin.parked_groups`,
+:meth:`~ParkedMixin.count_parked`), marked for resumption on request
+(:meth:`~ParkedMixin.request_resume`) and removed once a worker has the message back
+(:meth:`~ParkedMixin.unpark`). Neighbours: :mod:`subscriber.parking` and :mod:`subscriber.worker`
+park and resume; ``docbus parked`` lists them.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from docbus.store._base import StoreBase
+from docbus.store._errors import _translated
+
+COLLECTION = "parked"
+
+UNCONFIRMED_AFTER = timedelta(minutes=5)
+"""A record whose deferral was never confirmed (the worker died in between) is fetched back
+after this long; by then the deferral either happened or never will."""
+
+
+class ParkedMessage(BaseModel):
+    """A deferred message's record: where it waits, why, and how to fetch it back."""
+
+    model_config = ConfigDict(frozen=True)
+
+    topic: str
+    subscription: str
+    sequence_number: int
+    reason: str
+    description: str = ""
+    batch_id: str | None = None
+    doc_id: str | None = None
+    message_id: str | None = None
+    handler: str | None = None
+    parked_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    deferred: bool = False
+    """Set once Service Bus has deferred the message; only then can it be fetched back."""
+    resume_requested_at: datetime | None = None
+    """Set by ``docbus parked resume``: the next worker of its subscription fetches it back
+    whether or not it sees the cause as cleared."""
+
+    @property
+    def id(self) -> str:
+        return f"{self.topic}/{self.subscription}#{self.sequence_number}"
+
+
+class ParkedGroup(BaseModel):
+    """Parked messages of one subscription (and handler) for one reason."""
+
+    model_config = ConfigDict(frozen=True)
+
+    topic: str
+    subscription: str
+    handler: str | None
+    reason: str
+    count: int
+    description: str = ""
+    """The description of the most recently parked of them: why, in the words of the error."""
+
+
+def _query(
+    *,
+    topic: str | None = None,
+    subscription: str | None = None,
+    reason: str | None = None,
+    batch_id: str | None = None,
+    handler: str | None = None,
+) -> dict[str, Any]:
+    query: dict[str, Any] = {}
+    for field, value in (
+        ("topic", topic),
+        ("subscription", subscription),
+        ("reason", reason),
+        ("batch_id", batch_id),
+        ("handler", handler),
+    ):
+        if value is not None:
+            query[field] = value
+    return query
+
+
+class ParkedMixin(StoreBase):
+    """Records of parked (deferred) messages."""
+
+    async def park(self, parked: ParkedMessage) -> None:
+        """Write ``parked``'s record, before its message is deferred (kept as it is if the
+        message has one already: parking twice keeps the first reason)."""
+        with _translated(f"park {parked.id}"):
+            await self._c(COLLECTION).update_one(
+                {"_id": parked.id}, {"$setOnInsert": parked.model_dump()}, upsert=True
+            )
+
+    async def mark_parked_deferred(self, parked: ParkedMessage) -> None:
+        """Confirm that Service Bus has deferred ``parked``'s message: it may be fetched back."""
+        with _translated(f"confirm the deferral of {parked.id}"):
+            await self._c(COLLECTION).update_one({"_id": parked.id}, {"$set": {"deferred": True}})
+
+    async def unpark(self, parked: ParkedMessage) -> None:
+        """Drop ``parked``'s record (its message is back with a worker, or gone)."""
+        with _translated(f"unpark {parked.id}"):
+            await self._c(COLLECTION).delete_one({"_id": parked.id})
+
+    async def parked(
+        self,
+        *,
+        topic: str | None = None,
+        subscription: str | None = None,
+        reason: str | None = None,
+        batch_id: str | None = None,
+        handler: str | None = None,
+        fetchable: bool = False,
+        limit: int = 0,
+    ) -> list[ParkedMessage]:
+        """Parked messages matching every filter given, by sequence number (``limit`` 0: all).
+
+        ``fetchable``: only those that can be fetched back now — deferred, or unconfirmed for
+        longer than :data:`UNCONFIRMED_AFTER`.
+        """
+        query = _query(
+            topic=topic, subscription=subscription, reason=reason, batch_id=batch_id,
+            handler=handler,
+        )  # fmt: skip
+        if fetchable:
+            stale = datetime.now(UTC) - UNCONFIRMED_AFTER
+            query["$or"] = [{"deferred": True}, {"parked_at": {"$lt": stale}}]
+        with _translated("read parked messages"):
+            cursor = self._c(COLLECTION).find(query).sort("sequence_number", 1)
+            if limit:
+                cursor = cursor.limit(limit)
+            return [ParkedMessage.model_validate(raw) async for raw in cursor]
+
+    async def count_parked(
+        self,
+        *,
+        batch_id: str | None = None,
+        topic: str | None = None,
+        subscription: str | None = None,
+        handler: str | None = None,
+    ) -> int:
+        """How many messages are parked (of a batch, a subscription, a handler)."""
+        query = _query(topic=topic, subscription=subscription, batch_id=batch_id, handler=handler)
+        with _translated("count parked messages"):
+            return int(await self._c(COLLECTION).count_documents(query))
+
+    async def parked_groups(
+        self,
+        *,
+        batch_id: str | None = None,
+        topic: str | None = None,
+        subscription: str | None = None,
+        handler: str | None = None,
+        reason: str | None = None,
+    ) -> list[ParkedGroup]:
+        """Parked messages counted per subscription, handler and reason, largest first."""
+        match = _query(
+            topic=topic, subscription=subscription, batch_id=batch_id, handler=handler,
+            reason=reason,
+        )  # fmt: skip
+        pipeline: list[dict[str, Any]] = [
+            {"$match": match},
+            {"$sort": {"parked_at": 1}},
+            {
+                "$group": {
+                    "_id": {
+                        "t": "$topic",
+                        "s": "$subscription",
+                        "h": "$handler",
+                        "r": "$reason",
+                    },
+                    "count": {"$sum": 1},
+                    "description": {"$last": "$description"},
+                }
+            },
+        ]
+        groups = []
+        with _translated("count parked messages by reason"):
+            async for row in await self._c(COLLECTION).aggregate(pipeline):
+                key = row["_id"]
+                groups.append(
+                    ParkedGroup(
+                        topic=str(key.get("t")),
+                        subscription=str(key.get("s")),
+                        handler=key.get("h"),
+                        reason=str(key.get("r")),
+                        count=int(row["count"]),
+                        description=str(row.get("description") or ""),
+                    )
+                )
+        return sorted(groups, key=lambda g: (-g.count, g.topic, g.subscription, g.reason))
+
+    async def request_resume(
+        self,
+        *,
+        batch_id: str | None = None,
+        topic: str | None = None,
+        subscription: str | None = None,
+        handler: str | None = None,
+        reason: str | None = None,
+    ) -> int:
+        """Ask workers to fetch these parked messages back at their next look, whatever they
+        think of the cause; returns how many records were marked."""
+        query = _query(
+            topic=topic, subscription=subscription, reason=reason, batch_id=batch_id,
+            handler=handler,
+        )  # fmt: skip
+        query["resume_requested_at"] = None
+        with _translated("request the resumption of parked messages"):
+            outcome = await self._c(COLLECTION).update_many(
+                query, {"$set": {"resume_requested_at": datetime.now(UTC)}}
+            )
+        return outcome.modified_count
