@@ -19,6 +19,12 @@ are demoted, and a writer that lost a race re-reads instead of overwriting. Betw
 the promotion that follows it no version is flagged current for a moment; :meth:`current_result`
 falls back to the same ranking so readers never see a gap.
 
+Every write the store makes is durable by the server's own definition — acknowledged once
+journaled and, on a replica set, by a majority (``MongoSettings.write_concern`` and ``journal``)
+— except the audit rows, checkpoints and cost increments a worker writes behind its handlers,
+which the durable write of their delivery's result or dead letter makes durable with it (see
+:mod:`docbus.store._base`).
+
 The store is split by concept into private modules: the client and indexes
 (:mod:`~docbus.store._base`), error translation (:mod:`~docbus.store._errors`), batches,
 documents and payloads, results, dead letters, checkpoints, LLM audit and replays, combined

@@ -100,7 +100,7 @@ class BatchesMixin(StoreBase):
             group = "reasks" if category == "reask" else "retries"
             increments.update({f"cost.{group}.{name}": value for name, value in figures.items()})
         with _translated(f"add usage to batch {batch_id}"):
-            await self._writer("batches").increment(batch_id, increments)
+            await self._writer("batches", durable=False).increment(batch_id, increments)
 
     async def set_batch_over_budget(self, batch_id: str, over_budget: bool) -> None:
         with _translated(f"flag batch {batch_id}"):

@@ -40,6 +40,7 @@ from pymongo.errors import (
     PyMongoError,
     WriteConcernError,
     WriteError,
+    WTimeoutError,
 )
 from pymongo.operations import DeleteMany, DeleteOne, InsertOne, ReplaceOne, UpdateMany, UpdateOne
 
@@ -286,8 +287,7 @@ class GroupWriter(_Group):
             }
             concern = details.get("writeConcernErrors") or ()
             if concern:  # not attributable to one write: every one not already failed hears it
-                first = concern[0]
-                failure = WriteConcernError(first.get("errmsg", ""), first.get("code"), first)
+                failure = _write_concern_error(concern[0])
                 errors = {index: errors.get(index, failure) for index in range(len(group))}
         except (asyncio.CancelledError, PyMongoError) as exc:  # the command's fate: everyone's
             _deliver([future for _, futures in group for future in futures], exc)
@@ -349,6 +349,16 @@ async def _write_alone(
     except Exception as exc:
         return False, exc
     return bool(result.upserted_ids), None
+
+
+def _write_concern_error(row: Mapping[str, Any]) -> WriteConcernError:
+    """The write concern error of a bulk write, as pymongo raises it for a single write: a
+    timeout waiting for the journal or the other members (transient) is a WTimeoutError."""
+    code = row.get("code")
+    message = str(row.get("errmsg", ""))
+    if code == 64 or (row.get("errInfo") or {}).get("wtimeout"):
+        return WTimeoutError(message, code, dict(row))
+    return WriteConcernError(message, code, dict(row))
 
 
 def _write_error(row: Mapping[str, Any]) -> WriteError:

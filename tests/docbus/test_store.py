@@ -59,6 +59,25 @@ async def test_server_errors_become_store_errors(store: Store) -> None:
     assert caught.value.__cause__ is not None
 
 
+async def test_a_write_concern_the_server_cannot_meet_is_an_error_naming_the_setting(
+    store: Store, local_mongo: LocalMongo
+) -> None:
+    # SecantusDB is a one-member replica set: w=5 cannot be acknowledged
+    async with Store(local_mongo.uri, store.database.name, timeout=2.0, write_concern=5) as five:
+        assert five.write_concern.document == {"w": 5, "j": True, "wtimeout": 2000}
+        with pytest.raises(StoreError, match="DOCBUS_MONGODB__WRITE_CONCERN") as caught:
+            await five.write_result(
+                doc_id="d1", handler="h", handler_version="1", batch_id="b1",
+                message_id="b1:d1:0", output={},
+            )  # fmt: skip
+        assert not caught.value.transient
+        with pytest.raises(StoreError, match="DOCBUS_MONGODB__WRITE_CONCERN"):
+            await five.record_dead_letter(
+                DeadLetterRecord(message_id="m", subscription="s", reason="BadDocument")
+            )
+    assert store.write_concern.document == {"w": "majority", "j": True, "wtimeout": 5000}
+
+
 # -- results -----------------------------------------------------------------------------------
 
 
