@@ -13,14 +13,18 @@ Two modes, one command:
 
 ``--dry-run`` prints exactly what would be sent and sends nothing. A real run asks for
 confirmation on a terminal, and refuses (exit 2) when stdin is not one, unless ``--yes``.
-``--rate`` caps messages per second; ``--limit`` the number of messages. Library:
-:mod:`publisher.replay`.
+``--rate`` caps messages per second; ``--limit`` the number of messages. ``--json`` prints one
+JSON document (the plan, and the run's record) instead of tables; errors, questions and
+progress go to stderr. Exit 0 when everything planned was sent (or nothing was to be), 1 when a
+message failed to send or the run stopped (its record says ``partial`` or ``failed``), 2 for a
+refused or impossible request. Library: :mod:`publisher.replay`.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 from typing import TextIO
 
 from rich.console import Console
@@ -93,32 +97,39 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--again", action="store_true", help="also replay dead letters replayed before"
     )
     sending.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
+    parser.add_argument("--json", action="store_true", help="print one JSON document, no tables")
 
 
 def run(
-    args: argparse.Namespace, *, console: Console | None = None, stdin: TextIO | None = None
+    args: argparse.Namespace,
+    *,
+    console: Console | None = None,
+    stdin: TextIO | None = None,
+    err: Console | None = None,
 ) -> int:
     console = console or Console()
-    settings = load_settings(console)
+    err = err or Console(stderr=True)
+    settings = load_settings(err)
     if settings is None:
         return 2
     problem = _check_arguments(args)
     if problem is not None:
-        console.print(f"docbus replay: error: {problem}", markup=False, highlight=False)
+        err.print(f"docbus replay: error: {problem}", markup=False, highlight=False, soft_wrap=True)
         return 2
     interactive = stdin_is_terminal(stdin)
     if not (args.dry_run or args.yes or interactive):
-        console.print(
+        err.print(
             "docbus replay: refusing to send without confirmation: stdin is not a terminal. "
             "Pass --yes to replay, or --dry-run to see what would be sent.",
             markup=False,
             highlight=False,
+            soft_wrap=True,
         )
         return REFUSED
     try:
-        return asyncio.run(_replay(settings, args, console, stdin))
+        return asyncio.run(_replay(settings, args, console, err, stdin))
     except DocbusError as exc:
-        console.print(f"docbus replay: error: {exc}", markup=False, highlight=False)
+        err.print(f"docbus replay: error: {exc}", markup=False, highlight=False, soft_wrap=True)
         return 1
 
 
@@ -155,30 +166,41 @@ async def _plan(store: Store, args: argparse.Namespace) -> ReplayPlan:
 
 
 async def _replay(
-    settings: Settings, args: argparse.Namespace, console: Console, stdin: TextIO | None
+    settings: Settings,
+    args: argparse.Namespace,
+    console: Console,
+    err: Console,
+    stdin: TextIO | None,
 ) -> int:
+    # With --json, stdout holds the one JSON document: questions and notes go to stderr.
+    talk = err if args.json else console
     async with Store.from_settings(settings) as store:
         try:
             plan = await _plan(store, args)
         except ReplayError as exc:
-            console.print(f"docbus replay: error: {exc}", markup=False, highlight=False)
+            err.print(f"docbus replay: error: {exc}", markup=False, highlight=False, soft_wrap=True)
             return 2
         if args.dry_run or not plan.messages:
+            if args.json:
+                document = {"dry_run": bool(args.dry_run), **plan.to_json(), "replay": None}
+                console.out(json.dumps(document, indent=2), highlight=False)
+                return 0
             if args.dry_run:
                 console.print(plan.table(f"dry run: would send {len(plan.messages)} message(s)"))
             if plan.skipped:
                 console.print(plan.skipped_table())
             if plan.note:
-                console.print(plan.note, markup=False, highlight=False)
+                console.print(plan.note, markup=False, highlight=False, soft_wrap=True)
             done = "dry run: nothing was sent" if args.dry_run else "nothing to replay"
-            console.print(done, markup=False, highlight=False)
+            console.print(done, markup=False, highlight=False, soft_wrap=True)
             return 0
         if plan.note:
-            console.print(plan.note, markup=False, highlight=False)
+            talk.print(plan.note, markup=False, highlight=False, soft_wrap=True)
         if not args.yes:
-            console.print(plan.table())
-            if not confirm(f"send {len(plan.messages)} message(s)?", console=console, stdin=stdin):
-                console.print("not confirmed: nothing was sent", markup=False)
+            talk.print(plan.table())
+            question = f"send {len(plan.messages)} message(s)?"
+            if not confirm(question, console=talk, stdin=stdin):
+                talk.print("not confirmed: nothing was sent", markup=False)
                 return 1
         progress = Progress(
             TextColumn("[progress.description]{task.description}"),
@@ -194,9 +216,14 @@ async def _replay(
                     plan, store=store, sender_factory=client.get_topic_sender,
                     rate=args.rate, progress=progress,
                 )  # fmt: skip
+        ok = not report.record.failed and report.record.status == "done"
+        if args.json:
+            document = {"dry_run": False, **plan.to_json(), **report.to_json()}
+            console.out(json.dumps(document, indent=2), highlight=False)
+            return 0 if ok else 1
         console.print(report.table())
-        console.print(report.summary(), markup=False, highlight=False)
+        console.print(report.summary(), markup=False, highlight=False, soft_wrap=True)
         problems = report.problems_table()
         if problems is not None:
             console.print(problems)
-        return 1 if report.record.failed else 0
+        return 0 if ok else 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import inspect
 import io
 from collections.abc import Sequence
 from types import ModuleType
@@ -72,20 +73,34 @@ async def pending_on_broker(stack: Stack) -> dict[str, int]:
     return found
 
 
-def _command(module: ModuleType, argv: Sequence[str], stdin: io.StringIO | None) -> tuple[int, str]:
+def _command(
+    module: ModuleType, argv: Sequence[str], stdin: io.StringIO | None
+) -> tuple[int, str, str]:
     parser = argparse.ArgumentParser()
     module.add_arguments(parser)
     args = parser.parse_args(list(argv))
     console, buffer = recording_console()
-    extra = {} if stdin is None else {"stdin": stdin}
+    extra: dict[str, Any] = {} if stdin is None else {"stdin": stdin}
+    errors = io.StringIO()
+    if "err" in inspect.signature(module.run).parameters:
+        extra["err"], errors = recording_console()
     code = module.run(args, console=console, **extra)
-    return code, buffer.getvalue()
+    return code, buffer.getvalue(), errors.getvalue()
 
 
 async def command(
     module: ModuleType, *argv: str, stdin: io.StringIO | None = None
 ) -> tuple[int, str]:
-    """Run a command module's ``run(args)`` in a thread (it runs its own event loop)."""
+    """Run a command module's ``run(args)`` in a thread (it runs its own event loop); what
+    it wrote to stdout, then to stderr."""
+    code, out, err = await asyncio.to_thread(_command, module, argv, stdin)
+    return code, out + err
+
+
+async def command_streams(
+    module: ModuleType, *argv: str, stdin: io.StringIO | None = None
+) -> tuple[int, str, str]:
+    """:func:`command`, with stdout and stderr apart."""
     return await asyncio.to_thread(_command, module, argv, stdin)
 
 
