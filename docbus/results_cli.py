@@ -15,7 +15,6 @@ no result is one line and exit 1.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import unicodedata
 from collections.abc import Sequence
@@ -25,13 +24,13 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from docbus.errors import DocbusError
 from docbus.records import ResultRecord
 from docbus.settings import Settings
-from docbus.settings_cli import load_settings
 from docbus.store import Store
 
-__all__ = ["add_arguments", "history_table", "run", "safe_text"]
+__all__ = ["EXIT_CODES", "add_arguments", "history_table", "run", "safe_text"]
+
+EXIT_CODES = {1: "the document has no result (of that handler, or of that version)"}
 
 
 def _state(record: ResultRecord) -> str:
@@ -105,49 +104,51 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     show.add_argument("--json", action="store_true", help="print one JSON document")
 
 
-def run(
-    args: argparse.Namespace, *, console: Console | None = None, err: Console | None = None
-) -> int:
+def run(args: argparse.Namespace, *, console: Console | None = None) -> int:
+    from docbus.cli import run_async  # failures: one line on stderr, by the CLI's runner
+
     console = console or Console()
-    err = err or Console(stderr=True)
-    settings = load_settings(err)
-    if settings is None:
-        return 2
     command = _show if args.results_command == "show" else _history
-    try:
-        problem = asyncio.run(command(settings, args, console))
-    except DocbusError as exc:
-        problem = str(exc)
-    if problem is None:
-        return 0
-    err.print(f"docbus results: {problem}", markup=False, highlight=False, soft_wrap=True)
-    return 1
+    return run_async(lambda settings: command(settings, args, console))
 
 
-async def _history(settings: Settings, args: argparse.Namespace, console: Console) -> str | None:
+def _print_json(console: Console, data: Any) -> None:
+    # ASCII-only JSON: a result is a handler's (often an LLM's) text, and escaped it cannot
+    # act on a terminal that shows it (bidirectional overrides, C1 controls); parsers read it
+    # back unchanged.
+    console.out(json.dumps(data, indent=2, ensure_ascii=True, default=str), highlight=False)
+
+
+async def _history(settings: Settings, args: argparse.Namespace, console: Console) -> int:
     async with Store.from_settings(settings) as store:
         versions = await store.result_versions(
             doc_id=args.doc, handler=args.handler, batch_id=args.batch
         )
     if not versions:
-        return f"no results for document {args.doc!r}"
+        return _fail(f"no results for document {args.doc!r}")
     if args.json:
-        document = {"doc_id": args.doc, "versions": [_record_json(v) for v in versions]}
-        console.out(json.dumps(document, indent=2), highlight=False)
+        _print_json(console, {"doc_id": args.doc, "versions": [_record_json(v) for v in versions]})
     else:
         console.print(history_table(args.doc, versions))
-    return None
+    return 0
 
 
-async def _show(settings: Settings, args: argparse.Namespace, console: Console) -> str | None:
+def _fail(message: str) -> int:
+    from docbus.cli import say_error
+
+    say_error("results", message)
+    return 1
+
+
+async def _show(settings: Settings, args: argparse.Namespace, console: Console) -> int:
     async with Store.from_settings(settings) as store:
         versions = await store.result_versions(doc_id=args.doc, handler=args.handler)
     handlers = sorted({record.handler for record in versions})
     if not versions:
         whose = f" of handler {args.handler!r}" if args.handler else ""
-        return f"no results{whose} for document {args.doc!r}"
+        return _fail(f"no results{whose} for document {args.doc!r}")
     if len(handlers) > 1:
-        return (
+        return _fail(
             f"document {args.doc!r} has results of {len(handlers)} handlers "
             f"({', '.join(handlers)}): name one with --handler"
         )
@@ -155,18 +156,20 @@ async def _show(settings: Settings, args: argparse.Namespace, console: Console) 
         chosen = [record for record in versions if record.version == args.version]
         if not chosen:
             numbers = ", ".join(str(record.version) for record in versions)
-            return f"document {args.doc!r} has no version {args.version} (versions: {numbers})"
+            return _fail(
+                f"document {args.doc!r} has no version {args.version} (versions: {numbers})"
+            )
     else:
         chosen = [record for record in versions if record.current]
         if not chosen:
-            return (
+            return _fail(
                 f"document {args.doc!r} has no current result of {handlers[0]} (every version "
                 "is rolled back): see `docbus results history`, or --version N"
             )
     record = chosen[0]
     if args.json:
-        console.out(json.dumps(_record_json(record), indent=2), highlight=False)
-        return None
+        _print_json(console, _record_json(record))
+        return 0
     table = Table(show_header=False, title_justify="left", box=None)
     table.add_column("field", style="bold")
     table.add_column("value")
@@ -183,4 +186,4 @@ async def _show(settings: Settings, args: argparse.Namespace, console: Console) 
     console.print(table)
     output = json.dumps(record.output, indent=2, ensure_ascii=False, default=str)
     console.out(safe_text(output), highlight=False)
-    return None
+    return 0

@@ -24,8 +24,6 @@ roll a run back once it has finished. The command asks for confirmation like ``d
 from __future__ import annotations
 
 import argparse
-import asyncio
-import json
 import secrets
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -36,14 +34,15 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from docbus.cli import print_json
 from docbus.confirm import REFUSED, confirm, stdin_is_terminal
 from docbus.errors import DocbusError
 from docbus.records import ResultRecord, RollbackRecord
 from docbus.settings import Settings
-from docbus.settings_cli import load_settings
 from docbus.store import Store
 
 __all__ = [
+    "EXIT_CODES",
     "Change",
     "RollbackError",
     "RollbackPlan",
@@ -55,6 +54,11 @@ __all__ = [
     "preview",
     "run",
 ]
+
+EXIT_CODES = {
+    1: "the batch, replay or rollback is unknown, or the rollback was not confirmed",
+    2: "usage or configuration error, or no confirmation: stdin is not a terminal (pass --yes)",
+}
 
 TABLE_ROWS = 50
 """Documents a preview table shows at most (``--json`` lists all)."""
@@ -373,48 +377,30 @@ def _check_arguments(args: argparse.Namespace) -> str | None:
 
 
 def run(
-    args: argparse.Namespace,
-    *,
-    console: Console | None = None,
-    stdin: TextIO | None = None,
-    err: Console | None = None,
+    args: argparse.Namespace, *, console: Console | None = None, stdin: TextIO | None = None
 ) -> int:
+    from docbus.cli import run_async, say_error  # failures: one line on stderr (the runner's)
+
     console = console or Console()
-    err = err or Console(stderr=True)
-    settings = load_settings(err)
-    if settings is None:
-        return 2
     problem = _check_arguments(args)
     if problem is not None:
-        err.print(
-            f"docbus rollback: error: {problem}", markup=False, highlight=False, soft_wrap=True
-        )
-        return 2
+        say_error("rollback", problem)
+        return REFUSED
     if not (args.yes or args.dry_run) and not stdin_is_terminal(stdin):
-        err.print(
-            "docbus rollback: refusing to roll back without confirmation: stdin is not a "
-            "terminal. Pass --yes to roll back, or --dry-run to see what would change.",
-            markup=False,
-            highlight=False,
-            soft_wrap=True,
+        say_error(
+            "rollback",
+            "refusing to roll back without confirmation: stdin is not a terminal. Pass --yes "
+            "to roll back, or --dry-run to see what would change.",
         )
         return REFUSED
-    try:
-        return asyncio.run(_rollback(settings, args, console, err, stdin))
-    except DocbusError as exc:
-        err.print(f"docbus rollback: error: {exc}", markup=False, highlight=False, soft_wrap=True)
-        return 1
+    return run_async(lambda settings: _rollback(settings, args, console, stdin))
 
 
 async def _rollback(
-    settings: Settings,
-    args: argparse.Namespace,
-    console: Console,
-    err: Console,
-    stdin: TextIO | None,
+    settings: Settings, args: argparse.Namespace, console: Console, stdin: TextIO | None
 ) -> int:
     # With --json, stdout holds the one JSON document: questions and notes go to stderr.
-    talk = err if args.json else console
+    talk = Console(stderr=True) if args.json else console
     async with Store.from_settings(settings) as store:
         if args.undo is not None:
             plan = await plan_undo(store, args.undo)
@@ -427,11 +413,9 @@ async def _rollback(
                 handler=args.handler,
             )
         verb = "restore" if plan.undo else "withdraw"
-        if args.dry_run:
-            return _show_plan(plan, args, console, talk, verb)
-        if plan.undo and not plan.changes:
-            # Nothing to restore: an undo that changes nothing is not worth a record.
-            return _show_plan(plan, args, console, talk, verb)
+        if args.dry_run or (plan.undo and not plan.changes):
+            # (an undo that restores nothing is not worth a record)
+            return _show_plan(plan, args, console, verb)
         if not args.yes and plan.changes:
             talk.print(plan.table(f"rollback of {plan.target.description}"))
             _more(plan, talk)
@@ -444,8 +428,10 @@ async def _rollback(
                 return 1
         record = await carry_out(store, plan)
     if args.json:
-        document = {"dry_run": False, **plan.to_json(), "rollback": record.model_dump(mode="json")}
-        console.out(json.dumps(document, indent=2), highlight=False)
+        print_json(
+            console,
+            {"dry_run": False, **plan.to_json(), "rollback": record.model_dump(mode="json")},
+        )
         return 0
     what = "restored" if plan.undo else "rolled back"
     table = Table(
@@ -460,29 +446,25 @@ async def _rollback(
     table.add_row("recorded as", record.id)
     console.print(table)
     if plan.note:
-        console.print(plan.note, markup=False, highlight=False, soft_wrap=True)
+        _say(console, plan.note)
     if record.versions == 0:
-        console.print(
+        _say(
+            console,
             f"nothing to roll back: {plan.target.description} has no result version left to "
             "withdraw",
-            markup=False,
-            highlight=False,
         )
     elif not plan.undo:
-        console.print(f"undo with: docbus rollback --undo {record.id}", markup=False)
+        _say(console, f"undo with: docbus rollback --undo {record.id}")
     return 0
 
 
-def _show_plan(
-    plan: RollbackPlan,
-    args: argparse.Namespace,
-    console: Console,
-    talk: Console,
-    verb: str,
-) -> int:
+def _say(console: Console, text: str) -> None:
+    console.print(text, markup=False, highlight=False, soft_wrap=True)
+
+
+def _show_plan(plan: RollbackPlan, args: argparse.Namespace, console: Console, verb: str) -> int:
     if args.json:
-        document = {"dry_run": bool(args.dry_run), **plan.to_json(), "rollback": None}
-        console.out(json.dumps(document, indent=2), highlight=False)
+        print_json(console, {"dry_run": bool(args.dry_run), **plan.to_json(), "rollback": None})
         return 0
     if plan.changes:
         title = (
@@ -492,11 +474,11 @@ def _show_plan(
         console.print(plan.table(title))
         _more(plan, console)
     if plan.note:
-        console.print(plan.note, markup=False, highlight=False, soft_wrap=True)
+        _say(console, plan.note)
     if not plan.changes:
-        console.print(f"nothing to {verb}", markup=False, highlight=False, soft_wrap=True)
+        _say(console, f"nothing to {verb}")
     if args.dry_run:
-        console.print("dry run: nothing was changed", markup=False, highlight=False, soft_wrap=True)
+        _say(console, "dry run: nothing was changed")
     return 0
 
 

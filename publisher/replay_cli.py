@@ -23,8 +23,6 @@ refused or impossible request. Library: :mod:`publisher.replay`.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import json
 from typing import TextIO
 
 from rich.console import Console
@@ -32,10 +30,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from docbus.confirm import REFUSED, confirm, stdin_is_terminal
 from docbus.dead_letter_filter import add_filter_arguments, filter_from_args
-from docbus.errors import DocbusError
 from docbus.servicebus import servicebus_client
 from docbus.settings import Settings
-from docbus.settings_cli import load_settings
 from docbus.store import Store
 from publisher.replay import (
     ONLY,
@@ -47,7 +43,14 @@ from publisher.replay import (
     subscription_of,
 )
 
-__all__ = ["add_arguments", "run"]
+__all__ = ["EXIT_CODES", "add_arguments", "run"]
+
+EXIT_CODES = {
+    1: "a message failed to send or the run stopped (its record says partial or failed), or "
+    "the replay was not confirmed",
+    2: "usage or configuration error, a replay that cannot be planned as asked, or no "
+    "confirmation: stdin is not a terminal (pass --yes or --dry-run)",
+}
 
 _DEAD_LETTER_ONLY = ("reason", "topic", "doc", "since", "until", "replayed")
 
@@ -101,36 +104,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(
-    args: argparse.Namespace,
-    *,
-    console: Console | None = None,
-    stdin: TextIO | None = None,
-    err: Console | None = None,
+    args: argparse.Namespace, *, console: Console | None = None, stdin: TextIO | None = None
 ) -> int:
+    from docbus.cli import run_async, say_error  # failures: one line on stderr (the runner's)
+
     console = console or Console()
-    err = err or Console(stderr=True)
-    settings = load_settings(err)
-    if settings is None:
-        return 2
     problem = _check_arguments(args)
     if problem is not None:
-        err.print(f"docbus replay: error: {problem}", markup=False, highlight=False, soft_wrap=True)
-        return 2
+        say_error("replay", problem)
+        return REFUSED
     interactive = stdin_is_terminal(stdin)
     if not (args.dry_run or args.yes or interactive):
-        err.print(
-            "docbus replay: refusing to send without confirmation: stdin is not a terminal. "
-            "Pass --yes to replay, or --dry-run to see what would be sent.",
-            markup=False,
-            highlight=False,
-            soft_wrap=True,
+        say_error(
+            "replay",
+            "refusing to send without confirmation: stdin is not a terminal. Pass --yes to "
+            "replay, or --dry-run to see what would be sent.",
         )
         return REFUSED
-    try:
-        return asyncio.run(_replay(settings, args, console, err, stdin))
-    except DocbusError as exc:
-        err.print(f"docbus replay: error: {exc}", markup=False, highlight=False, soft_wrap=True)
-        return 1
+    return run_async(lambda settings: _replay(settings, args, console, stdin))
 
 
 def _check_arguments(args: argparse.Namespace) -> str | None:
@@ -166,24 +157,23 @@ async def _plan(store: Store, args: argparse.Namespace) -> ReplayPlan:
 
 
 async def _replay(
-    settings: Settings,
-    args: argparse.Namespace,
-    console: Console,
-    err: Console,
-    stdin: TextIO | None,
+    settings: Settings, args: argparse.Namespace, console: Console, stdin: TextIO | None
 ) -> int:
+    from docbus.cli import print_json, say_error
+
     # With --json, stdout holds the one JSON document: questions and notes go to stderr.
-    talk = err if args.json else console
+    talk = Console(stderr=True) if args.json else console
     async with Store.from_settings(settings) as store:
         try:
             plan = await _plan(store, args)
         except ReplayError as exc:
-            err.print(f"docbus replay: error: {exc}", markup=False, highlight=False, soft_wrap=True)
-            return 2
+            say_error("replay", str(exc))
+            return REFUSED
         if args.dry_run or not plan.messages:
             if args.json:
-                document = {"dry_run": bool(args.dry_run), **plan.to_json(), "replay": None}
-                console.out(json.dumps(document, indent=2), highlight=False)
+                print_json(
+                    console, {"dry_run": bool(args.dry_run), **plan.to_json(), "replay": None}
+                )
                 return 0
             if args.dry_run:
                 console.print(plan.table(f"dry run: would send {len(plan.messages)} message(s)"))
@@ -218,8 +208,7 @@ async def _replay(
                 )  # fmt: skip
         ok = not report.record.failed and report.record.status == "done"
         if args.json:
-            document = {"dry_run": False, **plan.to_json(), **report.to_json()}
-            console.out(json.dumps(document, indent=2), highlight=False)
+            print_json(console, {"dry_run": False, **plan.to_json(), **report.to_json()})
             return 0 if ok else 1
         console.print(report.table())
         console.print(report.summary(), markup=False, highlight=False, soft_wrap=True)

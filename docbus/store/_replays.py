@@ -56,11 +56,7 @@ class ReplaysMixin(StoreBase):
 
     async def record_replay(self, record: ReplayRecord) -> None:
         """Keep (or update) the audit record of one replay run."""
-        fields = record.model_dump(mode="python", exclude={"id"})
-        with _translated(f"record replay {record.id}"):
-            await self._c("replays").replace_one(
-                {"_id": record.id}, {"_id": record.id, **fields}, upsert=True
-            )
+        await self._keep("replays", record)
 
     async def get_replay(self, replay_id: str) -> ReplayRecord | None:
         with _translated(f"read replay {replay_id}"):
@@ -76,9 +72,12 @@ class ReplaysMixin(StoreBase):
 
     async def record_rollback(self, record: RollbackRecord) -> None:
         """Keep (or update) the audit record of one rollback or undo run."""
+        await self._keep("rollbacks", record)
+
+    async def _keep(self, collection: str, record: ReplayRecord | RollbackRecord) -> None:
         fields = record.model_dump(mode="python", exclude={"id"})
-        with _translated(f"record rollback {record.id}"):
-            await self._c("rollbacks").replace_one(
+        with _translated(f"record {record.id} in {collection}"):
+            await self._c(collection).replace_one(
                 {"_id": record.id}, {"_id": record.id, **fields}, upsert=True
             )
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import inspect
+import contextlib
 import io
 from collections.abc import Sequence
 from types import ModuleType
@@ -12,6 +12,7 @@ from typing import Any
 
 from azure.servicebus.aio import ServiceBusClient
 
+from docbus import cli
 from handlers import HandlerFunction, discover_handlers
 from publisher import publish_documents
 from subscriber.backoff import BackoffPolicy
@@ -76,15 +77,16 @@ async def pending_on_broker(stack: Stack) -> dict[str, int]:
 def _command(
     module: ModuleType, argv: Sequence[str], stdin: io.StringIO | None
 ) -> tuple[int, str, str]:
+    """Run a command as ``docbus`` does (its failures become one line on stderr)."""
     parser = argparse.ArgumentParser()
     module.add_arguments(parser)
     args = parser.parse_args(list(argv))
     console, buffer = recording_console()
     extra: dict[str, Any] = {} if stdin is None else {"stdin": stdin}
+    name = next(name for name, (path, _) in cli.COMMANDS.items() if path == module.__name__)
     errors = io.StringIO()
-    if "err" in inspect.signature(module.run).parameters:
-        extra["err"], errors = recording_console()
-    code = module.run(args, console=console, **extra)
+    with contextlib.redirect_stderr(errors):
+        code = cli.run_command(name, lambda: module.run(args, console=console, **extra))
     return code, buffer.getvalue(), errors.getvalue()
 
 
