@@ -6,10 +6,12 @@ one round trip each, and under load every handler waits on the queue rather than
 write. :class:`GroupWriter` sends whatever writes to one collection are waiting as a single
 ``bulk_write(ordered=False)`` and hands each writer its own outcome — acknowledged, upserted or
 not, or its own error such as a duplicate key — so a caller still returns only once *its* write
-is acknowledged: nothing is written behind its back, and a crash loses nothing a caller was told
-is stored. :class:`GroupFinder` does the same for reads by one indexed field: one ``$in`` query
-for every value asked, its answer split by key. (Not an ``$or`` of the callers' filters: some
-servers scan the collection for those.)
+is acknowledged: nothing is written behind its back, and a crash of the worker loses nothing a
+caller was told is stored. The command carries its collection's write concern, so a group of
+durable writes (results) costs the server one journal flush for all of them
+(:mod:`docbus.store._base`). :class:`GroupFinder` does the same for reads by one indexed field:
+one ``$in`` query for every value asked, its answer split by key. (Not an ``$or`` of the
+callers' filters: some servers scan the collection for those.)
 
 The first request to an idle group leaves on the next turn of the event loop (so requests made
 in the same turn share it), and requests arriving while a command is out leave together as soon

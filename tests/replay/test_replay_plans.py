@@ -12,7 +12,7 @@ import pytest
 from docbus import rollback
 from docbus.dead_letter_filter import parse_time
 from docbus.envelope import Envelope, message_id
-from docbus.records import DeadLetterRecord
+from docbus.records import DeadLetterRecord, ReplayRecord
 from docbus.store import Store
 from publisher import replay_cli
 from publisher.replay import ReplayError, plan_batch_replay, replay_status, subscription_of
@@ -197,3 +197,37 @@ def test_a_replay_run_ends_done_partial_or_failed() -> None:
     assert replay_status(sent=2, failed=0, error="connection lost") == "partial"
     assert replay_status(sent=0, failed=3, error=None) == "failed"
     assert replay_status(sent=0, failed=0, error="topic not found") == "failed"
+
+
+async def test_a_batch_rollback_is_its_publication_and_with_replays_every_run_of_it(
+    store: Store,
+) -> None:
+    published = datetime(2025, 1, 1, tzinfo=UTC)
+    await store.record_batch("b1", topic="docs")
+    for generation, run in ((0, "b1"), (1, "replay-r")):
+        await store.write_result(
+            doc_id="d1", handler="alpha", handler_version="1", batch_id="b1",
+            message_id=message_id("b1", "d1", generation), output={}, generation=generation,
+            run_id=run, issued_at=published + timedelta(hours=generation),
+        )  # fmt: skip
+    await store.record_replay(
+        ReplayRecord(id="replay-r", kind="batch", filters={"batch_id": "b1"}, count=1)
+    )
+    plan = await rollback.plan_rollback(store, batch_id="b1")
+    [change] = plan.changes
+    assert [v.version for v in change.versions] == [1]
+    assert (change.before and change.before.version, change.after and change.after.version) == (
+        2, 2,
+    )  # fmt: skip
+    assert plan.note is not None and "replay-r" in plan.note and "--with-replays" in plan.note
+    plan = await rollback.plan_rollback(store, batch_id="b1", with_replays=True)
+    [change] = plan.changes
+    assert [v.version for v in change.versions] == [1, 2] and change.after is None
+    record = await rollback.carry_out(store, plan)
+    assert (record.runs, record.versions, record.documents) == (["b1", "replay-r"], 2, 1)
+    assert record.target == "batch b1 with its replays" and record.status == "done"
+    assert await store.current_result("d1", "alpha") is None
+    with pytest.raises(rollback.RollbackError, match="unknown batch 'b2'"):
+        await rollback.plan_rollback(store, batch_id="b2")
+    code, out = await command(rollback, "--batch", "b1", "--generation", "1", "--yes")
+    assert code == 2 and "--generation is gone" in out and "--replay" in out
