@@ -30,11 +30,14 @@ MongoDB replies (a pymongo command listener), the Mongo commands per document an
 round trip, and the CPU each process used per second of the phase (1.0 = one core saturated).
 The batch's ``docbus report`` goes to stderr with the progress bars; the JSON line to stdout.
 
+``--mongo-on-disk`` runs SecantusDB on a data directory, so its journal and the fsyncs that
+durable writes ask for cost what they cost (in memory they cost nothing).
 ``--mongo-options`` adds URI options for SecantusDB. LocalMongo already turns retryable writes
 off: with them SecantusDB's writes slow down as they accumulate (each one scans its record of
 earlier ones), which would make the figure depend on ``--docs``.
 
-    python bench/llm_bound.py [--docs 1920] [--concurrency 64] [--latency 0.2] [--mongo-options ...]
+    python bench/llm_bound.py [--docs 1920] [--concurrency 64] [--latency 0.2] [--mongo-on-disk]
+        [--mongo-options ...]
 """
 
 from __future__ import annotations
@@ -181,7 +184,8 @@ async def stand_ins(options: argparse.Namespace) -> AsyncIterator[StandIns]:
             child(llm_argv, Path(tmp) / "llm.log", "http://") as (llm_line, llm_pid),
             child(emulator_argv, Path(tmp) / "emulator.log", "Endpoint=") as (connection, sb_pid),
         ):
-            async with LocalMongo() as mongo:
+            data_dir = Path(tmp) / "mongo" if options.mongo_on_disk else None
+            async with LocalMongo(data_dir=data_dir) as mongo:
                 # LocalMongo keeps its Popen private; the pid is only used to read CPU time.
                 mongo_pid = getattr(getattr(mongo, "_process", None), "pid", None)
                 # LocalMongo's URI already carries retryWrites=false; options add to it.
@@ -384,6 +388,11 @@ def main(argv: list[str] | None = None) -> int:
         default="",
         help="extra MongoDB URI options for SecantusDB, e.g. maxPoolSize=200",
     )
+    parser.add_argument(
+        "--mongo-on-disk",
+        action="store_true",
+        help="SecantusDB keeps its data in a directory (journal and fsyncs) instead of memory",
+    )
     options = parser.parse_args(argv)
     console = Console(stderr=True)
     figures = asyncio.run(run_bench(options, console))
@@ -419,6 +428,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         "cpu_per_s": figures.cpu,
         "mongo_options": options.mongo_options,
+        "mongo_on_disk": options.mongo_on_disk,
         "python": platform.python_version(),
     }
     print(json.dumps(line), flush=True)

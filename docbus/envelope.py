@@ -114,6 +114,10 @@ class Envelope(BaseModel):
     attempt: int = Field(default=0, ge=0)
     """Retries the worker has rescheduled itself (complete-and-reschedule); not part of
     :attr:`message_id`, so all attempts share one result, but part of :attr:`send_id`."""
+    run_id: str | None = Field(default=None, max_length=128)
+    """The run that sent this message: a replay's id (``replay-...``) for a replay; ``None``
+    for a publication, whose run is its batch (see :attr:`run`). Results keep it, so a
+    rollback can withdraw exactly what one run wrote."""
 
     @field_validator("published_at", "replayed_at")
     @classmethod
@@ -135,6 +139,20 @@ class Envelope(BaseModel):
         Results are idempotent on it, so every attempt of a generation shares one result.
         """
         return message_id(self.batch_id, self.doc_id, self.generation)
+
+    @property
+    def run(self) -> str | None:
+        """The run this message belongs to: :attr:`run_id`, else the batch id for a first
+        publication (generation 0); ``None`` for a replay sent before runs were named."""
+        if self.run_id is not None:
+            return self.run_id
+        return self.batch_id if self.generation == 0 else None
+
+    @property
+    def issued_at(self) -> datetime:
+        """When the run that sent this message was issued: ``replayed_at`` for a replay, else
+        ``published_at``. The current result version is the one of the latest issued run."""
+        return self.replayed_at or self.published_at
 
     @property
     def send_id(self) -> str:

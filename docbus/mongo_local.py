@@ -6,6 +6,13 @@ SecantusDB speaks the MongoDB wire protocol over a real TCP socket, so pymongo (
 ``python -m secantus`` in a child process and waits until a ``ping`` answers. Neighbours: the
 pytest fixture in :mod:`docbus.testing` wraps :class:`LocalMongo`; the emulator and the offline
 LLM server are the other local stand-ins.
+
+Durability: SecantusDB runs with its journal on and without a sync on every commit (its
+``sync_on_commit`` is off), like mongod's default; a write that must survive a crash asks for it
+with ``j: true`` and SecantusDB syncs that commit's journal before acknowledging it. The store
+asks so for every write docbus must not lose (:mod:`docbus.store._base`), so a SIGKILL of the
+server (:meth:`LocalMongo.kill_sync`) loses no acknowledged result, while the writes behind a
+handler do not each pay for a sync.
 """
 
 from __future__ import annotations
@@ -148,6 +155,21 @@ class LocalMongo:
                 process.kill()
                 process.wait()
         self._cleanup()
+
+    def kill_sync(self) -> None:
+        """SIGKILL the server, as a crash or a power cut of its process would, and clean up.
+
+        The data directory stays as the crash left it: :meth:`start_sync` again on the same
+        ``data_dir`` shows what survived (for tests of durability and for chaos runs)."""
+        process, self._process = self._process, None
+        if process is not None and process.poll() is None:
+            process.kill()
+            process.wait()
+        self._cleanup()
+
+    async def kill(self) -> None:
+        """:meth:`kill_sync` without blocking the event loop."""
+        await asyncio.to_thread(self.kill_sync)
 
     def _wake_accept_loop(self, process: subprocess.Popen[bytes], deadline: float) -> None:
         # SecantusDB's shutdown joins its accept thread with a 2 s timeout, and a thread

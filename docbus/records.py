@@ -37,6 +37,7 @@ __all__ = [
     "Spend",
     "SpendCategory",
     "input_hash",
+    "result_rank",
 ]
 
 
@@ -103,11 +104,26 @@ class BatchBudget(NamedTuple):
     over_budget: bool
 
 
+def result_rank(
+    issued_at: datetime | None, written_at: datetime, version: int
+) -> tuple[datetime, int]:
+    """How result versions of one (document, handler) rank; the highest not rolled back is
+    current.
+
+    A version ranks by when the run that wrote it was issued (a batch's publication, or a
+    replay), then by its version number: a late redelivery of an older run never takes over
+    from a newer one, and a nightly re-run of the same documents under a new batch wins over
+    yesterday's replays (a replay generation, counted per batch, could not tell them apart).
+    Versions written before the issue time was stored rank by when they were written.
+    """
+    return (issued_at or written_at, version)
+
+
 class ResultRecord(BaseModel):
     """One version of a handler's output for a document.
 
     Versions count up per (doc_id, handler); exactly one non-rolled-back version is ``current``:
-    the one with the highest (generation, version).
+    the one that ranks highest (:func:`result_rank`).
     """
 
     model_config = ConfigDict(frozen=True)
@@ -125,6 +141,18 @@ class ResultRecord(BaseModel):
     output: dict[str, Any]
     written_at: datetime
     delivery_count: int | None = None
+    run_id: str | None = None
+    """The run that wrote it: the batch id for a publication, the replay id for a replay
+    (``None``: written before runs were named)."""
+    issued_at: datetime | None = None
+    """When that run was issued (see :func:`result_rank`)."""
+    rolled_back_by: str | None = None
+    """The rollback that withdrew this version (``docbus rollback --undo`` restores it)."""
+    rolled_back_at: datetime | None = None
+
+    @property
+    def rank(self) -> tuple[datetime, int]:
+        return result_rank(self.issued_at, self.written_at, self.version)
 
 
 class ResultWrite(NamedTuple):
@@ -191,12 +219,20 @@ class ReplayItem(BaseModel):
 
 
 class ReplayRecord(BaseModel):
-    """One ``docbus replay`` run (``replays``), so that every re-sent message is accounted for."""
+    """One ``docbus replay`` run (``replays``), so that every re-sent message is accounted for.
+
+    Written with ``status`` ``running`` before the first message is sent, so a run is known
+    (and can be rolled back) even if it never finishes; then ``done``, ``partial`` (some
+    messages failed to send) or ``failed`` (none went, or the run stopped: ``error`` says why).
+    """
 
     model_config = ConfigDict(frozen=True)
 
     id: str
     kind: Literal["dead-letters", "batch"]
+    status: Literal["running", "done", "partial", "failed"] = "done"
+    error: str | None = None
+    """Why the run stopped before it sent everything, if it did."""
     filters: dict[str, Any] = Field(default_factory=dict)
     """The selection as given on the command line (filters, ``--only``, ``--limit``...)."""
     count: int = 0
@@ -211,20 +247,39 @@ class ReplayRecord(BaseModel):
 
 
 class RollbackRecord(BaseModel):
-    """One ``docbus rollback`` run (``rollbacks``): what was withdrawn, and how much."""
+    """One ``docbus rollback`` run (``rollbacks``): which run's results it withdrew, how many,
+    and whether it was undone; or one undo (``kind`` ``undo``) of such a rollback.
+
+    The versions a rollback withdrew carry its id (``rolled_back_by``), so an undo restores
+    exactly them. Written with ``status`` ``running`` before the first version is withdrawn.
+    """
 
     model_config = ConfigDict(frozen=True)
 
     id: str
-    batch_id: str
-    generation: int | None = None
-    """Only result versions of this replay generation and later; ``None``: all of the batch."""
+    kind: Literal["rollback", "undo"] = "rollback"
+    target: str = ""
+    """What was rolled back, in words: ``batch B``, ``replay R``, ``batch B with its replays``,
+    or for an undo ``rollback X``."""
+    batch_id: str | None = None
+    replay_id: str | None = None
+    with_replays: bool = False
+    runs: list[str] = Field(default_factory=list)
+    """The runs whose versions were withdrawn (or, for an undo, restored)."""
     handler: str | None = None
+    undoes: str | None = None
+    """For an undo: the rollback it undid."""
+    undone_by: str | None = None
+    """For a rollback: the undo that restored its versions."""
+    generation: int | None = None
+    """Rollbacks made before runs were named: replay generation G and later of the batch."""
     versions: int = 0
-    """Result versions marked rolled back by this run (0 when already rolled back)."""
+    """Result versions withdrawn (an undo: restored) by this run (0 when already done)."""
     documents: int = 0
-    """Documents whose current version this run changed or withdrew."""
+    """Documents with a version withdrawn (an undo: restored) by this run."""
+    status: Literal["running", "done"] = "done"
     at: datetime = Field(default_factory=_now)
+    finished_at: datetime | None = None
 
 
 class LLMCallRecord(BaseModel):

@@ -1,28 +1,40 @@
-"""``docbus results``: the versions of a document's results — ``docbus results history DOC``.
+"""``docbus results``: a document's results — ``history`` (every version) and ``show`` (one).
 
 Every time a handler finishes a document (a first delivery, a replay, a batch replay under a new
 handler version) :meth:`docbus.store.Store.write_result` keeps a new version; exactly one that is
-not rolled back is current. ``history`` shows them all, per handler, oldest first, with the
-replay generation, handler version and batch that wrote each, and which are current or rolled
-back (:mod:`docbus.rollback`).
+not rolled back is current. ``history`` shows them all, per handler, oldest first, with the run
+that wrote each (a batch's publication or a replay), its replay generation, handler version and
+batch, and which are current or rolled back (:mod:`docbus.rollback`). ``show DOC --handler H``
+prints the current version's output (``--version N``: any version); the output is a handler's
+(often an LLM's) text, so it is printed as JSON with control and bidirectional characters
+escaped: it cannot move the cursor, recolour the terminal or reorder what is shown. Both take
+``--json`` (one JSON document on stdout); errors go to stderr, and a document (or version) with
+no result is one line and exit 1.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
+import json
+import unicodedata
 from collections.abc import Sequence
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
-from docbus.errors import DocbusError
 from docbus.records import ResultRecord
 from docbus.settings import Settings
-from docbus.settings_cli import load_settings
 from docbus.store import Store
 
-__all__ = ["add_arguments", "history_table", "run"]
+__all__ = ["EXIT_CODES", "add_arguments", "history_table", "run", "safe_text"]
+
+EXIT_CODES = {1: "the document has no result (of that handler, or of that version)"}
+
+
+def _state(record: ResultRecord) -> str:
+    return "current" if record.current else "rolled back" if record.rolled_back else ""
 
 
 def history_table(doc_id: str, versions: Sequence[ResultRecord]) -> Table:
@@ -31,43 +43,80 @@ def history_table(doc_id: str, versions: Sequence[ResultRecord]) -> Table:
     ``state`` is ``current``, ``rolled back``, or empty for a version a later one superseded.
     """
     table = Table(title=f"results of {doc_id}: {len(versions)} version(s)", title_justify="left")
-    headers = ("handler", "version", "generation", "handler ver", "batch", "written at", "state")
+    headers = (
+        "handler", "version", "generation", "handler ver", "batch", "written at", "state", "run",
+    )  # fmt: skip
     for name in headers:
         table.add_column(
             name, justify="right" if name in ("version", "generation") else "left", no_wrap=True
         )
     for record in versions:
-        state = "current" if record.current else "rolled back" if record.rolled_back else ""
-        table.add_row(
+        cells = (
             record.handler,
             str(record.version),
             str(record.generation),
             record.handler_version,
             record.batch_id,
             f"{record.written_at:%Y-%m-%d %H:%M:%S}",
-            state,
+            _state(record),
+            record.run_id or "",
         )
+        table.add_row(*(_cell(cell) for cell in cells))
     return table
 
 
+def _cell(value: str) -> Text:
+    """A table cell of text from outside (ids, names): shown as it is, never as markup."""
+    return Text(safe_text(value))
+
+
+def safe_text(text: str) -> str:
+    """``text`` with every control, format (bidirectional overrides, zero-width) and line or
+    paragraph separator character written as a ``\\uXXXX`` escape: untrusted text shown this
+    way cannot act on the terminal. Newlines and tabs stay."""
+    out = []
+    for char in text:
+        if char in "\n\t" or unicodedata.category(char) not in {"Cc", "Cf", "Zl", "Zp", "Cs"}:
+            out.append(char)
+        else:
+            code = ord(char)
+            out.append(f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}")
+    return "".join(out)
+
+
+def _record_json(record: ResultRecord) -> dict[str, Any]:
+    return {**record.model_dump(mode="json"), "state": _state(record) or "superseded"}
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    commands = parser.add_subparsers(dest="results_command", required=True, metavar="history")
+    commands = parser.add_subparsers(dest="results_command", required=True, metavar="history|show")
     history = commands.add_parser("history", help="every result version of a document")
     history.add_argument("doc", metavar="DOC", help="the document id")
     history.add_argument("--handler", metavar="NAME", help="only this handler's versions")
     history.add_argument("--batch", metavar="ID", help="only versions written for this batch")
+    history.add_argument("--json", action="store_true", help="print one JSON document")
+    show = commands.add_parser("show", help="a document's current result (or any version)")
+    show.add_argument("doc", metavar="DOC", help="the document id")
+    show.add_argument(
+        "--handler", metavar="NAME", help="the handler (needed when several wrote results)"
+    )
+    show.add_argument("--version", type=int, metavar="N", help="this version, current or not")
+    show.add_argument("--json", action="store_true", help="print one JSON document")
 
 
 def run(args: argparse.Namespace, *, console: Console | None = None) -> int:
+    from docbus.cli import run_async  # failures: one line on stderr, by the CLI's runner
+
     console = console or Console()
-    settings = load_settings(console)
-    if settings is None:
-        return 2
-    try:
-        return asyncio.run(_history(settings, args, console))
-    except DocbusError as exc:
-        console.print(f"docbus results: error: {exc}", markup=False, highlight=False)
-        return 1
+    command = _show if args.results_command == "show" else _history
+    return run_async(lambda settings: command(settings, args, console))
+
+
+def _print_json(console: Console, data: Any) -> None:
+    # ASCII-only JSON: a result is a handler's (often an LLM's) text, and escaped it cannot
+    # act on a terminal that shows it (bidirectional overrides, C1 controls); parsers read it
+    # back unchanged.
+    console.out(json.dumps(data, indent=2, ensure_ascii=True, default=str), highlight=False)
 
 
 async def _history(settings: Settings, args: argparse.Namespace, console: Console) -> int:
@@ -76,7 +125,65 @@ async def _history(settings: Settings, args: argparse.Namespace, console: Consol
             doc_id=args.doc, handler=args.handler, batch_id=args.batch
         )
     if not versions:
-        console.print(f"no results for document {args.doc!r}", markup=False, highlight=False)
-        return 1
-    console.print(history_table(args.doc, versions))
+        return _fail(f"no results for document {args.doc!r}")
+    if args.json:
+        _print_json(console, {"doc_id": args.doc, "versions": [_record_json(v) for v in versions]})
+    else:
+        console.print(history_table(args.doc, versions))
+    return 0
+
+
+def _fail(message: str) -> int:
+    from docbus.cli import say_error
+
+    say_error("results", message)
+    return 1
+
+
+async def _show(settings: Settings, args: argparse.Namespace, console: Console) -> int:
+    async with Store.from_settings(settings) as store:
+        versions = await store.result_versions(doc_id=args.doc, handler=args.handler)
+    handlers = sorted({record.handler for record in versions})
+    if not versions:
+        whose = f" of handler {args.handler!r}" if args.handler else ""
+        return _fail(f"no results{whose} for document {args.doc!r}")
+    if len(handlers) > 1:
+        return _fail(
+            f"document {args.doc!r} has results of {len(handlers)} handlers "
+            f"({', '.join(handlers)}): name one with --handler"
+        )
+    if args.version is not None:
+        chosen = [record for record in versions if record.version == args.version]
+        if not chosen:
+            numbers = ", ".join(str(record.version) for record in versions)
+            return _fail(
+                f"document {args.doc!r} has no version {args.version} (versions: {numbers})"
+            )
+    else:
+        chosen = [record for record in versions if record.current]
+        if not chosen:
+            return _fail(
+                f"document {args.doc!r} has no current result of {handlers[0]} (every version "
+                "is rolled back): see `docbus results history`, or --version N"
+            )
+    record = chosen[0]
+    if args.json:
+        _print_json(console, _record_json(record))
+        return 0
+    table = Table(show_header=False, title_justify="left", box=None)
+    table.add_column("field", style="bold")
+    table.add_column("value")
+    rows = (
+        ("document", record.doc_id),
+        ("handler", f"{record.handler} (version {record.handler_version})"),
+        ("version", f"{record.version} of {len(versions)} · {_state(record) or 'superseded'}"),
+        ("run", record.run_id or "(unnamed)"),
+        ("batch", f"{record.batch_id} · generation {record.generation}"),
+        ("written at", f"{record.written_at:%Y-%m-%d %H:%M:%S}"),
+    )
+    for name, value in rows:
+        table.add_row(name, _cell(value))
+    console.print(table)
+    output = json.dumps(record.output, indent=2, ensure_ascii=False, default=str)
+    console.out(safe_text(output), highlight=False)
     return 0

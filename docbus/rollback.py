@@ -1,124 +1,488 @@
-"""``docbus rollback``: withdraw the results a batch (or one of its replays) wrote.
+"""``docbus rollback``: withdraw the result versions exactly one run wrote, and undo that.
 
-:func:`roll_back` marks the result versions of a batch — all of them, or those of replay
-generation ``G`` and later, optionally of one handler — as rolled back, and each affected
-document's previous version becomes current again (:meth:`docbus.store.Store.rollback_results`
-does the converging). It counts the versions and documents it touched and keeps a
-:class:`~docbus.records.RollbackRecord` in ``rollbacks``. A rollback of what is rolled back
-already touches nothing (0) and says so. The command asks for confirmation like ``docbus
-replay`` (:mod:`docbus.confirm`). Neighbours: :mod:`docbus.results_cli` shows the versions.
+Every result version names the run that wrote it (``run_id``): a batch's publication is run
+``B`` (its batch id), a replay is its replay id (``docbus replay`` prints it, ``replay-...``).
+:func:`plan_rollback` finds the versions of one run — ``--batch B`` (B's publication only;
+``--with-replays`` adds every replay of B's documents) or ``--replay R`` — optionally of one
+handler, and works out per document which version is current now and which will be after
+(the highest-ranked version left, :func:`docbus.records.result_rank`), so ``--dry-run`` shows
+exactly what a real run changes. :func:`carry_out` withdraws them, tagged with the rollback's
+id, and keeps a :class:`~docbus.records.RollbackRecord` in ``rollbacks`` (written first, as
+``running``); every write is durable (:mod:`docbus.store`). :func:`plan_undo` and the same
+:func:`carry_out` restore exactly the versions one rollback withdrew (``--undo ROLLBACK_ID``),
+recorded as an undo.
+
+A document is never left without a current version while it has one that is not withdrawn: the
+store converges each document touched. A rollback of what is rolled back already withdraws
+nothing and says so; an unknown batch, replay or rollback is one line on stderr, exit 1, and no
+record. Versions a run writes after its rollback (messages still in flight) are not withdrawn:
+roll a run back once it has finished. The command asks for confirmation like ``docbus replay``
+(:mod:`docbus.confirm`); ``--json`` prints one JSON document instead of tables. Neighbours:
+:mod:`docbus.results_cli` shows the versions, :mod:`publisher.replay` names replay runs.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import secrets
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TextIO
+from typing import Any, TextIO
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
+from docbus.cli import print_json
 from docbus.confirm import REFUSED, confirm, stdin_is_terminal
 from docbus.errors import DocbusError
-from docbus.records import RollbackRecord
+from docbus.records import ResultRecord, RollbackRecord
 from docbus.settings import Settings
-from docbus.settings_cli import load_settings
 from docbus.store import Store
 
-__all__ = ["add_arguments", "roll_back", "run"]
+__all__ = [
+    "EXIT_CODES",
+    "Change",
+    "RollbackError",
+    "RollbackPlan",
+    "Target",
+    "add_arguments",
+    "carry_out",
+    "plan_rollback",
+    "plan_undo",
+    "preview",
+    "run",
+]
+
+EXIT_CODES = {
+    1: "the batch, replay or rollback is unknown, or the rollback was not confirmed",
+    2: "usage or configuration error, or no confirmation: stdin is not a terminal (pass --yes)",
+}
+
+TABLE_ROWS = 50
+"""Documents a preview table shows at most (``--json`` lists all)."""
+
+
+class RollbackError(DocbusError):
+    """A rollback cannot be planned as asked: unknown batch, replay or rollback."""
+
+
+@dataclass(frozen=True)
+class Target:
+    """What a rollback withdraws (or an undo restores), in words and ids."""
+
+    description: str
+    batch_id: str | None = None
+    replay_id: str | None = None
+    with_replays: bool = False
+    undoes: str | None = None
+    """For an undo: the rollback whose versions it restores."""
+
+
+@dataclass(frozen=True)
+class Change:
+    """One (document, handler): the versions withdrawn (or restored), and its current version
+    now and after."""
+
+    doc_id: str
+    handler: str
+    versions: tuple[ResultRecord, ...]
+    before: ResultRecord | None
+    after: ResultRecord | None
+
+
+@dataclass
+class RollbackPlan:
+    """What a rollback (or undo) would change, document by document."""
+
+    target: Target
+    handler: str | None
+    changes: list[Change] = field(default_factory=list)
+    note: str | None = None
+    """Something the operator should know (replays of the batch left alone, an undo done)."""
+
+    @property
+    def undo(self) -> bool:
+        return self.target.undoes is not None
+
+    @property
+    def versions(self) -> int:
+        return sum(len(change.versions) for change in self.changes)
+
+    @property
+    def documents(self) -> int:
+        return len({change.doc_id for change in self.changes})
+
+    @property
+    def runs(self) -> list[str]:
+        return sorted({v.run_id or "(unnamed)" for c in self.changes for v in c.versions})
+
+    def table(self, title: str) -> Table:
+        """One row per document and handler: what goes (or comes back), current now → after."""
+        table = Table(title=title, title_justify="left")
+        for name in ("document", "handler", "restores" if self.undo else "withdraws"):
+            table.add_column(name, no_wrap=True)
+        table.add_column("current now", no_wrap=True)
+        table.add_column("current after", no_wrap=True)
+        for change in self.changes[:TABLE_ROWS]:
+            cells = (
+                change.doc_id,
+                change.handler,
+                ", ".join(f"v{v.version}" for v in change.versions),
+                _version(change.before),
+                _version(change.after),
+            )
+            table.add_row(*(Text(cell) for cell in cells))  # ids as they are, never markup
+        return table
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "target": _target_json(self.target),
+            "handler": self.handler,
+            "versions": self.versions,
+            "documents": self.documents,
+            "runs": self.runs,
+            "note": self.note,
+            "changes": [
+                {
+                    "doc_id": change.doc_id,
+                    "handler": change.handler,
+                    "versions": [v.version for v in change.versions],
+                    "current_before": _version_json(change.before),
+                    "current_after": _version_json(change.after),
+                }
+                for change in self.changes
+            ],
+        }
+
+
+def _version(record: ResultRecord | None) -> str:
+    return "none" if record is None else f"v{record.version} ({record.run_id or record.batch_id})"
+
+
+def _version_json(record: ResultRecord | None) -> dict[str, Any] | None:
+    if record is None:
+        return None
+    return {"version": record.version, "run_id": record.run_id, "batch_id": record.batch_id}
+
+
+def _target_json(target: Target) -> dict[str, Any]:
+    return {
+        "description": target.description,
+        "batch_id": target.batch_id,
+        "replay_id": target.replay_id,
+        "with_replays": target.with_replays,
+        "undoes": target.undoes,
+    }
+
+
+def _top(versions: Iterable[ResultRecord]) -> ResultRecord | None:
+    return max(versions, key=lambda record: record.rank, default=None)
+
+
+def preview(
+    targets: Sequence[ResultRecord], versions: Sequence[ResultRecord], *, restore: bool = False
+) -> list[Change]:
+    """Per (document, handler) of ``targets``: the current version now and after withdrawing
+    ``targets`` (``restore``: after putting them back), among all its ``versions``."""
+    chosen = {record.id for record in targets}
+    by_pair: dict[tuple[str, str], list[ResultRecord]] = {}
+    for record in versions:
+        by_pair.setdefault((record.doc_id, record.handler), []).append(record)
+    affected: dict[tuple[str, str], list[ResultRecord]] = {}
+    for record in targets:
+        affected.setdefault((record.doc_id, record.handler), []).append(record)
+    changes = []
+    for (doc_id, handler), mine in sorted(affected.items()):
+        known = by_pair.get((doc_id, handler), mine)
+        before = _top(v for v in known if not v.rolled_back)
+        if restore:
+            after = _top(v for v in known if not v.rolled_back or v.id in chosen)
+        else:
+            after = _top(v for v in known if not v.rolled_back and v.id not in chosen)
+        ordered = tuple(sorted(mine, key=lambda record: record.version))
+        changes.append(Change(doc_id, handler, ordered, before, after))
+    return changes
+
+
+async def plan_rollback(
+    store: Store,
+    *,
+    batch_id: str | None = None,
+    replay_id: str | None = None,
+    with_replays: bool = False,
+    handler: str | None = None,
+) -> RollbackPlan:
+    """What withdrawing one run's result versions changes; raises :class:`RollbackError` for
+    an unknown batch or replay. Give ``batch_id`` (its publication; ``with_replays``: and
+    every replay of its documents) or ``replay_id``."""
+    if (batch_id is None) == (replay_id is None):
+        raise RollbackError("name one run: a batch (--batch) or a replay (--replay)")
+    note = None
+    if replay_id is not None:
+        replay = await store.get_replay(replay_id)
+        if replay is None:
+            raise RollbackError(
+                f"unknown replay {replay_id!r}: no replay run has that id "
+                "(docbus replay prints each run's id: 'recorded as replay-...')"
+            )
+        target = Target(f"replay {replay_id}", replay_id=replay_id)
+        targets = await store.run_result_versions(
+            [replay_id],
+            legacy_message_ids=[item.message_id for item in replay.items],
+            handler=handler,
+        )
+    else:
+        assert batch_id is not None
+        if not await store.batch_exists(batch_id):
+            raise RollbackError(f"unknown batch {batch_id!r}: nothing was published or written")
+        if with_replays:
+            target = Target(f"batch {batch_id} with its replays", batch_id, with_replays=True)
+            targets = await store.result_versions(
+                batch_id=batch_id, handler=handler, include_rolled_back=False
+            )
+        else:
+            target = Target(f"batch {batch_id}", batch_id)
+            targets = await store.run_result_versions(
+                [batch_id], batch_id=batch_id, publish_of=batch_id, handler=handler
+            )
+            replays = [r.id for r in await store.replays_of_batch(batch_id)]
+            if replays:
+                shown = ", ".join(replays[:3]) + (", ..." if len(replays) > 3 else "")
+                note = (
+                    f"only the publication of batch {batch_id} is rolled back; its "
+                    f"{len(replays)} replay run(s) ({shown}) keep their versions: roll each "
+                    "back with --replay, or all with --with-replays"
+                )
+    versions = await store.result_versions(
+        doc_ids={record.doc_id for record in targets}, handler=handler
+    )
+    return RollbackPlan(target, handler, preview(targets, versions), note)
+
+
+async def plan_undo(store: Store, rollback_id: str) -> RollbackPlan:
+    """What restoring the versions rollback ``rollback_id`` withdrew changes; raises
+    :class:`RollbackError` for an unknown rollback or an undo."""
+    record = await store.get_rollback(rollback_id)
+    if record is None:
+        raise RollbackError(f"unknown rollback {rollback_id!r}: no rollback has that id")
+    if record.kind == "undo":
+        raise RollbackError(
+            f"{rollback_id} is an undo of {record.undoes}: to withdraw those versions again, "
+            "roll their run back again"
+        )
+    target = Target(f"rollback {rollback_id}", record.batch_id, record.replay_id, undoes=record.id)
+    withdrawn = await store.result_versions(rolled_back_by=record.id)
+    note = None
+    if record.undone_by is not None and not withdrawn:
+        note = f"rollback {rollback_id} was undone already by {record.undone_by}"
+    elif not withdrawn:
+        note = f"rollback {rollback_id} withdrew no version that can be restored"
+    versions = await store.result_versions(doc_ids={record.doc_id for record in withdrawn})
+    return RollbackPlan(target, None, preview(withdrawn, versions, restore=True), note)
 
 
 def _rollback_id(now: datetime) -> str:
     return f"rollback-{now:%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
 
 
-async def roll_back(
-    store: Store, batch_id: str, *, generation: int | None = None, handler: str | None = None
-) -> RollbackRecord:
-    """Withdraw the batch's result versions (of ``generation`` and later) and record it."""
-    targets = await store.result_versions(
-        batch_id=batch_id, handler=handler, min_generation=generation, include_rolled_back=False
-    )
-    versions = await store.rollback_results(batch_id, generation=generation, handler=handler)
+async def carry_out(store: Store, plan: RollbackPlan) -> RollbackRecord:
+    """Withdraw (an undo: restore) the plan's versions and record the run.
+
+    The record is written first (``running``), so a run that dies half-way can still be
+    undone: its versions carry its id.
+    """
     now = datetime.now(UTC)
+    target = plan.target
     record = RollbackRecord(
         id=_rollback_id(now),
-        batch_id=batch_id,
-        generation=generation,
-        handler=handler,
-        versions=versions,
-        documents=len({r.doc_id for r in targets}) if versions else 0,
+        kind="undo" if plan.undo else "rollback",
+        target=target.description,
+        batch_id=target.batch_id,
+        replay_id=target.replay_id,
+        with_replays=target.with_replays,
+        runs=plan.runs,
+        handler=plan.handler,
+        undoes=target.undoes,
+        status="running",
         at=now,
     )
     await store.record_rollback(record)
+    if target.undoes is not None:
+        changed = await store.restore_results(target.undoes)
+    else:
+        changed = await store.withdraw_results(
+            [v.id for c in plan.changes for v in c.versions], record.id
+        )
+    record = record.model_copy(
+        update={
+            "versions": len(changed),
+            "documents": len({version.doc_id for version in changed}),
+            "status": "done",
+            "finished_at": datetime.now(UTC),
+        }
+    )
+    await store.record_rollback(record)
+    if target.undoes is not None:
+        undone = await store.get_rollback(target.undoes)
+        if undone is not None:
+            await store.record_rollback(undone.model_copy(update={"undone_by": record.id}))
     return record
 
 
+# -- the command ------------------------------------------------------------------------------
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--batch", required=True, metavar="ID", help="the batch to roll back")
+    which = parser.add_argument_group("what to roll back (one of)")
+    which.add_argument("--batch", metavar="ID", help="the publication of this batch")
+    which.add_argument(
+        "--replay", metavar="ID", help="one replay run (its id as docbus replay printed it)"
+    )
+    which.add_argument(
+        "--undo", metavar="ROLLBACK_ID", help="restore exactly what this rollback withdrew"
+    )
     parser.add_argument(
-        "--generation",
-        type=int,
-        metavar="G",
-        help="only result versions of replay generation G and later (default: all)",
+        "--with-replays",
+        action="store_true",
+        help="with --batch: also every replay of the batch's documents",
     )
     parser.add_argument("--handler", metavar="NAME", help="only this handler's results")
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="show what would change, per document; change nothing",
+    )
+    parser.add_argument("--json", action="store_true", help="print one JSON document, no tables")
     parser.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
+    # Generations are counted per document, so no value names one replay: say what replaces it.
+    parser.add_argument("--generation", help=argparse.SUPPRESS)
+
+
+def _check_arguments(args: argparse.Namespace) -> str | None:
+    if args.generation is not None:
+        return (
+            "--generation is gone: generations are counted per document, so one value does not "
+            "name one replay; roll back a replay with --replay REPLAY_ID (docbus replay prints it)"
+        )
+    given = [name for name in ("batch", "replay", "undo") if getattr(args, name) is not None]
+    if len(given) != 1:
+        return "name exactly one of --batch ID, --replay ID or --undo ROLLBACK_ID"
+    if args.with_replays and args.batch is None:
+        return "--with-replays applies to --batch only"
+    if args.undo is not None and args.handler is not None:
+        return "--undo restores everything its rollback withdrew: drop --handler"
+    return None
 
 
 def run(
     args: argparse.Namespace, *, console: Console | None = None, stdin: TextIO | None = None
 ) -> int:
+    from docbus.cli import run_async, say_error  # failures: one line on stderr (the runner's)
+
     console = console or Console()
-    settings = load_settings(console)
-    if settings is None:
-        return 2
-    if not args.yes and not stdin_is_terminal(stdin):
-        console.print(
-            "docbus rollback: refusing to roll back without confirmation: stdin is not a "
-            "terminal. Pass --yes to roll back.",
-            markup=False,
-            highlight=False,
+    problem = _check_arguments(args)
+    if problem is not None:
+        say_error("rollback", problem)
+        return REFUSED
+    if not (args.yes or args.dry_run) and not stdin_is_terminal(stdin):
+        say_error(
+            "rollback",
+            "refusing to roll back without confirmation: stdin is not a terminal. Pass --yes "
+            "to roll back, or --dry-run to see what would change.",
         )
         return REFUSED
-    try:
-        return asyncio.run(_rollback(settings, args, console, stdin))
-    except DocbusError as exc:
-        console.print(f"docbus rollback: error: {exc}", markup=False, highlight=False)
-        return 1
+    return run_async(lambda settings: _rollback(settings, args, console, stdin))
 
 
 async def _rollback(
     settings: Settings, args: argparse.Namespace, console: Console, stdin: TextIO | None
 ) -> int:
-    scope = f"batch {args.batch}"
-    if args.generation is not None:
-        scope += f", generation {args.generation} and later"
-    if args.handler is not None:
-        scope += f", handler {args.handler}"
+    # With --json, stdout holds the one JSON document: questions and notes go to stderr.
+    talk = Console(stderr=True) if args.json else console
     async with Store.from_settings(settings) as store:
-        if not args.yes:
-            pending = await store.result_versions(
-                batch_id=args.batch, handler=args.handler, min_generation=args.generation,
-                include_rolled_back=False,
-            )  # fmt: skip
-            documents = len({r.doc_id for r in pending})
-            question = f"roll back {len(pending)} result version(s) of {documents} document(s)?"
-            if pending and not confirm(question, console=console, stdin=stdin):
-                console.print("not confirmed: nothing was rolled back", markup=False)
+        if args.undo is not None:
+            plan = await plan_undo(store, args.undo)
+        else:
+            plan = await plan_rollback(
+                store,
+                batch_id=args.batch,
+                replay_id=args.replay,
+                with_replays=args.with_replays,
+                handler=args.handler,
+            )
+        verb = "restore" if plan.undo else "withdraw"
+        if args.dry_run or (plan.undo and not plan.changes):
+            # (an undo that restores nothing is not worth a record)
+            return _show_plan(plan, args, console, verb)
+        if not args.yes and plan.changes:
+            talk.print(plan.table(f"rollback of {plan.target.description}"))
+            _more(plan, talk)
+            question = (
+                f"{verb} {plan.versions} result version(s) of {plan.documents} document(s) "
+                f"({plan.target.description})?"
+            )
+            if not confirm(question, console=talk, stdin=stdin):
+                talk.print("not confirmed: nothing was changed", markup=False)
                 return 1
-        record = await roll_back(
-            store, args.batch, generation=args.generation, handler=args.handler
+        record = await carry_out(store, plan)
+    if args.json:
+        print_json(
+            console,
+            {"dry_run": False, **plan.to_json(), "rollback": record.model_dump(mode="json")},
         )
-    table = Table(title=f"rollback of {scope}", show_header=False, title_justify="left")
+        return 0
+    what = "restored" if plan.undo else "rolled back"
+    table = Table(
+        title=f"{'undo' if plan.undo else 'rollback'} of {plan.target.description}",
+        show_header=False,
+        title_justify="left",
+    )
     table.add_column("figure")
     table.add_column("value", justify="right")
-    table.add_row("result versions rolled back", str(record.versions))
+    table.add_row(f"result versions {what}", str(record.versions))
     table.add_row("documents touched", str(record.documents))
     table.add_row("recorded as", record.id)
     console.print(table)
+    if plan.note:
+        _say(console, plan.note)
     if record.versions == 0:
-        console.print("nothing to roll back: no current result version matched", markup=False)
+        _say(
+            console,
+            f"nothing to roll back: {plan.target.description} has no result version left to "
+            "withdraw",
+        )
+    elif not plan.undo:
+        _say(console, f"undo with: docbus rollback --undo {record.id}")
     return 0
+
+
+def _say(console: Console, text: str) -> None:
+    console.print(text, markup=False, highlight=False, soft_wrap=True)
+
+
+def _show_plan(plan: RollbackPlan, args: argparse.Namespace, console: Console, verb: str) -> int:
+    if args.json:
+        print_json(console, {"dry_run": bool(args.dry_run), **plan.to_json(), "rollback": None})
+        return 0
+    if plan.changes:
+        title = (
+            f"dry run: would {verb} {plan.versions} result version(s) of {plan.documents} "
+            f"document(s) ({plan.target.description})"
+        )
+        console.print(plan.table(title))
+        _more(plan, console)
+    if plan.note:
+        _say(console, plan.note)
+    if not plan.changes:
+        _say(console, f"nothing to {verb}")
+    if args.dry_run:
+        _say(console, "dry run: nothing was changed")
+    return 0
+
+
+def _more(plan: RollbackPlan, console: Console) -> None:
+    hidden = len(plan.changes) - TABLE_ROWS
+    if hidden > 0:
+        console.print(f"... and {hidden} more (--json lists all)", markup=False)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
@@ -116,6 +116,14 @@ class MongoSettings(BaseModel):
     """Seconds a worker's audit rows, cost increments and checkpoints, written behind its
     handlers, may wait to leave in one command with others (0: leave at once). Nothing a
     handler waits for lingers."""
+    write_concern: Literal["majority"] | Annotated[int, Field(ge=1)] = "majority"
+    """``w`` of every write docbus must not lose (results, dead-letter, parked and replay
+    records, documents, claim-check payloads, rollbacks): ``majority`` (default) or a number of
+    members. Such a write is acknowledged only once the server would keep it through a crash;
+    set 1 only for a server that refuses ``majority``."""
+    journal: bool = True
+    """``j`` of those writes: acknowledged only once in the server's on-disk journal. Turn off
+    only for a server without a journal (an in-memory storage engine refuses ``j``)."""
 
 
 class ModelPrice(BaseModel):

@@ -16,7 +16,10 @@ subscriptions never see the message.
 message mapping, at most ``rate`` messages per second (:mod:`publisher.token_bucket`). Each dead
 letter is claimed (marked replayed) before it is sent and released again if sending fails, so it
 is sent at most once however many replays run, unless a plan is made with ``again``. Every run is
-recorded in ``replays`` (:class:`~docbus.records.ReplayRecord`). Neighbours:
+recorded in ``replays`` (:class:`~docbus.records.ReplayRecord`) before its first message goes,
+then as ``done``, ``partial`` or ``failed`` with the error that stopped it. Each message carries
+the run's id (``run_id``), which its results keep: ``docbus rollback --replay ID`` withdraws
+exactly what one run wrote (:mod:`docbus.rollback`). Neighbours:
 :mod:`publisher.replay_cli` (``docbus replay``), :mod:`subscriber.dlq` (which captures
 broker-side dead letters first).
 """
@@ -54,6 +57,7 @@ __all__ = [
     "ReplayReport",
     "plan_batch_replay",
     "plan_dead_letter_replay",
+    "replay_status",
     "send_replay",
     "subscription_of",
 ]
@@ -118,6 +122,26 @@ class ReplayPlan:
             )
         return table
 
+    def to_json(self) -> dict[str, Any]:
+        """The plan as ``--json`` prints it: every message, what was skipped, the note."""
+        return {
+            "kind": self.kind,
+            "filters": _jsonable(self.filters),
+            "messages": [
+                {
+                    "key": planned.key,
+                    "batch_id": planned.envelope.batch_id,
+                    "doc_id": planned.envelope.doc_id,
+                    "generation": planned.envelope.generation,
+                    "route": planned.envelope.target_subscription,
+                    "message_id": planned.envelope.send_id,
+                }
+                for planned in self.messages
+            ],
+            "skipped": dict(self.skipped),
+            "note": self.note,
+        }
+
     def skipped_table(self) -> Table:
         table = Table(title=f"skipped: {len(self.skipped)}", title_justify="left")
         table.add_column("dead letter" if self.kind == "dead-letters" else "document")
@@ -158,10 +182,15 @@ class ReplayReport:
         """One line: the audit record's id, what did not go, and how fast it went."""
         record = self.record
         rate = record.count / self.duration if self.duration > 0 else 0.0
+        ended = "" if record.status == "done" else f" · {record.status}"
         return (
-            f"recorded as {record.id} · {len(record.skipped)} skipped, "
+            f"recorded as {record.id}{ended} · {len(record.skipped)} skipped, "
             f"{len(record.failed)} failed · {self.duration:.2f} s, {rate:.0f} msg/s"
         )
+
+    def to_json(self) -> dict[str, Any]:
+        """The run as ``--json`` prints it: its record and how long it took."""
+        return {"replay": self.record.model_dump(mode="json"), "seconds": round(self.duration, 3)}
 
     def problems_table(self) -> Table | None:
         """What was skipped or failed to send, with why; None when everything went."""
@@ -175,6 +204,15 @@ class ReplayReport:
             for key, reason in problems.items():
                 table.add_row(key, outcome, _trim(reason))
         return table
+
+
+def _jsonable(value: Any) -> Any:
+    """Filters as JSON: times as ISO 8601 text, the rest as it is."""
+    if isinstance(value, dict):
+        return {key: _jsonable(item) for key, item in value.items()}
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return value
 
 
 def _trim(text: str, limit: int = 100) -> str:
@@ -255,9 +293,11 @@ async def plan_batch_replay(
 
     With ``handler`` (and its ``subscription``), ``failed`` selects the documents with a dead
     letter on that subscription and no result of that handler, ``missing`` those with neither,
-    and the messages are addressed to that subscription alone. Without, they are broadcast to
-    the topic, and ``failed``/``missing`` consider every handler the batch has results or dead
-    letters of. Raises :class:`ReplayError` when the batch has no recorded documents.
+    and the messages are addressed to that subscription alone. Without, ``failed`` sends each
+    failed document to every subscription it failed in (one message each, addressed to it)
+    and to no other; ``missing`` and ``all`` broadcast to the topic, ``missing`` considering
+    every handler the batch has results or dead letters of. ``plan.note`` says which it does.
+    Raises :class:`ReplayError` when the batch has no recorded documents.
     """
     if only not in ONLY:
         raise ReplayError(f"--only must be one of {', '.join(ONLY)}, not {only!r}")
@@ -283,23 +323,56 @@ async def plan_batch_replay(
             continue
         if only == "missing" and not selection.missing(original.doc_id):
             continue
-        if limit and len(plan.messages) >= limit:
-            break
-        known, generation = await generations.next(batch_id, original.doc_id)
-        envelope = original.model_copy(
-            update={
-                "generation": generation,
-                "replay_of": message_id(batch_id, original.doc_id, known),
-                "replayed_at": now,
-                "target_subscription": subscription if handler else None,
-                "attempt": 0,
-            }
-        )
         key = f"{batch_id}:{original.doc_id}"
-        plan.messages.append(PlannedMessage(key, envelope, settles=tuple(answered)))
+        routes: list[tuple[str, str | None, tuple[DeadLetterRecord, ...]]]
+        if handler is not None:
+            routes = [(key, subscription, answered)]
+        elif only == "failed":
+            # No handler named: each document goes only where it failed, never to the
+            # subscriptions that finished it (they would redo it and write new versions).
+            routes = [
+                (f"{name}@{key}", name, tuple(r for r in answered if r.subscription == name))
+                for name in sorted({record.subscription for record in answered})
+            ]
+        else:
+            routes = [(key, None, answered)]
+        for route_key, target, settles in routes:
+            if limit and len(plan.messages) >= limit:
+                break
+            known, generation = await generations.next(batch_id, original.doc_id)
+            envelope = original.model_copy(
+                update={
+                    "generation": generation,
+                    "replay_of": message_id(batch_id, original.doc_id, known),
+                    "replayed_at": now,
+                    "target_subscription": target,
+                    "attempt": 0,
+                }
+            )
+            plan.messages.append(PlannedMessage(route_key, envelope, settles=settles))
     if not found:
         raise ReplayError(f"batch {batch_id!r} has no recorded documents")
+    plan.note = _batch_note(plan, only, handler)
     return plan
+
+
+def _batch_note(plan: ReplayPlan, only: Only, handler: str | None) -> str | None:
+    """What a batch replay without ``--handler`` does, in words (it is easy to overlook)."""
+    if handler is not None or not plan.messages:
+        return None
+    if only == "failed":
+        routes = Counter(_route(planned.envelope) for planned in plan.messages)
+        spread = ", ".join(f"{name}: {count}" for name, count in sorted(routes.items()))
+        return (
+            "no --handler: each failed document goes only to the subscription(s) it failed in "
+            f"({spread}); the others keep their results"
+        )
+    topic = plan.messages[0].envelope.topic
+    return (
+        f"no --handler: the documents go to every subscription of topic {topic!r} (broadcast), "
+        "and handlers that had finished them write new result versions; --handler H sends "
+        "them to H alone"
+    )
 
 
 @dataclass(frozen=True)
@@ -382,8 +455,14 @@ async def send_replay(
     messages that fail to send are reported in ``record.failed`` (their claims released).
     """
     started = time.monotonic()
-    record = ReplayRecord(id=replay_id or new_replay_id(), kind=plan.kind, filters=plan.filters)
+    record = ReplayRecord(
+        id=replay_id or new_replay_id(), kind=plan.kind, filters=plan.filters, status="running"
+    )
     record.skipped.update(plan.skipped)
+    # Recorded before the first message goes: a run that dies half-way is still known (its
+    # results carry its id, so it can be rolled back).
+    await store.record_replay(record)
+    error: str | None = None
     bucket = TokenBucket(rate) if rate else None
     chunk_size = max(1, min(SEND_CHUNK, int(rate))) if rate else SEND_CHUNK
     task = (
@@ -405,9 +484,17 @@ async def send_replay(
                         await _send_chunk(store, sender, chunk, record)
                         if progress is not None and task is not None:
                             progress.advance(task, len(chunk))
+    except BaseException as exc:
+        error = str(exc) or type(exc).__name__
+        raise
     finally:
         record = record.model_copy(
-            update={"count": len(record.items), "finished_at": datetime.now(UTC)}
+            update={
+                "count": len(record.items),
+                "finished_at": datetime.now(UTC),
+                "status": replay_status(len(record.items), len(record.failed), error),
+                "error": error,
+            }
         )
         await store.record_replay(record)
     logger.info(
@@ -415,6 +502,16 @@ async def send_replay(
         record.id, record.count, len(record.skipped), len(record.failed),
     )  # fmt: skip
     return ReplayReport(record, time.monotonic() - started)
+
+
+def replay_status(
+    sent: int, failed: int, error: str | None
+) -> Literal["done", "partial", "failed"]:
+    """How a replay run ended: ``done`` (everything planned went), ``partial`` (some messages
+    went, others failed or the run stopped), ``failed`` (nothing went, and something failed)."""
+    if error is None and not failed:
+        return "done"
+    return "partial" if sent else "failed"
 
 
 @dataclass
@@ -439,7 +536,8 @@ async def _send_chunk(
                 continue
         base = planned.envelope
         generation = await store.next_generation(base.batch_id, base.doc_id)
-        envelope = base.model_copy(update={"generation": generation})
+        # The run's id travels with the message, so its results can be rolled back as one.
+        envelope = base.model_copy(update={"generation": generation, "run_id": record.id})
         ready.append(_Ready(planned, envelope, build_message(envelope), claimed_at))
 
     async def failed(group: list[_Ready], reason: str) -> None:

@@ -13,14 +13,16 @@ Two modes, one command:
 
 ``--dry-run`` prints exactly what would be sent and sends nothing. A real run asks for
 confirmation on a terminal, and refuses (exit 2) when stdin is not one, unless ``--yes``.
-``--rate`` caps messages per second; ``--limit`` the number of messages. Library:
-:mod:`publisher.replay`.
+``--rate`` caps messages per second; ``--limit`` the number of messages. ``--json`` prints one
+JSON document (the plan, and the run's record) instead of tables; errors, questions and
+progress go to stderr. Exit 0 when everything planned was sent (or nothing was to be), 1 when a
+message failed to send or the run stopped (its record says ``partial`` or ``failed``), 2 for a
+refused or impossible request. Library: :mod:`publisher.replay`.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 from typing import TextIO
 
 from rich.console import Console
@@ -28,10 +30,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from docbus.confirm import REFUSED, confirm, stdin_is_terminal
 from docbus.dead_letter_filter import add_filter_arguments, filter_from_args
-from docbus.errors import DocbusError
 from docbus.servicebus import servicebus_client
 from docbus.settings import Settings
-from docbus.settings_cli import load_settings
 from docbus.store import Store
 from publisher.replay import (
     ONLY,
@@ -43,7 +43,14 @@ from publisher.replay import (
     subscription_of,
 )
 
-__all__ = ["add_arguments", "run"]
+__all__ = ["EXIT_CODES", "add_arguments", "run"]
+
+EXIT_CODES = {
+    1: "a message failed to send or the run stopped (its record says partial or failed), or "
+    "the replay was not confirmed",
+    2: "usage or configuration error, a replay that cannot be planned as asked, or no "
+    "confirmation: stdin is not a terminal (pass --yes or --dry-run)",
+}
 
 _DEAD_LETTER_ONLY = ("reason", "topic", "doc", "since", "until", "replayed")
 
@@ -93,33 +100,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--again", action="store_true", help="also replay dead letters replayed before"
     )
     sending.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
+    parser.add_argument("--json", action="store_true", help="print one JSON document, no tables")
 
 
 def run(
     args: argparse.Namespace, *, console: Console | None = None, stdin: TextIO | None = None
 ) -> int:
+    from docbus.cli import run_async, say_error  # failures: one line on stderr (the runner's)
+
     console = console or Console()
-    settings = load_settings(console)
-    if settings is None:
-        return 2
     problem = _check_arguments(args)
     if problem is not None:
-        console.print(f"docbus replay: error: {problem}", markup=False, highlight=False)
-        return 2
+        say_error("replay", problem)
+        return REFUSED
     interactive = stdin_is_terminal(stdin)
     if not (args.dry_run or args.yes or interactive):
-        console.print(
-            "docbus replay: refusing to send without confirmation: stdin is not a terminal. "
-            "Pass --yes to replay, or --dry-run to see what would be sent.",
-            markup=False,
-            highlight=False,
+        say_error(
+            "replay",
+            "refusing to send without confirmation: stdin is not a terminal. Pass --yes to "
+            "replay, or --dry-run to see what would be sent.",
         )
         return REFUSED
-    try:
-        return asyncio.run(_replay(settings, args, console, stdin))
-    except DocbusError as exc:
-        console.print(f"docbus replay: error: {exc}", markup=False, highlight=False)
-        return 1
+    return run_async(lambda settings: _replay(settings, args, console, stdin))
 
 
 def _check_arguments(args: argparse.Namespace) -> str | None:
@@ -157,28 +159,38 @@ async def _plan(store: Store, args: argparse.Namespace) -> ReplayPlan:
 async def _replay(
     settings: Settings, args: argparse.Namespace, console: Console, stdin: TextIO | None
 ) -> int:
+    from docbus.cli import print_json, say_error
+
+    # With --json, stdout holds the one JSON document: questions and notes go to stderr.
+    talk = Console(stderr=True) if args.json else console
     async with Store.from_settings(settings) as store:
         try:
             plan = await _plan(store, args)
         except ReplayError as exc:
-            console.print(f"docbus replay: error: {exc}", markup=False, highlight=False)
-            return 2
+            say_error("replay", str(exc))
+            return REFUSED
         if args.dry_run or not plan.messages:
+            if args.json:
+                print_json(
+                    console, {"dry_run": bool(args.dry_run), **plan.to_json(), "replay": None}
+                )
+                return 0
             if args.dry_run:
                 console.print(plan.table(f"dry run: would send {len(plan.messages)} message(s)"))
             if plan.skipped:
                 console.print(plan.skipped_table())
             if plan.note:
-                console.print(plan.note, markup=False, highlight=False)
+                console.print(plan.note, markup=False, highlight=False, soft_wrap=True)
             done = "dry run: nothing was sent" if args.dry_run else "nothing to replay"
-            console.print(done, markup=False, highlight=False)
+            console.print(done, markup=False, highlight=False, soft_wrap=True)
             return 0
         if plan.note:
-            console.print(plan.note, markup=False, highlight=False)
+            talk.print(plan.note, markup=False, highlight=False, soft_wrap=True)
         if not args.yes:
-            console.print(plan.table())
-            if not confirm(f"send {len(plan.messages)} message(s)?", console=console, stdin=stdin):
-                console.print("not confirmed: nothing was sent", markup=False)
+            talk.print(plan.table())
+            question = f"send {len(plan.messages)} message(s)?"
+            if not confirm(question, console=talk, stdin=stdin):
+                talk.print("not confirmed: nothing was sent", markup=False)
                 return 1
         progress = Progress(
             TextColumn("[progress.description]{task.description}"),
@@ -194,9 +206,13 @@ async def _replay(
                     plan, store=store, sender_factory=client.get_topic_sender,
                     rate=args.rate, progress=progress,
                 )  # fmt: skip
+        ok = not report.record.failed and report.record.status == "done"
+        if args.json:
+            print_json(console, {"dry_run": False, **plan.to_json(), **report.to_json()})
+            return 0 if ok else 1
         console.print(report.table())
-        console.print(report.summary(), markup=False, highlight=False)
+        console.print(report.summary(), markup=False, highlight=False, soft_wrap=True)
         problems = report.problems_table()
         if problems is not None:
             console.print(problems)
-        return 1 if report.record.failed else 0
+        return 0 if ok else 1

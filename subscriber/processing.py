@@ -167,6 +167,8 @@ class Processor:
                 output=output,
                 generation=envelope.generation,
                 delivery_count=attempt,
+                run_id=envelope.run,
+                issued_at=envelope.issued_at,
             )
             decision: Decision = COMPLETE
             error: BaseException | None = None

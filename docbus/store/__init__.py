@@ -15,10 +15,18 @@ Results are idempotent without transactions (so standalone MongoDB and Cosmos DB
 result's ``_id`` is ``handler@message_id``, so a redelivered message finds its earlier write;
 versions are unique per (doc_id, handler); and a partial unique index on (doc_id, handler) where
 ``current`` is true lets at most one version be current. :meth:`Store.write_result` then
-converges: the highest (generation, version) that is not rolled back becomes current, lower ones
-are demoted, and a writer that lost a race re-reads instead of overwriting. Between a demotion and
+converges: the version that ranks highest (when its run was issued, then its version number:
+:func:`docbus.records.result_rank`) and is not rolled back becomes current, the others are
+demoted, and a writer that lost a race re-reads instead of overwriting. Between a demotion and
 the promotion that follows it no version is flagged current for a moment; :meth:`current_result`
-falls back to the same ranking so readers never see a gap.
+falls back to the same ranking so readers never see a gap. Each version names the run that
+wrote it, so a rollback withdraws exactly one run's versions and can be undone.
+
+Every write the store makes is durable by the server's own definition — acknowledged once
+journaled and, on a replica set, by a majority (``MongoSettings.write_concern`` and ``journal``)
+— except the audit rows, checkpoints and cost increments a worker writes behind its handlers,
+which the durable write of their delivery's result or dead letter makes durable with it (see
+:mod:`docbus.store._base`).
 
 The store is split by concept into private modules: the client and indexes
 (:mod:`~docbus.store._base`), error translation (:mod:`~docbus.store._errors`), batches,
@@ -34,7 +42,6 @@ from docbus.store._errors import PayloadError, StoreError, StoreUnavailable
 from docbus.store._errors import _translated as _translated
 from docbus.store._group import Patience, hurry_writes, patiently
 from docbus.store._parked import ParkedGroup, ParkedMessage
-from docbus.store._results import _ranked_below as _ranked_below
 from docbus.store._store import Store
 
 __all__ = [

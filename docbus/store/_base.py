@@ -5,6 +5,17 @@ never by the constructor), creates the indexes the store's guarantees rely on, a
 concept mixins (batches, documents, results, dead letters, checkpoints, LLM audit, replays) their
 collections through ``_c``; each mixin subclasses it so mypy checks their bodies against it.
 :class:`docbus.store.Store` combines them. Errors are translated by :mod:`docbus.store._errors`.
+
+Durability is decided here, once. Every write is *durable* by default: it carries the write
+concern of :func:`durable_write_concern` (``w: "majority"``, ``j: true`` unless configured
+otherwise), so the server acknowledges it only once it would keep it through its own crash —
+a result before its message is completed, a dead-letter or parked record before the broker is
+told, documents and payloads before they are published, replay claims and rollbacks. Only the
+writes a worker makes behind its handlers (audit rows, checkpoints, cost increments: ``_c(name,
+durable=False)``) take the server's default: each is followed by a durable write of the same
+delivery (its result or dead-letter record), and a server makes a durable write durable
+together with every write it acknowledged before it (the journal and the oplog are sequential),
+so one journal flush per group of results covers them all.
 """
 
 from __future__ import annotations
@@ -18,6 +29,7 @@ from pydantic import SecretStr
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.write_concern import WriteConcern
 
 from docbus.settings import mask_mongo_uri
 from docbus.store._errors import StoreError, _translated
@@ -30,6 +42,18 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+def durable_write_concern(
+    w: str | int = "majority", journal: bool = True, timeout: float = 10.0
+) -> WriteConcern:
+    """The write concern of every write docbus must not lose (see the module docstring).
+
+    ``timeout`` bounds the wait for the other members (``wtimeout``), so a replica set that
+    lost its majority fails the write (transient, :class:`StoreUnavailable`) instead of
+    hanging it.
+    """
+    return WriteConcern(w=w, j=journal, wtimeout=max(1, int(timeout * 1000)))
+
+
 class StoreBase:
     """The client, lifecycle and indexes shared by every part of :class:`docbus.store.Store`."""
 
@@ -40,11 +64,14 @@ class StoreBase:
         *,
         timeout: float = 10.0,
         write_linger: float = 0.0,
+        write_concern: str | int = "majority",
+        journal: bool = True,
     ) -> None:
         self._uri = uri if isinstance(uri, SecretStr) else SecretStr(uri)
         self._database_name = database
         self._timeout = timeout
         self._write_linger = write_linger
+        self._durable = durable_write_concern(write_concern, journal, timeout)
         self._client: AsyncMongoClient[dict[str, Any]] | None = None
         self._db: AsyncDatabase[dict[str, Any]] | None = None
         self._writers: dict[str, GroupWriter] = {}
@@ -75,7 +102,7 @@ class StoreBase:
             await client.close()
             raise
         self._client = client
-        self._db = client[self._database_name]
+        self._db = client.get_database(self._database_name, write_concern=self._durable)
 
     async def close(self) -> None:
         """Send what group writers still hold, then close the client."""
@@ -99,21 +126,34 @@ class StoreBase:
 
     @property
     def database(self) -> AsyncDatabase[dict[str, Any]]:
-        """The underlying database, for tools that need a query the store does not offer."""
+        """The underlying database, for tools that need a query the store does not offer.
+
+        Its writes are durable (see the module docstring), like the store's own."""
         if self._db is None:
             raise StoreError("the store is not connected: await store.connect() first")
         return self._db
 
-    def _c(self, name: str) -> AsyncCollection[dict[str, Any]]:
-        return self.database[name]
+    @property
+    def write_concern(self) -> WriteConcern:
+        """The write concern of the store's durable writes."""
+        return self._durable
 
-    def _writer(self, name: str) -> GroupWriter:
+    def _c(self, name: str, *, durable: bool = True) -> AsyncCollection[dict[str, Any]]:
+        """Collection ``name``; ``durable=False`` only for the writes behind a handler that a
+        durable write of the same delivery follows (see the module docstring)."""
+        if durable:
+            return self.database[name]
+        return self.database.get_collection(name, write_concern=WriteConcern())
+
+    def _writer(self, name: str, *, durable: bool = True) -> GroupWriter:
         """The group writer of collection ``name`` (see :mod:`docbus.store._group`): for the
-        small writes every handler makes at once, which it sends as one bulk write."""
+        small writes every handler makes at once, which it sends as one bulk write (so a
+        durable group costs the server one journal flush). One per collection, so a
+        collection's grouped writes are either all durable or all behind a handler."""
         writer = self._writers.get(name)
         if writer is None:
             writer = self._writers[name] = GroupWriter(
-                lambda: self._c(name), name, linger=self._write_linger
+                lambda: self._c(name, durable=durable), name, linger=self._write_linger
             )
         return writer
 

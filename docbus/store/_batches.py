@@ -65,6 +65,17 @@ class BatchesMixin(StoreBase):
             raw = await self._c("batches").find_one({"_id": batch_id})
         return _batch(raw) if raw else None
 
+    async def batch_exists(self, batch_id: str) -> bool:
+        """Whether anything knows the batch: its record, a recorded document or a result
+        (results written by a library caller may have no batch record)."""
+        with _translated(f"look up batch {batch_id}"):
+            if await self._c("batches").find_one({"_id": batch_id}, {"_id": 1}) is not None:
+                return True
+            for collection in ("documents", "results"):
+                if await self._c(collection).find_one({"batch_id": batch_id}, {"_id": 1}):
+                    return True
+        return False
+
     async def list_batches(self, limit: int = 50) -> list[BatchRecord]:
         """The most recent batches first."""
         with _translated("list batches"):
@@ -100,7 +111,7 @@ class BatchesMixin(StoreBase):
             group = "reasks" if category == "reask" else "retries"
             increments.update({f"cost.{group}.{name}": value for name, value in figures.items()})
         with _translated(f"add usage to batch {batch_id}"):
-            await self._writer("batches").increment(batch_id, increments)
+            await self._writer("batches", durable=False).increment(batch_id, increments)
 
     async def set_batch_over_budget(self, batch_id: str, over_budget: bool) -> None:
         with _translated(f"flag batch {batch_id}"):

@@ -74,7 +74,7 @@ class CheckpointsMixin(StoreBase):
             "output": output,
             "created_at": _now(),
         }
-        writer = self._writer("checkpoints")
+        writer = self._writer("checkpoints", durable=False)
         with _translated(f"write checkpoint {key.step}"):
             if replace:
                 await writer.write(ReplaceOne({"_id": key.id}, fields, upsert=True))

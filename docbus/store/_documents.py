@@ -20,6 +20,9 @@ from docbus.store._errors import PayloadError, _translated
 MAX_PAYLOAD_BYTES = 15 * 1024 * 1024
 """Largest claim-checked document: one Mongo document holds at most 16 MiB."""
 
+_NOT_RECORDED = {"generation", "replay_of", "replayed_at", "target_subscription", "run_id"}
+"""Envelope fields of a message, not of its document: ``documents`` holds generation 0."""
+
 
 class DocumentsMixin(StoreBase):
     """Published documents' inputs and claim-checked payloads."""
@@ -32,7 +35,7 @@ class DocumentsMixin(StoreBase):
             fields = envelope.model_dump(
                 mode="python",
                 exclude_none=True,
-                exclude={"generation", "replay_of", "replayed_at", "target_subscription"},
+                exclude=_NOT_RECORDED,
             )
             fields["recorded_at"] = now
             key = f"{envelope.batch_id}:{envelope.doc_id}"

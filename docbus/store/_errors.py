@@ -19,6 +19,7 @@ from pymongo.errors import (
     NetworkTimeout,
     PyMongoError,
     ServerSelectionTimeoutError,
+    WriteConcernError,
     WTimeoutError,
 )
 
@@ -57,5 +58,12 @@ def _translated(operation: str) -> Iterator[None]:
         WTimeoutError,
     ) as exc:
         raise StoreUnavailable(f"{operation}: MongoDB unavailable: {exc}") from exc
+    except WriteConcernError as exc:
+        # The write was done but the server cannot acknowledge it as durable as asked: say
+        # which setting asks, since only the operator can make the two agree.
+        raise StoreError(
+            f"{operation}: the server refused the durable write concern ({exc}); see "
+            "DOCBUS_MONGODB__WRITE_CONCERN and DOCBUS_MONGODB__JOURNAL"
+        ) from exc
     except (PyMongoError, BSONError) as exc:
         raise StoreError(f"{operation}: {exc}") from exc

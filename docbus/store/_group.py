@@ -6,10 +6,12 @@ one round trip each, and under load every handler waits on the queue rather than
 write. :class:`GroupWriter` sends whatever writes to one collection are waiting as a single
 ``bulk_write(ordered=False)`` and hands each writer its own outcome — acknowledged, upserted or
 not, or its own error such as a duplicate key — so a caller still returns only once *its* write
-is acknowledged: nothing is written behind its back, and a crash loses nothing a caller was told
-is stored. :class:`GroupFinder` does the same for reads by one indexed field: one ``$in`` query
-for every value asked, its answer split by key. (Not an ``$or`` of the callers' filters: some
-servers scan the collection for those.)
+is acknowledged: nothing is written behind its back, and a crash of the worker loses nothing a
+caller was told is stored. The command carries its collection's write concern, so a group of
+durable writes (results) costs the server one journal flush for all of them
+(:mod:`docbus.store._base`). :class:`GroupFinder` does the same for reads by one indexed field:
+one ``$in`` query for every value asked, its answer split by key. (Not an ``$or`` of the
+callers' filters: some servers scan the collection for those.)
 
 The first request to an idle group leaves on the next turn of the event loop (so requests made
 in the same turn share it), and requests arriving while a command is out leave together as soon
@@ -40,6 +42,7 @@ from pymongo.errors import (
     PyMongoError,
     WriteConcernError,
     WriteError,
+    WTimeoutError,
 )
 from pymongo.operations import DeleteMany, DeleteOne, InsertOne, ReplaceOne, UpdateMany, UpdateOne
 
@@ -286,8 +289,7 @@ class GroupWriter(_Group):
             }
             concern = details.get("writeConcernErrors") or ()
             if concern:  # not attributable to one write: every one not already failed hears it
-                first = concern[0]
-                failure = WriteConcernError(first.get("errmsg", ""), first.get("code"), first)
+                failure = _write_concern_error(concern[0])
                 errors = {index: errors.get(index, failure) for index in range(len(group))}
         except (asyncio.CancelledError, PyMongoError) as exc:  # the command's fate: everyone's
             _deliver([future for _, futures in group for future in futures], exc)
@@ -349,6 +351,16 @@ async def _write_alone(
     except Exception as exc:
         return False, exc
     return bool(result.upserted_ids), None
+
+
+def _write_concern_error(row: Mapping[str, Any]) -> WriteConcernError:
+    """The write concern error of a bulk write, as pymongo raises it for a single write: a
+    timeout waiting for the journal or the other members (transient) is a WTimeoutError."""
+    code = row.get("code")
+    message = str(row.get("errmsg", ""))
+    if code == 64 or (row.get("errInfo") or {}).get("wtimeout"):
+        return WTimeoutError(message, code, dict(row))
+    return WriteConcernError(message, code, dict(row))
 
 
 def _write_error(row: Mapping[str, Any]) -> WriteError:

@@ -42,7 +42,7 @@ class LLMAuditMixin(StoreBase):
             row = dict(call)
         row.setdefault("_id", ObjectId())
         with _translated("record llm call"):
-            await self._writer("llm_calls").write(InsertOne(row))
+            await self._writer("llm_calls", durable=False).write(InsertOne(row))
         return str(row["_id"])
 
     async def iter_llm_calls(

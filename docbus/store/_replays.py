@@ -2,13 +2,14 @@
 
 :class:`ReplaysMixin` allocates a document's next generation (one above any seen in
 ``generations``, ``results`` or ``dead_letters``, atomically per document) and keeps one
-``replays`` or ``rollbacks`` record per run. The replay tooling (:mod:`publisher.replay`,
-:mod:`docbus.rollback`) drives it; results' own versions are in :mod:`docbus.store._results`.
+``replays`` or ``rollbacks`` record per run (a rollback's undo is a run of its own). The
+replay tooling (:mod:`publisher.replay`, :mod:`docbus.rollback`) drives it; results' own
+versions are in :mod:`docbus.store._results`.
 """
 
 from __future__ import annotations
 
-from pymongo import DESCENDING, ReturnDocument
+from pymongo import ASCENDING, DESCENDING, ReturnDocument
 
 from docbus.records import ReplayRecord, RollbackRecord
 from docbus.store._base import StoreBase
@@ -55,19 +56,32 @@ class ReplaysMixin(StoreBase):
 
     async def record_replay(self, record: ReplayRecord) -> None:
         """Keep (or update) the audit record of one replay run."""
-        fields = record.model_dump(mode="python", exclude={"id"})
-        with _translated(f"record replay {record.id}"):
-            await self._c("replays").replace_one(
-                {"_id": record.id}, {"_id": record.id, **fields}, upsert=True
-            )
+        await self._keep("replays", record)
 
     async def get_replay(self, replay_id: str) -> ReplayRecord | None:
         with _translated(f"read replay {replay_id}"):
             raw = await self._c("replays").find_one({"_id": replay_id})
         return ReplayRecord.model_validate({**raw, "id": raw["_id"]}) if raw else None
 
+    async def replays_of_batch(self, batch_id: str) -> list[ReplayRecord]:
+        """The replay runs that sent documents of a batch (or were asked to), oldest first."""
+        query = {"$or": [{"items.batch_id": batch_id}, {"filters.batch_id": batch_id}]}
+        with _translated(f"read replays of {batch_id}"):
+            cursor = self._c("replays").find(query).sort("started_at", ASCENDING)
+            return [ReplayRecord.model_validate({**raw, "id": raw["_id"]}) async for raw in cursor]
+
     async def record_rollback(self, record: RollbackRecord) -> None:
-        """Keep the audit record of one rollback run."""
+        """Keep (or update) the audit record of one rollback or undo run."""
+        await self._keep("rollbacks", record)
+
+    async def _keep(self, collection: str, record: ReplayRecord | RollbackRecord) -> None:
         fields = record.model_dump(mode="python", exclude={"id"})
-        with _translated(f"record rollback {record.id}"):
-            await self._c("rollbacks").insert_one({"_id": record.id, **fields})
+        with _translated(f"record {record.id} in {collection}"):
+            await self._c(collection).replace_one(
+                {"_id": record.id}, {"_id": record.id, **fields}, upsert=True
+            )
+
+    async def get_rollback(self, rollback_id: str) -> RollbackRecord | None:
+        with _translated(f"read rollback {rollback_id}"):
+            raw = await self._c("rollbacks").find_one({"_id": rollback_id})
+        return RollbackRecord.model_validate({**raw, "id": raw["_id"]}) if raw else None

@@ -34,5 +34,10 @@ class Store(
     def from_settings(cls, settings: Settings | MongoSettings) -> Store:
         mongo = settings.mongodb if isinstance(settings, Settings) else settings
         return cls(
-            mongo.uri, mongo.database, timeout=mongo.timeout, write_linger=mongo.write_linger
+            mongo.uri,
+            mongo.database,
+            timeout=mongo.timeout,
+            write_linger=mongo.write_linger,
+            write_concern=mongo.write_concern,
+            journal=mongo.journal,
         )

@@ -153,14 +153,10 @@ UNREACHABLE = [
     ["audit", "export", "--batch", "b1"],
     ["dlq", "list"],
     ["dlq", "show", "alpha@b1:d1:0", "--json"],
-    pytest.param(
-        ["results", "history", "d1"],
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="docbus/results_cli.py (helper A) prints its errors on stdout; passes once "
-            "it lets DocbusError reach the central runner",
-        ),
-    ),
+    ["results", "history", "d1"],
+    ["results", "show", "d1", "--json"],
+    ["replay", "--dry-run"],
+    ["rollback", "--replay", "replay-1", "--dry-run"],
 ]
 
 

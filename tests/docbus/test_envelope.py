@@ -146,3 +146,18 @@ def test_new_batch_ids_are_valid_and_distinct() -> None:
     ids = {new_batch_id() for _ in range(20)}
     assert len(ids) == 20
     assert all(re.match(BATCH_ID_PATTERN, batch_id) for batch_id in ids)
+
+
+def test_a_message_names_its_run_and_when_the_run_was_issued() -> None:
+    published = datetime(2025, 1, 1, tzinfo=UTC)
+    first = envelope(published_at=published)
+    assert (first.run_id, first.run, first.issued_at) == (None, "b1", published)
+    assert b"run_id" not in first.to_bytes()  # an optional field: absent unless set
+    replayed = published.replace(day=2)
+    replay = envelope(published_at=published, generation=1, replayed_at=replayed, run_id="replay-1")
+    assert Envelope.from_bytes(replay.to_bytes()) == replay
+    assert (replay.run, replay.issued_at) == ("replay-1", replayed)
+    # a replay sent before runs were named belongs to no known run
+    assert envelope(generation=1, replayed_at=replayed).run is None
+    # schema version 1 still: a reader that does not know the field ignores it
+    assert json.loads(replay.to_bytes())["schema_version"] == 1

@@ -3,7 +3,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from pymongo.errors import DuplicateKeyError
@@ -13,10 +13,21 @@ from docbus.mongo_local import LocalMongo
 from docbus.records import CheckpointKey, DeadLetterRecord, input_hash
 from docbus.store import PayloadError, Store, StoreError, StoreUnavailable
 
+ISSUED = datetime(2025, 1, 1, tzinfo=UTC)
+
 
 async def write(
-    store: Store, *, doc: str = "d1", generation: int = 0, batch: str = "b1", handler: str = "h"
+    store: Store,
+    *,
+    doc: str = "d1",
+    generation: int = 0,
+    batch: str = "b1",
+    handler: str = "h",
+    issued: datetime | None = None,
+    run: str | None = None,
 ) -> tuple[int, bool]:
+    """A result of ``batch``'s publication (generation 0) or of its replay ``generation``,
+    issued ``generation`` minutes after the batch unless ``issued`` says when."""
     outcome = await store.write_result(
         doc_id=doc,
         handler=handler,
@@ -25,6 +36,8 @@ async def write(
         message_id=f"{batch}:{doc}:{generation}",
         output={"generation": generation},
         generation=generation,
+        run_id=run or (batch if generation == 0 else f"replay-{generation}"),
+        issued_at=issued or ISSUED + timedelta(minutes=generation),
     )
     return outcome.record.version, outcome.created
 
@@ -57,6 +70,25 @@ async def test_server_errors_become_store_errors(store: Store) -> None:
         await store.record_llm_call({"_id": "same"})
     assert not isinstance(caught.value, StoreUnavailable)
     assert caught.value.__cause__ is not None
+
+
+async def test_a_write_concern_the_server_cannot_meet_is_an_error_naming_the_setting(
+    store: Store, local_mongo: LocalMongo
+) -> None:
+    # SecantusDB is a one-member replica set: w=5 cannot be acknowledged
+    async with Store(local_mongo.uri, store.database.name, timeout=2.0, write_concern=5) as five:
+        assert five.write_concern.document == {"w": 5, "j": True, "wtimeout": 2000}
+        with pytest.raises(StoreError, match="DOCBUS_MONGODB__WRITE_CONCERN") as caught:
+            await five.write_result(
+                doc_id="d1", handler="h", handler_version="1", batch_id="b1",
+                message_id="b1:d1:0", output={},
+            )  # fmt: skip
+        assert not caught.value.transient
+        with pytest.raises(StoreError, match="DOCBUS_MONGODB__WRITE_CONCERN"):
+            await five.record_dead_letter(
+                DeadLetterRecord(message_id="m", subscription="s", reason="BadDocument")
+            )
+    assert store.write_concern.document == {"w": "majority", "j": True, "wtimeout": 5000}
 
 
 # -- results -----------------------------------------------------------------------------------
@@ -107,24 +139,42 @@ async def test_concurrent_generations_leave_the_highest_current(store: Store) ->
     assert [r.generation for r in history if r.current] == [4]
 
 
-async def test_a_stale_converger_never_demotes_a_higher_ranked_current_version(
-    store: Store,
-) -> None:
-    # A writer that read "top = generation 0" before a replay landed must leave the replay's
-    # current flag alone: the demotion filter only matches what ranks below its view.
-    from docbus.store import _ranked_below
+def test_a_stale_view_never_demotes_a_version_it_did_not_see() -> None:
+    # A writer that read the versions before a newer one was made current demotes only what
+    # it saw: the newer version keeps its flag, and the stale writer's promotion then fails
+    # on the unique index of current versions, so it looks again.
+    from docbus.store._results import convergence
 
-    await write(store, generation=0)
-    await write(store, generation=1)
-    results = store.database["results"]
-    stale_top = await results.find_one({"generation": 0})
-    assert stale_top is not None
-    demoted = await results.update_many(
-        {"doc_id": "d1", "handler": "h", "current": True, **_ranked_below(stale_top)},
-        {"$set": {"current": False}},
-    )
-    assert demoted.modified_count == 0
-    assert await current_versions(store) == [2]
+    def version(number: int, minutes: int, **flags: bool) -> dict[str, object]:
+        issued = ISSUED + timedelta(minutes=minutes)
+        return {"_id": f"v{number}", "version": number, "issued_at": issued,
+                "written_at": issued, "current": False, "rolled_back": False, **flags}  # fmt: skip
+
+    stale_view = [version(1, 0, current=True), version(2, 5)]
+    assert convergence(stale_view) == ("v2", ["v1"])  # v3 (current meanwhile) is not named
+    seen_later = [*stale_view, version(3, 9, current=True)]
+    assert convergence(seen_later) == ("v3", ["v1"])
+    withdrawn = [version(1, 0), version(2, 5, current=True, rolled_back=True)]
+    assert convergence(withdrawn) == ("v1", ["v2"])
+    assert convergence([version(1, 0, rolled_back=True)]) == (None, [])
+    # versions written before the issue time was stored rank by when they were written
+    legacy = {"_id": "old", "version": 4, "written_at": ISSUED + timedelta(minutes=7),
+              "current": True, "rolled_back": False}  # fmt: skip
+    assert convergence([legacy, version(5, 6)]) == ("old", [])
+
+
+async def test_a_rerun_under_a_new_batch_wins_over_an_older_batchs_replay(store: Store) -> None:
+    # Generations count per batch: yesterday's replay (generation 1 of b1) must not outrank
+    # tonight's run of the same document under b2 (generation 0), nor a late redelivery of
+    # it take over again.
+    yesterday = ISSUED
+    await write(store, batch="b1", issued=yesterday)
+    await write(store, batch="b1", generation=1, issued=yesterday + timedelta(hours=2))
+    await write(store, batch="b2", issued=yesterday + timedelta(days=1))
+    current = await store.current_result("d1", "h")
+    assert current is not None and (current.batch_id, current.version) == ("b2", 3)
+    assert current.run_id == "b2" and current.issued_at == yesterday + timedelta(days=1)
+    assert await current_versions(store) == [3]
 
 
 async def test_partial_unique_index_forbids_two_current_versions(store: Store) -> None:
@@ -156,26 +206,56 @@ async def test_results_are_per_handler(store: Store) -> None:
     assert await current_versions(store, handler="risk") == [1]
 
 
-async def test_rollback_restores_the_previous_version(store: Store) -> None:
+async def test_withdrawing_versions_makes_the_previous_one_current(store: Store) -> None:
     await write(store, batch="b1", generation=0)
-    await write(store, batch="b2", generation=0)
+    await write(store, batch="b2", generation=0, issued=ISSUED + timedelta(days=1))
     assert await current_versions(store) == [2]
-    assert await store.rollback_results("b2") == 1
+    b2 = await store.run_result_versions(["b2"])
+    withdrawn = await store.withdraw_results([r.id for r in b2], "rollback-1")
+    assert [(r.version, r.rolled_back, r.rolled_back_by) for r in withdrawn] == [
+        (2, True, "rollback-1")
+    ]
     current = await store.current_result("d1", "h")
     assert current is not None and (current.version, current.batch_id) == (1, "b1")
-    assert await store.rollback_results("b1") == 1
+    assert await store.withdraw_results([r.id for r in b2], "rollback-2") == []  # done already
+    b1 = await store.run_result_versions(["b1"])
+    await store.withdraw_results([r.id for r in b1], "rollback-3")
     assert await store.current_result("d1", "h") is None
     assert await current_versions(store) == []
 
 
-async def test_rollback_of_a_replay_generation_only(store: Store) -> None:
+async def test_restoring_puts_back_exactly_what_one_rollback_withdrew(store: Store) -> None:
     await write(store, generation=0)
     await write(store, generation=1)
-    await write(store, doc="d2", generation=0)
-    assert await store.rollback_results("b1", generation=1) == 1
-    current = await store.current_result("d1", "h")
-    assert current is not None and current.generation == 0
+    await write(store, generation=2)
+    await write(store, doc="d2", generation=1)
+    replay_1 = await store.run_result_versions(["replay-1"])
+    assert sorted((r.doc_id, r.version) for r in replay_1) == [("d1", 2), ("d2", 1)]
+    await store.withdraw_results([r.id for r in replay_1], "rollback-a")
+    replay_2 = await store.run_result_versions(["replay-2"])
+    await store.withdraw_results([r.id for r in replay_2], "rollback-b")
+    assert await current_versions(store) == [1]  # back to the publication
+    assert await current_versions(store, doc="d2") == []
+    restored = await store.restore_results("rollback-a")
+    assert sorted((r.doc_id, r.version) for r in restored) == [("d1", 2), ("d2", 1)]
+    assert await current_versions(store) == [2]  # replay 2 stays withdrawn
     assert await current_versions(store, doc="d2") == [1]
+    assert await store.restore_results("rollback-a") == []
+    await store.restore_results("rollback-b")
+    assert await current_versions(store) == [3]
+
+
+async def test_versions_written_before_runs_were_named_are_found_by_batch_or_message(
+    store: Store,
+) -> None:
+    await write(store, generation=0)
+    await write(store, generation=1)
+    await store.database["results"].update_many({}, {"$unset": {"run_id": "", "issued_at": ""}})
+    publication = await store.run_result_versions(["b1"], publish_of="b1")
+    assert [r.version for r in publication] == [1]
+    replay = await store.run_result_versions(["replay-x"], legacy_message_ids=["b1:d1:1"])
+    assert [r.version for r in replay] == [2]
+    assert await store.run_result_versions(["replay-x"]) == []
 
 
 # -- documents and payloads --------------------------------------------------------------------
@@ -264,7 +344,8 @@ async def test_batch_counts_per_document_and_per_handler(store: Store) -> None:
     assert counts.handlers["entities"].model_dump() == {"done": 4, "dead_lettered": 0, "pending": 0}
     assert counts.handlers["risk"].model_dump() == {"done": 2, "dead_lettered": 1, "pending": 1}
 
-    await store.rollback_results("b1", handler="risk")
+    risk = await store.run_result_versions(["b1"], handler="risk")
+    await store.withdraw_results([r.id for r in risk], "rollback-1")
     counts = await store.batch_counts("b1", handlers=["entities", "risk", "summary"])
     assert (counts.done, counts.dead_lettered, counts.pending) == (0, 1, 3)
     assert counts.handlers["summary"].pending == 4

@@ -10,9 +10,16 @@ import pytest
 from bson.errors import InvalidDocument
 from pymongo import InsertOne, UpdateOne
 from pymongo.asynchronous.collection import AsyncCollection
-from pymongo.errors import AutoReconnect, DuplicateKeyError
+from pymongo.errors import (
+    AutoReconnect,
+    BulkWriteError,
+    DuplicateKeyError,
+    WriteConcernError,
+    WTimeoutError,
+)
+from pymongo.write_concern import WriteConcern
 
-from docbus.store import Store, StoreUnavailable
+from docbus.store import Store, StoreUnavailable, _translated
 from docbus.store._group import GroupFinder, GroupWriter, hurry_writes, patiently
 
 
@@ -159,6 +166,37 @@ async def test_store_errors_of_grouped_writes_are_translated_for_each_caller(
     store._writers["llm_calls"] = writer(counting)
     with pytest.raises(StoreUnavailable, match="record llm call"):
         await store.record_llm_call({"batch_id": "b1", "doc_id": "d1"})
+
+
+async def test_a_write_concern_timeout_of_a_group_is_transient_for_each_caller(
+    store: Store, things: Counting
+) -> None:
+    # What a replica set answers when the majority (or the journal) did not confirm in time.
+    things.failure = BulkWriteError(
+        {
+            "writeErrors": [],
+            "writeConcernErrors": [
+                {"code": 64, "errmsg": "waiting for replication timed out", "errInfo": {}}
+            ],
+            "nInserted": 2,
+        }
+    )
+    group = writer(things)
+    outcomes = await asyncio.gather(
+        group.write(InsertOne({"_id": "a"})),
+        group.write(InsertOne({"_id": "b"})),
+        return_exceptions=True,
+    )
+    assert [type(outcome) for outcome in outcomes] == [WTimeoutError, WTimeoutError]
+    with pytest.raises(StoreUnavailable, match="timed out"), _translated("write"):
+        raise outcomes[0]
+    # a write concern the server cannot meet at all is no timeout: the operator must act
+    unsatisfiable = GroupWriter(
+        lambda: store.database.get_collection("things", write_concern=WriteConcern(w=5)), "w5"
+    )
+    with pytest.raises(WriteConcernError) as caught:
+        await unsatisfiable.write(InsertOne({"_id": "c"}))
+    assert not isinstance(caught.value, WTimeoutError)
 
 
 async def test_closing_the_store_sends_what_its_groups_still_hold(store: Store) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import io
 from collections.abc import Sequence
 from types import ModuleType
@@ -11,6 +12,7 @@ from typing import Any
 
 from azure.servicebus.aio import ServiceBusClient
 
+from docbus import cli
 from handlers import HandlerFunction, discover_handlers
 from publisher import publish_documents
 from subscriber.backoff import BackoffPolicy
@@ -72,20 +74,35 @@ async def pending_on_broker(stack: Stack) -> dict[str, int]:
     return found
 
 
-def _command(module: ModuleType, argv: Sequence[str], stdin: io.StringIO | None) -> tuple[int, str]:
+def _command(
+    module: ModuleType, argv: Sequence[str], stdin: io.StringIO | None
+) -> tuple[int, str, str]:
+    """Run a command as ``docbus`` does (its failures become one line on stderr)."""
     parser = argparse.ArgumentParser()
     module.add_arguments(parser)
     args = parser.parse_args(list(argv))
     console, buffer = recording_console()
-    extra = {} if stdin is None else {"stdin": stdin}
-    code = module.run(args, console=console, **extra)
-    return code, buffer.getvalue()
+    extra: dict[str, Any] = {} if stdin is None else {"stdin": stdin}
+    name = next(name for name, (path, _) in cli.COMMANDS.items() if path == module.__name__)
+    errors = io.StringIO()
+    with contextlib.redirect_stderr(errors):
+        code = cli.run_command(name, lambda: module.run(args, console=console, **extra))
+    return code, buffer.getvalue(), errors.getvalue()
 
 
 async def command(
     module: ModuleType, *argv: str, stdin: io.StringIO | None = None
 ) -> tuple[int, str]:
-    """Run a command module's ``run(args)`` in a thread (it runs its own event loop)."""
+    """Run a command module's ``run(args)`` in a thread (it runs its own event loop); what
+    it wrote to stdout, then to stderr."""
+    code, out, err = await asyncio.to_thread(_command, module, argv, stdin)
+    return code, out + err
+
+
+async def command_streams(
+    module: ModuleType, *argv: str, stdin: io.StringIO | None = None
+) -> tuple[int, str, str]:
+    """:func:`command`, with stdout and stderr apart."""
     return await asyncio.to_thread(_command, module, argv, stdin)
 
 

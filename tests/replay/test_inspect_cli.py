@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -12,7 +13,7 @@ from docbus.envelope import Envelope, message_id
 from docbus.records import DeadLetterRecord
 from docbus.store import Store
 from subscriber import dlq_cli
-from tests.replay.helpers import command, rows
+from tests.replay.helpers import command, command_streams, rows
 
 NOW = datetime.now(UTC)
 
@@ -125,7 +126,8 @@ async def test_results_history_shows_every_version_and_which_is_current(
             message_id=message_id("b1", "d1", generation), output={"v": version},
             generation=generation,
         )  # fmt: skip
-    await mongo_env.rollback_results("b1", generation=1)
+    replayed = await mongo_env.result_versions(min_generation=1)
+    await mongo_env.withdraw_results([r.id for r in replayed], "rollback-1")
     code, out = await command(results_cli, "history", "d1")
     assert code == 0, out
     assert [[*r[:5], r[6]] for r in rows(out)] == [
@@ -148,5 +150,44 @@ async def test_the_commands_run_through_the_umbrella_cli(
     out = capsys.readouterr().out  # these records carry no body: nothing can be replayed
     assert "would send 0 message(s)" in out and "skipped: 4" in out
     assert await asyncio.to_thread(cli.main, ["results", "history", "d1"]) == 1
-    assert await asyncio.to_thread(cli.main, ["rollback", "--batch", "b1", "--yes"]) == 0
-    assert "result versions rolled back" in capsys.readouterr().out
+    capsys.readouterr()
+    # b1 has dead letters only: nothing was published or written under it
+    assert await asyncio.to_thread(cli.main, ["rollback", "--batch", "b1", "--yes"]) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1 and "unknown batch 'b1'" in err
+    assert await mongo_env.database["rollbacks"].count_documents({}) == 0
+
+
+async def test_results_show_prints_the_current_output_or_any_version_safely(
+    mongo_env: Store,
+) -> None:
+    hostile = "fine\x1b[2J\x1b]0;owned\x07 \u202eevil\u202c [bold]markup[/bold] \x9b31m"
+    for generation, summary in ((0, "first"), (1, hostile)):
+        await mongo_env.write_result(
+            doc_id="d1", handler="alpha", handler_version="1", batch_id="b1",
+            message_id=message_id("b1", "d1", generation), output={"summary": summary},
+            generation=generation, run_id="b1" if generation == 0 else "replay-1",
+            issued_at=NOW + timedelta(minutes=generation),
+        )  # fmt: skip
+    code, out = await command(results_cli, "show", "d1", "--handler", "alpha")
+    assert code == 0, out
+    assert "2 of 2 · current" in out and "replay-1" in out
+    assert "\x1b" not in out and "\u202e" not in out and "\x9b" not in out and "\x07" not in out
+    assert "fine\\u001b[2J\\u001b]0;owned\\u0007 \\u202eevil\\u202c [bold]markup[/bold]" in out
+    code, out = await command(results_cli, "show", "d1", "--version", "1")  # one handler: found
+    assert code == 0 and '"summary": "first"' in out and "1 of 2 · superseded" in out, out
+    code, out, err = await command_streams(results_cli, "show", "d1", "--json")
+    assert code == 0 and err == ""
+    shown = json.loads(out)
+    assert (shown["version"], shown["state"], shown["output"]["summary"]) == (2, "current", hostile)
+    await mongo_env.write_result(
+        doc_id="d1", handler="beta", handler_version="1", batch_id="b1",
+        message_id=message_id("b1", "d1"), output={},
+    )  # fmt: skip
+    for argv, problem in (
+        (["d1"], "has results of 2 handlers (alpha, beta): name one with --handler"),
+        (["d1", "--handler", "alpha", "--version", "7"], "has no version 7 (versions: 1, 2)"),
+        (["nope", "--handler", "alpha"], "no results of handler 'alpha' for document 'nope'"),
+    ):
+        code, out, err = await command_streams(results_cli, "show", *argv)
+        assert (code, out, err.count("\n")) == (1, "", 1) and problem in err, err

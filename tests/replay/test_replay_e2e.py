@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import re
+
 from docbus import results_cli, rollback
 from docbus.envelope import message_id
 from publisher import replay_cli
 from tests.replay.conftest import Stack
 from tests.replay.helpers import (
     command,
+    command_streams,
     fail,
     fix,
     invocations,
@@ -90,16 +94,97 @@ async def test_a_batch_replay_of_failed_documents_under_a_new_handler_version_th
     assert code == 0, out
     history = [(r[1], r[2], r[3], r[4], r[6]) for r in rows(out)]  # version, generation,
     assert history == [("1", "0", "1", "b2", ""), ("2", "1", "2", "b2", "current")]  # ...state
+    assert await pending_on_broker(stack) == {"alpha": 0, "beta": 0}
 
-    code, out = await command(rollback, "--batch", "b2", "--generation", "1", "--yes")
+
+def replay_id_in(out: str) -> str:
+    found = re.search(r"recorded as (replay-\S+)", out)
+    assert found is not None, out
+    return found.group(1)
+
+
+async def currents(stack: Stack, *docs: str) -> dict[str, tuple[int, str | None] | None]:
+    """Each document's current alpha version: (version, run), or None."""
+    found: dict[str, tuple[int, str | None] | None] = {}
+    for doc in docs:
+        record = await stack.store.current_result(doc, "alpha")
+        found[doc] = None if record is None else (record.version, record.run_id)
+    return found
+
+
+async def test_a_rollback_targets_exactly_one_replay_previews_it_and_can_be_undone(
+    stack: Stack,
+) -> None:
+    # The issue's case: a dead-letter replay, then a batch replay; rolling back the second
+    # must leave the first one's versions current (generations, counted per document, could
+    # not tell the two runs apart, and a rollback withdrew both).
+    await fail(stack, "alpha", "d2", "BadDocument")
+    await publish(stack, ["d1", "d2", "d3"], "b2")
+    await run_worker(stack)
+    await fix(stack)
+    code, out = await command(replay_cli, "--handler", "alpha", "--reason", "BadDocument", "--yes")
     assert code == 0, out
-    assert ["result versions rolled back", "4"] in rows(out)  # d1, d3: gen 1; d2: gen 1 and 2
+    first = replay_id_in(out)
+    await run_worker(stack)
+    code, out, err = await command_streams(
+        replay_cli, "--batch", "b2", "--only", "all", "--handler", "alpha",
+        "--subscription", "alpha", "--yes", "--json",
+    )  # fmt: skip
+    assert code == 0, err
+    sent = json.loads(out)  # one JSON document, nothing else on stdout
+    second = sent["replay"]["id"]
+    assert sent["replay"]["status"] == "done" and sent["replay"]["count"] == 3
+    assert [m["doc_id"] for m in sent["messages"]] == ["d1", "d2", "d3"]
+    await run_worker(stack)
+    before = {"d1": (2, second), "d2": (2, second), "d3": (2, second)}
+    assert await currents(stack, "d1", "d2", "d3") == before
+
+    code, out = await command(rollback, "--replay", second, "--dry-run")
+    assert code == 0, out
+    assert rows(out) == [
+        ["d1", "alpha", "v2", f"v2 ({second})", "v1 (b2)"],
+        ["d2", "alpha", "v2", f"v2 ({second})", f"v1 ({first})"],
+        ["d3", "alpha", "v2", f"v2 ({second})", "v1 (b2)"],
+    ]
+    assert "nothing was changed" in out
+    assert await currents(stack, "d1", "d2", "d3") == before
+
+    code, out = await command(rollback, "--replay", second, "--yes")
+    assert code == 0, out
+    assert ["result versions rolled back", "3"] in rows(out)
     assert ["documents touched", "3"] in rows(out)
-    for doc in ("d1", "d3"):
-        restored = await stack.store.current_result(doc, "alpha")
-        assert restored is not None and (restored.version, restored.handler_version) == (1, "1")
-    assert await stack.store.current_result("d2", "alpha") is None
-    code, out = await command(rollback, "--batch", "b2", "--generation", "1", "--yes")
-    assert code == 0 and ["result versions rolled back", "0"] in rows(out)
-    assert await stack.store.database["rollbacks"].count_documents({}) == 2
+    undo_hint = re.search(r"docbus rollback --undo (rollback-\S+)", out)
+    assert undo_hint is not None, out
+    after = {"d1": (1, "b2"), "d2": (1, first), "d3": (1, "b2")}
+    assert await currents(stack, "d1", "d2", "d3") == after  # none left without a current one
+    code, out = await command(rollback, "--replay", second, "--yes")
+    assert code == 0 and ["result versions rolled back", "0"] in rows(out), out
+    assert "nothing to roll back" in out
+
+    # The batch's own run is its publication: its replays keep their versions (and are named).
+    code, out, err = await command_streams(
+        rollback, "--batch", "b2", "--handler", "alpha", "--dry-run", "--json"
+    )
+    assert code == 0, err
+    preview = json.loads(out)
+    assert [(c["doc_id"], c["versions"]) for c in preview["changes"]] == [("d1", [1]), ("d3", [1])]
+    assert preview["runs"] == ["b2"] and first in preview["note"] and second in preview["note"]
+    assert [c["current_after"] for c in preview["changes"]] == [None, None]
+
+    code, out = await command(rollback, "--undo", undo_hint.group(1), "--yes")
+    assert code == 0, out
+    assert ["result versions restored", "3"] in rows(out)
+    assert await currents(stack, "d1", "d2", "d3") == before
+    code, out = await command(rollback, "--undo", undo_hint.group(1), "--yes")
+    assert code == 0 and "undone already" in out and "nothing to restore" in out, out
+    records = [r async for r in stack.store.database["rollbacks"].find().sort("at", 1)]
+    assert [(r["kind"], r["versions"], r["status"]) for r in records] == [
+        ("rollback", 3, "done"), ("rollback", 0, "done"), ("undo", 3, "done"),
+    ]  # fmt: skip
+    assert records[0]["undone_by"] == records[2]["_id"]
+
+    for argv in (["--replay", "replay-nope"], ["--batch", "nope"], ["--undo", "rollback-nope"]):
+        code, out, err = await command_streams(rollback, *argv, "--yes")
+        assert code == 1 and out == "" and err.count("\n") == 1 and "unknown" in err, err
+    assert await stack.store.database["rollbacks"].count_documents({}) == 3
     assert await pending_on_broker(stack) == {"alpha": 0, "beta": 0}

@@ -10,7 +10,7 @@ from docbus.envelope import Envelope
 from docbus.records import DeadLetterRecord
 from publisher import replay_cli
 from tests.replay.conftest import Stack
-from tests.replay.helpers import command, pending_on_broker, rows
+from tests.replay.helpers import command, command_streams, pending_on_broker, rows
 
 
 async def dead_letter(stack: Stack, doc_id: str, subscription: str) -> str:
@@ -65,3 +65,26 @@ async def test_a_dead_letter_is_replayed_once_and_a_dry_run_sends_nothing(stack:
     )  # fmt: skip
     assert replayed.content == "text d1" and replayed.replayed_at is not None
     assert await stack.store.database["replays"].count_documents({}) == 2
+
+
+async def test_a_replay_that_cannot_send_is_recorded_as_failed_with_its_error(
+    stack: Stack,
+) -> None:
+    envelope = Envelope(doc_id="d1", batch_id="b4", topic="gone", content="text d1")
+    await stack.store.record_dead_letter(
+        DeadLetterRecord(
+            message_id=envelope.message_id, subscription="alpha", topic="gone", handler="alpha",
+            reason="RetriesExhausted", batch_id="b4", doc_id="d1", body=envelope.to_bytes(),
+        )
+    )  # fmt: skip
+    code, out, err = await command_streams(replay_cli, "--yes")
+    assert code == 2, out  # the runner's code for an entity missing on the broker
+    (line,) = [line for line in err.splitlines() if "error" in line]  # (and the progress bar)
+    assert line.startswith("docbus replay: error:") and "gone" in line
+    (record,) = [r async for r in stack.store.database["replays"].find()]
+    assert (record["status"], record["count"]) == ("failed", 0)
+    assert "gone" in record["error"]
+    assert record["finished_at"] is not None
+    # its claim was released: the dead letter can be replayed once the topic exists
+    (dead,) = await stack.store.dead_letters(batch_id="b4")
+    assert dead.replayed_at is None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 from datetime import UTC, datetime, timedelta
 from typing import Literal
 
@@ -11,12 +12,12 @@ import pytest
 from docbus import rollback
 from docbus.dead_letter_filter import parse_time
 from docbus.envelope import Envelope, message_id
-from docbus.records import DeadLetterRecord
+from docbus.records import DeadLetterRecord, ReplayRecord
 from docbus.store import Store
 from publisher import replay_cli
-from publisher.replay import ReplayError, plan_batch_replay, subscription_of
+from publisher.replay import ReplayError, plan_batch_replay, replay_status, subscription_of
 from publisher.token_bucket import TokenBucket
-from tests.replay.helpers import command
+from tests.replay.helpers import command, command_streams
 
 
 async def batch(store: Store) -> None:
@@ -60,10 +61,12 @@ async def test_a_batch_replay_selects_failed_missing_or_all_documents(
         store, "b1", only=only, handler=handler, subscription=subscription
     )
     assert [m.envelope.doc_id for m in plan.messages] == expected
+    # without a handler, failed documents go where they failed (d2: alpha-sub), the rest to all
+    route = "alpha-sub" if handler or only == "failed" else None
     for planned in plan.messages:
         envelope = planned.envelope
         assert envelope.generation == 1 and envelope.attempt == 0
-        assert envelope.target_subscription == subscription
+        assert envelope.target_subscription == route
         assert envelope.replay_of == message_id("b1", envelope.doc_id, 0)
         assert envelope.content == f"text {envelope.doc_id}"
 
@@ -149,3 +152,82 @@ async def test_commands_that_change_things_refuse_without_yes_off_a_terminal(
         replay_cli, "--batch", "b1", "--only", "missing", "--handler", "alpha", "--dry-run"
     )
     assert code == 0 and "would send 2 message(s)" in out and "alpha-sub" in out
+
+
+async def test_a_batch_replay_without_a_handler_says_where_its_messages_go(
+    mongo_env: Store,
+) -> None:
+    await batch(mongo_env)
+    code, out, err = await command_streams(
+        replay_cli, "--batch", "b1", "--only", "failed", "--dry-run", "--json"
+    )
+    assert code == 0 and err == "", err
+    plan = json.loads(out)
+    assert [(m["doc_id"], m["route"]) for m in plan["messages"]] == [("d2", "alpha-sub")]
+    assert plan["dry_run"] is True and plan["replay"] is None
+    assert "only to the subscription(s) it failed in (alpha-sub: 1)" in plan["note"]
+    code, out = await command(replay_cli, "--batch", "b1", "--only", "missing", "--dry-run")
+    assert code == 0, out
+    assert "go to every subscription of topic 'docs' (broadcast)" in out
+    assert "would send 4 message(s)" in out
+
+
+async def test_a_failed_document_goes_to_each_subscription_it_failed_in_and_no_other(
+    store: Store,
+) -> None:
+    await batch(store)  # d2: dead in alpha-sub; now also dead in beta-sub
+    await store.record_dead_letter(
+        DeadLetterRecord(
+            message_id=message_id("b1", "d2"), subscription="beta-sub", handler="beta",
+            topic="docs", reason="Unreadable", batch_id="b1", doc_id="d2", generation=0,
+        )
+    )  # fmt: skip
+    plan = await plan_batch_replay(store, "b1", only="failed")
+    routes = [(m.key, m.envelope.target_subscription, m.envelope.generation) for m in plan.messages]
+    assert routes == [("alpha-sub@b1:d2", "alpha-sub", 1), ("beta-sub@b1:d2", "beta-sub", 2)]
+    assert [[r.subscription for r in m.settles] for m in plan.messages] == [
+        ["alpha-sub"], ["beta-sub"],
+    ]  # fmt: skip
+
+
+def test_a_replay_run_ends_done_partial_or_failed() -> None:
+    assert replay_status(sent=3, failed=0, error=None) == "done"
+    assert replay_status(sent=0, failed=0, error=None) == "done"  # nothing was planned
+    assert replay_status(sent=2, failed=1, error=None) == "partial"
+    assert replay_status(sent=2, failed=0, error="connection lost") == "partial"
+    assert replay_status(sent=0, failed=3, error=None) == "failed"
+    assert replay_status(sent=0, failed=0, error="topic not found") == "failed"
+
+
+async def test_a_batch_rollback_is_its_publication_and_with_replays_every_run_of_it(
+    store: Store,
+) -> None:
+    published = datetime(2025, 1, 1, tzinfo=UTC)
+    await store.record_batch("b1", topic="docs")
+    for generation, run in ((0, "b1"), (1, "replay-r")):
+        await store.write_result(
+            doc_id="d1", handler="alpha", handler_version="1", batch_id="b1",
+            message_id=message_id("b1", "d1", generation), output={}, generation=generation,
+            run_id=run, issued_at=published + timedelta(hours=generation),
+        )  # fmt: skip
+    await store.record_replay(
+        ReplayRecord(id="replay-r", kind="batch", filters={"batch_id": "b1"}, count=1)
+    )
+    plan = await rollback.plan_rollback(store, batch_id="b1")
+    [change] = plan.changes
+    assert [v.version for v in change.versions] == [1]
+    assert (change.before and change.before.version, change.after and change.after.version) == (
+        2, 2,
+    )  # fmt: skip
+    assert plan.note is not None and "replay-r" in plan.note and "--with-replays" in plan.note
+    plan = await rollback.plan_rollback(store, batch_id="b1", with_replays=True)
+    [change] = plan.changes
+    assert [v.version for v in change.versions] == [1, 2] and change.after is None
+    record = await rollback.carry_out(store, plan)
+    assert (record.runs, record.versions, record.documents) == (["b1", "replay-r"], 2, 1)
+    assert record.target == "batch b1 with its replays" and record.status == "done"
+    assert await store.current_result("d1", "alpha") is None
+    with pytest.raises(rollback.RollbackError, match="unknown batch 'b2'"):
+        await rollback.plan_rollback(store, batch_id="b2")
+    code, out = await command(rollback, "--batch", "b1", "--generation", "1", "--yes")
+    assert code == 2 and "--generation is gone" in out and "--replay" in out
