@@ -39,6 +39,7 @@ from azure.servicebus.exceptions import (
     SessionLockLostError,
 )
 
+from docbus import _amqp_decimal
 from docbus.envelope import Envelope, application_properties
 from docbus.errors import ConfigurationError, DocbusError
 from docbus.settings import ServiceBusSettings, Settings
@@ -60,6 +61,9 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+# The SDK drops every received message with a decimal property (see docbus._amqp_decimal).
+_amqp_decimal.install()
 
 CONTENT_TYPE = "application/json"
 

@@ -58,6 +58,7 @@ async def test_every_poison_body_is_dead_lettered_at_once_with_a_record_and_the_
     props = records["odd-properties"]["properties"]
     assert props[ROUTE_PROPERTY] == "work"
     assert props["uuid"] == str(uuid.UUID(int=7))
+    assert props["price"] == "1.50"
     assert props["huge-int"] == str(2**64 - 1)
     assert props["long"] == 2**40
     assert len(props["big"]) == 60_000
