@@ -36,6 +36,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
+from docbus.cli import brief
 from docbus.envelope import BATCH_ID_PATTERN, new_batch_id
 from docbus.errors import ConfigurationError
 from docbus.servicebus import MessagingError, servicebus_client
@@ -69,9 +70,9 @@ exit codes:
   0  every document was sent (with --dry-run: every input is valid)
   1  something was skipped (invalid input, or --resume found a changed document), failed to
      send, or the publish was refused (topic or subscription unknown to the topology or
-     missing on the broker, batch id already used) or could not reach Service Bus / MongoDB;
-     a refusal records and sends nothing
+     missing on the broker, batch id already used); a refusal records and sends nothing
   2  usage or configuration error (bad batch id, no broker configured, unreadable topology)
+  3  Service Bus or MongoDB could not be reached: try again once it is available
 """
 
 
@@ -216,8 +217,8 @@ def run(
         _error(err, f"cannot publish to topic {args.topic!r}: {exc}; nothing was sent")
         return 1
     except StoreUnavailable as exc:
-        _error(err, f"cannot reach MongoDB: {exc}\n{NO_STORE}")
-        return 1
+        _error(err, f"cannot reach MongoDB: {brief(str(exc))}; {NO_STORE}")
+        return 3
     except StoreError as exc:
         _error(err, f"recording the batch failed: {exc}")
         return 1
@@ -225,8 +226,8 @@ def run(
         _error(err, str(exc))
         return 2
     except MessagingError as exc:
-        _error(err, f"cannot publish to topic {args.topic!r}: {exc}")
-        return 1
+        _error(err, f"cannot publish to topic {args.topic!r}: {brief(str(exc))}")
+        return 3 if exc.transient else 1
     if args.json:
         console.file.write(json.dumps(report.as_dict(), ensure_ascii=False) + "\n")
         console.file.flush()
