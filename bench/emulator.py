@@ -122,7 +122,7 @@ def subprocess_emulator(queue: str) -> Iterator[EmulatorUnderTest]:
 
 @contextlib.contextmanager
 def in_process_emulator(queue: str) -> Iterator[EmulatorUnderTest]:
-    from docbus.emulator import EmulatorThread, parse_config
+    from docbus.local.emulator import EmulatorThread, parse_config
 
     with EmulatorThread(parse_config(bench_config(queue))) as emulator:
         yield EmulatorUnderTest("in-process", emulator.connection_string)

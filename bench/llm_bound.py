@@ -3,10 +3,10 @@
 Every component runs for real and the three stand-ins each in a process of their own, so the
 worker does not share a GIL with them:
 
-- the offline LLM server (``python -m docbus.llm_server --port 0 --latency S``);
+- the offline LLM server (``python -m docbus.local.llm_server --port 0 --latency S``);
 - the Service Bus emulator (``python -m docbus emulator --port 0 --config FILE``, the config
   generated from a one-topic :class:`~docbus.topology.Topology`);
-- SecantusDB (:class:`docbus.mongo_local.LocalMongo`).
+- SecantusDB (:class:`docbus.local.mongo.LocalMongo`).
 
 ``--docs`` documents are published, then a :class:`~subscriber.worker.Worker` in this process
 runs a handler of three checkpointed steps (``ctx.step``), each one ``ctx.llm.extract`` of a
@@ -171,12 +171,12 @@ class StandIns:
 
 @contextlib.asynccontextmanager
 async def stand_ins(options: argparse.Namespace) -> AsyncIterator[StandIns]:
-    from docbus.mongo_local import LocalMongo
+    from docbus.local.mongo import LocalMongo
 
     python = sys.executable
     with tempfile.TemporaryDirectory(prefix="docbus-bench-") as tmp:
         config = write_emulator_config(TOPOLOGY, Path(tmp) / "Config.json")
-        llm_argv = [python, "-m", "docbus.llm_server", "--port", "0", "--latency",
+        llm_argv = [python, "-m", "docbus.local.llm_server", "--port", "0", "--latency",
                     str(options.latency), "--log-level", "WARNING"]  # fmt: skip
         emulator_argv = [python, "-m", "docbus", "emulator", "--port", "0", "--config",
                          str(config), "--log-level", "warning"]  # fmt: skip

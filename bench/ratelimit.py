@@ -1,7 +1,7 @@
 """Benchmark of the LLM client's rate limiting against a server with a TPM limit; one JSON line.
 
 The offline LLM server runs in its own process with a tokens-per-minute limit
-(``python -m docbus.llm_server --port 0 --tpm N --latency S``) and answers 429 with the exact
+(``python -m docbus.local.llm_server --port 0 --tpm N --latency S``) and answers 429 with the exact
 ``Retry-After`` when a request would exceed it, as OpenAI does. In this process ``--concurrency``
 tasks send documents through one :class:`~handlers.llm.LLMClient` (``ctx.llm.extract`` of a
 small pydantic model, no store: the limiter is what is measured), configured with the same
@@ -87,7 +87,7 @@ def documents(count: int = 240) -> list[str]:
 @contextlib.contextmanager
 def llm_server(tpm: int, latency: float) -> Iterator[str]:
     """The offline server in its own process; yields its base URL (``.../v1``)."""
-    argv = [sys.executable, "-m", "docbus.llm_server", "--port", "0", "--tpm", str(tpm),
+    argv = [sys.executable, "-m", "docbus.local.llm_server", "--port", "0", "--tpm", str(tpm),
             "--latency", str(latency), "--log-level", "WARNING"]  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="docbus-bench-") as tmp:
         log = Path(tmp) / "llm.log"

@@ -1,6 +1,6 @@
 """docbus: the small shared core — settings, the envelope, the Mongo store, the Service Bus client.
 
-The names below are imported lazily (on first use), so ``import docbus.emulator`` or the CLI's
+The names below are imported lazily (on first use), so ``import docbus.local.emulator`` or the CLI's
 ``--help`` do not pay for the Azure SDK and pymongo. ``publisher``, ``subscriber`` and
 ``handlers`` import from here; docbus imports none of them.
 """
@@ -20,7 +20,6 @@ if _typing.TYPE_CHECKING:
         message_id,
     )
     from docbus.errors import ConfigurationError, DocbusError
-    from docbus.mongo_local import LocalMongo, LocalMongoError
     from docbus.records import (
         BatchCounts,
         BatchRecord,
@@ -42,8 +41,6 @@ __all__ = [
     "DocbusError",
     "Envelope",
     "InvalidEnvelope",
-    "LocalMongo",
-    "LocalMongoError",
     "MessagingError",
     "PayloadError",
     "ResultRecord",
@@ -69,8 +66,6 @@ _HOMES = {
     "DocbusError": "errors",
     "Envelope": "envelope",
     "InvalidEnvelope": "envelope",
-    "LocalMongo": "mongo_local",
-    "LocalMongoError": "mongo_local",
     "MessagingError": "servicebus",
     "PayloadError": "store",
     "ResultRecord": "records",

@@ -55,7 +55,10 @@ __all__ = [
 
 # command → (module providing add_arguments/run, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "up": ("docbus.stack", "start the local stack (emulator, SecantusDB, offline LLM) and wait"),
+    "up": (
+        "docbus.local.stack",
+        "start the local stack (emulator, SecantusDB, offline LLM) and wait",
+    ),
     "demo": ("docbus.demo", "run the main job on the embedded local stack and print a summary"),
     "publish": ("publisher.cli", "publish documents (files, JSONL, CSV) to a topic as a batch"),
     "worker": ("subscriber.cli", "run handlers on the messages of their subscriptions"),
@@ -69,8 +72,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "rollback": ("docbus.rollback", "withdraw the result versions a batch or replay wrote"),
     "config": ("docbus.settings_cli", "print the effective settings, secrets masked"),
     "topology": ("docbus.topology_cli", "print the emulator config or Bicep parameters"),
-    "emulator": ("docbus.emulator.server", "run the local Service Bus emulator in the foreground"),
-    "llm-server": ("docbus.llm_server", "run the offline OpenAI-compatible LLM server"),
+    "emulator": (
+        "docbus.local.emulator.server",
+        "run the local Service Bus emulator in the foreground",
+    ),
+    "llm-server": ("docbus.local.llm_server", "run the offline OpenAI-compatible LLM server"),
 }
 
 LOG_LEVELS = ("debug", "info", "warning", "error")

@@ -1,6 +1,6 @@
 """``docbus demo``: the main job, end to end, on the embedded local stack.
 
-Starts the local stack (:mod:`docbus.stack`), publishes the sample supplier-news documents
+Starts the local stack (:mod:`docbus.local.stack`), publishes the sample supplier-news documents
 shipped in ``docbus/samples`` (a few of them deliberately malformed, to show how bad input is
 reported), runs a worker with the built-in multi-step handlers until the subscriptions are idle,
 and prints what happened: results and dead letters per handler, LLM calls, tokens and cost, and
@@ -21,8 +21,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from docbus.local.stack import LocalStack, StackOptions
 from docbus.settings import Settings
-from docbus.stack import LocalStack, StackOptions
 
 SAMPLES = Path(__file__).resolve().parent / "samples" / "supplier_news.jsonl"
 
@@ -65,7 +65,7 @@ class DemoSummary:
 
 
 async def run_demo(args: argparse.Namespace, console: Console) -> DemoSummary:
-    from docbus.llm_server import Faults
+    from docbus.local.llm_server import Faults
     from handlers import discover_handlers
     from publisher import LoaderOptions, iter_documents, publish_documents
     from subscriber.cli import build_llm

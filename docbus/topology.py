@@ -1,12 +1,12 @@
 """The Service Bus topology: topics and subscriptions, from ``infra/topology.toml``.
 
 One file is the single source of truth for every place entities are declared: the emulator's
-Config.json (Microsoft's schema, read by both our emulator and Microsoft's), the Bicep
-parameters for Azure, and the worker's view of each subscription's delivery limit. Routing rules
-are generated here, never written by hand: every subscription accepts broadcast traffic
-(``docbus-route = "*"``) and traffic addressed to it alone (``docbus-route = <subscription>``),
-which is how replays and retries reach exactly one subscription. Neighbours:
-:mod:`docbus.envelope` sets the route property; :mod:`docbus.emulator.config` parses the output.
+Config.json (Microsoft's schema, read by both our emulator and Microsoft's), the Bicep parameters
+for Azure, and the worker's view of each subscription's delivery limit. Routing rules are generated
+here, never written by hand: every subscription accepts broadcast traffic (``docbus-route = "*"``)
+and traffic addressed to it alone (``docbus-route = <subscription>``), which is how replays and
+retries reach exactly one subscription. Neighbours: :mod:`docbus.envelope` sets the route property;
+:mod:`docbus.local.emulator.config` parses the output.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from docbus.emulator.config import ConfigError, parse_config, parse_duration
+from docbus.local.emulator.config import ConfigError, parse_config, parse_duration
 from docbus.topology import Topology, TopologyError, load_topology
 
 FORMATS = ("emulator-config", "bicep-params")

@@ -304,7 +304,7 @@ class Worker:
             return self.options.blocked_loop_warning or None
         locks = [60.0]  # Service Bus's default lock duration
         if self.topology is not None:
-            from docbus.emulator.config import ConfigError, parse_duration
+            from docbus.local.emulator.config import ConfigError, parse_duration
 
             for registered in self.handlers:
                 spec = registered.spec

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
-from docbus.emulator import EmulatorThread
+from docbus.local.emulator import EmulatorThread
 from docbus.settings import MongoSettings, PublisherSettings, ServiceBusSettings, Settings
 from docbus.store import Store
 from docbus.topology import Topology

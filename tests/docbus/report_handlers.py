@@ -9,7 +9,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from docbus.llm_server import FAULT_HEADER
+from docbus.local.llm_server import FAULT_HEADER
 from handlers import Context, Document, handler
 
 

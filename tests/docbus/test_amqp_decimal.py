@@ -14,7 +14,7 @@ from azure.servicebus._pyamqp._encode import encode_unknown
 
 import docbus.servicebus  # noqa: F401 - installs the decoder, as every docbus client does
 from docbus._amqp_decimal import decode_decimal128
-from docbus.emulator import EmulatorThread
+from docbus.local.emulator import EmulatorThread
 from docbus.topology import ROUTE_PROPERTY
 
 

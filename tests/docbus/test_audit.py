@@ -18,7 +18,7 @@ from rich.console import Console
 
 from docbus import audit
 from docbus.audit import EXPORT_FIELDS, ExportFilter, RowWriter, export_calls
-from docbus.mongo_local import LocalMongo
+from docbus.local.mongo import LocalMongo
 from docbus.records import LLMCallRecord
 from docbus.store import Store
 

@@ -12,7 +12,7 @@ import pytest
 
 from docbus import cli
 from docbus.envelope import Envelope, message_id
-from docbus.mongo_local import LocalMongo
+from docbus.local.mongo import LocalMongo
 from docbus.records import DeadLetterRecord
 from docbus.settings import Settings
 from docbus.store import Store, StoreUnavailable
@@ -335,8 +335,8 @@ def test_brief_keeps_a_driver_message_to_its_useful_part() -> None:
 
 def test_failures_map_to_exit_codes() -> None:
     from docbus.errors import ConfigurationError
+    from docbus.local.stack import StackInUse
     from docbus.servicebus import MessagingEntityNotFound, MessagingUnavailable
-    from docbus.stack import StackInUse
     from docbus.store import StoreError
     from docbus.topology import TopologyError
 

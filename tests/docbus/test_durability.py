@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from docbus.envelope import Envelope, message_id
-from docbus.mongo_local import LocalMongo
+from docbus.local.mongo import LocalMongo
 from docbus.records import DeadLetterRecord, ReplayRecord
 from docbus.store import Store
 

@@ -17,10 +17,10 @@ from pydantic import SecretStr
 from rich.console import Console
 
 from docbus import report as report_cli
-from docbus.emulator import EmulatorThread
 from docbus.envelope import Envelope, message_id
-from docbus.llm_server import LLMServer
-from docbus.mongo_local import LocalMongo
+from docbus.local.emulator import EmulatorThread
+from docbus.local.llm_server import LLMServer
+from docbus.local.mongo import LocalMongo
 from docbus.records import DeadLetterRecord, LLMCallRecord
 from docbus.report import CallTally, collect_report, percentile, render_report, report_json
 from docbus.settings import LLMSettings, MongoSettings, ServiceBusSettings, Settings

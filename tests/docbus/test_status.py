@@ -17,7 +17,7 @@ from docbus import cli
 from docbus import status as status_cli
 from docbus.backlog import BacklogProbe
 from docbus.envelope import Envelope, message_id
-from docbus.mongo_local import LocalMongo
+from docbus.local.mongo import LocalMongo
 from docbus.records import BatchCounts, BatchRecord, DeadLetterRecord, HandlerCounts
 from docbus.settings import ServiceBusSettings, Settings
 from docbus.status import (

@@ -9,7 +9,7 @@ import pytest
 from pymongo.errors import DuplicateKeyError
 
 from docbus.envelope import ClaimCheck, Envelope, Source
-from docbus.mongo_local import LocalMongo
+from docbus.local.mongo import LocalMongo
 from docbus.records import CheckpointKey, DeadLetterRecord, input_hash
 from docbus.store import PayloadError, Store, StoreError, StoreUnavailable
 

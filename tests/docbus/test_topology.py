@@ -11,8 +11,8 @@ import pytest
 from azure.servicebus import ServiceBusClient, ServiceBusMessage
 
 from docbus.cli import main as cli_main
-from docbus.emulator import EmulatorThread, parse_config
-from docbus.emulator.config import parse_duration
+from docbus.local.emulator import EmulatorThread, parse_config
+from docbus.local.emulator.config import parse_duration
 from docbus.topology import (
     BROADCAST,
     DEFAULT_TOPOLOGY,

@@ -8,7 +8,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from docbus.envelope import Envelope
-from docbus.llm_server import LLMServer
+from docbus.local.llm_server import LLMServer
 from docbus.settings import LLMSettings, Settings
 from docbus.store import Store
 from handlers import Context, HandlerSpec
@@ -73,8 +73,8 @@ def seed_for(faults: Any, contents: list[str | None]) -> int:
     """A server seed whose first requests get exactly these content faults, in order."""
     import random
 
-    from docbus.llm_server.config import Latency
-    from docbus.llm_server.faults import plan_faults
+    from docbus.local.llm_server.config import Latency
+    from docbus.local.llm_server.faults import plan_faults
 
     for seed in range(10_000):
         plans = [
@@ -90,8 +90,8 @@ def status_seed_for(faults: Any, statuses: list[str | None]) -> int:
     """A server seed whose first requests get exactly these status faults, in order."""
     import random
 
-    from docbus.llm_server.config import Latency
-    from docbus.llm_server.faults import plan_faults
+    from docbus.local.llm_server.config import Latency
+    from docbus.local.llm_server.faults import plan_faults
 
     for seed in range(10_000):
         plans = [

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from docbus.llm_server import LLMServer
+from docbus.local.llm_server import LLMServer
 from docbus.store import Store
 from docbus.topology import load_topology
 from handlers import DeadLetter, Document, SystemicFailure, discover_handlers, run_handler

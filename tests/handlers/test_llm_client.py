@@ -16,7 +16,7 @@ import pytest
 from aiohttp import web
 from pydantic import SecretStr
 
-from docbus.llm_server import FAULT_HEADER, Faults, Limits, LLMServer, LLMServerConfig
+from docbus.local.llm_server import FAULT_HEADER, Faults, Limits, LLMServer, LLMServerConfig
 from docbus.settings import LLMSettings, Settings
 from docbus.store import Store
 from handlers import DeadLetter, OverBudget, Retry, SystemicFailure

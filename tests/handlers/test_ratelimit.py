@@ -10,7 +10,7 @@ from email.utils import format_datetime
 
 import pytest
 
-from docbus.llm_server import Faults, Limits, LLMServer, LLMServerConfig
+from docbus.local.llm_server import Faults, Limits, LLMServer, LLMServerConfig
 from docbus.settings import LLMSettings, ModelRateLimit, Settings
 from docbus.store import Store
 from handlers import Retry

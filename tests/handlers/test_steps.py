@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
-from docbus.llm_server import LLMServer
+from docbus.local.llm_server import LLMServer
 from docbus.records import CheckpointKey
 from docbus.store import Store
 from handlers import Context, DeadLetter, step

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from pymongo.errors import AutoReconnect
 
-from docbus.llm_server import LLMServer
+from docbus.local.llm_server import LLMServer
 from docbus.store import Store, StoreUnavailable
 from docbus.store._group import GroupWriter
 from handlers import Retry

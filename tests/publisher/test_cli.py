@@ -22,7 +22,7 @@ from azure.servicebus.aio import ServiceBusClient
 from rich.console import Console
 
 from docbus.envelope import Envelope
-from docbus.mongo_local import LocalMongo
+from docbus.local.mongo import LocalMongo
 from docbus.store import Store
 from publisher import cli
 

@@ -21,9 +21,9 @@ import pytest
 from rich.console import Console
 
 from docbus.cli import build_parser
-from docbus.emulator.config import parse_config
-from docbus.emulator.server import EmulatorThread
 from docbus.envelope import Envelope
+from docbus.local.emulator.config import parse_config
+from docbus.local.emulator.server import EmulatorThread
 from docbus.store import Store
 from docbus.topology import SubscriptionSpec, TopicSpec, Topology
 from publisher import cli

@@ -7,7 +7,7 @@ import io
 import pytest
 from rich.console import Console
 
-from docbus.emulator import EmulatorThread
+from docbus.local.emulator import EmulatorThread
 from docbus.store import Store
 from docbus.topology import Topology, parse_topology
 from tests.stack import Stack, build_stack

@@ -7,8 +7,8 @@ from collections.abc import AsyncIterator
 import pytest
 from pydantic import SecretStr
 
-from docbus.emulator import EmulatorThread
-from docbus.llm_server import LLMServer, LLMServerConfig
+from docbus.local.emulator import EmulatorThread
+from docbus.local.llm_server import LLMServer, LLMServerConfig
 from docbus.settings import LLMSettings
 from docbus.store import Store
 from docbus.topology import Topology, parse_topology

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from azure.servicebus.aio import ServiceBusClient
 
-from docbus.emulator import EmulatorThread
-from docbus.emulator.config import parse_config
 from docbus.envelope import Envelope
+from docbus.local.emulator import EmulatorThread
+from docbus.local.emulator.config import parse_config
 from docbus.servicebus import build_message
 from docbus.store import Store
 from handlers import discover_handlers

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from azure.servicebus.aio import ServiceBusClient
 
-from docbus.llm_server import Faults, LLMServer, LLMServerConfig
+from docbus.local.llm_server import Faults, LLMServer, LLMServerConfig
 from handlers import discover_handlers
 from handlers.llm import LLMClient
 from publisher import publish_documents

@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 from azure.servicebus.aio import ServiceBusClient
 
-from docbus.llm_server import LLMServer, LLMServerConfig
-from docbus.llm_server.config import Latency
+from docbus.local.llm_server import LLMServer, LLMServerConfig
+from docbus.local.llm_server.config import Latency
 from docbus.store import Store
 from handlers import discover_handlers
 from handlers.llm import LLMClient

@@ -8,7 +8,7 @@ import time
 
 from azure.servicebus.aio import ServiceBusClient
 
-from docbus.llm_server import LLMServer
+from docbus.local.llm_server import LLMServer
 from handlers.llm import LLMClient
 from tests.subscriber.conftest import KEY, Stack
 from tests.subscriber.test_llm_worker import current_results, make_worker, publish

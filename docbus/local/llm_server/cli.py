@@ -1,0 +1,196 @@
+"""Command line of the offline LLM server: ``docbus llm-server [--port 8089] [--latency 0.2] ...``.
+
+:func:`add_arguments` declares the flags on any argparse parser (the umbrella CLI in
+:mod:`docbus.cli` adds them to its ``llm-server`` subcommand), :func:`config_from_args` turns the
+parsed flags into an :class:`~docbus.local.llm_server.config.LLMServerConfig`, :func:`run` serves
+until SIGINT/SIGTERM, and :func:`serve_main` does all three for a bare ``argv`` (and configures
+logging, which the library never does).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from docbus.local.llm_server.config import OFFLINE_MODEL, Faults, Latency, Limits, LLMServerConfig
+from docbus.local.llm_server.server import LLMServer
+
+DEFAULT_PORT = 8089
+
+
+def _rate(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"a rate must be within [0, 1], got {text}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    value = float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"seconds must be >= 0, got {text}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    return value
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Declare the server's flags on ``parser``."""
+    defaults = LLMServerConfig()
+    faults = Faults()
+    server = parser.add_argument_group("server")
+    server.add_argument("--host", default=defaults.host, help="address to bind (%(default)s)")
+    server.add_argument("--port", type=int, default=DEFAULT_PORT, help="0 = any free port")
+    server.add_argument("--model", default=OFFLINE_MODEL, help="model listed in /v1/models")
+    server.add_argument("--strict-model", action="store_true", help="404 for any other model name")
+    server.add_argument("--api-key", default=None, help="require this key (401 otherwise)")
+    server.add_argument("--seed", type=int, default=0, help="seed of fault and latency draws")
+    server.add_argument(
+        "--no-json-schema",
+        dest="json_schema",
+        action="store_false",
+        help="reject response_format json_schema with a 400, like servers without it",
+    )
+
+    latency = parser.add_argument_group("latency (seconds)").add_mutually_exclusive_group()
+    latency.add_argument("--latency", type=_seconds, metavar="S", help="fixed delay")
+    latency.add_argument(
+        "--latency-uniform", type=_seconds, nargs=2, metavar=("MIN", "MAX"), help="uniform delay"
+    )
+    latency.add_argument(
+        "--latency-lognormal",
+        type=_seconds,
+        nargs=2,
+        metavar=("MEDIAN", "P95"),
+        help="log-normal delay with this median and 95th percentile",
+    )
+
+    inject = parser.add_argument_group("injected faults (probability per request)")
+    inject.add_argument("--rate-429", type=_rate, default=0.0, metavar="P")
+    inject.add_argument(
+        "--retry-after",
+        type=_seconds,
+        default=faults.retry_after,
+        metavar="S",
+        help="Retry-After of injected 429s (%(default)s)",
+    )
+    inject.add_argument("--rate-500", type=_rate, default=0.0, metavar="P")
+    inject.add_argument("--rate-503", type=_rate, default=0.0, metavar="P")
+    inject.add_argument("--rate-timeout", type=_rate, default=0.0, metavar="P")
+    inject.add_argument(
+        "--timeout-hold",
+        type=_seconds,
+        default=faults.timeout_hold,
+        metavar="S",
+        help="how long a timed-out request is held (%(default)s)",
+    )
+    inject.add_argument(
+        "--timeout-mode",
+        choices=("drop", "late"),
+        default=faults.timeout_mode,
+        help="after the hold: drop the connection or answer late (%(default)s)",
+    )
+    inject.add_argument("--rate-malformed", type=_rate, default=0.0, metavar="P")
+    inject.add_argument(
+        "--rate-schema",
+        type=_rate,
+        default=0.0,
+        metavar="P",
+        help="valid JSON that violates the requested schema",
+    )
+
+    limits = parser.add_argument_group("limits")
+    limits.add_argument("--tpm", type=_positive_int, default=None, help="tokens per minute")
+    limits.add_argument("--rpm", type=_positive_int, default=None, help="requests per minute")
+    limits.add_argument(
+        "--context-tokens",
+        type=_positive_int,
+        default=Limits().context_tokens,
+        help="maximum prompt + completion tokens (%(default)s)",
+    )
+
+
+def config_from_args(args: argparse.Namespace) -> LLMServerConfig:
+    """The configuration the parsed flags describe; raises ValueError on inconsistent values."""
+    if args.latency_uniform:
+        latency = Latency.uniform(*args.latency_uniform)
+    elif args.latency_lognormal:
+        latency = Latency.lognormal(*args.latency_lognormal)
+    else:
+        latency = Latency.fixed(args.latency or 0.0)
+    return LLMServerConfig(
+        host=args.host,
+        port=args.port,
+        model=args.model,
+        strict_model=args.strict_model,
+        api_key=args.api_key,
+        seed=args.seed,
+        json_schema=getattr(args, "json_schema", True),
+        latency=latency,
+        faults=Faults(
+            rate_429=args.rate_429,
+            retry_after=args.retry_after,
+            rate_500=args.rate_500,
+            rate_503=args.rate_503,
+            rate_timeout=args.rate_timeout,
+            timeout_hold=args.timeout_hold,
+            timeout_mode=args.timeout_mode,
+            rate_malformed=args.rate_malformed,
+            rate_schema=args.rate_schema,
+        ),
+        limits=Limits(tpm=args.tpm, rpm=args.rpm, context_tokens=args.context_tokens),
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Serve with the flags in ``args`` until SIGINT/SIGTERM; returns the exit status."""
+    try:
+        config = config_from_args(args)
+    except ValueError as exc:
+        print(f"docbus llm-server: {exc}", file=sys.stderr)
+        return 2
+
+    def announce(server: LLMServer) -> None:
+        print(f"docbus offline LLM server (model {config.model}) at {server.base_url}", flush=True)
+
+    try:
+        LLMServer(config).run_forever(ready=announce)
+    except OSError as exc:
+        print(
+            f"docbus llm-server: cannot listen on {config.host}:{config.port}: {exc}",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+def serve_main(argv: Sequence[str] | None = None) -> int:
+    """``docbus llm-server`` as a standalone program."""
+    parser = argparse.ArgumentParser(
+        prog="docbus llm-server",
+        description="Offline OpenAI-compatible LLM server with deterministic answers and "
+        "injectable faults.",
+    )
+    add_arguments(parser)
+    parser.add_argument(
+        "--log-level",
+        default="INFO",
+        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+        help="DEBUG logs one line per request (%(default)s)",
+    )
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+    return run(args)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(serve_main())

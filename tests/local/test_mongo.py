@@ -1,0 +1,81 @@
+from __future__ import annotations
+
+import importlib.util
+import socket
+import stat
+from pathlib import Path
+
+import pytest
+from pymongo import MongoClient
+
+from docbus.local.mongo import LocalMongo, LocalMongoError
+
+
+def ping(uri: str) -> bool:
+    client: MongoClient[dict[str, object]] = MongoClient(uri, serverSelectionTimeoutMS=2000)
+    try:
+        return client.admin.command("ping")["ok"] == 1.0
+    finally:
+        client.close()
+
+
+def refuses_connections(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) != 0
+
+
+async def test_async_start_serves_pymongo_and_stop_frees_the_port() -> None:
+    async with LocalMongo() as mongo:
+        assert mongo.running
+        assert mongo.uri == f"mongodb://127.0.0.1:{mongo.port}/?retryWrites=false"
+        assert ping(mongo.uri)
+        port = mongo.port
+    assert not mongo.running
+    assert refuses_connections(port)
+
+
+def test_data_dir_survives_a_restart(tmp_path: Path) -> None:
+    data = tmp_path / "mongo"
+    with LocalMongo(data_dir=data) as mongo:
+        client: MongoClient[dict[str, object]] = MongoClient(mongo.uri)
+        client.db.things.insert_one({"_id": "kept"})
+        client.close()
+    with LocalMongo(data_dir=data) as mongo:
+        client = MongoClient(mongo.uri)
+        assert client.db.things.find_one({"_id": "kept"}) == {"_id": "kept"}
+        client.close()
+
+
+def test_a_busy_port_is_a_clear_error(local_mongo: LocalMongo) -> None:
+    with pytest.raises(LocalMongoError, match=f"port {local_mongo.port} is already in use"):
+        LocalMongo(port=local_mongo.port).start_sync()
+
+
+def test_a_crashing_server_reports_its_output(tmp_path: Path) -> None:
+    fake = tmp_path / "python"
+    fake.write_text("#!/bin/sh\necho 'fatal: storage is corrupt' >&2\nexit 3\n")
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    with pytest.raises(LocalMongoError) as caught:
+        LocalMongo(python=str(fake)).start_sync()
+    message = str(caught.value)
+    assert "exited with status 3" in message
+    assert "fatal: storage is corrupt" in message
+
+
+def test_missing_secantusdb_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "secantus" else real(name, *a)
+    )
+    with pytest.raises(LocalMongoError, match=r"pip install 'docbus\[local\]'"):
+        LocalMongo().start_sync()
+
+
+def test_a_server_that_never_answers_times_out_and_is_stopped(tmp_path: Path) -> None:
+    fake = tmp_path / "python"
+    fake.write_text("#!/bin/sh\nexec sleep 30\n")
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    mongo = LocalMongo(python=str(fake), startup_timeout=0.5)
+    with pytest.raises(LocalMongoError, match=r"did not answer ping within 0\.5 s"):
+        mongo.start_sync()
+    assert not mongo.running
