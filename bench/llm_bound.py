@@ -11,7 +11,7 @@ worker does not share a GIL with them:
 ``--docs`` documents are published, then a :class:`~subscriber.worker.Worker` in this process
 runs a handler of three checkpointed steps (``ctx.step``), each one ``ctx.llm.extract`` of a
 small pydantic model, at ``--concurrency`` handlers at once. This process is set up as
-``docbus worker`` sets up its own (:func:`~subscriber.worker.settle_heap`). The processing
+``docbus worker`` sets up its own (:func:`~subscriber.worker.freeze_startup_heap`). The processing
 phase is timed from the first handler call to the last settlement: the SDK's receiver attach
 before it (about half a second, whatever the batch size) is reported apart as ``startup_s``,
 and the idle wait after it is not counted. Its docs/s is compared with the ideal,
@@ -308,7 +308,7 @@ async def process(
 
     from handlers import discover_handlers
     from handlers.llm import LLMClient
-    from subscriber.worker import Worker, WorkerOptions, settle_heap
+    from subscriber.worker import Worker, WorkerOptions, freeze_startup_heap
 
     figures = Figures()
     progress = Progress(
@@ -343,7 +343,7 @@ async def process(
             on_outcome=on_outcome,
         )
         cpu_before = {name: cpu_seconds(pid) for name, pid in stack.pids.items()}
-        settle_heap()
+        freeze_startup_heap()
         with progress:
             started = time.perf_counter()
             await worker.run()

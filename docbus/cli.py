@@ -35,6 +35,8 @@ from collections.abc import Callable, Coroutine, Mapping, Sequence
 from enum import IntEnum
 from typing import TYPE_CHECKING, Any
 
+from docbus.text import one_line
+
 if TYPE_CHECKING:
     from rich.console import Console
 
@@ -244,9 +246,7 @@ _NOISE = re.compile(r"\s*(?:\(configured timeouts:|, Timeout: |, Topology Descri
 
 def brief(text: str, limit: int = 300) -> str:
     """An error message on one line: whitespace folded, driver internals dropped, bounded."""
-    text = _NOISE.sub("", text)
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    return one_line(_NOISE.sub("", text), limit)
 
 
 def print_json(console: Console, data: Any) -> None:

@@ -69,7 +69,7 @@ async def run_demo(args: argparse.Namespace, console: Console) -> DemoSummary:
     from handlers import discover_handlers
     from publisher import LoaderOptions, iter_documents, publish_documents
     from subscriber.cli import build_llm
-    from subscriber.worker import Worker, WorkerOptions, settle_heap
+    from subscriber.worker import Worker, WorkerOptions, freeze_startup_heap
 
     base = Settings()
     offline = base.llm.api_key is None and base.llm.azure_endpoint is None
@@ -142,7 +142,7 @@ async def run_demo(args: argparse.Namespace, console: Console) -> DemoSummary:
                         else None
                     ),
                 )
-                settle_heap()
+                freeze_startup_heap()
                 with progress:
                     if llm is not None:
                         async with llm:

@@ -44,7 +44,7 @@ import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from docbus.store import Patience, Store, StoreError, hurry_writes, patiently
+from docbus.store import LingerPermit, Store, StoreError, lingering, send_lingering_writes
 
 __all__ = [
     "BACKLOG_LIMIT",
@@ -82,7 +82,7 @@ class PendingWrites:
         """True: writes are acknowledged later, at :meth:`flush`; False: as they are made."""
         self._pending: list[asyncio.Future[Any]] = []
         self._failure: BaseException | None = None
-        self._patience = Patience()
+        self._permit = LingerPermit()
         self._hurrying = 0  # flushes waiting with hurry=True
 
     def __len__(self) -> int:
@@ -114,7 +114,7 @@ class PendingWrites:
             return await write
 
         # nobody waits for it yet: it may wait for company (docbus.store), until a flush does
-        with patiently(self._patience):
+        with lingering(self._permit):
             task = asyncio.ensure_future(ordered() if after_earlier else write)
         self._pending.append(task)
         task.add_done_callback(self._settled)
@@ -149,8 +149,8 @@ class PendingWrites:
             # what is on its way leaves now, and what follows it (a checkpoint waiting for the
             # audit rows before it) leaves as it comes
             self._hurrying += 1
-            self._patience.patient = False
-            hurry_writes()
+            self._permit.granted = False
+            send_lingering_writes()
         try:
             while self._pending:
                 # (each task's _settled ran before asyncio.wait's own callback woke us)
@@ -158,7 +158,7 @@ class PendingWrites:
         finally:
             if hurry:
                 self._hurrying -= 1
-                self._patience.patient = self._hurrying == 0
+                self._permit.granted = self._hurrying == 0
         if self._failure is not None:
             raise self._failure
 

@@ -46,6 +46,7 @@ from docbus.errors import DocbusError
 from docbus.records import DeadLetterRecord, ReplayItem, ReplayRecord
 from docbus.servicebus import MessagingError, build_message, translated
 from docbus.store import Store
+from docbus.text import one_line
 from publisher.publish import MessageSender, SenderFactory
 from publisher.token_bucket import TokenBucket
 
@@ -147,7 +148,7 @@ class ReplayPlan:
         table.add_column("dead letter" if self.kind == "dead-letters" else "document")
         table.add_column("why")
         for key, reason in self.skipped.items():
-            table.add_row(key, _trim(reason))
+            table.add_row(key, one_line(reason, 100))
         return table
 
 
@@ -202,7 +203,7 @@ class ReplayReport:
             table.add_column(name)
         for outcome, problems in (("skipped", record.skipped), ("failed", record.failed)):
             for key, reason in problems.items():
-                table.add_row(key, outcome, _trim(reason))
+                table.add_row(key, outcome, one_line(reason, 100))
         return table
 
 
@@ -213,10 +214,6 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, datetime):
         return value.isoformat()
     return value
-
-
-def _trim(text: str, limit: int = 100) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _route(envelope: Envelope) -> str:

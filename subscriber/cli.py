@@ -30,7 +30,7 @@ from docbus.errors import ConfigurationError, DocbusError
 from docbus.settings import Settings
 from docbus.topology import TopologyError, load_topology
 from subscriber.settlement import Action
-from subscriber.worker import Worker, WorkerOptions, WorkerReport, settle_heap
+from subscriber.worker import Worker, WorkerOptions, WorkerReport, freeze_startup_heap
 
 __all__ = [
     "EXIT_CODES",
@@ -180,7 +180,7 @@ async def run_worker(
                 f"{h.name} ({h.spec.topic}/{h.spec.subscription})" for h in registered
             )
             console.print(f"worker running {names}; Ctrl-C stops gracefully")
-            settle_heap()
+            freeze_startup_heap()
             report = await worker.run()
             await asyncio.gather(*closing, return_exceptions=True)
             return WorkerRun(report, await _parked_left(store, registered))

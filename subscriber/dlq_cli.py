@@ -29,6 +29,7 @@ from docbus.errors import DocbusError
 from docbus.records import DeadLetterRecord, LLMCallRecord
 from docbus.settings import Settings
 from docbus.store import Store
+from docbus.text import one_line
 from docbus.topology import load_topology
 
 __all__ = [
@@ -65,17 +66,10 @@ GROUPS: dict[str, Callable[[DeadLetterRecord], str]] = {
     "reason": lambda r: r.reason,
     "handler": lambda r: r.handler or f"({r.subscription})",
     "batch": lambda r: r.batch_id or "(none)",
-    "error": lambda r: _trim(_error(r), 80) or r.reason,
+    "error": lambda r: one_line(_error(r), 80) or r.reason,
     "subscription": lambda r: f"{r.topic or '?'}/{r.subscription}",
 }
 """``--group-by`` keys: what a dead letter counts under."""
-
-
-def _trim(text: str | None, limit: int = CELL_LIMIT) -> str:
-    if not text:
-        return ""
-    flat = " ".join(text.split())
-    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
 
 
 def _when(value: datetime | None, *, minutes: bool = False) -> str:
@@ -102,7 +96,7 @@ def list_table(records: Sequence[DeadLetterRecord], *, total: int, heading: str 
             record.id,
             record.reason,
             record.step or "",
-            _trim(_error(record), 60),
+            one_line(_error(record), 60),
             _when(record.dead_lettered_at, minutes=True),
             "yes" if record.replayed_at is not None else "",
         )
@@ -294,9 +288,9 @@ def _calls_table(calls: Sequence[LLMCallRecord]) -> Table:
             call.model,
             str(call.prompt_tokens + call.completion_tokens),
             f"{call.cost_usd:.5f}",
-            "ok" if call.ok else f"{call.error_type}: {_trim(call.error_message, 40)}",
-            _trim(prompt, 120),
-            _trim(call.response_text, 120),
+            "ok" if call.ok else f"{call.error_type}: {one_line(call.error_message, 40)}",
+            one_line(prompt, 120),
+            one_line(call.response_text, 120),
         )
     return table
 

@@ -22,6 +22,7 @@ from rich.table import Table
 
 from docbus.settings import Settings
 from docbus.store import ParkedGroup, ParkedMessage, Store
+from docbus.text import one_line
 
 __all__ = ["add_arguments", "groups_table", "parked_table", "run"]
 
@@ -102,11 +103,6 @@ async def _resume(settings: Settings, args: argparse.Namespace, console: Console
     return 0
 
 
-def _trim(text: str, limit: int = CELL_LIMIT) -> str:
-    flat = " ".join(text.split())
-    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
-
-
 def groups_table(groups: Sequence[ParkedGroup], *, heading: str = "all") -> Table:
     total = sum(group.count for group in groups)
     table = Table(title=f"{total} parked message(s) · {heading}", title_justify="left")
@@ -120,7 +116,7 @@ def groups_table(groups: Sequence[ParkedGroup], *, heading: str = "all") -> Tabl
             f"{group.topic}/{group.subscription}",
             group.reason,
             str(group.count),
-            _trim(group.description, 100),
+            one_line(group.description, 100),
         )
     return table
 

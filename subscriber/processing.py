@@ -93,7 +93,7 @@ class Processor:
         """Start reading the checkpoints ``message``'s handler run will look up first, if its
         handler is one that uses steps; None otherwise (or if the body is no envelope: the
         delivery will say why). Pass the task to :meth:`process`; whoever started it settles it
-        afterwards with :func:`settle_unused` (the handler may never have asked)."""
+        afterwards with :func:`cancel_unawaited` (the handler may never have asked)."""
         spec = registered.spec
         if spec.name not in self._stepping:
             return None
@@ -542,7 +542,7 @@ def _is_expected(error: BaseException) -> bool:
     return isinstance(error, HandlerOutcome | InvalidEnvelope)
 
 
-def settle_unused(read: asyncio.Task[Any]) -> None:
+def cancel_unawaited(read: asyncio.Task[Any]) -> None:
     """Cancel a read no one awaits any more, or take its error: it is no one's to raise."""
     if read.done():
         if not read.cancelled():

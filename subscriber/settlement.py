@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 from docbus.envelope import InvalidEnvelope
 from docbus.store import PayloadError
+from docbus.text import one_line
 from handlers.errors import DeadLetter, OverBudget, Retry, SystemicFailure
 from subscriber.backoff import BackoffPolicy, backoff_delay
 
@@ -53,16 +54,11 @@ class Decision:
 COMPLETE = Decision(Action.COMPLETE)
 
 
-def _trim(text: str, limit: int) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
 def describe(exc: BaseException) -> str:
     """``Type: message`` for an exception, on one line, trimmed."""
     message = str(exc)
     text = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
-    return _trim(text, MAX_DESCRIPTION)
+    return one_line(text, MAX_DESCRIPTION)
 
 
 def decide(
@@ -77,8 +73,8 @@ def decide(
     if isinstance(exc, DeadLetter):
         return Decision(
             Action.DEAD_LETTER,
-            reason=_trim(exc.reason, MAX_REASON),
-            description=_trim(exc.description or str(exc), MAX_DESCRIPTION),
+            reason=one_line(exc.reason, MAX_REASON),
+            description=one_line(exc.description or str(exc), MAX_DESCRIPTION),
         )
     if isinstance(exc, InvalidEnvelope):
         return Decision(Action.DEAD_LETTER, reason="InvalidEnvelope", description=describe(exc))
@@ -94,7 +90,7 @@ def decide(
         return Decision(
             Action.DEAD_LETTER,
             reason="RetriesExhausted",
-            description=_trim(
+            description=one_line(
                 f"failed on all {max_attempts} deliveries; last error: {describe(exc)}",
                 MAX_DESCRIPTION,
             ),

@@ -58,7 +58,7 @@ from subscriber.parking import (
     parked_messages,
     unpark,
 )
-from subscriber.processing import Outcome, Processor, settle_unused
+from subscriber.processing import Outcome, Processor, cancel_unawaited
 from subscriber.settlement import Action
 from subscriber.turns import TakingTurns
 from subscriber.watchdog import LoopWatchdog
@@ -73,7 +73,7 @@ YOUNG_COLLECTION_THRESHOLD = 10_000
 """Allocations between two collections of the youngest generation (CPython's default: 700)."""
 
 
-def settle_heap() -> None:
+def freeze_startup_heap() -> None:
     """Tune the garbage collector for a process whose main job is a :class:`Worker`; call it
     once, after imports and set-up, before :meth:`Worker.run`.
 
@@ -582,7 +582,7 @@ class Worker:
             if parked is not None:
                 self._resumed_waiting.discard(parked.id)
             if checkpoints is not None:
-                settle_unused(checkpoints)
+                cancel_unawaited(checkpoints)
             if self._renewer is not None:
                 self._renewer.release(message)
             if slot_held:

@@ -40,22 +40,22 @@ from docbus.store._checkpoints import Checkpoint
 from docbus.store._documents import MAX_PAYLOAD_BYTES
 from docbus.store._errors import PayloadError, StoreError, StoreUnavailable
 from docbus.store._errors import _translated as _translated
-from docbus.store._group import Patience, hurry_writes, patiently
+from docbus.store._group import LingerPermit, lingering, send_lingering_writes
 from docbus.store._parked import ParkedGroup, ParkedMessage
 from docbus.store._store import Store
 
 __all__ = [
     "MAX_PAYLOAD_BYTES",
     "Checkpoint",
+    "LingerPermit",
     "ParkedGroup",
     "ParkedMessage",
-    "Patience",
     "PayloadError",
     "Store",
     "StoreError",
     "StoreUnavailable",
-    "hurry_writes",
-    "patiently",
+    "lingering",
+    "send_lingering_writes",
 ]
 
 # Public names report the module they are imported from, as before the split (reprs, pickles).

@@ -19,9 +19,9 @@ as it lands. An idle worker pays one round trip, as before; a busy one pays abou
 command in flight instead of one per request.
 
 Writes nobody waits for yet — those a worker's handler makes behind it (:mod:`handlers.writes`)
-— may also wait a little for company: inside :func:`patiently`, a :class:`GroupWriter` with a
+— may also wait a little for company: inside :func:`lingering`, a :class:`GroupWriter` with a
 ``linger`` holds a command until its oldest write is ``linger`` old, unless a write someone
-waits for joins it, or :func:`hurry_writes` is called (a flush that blocks a handler does).
+waits for joins it, or :func:`send_lingering_writes` is called (a flush that blocks a handler does).
 In ``bench/llm_bound.py`` 25 ms cut the Mongo commands per document from about 4 to 1.3 and
 SecantusDB's CPU by 40 %, at no cost to any handler's time.
 """
@@ -46,7 +46,14 @@ from pymongo.errors import (
 )
 from pymongo.operations import DeleteMany, DeleteOne, InsertOne, ReplaceOne, UpdateMany, UpdateOne
 
-__all__ = ["GroupFinder", "GroupWriter", "Patience", "WriteOp", "hurry_writes", "patiently"]
+__all__ = [
+    "GroupFinder",
+    "GroupWriter",
+    "LingerPermit",
+    "WriteOp",
+    "lingering",
+    "send_lingering_writes",
+]
 
 WriteOp = InsertOne[Any] | UpdateOne | UpdateMany | ReplaceOne[Any] | DeleteOne | DeleteMany
 
@@ -58,33 +65,33 @@ MAX_GROUP = 500
 time one command holds the server)."""
 
 
-class Patience:
+class LingerPermit:
     """Whether the writes made under it may linger now; a holder can take it back (and give
     it again) while they are on their way, say while it waits for them."""
 
-    __slots__ = ("patient",)
+    __slots__ = ("granted",)
 
     def __init__(self) -> None:
-        self.patient = True
+        self.granted = True
 
 
-_PATIENCE: ContextVar[Patience | None] = ContextVar("docbus_write_patience", default=None)
+_LINGER_PERMIT: ContextVar[LingerPermit | None] = ContextVar("docbus_linger_permit", default=None)
 _LINGERING: weakref.WeakSet[GroupWriter] = weakref.WeakSet()
 
 
 @contextlib.contextmanager
-def patiently(patience: Patience | None = None) -> Iterator[Patience]:
+def lingering(permit: LingerPermit | None = None) -> Iterator[LingerPermit]:
     """Writes made in this context (and in tasks created in it) may linger for company, as
-    long as ``patience`` (a new one by default) is patient when they reach their group."""
-    patience = patience or Patience()
-    token = _PATIENCE.set(patience)
+    long as ``permit`` (a new one by default) is granted when they reach their group."""
+    permit = permit or LingerPermit()
+    token = _LINGER_PERMIT.set(permit)
     try:
-        yield patience
+        yield permit
     finally:
-        _PATIENCE.reset(token)
+        _LINGER_PERMIT.reset(token)
 
 
-def hurry_writes() -> None:
+def send_lingering_writes() -> None:
     """Send every lingering group write of this event loop now: someone is about to wait for
     one of them."""
     loop = asyncio.get_running_loop()
@@ -179,9 +186,9 @@ class GroupWriter(_Group):
     ``await writer.increment(_id, amounts)`` adds to counters of one document; increments of the
     same document waiting together are summed into one ``$inc``.
 
-    ``linger`` (seconds): how long writes made :func:`patiently` may wait for others to leave
+    ``linger`` (seconds): how long writes made :func:`lingering` may wait for others to leave
     with. A command leaves when its oldest write is that old, at once when a write made
-    impatiently is among them, or on :meth:`hurry`.
+    outside :func:`lingering` is among them, or on :meth:`hurry`.
     """
 
     def __init__(
@@ -197,7 +204,7 @@ class GroupWriter(_Group):
         self._waiting: list[tuple[WriteOp | _Increment, list[asyncio.Future[bool]]]] = []
         self._increments: dict[Any, int] = {}  # document id -> its entry in _waiting
         self._oldest = 0.0  # loop time the oldest waiting write was made
-        self._urgent = False  # a waiting write was made impatiently, or hurry() was called
+        self._urgent = False  # a waiting write may not linger, or hurry() was called
         self._wake: asyncio.Future[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -212,13 +219,14 @@ class GroupWriter(_Group):
         loop = asyncio.get_running_loop()
         if not self._waiting:
             self._oldest = loop.time()
-        patience = _PATIENCE.get()
-        if patience is None or not patience.patient:
+        permit = _LINGER_PERMIT.get()
+        if permit is None or not permit.granted:
             self._urgent = True
             self._end_lingering()
         elif self._linger > 0:
             self._loop = loop
-            _LINGERING.add(self)  # until nothing waits: hurry_writes() may need to reach it
+            # until nothing waits: send_lingering_writes() may need to reach it
+            _LINGERING.add(self)
 
     def hurry(self) -> None:
         if self._waiting:  # (with nothing waiting, there is nothing to hurry)

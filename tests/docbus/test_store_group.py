@@ -20,7 +20,7 @@ from pymongo.errors import (
 from pymongo.write_concern import WriteConcern
 
 from docbus.store import Store, StoreUnavailable, _translated
-from docbus.store._group import GroupFinder, GroupWriter, hurry_writes, patiently
+from docbus.store._group import GroupFinder, GroupWriter, lingering, send_lingering_writes
 
 
 class Counting:
@@ -276,18 +276,18 @@ async def test_reads_that_agree_on_a_filter_send_it_to_the_server(things: Counti
     assert [r["_id"] for r in found] == [1]
 
 
-def lingering(counting: Counting, linger: float = 60.0) -> GroupWriter:
+def lingering_group(counting: Counting, linger: float = 60.0) -> GroupWriter:
     return GroupWriter(lambda: counting, "things", linger=linger)  # type: ignore[arg-type,return-value]
 
 
 async def test_patient_writes_made_apart_wait_for_each_other_up_to_the_linger(
     things: Counting,
 ) -> None:
-    group = lingering(things, linger=0.3)
-    with patiently():
+    group = lingering_group(things, linger=0.3)
+    with lingering():
         first = asyncio.ensure_future(group.write(InsertOne({"_id": "a"})))
     await asyncio.sleep(0.05)  # made later, in another turn of the loop: still the same command
-    with patiently():
+    with lingering():
         second = asyncio.ensure_future(group.increment("a", {"n": 1}))
     started = asyncio.get_running_loop().time()
     await asyncio.wait_for(asyncio.gather(first, second), 5)
@@ -298,8 +298,8 @@ async def test_patient_writes_made_apart_wait_for_each_other_up_to_the_linger(
 async def test_a_write_someone_waits_for_takes_the_lingering_ones_along_at_once(
     things: Counting,
 ) -> None:
-    group = lingering(things)  # a minute: reaching it would fail the wait_for below
-    with patiently():
+    group = lingering_group(things)  # a minute: reaching it would fail the wait_for below
+    with lingering():
         behind = [asyncio.ensure_future(group.write(InsertOne({"_id": i}))) for i in range(3)]
     await asyncio.sleep(0)  # the flight starts, and lingers
     await asyncio.wait_for(group.write(InsertOne({"_id": "now"})), 5)
@@ -308,13 +308,13 @@ async def test_a_write_someone_waits_for_takes_the_lingering_ones_along_at_once(
 
 
 async def test_hurry_and_drain_send_lingering_writes_at_once(things: Counting) -> None:
-    group = lingering(things)
-    with patiently():
+    group = lingering_group(things)
+    with lingering():
         behind = asyncio.ensure_future(group.write(InsertOne({"_id": "x"})))
     await asyncio.sleep(0)
-    hurry_writes()
+    send_lingering_writes()
     await asyncio.wait_for(behind, 5)
-    with patiently():
+    with lingering():
         behind = asyncio.ensure_future(group.write(InsertOne({"_id": "y"})))
     await asyncio.sleep(0)
     await asyncio.wait_for(group.drain(), 5)
@@ -322,7 +322,7 @@ async def test_hurry_and_drain_send_lingering_writes_at_once(things: Counting) -
 
 
 async def test_writes_made_outside_patiently_never_linger(things: Counting) -> None:
-    group = lingering(things)
+    group = lingering_group(things)
     await asyncio.wait_for(group.write(InsertOne({"_id": "plain"})), 5)
     await asyncio.wait_for(group.increment("plain", {"n": 1}), 5)
     assert things.bulk_writes == [1, 1]

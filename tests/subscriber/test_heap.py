@@ -1,4 +1,4 @@
-"""settle_heap: what a worker process does to its garbage collector before it runs."""
+"""freeze_startup_heap: what a worker process does to its garbage collector before it runs."""
 
 from __future__ import annotations
 
@@ -8,14 +8,14 @@ import sys
 
 SCRIPT = """
 import gc, json, weakref
-from subscriber.worker import YOUNG_COLLECTION_THRESHOLD, settle_heap
+from subscriber.worker import YOUNG_COLLECTION_THRESHOLD, freeze_startup_heap
 
 class Node:
     def __init__(self): self.me = self
 
 before = {"frozen": gc.get_freeze_count(), "threshold": gc.get_threshold()}
 startup = weakref.ref(Node())  # cyclic garbage from start-up: collected, not frozen
-settle_heap()
+freeze_startup_heap()
 after = {"frozen": gc.get_freeze_count(), "threshold": gc.get_threshold()}
 gc.collect()
 young = [Node() for _ in range(3)]

@@ -11,7 +11,7 @@ from docbus.store import Store, StoreError
 from handlers import Context, Document, discover_handlers, handler
 from publisher import publish_documents
 from subscriber.backoff import BackoffPolicy
-from subscriber.processing import Processor, settle_unused
+from subscriber.processing import Processor, cancel_unawaited
 from subscriber.settlement import Action
 from subscriber.worker import Worker, WorkerOptions
 from tests.subscriber.conftest import Stack
@@ -88,7 +88,7 @@ async def test_checkpoints_are_read_ahead_once_a_handler_is_seen_to_use_steps(
         assert await ahead == {}
         assert counting.reads == ["s0", "s1"]
         outcome = await processor.process(registered, receiver, second, checkpoints=ahead)
-        settle_unused(ahead)
+        cancel_unawaited(ahead)
         assert (outcome.action, counting.reads) == (Action.COMPLETE, ["s0", "s1"])
 
         # a read ahead that failed is made again by the step, which then goes on as usual
@@ -96,7 +96,7 @@ async def test_checkpoints_are_read_ahead_once_a_handler_is_seen_to_use_steps(
         ahead = processor.read_ahead(registered, third)
         assert ahead is not None
         outcome = await processor.process(registered, receiver, third, checkpoints=ahead)
-        settle_unused(ahead)
+        cancel_unawaited(ahead)
         assert (outcome.action, counting.reads) == (Action.COMPLETE, ["s0", "s1", "s2", "s2"])
     finally:
         await receiver.close()
@@ -113,7 +113,7 @@ async def test_checkpoints_are_read_ahead_once_a_handler_is_seen_to_use_steps(
         ahead = processor.read_ahead(registered, again)
         assert ahead is not None
         outcome = await processor.process(registered, receiver, again, checkpoints=ahead)
-        settle_unused(ahead)
+        cancel_unawaited(ahead)
     finally:
         await receiver.close()
         await client.close()
