@@ -24,6 +24,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -86,10 +87,6 @@ class Child:
         _pump(self.process.stdout, self._log)
         return line
 
-    @property
-    def pid(self) -> int | None:
-        return self.process.pid if self.process is not None else None
-
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
@@ -115,7 +112,7 @@ class Child:
 
 
 def _pump(source: IO[bytes], sink: IO[bytes]) -> None:
-    import threading
+    """Copy ``source`` into ``sink`` line by line on a daemon thread."""
 
     def copy() -> None:
         for chunk in iter(lambda: source.readline(), b""):
@@ -273,14 +270,6 @@ class WorkerPool:
 
     def restart(self, index: int) -> None:
         self.workers[index].start()
-
-    def exited(self) -> list[str]:
-        """Workers that exited by themselves (not killed by us): name and exit status."""
-        return [
-            f"{w.name}: exit {w.process.returncode}"
-            for w in self.workers
-            if w.process is not None and w.process.poll() is not None
-        ]
 
     def stop(self, grace: float) -> int:
         """Stop all (SIGTERM at once, then wait); returns how many had to be SIGKILLed."""

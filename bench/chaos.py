@@ -21,17 +21,22 @@ documents settled, so it fits any machine's speed; drawn from ``--seed``):
   straight to the topic with the SDK (non-JSON, AMQP value and sequence bodies, deep JSON,
   wrong ``schema_version``, missing fields, a claim-check pointing nowhere, oversized
   properties...), each of which must end as a dead letter with a Mongo record;
-- freezes SecantusDB (SIGSTOP, ``--freeze`` seconds, SIGCONT), later SIGKILLs it and restarts
-  it on the same port and data, and later SIGKILLs and restarts the emulator the same way.
+- freezes SecantusDB (SIGSTOP, ``--freeze`` seconds, SIGCONT), later SIGKILLs it
+  ``--mongo-kills`` times, restarting it on the same port and data each time, and SIGKILLs and
+  restarts the emulator the same way.
 
 It then waits until nothing can change any more — every subscription empty and every message
 on a dead-letter queue recorded in Mongo — or until ``--timeout``, stops the workers, and
 audits (``bench/_chaos_audit.py``, whose ``DEFINITIONS`` go into the JSON line's ``notes``):
 per handler ``lost``, ``duplicate_current``, ``done_and_dead``, ``unfinished``,
-``left_on_subscription``, ``dlq_without_record``, ``bad_input_unrecorded`` and
-``steps_redone``; and ``calls_without_audit`` (LLM server requests vs audit rows) and
+``left_on_subscription``, ``dlq_without_record``, ``bad_input_unrecorded``, ``steps_redone``
+and ``steps_repeated``; and ``calls_without_audit`` (LLM server requests vs audit rows) and
 ``secrets_in_logs`` (API key, SAS key or a whole document text in any worker or publisher log).
-The exit status is 1 when any of the first seven is above 0, so CI can run ``--short``.
+The exit status is 1 when any of the first seven, or ``secrets_in_logs``, is above 0 (so CI
+can run ``--short``), and 2 when the run itself broke.
+
+The waits are bounded: the run stops ``--timeout`` seconds into the processing at the latest,
+and ends ``DRAIN_WAIT`` seconds after the last progress when DLQ messages stay unrecorded.
 
     python bench/chaos.py [--docs 3000] [--kills 25] [--seed 1] [--short] [--keep DIR]
 """
@@ -41,6 +46,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import re
 import shutil
 import sys
 import tempfile
@@ -98,16 +104,24 @@ class Event:
     ``kill_mongo`` or ``kill_emulator``."""
 
 
-def plan_events(rng: random.Random, kills: int) -> list[Event]:
-    """The run's schedule: outages at fixed shares of the work, worker kills at random ones."""
+def plan_events(rng: random.Random, kills: int, mongo_kills: int = 1) -> list[Event]:
+    """The run's schedule: outages at fixed shares of the work (Mongo kills spread over the
+    middle of it), worker kills at random shares."""
     fixed = [
         Event(0.15, "publish_rest"),
         Event(0.25, "freeze_mongo"),
         Event(0.35, "raw_bad_inputs"),
-        Event(0.45, "kill_mongo"),
         Event(0.65, "kill_emulator"),
     ]
+    fixed += [Event(0.45 + 0.4 * i / max(1, mongo_kills), "kill_mongo") for i in range(mongo_kills)]
     return sorted(fixed + [Event(rng.uniform(0.02, 0.92), "kill_worker") for _ in range(kills)])
+
+
+def _reports(output: str, filename: str, line: int) -> bool:
+    """The publisher's output lists ``filename:line`` as a problem's place (not merely cites
+    it, as in "duplicate id 'x' (first at file:1)")."""
+    place = re.escape(f"{filename}:{line}")
+    return re.search(rf"(?<!at )(?<![\w(]){place}(?![\w)])", output) is not None
 
 
 # -- the run ---------------------------------------------------------------------------------
@@ -129,7 +143,7 @@ class ChaosRun:
         self.batches = {"chaos-a": main[:split], "chaos-b": main[split:]}
         self.bad_files = publisher_cases(inputs_rng)
         self.raw = raw_cases("chaos-raw", inputs_rng)
-        self.events = plan_events(self.plan_rng, options.kills)
+        self.events = plan_events(self.plan_rng, options.kills, options.mongo_kills)
         self.tally = Tally()
         for d in ("logs", "inputs", "mongo", "servicebus"):
             (work / d).mkdir(parents=True, exist_ok=True)
@@ -242,22 +256,24 @@ class ChaosRun:
     def _judge(self, case: PublisherCase, status: int, output: str) -> dict[str, Any]:
         """Was the bad line reported as file:line; which valid lines must reach the workers?
 
-        A valid line is excused when the publisher named it (its file:line or its id), or
-        when the whole run failed loudly (an ``error:`` line or a traceback): the user was
-        told. Every other valid line must end as a result or a dead letter like any document,
-        so one swallowed without a word (say, into a malformed neighbour) counts as lost.
+        A valid line is excused when the publisher named it (its file:line, or its id in its
+        table of documents not sent), or when the whole run failed loudly (an ``error:`` line
+        or a traceback): the user was told. Every other valid line must end as a result or a
+        dead letter like any document, so one swallowed without a word (say, into a malformed
+        neighbour) counts as lost.
         """
         crashed = "Traceback (most recent call last)" in output or status not in (0, 1)
         failed = crashed or "error:" in output
+        listed = "Not sent" in output  # the table of documents the broker refused, by id
         named = {
             line
             for line, doc in case.valid.items()
-            if f"{case.filename}:{line}" in output or str(doc["id"]) in output
+            if _reports(output, case.filename, line) or (listed and str(doc["id"]) in output)
         }
         verdict: dict[str, Any] = {
             "kind": case.kind,
             "exit": status,
-            "bad_line_reported": all(f"{case.filename}:{n}" in output for n in case.bad_lines),
+            "bad_line_reported": all(_reports(output, case.filename, n) for n in case.bad_lines),
             "crashed": crashed,
             "failed": failed,
             "valid_not_sent": len(case.valid) if failed else len(named),
@@ -486,6 +502,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--docs", type=int, help="documents (3000; --short: 150)")
     parser.add_argument("--kills", type=int, help="worker SIGKILLs (25; --short: 5)")
+    parser.add_argument("--mongo-kills", type=int, help="SecantusDB SIGKILLs (2; --short: 1)")
     parser.add_argument("--short", action="store_true", help="a run of about a minute, for CI")
     parser.add_argument("--seed", type=int, default=1, help="seed of everything drawn (1)")
     parser.add_argument("--workers", type=int, default=3, help="worker processes (3)")
@@ -505,6 +522,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     for name, full, quick in (
         ("docs", 3000, 150),
         ("kills", 25, 5),
+        ("mongo_kills", 2, 1),
         ("large", 3, 1),
         ("freeze", 10.0, 5.0),
         ("timeout", 1800.0, 300.0),
