@@ -262,8 +262,8 @@ class ChaosRun:
         dead letter like any document, so one swallowed without a word (say, into a malformed
         neighbour) counts as lost.
         """
-        crashed = "Traceback (most recent call last)" in output or status not in (0, 1)
-        failed = crashed or "error:" in output
+        crashed = "Traceback (most recent call last)" in output
+        failed = crashed or "error:" in output or status not in (0, 1)
         listed = "Not sent" in output  # the table of documents the broker refused, by id
         named = {
             line
