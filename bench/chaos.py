@@ -205,7 +205,8 @@ class ChaosRun:
         child = Child(
             f"publish-{name}",
             [PYTHON, "-m", "docbus", "publish", path.name, "--topic", TOPIC, "--batch-id",
-             batch_id, "--format", fmt, "--id-field", "id", "--skip-invalid"],
+             batch_id, "--format", fmt, "--id-field", "id", "--skip-invalid",
+             "--topology", str(self.topology_file)],
             self.logs,
             env=self.env,
             cwd=path.parent,  # relative names: the publisher's report then says "file:line"
@@ -516,7 +517,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--stall", type=float, default=30.0, help="seconds without progress before the "
         "next scheduled fault fires anyway, and the end is checked (30)",
     )  # fmt: skip
-    parser.add_argument("--keep", type=Path, help="keep data and logs in this directory")
+    parser.add_argument(
+        "--keep", type=Path, help="keep data and logs in this (new or empty) directory"
+    )
     options = parser.parse_args(argv)
     short = options.short
     for name, full, quick in (
@@ -537,9 +540,10 @@ def main(argv: list[str] | None = None) -> int:
     console = Console(stderr=True)
     if options.keep is not None:
         work = options.keep.resolve()
-        if work.exists():
-            shutil.rmtree(work)
-        work.mkdir(parents=True)
+        if work.exists() and any(work.iterdir()):
+            console.print(f"chaos: --keep {work}: the directory must be new or empty")
+            return 2
+        work.mkdir(parents=True, exist_ok=True)
     else:
         work = Path(tempfile.mkdtemp(prefix="docbus-chaos-"))
     try:
