@@ -118,10 +118,14 @@ def plan_events(rng: random.Random, kills: int, mongo_kills: int = 1) -> list[Ev
 
 
 def _reports(output: str, filename: str, line: int) -> bool:
-    """The publisher's output lists ``filename:line`` as a problem's place (not merely cites
-    it, as in "duplicate id 'x' (first at file:1)")."""
-    place = re.escape(f"{filename}:{line}")
-    return re.search(rf"(?<!at )(?<![\w(]){place}(?![\w)])", output) is not None
+    """The publisher's output lists ``filename:line`` (or a span ``filename:first-last``
+    holding it) as a problem's place, not merely cites it as in "(first at file:1)"."""
+    place = re.escape(filename) + r":(\d+)(?:-(\d+))?"
+    for found in re.finditer(rf"(?<!at )(?<![\w(]){place}(?![\w)])", output):
+        first = int(found.group(1))
+        if first <= line <= int(found.group(2) or first):
+            return True
+    return False
 
 
 # -- the run ---------------------------------------------------------------------------------
