@@ -227,7 +227,7 @@ class MongoProcess:
     @property
     def pid(self) -> int | None:
         # LocalMongo keeps its Popen private (as bench/llm_bound.py notes); the pid is needed
-        # to freeze and kill the server.
+        # to freeze the server.
         process = getattr(self.mongo, "_process", None)
         return process.pid if process is not None else None
 
@@ -240,11 +240,7 @@ class MongoProcess:
             os.kill(self.pid, signal.SIGCONT)
 
     def kill(self) -> None:
-        process = getattr(self.mongo, "_process", None)
-        if process is not None:
-            process.kill()
-            process.wait()
-        self.mongo.stop_sync()  # cleans its working directory; the data directory stays
+        self.mongo.kill_sync()  # the data directory stays as the crash left it
 
     def stop(self) -> None:
         self.mongo.stop_sync()
