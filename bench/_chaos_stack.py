@@ -3,13 +3,13 @@
 Every component is a child process of its own, with one log file per incarnation (the log
 scan reads them all):
 
-- :class:`LLMServer`: the offline OpenAI-compatible server (``python -m docbus.llm_server``),
+- :class:`LLMServer`: the offline OpenAI-compatible server (``python -m docbus.local.llm_server``),
   with an API key and fault rates; never killed (its counters are what the audit is checked
   against);
 - :class:`EmulatorProcess`: ``python -m docbus emulator --data-dir ... --sas-key ...``; killed
   with SIGKILL and restarted on the same port with the same data, so messages survive and
   clients reconnect;
-- :class:`MongoProcess`: SecantusDB through :class:`docbus.mongo_local.LocalMongo` on a data
+- :class:`MongoProcess`: SecantusDB through :class:`docbus.local.mongo.LocalMongo` on a data
   directory; frozen (SIGSTOP/SIGCONT), killed and restarted on the same port;
 - :class:`WorkerPool`: ``docbus worker`` processes running the built-in handlers, SIGKILLed and
   restarted at random.
@@ -32,8 +32,8 @@ from typing import IO
 
 from _support import first_line
 
-from docbus import mongo_local
-from docbus.mongo_local import LocalMongo
+from docbus.local import mongo as local_mongo
+from docbus.local.mongo import LocalMongo
 
 STARTUP_TIMEOUT = 60.0
 PYTHON = sys.executable
@@ -133,7 +133,7 @@ class LLMServer:
         share = fault_rate / 5
         self.child = Child(
             "llm",
-            [PYTHON, "-m", "docbus.llm_server", "--port", "0", "--api-key", api_key,
+            [PYTHON, "-m", "docbus.local.llm_server", "--port", "0", "--api-key", api_key,
              "--seed", str(seed), "--latency", str(latency), "--log-level", "WARNING",
              "--rate-429", f"{2 * share:.4f}", "--retry-after", "0.5",
              "--rate-500", f"{share:.4f}", "--rate-503", f"{share:.4f}",
@@ -189,7 +189,7 @@ class EmulatorProcess:
 
 
 def _port_in_use_reusable(port: int) -> bool:
-    """Like ``docbus.mongo_local._port_in_use``, but a port whose only holders are sockets of
+    """Like ``docbus.local.mongo._port_in_use``, but a port whose only holders are sockets of
     a killed server (TIME_WAIT, FIN_WAIT) counts as free, as it does for the server's own
     ``SO_REUSEADDR`` listening socket."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -215,7 +215,7 @@ class MongoProcess:
             # killed server's connections still hold in TIME_WAIT/FIN_WAIT (about 60-70 s on
             # Linux), because its check binds without SO_REUSEADDR although SecantusDB itself
             # can listen there at once.
-            mongo_local._port_in_use = _port_in_use_reusable
+            local_mongo._port_in_use = _port_in_use_reusable
             self.mongo = LocalMongo(port=self.port, data_dir=self.data_dir)
         self.mongo.start_sync()
         self.port = self.mongo.port
