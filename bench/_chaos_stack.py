@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -32,7 +31,6 @@ from typing import IO
 
 from _support import first_line
 
-from docbus.local import mongo as local_mongo
 from docbus.local.mongo import LocalMongo
 
 STARTUP_TIMEOUT = 60.0
@@ -188,19 +186,6 @@ class EmulatorProcess:
         self.child.stop(grace=15)
 
 
-def _port_in_use_reusable(port: int) -> bool:
-    """Like ``docbus.local.mongo._port_in_use``, but a port whose only holders are sockets of
-    a killed server (TIME_WAIT, FIN_WAIT) counts as free, as it does for the server's own
-    ``SO_REUSEADDR`` listening socket."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return True
-        return False
-
-
 class MongoProcess:
     """SecantusDB on a data directory through LocalMongo: freeze, kill, restart on its port."""
 
@@ -210,12 +195,7 @@ class MongoProcess:
         self.port: int | None = None
 
     def start(self) -> None:
-        if self.port is not None:
-            # WORKAROUND (product bug, reported): LocalMongo refuses a requested port that a
-            # killed server's connections still hold in TIME_WAIT/FIN_WAIT (about 60-70 s on
-            # Linux), because its check binds without SO_REUSEADDR although SecantusDB itself
-            # can listen there at once.
-            local_mongo._port_in_use = _port_in_use_reusable
+        if self.port is not None:  # a restart: the same port, so clients reconnect
             self.mongo = LocalMongo(port=self.port, data_dir=self.data_dir)
         self.mongo.start_sync()
         self.port = self.mongo.port
@@ -226,10 +206,7 @@ class MongoProcess:
 
     @property
     def pid(self) -> int | None:
-        # LocalMongo keeps its Popen private (as bench/llm_bound.py notes); the pid is needed
-        # to freeze the server.
-        process = getattr(self.mongo, "_process", None)
-        return process.pid if process is not None else None
+        return self.mongo.pid
 
     def freeze(self) -> None:
         if self.pid is not None:

@@ -186,8 +186,7 @@ async def stand_ins(options: argparse.Namespace) -> AsyncIterator[StandIns]:
         ):
             data_dir = Path(tmp) / "mongo" if options.mongo_on_disk else None
             async with LocalMongo(data_dir=data_dir) as mongo:
-                # LocalMongo keeps its Popen private; the pid is only used to read CPU time.
-                mongo_pid = getattr(getattr(mongo, "_process", None), "pid", None)
+                mongo_pid = mongo.pid
                 # LocalMongo's URI already carries retryWrites=false; options add to it.
                 query = f"&{options.mongo_options}" if options.mongo_options else ""
                 yield StandIns(

@@ -259,7 +259,7 @@ def problems_table(problems: list[InputProblem], title: str) -> Table:
     table.add_column("where", overflow="fold")
     table.add_column("reason", overflow="fold")
     for number, problem in enumerate(problems, start=1):
-        where = problem.file if problem.line is None else f"{problem.file}:{problem.line}"
+        where = problem.where
         table.add_row(str(number), Text(where), Text(problem.reason))
     return table
 

@@ -55,10 +55,21 @@ class InputProblem(BaseModel):
 
     file: str
     line: int | None = None
+    last_line: int | None = None
+    """Set when the problem spans lines (a CSV row that a stray quote joined across lines)."""
     reason: str
 
+    @property
+    def where(self) -> str:
+        """``file``, ``file:line`` or ``file:first-last``."""
+        if self.line is None:
+            return self.file
+        if self.last_line is not None and self.last_line != self.line:
+            return f"{self.file}:{self.line}-{self.last_line}"
+        return f"{self.file}:{self.line}"
+
     def __str__(self) -> str:
-        where = self.file if self.line is None else f"{self.file}:{self.line}"
+        where = self.where
         return f"{where}: {self.reason}"
 
 

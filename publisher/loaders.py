@@ -286,7 +286,9 @@ def _read_csv(
     csv.field_size_limit(2**31 - 1)  # documents are long; the default caps a field at 128 KiB
     with path.open("rb") as stream:
         lines = _Lines(stream)
-        reader = csv.reader(lines)
+        # strict: a quote followed by anything but a delimiter is an error, not silently glued
+        # onto the field (which is how a stray quote swallows the next row whole).
+        reader = csv.reader(lines, strict=True)
         try:
             header = next(reader)
         except StopIteration:
@@ -309,21 +311,18 @@ def _read_csv(
             except StopIteration:
                 return
             except csv.Error as exc:
+                end = lines.number
+                if lines.eof and "end of data" in str(exc):
+                    problems.append(_unterminated(path, start, end))
+                    return
+                reason = f"invalid CSV: {exc}"
+                if end > start:
+                    reason += _joined(start, end)
                 problems.append(
-                    InputProblem(file=str(path), line=start, reason=f"invalid CSV: {exc}")
+                    InputProblem(file=str(path), line=start, last_line=end, reason=reason)
                 )
-                return
+                continue
             end = lines.number
-            if lines.eof:
-                # csv ends a quoted field silently at the end of the file, merging every row
-                # after the opening quote into this one.
-                reason = (
-                    f"unterminated quote: a quoted field opened in this row runs to the end of "
-                    f"the file ({end - start + 1} lines), taking the rows after it into this "
-                    f'one; close the quote (a quote inside a quoted field is written "")'
-                )
-                problems.append(InputProblem(file=str(path), line=start, reason=reason))
-                return
             if not row or (len(row) == 1 and not row[0].strip()):
                 continue  # blank line
             if any(number in lines.bad for number in range(start, end + 1)):
@@ -331,11 +330,33 @@ def _read_csv(
                 continue
             if len(row) != len(header):
                 reason = f"row has {len(row)} fields, the header has {len(header)}"
-                problems.append(InputProblem(file=str(path), line=start, reason=reason))
+                if end > start:
+                    reason += _joined(start, end)
+                problems.append(
+                    InputProblem(file=str(path), line=start, last_line=end, reason=reason)
+                )
                 continue
             doc = _record(path, start, dict(zip(header, row, strict=True)), options, problems)
             if doc is not None:
                 yield doc, start
+
+
+def _joined(start: int, end: int) -> str:
+    # A stray quote joined physical lines into one row: the problem spans all of them, so no
+    # line that held a document of its own goes unmentioned.
+    return (
+        f"; a quote opened on line {start} runs to line {end}, reading lines {start}-{end} as "
+        f'one row: close the quote (a quote inside a quoted field is written "")'
+    )
+
+
+def _unterminated(path: Path, start: int, end: int) -> InputProblem:
+    reason = (
+        f"unterminated quote: a quoted field opened in this row runs to the end of the file "
+        f"({end - start + 1} lines), taking the rows after it into this one; close the quote "
+        f'(a quote inside a quoted field is written "")'
+    )
+    return InputProblem(file=str(path), line=start, last_line=end, reason=reason)
 
 
 # -- records to documents ----------------------------------------------------------------------

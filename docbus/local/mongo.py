@@ -52,7 +52,11 @@ class LocalMongoError(DocbusError):
 
 
 def _port_in_use(port: int) -> bool:
+    """Whether something listens on ``port``. Connections a killed server left in TIME_WAIT
+    do not count: SecantusDB listens with ``SO_REUSEADDR`` and can take the port at once, so
+    a restart on the same port (a crash test, ``docbus up`` after a kill) is not refused."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", port))
         except OSError:
@@ -105,6 +109,11 @@ class LocalMongo:
         One local node has nothing to retry a write against, and SecantusDB slows down with
         every retryable write it remembers, so the local URI turns them off."""
         return f"mongodb://127.0.0.1:{self.port}/?retryWrites=false"
+
+    @property
+    def pid(self) -> int | None:
+        """The server process's id while it runs (to signal it, e.g. SIGSTOP in fault tests)."""
+        return self._process.pid if self.running and self._process is not None else None
 
     @property
     def running(self) -> bool:

@@ -79,3 +79,21 @@ def test_a_server_that_never_answers_times_out_and_is_stopped(tmp_path: Path) ->
     with pytest.raises(LocalMongoError, match=r"did not answer ping within 0\.5 s"):
         mongo.start_sync()
     assert not mongo.running
+
+
+def test_a_killed_server_restarts_at_once_on_its_port(tmp_path: Path) -> None:
+    # The killed server's connections linger in TIME_WAIT for a minute; SecantusDB can listen
+    # again at once (SO_REUSEADDR), so the launcher must not call the port taken.
+    data = tmp_path / "mongo"
+    first = LocalMongo(data_dir=data)
+    first.start_sync()
+    port = first.port
+    # (a short server selection: closing a client whose server is gone waits for one)
+    client: MongoClient[dict[str, object]] = MongoClient(first.uri, serverSelectionTimeoutMS=300)
+    client["t"]["c"].insert_one({"_id": 1})
+    assert first.pid is not None
+    first.kill_sync()
+    client.close()
+    assert first.pid is None
+    with LocalMongo(port=port, data_dir=data) as again:
+        assert again.port == port and ping(again.uri)

@@ -301,3 +301,17 @@ def test_scan_counts_without_keeping_documents(tmp_path: Path) -> None:
     result = scan_documents([path])
     assert result.documents == 2
     assert reasons(result.problems) == [f"{path}:2: empty document"]
+
+
+def test_a_quote_that_joins_two_rows_names_both_lines(tmp_path: Path) -> None:
+    # Line 3 opens a quote that line 4's first quote closes: read leniently, lines 3-4 become one
+    # valid-looking row and n3 vanishes inside n2's text. The problem must name line 4 too.
+    path = write(
+        tmp_path / "news.csv",
+        'id,text\nn1,"first"\nn2,"an unterminated quote\nn3,"third"\nn4,"fourth"\n',
+    )
+    docs, problems = load_documents([path], LoaderOptions(id_field="id"))
+    assert [d.doc_id for d in docs] == ["n1", "n4"]
+    assert [(p.line, p.last_line) for p in problems] == [(3, 4)]
+    assert str(problems[0]).startswith(f"{path}:3-4: invalid CSV")
+    assert "quote opened on line 3 runs to line 4" in problems[0].reason

@@ -40,7 +40,7 @@ async def test_a_mongo_freeze_loses_no_audit_row_and_redoes_no_step(
 ) -> None:
     await publish(stack, DOCUMENTS)
     uri = f"{local_mongo.uri}&heartbeatFrequencyMS=500&socketTimeoutMS=1500"
-    pid = local_mongo._process.pid
+    pid = local_mongo.pid
     async with (
         Store(uri, stack.store.database.name, timeout=1.0) as store,
         LLMClient.from_settings(stack.settings, store) as client,
