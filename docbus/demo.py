@@ -116,7 +116,8 @@ async def run_demo(args: argparse.Namespace, console: Console) -> DemoSummary:
                 table.add_column("where")
                 table.add_column("reason")
                 for problem in report.problems:
-                    table.add_row(problem.where.replace(problem.file, Path(problem.file).name, 1), problem.reason)
+                    where = problem.where.replace(problem.file, Path(problem.file).name, 1)
+                    table.add_row(where, problem.reason)
                 console.print(table)
             console.print(report.table())
             expected = report.sent * len(registered)
