@@ -19,14 +19,13 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from azure.servicebus import ServiceBusMessageState, ServiceBusReceivedMessage
 from azure.servicebus.aio import ServiceBusReceiver
 from azure.servicebus.exceptions import ServiceBusError
-from pymongo.errors import PyMongoError
 
+from docbus.backoff import BackoffPolicy
 from docbus.envelope import Envelope, InvalidEnvelope
 from docbus.records import DeadLetterRecord
 from docbus.store import Store, StoreError
@@ -36,15 +35,11 @@ from handlers.discovery import RegisteredHandler
 from handlers.document import resolve_document
 from handlers.errors import HandlerOutcome
 from handlers.output import declared_output, serialize_output
-from subscriber.backoff import BackoffPolicy
 from subscriber.parking import ParkedMessage, mark_deferred, park
 from subscriber.received import dead_letter_record, read_envelope, record_dead_letter, storable_text
 from subscriber.settlement import COMPLETE, Action, Decision, decide, describe
 
 logger = logging.getLogger(__name__)
-
-RETRIES = "retries"
-"""Collection of documents whose last delivery failed and will be tried again."""
 
 
 @dataclass
@@ -394,21 +389,16 @@ class Processor:
         if envelope is None:
             return
         try:
-            await self.store.database[RETRIES].update_one(
-                {"_id": f"{registered.spec.name}@{envelope.message_id}"},
-                {
-                    "$set": {
-                        "batch_id": envelope.batch_id,
-                        "doc_id": envelope.doc_id,
-                        "handler": registered.spec.name,
-                        "attempt": attempt,
-                        "error": decision.description,
-                        "next_attempt_at": datetime.now(UTC) + timedelta(seconds=decision.delay),
-                    }
-                },
-                upsert=True,
+            await self.store.note_retry(
+                handler=registered.spec.name,
+                message_id=envelope.message_id,
+                batch_id=envelope.batch_id,
+                doc_id=envelope.doc_id,
+                attempt=attempt,
+                error=decision.description,
+                delay=decision.delay,
             )
-        except PyMongoError as exc:  # a status hint only: never a reason to lose the retry
+        except StoreError as exc:  # a status hint only: never a reason to lose the retry
             logger.warning("could not note the retry of %s: %s", envelope.doc_id, exc)
 
     async def _hold(self, seconds: float) -> None:

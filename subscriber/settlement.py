@@ -17,7 +17,7 @@ count as the durable attempt counter (a crashed worker's message comes back with
 intact), and never sends copies that duplicate detection or other subscriptions would see. On
 the subscription's last allowed delivery the worker dead-letters itself, so the dead letter
 carries the real error instead of a bare ``MaxDeliveryCountExceeded``. Neighbours:
-:mod:`subscriber.backoff` (delays), :mod:`subscriber.processing` (carries decisions out).
+:mod:`docbus.backoff` (delays), :mod:`subscriber.processing` (carries decisions out).
 """
 
 from __future__ import annotations
@@ -26,11 +26,11 @@ import enum
 import random
 from dataclasses import dataclass
 
+from docbus.backoff import BackoffPolicy, backoff_delay
 from docbus.envelope import InvalidEnvelope
 from docbus.store import PayloadError
 from docbus.text import one_line
 from handlers.errors import DeadLetter, OverBudget, Retry, SystemicFailure
-from subscriber.backoff import BackoffPolicy, backoff_delay
 
 MAX_REASON = 120
 MAX_DESCRIPTION = 1000

@@ -42,13 +42,13 @@ from azure.servicebus.exceptions import (
     ServiceBusError,
 )
 
+from docbus.backoff import BackoffPolicy
 from docbus.servicebus import MessagingError
 from docbus.settings import WorkerSettings
 from docbus.store import ParkedGroup, Store, StoreError
 from docbus.topology import Topology, TopologyError
 from handlers.discovery import RegisteredHandler
 from handlers.writes import drain_backlog
-from subscriber.backoff import BackoffPolicy
 from subscriber.locks import LockRenewer
 from subscriber.parking import (
     OVER_BUDGET,

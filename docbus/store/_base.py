@@ -140,7 +140,8 @@ class StoreBase:
 
     def _c(self, name: str, *, durable: bool = True) -> AsyncCollection[dict[str, Any]]:
         """Collection ``name``; ``durable=False`` only for the writes behind a handler that a
-        durable write of the same delivery follows (see the module docstring)."""
+        durable write of the same delivery follows (see the module docstring), and for hints
+        that nothing depends on (retry notes)."""
         if durable:
             return self.database[name]
         return self.database.get_collection(name, write_concern=WriteConcern())

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, Literal, Self
 
 import openai
 
+from docbus.backoff import BackoffPolicy, backoff_delay
 from docbus.records import LLMCallRecord
 from docbus.settings import LLMSettings, Settings
 from docbus.store import Store
@@ -164,6 +165,10 @@ class LLMClient:
         self._connection_failures = 0
         self._unbudgeted: dict[str, float] = {}  # batch -> when to look for a budget again
         self._rng = random.Random()
+        # Quick retries inside one call: a quarter of a second, doubling, ±50 % jitter.
+        self._backoff = BackoffPolicy(
+            base=self.options.retry_base, cap=self.options.retry_cap, jitter=0.5
+        )
 
     @classmethod
     def from_settings(cls, settings: Settings, store: Store | None = None) -> LLMClient:
@@ -505,8 +510,7 @@ class LLMClient:
             if outcome.reason == "LLMRateLimited":
                 return 0.0  # the limiter's pause holds every caller of the model
             return outcome.after
-        delay = min(self.options.retry_cap, self.options.retry_base * 2**retry)
-        return delay * (0.5 + self._rng.random() / 2)
+        return backoff_delay(retry + 1, self._backoff, rng=self._rng)
 
     def _adapt(self, features: _Features, exc: BaseException, mode: Mode, model: str) -> bool:
         """Stop sending what a 400 says the server lacks; True if the request should go again."""

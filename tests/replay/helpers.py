@@ -13,9 +13,9 @@ from typing import Any
 from azure.servicebus.aio import ServiceBusClient
 
 from docbus import cli
+from docbus.backoff import BackoffPolicy
 from handlers import HandlerFunction, discover_handlers
 from publisher import publish_documents
-from subscriber.backoff import BackoffPolicy
 from subscriber.worker import Worker, WorkerOptions, WorkerReport
 from tests.replay.conftest import Stack, recording_console
 from tests.replay.replay_handlers import make_handlers

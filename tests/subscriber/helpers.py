@@ -7,8 +7,8 @@ from typing import Any
 
 from azure.servicebus.aio import ServiceBusClient
 
+from docbus.backoff import BackoffPolicy
 from handlers import discover_handlers
-from subscriber.backoff import BackoffPolicy
 from subscriber.worker import Worker, WorkerOptions, WorkerReport
 from tests.stack import Stack
 from tests.subscriber import sample_handlers

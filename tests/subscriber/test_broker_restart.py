@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 from azure.servicebus.aio import ServiceBusClient
 
+from docbus.backoff import BackoffPolicy
 from docbus.envelope import Envelope
 from docbus.local.emulator import EmulatorThread
 from docbus.local.emulator.config import parse_config
 from docbus.servicebus import build_message
 from docbus.store import Store
 from handlers import discover_handlers
-from subscriber.backoff import BackoffPolicy
 from subscriber.settlement import Action
 from subscriber.worker import Worker, WorkerOptions
 from tests.subscriber import sample_handlers

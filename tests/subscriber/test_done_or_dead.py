@@ -12,13 +12,13 @@ from typing import Any
 
 from azure.servicebus.aio import ServiceBusClient, ServiceBusReceiver
 
+from docbus.backoff import BackoffPolicy
 from docbus.envelope import message_id
 from docbus.records import DeadLetterRecord
 from docbus.store import Store
 from handlers import discover_handlers
 from handlers.discovery import RegisteredHandler
 from publisher import publish_documents
-from subscriber.backoff import BackoffPolicy
 from subscriber.processing import Processor
 from subscriber.settlement import Action
 from tests.subscriber import sample_handlers

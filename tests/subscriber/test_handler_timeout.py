@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 from azure.servicebus.aio import ServiceBusClient
 
+from docbus.backoff import BackoffPolicy
 from handlers import Context, Document, HandlerTimeout, handler
 from handlers.discovery import discover_handlers
 from publisher import publish_documents
-from subscriber.backoff import BackoffPolicy
 from subscriber.processing import Processor
 from subscriber.settlement import Action
 from subscriber.worker import Worker, WorkerOptions

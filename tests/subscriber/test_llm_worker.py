@@ -19,11 +19,11 @@ from typing import Any
 import pytest
 from azure.servicebus.aio import ServiceBusClient
 
+from docbus.backoff import BackoffPolicy
 from docbus.local.llm_server import Faults, LLMServer, LLMServerConfig
 from handlers import discover_handlers
 from handlers.llm import LLMClient
 from publisher import publish_documents
-from subscriber.backoff import BackoffPolicy
 from subscriber.worker import Worker, WorkerOptions, WorkerReport
 from tests.subscriber import llm_handlers
 from tests.subscriber.conftest import KEY, Stack

@@ -17,12 +17,12 @@ from typing import Any
 import pytest
 from azure.servicebus.aio import ServiceBusClient
 
+from docbus.backoff import BackoffPolicy
 from docbus.local.llm_server import LLMServer, LLMServerConfig
 from docbus.local.llm_server.config import Latency
 from docbus.store import Store
 from handlers import discover_handlers
 from handlers.llm import LLMClient
-from subscriber.backoff import BackoffPolicy
 from subscriber.worker import Worker, WorkerOptions
 from tests.subscriber import llm_handlers
 from tests.subscriber.conftest import KEY, Stack

@@ -11,9 +11,9 @@ import pytest
 from azure.servicebus import ServiceBusSubQueue
 from azure.servicebus.aio import ServiceBusClient
 
+from docbus.backoff import BackoffPolicy
 from docbus.topology import ROUTE_PROPERTY
 from handlers import discover_handlers
-from subscriber.backoff import BackoffPolicy
 from subscriber.settlement import Action
 from subscriber.worker import Worker, WorkerOptions
 from tests.subscriber import sample_handlers

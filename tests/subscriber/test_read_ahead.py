@@ -7,10 +7,10 @@ from typing import Any
 
 from azure.servicebus.aio import ServiceBusClient
 
+from docbus.backoff import BackoffPolicy
 from docbus.store import Store, StoreError
 from handlers import Context, Document, discover_handlers, handler
 from publisher import publish_documents
-from subscriber.backoff import BackoffPolicy
 from subscriber.processing import Processor, cancel_unawaited
 from subscriber.settlement import Action
 from subscriber.worker import Worker, WorkerOptions

@@ -9,9 +9,9 @@ import pytest
 from azure.servicebus.aio import ServiceBusClient
 from azure.servicebus.exceptions import MessageNotFoundError
 
+from docbus.backoff import BackoffPolicy
 from handlers import discover_handlers
 from publisher import publish_documents
-from subscriber.backoff import BackoffPolicy
 from subscriber.parking import ParkedMessage, mark_deferred, park, parked_messages, unpark
 from subscriber.processing import Processor, is_deferred
 from subscriber.settlement import Action

@@ -6,10 +6,10 @@ import random
 
 import pytest
 
+from docbus.backoff import BackoffPolicy, backoff_delay
 from docbus.envelope import InvalidEnvelope
 from docbus.store import PayloadError
 from handlers.errors import DeadLetter, OverBudget, Retry, SystemicFailure
-from subscriber.backoff import BackoffPolicy, backoff_delay
 from subscriber.settlement import Action, decide
 
 NO_JITTER = BackoffPolicy(base=1.0, cap=30.0, jitter=0.0)

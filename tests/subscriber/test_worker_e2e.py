@@ -17,10 +17,10 @@ import pytest
 from azure.servicebus import ServiceBusMessage, ServiceBusSubQueue
 from azure.servicebus.aio import ServiceBusClient
 
+from docbus.backoff import BackoffPolicy
 from docbus.topology import ROUTE_PROPERTY
 from handlers import discover_handlers
 from publisher import publish_documents
-from subscriber.backoff import BackoffPolicy
 from subscriber.worker import Worker, WorkerOptions
 from tests.subscriber import sample_handlers
 from tests.subscriber.conftest import Stack

@@ -1,15 +1,19 @@
-"""Backoff: how long to wait before the next attempt of a failed message.
+"""Backoff: how long to wait before the next attempt of something that failed.
 
-A plain function over a small frozen policy, with no I/O, so the worker
-(:mod:`subscriber.worker`) and its tests agree on every delay. Exponential in the attempt
-number, capped, with multiplicative jitter so that a batch that failed together does not retry
-together; a server's ``Retry-After`` wins when it asks for longer.
+One policy for every retry docbus makes: the worker's retries of a failed delivery
+(:mod:`subscriber.settlement`), the LLM client's quick retries inside one call
+(:mod:`handlers.llm.client`) and the publisher's resends. A plain function over a small frozen
+policy, with no I/O, so callers and their tests agree on every delay. Exponential in the
+attempt number, capped, with multiplicative jitter so that work that failed together does not
+retry together; a server's ``Retry-After`` wins when it asks for longer.
 """
 
 from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+
+__all__ = ["BackoffPolicy", "backoff_delay"]
 
 
 @dataclass(frozen=True)
