@@ -232,8 +232,8 @@ async def probe_endpoint(settings: Settings | ServiceBusSettings, within: float 
 def build_message(envelope: Envelope) -> ServiceBusMessage:
     """The Service Bus message carrying an envelope.
 
-    ``message_id`` is the envelope's :attr:`~docbus.envelope.Envelope.send_id` (the same
-    document, generation and attempt always get the same id, for duplicate detection), the
+    ``message_id`` is the envelope's :attr:`~docbus.envelope.Envelope.message_id` (the same
+    document and generation always get the same id, for duplicate detection), the
     session id is the envelope's (ordered subscriptions), and the application properties are
     those of :func:`~docbus.envelope.application_properties` (subscription routing rules).
     """
@@ -242,7 +242,7 @@ def build_message(envelope: Envelope) -> ServiceBusMessage:
     }
     return ServiceBusMessage(
         envelope.to_bytes(),
-        message_id=envelope.send_id,
+        message_id=envelope.message_id,
         content_type=CONTENT_TYPE,
         subject=envelope.topic,
         session_id=envelope.session_id,

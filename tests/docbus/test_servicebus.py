@@ -33,10 +33,10 @@ def make_envelope(text: str = "hello", **fields: object) -> Envelope:
 
 
 def test_build_message_carries_the_envelope_and_its_routing() -> None:
-    envelope = make_envelope(session_id="s-7", target_subscription="entities", attempt=2)
+    envelope = make_envelope(session_id="s-7", target_subscription="entities", generation=2)
     message = build_message(envelope)
     assert b"".join(message.body) == envelope.to_bytes()
-    assert message.message_id == envelope.send_id
+    assert message.message_id == envelope.message_id == "b1:d1:2"
     assert message.content_type == "application/json"
     assert message.subject == "documents"
     assert message.session_id == "s-7"
@@ -47,7 +47,7 @@ def test_build_message_carries_the_envelope_and_its_routing() -> None:
     }
     assert props["docbus-route"] == "entities"
     assert props["batch_id"] == "b1"
-    assert props["attempt"] == 2
+    assert props["generation"] == 2 and "attempt" not in props
 
 
 def test_fits_in_message_uses_the_sdk_size_accounting() -> None:
