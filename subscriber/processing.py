@@ -22,12 +22,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from azure.servicebus import ServiceBusMessageState, ServiceBusReceivedMessage
-from azure.servicebus.aio import ServiceBusReceiver
-from azure.servicebus.exceptions import ServiceBusError
 
 from docbus.backoff import BackoffPolicy
 from docbus.envelope import Envelope, InvalidEnvelope
 from docbus.records import DeadLetterRecord
+from docbus.servicebus import MessagingError
 from docbus.store import Store, StoreError
 from handlers.context import Context
 from handlers.decorator import HandlerTimeout
@@ -37,6 +36,7 @@ from handlers.errors import HandlerOutcome
 from handlers.output import declared_output, serialize_output
 from subscriber.parking import ParkedMessage, mark_deferred, park
 from subscriber.received import dead_letter_record, read_envelope, record_dead_letter, storable_text
+from subscriber.receiver import Receiver
 from subscriber.settlement import COMPLETE, Action, Decision, decide, describe
 
 logger = logging.getLogger(__name__)
@@ -105,7 +105,7 @@ class Processor:
     async def process(
         self,
         registered: RegisteredHandler,
-        receiver: ServiceBusReceiver,
+        receiver: Receiver,
         message: ServiceBusReceivedMessage,
         *,
         handler_returned: Callable[[], Awaitable[None]] | None = None,
@@ -236,7 +236,7 @@ class Processor:
     async def _settle(
         self,
         registered: RegisteredHandler,
-        receiver: ServiceBusReceiver,
+        receiver: Receiver,
         message: ServiceBusReceivedMessage,
         decision: Decision,
         error: BaseException | None,
@@ -268,39 +268,38 @@ class Processor:
                     await self._hold(self.backoff.base)
                     await self.give_back(registered, receiver, message, envelope)
                     return Action.RETRY
-                await receiver.dead_letter_message(
+                await receiver.dead_letter(
                     message,
                     reason=storable_text(decision.reason),
-                    error_description=storable_text(decision.description),
+                    description=storable_text(decision.description),
                 )
             elif decision.action is Action.PARK and registered.spec.ordered_by:
                 # A deferred session message would break its session's order: hold it (the
                 # session lock is renewed) and give it back, in order, when the hold ends.
                 await self._hold(self.backoff.cap)
-                await receiver.abandon_message(message)
+                await receiver.abandon(message)
                 return Action.RETRY
             elif decision.action is Action.PARK:
                 await self._park(registered, receiver, message, decision, envelope)
-        except Exception as exc:
-            lost = settlement_lost(exc)
-            if lost is None:
-                # Whatever went wrong, the message must not sit locked and unsettled until its
-                # lock runs out (and the worker wait for it): give it back now.
-                logger.error(
-                    "could not %s %s (%s): giving it back",
-                    decision.action.name.lower().replace("_", "-"),
-                    message.message_id,
-                    describe(exc),
-                    exc_info=not isinstance(exc, StoreError),
-                )
-                await self.give_back(registered, receiver, message, envelope)
-                return Action.RETRY
+        except MessagingError as exc:
             # Lock lost or connection gone: the broker redelivers; the result (if any) is
             # already written and the rewrite is idempotent.
             logger.warning(
-                "could not settle %s (%s): %s", message.message_id, decision.action.value, lost
+                "could not settle %s (%s): %s", message.message_id, decision.action.value, exc
             )
             return Action.RETRY  # it comes back: its next delivery is the one that counts
+        except Exception as exc:
+            # Whatever went wrong, the message must not sit locked and unsettled until its
+            # lock runs out (and the worker wait for it): give it back now.
+            logger.error(
+                "could not %s %s (%s): giving it back",
+                decision.action.name.lower().replace("_", "-"),
+                message.message_id,
+                describe(exc),
+                exc_info=not isinstance(exc, StoreError),
+            )
+            await self.give_back(registered, receiver, message, envelope)
+            return Action.RETRY
         return decision.action
 
     async def _call(self, registered: RegisteredHandler, document: Any, ctx: Context) -> Any:
@@ -341,7 +340,7 @@ class Processor:
     async def _complete(
         self,
         registered: RegisteredHandler,
-        receiver: ServiceBusReceiver,
+        receiver: Receiver,
         message: ServiceBusReceivedMessage,
         envelope: Envelope | None,
         attempt: int,
@@ -350,8 +349,8 @@ class Processor:
         delivery before this one (or beside it, once this one's lock is lost) that gave up —
         is resolved by that result: only a redelivery, or a lost lock, can have one."""
         try:
-            await receiver.complete_message(message)
-        except Exception:  # (settled below as any failed settlement: see settlement_lost)
+            await receiver.complete(message)
+        except Exception:  # (settled by the caller as any failed settlement)
             await self._resolve_dead_letters(registered, envelope)
             raise
         if attempt > 1:
@@ -411,7 +410,7 @@ class Processor:
     async def give_back(
         self,
         registered: RegisteredHandler,
-        receiver: ServiceBusReceiver,
+        receiver: Receiver,
         message: ServiceBusReceivedMessage,
         envelope: Envelope | None = None,
         decision: Decision | None = None,
@@ -440,8 +439,8 @@ class Processor:
                     "a deferred message has no parked record (%s): %s", message.sequence_number, exc
                 )
         try:
-            await receiver.abandon_message(message)
-        except (ServiceBusError, ValueError) as exc:
+            await receiver.abandon(message)
+        except MessagingError as exc:
             logger.warning("could not abandon %s: %s", message.message_id, exc)
 
     @staticmethod
@@ -471,7 +470,7 @@ class Processor:
     async def _park(
         self,
         registered: RegisteredHandler,
-        receiver: ServiceBusReceiver,
+        receiver: Receiver,
         message: ServiceBusReceivedMessage,
         decision: Decision,
         envelope: Envelope | None,
@@ -480,7 +479,7 @@ class Processor:
         # Record first, so a deferred message is never without its record; then confirm, so
         # no resumer fetches it before Service Bus has deferred it.
         await park(self.store, parked)
-        await receiver.defer_message(message)
+        await receiver.defer(message)
         await mark_deferred(self.store, parked)
 
     @staticmethod
@@ -512,18 +511,6 @@ class Processor:
 
 class _AlreadyDone(Exception):
     """An earlier delivery of the message stored its result: complete it, nothing more."""
-
-
-def settlement_lost(exc: BaseException) -> str | None:
-    """Why a settlement failed in a way the broker repairs by itself — the lock was lost, or
-    the link is gone (the SDK says so with a ``ValueError`` once it has shut the receiver's
-    handler down, as after a broker restart): the message comes back. None for anything else.
-    """
-    if isinstance(exc, ServiceBusError):
-        return str(exc)
-    if isinstance(exc, ValueError) and "shutdown" in str(exc):
-        return "the link to the broker was lost (the message will be delivered again)"
-    return None
 
 
 def _is_expected(error: BaseException) -> bool:

@@ -30,26 +30,20 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from types import CodeType
-from typing import Any, cast
+from typing import Any
 
-from azure.servicebus import NEXT_AVAILABLE_SESSION, ServiceBusReceivedMessage
-from azure.servicebus.aio import ServiceBusClient, ServiceBusReceiver
-from azure.servicebus.exceptions import (
-    MessageNotFoundError,
-    OperationTimeoutError,
-    ServiceBusError,
-)
+from azure.servicebus import ServiceBusReceivedMessage
+from azure.servicebus.aio import ServiceBusClient
 
 from docbus.backoff import BackoffPolicy
-from docbus.servicebus import MessagingError
+from docbus.servicebus import MessageNotFound, MessagingError
 from docbus.settings import WorkerSettings
 from docbus.store import ParkedGroup, Store, StoreError
 from docbus.topology import Topology, TopologyError
 from handlers.discovery import RegisteredHandler
 from handlers.writes import drain_backlog
-from subscriber.locks import LockRenewer
+from subscriber.locks import LockRenewer, keep_session_lock
 from subscriber.parking import (
     OVER_BUDGET,
     SYSTEMIC,
@@ -59,8 +53,8 @@ from subscriber.parking import (
     unpark,
 )
 from subscriber.processing import Outcome, Processor, cancel_unawaited
+from subscriber.receiver import Receiver, open_next_session, open_receiver
 from subscriber.settlement import Action
-from subscriber.turns import TakingTurns
 from subscriber.watchdog import LoopWatchdog
 
 logger = logging.getLogger(__name__)
@@ -238,7 +232,7 @@ class Worker:
         self._taken = 0
         self._last_activity = time.monotonic()
         self._renewer: LockRenewer | None = None
-        self._receivers: dict[str, ServiceBusReceiver] = {}
+        self._receivers: dict[str, Receiver] = {}
         self._handler_tasks: dict[str, set[asyncio.Task[None]]] = {}
         self._resume_lock = asyncio.Lock()
         self._llm_works: bool | None = None  # None: not known yet (no probe, no failure)
@@ -366,13 +360,9 @@ class Worker:
     # --- receiving ------------------------------------------------------------------------
     async def _receive_loop(self, registered: RegisteredHandler) -> None:
         spec = registered.spec
-        link = self.client.get_subscription_receiver(
-            spec.topic, spec.subscription, prefetch_count=self.options.prefetch
-        )
-        # Receives and settlements on this link take turns (see subscriber.turns); the
-        # wrapper has the receiver's interface, so whatever settles need not know.
-        receiver = cast(ServiceBusReceiver, TakingTurns(link))
-        async with link:
+        async with open_receiver(
+            self.client, spec.topic, spec.subscription, prefetch=self.options.prefetch
+        ) as receiver:
             self._receivers[spec.name] = receiver
             mine = self._handler_tasks.setdefault(spec.name, set())
             try:
@@ -386,12 +376,10 @@ class Worker:
                     if granted == 0:
                         break
                     try:
-                        messages = await receiver.receive_messages(
-                            max_message_count=granted, max_wait_time=self._receive_wait()
-                        )
-                    except ServiceBusError as exc:
+                        messages = await receiver.receive(granted, self._receive_wait())
+                    except MessagingError as exc:
                         self._release(granted)
-                        logger.warning("receive from %s failed: %s", spec.subscription, exc)
+                        logger.warning("%s", exc)
                         await self._pause_for(self.options.backoff.base)
                         continue
                     self._release(granted - len(messages))
@@ -421,37 +409,29 @@ class Worker:
             await self._wait_for_circuit()
             if self._stopping.is_set():
                 return
-            receiver = self.client.get_subscription_receiver(
-                spec.topic,
-                spec.subscription,
-                session_id=NEXT_AVAILABLE_SESSION,
-                max_wait_time=self.options.receive_wait,
-            )
             try:
-                async with receiver:
-                    renewal = asyncio.create_task(self._renew_session(receiver))
+                async with open_next_session(
+                    self.client, spec.topic, spec.subscription, max_wait=self.options.receive_wait
+                ) as receiver:
+                    if receiver is None:
+                        continue  # no session has messages right now
+                    renewal = asyncio.create_task(keep_session_lock(receiver))
                     try:
                         await self._drain_session(registered, receiver)
                     finally:
                         renewal.cancel()
                         await asyncio.gather(renewal, return_exceptions=True)
-            except OperationTimeoutError:
-                continue  # no session has messages right now
-            except ServiceBusError as exc:
-                logger.warning("session receive on %s failed: %s", spec.subscription, exc)
+            except MessagingError as exc:
+                logger.warning("%s", exc)
                 await self._pause_for(self.options.backoff.base)
 
-    async def _drain_session(
-        self, registered: RegisteredHandler, receiver: ServiceBusReceiver
-    ) -> None:
+    async def _drain_session(self, registered: RegisteredHandler, receiver: Receiver) -> None:
         while not self._stopping.is_set():
             granted = await self._take_credits(most=1)
             if granted == 0:
                 return
             try:
-                messages = await receiver.receive_messages(
-                    max_message_count=1, max_wait_time=self.options.receive_wait
-                )
+                messages = await receiver.receive(1, self.options.receive_wait)
             except BaseException:
                 self._release(granted)
                 raise
@@ -463,18 +443,6 @@ class Worker:
             task = self._start(registered, receiver, messages[0])
             # One at a time within a session: the next message waits for this settlement.
             await asyncio.shield(task)
-
-    async def _renew_session(self, receiver: ServiceBusReceiver) -> None:
-        session = receiver.session
-        while True:
-            locked_until = session.locked_until_utc
-            remaining = (locked_until - datetime.now(UTC)).total_seconds() if locked_until else 10.0
-            await asyncio.sleep(max(0.05, remaining / 2))
-            try:
-                await session.renew_lock()
-            except (ServiceBusError, ValueError) as exc:
-                logger.warning("lost the lock of session %s: %s", session.session_id, exc)
-                return
 
     async def _take_credits(self, most: int | None = None) -> int:
         """Block until one more message may be received, then take whatever else is free now
@@ -512,7 +480,7 @@ class Worker:
     def _start(
         self,
         registered: RegisteredHandler,
-        receiver: ServiceBusReceiver,
+        receiver: Receiver,
         message: ServiceBusReceivedMessage,
         mine: set[asyncio.Task[None]] | None = None,
         parked: ParkedMessage | None = None,
@@ -536,7 +504,7 @@ class Worker:
     async def _run_one(
         self,
         registered: RegisteredHandler,
-        receiver: ServiceBusReceiver,
+        receiver: Receiver,
         message: ServiceBusReceivedMessage,
         checkpoints: asyncio.Task[dict[str, Any]] | None = None,
         parked: ParkedMessage | None = None,
@@ -601,7 +569,7 @@ class Worker:
     async def _wait_for_slot(
         self,
         registered: RegisteredHandler,
-        receiver: ServiceBusReceiver,
+        receiver: Receiver,
         message: ServiceBusReceivedMessage,
     ) -> bool:
         """Take a handler slot for ``message``, first come first served. False if ``stop()``
@@ -715,7 +683,7 @@ class Worker:
                     self.client, self.store, spec.topic, spec.subscription,
                     handler=spec.name, max_wait=0.5,
                 )  # fmt: skip
-            except (MessagingError, StoreError, ServiceBusError) as exc:
+            except (MessagingError, StoreError) as exc:
                 logger.warning("dead-letter capture of %s failed: %s", spec.subscription, exc)
                 continue
             except Exception:  # a bug must not stop the capture loop or the idle exit
@@ -861,21 +829,21 @@ class Worker:
     async def _resume(
         self,
         registered: RegisteredHandler,
-        receiver: ServiceBusReceiver,
+        receiver: Receiver,
         parked: list[ParkedMessage],
     ) -> int:
         numbers = [p.sequence_number for p in parked]
         try:
-            messages = await receiver.receive_deferred_messages(numbers)
-        except ServiceBusError as exc:
+            messages = await receiver.receive_deferred(numbers)
+        except MessagingError as exc:
             logger.warning("cannot fetch %d parked messages: %s", len(numbers), exc)
             messages = []
             for p in parked:  # one by one: drop the records of messages that are gone
                 try:
-                    messages += await receiver.receive_deferred_messages([p.sequence_number])
-                except MessageNotFoundError:
+                    messages += await receiver.receive_deferred([p.sequence_number])
+                except MessageNotFound:
                     await unpark(self.store, p)
-                except ServiceBusError as one_exc:
+                except MessagingError as one_exc:
                     logger.warning("parked message %s stays parked: %s", p.id, one_exc)
         by_number = {m.sequence_number: m for m in messages}
         if self._renewer is not None:

@@ -20,6 +20,7 @@ from handlers import discover_handlers
 from handlers.discovery import RegisteredHandler
 from publisher import publish_documents
 from subscriber.processing import Processor
+from subscriber.receiver import Receiver
 from subscriber.settlement import Action
 from tests.subscriber import sample_handlers
 from tests.subscriber.conftest import Stack
@@ -72,7 +73,7 @@ async def test_a_redelivery_of_a_message_whose_result_is_stored_completes_withou
             await store_result(stack.store)
             again = await receive_one(receiver)
             assert again.delivery_count == 1
-            outcome = await processor(stack).process(work(), receiver, again)
+            outcome = await processor(stack).process(work(), Receiver(receiver, "docs/work"), again)
             assert outcome.action is Action.COMPLETE
             assert await receiver.receive_messages(max_message_count=1, max_wait_time=1) == []
     assert await starts(stack) == 0  # the handler, which would fail, never ran again
@@ -86,7 +87,9 @@ async def test_a_delivery_giving_up_on_a_message_done_meanwhile_completes_it(
         async with client.get_subscription_receiver("docs", "work") as receiver:
             message = await receive_one(receiver)
             await store_result(stack.store)  # a parallel delivery finished first
-            outcome = await processor(stack).process(work(), receiver, message)
+            outcome = await processor(stack).process(
+                work(), Receiver(receiver, "docs/work"), message
+            )
             assert outcome.action is Action.COMPLETE
     assert await starts(stack) == 1
     assert await stack.store.dead_letters(include_resolved=True) == []
