@@ -49,9 +49,6 @@ class Context:
     handler: HandlerSpec
     delivery_count: int = 1
     """How many times Service Bus has delivered this message (1 on the first delivery)."""
-    attempt: int | None = None
-    """The worker's attempt number when it reschedules retries itself; defaults to the
-    delivery count."""
     store: Store | None = None
     """The Mongo store, for step checkpoints (``None`` in tests that need none)."""
     llm: Any = None
@@ -76,8 +73,6 @@ class Context:
 
     def __post_init__(self) -> None:
         self.writes = PendingWrites(behind=self.write_behind)
-        if self.attempt is None:
-            self.attempt = self.delivery_count
         bind = getattr(self.llm, "bind", None)
         if callable(bind):  # an LLMClient given as is: bind it to this delivery
             self.llm = bind(self)

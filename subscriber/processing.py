@@ -3,10 +3,12 @@
 :class:`Processor` reads the envelope, resolves a claim-check, builds the handler's
 :class:`~handlers.context.Context`, runs the handler, writes the result durably and only then
 completes the message. A failure becomes a :class:`~subscriber.settlement.Decision`
-(:func:`~subscriber.settlement.decide`), which is carried out here: hold-then-abandon for
-retries, a Mongo ``dead_letters`` record before every broker dead-letter, a ``parked`` record
-before every deferral. Neighbours: :mod:`subscriber.worker` receives and schedules,
-:mod:`subscriber.settlement` decides.
+(:func:`~subscriber.settlement.decide`, given the facts gathered here: whether the handler keeps
+an order, whether another delivery stored a result, whether the dead letter could be recorded),
+which is carried out here, never overruled: hold-then-abandon for retries, a Mongo
+``dead_letters`` record before every broker dead-letter, a ``parked`` record before every
+deferral. What happened becomes a :class:`DeliveryOutcome`. Neighbours:
+:mod:`subscriber.worker` receives and schedules, :mod:`subscriber.settlement` decides.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass
-class Outcome:
+class DeliveryOutcome:
     """What happened to one delivery, for the worker's report and log line."""
 
     handler: str
@@ -110,7 +112,7 @@ class Processor:
         *,
         handler_returned: Callable[[], Awaitable[None]] | None = None,
         checkpoints: asyncio.Task[dict[str, Any]] | None = None,
-    ) -> Outcome:
+    ) -> DeliveryOutcome:
         """Run the handler on ``message`` and settle it.
 
         ``handler_returned`` is awaited once the handler has returned its output: the worker
@@ -181,23 +183,23 @@ class Processor:
             if ctx is not None:
                 # The failed delivery's audit rows go in before its retry or dead letter.
                 await self._flush_quietly(ctx)
-            decision = decide(
-                exc,
-                attempt=attempt,
-                max_attempts=self.max_attempts(registered),
-                policy=self.backoff,
-                rng=self.rng,
-            )
+            decision = self._decide(registered, exc, attempt)
         finally:
             if running is not None:
                 self._running[running] -= 1
                 if not self._running[running]:
                     del self._running[running]
+        if (
+            decision.action is Action.DEAD_LETTER
+            and error is not None
+            and await self._done_before(registered, envelope)
+        ):
+            decision = self._decide(registered, error, attempt, result_stored=True)
         step = getattr(ctx, "current_step", None) or getattr(error, "step", None)
         action = await self._settle(
             registered, receiver, message, decision, error, envelope, attempt, step
         )
-        outcome = Outcome(
+        outcome = DeliveryOutcome(
             handler=registered.spec.name,
             action=action,
             attempt=attempt,
@@ -253,32 +255,23 @@ class Processor:
                     await self._hold(decision.delay)
                 await self.give_back(registered, receiver, message, envelope, decision)
             elif decision.action is Action.DEAD_LETTER:
-                if await self._done_before(registered, envelope):
-                    return await self._settle(
-                        registered, receiver, message, COMPLETE, None, envelope, attempt, step
-                    )
+                assert error is not None  # (only a failure is dead-lettered)
                 record = self._dead_letter_record(
                     registered, message, decision, error, envelope, attempt, step
                 )
                 try:
                     await record_dead_letter(self.store, record)
                 except StoreError as exc:
-                    # Never dead-letter what we could not record: try again later instead.
                     logger.error("cannot record dead letter, retrying later: %s", exc)
-                    await self._hold(self.backoff.base)
-                    await self.give_back(registered, receiver, message, envelope)
-                    return Action.RETRY
+                    retry = self._decide(registered, error, attempt, unrecordable=exc)
+                    return await self._settle(
+                        registered, receiver, message, retry, error, envelope, attempt, step
+                    )
                 await receiver.dead_letter(
                     message,
                     reason=storable_text(decision.reason),
                     description=storable_text(decision.description),
                 )
-            elif decision.action is Action.PARK and registered.spec.ordered_by:
-                # A deferred session message would break its session's order: hold it (the
-                # session lock is renewed) and give it back, in order, when the hold ends.
-                await self._hold(self.backoff.cap)
-                await receiver.abandon(message)
-                return Action.RETRY
             elif decision.action is Action.PARK:
                 await self._park(registered, receiver, message, decision, envelope)
         except MessagingError as exc:
@@ -301,6 +294,28 @@ class Processor:
             await self.give_back(registered, receiver, message, envelope)
             return Action.RETRY
         return decision.action
+
+    def _decide(
+        self,
+        registered: RegisteredHandler,
+        error: BaseException,
+        attempt: int,
+        *,
+        result_stored: bool = False,
+        unrecordable: BaseException | None = None,
+    ) -> Decision:
+        """:func:`~subscriber.settlement.decide` with what this processor knows of the
+        handler (its delivery limit, whether it keeps an order) and of the message."""
+        return decide(
+            error,
+            attempt=attempt,
+            max_attempts=self.max_attempts(registered),
+            policy=self.backoff,
+            rng=self.rng,
+            ordered=bool(registered.spec.ordered_by),
+            result_stored=result_stored,
+            unrecordable=unrecordable,
+        )
 
     async def _call(self, registered: RegisteredHandler, document: Any, ctx: Context) -> Any:
         """The handler's output, or :class:`HandlerTimeout` once it has run past its timeout."""
