@@ -1,68 +1,24 @@
-"""Dead-letter filters: which dead letters an operator means, for ``dlq list`` and ``replay``.
+"""Dead-letter filter options: which dead letters an operator means, for `dlq list` and `replay`.
 
-A :class:`DeadLetterFilter` holds the selection the two commands share — batch, reason, handler,
-topic, subscription, document, a time window on ``dead_lettered_at`` and whether it was replayed
-already — and :meth:`DeadLetterFilter.select` asks :meth:`docbus.store.Store.dead_letters` for
-it. :func:`add_filter_arguments` and :func:`filter_from_args` give both commands the same
-options; :func:`parse_time` reads ``--since``/``--until`` as ISO 8601 or as an age (``30m``,
-``2h``, ``7d``). Neighbours: :mod:`subscriber.dlq_cli` lists, :mod:`publisher.replay` replays.
+:func:`add_filter_arguments` and :func:`filter_from_args` give both commands the same options
+for a :class:`docbus.store.DeadLetterFilter` — batch, reason, handler, topic, subscription,
+document, a time window on ``dead_lettered_at`` and whether it was replayed already;
+:func:`parse_time` reads ``--since``/``--until`` as ISO 8601 or as an age (``30m``, ``2h``,
+``7d``). Neighbours: :mod:`subscriber.dlq_cli` lists, :mod:`publisher.replay` replays.
 """
 
 from __future__ import annotations
 
 import argparse
 import re
-from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
-from docbus.records import DeadLetterRecord
-from docbus.store import Store
+from docbus.store import DeadLetterFilter
 
 __all__ = ["DeadLetterFilter", "add_filter_arguments", "filter_from_args", "parse_time"]
 
 _AGE = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
-
-
-@dataclass(frozen=True)
-class DeadLetterFilter:
-    """A selection of dead letters; ``None`` fields do not filter."""
-
-    batch_id: str | None = None
-    reason: str | None = None
-    handler: str | None = None
-    topic: str | None = None
-    subscription: str | None = None
-    doc_id: str | None = None
-    since: datetime | None = None
-    until: datetime | None = None
-    replayed: bool | None = None
-    """True: only dead letters replayed already; False: only those never replayed."""
-
-    async def select(self, store: Store, *, limit: int = 0) -> list[DeadLetterRecord]:
-        """The matching dead letters, oldest first (``limit`` 0: all)."""
-        return await store.dead_letters(
-            batch_id=self.batch_id,
-            reason=self.reason,
-            handler=self.handler,
-            topic=self.topic,
-            subscription=self.subscription,
-            doc_id=self.doc_id,
-            since=self.since,
-            until=self.until,
-            include_replayed=self.replayed is not False,
-            only_replayed=self.replayed is True,
-            limit=limit,
-        )
-
-    def describe(self) -> dict[str, Any]:
-        """The filters that are set, JSON-able (for audit records and headings)."""
-        return {
-            key: value.isoformat() if isinstance(value, datetime) else value
-            for key, value in asdict(self).items()
-            if value is not None
-        }
 
 
 def parse_time(text: str, *, now: datetime | None = None) -> datetime:

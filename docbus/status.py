@@ -5,14 +5,14 @@
 record (:class:`~docbus.records.BatchRecord`) its topic, publishing status, LLM cost and
 over-budget flag and its own budget (``docbus publish --budget``).
 
-*Parked*: a document whose message the worker set aside (deferred) until a condition clears —
-the LLM endpoint refusing the key, a circuit breaker, the budget — has a record in ``parked``
-(:mod:`subscriber.parking`); it counts as parked for that handler until it has a result or a
-dead letter. *Retrying*: a document counts as retrying for a handler when the worker has noted a
-retry of it (the ``retries`` collection, written before each backoff) or an ``llm_calls`` row of
-the batch shows ``attempt >= 2`` for that (handler, doc_id), and the handler has neither a
-result nor a dead letter for it yet, nor a parked message. Parked and retrying documents are
-taken out of *pending*, so published = done + retrying + parked + dead-lettered + pending.
+*Parked*: a document whose message the worker set aside (deferred) until a condition clears — the
+LLM endpoint refusing the key, a circuit breaker, the budget — has a parked record
+(``Store.parked``); it counts as parked for that handler until it has a result or a dead letter.
+*Retrying*: a document counts as retrying for a handler when the worker has noted a retry of it
+(``Store.retried``, noted before each backoff) or an LLM audit row of the batch shows ``attempt >=
+2`` for that (handler, doc_id) (``Store.llm_retried``), and the handler has neither a result nor a
+dead letter for it yet, nor a parked message. Parked and retrying documents are taken out of
+*pending*, so published = done + retrying + parked + dead-lettered + pending.
 
 *Complete*: publishing has ended and every document sent is done or dead-lettered — and, when
 the broker can be asked (:class:`~docbus.backlog.BacklogProbe` peeks the batch's
@@ -37,7 +37,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from pymongo.errors import ConnectionFailure, PyMongoError
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
 from rich.progress_bar import ProgressBar
@@ -47,7 +46,7 @@ from rich.text import Text
 from docbus.backlog import Backlog, BacklogProbe
 from docbus.records import BatchCounts, BatchRecord, HandlerCounts
 from docbus.settings import Settings
-from docbus.store import Store, StoreError, StoreUnavailable
+from docbus.store import Store
 
 __all__ = [
     "EXIT_CODES",
@@ -294,117 +293,56 @@ async def collect_status(
 async def parked_documents(store: Store, batch_id: str) -> list[Parked]:
     """The batch's parked messages: handler (or subscription), document and reason.
 
-    Reads the ``parked`` collection that :mod:`subscriber.parking` writes; the handler is the
-    record's own ``handler`` when it has one, else the one the batch's dead letters name for the
-    subscription, else the subscription's name.
+    The handler is the record's own ``handler`` when it has one, else the one the batch's dead
+    letters name for the subscription, else the subscription's name.
     """
-    # TODO(lead): point this at the store's parked-message method once it exists.
-    db = store.database
-    rows = [
-        row
-        async for row in db["parked"].find(
-            {"batch_id": batch_id}, {"subscription": 1, "handler": 1, "doc_id": 1, "reason": 1}
-        )
-    ]
+    records = [record for record in await store.parked(batch_id=batch_id) if record.doc_id]
     names: dict[str, str] = {}
-    if any(not isinstance(row.get("handler"), str) for row in rows):
-        pipeline: list[dict[str, Any]] = [
-            {"$match": {"batch_id": batch_id, "handler": {"$type": "string"}}},
-            {"$group": {"_id": {"s": "$subscription", "h": "$handler"}}},
-        ]
-        async for pair in await db["dead_letters"].aggregate(pipeline):
-            names[str(pair["_id"].get("s"))] = str(pair["_id"].get("h"))
-    found = []
-    for row in rows:
-        if row.get("doc_id") is None:
-            continue
-        subscription = str(row.get("subscription") or "?")
-        handler = row.get("handler")
-        if not isinstance(handler, str):
-            handler = names.get(subscription, subscription)
-        found.append(Parked(handler, str(row["doc_id"]), str(row.get("reason") or "?")))
-    return found
+    if any(record.handler is None for record in records):
+        names = await store.dead_letter_handlers(batch_id)
+    return [
+        Parked(
+            record.handler or names.get(record.subscription, record.subscription),
+            str(record.doc_id),
+            record.reason or "?",
+        )
+        for record in records
+    ]
 
 
 async def _one(store: Store, record: BatchRecord) -> BatchStatus:
-    db = store.database
     batch_id = record.id
-    try:
-        calls = db["llm_calls"]
-        handlers = [
-            row["_id"]
-            async for row in await calls.aggregate(
-                [{"$match": {"batch_id": batch_id}}, {"$group": {"_id": "$handler"}}]
-            )
-            if isinstance(row["_id"], str)
-        ]
-        attempted_again: dict[str, set[str]] = {}
-        pipeline: list[dict[str, Any]] = [
-            {"$match": {"batch_id": batch_id, "attempt": {"$gte": 2}}},
-            {"$group": {"_id": {"h": "$handler", "d": "$doc_id"}}},
-        ]
-        async for row in await calls.aggregate(pipeline):
-            name, doc = row["_id"].get("h"), row["_id"].get("d")
-            if isinstance(name, str) and doc is not None:
-                attempted_again.setdefault(name, set()).add(str(doc))
-        # The worker notes every delivery it retries, LLM calls or not.
-        async for row in db["retries"].find({"batch_id": batch_id}, {"handler": 1, "doc_id": 1}):
-            if isinstance(row.get("handler"), str) and row.get("doc_id") is not None:
-                attempted_again.setdefault(row["handler"], set()).add(str(row["doc_id"]))
-                if row["handler"] not in handlers:
-                    handlers.append(row["handler"])
-        parked: dict[str, set[str]] = {}
-        reasons: dict[str, int] = {}
-        for item in await parked_documents(store, batch_id):
-            parked.setdefault(item.handler, set()).add(item.doc_id)
-            reasons[item.reason] = reasons.get(item.reason, 0) + 1
-        counts = await store.batch_counts(batch_id, handlers=[*handlers, *parked])
-        retrying, per_handler, parked_count, parked_per = 0, dict[str, int](), 0, dict[str, int]()
-        if attempted_again or parked:
-            candidates = sorted(set().union(*attempted_again.values(), *parked.values()))
-            done = await _doc_sets(
-                db["results"], {"batch_id": batch_id, "rolled_back": False}, candidates
-            )
-            dead = await _doc_sets(db["dead_letters"], {"batch_id": batch_id}, candidates)
-            (retrying, per_handler), (parked_count, parked_per) = unfinished_counts(
-                attempted_again, parked, done, dead, counts.handlers
-            )
-        status = BatchStatus(
-            record=record,
-            counts=counts,
-            retrying=retrying,
-            handler_retrying=per_handler,
-            parked=parked_count,
-            handler_parked=parked_per,
-            parked_reasons=reasons if parked_count else {},
+    # Documents seen on a second or later attempt: LLM calls say so, and the worker notes
+    # every delivery it retries, LLM calls or not.
+    attempted_again = await store.llm_retried(batch_id)
+    for name, docs in (await store.retried(batch_id)).items():
+        attempted_again.setdefault(name, set()).update(docs)
+    handlers = sorted(set(await store.llm_handlers(batch_id)) | set(attempted_again))
+    parked: dict[str, set[str]] = {}
+    reasons: dict[str, int] = {}
+    for item in await parked_documents(store, batch_id):
+        parked.setdefault(item.handler, set()).add(item.doc_id)
+        reasons[item.reason] = reasons.get(item.reason, 0) + 1
+    counts = await store.batch_counts(batch_id, handlers=[*handlers, *parked])
+    retrying, per_handler, parked_count, parked_per = 0, dict[str, int](), 0, dict[str, int]()
+    if attempted_again or parked:
+        candidates = set().union(*attempted_again.values(), *parked.values())
+        done, dead = await store.documents_settled(batch_id, candidates)
+        (retrying, per_handler), (parked_count, parked_per) = unfinished_counts(
+            attempted_again, parked, done, dead, counts.handlers
         )
-        if status.settled:
-            status = replace(status, last_activity=await _last_activity(store, batch_id))
-    except ConnectionFailure as exc:  # raw queries: the store's exception vocabulary too
-        raise StoreUnavailable(f"read status of batch {batch_id}: {exc}") from exc
-    except PyMongoError as exc:
-        raise StoreError(f"read status of batch {batch_id}: {exc}") from exc
+    status = BatchStatus(
+        record=record,
+        counts=counts,
+        retrying=retrying,
+        handler_retrying=per_handler,
+        parked=parked_count,
+        handler_parked=parked_per,
+        parked_reasons=reasons if parked_count else {},
+    )
+    if status.settled:
+        status = replace(status, last_activity=await store.last_activity(batch_id))
     return status
-
-
-async def _doc_sets(collection: Any, match: dict[str, Any], docs: list[str]) -> dict[str, set[str]]:
-    found: dict[str, set[str]] = {}
-    cursor = collection.find({**match, "doc_id": {"$in": docs}}, {"doc_id": 1, "handler": 1})
-    async for raw in cursor:
-        if isinstance(raw.get("handler"), str):
-            found.setdefault(raw["handler"], set()).add(str(raw["doc_id"]))
-    return found
-
-
-async def _last_activity(store: Store, batch_id: str) -> datetime | None:
-    latest: list[datetime] = []
-    for collection, stamp in (("results", "written_at"), ("dead_letters", "dead_lettered_at")):
-        raw = await store.database[collection].find_one(
-            {"batch_id": batch_id}, {stamp: 1}, sort=[(stamp, -1)]
-        )
-        if raw is not None and isinstance(raw.get(stamp), datetime):
-            latest.append(raw[stamp])
-    return max(latest) if latest else None
 
 
 # -- JSON ---------------------------------------------------------------------------------------

@@ -1,8 +1,8 @@
 """Replay: send dead letters, or a batch's documents, back into their topic as a new generation.
 
 A replay is planned first and sent second, so a dry run shows exactly what a real run sends.
-:func:`plan_dead_letter_replay` turns the dead letters a :class:`~docbus.dead_letter_filter.
-DeadLetterFilter` selects back into their envelopes (bodies that are not envelopes are skipped,
+:func:`plan_dead_letter_replay` turns the dead letters a :class:`~docbus.store.DeadLetterFilter`
+selects back into their envelopes (bodies that are not envelopes are skipped,
 with the reason); :func:`plan_batch_replay` takes a batch's documents from the ``documents``
 store — all of them, those that failed in a handler, or those a handler never finished — so no
 source file is needed. Every planned message is the original content under the document's next
@@ -40,12 +40,11 @@ from azure.servicebus.exceptions import MessageSizeExceededError
 from rich.progress import Progress
 from rich.table import Table
 
-from docbus.dead_letter_filter import DeadLetterFilter
 from docbus.envelope import Envelope, InvalidEnvelope, message_id
 from docbus.errors import DocbusError
 from docbus.records import DeadLetterRecord, ReplayItem, ReplayRecord
 from docbus.servicebus import MessagingError, build_message, translated
-from docbus.store import Store
+from docbus.store import DeadLetterFilter, Store
 from docbus.text import one_line
 from publisher.publish import MessageSender, SenderFactory
 from publisher.token_bucket import TokenBucket
@@ -249,7 +248,7 @@ async def plan_dead_letter_replay(
     plan = ReplayPlan("dead-letters", {**selection.describe(), "limit": limit, "again": again})
     chosen = selection if again else replace(selection, replayed=False)
     if not again and selection.replayed is not False:
-        already = await replace(selection, replayed=True).select(store)
+        already = await store.dead_letters(replace(selection, replayed=True))
         if already:
             plan.note = (
                 f"{len(already)} matching dead letter(s) were replayed already and are left "
@@ -257,7 +256,7 @@ async def plan_dead_letter_replay(
             )
     generations = _Generations(store)
     now = datetime.now(UTC)
-    for record in await chosen.select(store, limit=limit):
+    for record in await store.dead_letters(chosen, limit=limit):
         try:
             original = Envelope.from_bytes(record.body)
         except InvalidEnvelope as exc:
@@ -306,7 +305,7 @@ async def plan_batch_replay(
     for result in await store.result_versions(batch_id=batch_id, include_rolled_back=False):
         done.setdefault(result.handler, set()).add(result.doc_id)
     dead: dict[str, list[DeadLetterRecord]] = {}
-    for record in await store.dead_letters(batch_id=batch_id):
+    for record in await store.dead_letters(DeadLetterFilter(batch_id=batch_id)):
         if record.doc_id is not None and (handler is None or record.subscription == subscription):
             dead.setdefault(record.doc_id, []).append(record)
     selection = _BatchSelection(done, dead, handler)
@@ -428,7 +427,8 @@ async def subscription_of(
             if item.spec.name == handler:
                 return item.spec.subscription, item.spec.topic
         raise ReplayError(f"no handler named {handler!r} in {handlers_module}")
-    seen = {(r.subscription, r.topic) for r in await store.dead_letters(handler=handler, limit=50)}
+    named = await store.dead_letters(DeadLetterFilter(handler=handler), limit=50)
+    seen = {(r.subscription, r.topic) for r in named}
     if len({sub for sub, _ in seen}) == 1:
         return next(iter(seen))
     raise ReplayError(

@@ -333,7 +333,7 @@ def run(args: argparse.Namespace, *, console: Console | None = None) -> int:
 async def _list(settings: Settings, args: argparse.Namespace, console: Console) -> int:
     selection = filter_from_args(args)
     async with Store.from_settings(settings) as store:
-        records = await selection.select(store)
+        records = await store.dead_letters(selection)
     heading = _heading(selection)
     if args.json:
         shown = records[: args.limit] if args.limit and not args.group_by else records
