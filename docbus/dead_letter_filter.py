@@ -3,41 +3,20 @@
 :func:`add_filter_arguments` and :func:`filter_from_args` give both commands the same options
 for a :class:`docbus.store.DeadLetterFilter` — batch, reason, handler, topic, subscription,
 document, a time window on ``dead_lettered_at`` and whether it was replayed already;
-:func:`parse_time` reads ``--since``/``--until`` as ISO 8601 or as an age (``30m``, ``2h``,
-``7d``). Neighbours: :mod:`subscriber.dlq_cli` lists, :mod:`publisher.replay` replays.
+:func:`docbus.ops.dead_letters.parse_time` reads ``--since``/``--until`` as ISO 8601 or as an
+age (``30m``, ``2h``, ``7d``). Neighbours: :mod:`subscriber.dlq_cli` lists,
+:mod:`publisher.replay` replays.
 """
 
 from __future__ import annotations
 
 import argparse
-import re
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 
+from docbus.ops.dead_letters import parse_time
 from docbus.store import DeadLetterFilter
 
-__all__ = ["DeadLetterFilter", "add_filter_arguments", "filter_from_args", "parse_time"]
-
-_AGE = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
-_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
-
-
-def parse_time(text: str, *, now: datetime | None = None) -> datetime:
-    """An aware UTC datetime from ISO 8601 (naive means UTC) or an age such as ``90m``/``2d``."""
-    value = text.strip()
-    age = _AGE.match(value.lower())
-    if age is not None:
-        amount, unit = float(age.group(1)), _UNITS[age.group(2)]
-        return (now or datetime.now(UTC)) - timedelta(**{unit: amount})
-    try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise ValueError(
-            f"{text!r} is neither an ISO 8601 time (2025-01-31T12:00) nor an age (30m, 2h, 7d)"
-        ) from None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    return parsed.astimezone(UTC)
-
+__all__ = ["add_filter_arguments", "filter_from_args"]
 
 def _time_argument(text: str) -> datetime:
     try:

@@ -69,6 +69,7 @@ async def run_demo(args: argparse.Namespace, console: Console) -> DemoSummary:
     from docbus.local.llm_server import Faults
     from handlers import discover_handlers
     from publisher import LoaderOptions, iter_documents, publish_documents
+    from publisher.cli import report_table
     from subscriber.cli import build_llm
     from subscriber.worker import Worker, WorkerOptions, freeze_startup_heap
 
@@ -102,8 +103,7 @@ async def run_demo(args: argparse.Namespace, console: Console) -> DemoSummary:
             )
             report = await publish_documents(
                 list(docs), topic="documents", batch_id=args.batch_id, settings=settings,
-                store=store, skip_invalid=True, source=[str(args.input)], console=console,
-                progress=False,
+                store=store, skip_invalid=True, source=[str(args.input)],
             )  # fmt: skip
             # What the loader refused counts as skipped, in the summary and the batch record.
             report.problems[:0] = problems
@@ -118,7 +118,7 @@ async def run_demo(args: argparse.Namespace, console: Console) -> DemoSummary:
                     where = problem.where.replace(problem.file, Path(problem.file).name, 1)
                     table.add_row(where, problem.reason)
                 console.print(table)
-            console.print(report.table())
+            console.print(report_table(report))
             expected = report.sent * len(registered)
             from docbus.servicebus import servicebus_client
 

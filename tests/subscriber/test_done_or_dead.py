@@ -38,7 +38,7 @@ def processor(stack: Stack, max_attempts: int = 5) -> Processor:
 async def publish_one(stack: Stack, behaviour: str) -> None:
     report = await publish_documents(
         [{"doc_id": "d1", "text": "some text", "metadata": {"behaviour": behaviour}}],
-        topic="docs", batch_id="b1", settings=stack.settings, store=stack.store, progress=False,
+        topic="docs", batch_id="b1", settings=stack.settings, store=stack.store,
     )  # fmt: skip
     assert report.ok
 

@@ -26,7 +26,7 @@ FAST = BackoffPolicy(base=0.2, cap=1.0, jitter=0.0)
 async def publish(stack: Stack, behaviour: str) -> None:
     report = await publish_documents(
         [{"doc_id": "t1", "text": "some text", "metadata": {"behaviour": behaviour}}],
-        topic="docs", batch_id="b1", settings=stack.settings, store=stack.store, progress=False,
+        topic="docs", batch_id="b1", settings=stack.settings, store=stack.store,
     )  # fmt: skip
     assert report.ok
 
