@@ -28,6 +28,7 @@ from docbus.settings import PublisherSettings, Settings
 from docbus.store import Store
 from docbus.topology import SubscriptionSpec, TopicSpec, Topology
 from publisher import DocumentInput, InvalidInput, PublishRefused, publish_documents
+from publisher.cli import report_table
 
 
 class RecordingBatch(ServiceBusMessageBatch):
@@ -387,8 +388,9 @@ async def test_dry_run_sizes_everything_and_touches_nothing(store: Store) -> Non
     report = await publish_documents(
         [*news(3), DocumentInput(text="x" * 100_000, doc_id="big")],
         topic="documents", batch_id="b1", settings=settings(max_size=64 * 1024),
-        store=store, dry_run=True, console=Console(file=buffer, width=100),
+        store=store, dry_run=True,
     )  # fmt: skip
+    Console(file=buffer, width=100).print(report_table(report))
     assert (report.documents, report.claim_checked, report.sent) == (4, 1, 0)
     assert await store.get_batch("b1") is None
     assert await store.database["payloads"].count_documents({}) == 0
@@ -396,12 +398,15 @@ async def test_dry_run_sizes_everything_and_touches_nothing(store: Store) -> Non
     assert "dry run" in output and "by claim-check" in output
 
 
-async def test_progress_ends_with_a_summary_table(store: Store) -> None:
-    buffer = io.StringIO()
-    await publish_documents(
+async def test_the_summary_table_says_what_was_sent_and_how_fast(store: Store) -> None:
+    progress: list[int] = []
+    report = await publish_documents(
         news(5), topic="documents", batch_id="b1", settings=settings(),
-        sender_factory=Broker().sender, store=store, console=Console(file=buffer, width=100),
+        sender_factory=Broker().sender, store=store, on_progress=progress.append,
     )  # fmt: skip
+    assert sum(progress) == 5
+    buffer = io.StringIO()
+    Console(file=buffer, width=100).print(report_table(report))
     output = buffer.getvalue()
     assert "Batch b1 → documents" in output
     assert "sent" in output and "throughput" in output
