@@ -19,8 +19,8 @@ is sent at most once however many replays run, unless a plan is made with ``agai
 recorded in ``replays`` (:class:`~docbus.records.ReplayRecord`) before its first message goes,
 then as ``done``, ``partial`` or ``failed`` with the error that stopped it. Each message carries
 the run's id (``run_id``), which its results keep: ``docbus rollback --replay ID`` withdraws
-exactly what one run wrote (:mod:`docbus.rollback`). Neighbours:
-:mod:`publisher.replay_cli` (``docbus replay``), :mod:`subscriber.dlq` (which captures
+exactly what one run wrote (:mod:`docbus.cli.rollback`). Neighbours:
+:mod:`docbus.cli.replay` (``docbus replay``), :mod:`subscriber.dlq` (which captures
 broker-side dead letters first).
 """
 

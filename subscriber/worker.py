@@ -17,7 +17,7 @@ nothing parked is resumable — or the LLM endpoint still fails after one last p
 probing for ever. A :class:`~subscriber.watchdog.LoopWatchdog` says when a handler blocks the
 event loop; audit rows and checkpoints an outage of the store held back are drained before exit
 (:mod:`handlers.writes`). Neighbours: :mod:`subscriber.processing` (one delivery),
-:mod:`subscriber.cli` (``docbus worker``).
+:mod:`docbus.cli.worker` (``docbus worker``).
 """
 
 from __future__ import annotations

@@ -22,13 +22,13 @@ from azure.servicebus.exceptions import (
 )
 from rich.console import Console
 
+from docbus.cli.publish import report_table
 from docbus.envelope import Envelope
 from docbus.servicebus import MessagingEntityNotFound
 from docbus.settings import PublisherSettings, Settings
 from docbus.store import Store
 from docbus.topology import SubscriptionSpec, TopicSpec, Topology
 from publisher import DocumentInput, InvalidInput, PublishRefused, publish_documents
-from publisher.cli import report_table
 
 
 class RecordingBatch(ServiceBusMessageBatch):

@@ -21,12 +21,12 @@ import pytest
 from rich.console import Console
 
 from docbus.cli import build_parser
+from docbus.cli import publish as cli
 from docbus.envelope import Envelope
 from docbus.local.emulator.config import parse_config
 from docbus.local.emulator.server import EmulatorThread
 from docbus.store import Store
 from docbus.topology import SubscriptionSpec, TopicSpec, Topology
-from publisher import cli
 from tests.publisher.test_cli import (
     TOPIC,
     broker_env,

@@ -11,12 +11,12 @@ from typing import Any
 from azure.servicebus import ServiceBusMessage, ServiceBusReceivedMessage, ServiceBusSubQueue
 from azure.servicebus.aio import ServiceBusClient
 
+from docbus.cli import dlq as dlq_cli
 from docbus.envelope import Envelope
 from docbus.records import DeadLetterRecord
 from docbus.servicebus import build_message
 from docbus.store import DeadLetterFilter
 from docbus.topology import ROUTE_PROPERTY
-from subscriber import dlq_cli
 from subscriber.dlq import capture_dead_letters, dead_letter_record
 from tests.replay.conftest import TOPOLOGY_TOML, Stack
 from tests.replay.helpers import command, rows

@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 import re
 
-from docbus import results_cli, rollback
+from docbus.cli import replay as replay_cli
+from docbus.cli import results as results_cli
+from docbus.cli import rollback
 from docbus.envelope import message_id
 from docbus.store import DeadLetterFilter
-from publisher import replay_cli
 from tests.replay.conftest import Stack
 from tests.replay.helpers import (
     command,

@@ -6,10 +6,10 @@ import io
 
 from azure.servicebus.aio import ServiceBusClient
 
+from docbus.cli import replay as replay_cli
 from docbus.envelope import Envelope
 from docbus.records import DeadLetterRecord
 from docbus.store import DeadLetterFilter
-from publisher import replay_cli
 from tests.replay.conftest import Stack
 from tests.replay.helpers import command, command_streams, pending_on_broker, rows
 

@@ -9,13 +9,13 @@ from typing import Literal
 
 import pytest
 
-from docbus import rollback as rollback_cli
+from docbus.cli import replay as replay_cli
+from docbus.cli import rollback as rollback_cli
 from docbus.envelope import Envelope, message_id
 from docbus.ops import rollback
 from docbus.ops.dead_letters import parse_time
 from docbus.records import DeadLetterRecord, ReplayRecord
 from docbus.store import Store
-from publisher import replay_cli
 from publisher.replay import ReplayError, plan_batch_replay, replay_status, subscription_of
 from publisher.token_bucket import TokenBucket
 from tests.replay.helpers import command, command_streams

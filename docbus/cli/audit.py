@@ -11,7 +11,7 @@ constant memory. In CSV the messages and the parsed output are JSON-encoded cell
 
 With ``--output`` the export is written to ``FILE.partial`` and renamed to ``FILE`` only once
 complete, so an interrupted export never leaves a file that looks whole. The format defaults to
-the file's suffix (``.csv``), else JSONL. Neighbours: :mod:`docbus.report` (the same rows added
+the file's suffix (``.csv``), else JSONL. Neighbours: :mod:`docbus.cli.report` (the same rows added
 up), :mod:`docbus.store`.
 """
 

@@ -16,14 +16,14 @@ from azure.servicebus.aio import ServiceBusClient
 from pydantic import SecretStr
 from rich.console import Console
 
-from docbus import report as report_cli
+from docbus.cli import report as report_cli
+from docbus.cli.report import render_report
 from docbus.envelope import Envelope, message_id
 from docbus.local.emulator import EmulatorThread
 from docbus.local.llm_server import LLMServer
 from docbus.local.mongo import LocalMongo
 from docbus.ops.report import CallTally, collect_report, percentile, report_json
 from docbus.records import DeadLetterRecord, LLMCallRecord
-from docbus.report import render_report
 from docbus.settings import LLMSettings, MongoSettings, ServiceBusSettings, Settings
 from docbus.store import Store
 from docbus.topology import Topology, parse_topology

@@ -17,8 +17,8 @@ store converges each document touched. A rollback of what is rolled back already
 nothing and says so; an unknown batch, replay or rollback is one line on stderr, exit 1, and no
 record. Versions a run writes after its rollback (messages still in flight) are not withdrawn:
 roll a run back once it has finished. The command asks for confirmation like ``docbus replay``
-(:mod:`docbus.confirm`); ``--json`` prints one JSON document instead of tables. Neighbours:
-:mod:`docbus.results_cli` shows the versions, :mod:`publisher.replay` names replay runs.
+(:mod:`docbus.cli.confirm`); ``--json`` prints one JSON document instead of tables. Neighbours:
+:mod:`docbus.cli.results` shows the versions, :mod:`publisher.replay` names replay runs.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from rich.table import Table
 from rich.text import Text
 
 from docbus.cli import print_json
-from docbus.confirm import REFUSED, confirm, stdin_is_terminal
+from docbus.cli.confirm import REFUSED, confirm, stdin_is_terminal
 from docbus.ops.rollback import (
     RollbackPlan,
     carry_out,

@@ -66,11 +66,11 @@ class DemoSummary:
 
 
 async def run_demo(args: argparse.Namespace, console: Console) -> DemoSummary:
+    from docbus.cli.publish import report_table
+    from docbus.cli.worker import build_llm
     from docbus.local.llm_server import Faults
     from handlers import discover_handlers
     from publisher import LoaderOptions, iter_documents, publish_documents
-    from publisher.cli import report_table
-    from subscriber.cli import build_llm
     from subscriber.worker import Worker, WorkerOptions, freeze_startup_heap
 
     base = Settings()

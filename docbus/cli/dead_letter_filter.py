@@ -4,7 +4,7 @@
 for a :class:`docbus.store.DeadLetterFilter` — batch, reason, handler, topic, subscription,
 document, a time window on ``dead_lettered_at`` and whether it was replayed already;
 :func:`docbus.ops.dead_letters.parse_time` reads ``--since``/``--until`` as ISO 8601 or as an
-age (``30m``, ``2h``, ``7d``). Neighbours: :mod:`subscriber.dlq_cli` lists,
+age (``30m``, ``2h``, ``7d``). Neighbours: :mod:`docbus.cli.dlq` lists,
 :mod:`publisher.replay` replays.
 """
 

@@ -29,8 +29,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from docbus.confirm import REFUSED, confirm, stdin_is_terminal
-from docbus.dead_letter_filter import add_filter_arguments, filter_from_args
+from docbus.cli.confirm import REFUSED, confirm, stdin_is_terminal
+from docbus.cli.dead_letter_filter import add_filter_arguments, filter_from_args
 from docbus.servicebus import servicebus_client
 from docbus.settings import Settings
 from docbus.store import Store

@@ -1,12 +1,12 @@
 """``docbus dlq``: see why documents failed — ``list``, ``show`` and ``sync`` the dead letters.
 
 ``docbus dlq list`` reads Mongo ``dead_letters`` with the filters of
-:mod:`docbus.dead_letter_filter` and prints a table (or, with ``--group-by``, counts per reason,
+:mod:`docbus.cli.dead_letter_filter` and prints a table (or, with ``--group-by``, counts per reason,
 handler, batch or error); ``docbus dlq show ID`` prints one dead letter in full, the document it
 carried (from ``documents``) and the LLM calls made for it (``llm_calls``), trimmed to be read;
 ``docbus dlq sync`` drains the broker's dead-letter queues into Mongo first
 (:func:`subscriber.dlq.sync_dead_letters`), for dead letters the broker made on its own.
-Neighbours: :mod:`publisher.replay_cli` replays what these commands show.
+Neighbours: :mod:`docbus.cli.replay` replays what these commands show.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from rich.table import Table
 from rich.text import Text
 
 from docbus.cli import print_json
-from docbus.dead_letter_filter import add_filter_arguments, filter_from_args
+from docbus.cli.dead_letter_filter import add_filter_arguments, filter_from_args
 from docbus.envelope import Envelope
 from docbus.ops import NotFound
 from docbus.ops.dead_letters import (

@@ -37,11 +37,11 @@ from rich.table import Table
 from rich.text import Text
 
 from docbus.cli import brief
+from docbus.cli.config import load_settings
 from docbus.envelope import BATCH_ID_PATTERN, new_batch_id
 from docbus.errors import ConfigurationError
 from docbus.servicebus import MessagingError, servicebus_client
 from docbus.settings import Settings
-from docbus.settings_cli import load_settings
 from docbus.store import Store, StoreError, StoreUnavailable
 from docbus.topology import Topology, TopologyError, load_topology
 from publisher.inputs import DocumentInput, InputProblem, InvalidInput

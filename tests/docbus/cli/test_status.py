@@ -14,7 +14,8 @@ from pydantic import SecretStr
 from rich.console import Console
 
 from docbus import cli
-from docbus import status as status_cli
+from docbus.cli import status as status_cli
+from docbus.cli.status import render_status, watch
 from docbus.envelope import Envelope, message_id
 from docbus.local.mongo import LocalMongo
 from docbus.ops import NotFound
@@ -28,7 +29,6 @@ from docbus.ops.status import (
 )
 from docbus.records import BatchCounts, BatchRecord, DeadLetterRecord, HandlerCounts
 from docbus.settings import ServiceBusSettings, Settings
-from docbus.status import render_status, watch
 from docbus.store import Store
 from docbus.topology import load_topology
 

@@ -10,8 +10,8 @@ the calls, tokens and cost spent on re-asks and on retries (a repeat after a tra
 any call on a later delivery) are shown apart. Every figure is a sum of audit rows; the running
 totals kept on the batch record (``BatchRecord.cost``) are shown next to them only when they
 disagree. :func:`render_report` draws the tables, :func:`report_json` gives the same figures as
-JSON (``--json``). Neighbours: :mod:`docbus.status` (progress while a batch runs),
-:mod:`docbus.audit` (the prompt/response pairs themselves).
+JSON (``--json``). Neighbours: :mod:`docbus.cli.status` (progress while a batch runs),
+:mod:`docbus.cli.audit` (the prompt/response pairs themselves).
 """
 
 from __future__ import annotations

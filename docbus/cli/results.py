@@ -4,7 +4,7 @@ Every time a handler finishes a document (a first delivery, a replay, a batch re
 handler version) :meth:`docbus.store.Store.write_result` keeps a new version; exactly one that is
 not rolled back is current. ``history`` shows them all, per handler, oldest first, with the run
 that wrote each (a batch's publication or a replay), its replay generation, handler version and
-batch, and which are current or rolled back (:mod:`docbus.rollback`). ``show DOC --handler H``
+batch, and which are current or rolled back (:mod:`docbus.cli.rollback`). ``show DOC --handler H``
 prints the current version's output (``--version N``: any version); the output is a handler's
 (often an LLM's) text, so it is printed as JSON with control and bidirectional characters
 escaped: it cannot move the cursor, recolour the terminal or reorder what is shown. Both take
