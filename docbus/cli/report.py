@@ -1,18 +1,18 @@
 """``docbus report``: what a batch produced and what its LLM calls cost, as rich tables or JSON.
 
-:func:`collect_report` reads one batch from the store (:mod:`docbus.store`): documents by outcome
-per handler (``Store.batch_counts``, with the dead-lettered ones split by the reason of their
-latest dead letter, ``Store.dead_letter_reasons``) and the figures of every ``llm_calls`` audit
-row (``Store.iter_llm_usage``, streamed: prompts and answers are never read). :class:`CallTally`
-adds those rows up per handler and step — calls, failed calls, prompt and completion tokens,
-cost, p50/p95 latency — and per spend category (:data:`~docbus.records.SPEND_CATEGORIES`), so
-the calls, tokens and cost spent on re-asks and on retries (a repeat after a transient error, or
-any call on a later delivery) are shown apart. Every figure is a sum of audit rows; the running
-totals kept on the batch record (``BatchRecord.cost``) are shown next to them only when they
-disagree. :func:`render_report` draws the tables, :func:`report_json` gives the same figures as
-JSON (``--json``). Neighbours: :mod:`docbus.cli.status` (progress while a batch runs),
-:mod:`docbus.cli.audit` (the prompt/response pairs themselves).
-"""
+:func:`~docbus.ops.report.collect_report` reads one batch from the store (:mod:`docbus.store`):
+documents by outcome per handler (``Store.batch_counts``, with the dead-lettered ones split by the
+reason of their latest dead letter, ``Store.dead_letter_reasons``) and the figures of every
+``llm_calls`` audit row (``Store.iter_llm_usage``, streamed: prompts and answers are never read).
+:class:`CallTally` adds those rows up per handler and step — calls, failed calls, prompt and
+completion tokens, cost, p50/p95 latency — and per spend category
+(:data:`~docbus.records.SPEND_CATEGORIES`), so the calls, tokens and cost spent on re-asks and on
+retries (a repeat after a transient error, or any call on a later delivery) are shown apart. Every
+figure is a sum of audit rows; the running totals kept on the batch record (``BatchRecord.cost``)
+are shown next to them only when they disagree. :func:`render_report` draws the tables,
+:func:`~docbus.ops.report.report_json` gives the same figures as JSON (``--json``). Neighbours:
+:mod:`docbus.cli.status` (progress while a batch runs), :mod:`docbus.cli.audit` (the prompt/response
+pairs themselves)."""
 
 from __future__ import annotations
 

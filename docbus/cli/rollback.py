@@ -1,16 +1,16 @@
 """``docbus rollback``: withdraw the result versions exactly one run wrote, and undo that.
 
-Every result version names the run that wrote it (``run_id``): a batch's publication is run
-``B`` (its batch id), a replay is its replay id (``docbus replay`` prints it, ``replay-...``).
-:func:`plan_rollback` finds the versions of one run — ``--batch B`` (B's publication only;
-``--with-replays`` adds every replay of B's documents) or ``--replay R`` — optionally of one
-handler, and works out per document which version is current now and which will be after
-(the highest-ranked version left, :func:`docbus.records.result_rank`), so ``--dry-run`` shows
-exactly what a real run changes. :func:`carry_out` withdraws them, tagged with the rollback's
-id, and keeps a :class:`~docbus.records.RollbackRecord` in ``rollbacks`` (written first, as
-``running``); every write is durable (:mod:`docbus.store`). :func:`plan_undo` and the same
-:func:`carry_out` restore exactly the versions one rollback withdrew (``--undo ROLLBACK_ID``),
-recorded as an undo.
+Every result version names the run that wrote it (``run_id``): a batch's publication is run ``B``
+(its batch id), a replay is its replay id (``docbus replay`` prints it, ``replay-...``).
+:func:`~docbus.ops.rollback.plan_rollback` finds the versions of one run — ``--batch B`` (B's
+publication only; ``--with-replays`` adds every replay of B's documents) or ``--replay R`` —
+optionally of one handler, and works out per document which version is current now and which will be
+after (the highest-ranked version left, :func:`docbus.records.result_rank`), so ``--dry-run`` shows
+exactly what a real run changes. :func:`~docbus.ops.rollback.carry_out` withdraws them, tagged with
+the rollback's id, and keeps a :class:`~docbus.records.RollbackRecord` in ``rollbacks`` (written
+first, as ``running``); every write is durable (:mod:`docbus.store`).
+:func:`~docbus.ops.rollback.plan_undo` and the same :func:`~docbus.ops.rollback.carry_out` restore
+exactly the versions one rollback withdrew (``--undo ROLLBACK_ID``), recorded as an undo.
 
 A document is never left without a current version while it has one that is not withdrawn: the
 store converges each document touched. A rollback of what is rolled back already withdraws

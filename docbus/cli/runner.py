@@ -1,6 +1,7 @@
 """The runner: ``docbus <command>``, and the one way every command is run.
 
-Each command lives with the code it drives and contributes ``add_arguments(parser)`` and
+Each command's module (one per command in :mod:`docbus.cli`; ``up``, ``emulator`` and
+``llm-server`` in :mod:`docbus.local`) contributes ``add_arguments(parser)`` and
 ``run(args) -> int`` — optionally ``EXIT_CODES``, ``{code: meaning}`` for the codes it gives
 a meaning of its own, which ``--help`` lists with the common ones (:func:`exit_code_rows`);
 this module wires them. The module of a command is imported only when that command runs, so

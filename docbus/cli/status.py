@@ -1,9 +1,9 @@
 """``docbus status``: how far each batch has got — per batch and per handler, as tables or JSON.
 
-:func:`collect_status` reads a batch's progress from the store (:mod:`docbus.store`):
-``Store.batch_counts`` gives published / done / dead-lettered / pending per handler, the batch
-record (:class:`~docbus.records.BatchRecord`) its topic, publishing status, LLM cost and
-over-budget flag and its own budget (``docbus publish --budget``).
+:func:`~docbus.ops.status.collect_status` reads a batch's progress from the store
+(:mod:`docbus.store`): ``Store.batch_counts`` gives published / done / dead-lettered / pending per
+handler, the batch record (:class:`~docbus.records.BatchRecord`) its topic, publishing status, LLM
+cost and over-budget flag and its own budget (``docbus publish --budget``).
 
 *Parked*: a document whose message the worker set aside (deferred) until a condition clears — the
 LLM endpoint refusing the key, a circuit breaker, the budget — has a parked record
@@ -19,12 +19,11 @@ the broker can be asked (:class:`~docbus.ops.backlog.BacklogProbe` peeks the bat
 subscriptions), no message of the batch is left on a subscription; when it cannot, the batch is
 shown "complete (broker not checked)".
 
-:func:`render_status` draws the tables, :func:`status_json` the same figures as JSON
-(``--json``); throughput is documents finished (done or dead-lettered) per second since the
+:func:`render_status` draws the tables, :func:`~docbus.ops.status.status_json` the same figures as
+JSON (``--json``); throughput is documents finished (done or dead-lettered) per second since the
 batch was created — up to its last result once complete — or, with ``--watch``, over the last
-refresh interval. ``--watch`` redraws with ``rich.live.Live`` until every batch shown is
-complete, or Ctrl-C (with ``--json``: waits, then prints the final figures once).
-"""
+refresh interval. ``--watch`` redraws with ``rich.live.Live`` until every batch shown is complete,
+or Ctrl-C (with ``--json``: waits, then prints the final figures once)."""
 
 from __future__ import annotations
 
