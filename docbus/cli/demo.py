@@ -25,7 +25,7 @@ from docbus.local.stack import LocalStack, StackOptions
 from docbus.settings import Settings
 from docbus.store import DeadLetterFilter, Store
 
-SAMPLES = Path(__file__).resolve().parent / "samples" / "supplier_news.jsonl"
+SAMPLES = Path(__file__).resolve().parents[1] / "samples" / "supplier_news.jsonl"
 
 EXIT_CODES = {
     1: "some published document ended with neither one current result nor one dead letter"
