@@ -1,17 +1,46 @@
-"""Helpers the benchmarks share: a child process's first stdout line and its CPU time.
+"""Helpers the benchmarks share: a stand-in child process, its first stdout line, its CPU time.
 
 The benchmarks run the stand-ins (emulator, offline LLM server) in processes of their own so
-that their figures are not shaped by sharing one interpreter; these two functions are how a
-bench learns where a child listens and how much CPU it spent.
+that their figures are not shaped by sharing one interpreter; :func:`child` runs one until the
+bench is done, and the other two functions are how a bench learns where a child listens and
+how much CPU it spent.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
+
+STARTUP_TIMEOUT = 60.0
+
+
+@contextlib.contextmanager
+def child(
+    argv: list[str], log: Path, ready: str, env: dict[str, str] | None = None
+) -> Iterator[tuple[str, int]]:
+    """Run ``argv``; yield its first stdout line (which must contain ``ready``) and its pid;
+    terminate it on exit. Its stderr goes to ``log``."""
+    with log.open("wb") as log_file:
+        process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=log_file, env=env)
+        try:
+            line = first_line(process, STARTUP_TIMEOUT)
+            if ready not in line:
+                raise RuntimeError(
+                    f"{argv[2]} did not start: {line}\n" + log.read_text(errors="replace")[-2000:]
+                )
+            yield line, process.pid
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
 
 
 def first_line(process: subprocess.Popen[bytes], timeout: float) -> str:
