@@ -368,6 +368,11 @@ class Consumers:
         }
 
 
+def _raw_idle(options: argparse.Namespace) -> list[str]:
+    """The raw loop's exit when idle: two empty receives of half ``--idle`` each."""
+    return ["--wait", str(options.idle / 2), "--idle-receives", "2"]
+
+
 def _quantile(values: list[float], q: float) -> float | None:
     if not values:
         return None
@@ -386,14 +391,16 @@ async def consume(
     """Start ``processes`` consumers of ``kind`` on the filled ``work/noop``, let them set up,
     start them together and wait until they exit (idle); their figures, summed."""
     if kind == "docbus":
-        argv = [PYTHON, str(HERE / "_overhead_worker.py"), "--topology", str(stack.topology_file)]
+        argv = [PYTHON, str(HERE / "_overhead_worker.py"), "--topology", str(stack.topology_file),
+                "--until-idle", str(options.idle)]  # fmt: skip
         if options.concurrency is not None:
             argv += ["--concurrency", str(options.concurrency)]
     else:
         argv = [PYTHON, str(HERE / "_overhead_raw.py"), kind, "--handshake",
                 "--connection-string", stack.connection_string, "--topic", WORK_TOPIC,
                 "--subscription", WORK_SUB, "--mongo-uri", stack.mongo_uri,
-                "--database", database, "--batch", str(options.raw_batch)]  # fmt: skip
+                "--database", database, "--batch", str(options.raw_batch),
+                *_raw_idle(options)]  # fmt: skip
     env = stack.env(database)
     children = []
     logs = []
@@ -702,6 +709,13 @@ async def first_written(stack: Stack, database: str, collection: str, batch_id: 
     raise RuntimeError(f"no record of batch {batch_id} in {database}.{collection}")
 
 
+FIRST_IDLE = 3.0
+"""How long the processes of ``first_result`` wait idle before they exit: longer than the
+no-op runs' ``--idle`` because a loaded machine can keep a starting worker from its first
+receive for more than a second (it then exited with nothing done), and the figure is read from
+the records' ``written_at``, not from when the process exits."""
+
+
 async def phase_first_result(stack: Stack, options: argparse.Namespace) -> dict[str, Any]:
     database = "first"
     docbus_s: list[float] = []
@@ -714,13 +728,15 @@ async def phase_first_result(stack: Stack, options: argparse.Namespace) -> dict[
             await fill(stack, batch_id, documents(n, batch_id, options.doc_bytes))
             if kind == "docbus":
                 argv = [*docbus_command(), "worker", "--handlers", str(HERE / "_overhead_noop.py"),
-                        "--topology", str(stack.topology_file), "--until-idle", "1"]  # fmt: skip
+                        "--topology", str(stack.topology_file),
+                        "--until-idle", str(FIRST_IDLE)]  # fmt: skip
                 collection = "results"
             else:
                 argv = [PYTHON, str(HERE / "_overhead_raw.py"), "bulk", "--connection-string",
                         stack.connection_string, "--topic", WORK_TOPIC, "--subscription",
                         WORK_SUB, "--mongo-uri", stack.mongo_uri, "--database", database,
-                        "--batch", str(options.raw_batch)]  # fmt: skip
+                        "--batch", str(options.raw_batch), "--wait", str(FIRST_IDLE / 2),
+                        "--idle-receives", "2"]  # fmt: skip
                 collection = "raw_results"
             spawned = datetime.now(UTC)
             run = await asyncio.to_thread(
@@ -847,6 +863,7 @@ QUICK = {
     "first_rounds": 1,
     "first_messages": 10,
     "rss_lines": 2000,
+    "idle": 0.6,
 }
 """``--quick``: every phase once, at sizes a smoke test (tests/test_overhead_quick.py) affords;
 the figures are too small to judge docbus by."""
@@ -874,6 +891,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--first-messages", type=int, default=50, help="messages waiting at start (50)")
     add("--rss-lines", type=int, default=100_000, help="lines of the larger JSONL (100000)")
     add("--rss-doc-bytes", type=int, default=256, help="text bytes per RSS line (256)")
+    add("--idle", type=float, default=1.5,
+        help="seconds without a message after which a consumer exits (1.5)")  # fmt: skip
     add("--mongo-on-disk", action="store_true", help="SecantusDB on a data directory")
     add("--skip", default="", help=f"comma-separated phases to leave out: {', '.join(PHASES)}")
     options = parser.parse_args(argv)
