@@ -39,7 +39,8 @@ noise hits both sides alike, on one emulator (``python -m docbus emulator``) and
 
 Every published message lands in a real subscription (``pub/sink``), drained outside the clocks.
 The JSON line ends with ``aims``: each aim of issue 12 with its measured figure. Progress goes to
-stderr. ``--quick`` shrinks every size so a run takes about a minute; ``--skip`` leaves phases out.
+stderr. ``--quick`` shrinks every size and runs one round (1.5-2 minutes, a smoke run whose
+figures mean little); ``--skip`` leaves phases out. A full run takes about 10 minutes.
 
     python bench/overhead.py [--quick] [--docs 10000] [--messages 4000] [--rounds 2]
         [--big-results 100000] [--skip publisher_rss,...]
@@ -458,6 +459,8 @@ async def consume(
     run.complete_ms_p90 = _quantile(completions, 0.9)
     if run.settled != messages:
         say(f"[yellow]{kind} x{processes}: settled {run.settled} of {messages}[/]")
+        # what one run left must not be counted by the next one
+        await drain(stack, max(1, messages - run.settled), WORK_TOPIC, WORK_SUB)
     return run
 
 
@@ -863,7 +866,6 @@ QUICK = {
     "first_rounds": 1,
     "first_messages": 10,
     "rss_lines": 2000,
-    "idle": 0.6,
 }
 """``--quick``: every phase once, at sizes a smoke test (tests/test_overhead_quick.py) affords;
 the figures are too small to judge docbus by."""
@@ -872,7 +874,7 @@ the figures are too small to judge docbus by."""
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     add = parser.add_argument
-    add("--quick", action="store_true", help="tiny sizes, one round: a smoke run (about a minute)")
+    add("--quick", action="store_true", help="tiny sizes, one round: a smoke run (1.5-2 minutes)")
     add("--docs", type=int, default=10_000, help="documents per publish (10000)")
     add("--doc-bytes", type=int, default=1024, help="text bytes per document (1024)")
     add(
@@ -892,7 +894,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--rss-lines", type=int, default=100_000, help="lines of the larger JSONL (100000)")
     add("--rss-doc-bytes", type=int, default=256, help="text bytes per RSS line (256)")
     add("--idle", type=float, default=1.5,
-        help="seconds without a message after which a consumer exits (1.5)")  # fmt: skip
+        help="seconds without a message after which a no-op consumer exits (1.5; less lets "
+             "a docbus worker on a loaded machine exit before its first receive)")  # fmt: skip
     add("--mongo-on-disk", action="store_true", help="SecantusDB on a data directory")
     add("--skip", default="", help=f"comma-separated phases to leave out: {', '.join(PHASES)}")
     options = parser.parse_args(argv)
