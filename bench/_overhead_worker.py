@@ -129,7 +129,7 @@ async def run(options: argparse.Namespace, commands: Commands) -> dict[str, Any]
         await store.ensure_indexes()
         worker = Worker(
             registered,
-            client=TimedClient(client, timings),
+            client=TimedClient(client, timings),  # type: ignore[arg-type]  # a passing-through wrapper
             store=store,
             options=worker_options,
             topology=topology,
