@@ -9,12 +9,12 @@ SecantusDB as docbus, in one of three modes:
 - ``send``: read a JSONL file and send its lines as message bodies in batches
   (``create_message_batch`` / ``send_messages``), as ``docbus publish`` would send them.
 
-It imports only the SDKs (no docbus), so its start-up is what a bare script's is. With
-``--handshake`` a receive loop opens its link, prints ``ready`` and waits for a line on stdin
-before it receives (so several processes start together); without it, it starts at once (the
-time-to-first-result phase). When done it prints one JSON line: wall-clock times (``time.time``)
-of its first and last settlement, how many it settled, its receive sizes and settlement
-latencies, and the Mongo commands it sent (a pymongo command listener).
+It imports only the SDKs and ``bench/_support.py`` (no docbus), so its start-up is what a bare
+script's is. With ``--handshake`` a receive loop opens its link, prints ``ready`` and waits for a
+line on stdin before it receives (so several processes start together); without it, it starts at
+once (the time-to-first-result phase). When done it prints one JSON line: wall-clock times
+(``time.time``) of its first and last settlement, how many it settled, its receive sizes and
+settlement latencies, and the Mongo commands it sent (a pymongo command listener).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
+from _support import CommandCounter
 from azure.servicebus import ServiceBusMessage, ServiceBusReceivedMessage
 from azure.servicebus.aio import ServiceBusClient
 from azure.servicebus.exceptions import MessageSizeExceededError
@@ -34,22 +35,6 @@ from pymongo import AsyncMongoClient, monitoring
 
 ROUTE = {"docbus-route": "*"}
 """The application property the generated subscription rules match (docbus.topology)."""
-
-
-class Commands(monitoring.CommandListener):
-    """Counts the Mongo commands this process sends, by name."""
-
-    def __init__(self) -> None:
-        self.by_name: dict[str, int] = {}
-
-    def started(self, event: monitoring.CommandStartedEvent) -> None:
-        self.by_name[event.command_name] = self.by_name.get(event.command_name, 0) + 1
-
-    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
-        pass
-
-    def failed(self, event: monitoring.CommandFailedEvent) -> None:
-        pass
 
 
 def record(message: ServiceBusReceivedMessage) -> dict[str, Any]:
@@ -64,7 +49,7 @@ def record(message: ServiceBusReceivedMessage) -> dict[str, Any]:
     }
 
 
-async def receive_loop(options: argparse.Namespace, commands: Commands) -> dict[str, Any]:
+async def receive_loop(options: argparse.Namespace, commands: CommandCounter) -> dict[str, Any]:
     mongo: AsyncMongoClient[dict[str, Any]] | None = None
     if options.mode == "bulk":
         mongo = AsyncMongoClient(options.mongo_uri)
@@ -170,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
             lines = [line.rstrip(b"\n") for line in file if line.strip()]
         figures = asyncio.run(send_lines(options, lines))
     else:
-        commands = Commands()
+        commands = CommandCounter()
         monitoring.register(commands)
         figures = asyncio.run(receive_loop(options, commands))
     print(json.dumps(figures), flush=True)

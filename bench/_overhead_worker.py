@@ -22,28 +22,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from _support import CommandCounter
 from pymongo import monitoring
 
 HERE = Path(__file__).resolve().parent
-
-
-class Commands(monitoring.CommandListener):
-    """Counts the Mongo commands this process sends, by command and collection."""
-
-    def __init__(self) -> None:
-        self.by_name: dict[str, int] = {}
-
-    def started(self, event: monitoring.CommandStartedEvent) -> None:
-        key = event.command_name
-        if key in ("update", "insert", "find", "delete", "findAndModify", "aggregate"):
-            key += ":" + str(event.command.get(key, ""))
-        self.by_name[key] = self.by_name.get(key, 0) + 1
-
-    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
-        pass
-
-    def failed(self, event: monitoring.CommandFailedEvent) -> None:
-        pass
 
 
 class Timings:
@@ -103,7 +85,7 @@ class TimedClient:
         return TimedReceiver(receiver, self._timings)
 
 
-async def run(options: argparse.Namespace, commands: Commands) -> dict[str, Any]:
+async def run(options: argparse.Namespace, commands: CommandCounter) -> dict[str, Any]:
     from docbus.servicebus import servicebus_client
     from docbus.settings import Settings
     from docbus.store import Store
@@ -164,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--until-idle", type=float, default=1.5, help="exit when idle (1.5 s)")
     options = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)  # as `docbus worker` by default
-    commands = Commands()
+    commands = CommandCounter()
     monitoring.register(commands)  # before any client exists: it applies to new clients
     print(json.dumps(asyncio.run(run(options, commands))), flush=True)
     return 0

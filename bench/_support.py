@@ -1,4 +1,5 @@
-"""Helpers the benchmarks share: a stand-in child process, its first stdout line, its CPU time.
+"""Helpers the benchmarks share: a stand-in child process, its first stdout line, its CPU time,
+and a count of the Mongo commands a process sent.
 
 The benchmarks run the stand-ins (emulator, offline LLM server) in processes of their own so
 that their figures are not shaped by sharing one interpreter; :func:`child` runs one until the
@@ -15,6 +16,8 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+
+from pymongo import monitoring
 
 STARTUP_TIMEOUT = 60.0
 
@@ -65,3 +68,26 @@ def cpu_seconds(pid: int | None) -> float | None:
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     except (OSError, ValueError, IndexError):
         return None
+
+
+class CommandCounter(monitoring.CommandListener):
+    """Counts the Mongo commands this process sends, by command (and collection, for reads and
+    writes: ``insert:results``). Register it before any client exists (``monitoring.register``):
+    it applies to the clients created afterwards."""
+
+    COLLECTION_COMMANDS = ("update", "insert", "find", "delete", "findAndModify", "aggregate")
+
+    def __init__(self) -> None:
+        self.by_name: dict[str, int] = {}
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        key = event.command_name
+        if key in self.COLLECTION_COMMANDS:
+            key += ":" + str(event.command.get(key, ""))
+        self.by_name[key] = self.by_name.get(key, 0) + 1
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        pass
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        pass

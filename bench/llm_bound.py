@@ -57,7 +57,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from _support import child, cpu_seconds
+from _support import CommandCounter, child, cpu_seconds
 from pydantic import BaseModel, SecretStr
 from pymongo import monitoring
 from rich.console import Console
@@ -186,19 +186,13 @@ def server_stats(base_url: str) -> dict[str, Any]:
     return stats
 
 
-class MongoTime(monitoring.CommandListener):
+class MongoTime(CommandCounter):
     """Counts Mongo commands and the seconds handlers waited for their replies."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.commands = 0
         self.seconds = 0.0
-        self.by_name: dict[str, int] = {}
-
-    def started(self, event: monitoring.CommandStartedEvent) -> None:
-        key = event.command_name
-        if key in ("update", "insert", "find", "delete", "findAndModify", "aggregate"):
-            key += ":" + str(event.command.get(key, ""))
-        self.by_name[key] = self.by_name.get(key, 0) + 1
 
     def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
         self.commands += 1

@@ -67,7 +67,7 @@ from typing import Any
 
 from _support import child, cpu_seconds
 from azure.servicebus import ServiceBusMessage, ServiceBusReceiveMode
-from azure.servicebus.aio import ServiceBusClient
+from azure.servicebus.aio import ServiceBusClient, ServiceBusSender
 from azure.servicebus.exceptions import MessageSizeExceededError
 from pydantic import SecretStr
 from pymongo import monitoring
@@ -239,22 +239,32 @@ async def raw_send(connection_string: str, topic: str, docs: Sequence[dict[str, 
     started = time.perf_counter()
     client = ServiceBusClient.from_connection_string(connection_string)
     async with client, client.get_topic_sender(topic) as sender:
-        batch = await sender.create_message_batch()
-        for number, doc in enumerate(docs):
-            message = ServiceBusMessage(
-                json.dumps(doc).encode(),
-                message_id=f"{prefix}-{number}",
-                application_properties=ROUTE,  # type: ignore[arg-type]
-            )
-            try:
-                batch.add_message(message)
-            except MessageSizeExceededError:
-                await sender.send_messages(batch)
-                batch = await sender.create_message_batch()
-                batch.add_message(message)
-        if len(batch):
-            await sender.send_messages(batch)
+        await send_batched(
+            sender,
+            (
+                ServiceBusMessage(
+                    json.dumps(doc).encode(),
+                    message_id=f"{prefix}-{number}",
+                    application_properties=ROUTE,  # type: ignore[arg-type]
+                )
+                for number, doc in enumerate(docs)
+            ),
+        )
     return time.perf_counter() - started
+
+
+async def send_batched(sender: ServiceBusSender, messages: Iterable[ServiceBusMessage]) -> None:
+    """Send ``messages`` in batches as full as the SDK allows, one batch after the other."""
+    batch = await sender.create_message_batch()
+    for message in messages:
+        try:
+            batch.add_message(message)
+        except MessageSizeExceededError:
+            await sender.send_messages(batch)
+            batch = await sender.create_message_batch()
+            batch.add_message(message)
+    if len(batch):
+        await sender.send_messages(batch)
 
 
 async def fill(stack: Stack, batch_id: str, docs: Sequence[dict[str, str]]) -> None:
@@ -273,16 +283,7 @@ async def fill(stack: Stack, batch_id: str, docs: Sequence[dict[str, str]]) -> N
 
     async def lane(client: ServiceBusClient, items: list[ServiceBusMessage]) -> None:
         async with client.get_topic_sender(WORK_TOPIC) as sender:
-            batch = await sender.create_message_batch()
-            for message in items:
-                try:
-                    batch.add_message(message)
-                except MessageSizeExceededError:
-                    await sender.send_messages(batch)
-                    batch = await sender.create_message_batch()
-                    batch.add_message(message)
-            if len(batch):
-                await sender.send_messages(batch)
+            await send_batched(sender, items)
 
     async with ServiceBusClient.from_connection_string(stack.connection_string) as client:
         await asyncio.gather(*(lane(client, items) for items in lanes if items))
