@@ -48,17 +48,16 @@ import contextlib
 import json
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from _support import cpu_seconds, first_line
+from _support import CommandCounter, child, cpu_seconds
 from pydantic import BaseModel, SecretStr
 from pymongo import monitoring
 from rich.console import Console
@@ -72,7 +71,6 @@ TOPIC = "bench"
 BATCH = "bench"
 SUBSCRIPTION = "extract"
 STEPS = 3
-STARTUP_TIMEOUT = 60.0
 
 TOPOLOGY: Topology = parse_topology(
     {
@@ -138,27 +136,6 @@ def documents(count: int) -> list[dict[str, Any]]:
 # -- the stand-ins, each in its own process ----------------------------------------------------
 
 
-@contextlib.contextmanager
-def child(argv: list[str], log: Path, ready: str) -> Iterator[tuple[str, int]]:
-    """Run ``argv``; yield its first stdout line (which must contain ``ready``) and its pid."""
-    with log.open("wb") as log_file:
-        process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=log_file)
-        try:
-            line = first_line(process, STARTUP_TIMEOUT)
-            if ready not in line:
-                raise RuntimeError(
-                    f"{argv[2]} did not start: {line}\n" + log.read_text(errors="replace")[-2000:]
-                )
-            yield line, process.pid
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-
-
 @dataclass
 class StandIns:
     """Where the three stand-ins listen, and their process ids (for their CPU time)."""
@@ -209,19 +186,13 @@ def server_stats(base_url: str) -> dict[str, Any]:
     return stats
 
 
-class MongoTime(monitoring.CommandListener):
+class MongoTime(CommandCounter):
     """Counts Mongo commands and the seconds handlers waited for their replies."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.commands = 0
         self.seconds = 0.0
-        self.by_name: dict[str, int] = {}
-
-    def started(self, event: monitoring.CommandStartedEvent) -> None:
-        key = event.command_name
-        if key in ("update", "insert", "find", "delete", "findAndModify", "aggregate"):
-            key += ":" + str(event.command.get(key, ""))
-        self.by_name[key] = self.by_name.get(key, 0) + 1
 
     def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
         self.commands += 1

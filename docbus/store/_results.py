@@ -19,7 +19,7 @@ from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from pymongo import ASCENDING, DESCENDING, InsertOne
+from pymongo import ASCENDING, DESCENDING, InsertOne, UpdateMany
 from pymongo.errors import DuplicateKeyError
 
 from docbus.records import ResultRecord, ResultWrite, result_rank
@@ -118,6 +118,14 @@ class ResultsMixin(StoreBase):
                 pass
             else:
                 return ResultWrite(_result(first), True)
+            # A redelivery, or a re-run of a document with versions: as grouped as the first
+            # try, unless a concurrent writer of the same document gets in the way.
+            seen = await self._finder("results", "doc_id", _owner).find(
+                (doc_id, handler), doc_id, {"handler": handler}
+            )
+            quick = await self._write_next_version(seen, key, version)
+            if quick is not None:
+                return quick
             for _ in range(_VERSION_ATTEMPTS):
                 existing = await results.find_one({"_id": key})
                 if existing is not None:
@@ -141,6 +149,46 @@ class ResultsMixin(StoreBase):
         if stored is None:  # pragma: no cover - deleted behind our back
             raise StoreError(f"write result {key}: record vanished")
         return ResultWrite(_result(stored), created)
+
+    async def _write_next_version(
+        self,
+        seen: list[dict[str, Any]],
+        key: str,
+        version: Callable[[int], dict[str, Any]],
+    ) -> ResultWrite | None:
+        """The write of ``key`` in grouped commands, given every version of its document as
+        one grouped read ``seen`` them; None when a concurrent writer interfered (then the
+        careful way in :meth:`write_result` decides).
+
+        A redelivery whose versions are settled reads nothing more. A new version that ranks
+        top demotes the current one and is inserted current (durable, both grouped); between
+        the two nothing is current, which :meth:`current_result` reads through and which the
+        message's redelivery settles if this worker dies there — as the careful way's own
+        demote-then-promote does. A new version that does not rank top goes in not current.
+        A version this view missed makes the insert fail on a unique index (same version
+        number, or a second current one): the careful way then looks again.
+        """
+        mine = next((raw for raw in seen if raw["_id"] == key), None)
+        if mine is not None:
+            top, demote = convergence(seen)
+            settled = not demote and any(raw["_id"] == top and raw["current"] for raw in seen)
+            return ResultWrite(_result(mine), False) if settled else None
+        record = version(max((raw["version"] for raw in seen), default=0) + 1)
+        record["current"] = False
+        top, demote = convergence([*seen, record])
+        writer = self._writer("results")
+        if top == key:
+            record["current"] = True
+            if demote:
+                demotion = {"_id": {"$in": demote}, "current": True}
+                await writer.write(UpdateMany(demotion, {"$set": {"current": False}}))
+        elif demote or not any(raw["_id"] == top and raw["current"] for raw in seen):
+            return None  # the document's versions need converging: the careful way does it
+        try:
+            await writer.write(InsertOne(record))
+        except DuplicateKeyError:
+            return None
+        return ResultWrite(_result(record), True)
 
     async def has_result(self, handler: str, message_id: str) -> bool:
         """Whether a delivery of ``message_id`` stored a result for ``handler`` already."""
@@ -322,6 +370,11 @@ class ResultsMixin(StoreBase):
             cursor = self._c("results").find({"_id": {"$in": chunk}})
             found.extend([_result(raw) async for raw in cursor])
         return sorted(found, key=lambda r: (r.doc_id, r.handler, r.version))
+
+
+def _owner(raw: Mapping[str, Any]) -> tuple[str, str]:
+    """Whose versions a result is: (document, handler)."""
+    return raw["doc_id"], raw["handler"]
 
 
 def _chunks(values: Sequence[Any]) -> list[list[Any]]:
