@@ -33,6 +33,7 @@ from typing import Any, NoReturn
 from aiohttp import web
 
 from docbus.local.llm_server import errors
+from docbus.local.llm_server.batch_api import BatchAPI
 from docbus.local.llm_server.completions import (
     ChatRequest,
     Completion,
@@ -71,6 +72,8 @@ class LLMServer:
         self._closing: asyncio.Event | None = None
         self._sleepers: set[asyncio.Future[None]] = set()
         self._in_flight = 0
+        self.batch_api = BatchAPI(lambda: self._config, self._authorize)
+        """The Files and Batches endpoints (:mod:`docbus.local.llm_server.batch_api`)."""
 
     # -- configuration and figures -------------------------------------------------------------
 
@@ -152,6 +155,7 @@ class LLMServer:
         app.router.add_post(
             "/openai/deployments/{deployment}/chat/completions", self._chat_completions
         )
+        self.batch_api.add_routes(app)
         app.router.add_get("/_admin/stats", self._admin_stats)
         app.router.add_get("/_admin/config", self._admin_get_config)
         app.router.add_post("/_admin/config", self._admin_set_config)
