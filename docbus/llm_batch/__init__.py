@@ -7,14 +7,23 @@ submit: :func:`should_submit`), uploads them and creates provider batches throug
 SDK, polls them (:func:`poll_delay`), reads their output and error files back
 (:func:`read_lines`) and sorts every request of a finished batch by what happens next
 (:func:`settle`: answered, resubmitted, dead-lettered with the live taxonomy's reason, released
-for a systemic back-off, held after a cancel). Everything here is a plain function or frozen
-value without I/O and imports neither ``handlers`` nor ``subscriber`` — both of those build on
-it. The records live in :mod:`docbus.store`; the design of the rest is in the repository's
-batch-mode design note.
+for a systemic back-off, held after a cancel). :func:`recovery_step` says what to do with a
+provider-batch record found in any :class:`ProviderBatchState` after a crash. Everything here
+is a plain function or frozen value without I/O and imports neither ``handlers`` nor
+``subscriber`` — both of those build on it. The records live in :mod:`docbus.store`.
 """
 
 from __future__ import annotations
 
+from docbus.llm_batch._lifecycle import (
+    METADATA_KEY,
+    OPEN_STATES,
+    PROVIDER_TERMINAL,
+    ProviderBatchState,
+    Step,
+    find_adoptable,
+    recovery_step,
+)
 from docbus.llm_batch._outcomes import (
     POLL_BACKOFF,
     SUBMISSION_BACKOFF,
@@ -59,9 +68,12 @@ from docbus.llm_batch._results import (
 
 __all__ = [
     "CHAT_COMPLETIONS",
+    "METADATA_KEY",
     "NOT_RUN_CANCELLED",
     "NOT_RUN_EXPIRED",
+    "OPEN_STATES",
     "POLL_BACKOFF",
+    "PROVIDER_TERMINAL",
     "SUBMISSION_BACKOFF",
     "BatchFailure",
     "BatchRequest",
@@ -74,19 +86,23 @@ __all__ = [
     "LineError",
     "Plan",
     "PlannedFile",
+    "ProviderBatchState",
     "SettleLimits",
     "Settlement",
+    "Step",
     "SubmitPolicy",
     "UnreadableLine",
     "canonical_json",
     "classify_batch_errors",
     "classify_line",
     "classify_status",
+    "find_adoptable",
     "input_line",
     "plan_files",
     "poll_delay",
     "read_line",
     "read_lines",
+    "recovery_step",
     "request_key",
     "settle",
     "should_submit",
