@@ -217,10 +217,16 @@ def settle(
     batch_errors: Iterable[Mapping[str, Any]] = (),
     history: Mapping[str, History] | None = None,
     limits: SettleLimits = SettleLimits(),
+    complete: bool = True,
 ) -> Settlement:
     """Sort the requests ``keys`` (in input-file line order) of a provider batch that ended in
     ``status`` (``completed``, ``expired``, ``cancelled`` or ``failed``), given its output and
-    error ``lines`` and, for a failed one, its ``errors.data``."""
+    error ``lines`` and, for a failed one, its ``errors.data``.
+
+    ``complete`` False: ``lines`` are only those read so far (a download that may yet break),
+    so a request without a line is left out rather than taken as missing — what was read can
+    be applied at once, and the full read settles the rest.
+    """
     history = history or {}
     out = Settlement()
     members = set(keys)
@@ -252,7 +258,7 @@ def settle(
         return out
     missing = _missing(status)
     for key in keys:
-        if key in out.answers:
+        if key in out.answers or (not complete and key not in failures):
             continue
         failure = failures.get(key, missing)
         past = history.get(key, History())

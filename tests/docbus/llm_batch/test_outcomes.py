@@ -179,3 +179,10 @@ def test_delays_grow_and_honour_retry_after() -> None:
     assert submission_delay(1, rng=rng) < submission_delay(4, rng=rng) <= 1800
     assert submission_delay(1, retry_after=900, rng=rng) >= 900
     assert poll_delay(1, rng=rng) < poll_delay(6, rng=rng) <= 300
+
+
+def test_a_partial_read_settles_only_the_lines_read() -> None:
+    lines = [answer("k1"), error("k2", 500)]
+    out = settle("expired", KEYS, lines, complete=False)
+    assert set(out.answers) == {"k1"} and set(out.resubmit) == {"k2"}
+    assert "k3" not in out.resubmit and "k4" not in out.resubmit
