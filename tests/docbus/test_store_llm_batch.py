@@ -5,8 +5,10 @@ batch must really exist)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import uuid
+from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -59,6 +61,18 @@ async def register(store: Store, count: int, batch_id: str = "b1") -> list[str]:
 async def states(store: Store, keys: list[str]) -> dict[str, tuple[str, str | None]]:
     records = await store.llm_requests(keys)
     return {k: (records[k].state.value, records[k].provider_batch) for k in keys}
+
+
+@contextlib.asynccontextmanager
+async def workers(local_mongo: LocalMongo, store: Store, count: int) -> AsyncIterator[list[Store]]:
+    """``count`` stores of their own on ``store``'s database, as separate workers have."""
+    async with contextlib.AsyncExitStack() as stack:
+        yield [
+            await stack.enter_async_context(
+                Store(local_mongo.uri, store.database.name, timeout=5.0)
+            )
+            for _ in range(count)
+        ]
 
 
 def new_id() -> str:
@@ -125,16 +139,10 @@ async def register_other_batch(store: Store) -> None:
 async def test_exactly_one_of_many_concurrent_workers_gets_the_lease(
     store: Store, local_mongo: LocalMongo
 ) -> None:
-    others = [Store(local_mongo.uri, store.database.name, timeout=5.0) for _ in range(6)]
-    for other in others:
-        await other.connect()
-    try:
+    async with workers(local_mongo, store, 6) as others:
         got = await asyncio.gather(
             *(s.acquire_submitter_lease(f"worker-{i}", 60) for i, s in enumerate(others))
         )
-    finally:
-        for other in others:
-            await other.close()
     holders = [lease for lease in got if lease is not None]
     assert len(holders) == 1
     current = await store.submitter_lease()
@@ -203,16 +211,10 @@ async def test_a_request_is_never_claimed_by_two_provider_batches(
     store: Store, local_mongo: LocalMongo
 ) -> None:
     keys = await register(store, 20)
-    others = [Store(local_mongo.uri, store.database.name, timeout=5.0) for _ in range(4)]
-    for other in others:
-        await other.connect()
-    try:
+    async with workers(local_mongo, store, 4) as others:
         records = await asyncio.gather(
             *(other.claim_llm_requests(new_id(), CHAT, MODEL, keys, token=1) for other in others)
         )
-    finally:
-        for other in others:
-            await other.close()
     claimed = [key for record in records for key in record.keys if record.state == "claimed"]
     assert sorted(claimed) == sorted(keys)  # each once, none lost
     for record in records:
