@@ -99,7 +99,8 @@ class LLMServer:
 
     def stats(self) -> dict[str, Any]:
         """Counters since start or reset (outcomes, tokens, per-minute usage, window figures),
-        the chat requests being answered now (``in_flight``) and the current configuration,
+        the chat requests being answered now (``in_flight``), the Batch API's counts
+        (``batches``) and the current configuration,
         as ``GET /_admin/stats`` returns them."""
         limits = self._config.limits
         with self._lock:
@@ -113,6 +114,7 @@ class LLMServer:
                 "peak_tokens": self._limiter.peak_tokens,
             }
         snapshot["in_flight"] = self._in_flight
+        snapshot["batches"] = self.batch_api.stats()
         snapshot["config"] = self._config.to_dict()
         return snapshot
 

@@ -8,6 +8,7 @@ each state for exactly as long as it wants without sleeping.
 from __future__ import annotations
 
 import json
+import urllib.error
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -16,6 +17,7 @@ import pytest
 
 from docbus.local.llm_server import LLMServer, schema_errors
 from tests.local.llm_server.llm_samples import API_KEY, TEXTS
+from tests.local.llm_server.test_llm_server_limits import admin
 
 SCHEMA = {
     "type": "object",
@@ -378,3 +380,19 @@ async def test_files_and_batches_need_the_api_key(llm_server: LLMServer, clock: 
             await wrong.files.create(file=("in.jsonl", input_file(1)), purpose="batch")
         with pytest.raises(openai.AuthenticationError):
             await wrong.batches.list()
+
+
+async def test_batch_knobs_change_over_the_admin_api_and_stats_count_batches(
+    llm_server: LLMServer, aclient: openai.AsyncOpenAI, clock: Clock
+) -> None:
+    config = admin(llm_server, "/_admin/config", {"batch": {"expire_share": 0.5}})
+    assert config["batch"]["expire_share"] == 0.5
+    batch = await submit(aclient, input_file(4))
+    assert batch.status == "expired"
+    stats = admin(llm_server, "/_admin/stats")
+    assert stats["batches"]["created"] == 1 and stats["batches"]["requests"] == 4
+    assert stats["batches"]["by_status"] == {"expired": 1}
+    with pytest.raises(urllib.error.HTTPError) as caught:
+        admin(llm_server, "/_admin/config", {"batch": {"expire_share": 2}})
+    assert caught.value.code == 400
+    caught.value.close()
