@@ -25,6 +25,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 from pymongo import ASCENDING, IndexModel, ReturnDocument
+from pymongo.errors import DuplicateKeyError
 
 from docbus.llm_batch import BatchRequest, History, input_line
 from docbus.store._base import StoreBase, _now
@@ -157,14 +158,19 @@ class LLMRequestsMixin(StoreBase):
             "updated_at": now,
         }
         with _translated(f"register LLM request {request.key[:12]}"):
-            raw = await self._c(REQUESTS).find_one_and_update(
-                {"_id": request.key},
-                {"$setOnInsert": fields},
-                upsert=True,
-                return_document=ReturnDocument.AFTER,
-            )
-        if raw is None:  # pragma: no cover - an upsert returning AFTER always has a document
-            raise StoreError(f"registering LLM request {request.key[:12]} returned nothing")
+            try:
+                raw = await self._c(REQUESTS).find_one_and_update(
+                    {"_id": request.key},
+                    {"$setOnInsert": fields},
+                    upsert=True,
+                    return_document=ReturnDocument.AFTER,
+                )
+            except DuplicateKeyError:
+                raw = None  # a concurrent registration of the same call inserted it first
+            if raw is None:  # (some servers answer a lost upsert race with nothing)
+                raw = await self._c(REQUESTS).find_one({"_id": request.key})
+        if raw is None:
+            raise StoreError(f"registering LLM request {request.key[:12]} stored nothing")
         return _record(raw)
 
     async def llm_requests(self, keys: Iterable[str]) -> dict[str, LLMRequestRecord]:

@@ -106,7 +106,8 @@ class ProviderBatchesMixin(StoreBase):
 
         Returns the record: ``claimed`` with the keys actually claimed (in the given order),
         or ``abandoned`` when none could be (another record got them first). Safe to call
-        again with the same arguments after a crash: it picks up where it stopped.
+        again with the same arguments after a crash while the record is still ``claiming``: it
+        picks up where it stopped; past that it claims nothing (:class:`StaleTransition`).
         """
         now = _now()
         wanted = list(dict.fromkeys(keys))
@@ -127,6 +128,13 @@ class ProviderBatchesMixin(StoreBase):
                 },
                 upsert=True,
             )
+            current = await self._c(PROVIDER_BATCHES).find_one({"_id": record_id})
+            if current is None or current.get("state") != ProviderBatchState.CLAIMING.value:
+                # past claiming, its file may exist: claiming more would strand them there
+                state = None if current is None else current.get("state")
+                raise StaleTransition(f"provider batch {record_id} is {state}, not claiming")
+            if int(current.get("token", 0)) > token:
+                raise StaleTransition(f"provider batch {record_id} belongs to a newer lease")
             await self._c(REQUESTS).update_many(
                 {
                     "_id": {"$in": wanted},

@@ -475,3 +475,23 @@ def not_run_line(key: str, code: str) -> str:
         )
         + "\n"
     )
+
+
+async def test_claiming_for_a_record_past_claiming_claims_nothing_more(store: Store) -> None:
+    keys = await register(store, 4)
+    record = await store.claim_llm_requests(new_id(), CHAT, MODEL, keys[:2], token=1)
+    with pytest.raises(StaleTransition):
+        await store.claim_llm_requests(record.id, CHAT, MODEL, keys, token=1)
+    assert [s for s, _ in (await states(store, keys[2:])).values()] == ["pending", "pending"]
+
+
+async def test_concurrent_registrations_of_one_call_make_one_record(
+    store: Store, local_mongo: LocalMongo
+) -> None:
+    made = request(7)
+    async with workers(local_mongo, store, 6) as others:
+        got = await asyncio.gather(
+            *(s.register_llm_request(made, step_id="step-7", batch_id="b1") for s in others)
+        )
+    assert len({record.key for record in got}) == 1
+    assert (await store.count_llm_requests(batch_id="b1"))["pending"] == 1
