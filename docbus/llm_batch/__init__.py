@@ -10,7 +10,9 @@ SDK, polls them (:func:`poll_delay`), reads their output and error files back
 for a systemic back-off, held after a cancel). :func:`recovery_step` says what to do with a
 provider-batch record found in any :class:`ProviderBatchState` after a crash. Everything here
 is a plain function or frozen value without I/O and imports neither ``handlers`` nor
-``subscriber`` — both of those build on it. The records live in :mod:`docbus.store`.
+``subscriber`` — both of those build on it. The records live in :mod:`docbus.store`. The one
+module with I/O, :mod:`docbus.llm_batch.submitter` (the lease holder's loop over the store and
+the ``openai`` SDK), is imported by its own path: it needs the store, which needs this package.
 """
 
 from __future__ import annotations

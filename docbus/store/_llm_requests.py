@@ -225,6 +225,26 @@ class LLMRequestsMixin(StoreBase):
                 cursor = cursor.limit(limit)
             return [_record(raw) async for raw in cursor]
 
+    async def fail_llm_requests(self, keys: Iterable[str], reason: str, description: str) -> int:
+        """Dead-letter pending requests that can never be submitted (too big for any file);
+        returns how many. Their documents get the dead letter when they ask again."""
+        with _translated("fail LLM requests"):
+            outcome = await self._c(REQUESTS).update_many(
+                {
+                    "_id": {"$in": list(keys)},
+                    "state": LLMRequestState.PENDING.value,
+                    "provider_batch": None,
+                },
+                {
+                    "$set": {
+                        "state": LLMRequestState.FAILED.value,
+                        "failure": {"reason": reason, "description": description},
+                        "updated_at": _now(),
+                    }
+                },
+            )
+        return outcome.modified_count
+
     async def count_llm_requests(self, *, batch_id: str | None = None) -> dict[str, int]:
         """Requests per state (of one docbus batch), every state present (0 when none)."""
         match: dict[str, Any] = {} if batch_id is None else {"batch_id": batch_id}
