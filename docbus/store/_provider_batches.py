@@ -135,21 +135,24 @@ class ProviderBatchesMixin(StoreBase):
                 raise StaleTransition(f"provider batch {record_id} is {state}, not claiming")
             if int(current.get("token", 0)) > token:
                 raise StaleTransition(f"provider batch {record_id} belongs to a newer lease")
-            await self._c(REQUESTS).update_many(
-                {
-                    "_id": {"$in": wanted},
-                    "state": LLMRequestState.PENDING.value,
-                    "provider_batch": None,
-                    "endpoint": endpoint,
-                    "model": model,
-                },
-                {
-                    "$set": {
-                        "state": LLMRequestState.SUBMITTED.value,
-                        "provider_batch": record_id,
-                        "updated_at": now,
-                    }
-                },
+            # One conditional update per key, sent as one unordered bulk write: by _id, so
+            # the server finds each at once (an update_many over "_id $in" thousands of keys
+            # is quadratic on some servers).
+            claim = {
+                "$set": {
+                    "state": LLMRequestState.SUBMITTED.value,
+                    "provider_batch": record_id,
+                    "updated_at": now,
+                }
+            }
+            pending = {
+                "state": LLMRequestState.PENDING.value,
+                "provider_batch": None,
+                "endpoint": endpoint,
+                "model": model,
+            }
+            await self._c(REQUESTS).bulk_write(
+                [UpdateOne({"_id": key, **pending}, claim) for key in wanted], ordered=False
             )
             claimed: dict[str, str | None] = {}
             async for raw in self._c(REQUESTS).find(
