@@ -236,7 +236,7 @@ class Submitter:
 
     async def _content(self, record: ProviderBatchRecord) -> bytes:
         """The input file of ``record``, rebuilt from its stored requests (same bytes)."""
-        requests = await self.store.llm_requests(record.keys)
+        requests = await self.store.submitted_llm_requests(record.id)
         plan = plan_files(
             (requests[key].as_request() for key in record.keys if key in requests),
             FileLimits(max_requests=len(record.keys) + 1, max_bytes=1 << 62),

@@ -100,7 +100,8 @@ class PendingGroup(BaseModel):
     oldest: datetime
 
 
-def _record(raw: dict[str, Any]) -> LLMRequestRecord:
+def request_record(raw: dict[str, Any]) -> LLMRequestRecord:
+    """A request's record from its stored document."""
     return LLMRequestRecord.model_validate({**raw, "key": raw["_id"]})
 
 
@@ -171,7 +172,7 @@ class LLMRequestsMixin(StoreBase):
                 raw = await self._c(REQUESTS).find_one({"_id": request.key})
         if raw is None:
             raise StoreError(f"registering LLM request {request.key[:12]} stored nothing")
-        return _record(raw)
+        return request_record(raw)
 
     async def llm_requests(self, keys: Iterable[str]) -> dict[str, LLMRequestRecord]:
         """The records of ``keys`` that exist, by key."""
@@ -180,7 +181,7 @@ class LLMRequestsMixin(StoreBase):
             return {}
         with _translated("read LLM requests"):
             cursor = self._c(REQUESTS).find({"_id": {"$in": wanted}})
-            return {raw["_id"]: _record(raw) async for raw in cursor}
+            return {raw["_id"]: request_record(raw) async for raw in cursor}
 
     async def pending_llm_groups(self) -> list[PendingGroup]:
         """Pending requests counted per endpoint and model, oldest group first."""
@@ -223,7 +224,7 @@ class LLMRequestsMixin(StoreBase):
             cursor = self._c(REQUESTS).find(query).sort("created_at", ASCENDING)
             if limit:
                 cursor = cursor.limit(limit)
-            return [_record(raw) async for raw in cursor]
+            return [request_record(raw) async for raw in cursor]
 
     async def fail_llm_requests(self, keys: Iterable[str], reason: str, description: str) -> int:
         """Dead-letter pending requests that can never be submitted (too big for any file);

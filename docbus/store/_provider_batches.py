@@ -35,7 +35,12 @@ from pymongo import ASCENDING, DESCENDING, IndexModel, ReturnDocument, UpdateOne
 from docbus.llm_batch import OPEN_STATES, History, Kind, ProviderBatchState, Settlement
 from docbus.store._base import StoreBase, _now
 from docbus.store._errors import StoreError, _translated
-from docbus.store._llm_requests import REQUESTS, LLMRequestState
+from docbus.store._llm_requests import (
+    REQUESTS,
+    LLMRequestRecord,
+    LLMRequestState,
+    request_record,
+)
 
 PROVIDER_BATCHES = "llm_provider_batches"
 
@@ -256,6 +261,15 @@ class ProviderBatchesMixin(StoreBase):
             error_file_id=error_file_id,
             errors=[dict(e) for e in errors],
         )
+
+    async def submitted_llm_requests(self, record_id: str) -> dict[str, LLMRequestRecord]:
+        """The requests still submitted to record ``record_id``, by key (to rebuild its input
+        file after a crash: same bodies, same bytes)."""
+        with _translated(f"read the requests of {record_id}"):
+            cursor = self._c(REQUESTS).find(
+                {"provider_batch": record_id, "state": LLMRequestState.SUBMITTED.value}
+            )
+            return {raw["_id"]: request_record(raw) async for raw in cursor}
 
     async def llm_request_history(self, record_id: str) -> dict[str, History]:
         """What earlier provider batches did to the requests still submitted to this one
