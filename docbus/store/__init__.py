@@ -5,7 +5,9 @@ published batch), ``documents`` (each published document's input, so a batch can
 without its source files), ``payloads`` (claim-checked content), ``results`` (versioned handler
 outputs), ``dead_letters`` (the Mongo copy of every dead letter), ``checkpoints`` (step outputs)
 and ``llm_calls`` (audit rows, insert only), ``parked`` (deferred messages), ``retries`` (notes
-of the deliveries a worker is retrying); ``generations``
+of the deliveries a worker is retrying); ``llm_requests``, ``llm_provider_batches`` and
+``llm_submitter`` hold batch mode's pending LLM requests, provider-batch records and the
+submitter lease; ``generations``
 (each document's last replay generation), ``replays`` and ``rollbacks`` (one audit record per
 run) serve the replay tooling.
 The shapes it returns are in :mod:`docbus.records`; the message contract it stores is
@@ -44,20 +46,30 @@ from docbus.store._documents import MAX_PAYLOAD_BYTES
 from docbus.store._errors import PayloadError, StoreError, StoreUnavailable
 from docbus.store._errors import _translated as _translated
 from docbus.store._group import LingerPermit, lingering, send_lingering_writes
+from docbus.store._llm_requests import LLMRequestRecord, LLMRequestState, PendingGroup
 from docbus.store._parked import ParkedGroup, ParkedMessage
+from docbus.store._provider_batches import ProviderBatchRecord, StaleTransition
 from docbus.store._store import Store
+from docbus.store._submitter import SubmissionPause, SubmitterLease
 
 __all__ = [
     "MAX_PAYLOAD_BYTES",
     "Checkpoint",
     "DeadLetterFilter",
+    "LLMRequestRecord",
+    "LLMRequestState",
     "LingerPermit",
     "ParkedGroup",
     "ParkedMessage",
     "PayloadError",
+    "PendingGroup",
+    "ProviderBatchRecord",
+    "StaleTransition",
     "Store",
     "StoreError",
     "StoreUnavailable",
+    "SubmissionPause",
+    "SubmitterLease",
     "lingering",
     "send_lingering_writes",
 ]
@@ -67,6 +79,12 @@ Checkpoint.__module__ = __name__
 DeadLetterFilter.__module__ = __name__
 ParkedGroup.__module__ = __name__
 ParkedMessage.__module__ = __name__
+LLMRequestRecord.__module__ = __name__
+PendingGroup.__module__ = __name__
+ProviderBatchRecord.__module__ = __name__
+StaleTransition.__module__ = __name__
+SubmissionPause.__module__ = __name__
+SubmitterLease.__module__ = __name__
 PayloadError.__module__ = __name__
 Store.__module__ = __name__
 StoreError.__module__ = __name__

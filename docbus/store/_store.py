@@ -2,7 +2,8 @@
 
 The client and lifecycle come from :mod:`docbus.store._base`; batches, documents and payloads,
 results, dead letters, checkpoints, LLM audit rows, replays, parked messages and retry notes
-each come from their own private module. The public surface is :mod:`docbus.store`.
+each come from their own private module, as do batch mode's pending LLM requests, provider-batch
+records and the submitter lease. The public surface is :mod:`docbus.store`.
 """
 
 from __future__ import annotations
@@ -13,10 +14,13 @@ from docbus.store._checkpoints import CheckpointsMixin
 from docbus.store._dead_letters import DeadLettersMixin
 from docbus.store._documents import DocumentsMixin
 from docbus.store._llm import LLMAuditMixin
+from docbus.store._llm_requests import LLMRequestsMixin
 from docbus.store._parked import ParkedMixin
+from docbus.store._provider_batches import ProviderBatchesMixin
 from docbus.store._replays import ReplaysMixin
 from docbus.store._results import ResultsMixin
 from docbus.store._retries import RetriesMixin
+from docbus.store._submitter import SubmitterMixin
 
 
 class Store(
@@ -29,6 +33,9 @@ class Store(
     LLMAuditMixin,
     ParkedMixin,
     RetriesMixin,
+    LLMRequestsMixin,
+    ProviderBatchesMixin,
+    SubmitterMixin,
 ):
     """docbus's MongoDB collections. Construct freely; ``await connect()`` (or ``async with``)."""
 

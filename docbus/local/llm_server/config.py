@@ -19,6 +19,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from docbus.local.llm_server.batch_config import BatchConfig
+
 OFFLINE_MODEL = "docbus-offline"
 
 # z-score of the 95th percentile of a standard normal distribution.
@@ -164,6 +166,8 @@ class LLMServerConfig:
     latency: Latency = field(default_factory=Latency)
     faults: Faults = field(default_factory=Faults)
     limits: Limits = field(default_factory=Limits)
+    batch: BatchConfig = field(default_factory=BatchConfig)
+    """The Batch API's times, limits and faults (:mod:`docbus.local.llm_server.batches`)."""
 
     def updated(self, changes: Mapping[str, Any]) -> LLMServerConfig:
         """A copy with ``changes`` applied; nested groups may be partial mappings.

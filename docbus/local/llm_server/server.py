@@ -33,6 +33,7 @@ from typing import Any, NoReturn
 from aiohttp import web
 
 from docbus.local.llm_server import errors
+from docbus.local.llm_server.batch_api import BatchAPI
 from docbus.local.llm_server.completions import (
     ChatRequest,
     Completion,
@@ -71,6 +72,8 @@ class LLMServer:
         self._closing: asyncio.Event | None = None
         self._sleepers: set[asyncio.Future[None]] = set()
         self._in_flight = 0
+        self.batch_api = BatchAPI(lambda: self._config, self._authorize)
+        """The Files and Batches endpoints (:mod:`docbus.local.llm_server.batch_api`)."""
 
     # -- configuration and figures -------------------------------------------------------------
 
@@ -96,7 +99,8 @@ class LLMServer:
 
     def stats(self) -> dict[str, Any]:
         """Counters since start or reset (outcomes, tokens, per-minute usage, window figures),
-        the chat requests being answered now (``in_flight``) and the current configuration,
+        the chat requests being answered now (``in_flight``), the Batch API's counts
+        (``batches``) and the current configuration,
         as ``GET /_admin/stats`` returns them."""
         limits = self._config.limits
         with self._lock:
@@ -110,6 +114,7 @@ class LLMServer:
                 "peak_tokens": self._limiter.peak_tokens,
             }
         snapshot["in_flight"] = self._in_flight
+        snapshot["batches"] = self.batch_api.stats()
         snapshot["config"] = self._config.to_dict()
         return snapshot
 
@@ -152,6 +157,7 @@ class LLMServer:
         app.router.add_post(
             "/openai/deployments/{deployment}/chat/completions", self._chat_completions
         )
+        self.batch_api.add_routes(app)
         app.router.add_get("/_admin/stats", self._admin_stats)
         app.router.add_get("/_admin/config", self._admin_get_config)
         app.router.add_post("/_admin/config", self._admin_set_config)

@@ -1,0 +1,125 @@
+"""Planning a round: pending requests into provider input files, and when to submit them.
+
+:func:`plan_files` groups pending :class:`~docbus.llm_batch._requests.BatchRequest` s by endpoint
+and model (a provider batch has one endpoint, and OpenAI and Azure want one model per file),
+keeps their order (oldest first, so nobody starves), and splits each group to the
+:class:`FileLimits` — requests and bytes per file, OpenAI's 50,000 / 200 MB by default, Azure's
+100,000 / 200 MB when configured so — into :class:`PlannedFile` s whose ``content`` is the JSONL
+to upload. A request too big for any file on its own is returned apart (it can never be
+submitted: a dead letter, not a retry). :func:`should_submit` decides whether a group has
+waited long enough, or grown big enough, to be worth a provider batch (one file per round, not
+one per document). Pure functions; the submitter does the I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from docbus.llm_batch._requests import BatchRequest, input_line
+
+
+@dataclass(frozen=True, slots=True)
+class FileLimits:
+    """Most requests and bytes one provider input file may hold."""
+
+    max_requests: int = 50_000
+    max_bytes: int = 200 * 1024 * 1024
+
+    def __post_init__(self) -> None:
+        if self.max_requests < 1 or self.max_bytes < 1:
+            raise ValueError("file limits must be >= 1")
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedFile:
+    """One provider input file: its group, its requests' keys in line order, its bytes."""
+
+    endpoint: str
+    model: str
+    keys: tuple[str, ...]
+    content: bytes
+
+    @property
+    def requests(self) -> int:
+        return len(self.keys)
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """The files of one round, and the requests no file can hold."""
+
+    files: tuple[PlannedFile, ...]
+    oversized: tuple[str, ...] = ()
+
+
+def plan_files(
+    requests: Iterable[BatchRequest],
+    limits: FileLimits = FileLimits(),
+    *,
+    url_for: dict[str, str] | None = None,
+) -> Plan:
+    """Group ``requests`` by (endpoint, model) and split each group to ``limits``.
+
+    Groups come out in the order of their first request; within a group requests keep their
+    order. ``url_for`` maps an endpoint to the path written in its lines (Azure's
+    ``/chat/completions``). A key that appears twice is planned once.
+    """
+    groups: dict[tuple[str, str], list[BatchRequest]] = {}
+    seen: set[str] = set()
+    for request in requests:
+        if request.key in seen:
+            continue
+        seen.add(request.key)
+        groups.setdefault((request.endpoint, request.model), []).append(request)
+    files: list[PlannedFile] = []
+    oversized: list[str] = []
+    for (endpoint, model), members in groups.items():
+        url = (url_for or {}).get(endpoint)
+        keys: list[str] = []
+        chunks: list[bytes] = []
+        size = 0
+        for request in members:
+            line = input_line(request, url=url)
+            if len(line) > limits.max_bytes:
+                oversized.append(request.key)
+                continue
+            if keys and (len(keys) >= limits.max_requests or size + len(line) > limits.max_bytes):
+                files.append(PlannedFile(endpoint, model, tuple(keys), b"".join(chunks)))
+                keys, chunks, size = [], [], 0
+            keys.append(request.key)
+            chunks.append(line)
+            size += len(line)
+        if keys:
+            files.append(PlannedFile(endpoint, model, tuple(keys), b"".join(chunks)))
+    return Plan(tuple(files), tuple(oversized))
+
+
+@dataclass(frozen=True, slots=True)
+class SubmitPolicy:
+    """When a group of pending requests becomes a provider batch.
+
+    A group is submitted once its oldest request has waited ``max_wait`` seconds, or it holds
+    ``min_requests`` requests (or ``min_bytes`` bytes) — whichever comes first — so a round's
+    requests travel together instead of one file per document.
+    """
+
+    max_wait: float = 60.0
+    min_requests: int = 10_000
+    min_bytes: int = 50 * 1024 * 1024
+
+    def __post_init__(self) -> None:
+        if self.max_wait < 0 or self.min_requests < 1 or self.min_bytes < 1:
+            raise ValueError("max_wait must be >= 0, min_requests and min_bytes >= 1")
+
+
+def should_submit(
+    oldest_age: float, requests: int, size: int, policy: SubmitPolicy = SubmitPolicy()
+) -> bool:
+    """Whether a group whose oldest request is ``oldest_age`` seconds old, holding ``requests``
+    requests of ``size`` bytes in all, should be submitted now."""
+    if requests <= 0:
+        return False
+    return (
+        oldest_age >= policy.max_wait or requests >= policy.min_requests or size >= policy.min_bytes
+    )

@@ -1,0 +1,420 @@
+"""The submitter: pending LLM requests to provider batches and back, one holder at a time.
+
+:class:`Submitter` is the one part of :mod:`docbus.llm_batch` that does I/O. Each
+:meth:`~Submitter.run_once` pass takes (or renews) the submitter lease in Mongo
+(:mod:`docbus.store`); without it, it does nothing, so however many workers run one, one acts.
+As holder it first carries every open provider-batch record one step on from wherever it stands
+(:func:`~docbus.llm_batch.recovery_step`: after a crash that is where the crash left it), then
+submits the pending groups that :func:`~docbus.llm_batch.should_submit` says are ready::
+
+    claim -> upload the JSONL -> record it -> renew the lease -> mark creating
+          -> batches.create(metadata={docbus_provider_batch: record}) -> record it
+    poll (with backoff) -> terminal: record it -> download output and error files
+          -> settle -> on_settled hook -> apply -> back off the group if systemic
+
+through the ``openai`` SDK's Files and Batches APIs on the ``AsyncOpenAI`` or
+``AsyncAzureOpenAI`` client it is given (key or Entra ID: the caller builds it). ``openai``
+exceptions are translated here, once, onto :func:`~docbus.llm_batch.classify_status`: a
+systemic refusal (bad key, no quota, queued-token limit) pauses the group and releases what was
+claimed, uncounted; a transient one leaves the record where it is for the next pass.
+``on_settled`` lets the worker write audit rows and costs and mark parked deliveries for
+resumption before the settlement is applied; it must be idempotent (a crash after it and before
+the apply calls it again). ``checkpoint`` is called at named points for crash tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import openai
+
+from docbus.llm_batch._lifecycle import (
+    METADATA_KEY,
+    PROVIDER_TERMINAL,
+    ProviderBatchState,
+    Step,
+    find_adoptable,
+    recovery_step,
+)
+from docbus.llm_batch._outcomes import (
+    Failure,
+    Kind,
+    SettleLimits,
+    Settlement,
+    classify_status,
+    poll_delay,
+    settle,
+    submission_delay,
+)
+from docbus.llm_batch._plan import FileLimits, SubmitPolicy, plan_files, should_submit
+from docbus.llm_batch._results import Line, read_lines
+from docbus.store import ProviderBatchRecord, StaleTransition, Store, SubmitterLease
+from docbus.store._base import _now
+
+logger = logging.getLogger(__name__)
+
+Client = openai.AsyncOpenAI  # AsyncAzureOpenAI is one too
+SettledHook = Callable[[ProviderBatchRecord, Settlement], Awaitable[None]]
+_ADOPTION_SCAN = 1000  # provider batches looked through for one a crashed create made
+_ABANDONABLE = frozenset(
+    {ProviderBatchState.CLAIMING, ProviderBatchState.CLAIMED, ProviderBatchState.UPLOADED}
+)
+_BEFORE_OPEN = frozenset(
+    {ProviderBatchState.CLAIMED, ProviderBatchState.UPLOADED, ProviderBatchState.CREATING}
+)
+
+
+@dataclass(frozen=True)
+class SubmitterOptions:
+    """How the submitter splits, waits, retries and holds its lease (seconds)."""
+
+    limits: FileLimits = field(default_factory=FileLimits)
+    policy: SubmitPolicy = field(default_factory=SubmitPolicy)
+    settle_limits: SettleLimits = field(default_factory=SettleLimits)
+    lease_ttl: float = 60.0
+    renew_every: float = 15.0
+    url_for: Mapping[str, str] = field(default_factory=dict)
+    """Endpoint -> the path written in lines and given to ``batches.create`` (Azure:
+    ``{"/v1/chat/completions": "/chat/completions"}``)."""
+
+    def __post_init__(self) -> None:
+        if not 0 < self.renew_every < self.lease_ttl:
+            raise ValueError("renew_every must be > 0 and well below lease_ttl")
+
+
+@dataclass
+class PassReport:
+    """What one pass did."""
+
+    holder: bool = False
+    created: int = 0
+    settled: int = 0
+    abandoned: int = 0
+    paused: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+
+class _LeaseLost(Exception):
+    """The lease lapsed during the pass: stop acting at once."""
+
+
+class Submitter:
+    """Turns pending requests into provider batches and their answers back into requests."""
+
+    def __init__(
+        self,
+        store: Store,
+        client: Client,
+        *,
+        holder: str,
+        options: SubmitterOptions | None = None,
+        on_settled: SettledHook | None = None,
+        checkpoint: Callable[[str], None] | None = None,
+        clock: Callable[[], datetime] = _now,
+    ) -> None:
+        self.store = store
+        self.client = client
+        self.holder = holder
+        self.options = options or SubmitterOptions()
+        self._on_settled = on_settled
+        self._checkpoint = checkpoint or (lambda point: None)
+        self._clock = clock
+        self._lease: SubmitterLease | None = None
+
+    # -- the loop -----------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Pass after pass until ``stop`` is set; then give the lease up."""
+        try:
+            while not stop.is_set():
+                try:
+                    await self.run_once()
+                except Exception:  # one bad pass must not end the loop
+                    logger.exception("batch submitter pass failed")
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), self.options.renew_every)
+        finally:
+            await self.release()
+
+    async def release(self) -> None:
+        if self._lease is not None:
+            lease, self._lease = self._lease, None
+            await self.store.release_submitter_lease(lease)
+
+    async def run_once(self) -> PassReport:
+        """One pass: take the lease, move open records on, submit ready groups."""
+        report = PassReport()
+        self._lease = await self.store.acquire_submitter_lease(
+            self.holder, self.options.lease_ttl, now=self._clock()
+        )
+        if self._lease is None:
+            return report
+        report.holder = True
+        try:
+            now = self._clock()
+            paused = {
+                (p.endpoint, p.model)
+                for p in await self.store.llm_submission_pauses()
+                if p.until > now
+            }
+            for record in await self.store.open_provider_batches():
+                if (record.endpoint, record.model) in paused and record.state in _BEFORE_OPEN:
+                    continue  # its group backs off: no upload or create until the pause ends
+                await self._guarded(record, report, self._advance(record, report))
+            await self._submit(report)
+        except _LeaseLost:
+            logger.warning("batch submitter %s lost its lease mid-pass", self.holder)
+            self._lease = None
+        return report
+
+    @property
+    def _token(self) -> int:
+        if self._lease is None:
+            raise _LeaseLost
+        return self._lease.token
+
+    async def _renew(self) -> None:
+        if self._lease is None:
+            raise _LeaseLost
+        renewed = await self.store.renew_submitter_lease(
+            self._lease, self.options.lease_ttl, now=self._clock()
+        )
+        if renewed is None:
+            raise _LeaseLost
+        self._lease = renewed
+
+    # -- submitting ---------------------------------------------------------------------------
+
+    async def _submit(self, report: PassReport) -> None:
+        now = self._clock()
+        pauses = {(p.endpoint, p.model): p for p in await self.store.llm_submission_pauses()}
+        for group in await self.store.pending_llm_groups():
+            pause = pauses.get((group.endpoint, group.model))
+            if pause is not None and pause.until > now:
+                continue
+            # (another worker's clock may run ahead of ours: a request is never "younger than
+            # new")
+            age = max(0.0, (now - group.oldest).total_seconds())
+            if not should_submit(age, group.requests, group.size, self.options.policy):
+                continue
+            pending = await self.store.pending_llm_requests(group.endpoint, group.model)
+            plan = plan_files(
+                (r.as_request() for r in pending),
+                self.options.limits,
+                url_for=dict(self.options.url_for),
+            )
+            if plan.oversized:
+                await self.store.fail_llm_requests(
+                    plan.oversized,
+                    "LLMRequestTooLarge",
+                    f"one request is larger than a whole input file "
+                    f"({self.options.limits.max_bytes} bytes)",
+                )
+            for planned in plan.files:
+                record = await self.store.claim_llm_requests(
+                    f"pb-{uuid.uuid4().hex[:16]}",
+                    planned.endpoint,
+                    planned.model,
+                    planned.keys,
+                    token=self._token,
+                )
+                if record.is_open:
+                    content = planned.content
+                    if tuple(record.keys) != planned.keys:
+                        content = await self._content(record)
+                    before = report.created
+                    await self._guarded(record, report, self._upload(record, content, report))
+                    if report.created == before:
+                        break  # refused: the rest of this group waits for the next pass
+
+    async def _content(self, record: ProviderBatchRecord) -> bytes:
+        """The input file of ``record``, rebuilt from its stored requests (same bytes)."""
+        requests = await self.store.submitted_llm_requests(record.id)
+        plan = plan_files(
+            (requests[key].as_request() for key in record.keys if key in requests),
+            FileLimits(max_requests=len(record.keys) + 1, max_bytes=1 << 62),
+            url_for=dict(self.options.url_for),
+        )
+        return b"".join(planned.content for planned in plan.files)
+
+    async def _upload(
+        self, record: ProviderBatchRecord, content: bytes, report: PassReport
+    ) -> None:
+        uploaded = await self.client.files.create(
+            file=(f"{record.id}.jsonl", content), purpose="batch"
+        )
+        self._checkpoint("uploaded")
+        record = await self.store.record_upload(record.id, uploaded.id, token=self._token)
+        await self._create(record, report)
+
+    async def _create(self, record: ProviderBatchRecord, report: PassReport) -> None:
+        await self._renew()  # the one step that costs money: only as the current holder
+        record = await self.store.mark_creating(record.id, token=self._token)
+        assert record.file_id is not None
+        batch = await self.client.batches.create(
+            input_file_id=record.file_id,
+            endpoint=self._url(record.endpoint),  # type: ignore[arg-type]
+            completion_window="24h",
+            metadata={METADATA_KEY: record.id},
+        )
+        self._checkpoint("created")
+        await self._adopt(record, batch.id, batch.status, report)
+
+    async def _adopt(
+        self, record: ProviderBatchRecord, batch_id: str, status: str, report: PassReport
+    ) -> None:
+        try:
+            record = await self.store.record_created(record.id, batch_id, status, token=self._token)
+        except StaleTransition:
+            # A newer holder took this record over and made (or adopted) its own batch:
+            # this one would be paid twice, so it is cancelled before it runs.
+            logger.warning("cancelling provider batch %s made by a lapsed lease", batch_id)
+            await self.client.batches.cancel(batch_id)
+            raise
+        report.created += 1
+        # accepted: whatever refusal paused this group is over
+        await self.store.clear_llm_submission_pause(record.endpoint, record.model)
+        await self._poll(record, report)
+
+    def _url(self, endpoint: str) -> str:
+        return self.options.url_for.get(endpoint, endpoint)
+
+    # -- open records -------------------------------------------------------------------------
+
+    async def _advance(self, record: ProviderBatchRecord, report: PassReport) -> None:
+        step = recovery_step(record.state)
+        if step is Step.ABANDON:
+            await self.store.abandon_provider_batch(record.id, token=self._token)
+            report.abandoned += 1
+        elif step is Step.UPLOAD:
+            await self._upload(record, await self._content(record), report)
+        elif step is Step.CREATE:
+            await self._create(record, report)
+        elif step is Step.LOOK_UP_THEN_CREATE:
+            found = await self._find_created(record)
+            if found is None:
+                await self._create(record, report)
+            else:
+                await self._adopt(record, found[0], found[1], report)
+        elif step is Step.POLL:
+            if record.next_poll_at is None or record.next_poll_at <= self._clock():
+                await self._poll(record, report)
+        elif step is Step.COLLECT:
+            await self._collect(record, report)
+
+    async def _find_created(self, record: ProviderBatchRecord) -> tuple[str, str] | None:
+        seen: list[dict[str, Any]] = []
+        async for batch in self.client.batches.list(limit=100):
+            seen.append(batch.model_dump())
+            found = find_adoptable(seen[-1:], record.id, record.file_id)
+            if found is not None:
+                return found, batch.status
+            older = batch.created_at < record.created_at.timestamp() - 3600
+            if older or len(seen) >= _ADOPTION_SCAN:
+                break
+        return None
+
+    async def _poll(self, record: ProviderBatchRecord, report: PassReport) -> None:
+        assert record.provider_batch_id is not None
+        batch = await self.client.batches.retrieve(record.provider_batch_id)
+        counts = batch.request_counts.model_dump() if batch.request_counts else {}
+        if batch.status not in PROVIDER_TERMINAL:
+            delay = poll_delay(record.polls + 1)
+            await self.store.record_poll(
+                record.id,
+                batch.status,
+                counts,
+                self._clock() + timedelta(seconds=delay),
+                token=self._token,
+            )
+            return
+        errors = [e.model_dump() for e in (batch.errors.data or [])] if batch.errors else []
+        record = await self.store.begin_collecting(
+            record.id,
+            batch.status,
+            token=self._token,
+            request_counts=counts,
+            output_file_id=batch.output_file_id,
+            error_file_id=batch.error_file_id,
+            errors=errors,
+        )
+        await self._collect(record, report)
+
+    async def _collect(self, record: ProviderBatchRecord, report: PassReport) -> None:
+        lines: list[Line] = []
+        for file_id in (record.output_file_id, record.error_file_id):
+            if file_id:
+                content = await self.client.files.content(file_id)
+                lines.extend(read_lines(content.content))
+                self._checkpoint("downloaded")
+        settlement = settle(
+            record.provider_status or "failed",
+            record.keys,
+            lines,
+            batch_errors=record.errors,
+            history=await self.store.llm_request_history(record.id),
+            limits=self.options.settle_limits,
+        )
+        if self._on_settled is not None:
+            await self._on_settled(record, settlement)
+        await self.store.apply_llm_settlement(record.id, settlement, token=self._token)
+        report.settled += 1
+        if settlement.systemic is not None:
+            await self._pause(record, settlement.systemic, report)
+
+    # -- failures -----------------------------------------------------------------------------
+
+    async def _guarded(
+        self, record: ProviderBatchRecord, report: PassReport, work: Awaitable[None]
+    ) -> None:
+        """Run one record's step; translate what the provider or the store says about it."""
+        try:
+            await work
+        except StaleTransition as exc:
+            logger.info("provider batch %s moved on elsewhere: %s", record.id, exc)
+        except openai.OpenAIError as exc:
+            failure = failure_of(exc)
+            report.errors.append(f"{record.id}: {failure.reason}")
+            current = await self.store.get_provider_batch(record.id)
+            if failure.kind is Kind.SYSTEMIC:
+                await self._pause(record, failure, report)
+                if current is not None and current.state in _ABANDONABLE:
+                    await self.store.abandon_provider_batch(record.id, token=self._token)
+                    report.abandoned += 1
+            else:
+                logger.warning("provider batch %s: %s (next pass retries)", record.id, failure)
+
+    async def _pause(
+        self, record: ProviderBatchRecord, failure: Failure, report: PassReport
+    ) -> None:
+        pauses = {(p.endpoint, p.model): p for p in await self.store.llm_submission_pauses()}
+        refusals = pauses[(record.endpoint, record.model)].refusals + 1 if (
+            (record.endpoint, record.model) in pauses
+        ) else 1  # fmt: skip
+        until = self._clock() + timedelta(seconds=submission_delay(refusals))
+        await self.store.pause_llm_submission(
+            record.endpoint,
+            record.model,
+            until=until,
+            reason=failure.reason,
+            description=failure.description,
+        )
+        report.paused.append(f"{record.model}: {failure.reason}")
+
+
+def failure_of(exc: openai.OpenAIError) -> Failure:
+    """The one place an ``openai`` exception of a Files or Batches call is translated."""
+    if isinstance(exc, openai.APIStatusError):
+        return classify_status(exc.status_code, exc.code, exc.type, exc.message)
+    if isinstance(exc, openai.APITimeoutError):
+        return Failure(Kind.TRANSIENT, "LLMTimeout", str(exc))
+    if isinstance(exc, openai.APIConnectionError):
+        return Failure(Kind.TRANSIENT, "LLMConnectionError", str(exc))
+    return Failure(Kind.TRANSIENT, f"LLM{type(exc).__name__}", str(exc))
