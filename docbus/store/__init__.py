@@ -38,7 +38,7 @@ into :class:`Store` (:mod:`~docbus.store._store`). Import from here only.
 
 from __future__ import annotations
 
-from docbus.store._checkpoints import Checkpoint
+from docbus.store._checkpoints import Checkpoint, StoredStep
 from docbus.store._dead_letters import DeadLetterFilter
 from docbus.store._documents import MAX_PAYLOAD_BYTES
 from docbus.store._errors import PayloadError, StoreError, StoreUnavailable
@@ -58,6 +58,7 @@ __all__ = [
     "Store",
     "StoreError",
     "StoreUnavailable",
+    "StoredStep",
     "lingering",
     "send_lingering_writes",
 ]
@@ -71,3 +72,4 @@ PayloadError.__module__ = __name__
 Store.__module__ = __name__
 StoreError.__module__ = __name__
 StoreUnavailable.__module__ = __name__
+StoredStep.__module__ = __name__
