@@ -37,6 +37,7 @@ from docbus.settings import Settings
 from docbus.store import Store, StoreUnavailable
 
 if TYPE_CHECKING:
+    from docbus.ops.backlog import Backlog
     from docbus.ops.status import BatchStatus
     from docbus.topology import Topology
 
@@ -69,6 +70,8 @@ class ConsoleState:
     store: Store
     previous: dict[str, BatchStatus] = field(default_factory=dict)
     """The last observation of each batch, for documents/s between two refreshes."""
+    backlogs: dict[str, tuple[float, Backlog]] = field(default_factory=dict)
+    """Batch → (when, what the broker held of it), for settled batches."""
 
 
 def _json(value: Any) -> str:

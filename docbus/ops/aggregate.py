@@ -16,7 +16,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -76,27 +76,34 @@ class Aggregation:
     total: int
     groups: list[GroupFigures]
     numeric: list[str]
-    """Fields that are numbers in every row that has them (the averaged ones), sorted."""
+    """Fields that are numbers wherever they are set (the averaged ones), sorted."""
     fields: list[str] = field(default_factory=list)
     """Every field seen, in first-seen order (what one can group by)."""
 
 
-def aggregate(rows: Iterable[Mapping[str, Any]], by: str) -> Aggregation:
-    """Count rows per value of ``by`` and average every numeric field per group."""
+def aggregate(
+    rows: Iterable[Mapping[str, Any]], by: str, *, ignore: Collection[str] = EXPORT_PREFIX
+) -> Aggregation:
+    """Count rows per value of ``by`` and average every numeric field per group: a field
+    with a number in some row and nothing but numbers or nulls in the others (``ignore``: the
+    export's own columns, never averaged)."""
     seen: dict[str, None] = {}
     not_numeric: set[str] = set()
+    has_number: set[str] = set()
     members: dict[str, list[Mapping[str, Any]]] = {}
     total = 0
     for row in rows:
         total += 1
         for name, value in row.items():
             seen.setdefault(name)
-            if value is not None and _number(value) is None:
+            if _number(value) is not None:
+                has_number.add(name)
+            elif value is not None:
                 not_numeric.add(name)
         value = row.get(by)
         key = NONE if value is None or value == "" else str(value)
         members.setdefault(key, []).append(row)
-    numeric = sorted(name for name in seen if name not in not_numeric and name != by)
+    numeric = sorted(name for name in has_number - not_numeric if name != by and name not in ignore)
     groups = []
     for key, rows_of in sorted(members.items(), key=lambda item: (-len(item[1]), item[0])):
         means: dict[str, float] = {}

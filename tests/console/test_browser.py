@@ -159,12 +159,15 @@ def test_document_page_shows_its_llm_calls(page: Any, console: Console, demo_run
     doc = demo_run.published[1]
     calls = _query(demo_run, lambda store: store.llm_calls(BATCH, doc_id=doc))
     page.goto(f"{console.url}/documents/{BATCH}/{doc}")
+    screenshot(page, "document", readme="console-document.png")
     assert page.locator("details.call").count() == len(calls) > 0
     first = page.locator("section[data-handler='supplier_risk'] details.call").first
     first.locator("summary").click()
     assert "Prompt" in first.inner_text() and "Answer" in first.inner_text()
+    mine = [call for call in calls if call.handler == "supplier_risk"]
+    prompt = str(mine[0].messages[-1]["content"])
+    assert prompt.strip().splitlines()[0] in first.inner_text()
     assert calls[0].model in _text(page, "main")
-    screenshot(page, "document", readme="console-document.png")
 
 
 def test_diff_of_two_versions_shows_the_change(page: Any, console: Console) -> None:

@@ -12,6 +12,7 @@ batch's replay runs.
 from __future__ import annotations
 
 import contextlib
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +22,7 @@ from starlette.routing import Route
 
 from docbus.console.app import ConsoleState, render
 from docbus.console.charts import Segment, line_chart, progress_segments
+from docbus.ops.backlog import Backlog, BacklogProbe
 from docbus.ops.report import collect_report
 from docbus.ops.status import BatchStatus, collect_status, throughput
 from docbus.ops.timeline import batch_timeline
@@ -28,6 +30,10 @@ from docbus.ops.timeline import batch_timeline
 __all__ = ["routes"]
 
 PARTS = ("done", "retrying", "dead-lettered", "parked", "pending")
+
+BACKLOG_TTL = 30.0
+"""Seconds a settled batch's backlog, as the broker told it, is shown before asking again."""
+BACKLOG_TIMEOUT = 10.0
 
 
 @dataclass(frozen=True)
@@ -72,16 +78,42 @@ def eta_seconds(status: BatchStatus, rate: float) -> float | None:
     return left / rate
 
 
+class CachedProbe:
+    """Asks the broker what is left of a settled batch at most every :data:`BACKLOG_TTL`
+    seconds (peeking every subscription takes about a second each on the emulator), through
+    one :class:`~docbus.ops.backlog.BacklogProbe` opened on first need."""
+
+    def __init__(self, state: ConsoleState, stack: contextlib.AsyncExitStack) -> None:
+        self._state = state
+        self._stack = stack
+        self._probe: Any = None
+
+    async def __call__(self, topic: str, batch_id: str) -> Backlog:
+        cache = self._state.backlogs
+        now = time.monotonic()
+        known = cache.get(batch_id)
+        if known is not None and now - known[0] < BACKLOG_TTL:
+            return known[1]
+        if self._probe is None:
+            config = self._state.config
+            self._probe = await self._stack.enter_async_context(
+                BacklogProbe(config.settings, config.topology, timeout=BACKLOG_TIMEOUT)
+            )
+        backlog: Backlog = await self._probe(topic, batch_id)
+        cache[batch_id] = (now, backlog)
+        return backlog
+
+
+async def _statuses(state: ConsoleState, batch_ids: list[str] | None, limit: int) -> list[Any]:
+    async with contextlib.AsyncExitStack() as stack:
+        probe = CachedProbe(state, stack) if state.config.topology is not None else None
+        return await collect_status(state.store, batch_ids, limit=limit, probe=probe)
+
+
 async def batches_page(request: Request) -> Response:
     state: ConsoleState = request.app.state.console
     limit = int(request.query_params.get("limit", "20"))
-    probe_cm: Any = contextlib.nullcontext(None)
-    if state.config.topology is not None:
-        from docbus.ops.backlog import BacklogProbe
-
-        probe_cm = BacklogProbe(state.config.settings, state.config.topology, timeout=3.0)
-    async with probe_cm as probe:
-        statuses = await collect_status(state.store, limit=limit, probe=probe)
+    statuses = await _statuses(state, None, limit)
     rows = []
     for status in statuses:
         previous = state.previous.get(status.batch_id)
@@ -108,7 +140,7 @@ async def batch_page(request: Request) -> Response:
     state: ConsoleState = request.app.state.console
     batch_id = request.path_params["batch_id"]
     report = await collect_report(state.store, batch_id)
-    statuses = await collect_status(state.store, [batch_id])
+    statuses = await _statuses(state, [batch_id], 1)
     series = await batch_timeline(state.store, batch_id)
     chart = line_chart([interval.per_second for interval in series])
     replays = await state.store.replays_of_batch(batch_id)
