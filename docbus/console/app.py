@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     from docbus.ops.status import BatchStatus
     from docbus.topology import Topology
 
-__all__ = ["ConsoleConfig", "create_app", "render"]
+__all__ = ["ConsoleConfig", "create_app", "document_url", "local_path", "render"]
 
 logger = logging.getLogger(__name__)
 
@@ -97,6 +97,22 @@ _env = Environment(
 _env.filters["json"] = _json
 _env.filters["when"] = _when
 _env.globals["query"] = _query
+
+
+def document_url(batch_id: str, doc_id: str) -> str:
+    """The document page's address (ids travel in the query: a document id may hold ``/``)."""
+    return "/documents?" + urlencode({"batch": batch_id, "doc": doc_id})
+
+
+def local_path(target: str | None, default: str) -> str:
+    """``target`` when it is a path of this console (``/...``), else ``default``: a link taken
+    from a query parameter never leads to another site or runs ``javascript:``."""
+    if target and target.startswith("/") and not target.startswith(("//", "/\\")):
+        return target
+    return default
+
+
+_env.globals["document_url"] = document_url
 
 
 def render(request: Request, template: str, status_code: int = 200, **context: Any) -> Response:

@@ -51,7 +51,7 @@ CHROMIUM_ARGS = [
 ]
 TOKEN = "console-test-token"
 BATCH = "console-demo"
-SCRIPT_DOC = "sn-html"
+SCRIPT_DOC = "web/<b>sn html?&.txt"  # a path-like id, with characters URLs and HTML mind
 SCRIPT_TEXT = (
     "Supplier note <script>window.__pwned = 1; alert('pwned')</script> "
     '<img src="x" onerror="window.__pwned = 2"> <b>bold?</b> Acme Corp plant in Lyon, France.'

@@ -158,7 +158,7 @@ def test_an_action_without_the_token_is_refused(
 def test_document_page_shows_its_llm_calls(page: Any, console: Console, demo_run: DemoRun) -> None:
     doc = demo_run.published[1]
     calls = _query(demo_run, lambda store: store.llm_calls(BATCH, doc_id=doc))
-    page.goto(f"{console.url}/documents/{BATCH}/{doc}")
+    page.goto(f"{console.url}/documents?batch={BATCH}&doc={doc}")
     screenshot(page, "document", readme="console-document.png")
     assert page.locator("details.call").count() == len(calls) > 0
     first = page.locator("section[data-handler='supplier_risk'] details.call").first
@@ -171,7 +171,7 @@ def test_document_page_shows_its_llm_calls(page: Any, console: Console, demo_run
 
 
 def test_diff_of_two_versions_shows_the_change(page: Any, console: Console) -> None:
-    page.goto(f"{console.url}/documents/{BATCH}/{REPLAYED_DOC}")
+    page.goto(f"{console.url}/documents?batch={BATCH}&doc={REPLAYED_DOC}")
     section = page.locator("section[data-handler='notes']")
     assert section.locator("tr[data-version]").count() == 2
     section.locator("input[name='a'][value='1']").check()
@@ -190,7 +190,7 @@ def test_roll_back_a_version_and_restore_it(page: Any, console: Console, demo_ru
         found = _query(demo_run, lambda s: s.result_versions(doc_id=REPLAYED_DOC, handler="notes"))
         return {v.version: v for v in found}
 
-    page.goto(f"{console.url}/documents/{BATCH}/{REPLAYED_DOC}")
+    page.goto(f"{console.url}/documents?batch={BATCH}&doc={REPLAYED_DOC}")
     page.locator("section[data-handler='notes'] tr[data-version='2'] a.rollback").click()
     assert "current after" in _text(page, "#changes")
     page.click("#confirm button")
@@ -209,7 +209,9 @@ def test_a_script_in_a_document_renders_as_text_and_runs_nothing(
 ) -> None:
     dialogs: list[str] = []
     page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
-    page.goto(f"{console.url}/documents/{BATCH}/{SCRIPT_DOC}")
+    page.goto(f"{console.url}/dead-letters?batch={BATCH}")
+    page.goto(f"{console.url}/documents?{urlencode({'doc': SCRIPT_DOC})}")  # found by its id
+    assert _text(page, "h1") == f"Document {SCRIPT_DOC}"
     for details in page.locator("details").all():
         details.locator("summary").first.click()  # open every prompt and answer too
     assert "<script>window.__pwned = 1;" in _text(page, "#doc-text")

@@ -48,3 +48,11 @@ def test_read_only_refuses_every_action_and_reads_follow_the_binding() -> None:
     remote = Guard("secret", reads_need_session=True)
     assert not remote.may_read(None)
     assert remote.may_read(remote.session_for("secret"))
+
+
+def test_a_back_link_from_the_query_stays_on_the_console() -> None:
+    from docbus.console.app import local_path
+
+    assert local_path("/documents?batch=b&doc=d", "/x") == "/documents?batch=b&doc=d"
+    for hostile in ("javascript:alert(1)", "//evil.example/", "/\\evil.example", "http://e", None):
+        assert local_path(hostile, "/batches") == "/batches"

@@ -3,7 +3,8 @@ version back or undoing such a rollback.
 
 :func:`docbus.ops.lineage.document_lineage` gives the document (text capped), and per handler
 its deliveries, stored steps, every LLM call (prompt, answer, tokens, cost, latency, error),
-dead letters and result versions; ``?handler=H&a=1&b=2`` shows
+dead letters and result versions (``/documents?batch=B&doc=D``: ids travel in the query, as a
+document id may hold ``/``); ``&handler=H&a=1&b=2`` shows
 :func:`docbus.ops.versions.diff_outputs` of two versions. Roll back: a GET shows what
 :func:`docbus.ops.versions.plan_version_rollback` would change, a guarded POST carries it out
 (:func:`docbus.ops.rollback.carry_out`); restore: the same for
@@ -13,13 +14,12 @@ dead letters and result versions; ``?handler=H&a=1&b=2`` shows
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import quote
 
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
-from docbus.console.app import ConsoleState, guard_action, render
+from docbus.console.app import ConsoleState, document_url, guard_action, local_path, render
 from docbus.ops.lineage import document_lineage, documents_named
 from docbus.ops.results import result_state
 from docbus.ops.rollback import RollbackPlan, carry_out, plan_undo
@@ -37,14 +37,19 @@ async def find_document(request: Request) -> Response:
     doc_id = (request.query_params.get("doc") or "").strip()
     batches = await documents_named(state.store, doc_id) if doc_id else []
     if len(batches) == 1:
-        target = f"/documents/{quote(batches[0], safe='')}/{quote(doc_id, safe='')}"
-        return RedirectResponse(target, status_code=303)
+        return RedirectResponse(document_url(batches[0], doc_id), status_code=303)
     return render(request, "find_document.html", doc_id=doc_id, batches=batches)
+
+
+async def documents(request: Request) -> Response:
+    if not request.query_params.get("batch"):
+        return await find_document(request)
+    return await document_page(request)
 
 
 async def document_page(request: Request) -> Response:
     state: ConsoleState = request.app.state.console
-    batch_id, doc_id = request.path_params["batch_id"], request.path_params["doc_id"]
+    batch_id, doc_id = request.query_params["batch"], request.query_params.get("doc") or ""
     lineage = await document_lineage(state.store, batch_id, doc_id)
     diff = None
     chosen = request.query_params.get("handler")
@@ -69,16 +74,17 @@ def _plan_context(plan: RollbackPlan) -> dict[str, Any]:
 
 async def rollback_preview(request: Request) -> Response:
     state: ConsoleState = request.app.state.console
-    batch_id, doc_id = request.path_params["batch_id"], request.path_params["doc_id"]
-    handler = request.query_params.get("handler") or ""
-    version = int(request.query_params.get("version") or "0")
+    params = request.query_params
+    batch_id, doc_id = params.get("batch") or "", params.get("doc") or ""
+    handler = params.get("handler") or ""
+    version = int(params.get("version") or "0")
     plan = await plan_version_rollback(state.store, doc_id, handler, version)
     return render(
         request,
         "rollback_preview.html",
         action=request.url.path,
-        back=f"/documents/{quote(batch_id, safe='')}/{quote(doc_id, safe='')}",
-        hidden={"handler": handler, "version": str(version)},
+        back=document_url(batch_id, doc_id),
+        hidden={"doc": doc_id, "handler": handler, "version": str(version)},
         **_plan_context(plan),
     )
 
@@ -88,9 +94,11 @@ async def rollback_send(request: Request) -> Response:
     fields, refused = await guard_action(request)
     if refused is not None:
         return refused
-    doc_id = request.path_params["doc_id"]
     plan = await plan_version_rollback(
-        state.store, doc_id, fields.get("handler", ""), int(fields.get("version") or "0")
+        state.store,
+        fields.get("doc", ""),
+        fields.get("handler", ""),
+        int(fields.get("version") or "0"),
     )
     record = await carry_out(state.store, plan) if plan.changes else None
     return render(request, "rollback_done.html", record=record, **_plan_context(plan))
@@ -104,7 +112,7 @@ async def undo_preview(request: Request) -> Response:
         request,
         "rollback_preview.html",
         action=request.url.path,
-        back=request.query_params.get("back") or "/batches",
+        back=local_path(request.query_params.get("back"), "/batches"),
         hidden={},
         **_plan_context(plan),
     )
@@ -122,10 +130,9 @@ async def undo_send(request: Request) -> Response:
 
 def routes() -> list[Route]:
     return [
-        Route("/documents", find_document),
-        Route("/documents/{batch_id}/{doc_id}", document_page),
-        Route("/documents/{batch_id}/{doc_id}/rollback", rollback_preview, methods=["GET"]),
-        Route("/documents/{batch_id}/{doc_id}/rollback", rollback_send, methods=["POST"]),
+        Route("/documents", documents),
+        Route("/documents/rollback", rollback_preview, methods=["GET"]),
+        Route("/documents/rollback", rollback_send, methods=["POST"]),
         Route("/rollbacks/{rollback_id}/undo", undo_preview, methods=["GET"]),
         Route("/rollbacks/{rollback_id}/undo", undo_send, methods=["POST"]),
     ]
