@@ -159,7 +159,7 @@ async def _run(settings: Settings, topology: Topology) -> list[str]:
         docs = _documents()
         report = await publish_documents(
             docs, topic="documents", batch_id=BATCH, settings=settings, store=store,
-            progress=False, topology=topology,
+            topology=topology,
         )  # fmt: skip
         assert report.sent == len(docs), report.problems
         secret = settings.servicebus.connection_string
