@@ -15,7 +15,8 @@ import asyncio
 import contextlib
 import socket
 import sys
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from docbus.console.security import Guard, loopback, new_token, refusal
 from docbus.settings import Settings
@@ -23,7 +24,7 @@ from docbus.settings import Settings
 if TYPE_CHECKING:
     from docbus.topology import Topology
 
-__all__ = ["EXIT_CODES", "add_arguments", "run"]
+__all__ = ["EXIT_CODES", "Listening", "add_arguments", "listen", "run"]
 
 EXIT_CODES = {
     2: "usage or configuration error, or another interface than loopback without a token",
@@ -78,49 +79,91 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+@dataclass(frozen=True)
+class Listening:
+    """A console ready to serve: its bound socket, the server, and the line that says where."""
+
+    server: Any
+    socket: socket.socket
+    announcement: str
+
+
+def listen(
+    settings: Settings,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    token: str | None = None,
+    read_only: bool = False,
+    topology: Topology | None = None,
+) -> Listening:
+    """Bind a console to ``host:port`` (``port`` 0: any free one); ``await
+    listening.server.serve(sockets=[listening.socket])`` runs it on the caller's loop (what
+    ``docbus demo --console`` can do). On loopback without ``token`` one is generated, unless
+    ``read_only``. Raises :class:`~docbus.errors.ConfigurationError` where
+    :func:`~docbus.console.security.refusal` refuses, ``OSError`` when the port is taken."""
+    import uvicorn
+
+    from docbus.console.app import ConsoleConfig, create_app
+    from docbus.errors import ConfigurationError
+
+    if read_only:
+        token = None
+    why = refusal(host, token)  # read-only off loopback too: nobody could log in to read
+    if why is not None:
+        raise ConfigurationError(why)
+    generated = token is None and not read_only
+    if generated:
+        token = new_token()  # loopback only: refusal() stopped the rest
+    sock = _bind(host, port)
+    guard = Guard(token, reads_need_session=not loopback(host))
+    config = ConsoleConfig(settings, guard, host=host, topology=topology)
+    shown = f"[{host.strip('[]')}]" if ":" in host else host
+    url = f"http://{shown}:{sock.getsockname()[1]}/"
+    if token is None:
+        line = f"docbus console: {url} (read-only)"
+    elif generated:
+        line = (
+            f"docbus console: {url}?token={token}\n"
+            "  (the token enables replay and rollback; it was generated for this run)"
+        )
+    else:
+        line = f"docbus console: {url} (log in with the configured action token)"
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(config), log_level="warning", access_log=False, lifespan="on")
+    )
+    return Listening(server, sock, line)
+
+
 def run(args: argparse.Namespace) -> int:
     from docbus.cli import ExitCode, say_error
+    from docbus.errors import ConfigurationError
     from docbus.settings_cli import load_settings
 
     settings = load_settings()
     host = args.host or settings.console.host
     port = args.port if args.port is not None else settings.console.port
     token = _token(args, settings)
-    why = refusal(host, token)
-    if why is not None:
-        say_error("console", why)
-        return ExitCode.USAGE
-    generated = token is None and not args.read_only
-    if generated:
-        token = new_token()  # loopback only: refusal() stopped the rest
-    topology = _topology(args.topology)
-    asyncio.run(_check_store(settings))
     try:
-        sock = _bind(host, port)
+        # A console that must not start says so before anything is asked of MongoDB.
+        why = refusal(host, token)
+        if why is not None:
+            raise ConfigurationError(why)
+        topology = _topology(args.topology)
+        asyncio.run(_check_store(settings))
+        listening = listen(
+            settings, host=host, port=port, token=token, read_only=args.read_only,
+            topology=topology,
+        )  # fmt: skip
+    except ConfigurationError as exc:
+        say_error("console", str(exc))
+        return ExitCode.USAGE
     except OSError as exc:
         say_error("console", f"cannot listen on {host}:{port} ({exc.strerror}); use --port")
         return ExitCode.UNAVAILABLE
-    import uvicorn
-
-    from docbus.console.app import ConsoleConfig, create_app
-
-    guard = Guard(token, reads_need_session=not loopback(host))
-    config = ConsoleConfig(settings, guard, host=host, topology=topology)
-    bound = sock.getsockname()[1]
-    shown = f"[{host.strip('[]')}]" if ":" in host else host
-    url = f"http://{shown}:{bound}/"
-    if token is None:
-        print(f"docbus console: {url} (read-only)", flush=True)
-    elif generated:
-        print(f"docbus console: {url}?token={token}", flush=True)
-        print("  (the token enables replay and rollback; it was generated for this run)")
-    else:
-        print(f"docbus console: {url} (log in with the configured action token)", flush=True)
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(config), log_level="warning", access_log=False, lifespan="on")
-    )
+    print(listening.announcement, flush=True)
     with contextlib.suppress(KeyboardInterrupt):
-        server.run(sockets=[sock])
+        listening.server.run(sockets=[listening.socket])
     sys.stdout.flush()
     return ExitCode.OK
 

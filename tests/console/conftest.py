@@ -118,7 +118,7 @@ class DemoRun:
 
 
 def _documents() -> list[dict[str, Any]]:
-    samples = []
+    samples: list[dict[str, Any]] = []
     for line in SAMPLES.read_text(encoding="utf-8").splitlines():
         try:
             item = json.loads(line)
@@ -230,6 +230,7 @@ def demo_run(local_mongo: Any, tmp_path_factory: pytest.TempPathFactory) -> Iter
         yield DemoRun(settings, topology, env, published, llm, topology_file)
         from pymongo import MongoClient
 
+        client: MongoClient[dict[str, Any]]
         with MongoClient(local_mongo.uri) as client:
             client.drop_database(database)
 

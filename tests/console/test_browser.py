@@ -208,8 +208,12 @@ def test_a_script_in_a_document_renders_as_text_and_runs_nothing(
     page: Any, console: Console
 ) -> None:
     dialogs: list[str] = []
-    page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
-    page.goto(f"{console.url}/dead-letters?batch={BATCH}")
+
+    def on_dialog(dialog: Any) -> None:
+        dialogs.append(dialog.message)
+        dialog.dismiss()
+
+    page.on("dialog", on_dialog)
     page.goto(f"{console.url}/documents?{urlencode({'doc': SCRIPT_DOC})}")  # found by its id
     assert _text(page, "h1") == f"Document {SCRIPT_DOC}"
     for details in page.locator("details").all():

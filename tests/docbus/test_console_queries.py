@@ -226,9 +226,12 @@ async def test_rolling_back_one_version_makes_the_previous_current_and_undo_rest
     assert (await store.current_result("e", "h")) is not None  # nothing else touched
     again = await plan_version_rollback(store, "d", "h", 2)
     assert again.changes == [] and again.note is not None and record.id in again.note
-    await carry_out(store, await plan_undo(store, record.id))
+    undo = await carry_out(store, await plan_undo(store, record.id))
     current = await store.current_result("d", "h")
     assert current is not None and current.version == 2
+    touching = await store.rollbacks_touching("b")
+    assert [(r.id, r.kind) for r in touching] == [(record.id, "rollback"), (undo.id, "undo")]
+    assert await store.rollbacks_touching("another") == []
 
 
 async def test_current_rows_stream_the_current_versions_flat(store: Store) -> None:

@@ -5,8 +5,8 @@ dead-lettered, parked and pending as a progress bar — with documents per secon
 refreshes (:func:`docbus.ops.throughput`), an ETA from that rate, tokens and cost (first tries,
 re-asks and retries apart) and the budget; a small script reloads the table while a batch is
 unfinished. Batch: :func:`docbus.ops.collect_report` (failures by reason, cost split, step
-latency p50/p95), :func:`docbus.ops.timeline.batch_timeline` (throughput over time) and the
-batch's replay runs.
+latency p50/p95), :func:`docbus.ops.timeline.batch_timeline` (throughput over time), the
+batch's replay runs and the rollbacks of its runs.
 """
 
 from __future__ import annotations
@@ -144,6 +144,7 @@ async def batch_page(request: Request) -> Response:
     series = await batch_timeline(state.store, batch_id)
     chart = line_chart([interval.per_second for interval in series])
     replays = await state.store.replays_of_batch(batch_id)
+    rollbacks = await state.store.rollbacks_touching(batch_id, [r.id for r in replays])
     return render(
         request,
         "batch.html",
@@ -152,6 +153,7 @@ async def batch_page(request: Request) -> Response:
         series=series,
         chart=chart,
         replays=replays,
+        rollbacks=rollbacks,
     )
 
 
