@@ -49,6 +49,7 @@ from docbus.store import ParkedGroup, Store, StoreError
 from docbus.topology import Topology, TopologyError
 from handlers.discovery import RegisteredHandler
 from handlers.writes import drain_backlog
+from subscriber import heartbeat
 from subscriber.locks import LockRenewer
 from subscriber.parking import (
     OVER_BUDGET,
@@ -342,6 +343,7 @@ class Worker:
             asyncio.create_task(self._watch_idle()),
             asyncio.create_task(self._resume_loop()),
             asyncio.create_task(self._capture_loop()),
+            asyncio.create_task(heartbeat.beat(self)),
         ]
         try:
             await asyncio.gather(*loops)
@@ -362,6 +364,11 @@ class Worker:
             self.report.parked = await self._left_parked()
             self.report.seconds = time.monotonic() - started
         return self.report
+
+    def vitals(self) -> heartbeat.Vitals:
+        """How the worker is doing now (what its heartbeat reports)."""
+        paused = not self._circuit_closed.is_set()
+        return heartbeat.Vitals(len(self._in_flight), paused, self._taken)
 
     # --- receiving ------------------------------------------------------------------------
     async def _receive_loop(self, registered: RegisteredHandler) -> None:

@@ -5,7 +5,7 @@ published batch), ``documents`` (each published document's input, so a batch can
 without its source files), ``payloads`` (claim-checked content), ``results`` (versioned handler
 outputs), ``dead_letters`` (the Mongo copy of every dead letter), ``checkpoints`` (step outputs)
 and ``llm_calls`` (audit rows, insert only), ``parked`` (deferred messages), ``retries`` (notes
-of the deliveries a worker is retrying); ``generations``
+of the deliveries a worker is retrying), ``workers`` (heartbeats); ``generations``
 (each document's last replay generation), ``replays`` and ``rollbacks`` (one audit record per
 run) serve the replay tooling.
 The shapes it returns are in :mod:`docbus.records`; the message contract it stores is
@@ -46,6 +46,7 @@ from docbus.store._errors import _translated as _translated
 from docbus.store._group import LingerPermit, lingering, send_lingering_writes
 from docbus.store._parked import ParkedGroup, ParkedMessage
 from docbus.store._store import Store
+from docbus.store._workers import WorkerHeartbeat
 
 __all__ = [
     "MAX_PAYLOAD_BYTES",
@@ -59,6 +60,7 @@ __all__ = [
     "StoreError",
     "StoreUnavailable",
     "StoredStep",
+    "WorkerHeartbeat",
     "lingering",
     "send_lingering_writes",
 ]
@@ -73,3 +75,4 @@ Store.__module__ = __name__
 StoreError.__module__ = __name__
 StoreUnavailable.__module__ = __name__
 StoredStep.__module__ = __name__
+WorkerHeartbeat.__module__ = __name__

@@ -1,8 +1,8 @@
 """The store class: :class:`Store` combines the base and every concept mixin into one seam.
 
 The client and lifecycle come from :mod:`docbus.store._base`; batches, documents and payloads,
-results, dead letters, checkpoints, LLM audit rows, replays, parked messages and retry notes
-each come from their own private module. The public surface is :mod:`docbus.store`.
+results, dead letters, checkpoints, LLM audit rows, replays, parked messages, retry notes and worker
+heartbeats each come from their own private module. The public surface is :mod:`docbus.store`.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from docbus.store._parked import ParkedMixin
 from docbus.store._replays import ReplaysMixin
 from docbus.store._results import ResultsMixin
 from docbus.store._retries import RetriesMixin
+from docbus.store._workers import WorkersMixin
 
 
 class Store(
@@ -29,6 +30,7 @@ class Store(
     LLMAuditMixin,
     ParkedMixin,
     RetriesMixin,
+    WorkersMixin,
 ):
     """docbus's MongoDB collections. Construct freely; ``await connect()`` (or ``async with``)."""
 

@@ -242,3 +242,14 @@ def test_results_page_aggregates_and_exports(
     assert len(lines) == 1 + sum(counts)
     jsonl = page.request.get(f"{console.url}/results/export.jsonl?handler=notes&batch={BATCH}")
     assert len(jsonl.text().strip().splitlines()) == sum(counts)
+
+
+def test_workers_page_shows_the_workers_from_their_heartbeats(page: Any, console: Console) -> None:
+    page.goto(f"{console.url}/workers")
+    rows = page.locator("#workers tbody tr")
+    assert rows.count() == 2  # the fixture's two worker runs, both ended
+    for index in range(rows.count()):
+        row = rows.nth(index)
+        assert row.get_attribute("data-status") == "stopped"
+        assert "entities, supplier_risk, notes" in row.inner_text()
+    screenshot(page, "workers")

@@ -278,3 +278,18 @@ async def test_replay_preview_is_the_dry_run_plan_with_the_cost_of_the_first_att
     one = await preview_dead_letter_replay(store, selection, ids=["s@b:e:0"])
     assert [m.key for m in one.plan.messages] == ["s@b:e:0"]
     assert one.estimated_cost_usd == 0.25
+
+
+async def test_heartbeats_are_kept_per_worker_and_tell_a_silent_one(store: Store) -> None:
+    from docbus.store import WorkerHeartbeat
+
+    now = datetime.now(UTC)
+    beat = WorkerHeartbeat(id="h:1:t", host="h", pid=1, handlers=["a"], started_at=now)
+    await store.record_heartbeat(beat)
+    await store.record_heartbeat(beat.model_copy(update={"in_flight": 3}))  # overwritten
+    old = beat.model_copy(update={"id": "h:2:t", "beat_at": now - timedelta(hours=2)})
+    await store.record_heartbeat(old)
+    [kept] = await store.heartbeats()
+    assert kept.in_flight == 3 and kept.status(now) == "running"
+    assert kept.status(now + timedelta(seconds=31)) == "silent"  # three 10 s intervals
+    assert kept.model_copy(update={"state": "stopped"}).status(now) == "stopped"

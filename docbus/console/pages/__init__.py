@@ -1,5 +1,6 @@
 """The console's pages, one module each: batches (and one batch), dead letters (and their
-replay), a document's lineage (and rolling a version back), results (aggregated, exported).
+replay), a document's lineage (and rolling a version back), results (aggregated, exported),
+workers (from their heartbeats).
 
 Each module offers ``routes()``; :func:`routes` gathers them for :func:`docbus.console.app.
 create_app`. A page reads an operator query of :mod:`docbus.ops` and renders a template.
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 from starlette.routing import Route
 
-from docbus.console.pages import batches, dead_letters, documents, results
+from docbus.console.pages import batches, dead_letters, documents, results, workers
 
 __all__ = ["routes"]
 
@@ -20,4 +21,5 @@ def routes() -> list[Route]:
         *dead_letters.routes(),
         *documents.routes(),
         *results.routes(),
+        *workers.routes(),
     ]
