@@ -21,9 +21,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from docbus.envelope import Envelope, InvalidEnvelope
-from docbus.errors import DocbusError
 from docbus.ops._not_found import NotFound
 from docbus.ops.failures import failure_type
+from docbus.ops.lineage import document_text
 from docbus.records import DeadLetterRecord, LLMCallRecord
 from docbus.store import DeadLetterFilter, Store
 from docbus.text import one_line
@@ -212,12 +212,4 @@ async def show_dead_letter(store: Store, record_id: str) -> DeadLetterDetail:
         return DeadLetterDetail(record)
     document = await store.get_document(record.batch_id, record.doc_id)
     calls = await store.llm_calls(record.batch_id, doc_id=record.doc_id)
-    text = None
-    if document is not None:
-        text = document.content
-        if text is None and document.claim_check is not None:
-            try:
-                text = await store.load_payload(document.claim_check)
-            except DocbusError as exc:
-                text = f"(claim-checked content unavailable: {exc})"
-    return DeadLetterDetail(record, document, text, calls)
+    return DeadLetterDetail(record, document, await document_text(store, document), calls)

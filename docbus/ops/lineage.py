@@ -7,8 +7,9 @@ claim-checked, capped at ``text_limit`` characters), the stored step outputs
 latency, error), its dead letters (resolved ones included, marked) and every result version of
 each handler. :func:`deliveries` is a pure summary of the audit rows and outcomes per delivery
 (replay generation, delivery number): calls, cost and how it ended. :func:`documents_named`
-finds the batches a document id appears in. Neighbours: :mod:`docbus.ops.versions` (diff and
-single-version rollback), :mod:`docbus.ops.results` (versions), :mod:`docbus.ops.dead_letters`.
+finds the batches a document id appears in; :func:`document_text` loads a document's text
+(:mod:`docbus.ops.dead_letters` shows one the same way). Neighbours: :mod:`docbus.ops.versions`
+(diff and single-version rollback), :mod:`docbus.ops.results` (versions).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ __all__ = [
     "HandlerLineage",
     "deliveries",
     "document_lineage",
+    "document_text",
     "documents_named",
 ]
 
@@ -117,20 +119,25 @@ def deliveries(
     return rows
 
 
+async def document_text(store: Store, document: Envelope | None) -> str | None:
+    """A published document's text, loaded when claim-checked (or why it could not be)."""
+    if document is None:
+        return None
+    if document.content is not None or document.claim_check is None:
+        return document.content
+    try:
+        return await store.load_payload(document.claim_check)
+    except DocbusError as exc:
+        return f"(claim-checked content unavailable: {exc})"
+
+
 async def document_lineage(
     store: Store, batch_id: str, doc_id: str, *, text_limit: int = TEXT_LIMIT
 ) -> DocumentLineage:
     """The lineage of one document of a batch; raises :class:`~docbus.ops.NotFound` when the
     store knows nothing of it."""
     document = await store.get_document(batch_id, doc_id)
-    text: str | None = None
-    if document is not None:
-        text = document.content
-        if text is None and document.claim_check is not None:
-            try:
-                text = await store.load_payload(document.claim_check)
-            except DocbusError as exc:
-                text = f"(claim-checked content unavailable: {exc})"
+    text = await document_text(store, document)
     calls = await store.llm_calls(batch_id, doc_id=doc_id)
     versions = [v for v in await store.result_versions(doc_id=doc_id) if v.batch_id == batch_id]
     dead = await store.dead_letters(

@@ -20,7 +20,7 @@ import sys
 import uuid
 from collections.abc import Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -277,30 +277,31 @@ def browser() -> Iterator[Any]:
             launched.close()
 
 
-@pytest.fixture
-def page(browser: Any, console: Console) -> Iterator[Any]:
-    """A page logged in with the action token (the URL ``docbus console`` prints)."""
+@contextmanager
+def _page(browser: Any) -> Iterator[Any]:
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     page = context.new_page()
     page.set_default_timeout(10_000)
-    response = page.goto(f"{console.url}/batches?token={TOKEN}")
-    assert response is not None and response.ok
     try:
         yield page
     finally:
         context.close()
+
+
+@pytest.fixture
+def page(browser: Any, console: Console) -> Iterator[Any]:
+    """A page logged in with the action token (the URL ``docbus console`` prints)."""
+    with _page(browser) as page:
+        response = page.goto(f"{console.url}/batches?token={TOKEN}")
+        assert response is not None and response.ok
+        yield page
 
 
 @pytest.fixture
 def anonymous(browser: Any, console: Console) -> Iterator[Any]:
     """A page that never logged in."""
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
-    page = context.new_page()
-    page.set_default_timeout(10_000)
-    try:
+    with _page(browser) as page:
         yield page
-    finally:
-        context.close()
 
 
 def screenshot(page: Any, name: str, *, readme: str | None = None) -> None:
