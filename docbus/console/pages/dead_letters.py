@@ -7,8 +7,9 @@ grouped by a :data:`docbus.ops.GROUPS` key — reason, LLM failure type
 each with a box to tick. Replay: a group (as a filter) or the ticked dead letters go to a
 preview — :func:`publisher.replay_preview.preview_dead_letter_replay`, exactly the messages
 ``docbus replay --dry-run`` lists, with an estimated cost — and only a POST with the action
-token and CSRF token sends it (:func:`publisher.replay.send_replay`), planned again at that
-moment, and shows the run's record.
+token and CSRF token sends it (:func:`publisher.replay.send_replay`): planned again at that
+moment and narrowed to the dead letters the preview listed (one that arrived since is not
+sent unseen; one replayed meanwhile is skipped), and shows the run's record.
 """
 
 from __future__ import annotations
