@@ -18,6 +18,7 @@ from docbus.store import DeadLetterFilter
 
 __all__ = ["add_filter_arguments", "filter_from_args"]
 
+
 def _time_argument(text: str) -> datetime:
     try:
         return parse_time(text)

@@ -8,7 +8,7 @@ shown as text), the security headers (a Content-Security-Policy that runs only t
 own script), the token log-in and the guard on every POST, and the translation of errors into
 a page that says what is wrong — and the pages themselves live in :mod:`docbus.console.pages`.
 Every figure a page shows comes from an operator query in :mod:`docbus.ops`; nothing is counted
-here. Neighbours: :mod:`docbus.console.cli` (``docbus console``), :mod:`docbus.console.charts`.
+here. Neighbours: :mod:`docbus.cli.console` (``docbus console``), :mod:`docbus.console.charts`.
 """
 
 from __future__ import annotations

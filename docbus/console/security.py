@@ -12,7 +12,7 @@ Pure decisions, no I/O, tested without a server:
   embed; a request from another origin (``Origin`` header) is refused too. Off loopback,
   every page needs the session, not only actions.
 
-Neighbours: :mod:`docbus.console.app` applies these, :mod:`docbus.console.cli` decides the token.
+Neighbours: :mod:`docbus.console.app` applies these, :mod:`docbus.console.serve` decides the token.
 """
 
 from __future__ import annotations

@@ -146,11 +146,11 @@ async def _run(settings: Settings, topology: Topology) -> list[str]:
     from azure.servicebus.aio import ServiceBusClient
 
     from docbus.backoff import BackoffPolicy
+    from docbus.cli.worker import build_llm
     from docbus.store import Store
     from handlers import discover_handlers
     from publisher import publish_documents
     from publisher.replay import plan_batch_replay, send_replay
-    from subscriber.cli import build_llm
     from subscriber.worker import Worker, WorkerOptions
     from tests.console import console_handlers
 
