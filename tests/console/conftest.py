@@ -305,9 +305,11 @@ def anonymous(browser: Any, console: Console) -> Iterator[Any]:
 
 
 def screenshot(page: Any, name: str, *, readme: str | None = None) -> None:
-    """Save the page as a test artefact (and, for the README, under docs/)."""
+    """Save the page as a test artefact under artifacts/console/ (gitignored); with
+    ``DOCBUS_README_SCREENSHOTS=1`` also the README's pictures under docs/ (tracked, so a
+    plain test run leaves them alone)."""
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
-    if readme is not None:
+    if readme is not None and os.environ.get("DOCBUS_README_SCREENSHOTS") == "1":
         (ROOT / "docs").mkdir(exist_ok=True)
         page.screenshot(path=str(ROOT / "docs" / readme), full_page=False)
