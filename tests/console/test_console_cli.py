@@ -4,6 +4,7 @@ when asked, and what a read-only console answers to an action."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import urllib.error
@@ -71,3 +72,37 @@ def test_a_read_only_console_serves_pages_and_refuses_actions(local_mongo: Any) 
     finally:
         process.terminate()
         process.wait(15)
+
+
+@pytest.mark.slow
+def test_demo_console_keeps_a_console_open_that_shows_the_demo() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "AZURE_OPENAI"))}
+    env = {k: v for k, v in env.items() if not k.startswith(("DOCBUS_", "MONGODB_URI"))}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "docbus", "demo", "--console", "--console-port", "0",
+         "--batch-id", "demo-console"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env | {"COLUMNS": "120"},
+        cwd=ROOT,
+    )  # fmt: skip
+    try:
+        assert process.stdout is not None
+        lines = []
+        for line in process.stdout:
+            lines.append(line)
+            if line.startswith("docbus console: http://127.0.0.1:"):
+                break
+        summary = "".join(lines)
+        assert "docbus demo: 70 documents" in summary, summary
+        url = lines[-1].split()[2]
+        assert "?token=" in url  # generated on loopback: replay and rollback work
+        base = url.split("?")[0].rstrip("/")
+        with urllib.request.urlopen(f"{base}/batches", timeout=30) as response:
+            page = response.read().decode()
+        assert 'data-batch="demo-console"' in page
+        assert '<b class="published">70</b>' in page
+        process.send_signal(signal.SIGINT)
+        assert process.wait(60) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
