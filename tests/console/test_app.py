@@ -86,3 +86,26 @@ async def test_off_loopback_every_page_needs_the_token(store: Store, local_mongo
             "secret" not in cookie and "HttpOnly" in cookie and "samesite=strict" in cookie.lower()
         )
         assert get(f"{url}/batches", cookie=cookie.split(";")[0])[0] == 200
+
+
+async def test_every_page_answers_on_an_empty_store_and_unknown_ids_are_404(
+    store: Store, local_mongo: Any
+) -> None:
+    with console(store, local_mongo, "--read-only") as url:
+        for path in (
+            "/batches",
+            "/dead-letters?group_by=failure",
+            "/documents",
+            "/results",
+            "/workers",
+            "/documents?doc=nothing",
+            "/dead-letters/replay?batch=none",
+        ):
+            status, _, page = get(f"{url}{path}")
+            assert status == 200, (path, page[-500:])
+        for path in ("/batches/nothing", "/documents?batch=b&doc=nothing"):
+            status, _, page = get(f"{url}{path}")
+            assert status == 404 and "nothing" in page, path
+        status, _, page = get(f"{url}/dead-letters?since=yesterday")
+        assert status == 400 and "neither an ISO 8601 time" in page
+        assert get(f"{url}/dead-letters?group_by=colour")[0] == 400
