@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 pytest_plugins = ["docbus.testing"]
 
 
+@pytest.hookimpl(optionalhook=True)  # a run without xdist (-p no:xdist) knows no such hook
 def pytest_xdist_make_scheduler(config: Any, log: Any) -> Any:
     """Spread tests over the workers one by one, as ``-n`` does by default, except that the
     tests of one ``xdist_group`` stay on one worker: a module that shares one expensive stack
