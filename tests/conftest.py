@@ -8,12 +8,24 @@ import pytest
 
 pytest_plugins = ["docbus.testing"]
 
+SHARED_STACK_MODULES = frozenset({"tests/console/test_browser.py"})
+"""Modules whose tests share one module-scoped stack: under ``-n N`` each runs on one worker."""
 
-@pytest.hookimpl(optionalhook=True)  # a run without xdist (-p no:xdist) knows no such hook
+
+@pytest.hookimpl(optionalhook=True)  # xdist's hook: unknown without it (-p no:xdist)
 def pytest_xdist_make_scheduler(config: Any, log: Any) -> Any:
-    """Spread tests over the workers one by one, as ``-n`` does by default, except that the
-    tests of one ``xdist_group`` stay on one worker: a module that shares one expensive stack
-    among its tests (tests/console) then starts it once, not once per worker."""
-    from xdist.scheduler import LoadGroupScheduling
+    """``-n N`` as xdist's ``load`` spreads tests (one by one, as they finish), except that the
+    tests of a :data:`SHARED_STACK_MODULES` module stay together on one worker, which then
+    starts that module's stack once instead of every worker starting its own. (xdist's own
+    ``xdist_group``/``loadgroup`` does not group under pytest 9: the id suffix it relies on is
+    no longer the test's id.)"""
+    if config.getvalue("dist") != "load":
+        return None  # --dist given explicitly: xdist's own choice
+    from xdist.scheduler import LoadScopeScheduling
 
-    return LoadGroupScheduling(config, log)
+    class SharedStackScheduling(LoadScopeScheduling):  # type: ignore[misc]
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return module if module in SHARED_STACK_MODULES else nodeid
+
+    return SharedStackScheduling(config, log)

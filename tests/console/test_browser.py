@@ -29,7 +29,7 @@ from tests.console.conftest import (
     screenshot,
 )
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("console")]
+pytestmark = pytest.mark.slow  # one worker runs them all under -n: tests/conftest.py
 
 
 def _query(run: DemoRun, fn: Any) -> Any:
