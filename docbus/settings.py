@@ -1,13 +1,14 @@
 """Settings: the one configuration object of docbus, read from the environment once, at the edge.
 
-:class:`Settings` groups its options into small frozen sub-models — ``servicebus``, ``mongodb``,
-``llm``, ``publisher`` and ``worker`` — read from variables prefixed ``DOCBUS_`` with ``__``
-between group and field (``DOCBUS_WORKER__CONCURRENCY=32``). The ecosystem's own variables are
-honoured too, at a lower priority than the ``DOCBUS_`` ones: ``MONGODB_URI``, ``OPENAI_API_KEY``,
-``OPENAI_BASE_URL``, ``OPENAI_API_VERSION``, ``AZURE_OPENAI_ENDPOINT`` and
-``AZURE_OPENAI_API_KEY``. Durations are seconds (float). :func:`masked` renders the effective
-settings for ``docbus config`` with every secret hidden. Neighbours: :mod:`docbus.servicebus`
-and :mod:`docbus.store` build their clients from these objects; the CLI constructs them.
+:class:`Settings` groups its options into small frozen sub-models — ``servicebus``,
+``mongodb``, ``llm``, ``publisher``, ``worker`` and ``console`` — read from variables prefixed
+``DOCBUS_`` with ``__`` between group and field (``DOCBUS_WORKER__CONCURRENCY=32``). The
+ecosystem's own variables are honoured too, at a lower priority than the ``DOCBUS_`` ones:
+``MONGODB_URI``, ``OPENAI_API_KEY``, ``OPENAI_BASE_URL``, ``OPENAI_API_VERSION``,
+``AZURE_OPENAI_ENDPOINT`` and ``AZURE_OPENAI_API_KEY``. Durations are seconds (float).
+:func:`masked` renders the effective settings for ``docbus config`` with every secret hidden.
+Neighbours: :mod:`docbus.servicebus` and :mod:`docbus.store` build their clients from these
+objects; the CLI constructs them.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 __all__ = [
+    "ConsoleSettings",
     "LLMSettings",
     "ModelPrice",
     "ModelRateLimit",
@@ -243,6 +245,20 @@ class WorkerSettings(BaseModel):
     own ``@handler(timeout=...)`` wins); None: no limit."""
 
 
+class ConsoleSettings(BaseModel):
+    """The operator console (``docbus console``)."""
+
+    model_config = _FROZEN
+
+    host: str = "127.0.0.1"
+    """Interface to listen on. Anything but loopback needs ``token``."""
+    port: int = Field(default=8765, ge=0, le=65535)
+    """Port to listen on (0: any free one)."""
+    token: SecretStr | None = None
+    """Action token: replays and rollbacks need it (and, off loopback, every page). None on
+    loopback: one is generated and printed at start (``--read-only``: none, no actions)."""
+
+
 class _EcosystemEnv(PydanticBaseSettingsSource):
     """The variables other tools already define, mapped into docbus's groups."""
 
@@ -286,6 +302,7 @@ class Settings(BaseSettings):
     llm: LLMSettings = LLMSettings()
     publisher: PublisherSettings = PublisherSettings()
     worker: WorkerSettings = WorkerSettings()
+    console: ConsoleSettings = ConsoleSettings()
 
     @classmethod
     def settings_customise_sources(
@@ -339,4 +356,5 @@ def masked(settings: Settings) -> dict[str, Any]:
     data["mongodb"]["uri"] = mask_mongo_uri(settings.mongodb.uri.get_secret_value())
     for key in ("api_key", "azure_api_key"):
         data["llm"][key] = MASK if getattr(settings.llm, key) is not None else None
+    data["console"]["token"] = MASK if settings.console.token is not None else None
     return data

@@ -46,6 +46,7 @@ from docbus.store import ParkedGroup, Store, StoreError
 from docbus.topology import Topology, TopologyError
 from handlers.discovery import RegisteredHandler
 from handlers.writes import drain_backlog
+from subscriber import heartbeat
 from subscriber.admission import Admission
 from subscriber.breaker import CircuitBreaker
 from subscriber.locks import LockRenewer, keep_session_lock
@@ -334,6 +335,7 @@ class Worker:
             asyncio.create_task(self._watch_idle()),
             asyncio.create_task(self._resumption.loop()),
             asyncio.create_task(self._capture_loop()),
+            asyncio.create_task(heartbeat.beat(self)),
         ]
         try:
             await asyncio.gather(*loops)
@@ -354,6 +356,11 @@ class Worker:
             self.report.parked = await self._resumption.left_parked()
             self.report.seconds = time.monotonic() - started
         return self.report
+
+    def vitals(self) -> heartbeat.Vitals:
+        """How the worker is doing now (what its heartbeat reports)."""
+        paused = self._breaker.is_open
+        return heartbeat.Vitals(len(self._in_flight), paused, self._taken)
 
     # --- receiving ------------------------------------------------------------------------
     async def _receive_loop(self, registered: RegisteredHandler) -> None:

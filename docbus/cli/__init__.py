@@ -7,9 +7,9 @@ query (:mod:`docbus.ops`) and renders the answer — rich tables, or ``--json`` 
 modules print: :mod:`~docbus.cli.publish`, :mod:`~docbus.cli.worker`, :mod:`~docbus.cli.status`,
 :mod:`~docbus.cli.report`, :mod:`~docbus.cli.audit`, :mod:`~docbus.cli.dlq`,
 :mod:`~docbus.cli.parked`, :mod:`~docbus.cli.replay`, :mod:`~docbus.cli.results`,
-:mod:`~docbus.cli.rollback`, :mod:`~docbus.cli.config`, :mod:`~docbus.cli.topology`,
-:mod:`~docbus.cli.demo` (``up``, ``emulator`` and ``llm-server`` live with the stand-ins they
-start, under :mod:`docbus.local`); :mod:`~docbus.cli.confirm` and
+:mod:`~docbus.cli.rollback`, :mod:`~docbus.cli.console`, :mod:`~docbus.cli.config`,
+:mod:`~docbus.cli.topology`, :mod:`~docbus.cli.demo` (``up``, ``emulator`` and ``llm-server``
+live with the stand-ins they start, under :mod:`docbus.local`); :mod:`~docbus.cli.confirm` and
 :mod:`~docbus.cli.dead_letter_filter` are what several commands share. This package is the
 composition root: a command's module, and the ``publisher``/``subscriber``/``handlers`` code it
 drives, is imported only when that command runs.

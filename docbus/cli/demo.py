@@ -5,14 +5,17 @@ shipped in ``docbus/samples`` (a few of them deliberately malformed, to show how
 reported), runs a worker with the built-in multi-step handlers until the subscriptions are idle,
 and prints what happened: results and dead letters per handler, LLM calls, tokens and cost, and
 whether every published document ended as exactly one current result or one dead letter. With
-no LLM API key configured it uses the offline model and says so.
+no LLM API key configured it uses the offline model and says so. ``--console`` then keeps the
+stack up and serves the operator console (:mod:`docbus.console`) on it until Ctrl-C.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +45,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--json", action="store_true", help="print the summary as JSON (progress stays on stderr)"
     )
+    parser.add_argument(
+        "--console",
+        action="store_true",
+        help="after the summary, keep the stack up and serve the operator console on it "
+        "until Ctrl-C",
+    )
+    parser.add_argument(
+        "--console-port", type=int, default=8765, help="the console's port (8765; 0: any free)"
+    )
 
 
 @dataclass
@@ -65,7 +77,13 @@ class DemoSummary:
         return not any(self.unaccounted.values())
 
 
-async def run_demo(args: argparse.Namespace, console: Console) -> DemoSummary:
+KeepOpen = Callable[[DemoSummary, Settings, Any], Awaitable[None]]
+"""Awaited with the summary, the stack's settings and topology before the stack stops."""
+
+
+async def run_demo(
+    args: argparse.Namespace, console: Console, keep_open: KeepOpen | None = None
+) -> DemoSummary:
     from docbus.cli.publish import report_table
     from docbus.cli.worker import build_llm
     from docbus.local.llm_server import Faults
@@ -150,7 +168,9 @@ async def run_demo(args: argparse.Namespace, console: Console) -> DemoSummary:
                     else:
                         worker_report = await worker.run()
             await _summarise(store, report.batch_id, registered, worker_report, summary)
-    summary.seconds = time.monotonic() - started
+        summary.seconds = time.monotonic() - started
+        if keep_open is not None:
+            await keep_open(summary, settings, stack.topology)
     return summary
 
 
@@ -248,9 +268,29 @@ def summary_json(summary: DemoSummary) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> int:
     console = Console(stderr=True)
-    summary = asyncio.run(run_demo(args, console))
     out = Console()
-    if args.json:
+    if args.console:
+        shown: list[DemoSummary] = []
+
+        async def keep_open(summary: DemoSummary, settings: Settings, topology: Any) -> None:
+            from docbus.console import listen
+
+            shown.append(summary)
+            _print_summary(out, summary, args.json)
+            listening = listen(settings, port=args.console_port, topology=topology)
+            print(listening.announcement, flush=True)
+            print("  (Ctrl-C stops the console and the stack)", flush=True)
+            await listening.server.serve(sockets=[listening.socket])
+
+        with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how the console ends
+            asyncio.run(run_demo(args, console, keep_open))
+        return 0 if shown and shown[0].accounted else 1
+    summary = asyncio.run(run_demo(args, console))
+    return _print_summary(out, summary, args.json)
+
+
+def _print_summary(out: Console, summary: DemoSummary, as_json: bool) -> int:
+    if as_json:
         from docbus.cli import print_json
 
         print_json(out, summary_json(summary))

@@ -80,6 +80,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "replay": ("docbus.cli.replay", "re-publish dead letters or a whole batch, with filters"),
     "results": ("docbus.cli.results", "result versions of a document"),
     "rollback": ("docbus.cli.rollback", "withdraw the result versions a batch or replay wrote"),
+    "console": ("docbus.cli.console", "serve the operator console (web UI) on 127.0.0.1"),
     "config": ("docbus.cli.config", "print the effective settings, secrets masked"),
     "topology": ("docbus.cli.topology", "print the emulator config or Bicep parameters"),
     "emulator": (

@@ -284,6 +284,7 @@ def run(args: argparse.Namespace) -> int:
             print("# docbus local stack is up; in another shell run:")
             for name, value in stack.environment().items():
                 print(f"export {name}={shlex.quote(value)}")
+            print("# then `docbus console` serves the operator console on http://127.0.0.1:8765/")
             print("# Ctrl-C stops it.", flush=True)
             await stop.wait()
 

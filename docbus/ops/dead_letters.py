@@ -4,7 +4,8 @@ The selection is a :class:`~docbus.store.DeadLetterFilter` (``docbus dlq list`` 
 replay`` take the same options; :func:`parse_time` reads their ``--since``/``--until`` as ISO
 8601 or as an age such as ``30m``, ``2h``, ``7d``). :func:`list_json` is the rows of a listing
 without bodies or tracebacks, :func:`group_dead_letters` counts them per :data:`GROUPS` key
-(reason, handler, batch, error, subscription), and :func:`show_dead_letter` gathers everything
+(reason, handler, batch, error, subscription, LLM failure type:
+:func:`~docbus.ops.failures.failure_type`), and :func:`show_dead_letter` gathers everything
 about one: the record, the document it carried (from the ``documents`` store, its claim-checked
 text loaded) and the LLM calls made for it (:class:`DeadLetterDetail`). :func:`error_line` is
 what went wrong, on one line. Neighbours: :mod:`docbus.cli.dlq` draws these,
@@ -20,8 +21,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from docbus.envelope import Envelope, InvalidEnvelope
-from docbus.errors import DocbusError
 from docbus.ops._not_found import NotFound
+from docbus.ops.failures import failure_type
+from docbus.ops.lineage import document_text
 from docbus.records import DeadLetterRecord, LLMCallRecord
 from docbus.store import DeadLetterFilter, Store
 from docbus.text import one_line
@@ -78,6 +80,7 @@ GROUPS: dict[str, Callable[[DeadLetterRecord], str]] = {
     "batch": lambda r: r.batch_id or "(none)",
     "error": lambda r: one_line(error_line(r), 80) or r.reason,
     "subscription": lambda r: f"{r.topic or '?'}/{r.subscription}",
+    "failure": failure_type,
 }
 """``--group-by`` keys: what a dead letter counts under."""
 
@@ -209,12 +212,4 @@ async def show_dead_letter(store: Store, record_id: str) -> DeadLetterDetail:
         return DeadLetterDetail(record)
     document = await store.get_document(record.batch_id, record.doc_id)
     calls = await store.llm_calls(record.batch_id, doc_id=record.doc_id)
-    text = None
-    if document is not None:
-        text = document.content
-        if text is None and document.claim_check is not None:
-            try:
-                text = await store.load_payload(document.claim_check)
-            except DocbusError as exc:
-                text = f"(claim-checked content unavailable: {exc})"
-    return DeadLetterDetail(record, document, text, calls)
+    return DeadLetterDetail(record, document, await document_text(store, document), calls)

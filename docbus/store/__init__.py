@@ -7,7 +7,7 @@ outputs), ``dead_letters`` (the Mongo copy of every dead letter), ``checkpoints`
 and ``llm_calls`` (audit rows, insert only), ``parked`` (deferred messages), ``retries`` (notes
 of the deliveries a worker is retrying); ``llm_requests``, ``llm_provider_batches`` and
 ``llm_submitter`` hold batch mode's pending LLM requests, provider-batch records and the
-submitter lease; ``generations``
+submitter lease; ``workers`` (heartbeats); ``generations``
 (each document's last replay generation), ``replays`` and ``rollbacks`` (one audit record per
 run) serve the replay tooling.
 The shapes it returns are in :mod:`docbus.records`; the message contract it stores is
@@ -40,7 +40,7 @@ into :class:`Store` (:mod:`~docbus.store._store`). Import from here only.
 
 from __future__ import annotations
 
-from docbus.store._checkpoints import Checkpoint
+from docbus.store._checkpoints import Checkpoint, StoredStep
 from docbus.store._dead_letters import DeadLetterFilter
 from docbus.store._documents import MAX_PAYLOAD_BYTES
 from docbus.store._errors import PayloadError, StoreError, StoreUnavailable
@@ -51,6 +51,7 @@ from docbus.store._parked import ParkedGroup, ParkedMessage
 from docbus.store._provider_batches import ProviderBatchRecord, StaleTransition
 from docbus.store._store import Store
 from docbus.store._submitter import SubmissionPause, SubmitterLease
+from docbus.store._workers import WorkerHeartbeat
 
 __all__ = [
     "MAX_PAYLOAD_BYTES",
@@ -68,8 +69,10 @@ __all__ = [
     "Store",
     "StoreError",
     "StoreUnavailable",
+    "StoredStep",
     "SubmissionPause",
     "SubmitterLease",
+    "WorkerHeartbeat",
     "lingering",
     "send_lingering_writes",
 ]
@@ -89,3 +92,5 @@ PayloadError.__module__ = __name__
 Store.__module__ = __name__
 StoreError.__module__ = __name__
 StoreUnavailable.__module__ = __name__
+StoredStep.__module__ = __name__
+WorkerHeartbeat.__module__ = __name__

@@ -3,7 +3,8 @@
 :class:`BatchesMixin` records and lists batches, keeps their LLM cost totals and own budget
 (the ``over_budget`` flag that parks a batch's messages), and counts a batch's progress from
 ``documents``, ``results`` and ``dead_letters`` (:meth:`~BatchesMixin.batch_counts`,
-:meth:`~BatchesMixin.documents_settled`, :meth:`~BatchesMixin.last_activity`). The
+:meth:`~BatchesMixin.documents_settled`, :meth:`~BatchesMixin.last_activity`,
+:meth:`~BatchesMixin.finish_times`). The
 per-call figures behind the totals are the LLM audit rows (:mod:`docbus.store._llm`); the
 record shapes are in :mod:`docbus.records`.
 """
@@ -244,6 +245,21 @@ class BatchesMixin(StoreBase):
                 if raw is not None and isinstance(raw.get(stamp), datetime):
                     latest.append(raw[stamp])
         return max(latest) if latest else None
+
+    async def finish_times(self, batch_id: str) -> list[datetime]:
+        """When each result version and each dead letter of a batch was written, sorted: the
+        events a throughput chart counts (:mod:`docbus.ops.timeline`)."""
+        times: list[datetime] = []
+        with _translated(f"read the finish times of batch {batch_id}"):
+            for collection, stamp in (
+                ("results", "written_at"),
+                ("dead_letters", "dead_lettered_at"),
+            ):
+                cursor = self._c(collection).find({"batch_id": batch_id}, {stamp: 1, "_id": 0})
+                async for raw in cursor:
+                    if isinstance(raw.get(stamp), datetime):
+                        times.append(raw[stamp])
+        return sorted(times)
 
 
 def _batch_id(raw: Mapping[str, Any]) -> Any:

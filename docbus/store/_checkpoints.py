@@ -27,6 +27,16 @@ class Checkpoint(NamedTuple):
     created_at: datetime
 
 
+class StoredStep(NamedTuple):
+    """A stored step output with whose it is, as a document's lineage lists it."""
+
+    handler: str
+    handler_version: str
+    step: str
+    created_at: datetime
+    output: Any
+
+
 class CheckpointsMixin(StoreBase):
     """Step outputs by checkpoint key."""
 
@@ -49,6 +59,22 @@ class CheckpointsMixin(StoreBase):
                 {"handler": handler, "handler_version": handler_version},
             )
         return {raw["_id"]: Checkpoint(raw["output"], raw["created_at"]) for raw in found}
+
+    async def document_steps(self, doc_id: str) -> list[StoredStep]:
+        """Every stored step output of a document, under any handler and version, oldest
+        first."""
+        with _translated(f"read the steps of {doc_id}"):
+            cursor = self._c("checkpoints").find({"doc_id": doc_id}).sort("created_at", 1)
+            return [
+                StoredStep(
+                    str(raw.get("handler")),
+                    str(raw.get("handler_version")),
+                    str(raw.get("step")),
+                    raw["created_at"],
+                    raw.get("output"),
+                )
+                async for raw in cursor
+            ]
 
     async def put_checkpoint(
         self,

@@ -9,6 +9,8 @@ versions are in :mod:`docbus.store._results`.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from pymongo import ASCENDING, DESCENDING, ReturnDocument
 
 from docbus.records import ReplayRecord, RollbackRecord
@@ -85,3 +87,22 @@ class ReplaysMixin(StoreBase):
         with _translated(f"read rollback {rollback_id}"):
             raw = await self._c("rollbacks").find_one({"_id": rollback_id})
         return RollbackRecord.model_validate({**raw, "id": raw["_id"]}) if raw else None
+
+    async def rollbacks_touching(
+        self, batch_id: str, replay_ids: Sequence[str] = ()
+    ) -> list[RollbackRecord]:
+        """The rollbacks (and undos) of a batch's publication or of the given replays of it —
+        whole runs or single versions — oldest first."""
+        runs = [batch_id, *replay_ids]
+        query = {
+            "$or": [
+                {"batch_id": batch_id},
+                {"replay_id": {"$in": list(replay_ids)}},
+                {"runs": {"$in": runs}},
+            ]
+        }
+        with _translated(f"read rollbacks of {batch_id}"):
+            cursor = self._c("rollbacks").find(query).sort("at", ASCENDING)
+            return [
+                RollbackRecord.model_validate({**raw, "id": raw["_id"]}) async for raw in cursor
+            ]

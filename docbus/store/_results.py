@@ -15,7 +15,7 @@ generations come from :mod:`docbus.store._replays`; the rollback is :mod:`docbus
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -229,6 +229,23 @@ class ResultsMixin(StoreBase):
                 live = [raw async for raw in self._c("results").find(scope)]
                 raw = max(live, key=_rank) if live else None
         return _result(raw) if raw else None
+
+    async def iter_current_results(
+        self, handler: str, *, batch_id: str | None = None
+    ) -> AsyncIterator[ResultRecord]:
+        """The current version of every document a handler finished (of one batch), by
+        document id, read from the cursor one at a time (exports of any size)."""
+        query: dict[str, Any] = {"handler": handler, "current": True}
+        if batch_id is not None:
+            query["batch_id"] = batch_id
+        with _translated(f"read current results of {handler}"):
+            async for raw in self._c("results").find(query).sort("doc_id", ASCENDING):
+                yield _result(raw)
+
+    async def result_handlers(self) -> list[str]:
+        """Every handler that has written a result, sorted."""
+        with _translated("read result handlers"):
+            return sorted(str(name) for name in await self._c("results").distinct("handler"))
 
     async def result_history(self, doc_id: str, handler: str) -> list[ResultRecord]:
         """Every version of a handler's result for a document, oldest first."""

@@ -1,9 +1,9 @@
 """The store class: :class:`Store` combines the base and every concept mixin into one seam.
 
 The client and lifecycle come from :mod:`docbus.store._base`; batches, documents and payloads,
-results, dead letters, checkpoints, LLM audit rows, replays, parked messages and retry notes
-each come from their own private module, as do batch mode's pending LLM requests, provider-batch
-records and the submitter lease. The public surface is :mod:`docbus.store`.
+results, dead letters, checkpoints, LLM audit rows, replays, parked messages, retry notes and
+worker heartbeats each come from their own private module, as do batch mode's pending LLM
+requests, provider-batch records and the submitter lease. The public surface is :mod:`docbus.store`.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from docbus.store._replays import ReplaysMixin
 from docbus.store._results import ResultsMixin
 from docbus.store._retries import RetriesMixin
 from docbus.store._submitter import SubmitterMixin
+from docbus.store._workers import WorkersMixin
 
 
 class Store(
@@ -36,6 +37,7 @@ class Store(
     LLMRequestsMixin,
     ProviderBatchesMixin,
     SubmitterMixin,
+    WorkersMixin,
 ):
     """docbus's MongoDB collections. Construct freely; ``await connect()`` (or ``async with``)."""
 

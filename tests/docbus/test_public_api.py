@@ -68,8 +68,10 @@ def test_docbus_never_imports_secantus_nor_the_outer_packages() -> None:
         str(path.relative_to(ROOT))
         for path in (ROOT / "docbus").rglob("*.py")
         # The CLI (every command, the demo among them) is the composition root: it wires the
-        # outer packages, and `docbus` imports a command's module only when it runs.
+        # outer packages, and `docbus` imports a command's module only when it runs. So is the
+        # console, an edge like the CLI (it replays through the publisher).
         if not path.is_relative_to(COMPOSITION_ROOT)
+        and not path.is_relative_to(ROOT / "docbus" / "console")
         and pattern.search(path.read_text(encoding="utf-8"))
     ]
     assert offenders == []
