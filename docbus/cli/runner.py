@@ -60,7 +60,7 @@ __all__ = [
 # command → (module providing add_arguments/run, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "up": (
-        "docbus.local.stack",
+        "docbus.cli.up",
         "start the local stack (emulator, SecantusDB, offline LLM) and wait",
     ),
     "demo": ("docbus.cli.demo", "run the main job on the embedded local stack and print a summary"),
@@ -84,7 +84,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "config": ("docbus.cli.config", "print the effective settings, secrets masked"),
     "topology": ("docbus.cli.topology", "print the emulator config or Bicep parameters"),
     "emulator": (
-        "docbus.local.emulator.server",
+        "docbus.cli.emulator",
         "run the local Service Bus emulator in the foreground",
     ),
     "llm-server": ("docbus.local.llm_server", "run the offline OpenAI-compatible LLM server"),

@@ -4,9 +4,9 @@
 SecantusDB (a separate process: it is GPL and never imported here) and the offline
 OpenAI-compatible LLM server, on free or given ports of 127.0.0.1, and exposes the
 :class:`~docbus.settings.Settings` and environment variables that point docbus at them.
-``docbus up`` runs it in the foreground; ``docbus demo`` (:mod:`docbus.cli.demo`) and tests use
-it in-process. A stack keeping its state in a data directory holds a lock on it
-(``stack.lock``, with its pid) while it runs, so a second stack on the same directory is refused
+``docbus up`` (:mod:`docbus.cli.up`) runs it in the foreground; ``docbus demo``
+(:mod:`docbus.cli.demo`) and tests use it in-process. A stack keeping its state in a data
+directory holds a lock on it (``stack.lock``, with its pid) while it runs, so a second stack on the same directory is refused
 with :class:`StackInUse` rather than left to fail deep inside SecantusDB; ``docbus up`` also
 checks its ports before starting anything. Neighbours: :mod:`docbus.local.emulator`,
 :mod:`docbus.local.mongo`, :mod:`docbus.local.llm_server`, :mod:`docbus.topology`.
@@ -14,13 +14,10 @@ checks its ports before starting anything. Neighbours: :mod:`docbus.local.emulat
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import errno
 import os
-import shlex
-import signal
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,11 +36,6 @@ except ImportError:  # pragma: no cover - Windows: no advisory locks, no protect
 
 OFFLINE_API_KEY = "offline-local-key"
 LOCK_FILE = "stack.lock"
-
-EXIT_CODES = {
-    3: "a port or the data directory is in use (by another `docbus up`?): stop it, or choose "
-    "other ports, --data-dir or --memory",
-}
 
 
 class StackInUse(DocbusError):
@@ -228,77 +220,3 @@ class LocalStack:
                 "DOCBUS_LLM__MODEL": "docbus-offline",
             }
         return env
-
-
-# ----------------------------------------------------------------------------------------------
-# CLI: `docbus up`
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--topology", type=Path, help="topology file (default infra/topology.toml)")
-    parser.add_argument("--servicebus-port", type=int, default=5672, help="emulator port (5672)")
-    parser.add_argument("--mongo-port", type=int, default=27017, help="SecantusDB port (27017)")
-    parser.add_argument("--llm-port", type=int, default=8089, help="offline LLM port (8089)")
-    parser.add_argument("--llm-latency", type=float, default=0.0, help="seconds per LLM call")
-    parser.add_argument(
-        "--data-dir", type=Path, default=Path(".docbus"), help="state kept here (.docbus)"
-    )
-    parser.add_argument("--memory", action="store_true", help="keep nothing across restarts")
-
-
-_PORTS = (
-    ("servicebus_port", "Service Bus emulator", "--servicebus-port"),
-    ("mongo_port", "SecantusDB", "--mongo-port"),
-    ("llm_port", "offline LLM server", "--llm-port"),
-)
-
-
-def busy_port(args: argparse.Namespace) -> str | None:
-    """What to say about the first of ``docbus up``'s ports that is taken, or None."""
-    for attribute, what, flag in _PORTS:
-        port = getattr(args, attribute)
-        if port and port_in_use(port):
-            return (
-                f"port {port} ({what}) is in use — is `docbus up` already running? Stop it, or "
-                f"choose another port with {flag}"
-            )
-    return None
-
-
-def run(args: argparse.Namespace) -> int:
-    options = StackOptions(
-        topology=load_topology(args.topology) if args.topology else None,
-        emulator_port=args.servicebus_port,
-        mongo_port=args.mongo_port,
-        llm_port=args.llm_port,
-        llm_latency=args.llm_latency,
-        data_dir=None if args.memory else args.data_dir,
-    )
-
-    async def main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        async with LocalStack(options) as stack:
-            print("# docbus local stack is up; in another shell run:")
-            for name, value in stack.environment().items():
-                print(f"export {name}={shlex.quote(value)}")
-            print("# then `docbus console` serves the operator console on http://127.0.0.1:8765/")
-            print("# Ctrl-C stops it.", flush=True)
-            await stop.wait()
-
-    # The data directory first: its lock names the stack that holds it, the likelier story.
-    lock = hold_data_dir(options.data_dir) if options.data_dir is not None else None
-    if lock is not None:
-        lock.close()
-    busy = busy_port(args)
-    if busy is not None:
-        raise StackInUse(busy)
-    try:
-        asyncio.run(main())
-    except OSError as exc:  # a port taken between the check and the start
-        if exc.errno == errno.EADDRINUSE:
-            raise StackInUse(f"a port is in use ({exc}): is `docbus up` already running?") from exc
-        raise
-    return 0

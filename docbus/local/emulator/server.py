@@ -1,4 +1,4 @@
-"""The emulator as a server: listening socket, lifecycle, connection string, CLI entry point.
+"""The emulator as a server: listening socket, lifecycle, connection string.
 
 :class:`Emulator` owns a :class:`~docbus.local.emulator.broker.Broker` (entities from a
 Microsoft-emulator-style config, :mod:`docbus.local.emulator.config`) and accepts AMQP connections
@@ -9,20 +9,17 @@ as ``docbus emulator`` in the foreground.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import concurrent.futures
 import contextlib
 import logging
-import signal
-import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 from docbus.local.emulator.broker import Broker
-from docbus.local.emulator.config import ConfigError, NamespaceConfig, load_config
+from docbus.local.emulator.config import NamespaceConfig
 from docbus.local.emulator.connection import AmqpConnection
 
 logger = logging.getLogger(__name__)
@@ -184,59 +181,3 @@ class EmulatorThread:
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
-
-
-# ----------------------------------------------------------------------------------------------
-# CLI: `docbus emulator`
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=5672, help="AMQP port (default 5672)")
-    parser.add_argument("--config", type=Path, help="entities, in Microsoft's Config.json schema")
-    parser.add_argument("--data-dir", type=Path, help="keep messages across restarts here")
-    parser.add_argument(
-        "--sas-key",
-        action="append",
-        default=[],
-        metavar="NAME=KEY",
-        help="verify CBS token signatures against this key (repeatable)",
-    )
-    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
-
-
-def run(args: argparse.Namespace) -> int:
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    try:
-        config = load_config(args.config) if args.config else None
-        keys = {}
-        for item in args.sas_key:
-            name, sep, key = item.partition("=")
-            if not sep or not name or not key:
-                raise ValueError(f"--sas-key {item!r}: expected NAME=KEY")
-            keys[name] = key
-    except (ConfigError, ValueError, OSError) as exc:
-        print(f"docbus emulator: {exc}", file=sys.stderr)
-        return 2
-    emulator = Emulator(
-        config, host=args.host, port=args.port, data_dir=args.data_dir, sas_keys=keys
-    )
-
-    async def main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        async with emulator:
-            print(emulator.connection_string, flush=True)
-            await stop.wait()
-            logger.info("stopping the emulator")
-
-    try:
-        asyncio.run(main())
-    except OSError as exc:
-        print(f"docbus emulator: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
-        return 1
-    return 0
