@@ -6,10 +6,11 @@ OpenAI-compatible LLM server, on free or given ports of 127.0.0.1, and exposes t
 :class:`~docbus.settings.Settings` and environment variables that point docbus at them.
 ``docbus up`` (:mod:`docbus.cli.up`) runs it in the foreground; ``docbus demo``
 (:mod:`docbus.cli.demo`) and tests use it in-process. A stack keeping its state in a data
-directory holds a lock on it (``stack.lock``, with its pid) while it runs, so a second stack on the same directory is refused
-with :class:`StackInUse` rather than left to fail deep inside SecantusDB; ``docbus up`` also
-checks its ports before starting anything. Neighbours: :mod:`docbus.local.emulator`,
-:mod:`docbus.local.mongo`, :mod:`docbus.local.llm_server`, :mod:`docbus.topology`.
+directory holds a lock on it (``stack.lock``, with its pid) while it runs, so a second stack on
+the same directory is refused with :class:`StackInUse` rather than left to fail deep inside
+SecantusDB; ``docbus up`` also checks its ports before starting anything. Neighbours:
+:mod:`docbus.local.emulator`, :mod:`docbus.local.mongo`, :mod:`docbus.local.llm_server`,
+:mod:`docbus.topology`.
 """
 
 from __future__ import annotations
