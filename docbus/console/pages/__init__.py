@@ -8,9 +8,12 @@ create_app`. A page reads an operator query of :mod:`docbus.ops` and renders a t
 
 from __future__ import annotations
 
-from starlette.routing import Route
+import typing as _typing
 
 from docbus.console.pages import batches, dead_letters, documents, results, workers
+
+if _typing.TYPE_CHECKING:
+    from starlette.routing import Route
 
 __all__ = ["routes"]
 
