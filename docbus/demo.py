@@ -66,7 +66,7 @@ class DemoSummary:
 
 async def run_demo(args: argparse.Namespace, console: Console) -> DemoSummary:
     from docbus.local.llm_server import Faults
-    from handlers import discover_handlers
+    from handlers.runtime import discover_handlers
     from publisher import LoaderOptions, iter_documents, publish_documents
     from subscriber.cli import build_llm
     from subscriber.worker import Worker, WorkerOptions, freeze_startup_heap

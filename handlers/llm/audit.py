@@ -61,7 +61,7 @@ def audit_row(
     error: BaseException | None = None,
 ) -> LLMCallRecord:
     """The audit row of one request (see the module docstring)."""
-    attempt = (ctx.attempt or ctx.delivery_count) if ctx is not None else 1
+    attempt = ctx.delivery_count if ctx is not None else 1
     category: SpendCategory = "reask" if reask else "retry" if retry or attempt > 1 else "first"
     if error is not None and request_id is None:
         response = getattr(error, "response", None)

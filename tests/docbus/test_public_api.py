@@ -18,7 +18,9 @@ def isort_key(name: str) -> tuple[int, str]:
     return kind, name
 
 
-@pytest.mark.parametrize("package", ["docbus", "docbus.local", "publisher", "handlers"])
+@pytest.mark.parametrize(
+    "package", ["docbus", "docbus.local", "publisher", "handlers", "handlers.runtime", "handlers.llm"]
+)
 def test_public_names_are_all_and_sorted(package: str) -> None:
     module = importlib.import_module(package)
     exported = list(module.__all__)

@@ -12,19 +12,14 @@ from pydantic import BaseModel
 
 from docbus.envelope import Envelope, Source
 from docbus.store import PayloadError, Store
-from handlers import (
-    Context,
-    DeadLetter,
-    Document,
+from handlers import Context, DeadLetter, Document, Retry, handler, run_handler
+from handlers.runtime import (
     HandlerDiscoveryError,
     HandlerSpec,
     InvalidOutput,
-    Retry,
     discover_handlers,
-    handler,
     handler_spec,
     resolve_document,
-    run_handler,
     serialize_output,
 )
 
@@ -139,7 +134,7 @@ async def test_run_handler_builds_the_context_a_worker_would(
     @handler(topic="documents", subscription="s", version="7", name="probe")
     async def probe(doc: Document, ctx: Context) -> dict[str, Any]:
         seen.update(
-            doc=doc, batch=ctx.batch_id, doc_id=ctx.doc_id, attempt=ctx.attempt,
+            doc=doc, batch=ctx.batch_id, doc_id=ctx.doc_id,
             delivery=ctx.delivery_count, name=ctx.handler_name, version=ctx.handler_version,
             llm=ctx.llm, message_id=ctx.message_id,
         )  # fmt: skip
@@ -159,7 +154,7 @@ async def test_run_handler_builds_the_context_a_worker_would(
         "Some text",
         {"country": "FR"},
     )
-    assert (seen["batch"], seen["doc_id"], seen["attempt"], seen["delivery"]) == ("b7", "d9", 3, 3)
+    assert (seen["batch"], seen["doc_id"], seen["delivery"]) == ("b7", "d9", 3)
     assert (seen["name"], seen["version"], seen["llm"]) == ("probe", "7", llm)
     assert seen["message_id"] == "b7:d9:0"
     assert "[probe b7/d9] looked at it" in caplog.text

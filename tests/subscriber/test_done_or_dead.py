@@ -16,8 +16,8 @@ from docbus.backoff import BackoffPolicy
 from docbus.envelope import message_id
 from docbus.records import DeadLetterRecord
 from docbus.store import Store
-from handlers import discover_handlers
 from handlers.discovery import RegisteredHandler
+from handlers.runtime import discover_handlers
 from publisher import publish_documents
 from subscriber.processing import Processor
 from subscriber.settlement import Action
