@@ -19,10 +19,10 @@ half a second to import) is imported only by a module that needs it.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+import importlib as _importlib
+import typing as _typing
 
-if TYPE_CHECKING:
+if _typing.TYPE_CHECKING:
     from handlers.llm.bound import BoundLLM, PromptOrMessages
     from handlers.llm.client import AZURE_SCOPE, LLMClient, LLMOptions
     from handlers.llm.errors import LLMConfigError, parse_duration, retry_after, translate
@@ -80,12 +80,12 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> _typing.Any:
     """Import the module that defines ``name`` on first use (PEP 562)."""
     module = _MODULE_OF.get(name)
     if module is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    value = getattr(_importlib.import_module(f"{__name__}.{module}"), name)
     globals()[name] = value
     return value
 

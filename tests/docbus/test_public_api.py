@@ -18,9 +18,10 @@ def isort_key(name: str) -> tuple[int, str]:
     return kind, name
 
 
-@pytest.mark.parametrize(
-    "package", ["docbus", "docbus.local", "publisher", "handlers", "handlers.runtime", "handlers.llm"]
-)
+PACKAGES = ["docbus", "docbus.local", "publisher", "handlers", "handlers.runtime", "handlers.llm"]
+
+
+@pytest.mark.parametrize("package", PACKAGES)
 def test_public_names_are_all_and_sorted(package: str) -> None:
     module = importlib.import_module(package)
     exported = list(module.__all__)
