@@ -412,10 +412,9 @@ class LLMClient:
         transform and its typed answer.
 
         The body here is plain JSON built by :meth:`_params`, so the SDK's walk over it
-        against its TypedDicts changes nothing, yet it is a quarter of the SDK's CPU per
-        request; building its ``ChatCompletion`` model is a fifth more, for the six fields
-        :class:`_Reply` reads from the JSON (cProfile under ``bench/llm_bound.py``'s load).
-        Everything else is the SDK's own path: authentication and Azure deployment URLs,
+        against its TypedDicts would change nothing, and of its ``ChatCompletion`` model
+        :class:`_Reply` needs six fields, read from the JSON: both are skipped for their CPU
+        cost. Everything else is the SDK's own path: authentication and Azure deployment URLs,
         timeouts, the status-code errors :func:`~handlers.llm.errors.translate` knows, and the
         raw response (headers, and the body as text from ``.parse()``).
         """
