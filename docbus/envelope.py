@@ -111,9 +111,6 @@ class Envelope(BaseModel):
     replayed_at: datetime | None = None
     target_subscription: str | None = None
     """Set on replays and retries meant for one subscription only (see :mod:`docbus.topology`)."""
-    attempt: int = Field(default=0, ge=0)
-    """Retries the worker has rescheduled itself (complete-and-reschedule); not part of
-    :attr:`message_id`, so all attempts share one result, but part of :attr:`send_id`."""
     run_id: str | None = Field(default=None, max_length=128)
     """The run that sent this message: a replay's id (``replay-...``) for a replay; ``None``
     for a publication, whose run is its batch (see :attr:`run`). Results keep it, so a
@@ -153,14 +150,6 @@ class Envelope(BaseModel):
         """When the run that sent this message was issued: ``replayed_at`` for a replay, else
         ``published_at``. The current result version is the one of the latest issued run."""
         return self.replayed_at or self.published_at
-
-    @property
-    def send_id(self) -> str:
-        """The Service Bus message id to send under: :attr:`message_id` for the first attempt,
-        distinct per rescheduled attempt so duplicate detection does not drop the retry."""
-        if self.attempt == 0:
-            return self.message_id
-        return _bounded(f"{self.message_id}#{self.attempt}")
 
     def to_bytes(self) -> bytes:
         """The message body: compact UTF-8 JSON."""
@@ -276,5 +265,4 @@ def application_properties(envelope: Envelope) -> dict[str, str | int]:
         "doc_id": envelope.doc_id,
         "schema_version": envelope.schema_version,
         "generation": envelope.generation,
-        "attempt": envelope.attempt,
     }

@@ -7,8 +7,11 @@
 every sender (the publisher, replays) sends, and :func:`fits_in_message` asks the SDK's own size
 accounting whether it fits a limit (the claim-check decision). Azure exceptions become
 :class:`MessagingError` subclasses in one place, :func:`translate_error` (also usable as the
-context manager :func:`translated`). Neighbours: :mod:`publisher.publish` sends, the subscriber
-receives and settles.
+context manager :func:`translated`): the SDK's own ``ServiceBusError`` tree, and the two
+``ValueError`` s it raises for a broker-side condition — a link it has shut down (after a
+connection loss) and a message settled already; its other ``ValueError`` s are argument mistakes
+and pass through. Neighbours: :mod:`publisher.publish` sends, :mod:`subscriber.receiver` (the
+worker's one adapter onto a receiver) receives and settles.
 """
 
 from __future__ import annotations
@@ -24,7 +27,9 @@ from azure.core.credentials_async import AsyncTokenCredential
 from azure.servicebus import ServiceBusMessage, ServiceBusMessageBatch
 from azure.servicebus.aio import ServiceBusClient
 from azure.servicebus.exceptions import (
+    MessageAlreadySettled,
     MessageLockLostError,
+    MessageNotFoundError,
     MessageSizeExceededError,
     MessagingEntityDisabledError,
     MessagingEntityNotFoundError,
@@ -46,6 +51,7 @@ from docbus.settings import ServiceBusSettings, Settings
 
 __all__ = [
     "MessageLockLost",
+    "MessageNotFound",
     "MessageTooLarge",
     "MessagingAuthError",
     "MessagingEntityNotFound",
@@ -96,11 +102,16 @@ class MessageLockLost(MessagingError):
     """The message (or session) lock expired or was lost before settlement."""
 
 
+class MessageNotFound(MessagingError):
+    """No message has that sequence number (a deferred message settled or expired meanwhile)."""
+
+
 _TRANSLATIONS: tuple[tuple[tuple[type[ServiceBusError], ...], type[MessagingError]], ...] = (
     ((ServiceBusAuthenticationError, ServiceBusAuthorizationError), MessagingAuthError),
     ((MessagingEntityNotFoundError, MessagingEntityDisabledError), MessagingEntityNotFound),
     ((MessageSizeExceededError,), MessageTooLarge),
     ((MessageLockLostError, SessionLockLostError), MessageLockLost),
+    ((MessageNotFoundError,), MessageNotFound),
     (
         (
             ServiceBusConnectionError,
@@ -114,8 +125,25 @@ _TRANSLATIONS: tuple[tuple[tuple[type[ServiceBusError], ...], type[MessagingErro
 )
 
 
-def translate_error(exc: ServiceBusError, operation: str = "Service Bus") -> MessagingError:
-    """The docbus exception for an azure-servicebus exception (raise it ``from exc``)."""
+_LINK_SHUT_DOWN = "has already been shutdown"
+"""How the SDK's ``ValueError`` says a receiver or sender it has shut down cannot be used."""
+
+
+def _is_sdk_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is the SDK telling of a broker-side condition (which
+    :func:`translate_error` translates), rather than of a mistake in the call."""
+    if isinstance(exc, ServiceBusError | MessageAlreadySettled):
+        return True
+    return isinstance(exc, ValueError) and _LINK_SHUT_DOWN in str(exc)
+
+
+def translate_error(exc: Exception, operation: str = "Service Bus") -> MessagingError:
+    """The docbus exception for an azure-servicebus exception (raise it ``from exc``): one of
+    the ``ServiceBusError`` tree or, see :func:`_is_sdk_error`, a ``ValueError``."""
+    if isinstance(exc, MessageAlreadySettled):
+        return MessagingError(f"{operation}: the message was settled already")
+    if not isinstance(exc, ServiceBusError):  # the SDK shut the link down (a connection lost)
+        return MessagingUnavailable(f"{operation}: the link to the broker was lost ({exc})")
     for azure_types, ours in _TRANSLATIONS:
         if isinstance(exc, azure_types):
             return ours(f"{operation}: {exc}")
@@ -130,7 +158,9 @@ def translated(operation: str = "Service Bus") -> Iterator[None]:
     """Translate azure-servicebus exceptions raised inside the block (works around ``await``)."""
     try:
         yield
-    except ServiceBusError as exc:
+    except (ServiceBusError, ValueError) as exc:
+        if not _is_sdk_error(exc):
+            raise
         raise translate_error(exc, operation) from exc
 
 
@@ -232,8 +262,8 @@ async def probe_endpoint(settings: Settings | ServiceBusSettings, within: float 
 def build_message(envelope: Envelope) -> ServiceBusMessage:
     """The Service Bus message carrying an envelope.
 
-    ``message_id`` is the envelope's :attr:`~docbus.envelope.Envelope.send_id` (the same
-    document, generation and attempt always get the same id, for duplicate detection), the
+    ``message_id`` is the envelope's :attr:`~docbus.envelope.Envelope.message_id` (the same
+    document and generation always get the same id, for duplicate detection), the
     session id is the envelope's (ordered subscriptions), and the application properties are
     those of :func:`~docbus.envelope.application_properties` (subscription routing rules).
     """
@@ -242,7 +272,7 @@ def build_message(envelope: Envelope) -> ServiceBusMessage:
     }
     return ServiceBusMessage(
         envelope.to_bytes(),
-        message_id=envelope.send_id,
+        message_id=envelope.message_id,
         content_type=CONTENT_TYPE,
         subject=envelope.topic,
         session_id=envelope.session_id,

@@ -17,14 +17,17 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from docbus.errors import DocbusError
+
 ROUTE_PROPERTY = "docbus-route"
 BROADCAST = "*"
 
 DEFAULT_TOPOLOGY = Path(__file__).resolve().parent.parent / "infra" / "topology.toml"
 
 
-class TopologyError(ValueError):
-    """The topology file is malformed; the message names the offending entry."""
+class TopologyError(DocbusError, ValueError):
+    """The topology file is malformed, or names no such topic or subscription; the message names
+    the offending entry. (Also a ``ValueError``, as it was before it joined docbus's errors.)"""
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ with the reason); :func:`plan_batch_replay` takes a batch's documents from the `
 store — all of them, those that failed in a handler, or those a handler never finished — so no
 source file is needed. Every planned message is the original content under the document's next
 replay generation (one above any generation known for it, so its message id is new and its
-result a new version), with ``replay_of`` and ``replayed_at`` for lineage, ``attempt`` 0, and
+result a new version), with ``replay_of`` and ``replayed_at`` for lineage, and
 ``target_subscription`` set to the subscription that failed: the routing property then matches
 only that subscription's *addressed* rule (:mod:`docbus.topology`), and the topic's other
 subscriptions never see the message.
@@ -119,7 +119,7 @@ class ReplayPlan:
                 planned.key,
                 str(envelope.generation),
                 _route(envelope),
-                envelope.send_id,
+                envelope.message_id,
             )
         return table
 
@@ -135,7 +135,7 @@ class ReplayPlan:
                     "doc_id": planned.envelope.doc_id,
                     "generation": planned.envelope.generation,
                     "route": planned.envelope.target_subscription,
-                    "message_id": planned.envelope.send_id,
+                    "message_id": planned.envelope.message_id,
                 }
                 for planned in self.messages
             ],
@@ -270,7 +270,6 @@ async def plan_dead_letter_replay(
                 "replay_of": record.message_id,
                 "replayed_at": now,
                 "target_subscription": record.subscription,
-                "attempt": 0,
             }
         )
         plan.messages.append(PlannedMessage(record.id, envelope, dead_letter=record))
@@ -343,7 +342,6 @@ async def plan_batch_replay(
                     "replay_of": message_id(batch_id, original.doc_id, known),
                     "replayed_at": now,
                     "target_subscription": target,
-                    "attempt": 0,
                 }
             )
             plan.messages.append(PlannedMessage(route_key, envelope, settles=settles))

@@ -22,16 +22,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from azure.servicebus import ServiceBusReceivedMessage, ServiceBusReceiveMode, ServiceBusSubQueue
-from azure.servicebus.aio import ServiceBusClient, ServiceBusReceiver
-from azure.servicebus.exceptions import ServiceBusError
+from azure.servicebus import ServiceBusReceivedMessage
+from azure.servicebus.aio import ServiceBusClient
 
 from docbus.records import DeadLetterRecord
-from docbus.servicebus import translated
+from docbus.servicebus import MessagingError
 from docbus.store import Store, StoreError
 from docbus.topology import Topology
 from subscriber import received
-from subscriber.processing import settlement_lost
+from subscriber.receiver import Receiver, open_receiver
 
 __all__ = ["Capture", "capture_dead_letters", "dead_letter_record", "sync_dead_letters"]
 
@@ -106,35 +105,25 @@ async def _drain(
     max_wait: float,
 ) -> Capture:
     capture = Capture(topic, subscription)
-    where = f"{topic}/{subscription}/$DeadLetterQueue"
-    with translated(f"drain {where}"):
-        receiver = client.get_subscription_receiver(
-            topic,
-            subscription,
-            sub_queue=ServiceBusSubQueue.DEAD_LETTER,
-            receive_mode=ServiceBusReceiveMode.PEEK_LOCK,
-        )
-        async with receiver:
-            # A peek answers at once; a receive on an empty queue waits ``max_wait`` out.
-            while await receiver.peek_messages(max_message_count=1, sequence_number=1):
-                messages = await receiver.receive_messages(
-                    max_message_count=RECEIVE_BATCH, max_wait_time=max_wait
-                )
-                if not messages:
-                    break  # the ones there are locked by another capture
-                await _capture_messages(receiver, store, messages, capture, handler)
+    async with open_receiver(client, topic, subscription, dead_letters=True) as receiver:
+        # A peek answers at once; a receive on an empty queue waits ``max_wait`` out.
+        while await receiver.peek():
+            messages = await receiver.receive(RECEIVE_BATCH, max_wait)
+            if not messages:
+                break  # the ones there are locked by another capture
+            await _capture_messages(receiver, store, messages, capture, handler)
     if capture.drained:
         logger.info(
             "captured %d dead letters of %s (%d new records)",
             capture.drained,
-            where,
+            receiver.where,
             capture.recorded,
         )
     return capture
 
 
 async def _capture_messages(
-    receiver: ServiceBusReceiver,
+    receiver: Receiver,
     store: Store,
     messages: Sequence[ServiceBusReceivedMessage],
     capture: Capture,
@@ -149,17 +138,14 @@ async def _capture_messages(
         except StoreError:
             # Never complete what is not recorded: give the rest back and let the caller retry.
             for unrecorded in messages[index:]:
-                with contextlib.suppress(ServiceBusError, ValueError):
-                    await receiver.abandon_message(unrecorded)
+                with contextlib.suppress(MessagingError):  # (its lock expires just the same)
+                    await receiver.abandon(unrecorded)
             raise
         try:
-            await receiver.complete_message(message)
-        except (ServiceBusError, ValueError) as exc:
-            lost = settlement_lost(exc)
-            if lost is None:
-                raise
+            await receiver.complete(message)
+        except MessagingError as exc:
             # The lock was lost: the message comes back, finds its record, and is completed then.
-            logger.warning("could not complete dead letter %s: %s", record.id, lost)
+            logger.warning("could not complete dead letter %s: %s", record.id, exc)
             continue
         capture.drained += 1
         capture.recorded += int(created)

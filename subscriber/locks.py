@@ -1,13 +1,15 @@
-"""Lock renewal: keep a message's peek-lock alive while it waits for and runs its handler.
+"""Lock renewal: keep a message's (or a session's) peek-lock alive while its handler runs.
 
 LLM calls outlast lock durations, so every message in flight gets a small task that renews its
 lock when half of the remaining lock time has passed, until the message is settled, the renewal
 budget (``max_duration``) is spent, or a renewal fails (the lock is then lost and Service Bus
 redelivers the message; the handler's result write stays idempotent). The SDK's
 ``AutoLockRenewer`` polls once a second and renews only in the last 75 % of whole seconds, which
-loses locks shorter than about three seconds; this renewer has no such floor. Neighbour:
-:mod:`subscriber.worker` registers messages as they arrive (received, or fetched back from
-deferral), before they wait for a handler slot.
+loses locks shorter than about three seconds; this renewer has no such floor.
+:func:`keep_session_lock` does the same for the session an ordered handler's receiver holds.
+Renewals go through :class:`~subscriber.receiver.Receiver`. Neighbour: :mod:`subscriber.worker`
+registers messages as they arrive (received, or fetched back from deferral), before they wait
+for a handler slot.
 """
 
 from __future__ import annotations
@@ -18,8 +20,9 @@ import time
 from datetime import UTC, datetime
 
 from azure.servicebus import ServiceBusReceivedMessage
-from azure.servicebus.aio import ServiceBusReceiver
-from azure.servicebus.exceptions import ServiceBusError
+
+from docbus.servicebus import MessagingError
+from subscriber.receiver import Receiver
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +36,7 @@ class LockRenewer:
         self.max_duration = max_duration
         self._tasks: dict[int, asyncio.Task[None]] = {}
 
-    def register(self, receiver: ServiceBusReceiver, message: ServiceBusReceivedMessage) -> None:
+    def register(self, receiver: Receiver, message: ServiceBusReceivedMessage) -> None:
         key = id(message)
         if key in self._tasks:
             return
@@ -53,7 +56,7 @@ class LockRenewer:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _keep(self, receiver: ServiceBusReceiver, message: ServiceBusReceivedMessage) -> None:
+    async def _keep(self, receiver: Receiver, message: ServiceBusReceivedMessage) -> None:
         deadline = time.monotonic() + self.max_duration
         while True:
             locked_until = message.locked_until_utc
@@ -68,7 +71,21 @@ class LockRenewer:
                 )  # fmt: skip
                 return
             try:
-                await receiver.renew_message_lock(message)
-            except (ServiceBusError, ValueError) as exc:
+                await receiver.renew_lock(message)
+            except MessagingError as exc:
                 logger.warning("lost the lock of %s: %s", message.message_id, exc)
                 return
+
+
+async def keep_session_lock(receiver: Receiver) -> None:
+    """Renew the lock of the session ``receiver`` holds when half of it has passed, until
+    cancelled or a renewal fails (the session then goes to whichever receiver locks it next)."""
+    while True:
+        locked_until = receiver.session_locked_until
+        remaining = (locked_until - datetime.now(UTC)).total_seconds() if locked_until else 10.0
+        await asyncio.sleep(max(_MIN_PAUSE, remaining / 2))
+        try:
+            await receiver.renew_session_lock()
+        except MessagingError as exc:
+            logger.warning("lost the lock of session %s: %s", receiver.session_id, exc)
+            return

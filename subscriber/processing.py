@@ -3,10 +3,12 @@
 :class:`Processor` reads the envelope, resolves a claim-check, builds the handler's
 :class:`~handlers.context.Context`, runs the handler, writes the result durably and only then
 completes the message. A failure becomes a :class:`~subscriber.settlement.Decision`
-(:func:`~subscriber.settlement.decide`), which is carried out here: hold-then-abandon for
-retries, a Mongo ``dead_letters`` record before every broker dead-letter, a ``parked`` record
-before every deferral. Neighbours: :mod:`subscriber.worker` receives and schedules,
-:mod:`subscriber.settlement` decides.
+(:func:`~subscriber.settlement.decide`, given the facts gathered here: whether the handler keeps
+an order, whether another delivery stored a result, whether the dead letter could be recorded),
+which is carried out here, never overruled: hold-then-abandon for retries, a Mongo
+``dead_letters`` record before every broker dead-letter, a ``parked`` record before every
+deferral. What happened becomes a :class:`DeliveryOutcome`. Neighbours:
+:mod:`subscriber.worker` receives and schedules, :mod:`subscriber.settlement` decides.
 """
 
 from __future__ import annotations
@@ -22,12 +24,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from azure.servicebus import ServiceBusMessageState, ServiceBusReceivedMessage
-from azure.servicebus.aio import ServiceBusReceiver
-from azure.servicebus.exceptions import ServiceBusError
 
 from docbus.backoff import BackoffPolicy
 from docbus.envelope import Envelope, InvalidEnvelope
 from docbus.records import DeadLetterRecord
+from docbus.servicebus import MessagingError
 from docbus.store import Store, StoreError
 from handlers import Context
 from handlers.runtime import (
@@ -42,13 +43,14 @@ from handlers.runtime import (
 )
 from subscriber.parking import ParkedMessage, mark_deferred, park
 from subscriber.received import dead_letter_record, read_envelope, record_dead_letter, storable_text
+from subscriber.receiver import Receiver
 from subscriber.settlement import COMPLETE, Action, Decision, decide, describe
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
-class Outcome:
+class DeliveryOutcome:
     """What happened to one delivery, for the worker's report and log line."""
 
     handler: str
@@ -110,12 +112,12 @@ class Processor:
     async def process(
         self,
         registered: RegisteredHandler,
-        receiver: ServiceBusReceiver,
+        receiver: Receiver,
         message: ServiceBusReceivedMessage,
         *,
         handler_returned: Callable[[], Awaitable[None]] | None = None,
         checkpoints: asyncio.Task[dict[str, Any]] | None = None,
-    ) -> Outcome:
+    ) -> DeliveryOutcome:
         """Run the handler on ``message`` and settle it.
 
         ``handler_returned`` is awaited once the handler has returned its output: the worker
@@ -186,23 +188,23 @@ class Processor:
             if ctx is not None:
                 # The failed delivery's audit rows go in before its retry or dead letter.
                 await self._flush_quietly(ctx)
-            decision = decide(
-                exc,
-                attempt=attempt,
-                max_attempts=self.max_attempts(registered),
-                policy=self.backoff,
-                rng=self.rng,
-            )
+            decision = self._decide(registered, exc, attempt)
         finally:
             if running is not None:
                 self._running[running] -= 1
                 if not self._running[running]:
                     del self._running[running]
+        if (
+            decision.action is Action.DEAD_LETTER
+            and error is not None
+            and await self._done_before(registered, envelope)
+        ):
+            decision = self._decide(registered, error, attempt, result_stored=True)
         step = getattr(ctx, "current_step", None) or getattr(error, "step", None)
         action = await self._settle(
             registered, receiver, message, decision, error, envelope, attempt, step
         )
-        outcome = Outcome(
+        outcome = DeliveryOutcome(
             handler=registered.spec.name,
             action=action,
             attempt=attempt,
@@ -242,7 +244,7 @@ class Processor:
     async def _settle(
         self,
         registered: RegisteredHandler,
-        receiver: ServiceBusReceiver,
+        receiver: Receiver,
         message: ServiceBusReceivedMessage,
         decision: Decision,
         error: BaseException | None,
@@ -259,55 +261,67 @@ class Processor:
                     await self._hold(decision.delay)
                 await self.give_back(registered, receiver, message, envelope, decision)
             elif decision.action is Action.DEAD_LETTER:
-                if await self._done_before(registered, envelope):
-                    return await self._settle(
-                        registered, receiver, message, COMPLETE, None, envelope, attempt, step
-                    )
+                assert error is not None  # (only a failure is dead-lettered)
                 record = self._dead_letter_record(
                     registered, message, decision, error, envelope, attempt, step
                 )
                 try:
                     await record_dead_letter(self.store, record)
                 except StoreError as exc:
-                    # Never dead-letter what we could not record: try again later instead.
                     logger.error("cannot record dead letter, retrying later: %s", exc)
-                    await self._hold(self.backoff.base)
-                    await self.give_back(registered, receiver, message, envelope)
-                    return Action.RETRY
-                await receiver.dead_letter_message(
+                    retry = self._decide(registered, error, attempt, unrecordable=exc)
+                    return await self._settle(
+                        registered, receiver, message, retry, error, envelope, attempt, step
+                    )
+                await receiver.dead_letter(
                     message,
                     reason=storable_text(decision.reason),
-                    error_description=storable_text(decision.description),
+                    description=storable_text(decision.description),
                 )
-            elif decision.action is Action.PARK and registered.spec.ordered_by:
-                # A deferred session message would break its session's order: hold it (the
-                # session lock is renewed) and give it back, in order, when the hold ends.
-                await self._hold(self.backoff.cap)
-                await receiver.abandon_message(message)
-                return Action.RETRY
             elif decision.action is Action.PARK:
                 await self._park(registered, receiver, message, decision, envelope)
-        except Exception as exc:
-            lost = settlement_lost(exc)
-            if lost is None:
-                # Whatever went wrong, the message must not sit locked and unsettled until its
-                # lock runs out (and the worker wait for it): give it back now.
-                logger.error(
-                    "could not %s %s (%s): giving it back",
-                    decision.action.name.lower().replace("_", "-"),
-                    message.message_id,
-                    describe(exc),
-                    exc_info=not isinstance(exc, StoreError),
-                )
-                await self.give_back(registered, receiver, message, envelope)
-                return Action.RETRY
+        except MessagingError as exc:
             # Lock lost or connection gone: the broker redelivers; the result (if any) is
             # already written and the rewrite is idempotent.
             logger.warning(
-                "could not settle %s (%s): %s", message.message_id, decision.action.value, lost
+                "could not settle %s (%s): %s", message.message_id, decision.action.value, exc
             )
             return Action.RETRY  # it comes back: its next delivery is the one that counts
+        except Exception as exc:
+            # Whatever went wrong, the message must not sit locked and unsettled until its
+            # lock runs out (and the worker wait for it): give it back now.
+            logger.error(
+                "could not %s %s (%s): giving it back",
+                decision.action.name.lower().replace("_", "-"),
+                message.message_id,
+                describe(exc),
+                exc_info=not isinstance(exc, StoreError),
+            )
+            await self.give_back(registered, receiver, message, envelope)
+            return Action.RETRY
         return decision.action
+
+    def _decide(
+        self,
+        registered: RegisteredHandler,
+        error: BaseException,
+        attempt: int,
+        *,
+        result_stored: bool = False,
+        unrecordable: BaseException | None = None,
+    ) -> Decision:
+        """:func:`~subscriber.settlement.decide` with what this processor knows of the
+        handler (its delivery limit, whether it keeps an order) and of the message."""
+        return decide(
+            error,
+            attempt=attempt,
+            max_attempts=self.max_attempts(registered),
+            policy=self.backoff,
+            rng=self.rng,
+            ordered=bool(registered.spec.ordered_by),
+            result_stored=result_stored,
+            unrecordable=unrecordable,
+        )
 
     async def _call(self, registered: RegisteredHandler, document: Any, ctx: Context) -> Any:
         """The handler's output, or :class:`HandlerTimeout` once it has run past its timeout."""
@@ -347,7 +361,7 @@ class Processor:
     async def _complete(
         self,
         registered: RegisteredHandler,
-        receiver: ServiceBusReceiver,
+        receiver: Receiver,
         message: ServiceBusReceivedMessage,
         envelope: Envelope | None,
         attempt: int,
@@ -356,8 +370,8 @@ class Processor:
         delivery before this one (or beside it, once this one's lock is lost) that gave up —
         is resolved by that result: only a redelivery, or a lost lock, can have one."""
         try:
-            await receiver.complete_message(message)
-        except Exception:  # (settled below as any failed settlement: see settlement_lost)
+            await receiver.complete(message)
+        except Exception:  # (settled by the caller as any failed settlement)
             await self._resolve_dead_letters(registered, envelope)
             raise
         if attempt > 1:
@@ -417,7 +431,7 @@ class Processor:
     async def give_back(
         self,
         registered: RegisteredHandler,
-        receiver: ServiceBusReceiver,
+        receiver: Receiver,
         message: ServiceBusReceivedMessage,
         envelope: Envelope | None = None,
         decision: Decision | None = None,
@@ -446,8 +460,8 @@ class Processor:
                     "a deferred message has no parked record (%s): %s", message.sequence_number, exc
                 )
         try:
-            await receiver.abandon_message(message)
-        except (ServiceBusError, ValueError) as exc:
+            await receiver.abandon(message)
+        except MessagingError as exc:
             logger.warning("could not abandon %s: %s", message.message_id, exc)
 
     @staticmethod
@@ -477,7 +491,7 @@ class Processor:
     async def _park(
         self,
         registered: RegisteredHandler,
-        receiver: ServiceBusReceiver,
+        receiver: Receiver,
         message: ServiceBusReceivedMessage,
         decision: Decision,
         envelope: Envelope | None,
@@ -486,7 +500,7 @@ class Processor:
         # Record first, so a deferred message is never without its record; then confirm, so
         # no resumer fetches it before Service Bus has deferred it.
         await park(self.store, parked)
-        await receiver.defer_message(message)
+        await receiver.defer(message)
         await mark_deferred(self.store, parked)
 
     @staticmethod
@@ -518,18 +532,6 @@ class Processor:
 
 class _AlreadyDone(Exception):
     """An earlier delivery of the message stored its result: complete it, nothing more."""
-
-
-def settlement_lost(exc: BaseException) -> str | None:
-    """Why a settlement failed in a way the broker repairs by itself — the lock was lost, or
-    the link is gone (the SDK says so with a ``ValueError`` once it has shut the receiver's
-    handler down, as after a broker restart): the message comes back. None for anything else.
-    """
-    if isinstance(exc, ServiceBusError):
-        return str(exc)
-    if isinstance(exc, ValueError) and "shutdown" in str(exc):
-        return "the link to the broker was lost (the message will be delivered again)"
-    return None
 
 
 def _is_expected(error: BaseException) -> bool:

@@ -10,6 +10,11 @@ a plain function of the exception, the attempt number and the delivery limit, wi
     Retry / anything else            -> RETRY      (hold the lock for the backoff, then abandon)
                                         or DEAD_LETTER "RetriesExhausted" on the last delivery
 
+and, from what else is known about the message: a PARK of an ordered handler's message becomes
+a RETRY after the backoff cap, a DEAD_LETTER of a message whose result another delivery stored
+becomes COMPLETE, and one whose ``dead_letters`` record Mongo refused becomes a RETRY. The
+processor gathers those facts and carries the decision out; it never overrules it.
+
 Why hold-then-abandon: Service Bus redelivers an abandoned message at once, so abandoning on
 failure would burn the whole delivery count in a hot loop. Holding the (renewed) lock for the
 backoff delay and only then abandoning spaces the attempts out, keeps the broker's delivery
@@ -68,8 +73,58 @@ def decide(
     max_attempts: int,
     policy: BackoffPolicy,
     rng: random.Random | None = None,
+    ordered: bool = False,
+    result_stored: bool = False,
+    unrecordable: BaseException | None = None,
 ) -> Decision:
-    """The settlement for a failed attempt; ``attempt`` counts deliveries from 1."""
+    """The settlement for a failed attempt; ``attempt`` counts deliveries from 1.
+
+    The facts about the message beyond its error, each of which can change the verdict:
+
+    ``ordered``
+        its handler keeps a session's order: a parking becomes a RETRY after the backoff
+        cap (a deferred session message would break the order; the held lock is renewed and
+        the message given back in order);
+    ``result_stored``
+        another delivery of it stored a result already (a lost lock, a parallel delivery):
+        a dead letter becomes COMPLETE, a document is never both done and dead;
+    ``unrecordable``
+        the error that refused its ``dead_letters`` record: a dead letter becomes a RETRY
+        after the backoff base, since nothing is dead-lettered that Mongo does not record.
+    """
+    verdict = _verdict(exc, attempt=attempt, max_attempts=max_attempts, policy=policy, rng=rng)
+    if verdict.action is Action.DEAD_LETTER:
+        if result_stored:
+            return COMPLETE
+        if unrecordable is not None:
+            return Decision(
+                Action.RETRY,
+                delay=policy.base,
+                description=one_line(
+                    f"its dead letter could not be recorded ({describe(unrecordable)}); "
+                    f"it was: {verdict.reason}: {verdict.description}",
+                    MAX_DESCRIPTION,
+                ),
+            )
+    if verdict.action is Action.PARK and ordered:
+        return Decision(
+            Action.RETRY,
+            delay=policy.cap,
+            reason=verdict.reason,
+            description=verdict.description,
+        )
+    return verdict
+
+
+def _verdict(
+    exc: BaseException,
+    *,
+    attempt: int,
+    max_attempts: int,
+    policy: BackoffPolicy,
+    rng: random.Random | None,
+) -> Decision:
+    """What the error alone says."""
     if isinstance(exc, DeadLetter):
         return Decision(
             Action.DEAD_LETTER,

@@ -1,21 +1,24 @@
 """The worker: receive from each handler's subscription, run handlers concurrently, settle.
 
-One :class:`Worker` serves a set of handlers in one process. Per handler it keeps a peek-lock
-receiver on the handler's subscription and pulls as many messages as it has free handler slots
-(``concurrency`` is shared by all handlers) plus a few more, ``receive_ahead``: those wait, in
-the order received, for the next free slot, so a slot a handler hands on is taken at once rather
-than after a round trip to the broker (by default only with lock renewal on: a waiting message's
-lock is renewed from the moment it arrives, :class:`~subscriber.locks.LockRenewer`). ``stop()``
-gives back the ones still waiting at once. A circuit breaker pauses every
-receiver when the LLM endpoint fails systemically and probes until it recovers; parked messages
-(:mod:`subscriber.parking`) are resumed once their cause clears — as soon as a receiver opens,
-then every ``resume_interval`` — and :attr:`WorkerReport.parked` says what is left parked when
-the worker exits. ``stop()`` (SIGINT/SIGTERM in the CLI) stops receiving, lets in-flight
-handlers finish within the grace period and abandons the rest; ``until_idle`` drains and exits,
-for batch jobs and tests: idle means nothing arrived for that long, nothing is in flight and
-nothing parked is resumable — or the LLM endpoint still fails after one last probe, rather than
-probing for ever. A :class:`~subscriber.watchdog.LoopWatchdog` says when a handler blocks the
-event loop; audit rows and checkpoints an outage of the store held back are drained before exit
+One :class:`Worker` serves a set of handlers in one process; it orchestrates, the parts live
+beside it. Per handler it keeps a peek-lock receiver (:mod:`subscriber.receiver`) on the
+handler's subscription and pulls as many messages as it has free handler slots (``concurrency``
+is shared by all handlers) plus a few more, ``receive_ahead``: those wait, in the order received,
+for the next free slot, so a slot a handler hands on is taken at once rather than after a round
+trip to the broker (by default only with lock renewal on: a waiting message's lock is renewed
+from the moment it arrives, :class:`~subscriber.locks.LockRenewer`); :mod:`subscriber.admission`
+keeps those counts. ``stop()`` gives back the ones still waiting at once. A circuit breaker
+(:mod:`subscriber.breaker`) pauses every receiver when the LLM endpoint fails systemically and
+probes until it recovers; parked messages (:mod:`subscriber.parking`) are resumed once their
+cause clears (:mod:`subscriber.resumption`) — as soon as a receiver opens, then every
+``resume_interval`` — and :attr:`WorkerReport.parked` says what is left parked when the worker
+exits. ``stop()`` (SIGINT/SIGTERM in the CLI) stops receiving, lets in-flight handlers finish
+within the grace period and abandons the rest; ``until_idle`` drains and exits, for batch jobs
+and tests: idle means nothing arrived for that long, nothing is in flight and nothing parked is
+resumable — or the LLM endpoint still fails after one last probe, rather than probing for ever.
+A :class:`~subscriber.watchdog.LoopWatchdog` says when a handler blocks the event loop; the
+subscriptions' dead-letter queues are captured into Mongo (:mod:`subscriber.dlq`); audit rows
+and checkpoints an outage of the store held back are drained before exit
 (:mod:`handlers.writes`). Neighbours: :mod:`subscriber.processing` (one delivery),
 :mod:`subscriber.cli` (``docbus worker``).
 """
@@ -30,17 +33,11 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from types import CodeType
-from typing import Any, cast
+from typing import Any
 
-from azure.servicebus import NEXT_AVAILABLE_SESSION, ServiceBusReceivedMessage
-from azure.servicebus.aio import ServiceBusClient, ServiceBusReceiver
-from azure.servicebus.exceptions import (
-    MessageNotFoundError,
-    OperationTimeoutError,
-    ServiceBusError,
-)
+from azure.servicebus import ServiceBusReceivedMessage
+from azure.servicebus.aio import ServiceBusClient
 
 from docbus.backoff import BackoffPolicy
 from docbus.servicebus import MessagingError
@@ -48,18 +45,14 @@ from docbus.settings import WorkerSettings
 from docbus.store import ParkedGroup, Store, StoreError
 from docbus.topology import Topology, TopologyError
 from handlers.runtime import RegisteredHandler, drain_backlog
-from subscriber.locks import LockRenewer
-from subscriber.parking import (
-    OVER_BUDGET,
-    SYSTEMIC,
-    ParkedMessage,
-    may_resume,
-    parked_messages,
-    unpark,
-)
-from subscriber.processing import Outcome, Processor, cancel_unawaited
+from subscriber.admission import Admission
+from subscriber.breaker import CircuitBreaker
+from subscriber.locks import LockRenewer, keep_session_lock
+from subscriber.parking import ParkedMessage
+from subscriber.processing import DeliveryOutcome, Processor, cancel_unawaited
+from subscriber.receiver import Receiver, open_next_session, open_receiver
+from subscriber.resumption import Fetched, Resumption
 from subscriber.settlement import Action
-from subscriber.turns import TakingTurns
 from subscriber.watchdog import LoopWatchdog
 
 logger = logging.getLogger(__name__)
@@ -171,7 +164,7 @@ class WorkerReport:
     """What is left parked on the worker's subscriptions as it exits, per handler and reason
     (with the latest description of why): messages a batch job has not finished."""
 
-    def add(self, outcome: Outcome) -> None:
+    def add(self, outcome: DeliveryOutcome) -> None:
         self.outcomes[(outcome.handler, outcome.action.value)] += 1
         if outcome.action is Action.DEAD_LETTER:
             self.reasons[(outcome.handler, outcome.reason)] += 1
@@ -205,7 +198,7 @@ class Worker:
         options: WorkerOptions | None = None,
         topology: Topology | None = None,
         llm: Any = None,
-        on_outcome: Callable[[Outcome], None] | None = None,
+        on_outcome: Callable[[DeliveryOutcome], None] | None = None,
     ) -> None:
         if not handlers:
             raise ValueError("a worker needs at least one handler")
@@ -219,28 +212,29 @@ class Worker:
         self.report = WorkerReport()
         self._check_ordering()
         self._stopping = asyncio.Event()
-        self._circuit_closed = asyncio.Event()
-        self._circuit_closed.set()
-        self._slots = asyncio.Semaphore(self.options.concurrency)
-        # Messages received and not yet through their handler: those running (each also holds
-        # a slot) and those waiting for a slot, at most `receive_ahead` beyond the slots.
-        self._credits = asyncio.Semaphore(self.options.concurrency + self.options.ahead)
-        self._waiting: set[asyncio.Task[None]] = set()
-        self._stop_cancelled: set[asyncio.Task[None]] = set()
-        self._giving_back = False
-        self._resumed_waiting: set[str] = set()  # parked ids fetched back, not yet started
-        # Messages whose handler has returned, while their writes are acknowledged, their
-        # result stored and their completion confirmed: they no longer hold a handler slot,
-        # but at most `concurrency` of them.
-        self._completing = asyncio.Semaphore(self.options.concurrency)
+        self._admission = Admission(self.options.concurrency, self.options.ahead, self._stopping)
         self._in_flight: set[asyncio.Task[None]] = set()
         self._taken = 0
         self._last_activity = time.monotonic()
         self._renewer: LockRenewer | None = None
-        self._receivers: dict[str, ServiceBusReceiver] = {}
+        self._receivers: dict[str, Receiver] = {}
         self._handler_tasks: dict[str, set[asyncio.Task[None]]] = {}
-        self._resume_lock = asyncio.Lock()
-        self._llm_works: bool | None = None  # None: not known yet (no probe, no failure)
+        self._breaker = CircuitBreaker(
+            llm,
+            probe_interval=self.options.probe_interval,
+            stopping=self._stopping,
+            stop=self.stop,
+            recovered=lambda: self._resumption.resume(),
+        )
+        self._resumption = Resumption(
+            store,
+            handlers,
+            breaker=self._breaker,
+            receivers=self._receivers,
+            stopping=self._stopping,
+            interval=self.options.resume_interval,
+            run=self._run_resumed,
+        )
         self._exit_capture: asyncio.Task[None] | None = None
         self._processor = Processor(
             store,
@@ -275,14 +269,12 @@ class Worker:
         if not self._stopping.is_set():
             logger.info("worker stopping: no new messages, finishing in-flight handlers")
         self._stopping.set()
-        self._giving_back = True
-        for task in self._waiting - self._stop_cancelled:
-            self._stop_cancelled.add(task)
-            task.cancel()
+        self._admission.give_back_waiting()
 
     @property
     def paused(self) -> bool:
-        return not self._circuit_closed.is_set()
+        """Whether the circuit breaker holds receiving (:mod:`subscriber.breaker`)."""
+        return self._breaker.is_open
 
     def max_delivery_count(self, registered: RegisteredHandler) -> int:
         spec = registered.spec
@@ -339,7 +331,7 @@ class Worker:
                 loops.append(asyncio.create_task(self._receive_loop(registered)))
         helpers = [
             asyncio.create_task(self._watch_idle()),
-            asyncio.create_task(self._resume_loop()),
+            asyncio.create_task(self._resumption.loop()),
             asyncio.create_task(self._capture_loop()),
         ]
         try:
@@ -358,42 +350,36 @@ class Worker:
                 watchdog.stop()
             # audit rows and checkpoints an outage refused: stored now, as far as possible
             await drain_backlog(self.store, within=self.options.shutdown_grace)
-            self.report.parked = await self._left_parked()
+            self.report.parked = await self._resumption.left_parked()
             self.report.seconds = time.monotonic() - started
         return self.report
 
     # --- receiving ------------------------------------------------------------------------
     async def _receive_loop(self, registered: RegisteredHandler) -> None:
         spec = registered.spec
-        link = self.client.get_subscription_receiver(
-            spec.topic, spec.subscription, prefetch_count=self.options.prefetch
-        )
-        # Receives and settlements on this link take turns (see subscriber.turns); the
-        # wrapper has the receiver's interface, so whatever settles need not know.
-        receiver = cast(ServiceBusReceiver, TakingTurns(link))
-        async with link:
+        async with open_receiver(
+            self.client, spec.topic, spec.subscription, prefetch=self.options.prefetch
+        ) as receiver:
             self._receivers[spec.name] = receiver
             mine = self._handler_tasks.setdefault(spec.name, set())
             try:
                 # parked messages whose cause has cleared go first, not a resume round later
-                await self._resume_parked(registered)
+                await self._resumption.resume(registered)
                 while not self._stopping.is_set():
-                    await self._wait_for_circuit()
+                    await self._breaker.wait_closed()
                     if self._stopping.is_set():
                         break
                     granted = await self._take_credits()
                     if granted == 0:
                         break
                     try:
-                        messages = await receiver.receive_messages(
-                            max_message_count=granted, max_wait_time=self._receive_wait()
-                        )
-                    except ServiceBusError as exc:
-                        self._release(granted)
-                        logger.warning("receive from %s failed: %s", spec.subscription, exc)
+                        messages = await receiver.receive(granted, self._receive_wait())
+                    except MessagingError as exc:
+                        self._admission.release_credits(granted)
+                        logger.warning("%s", exc)
                         await self._pause_for(self.options.backoff.base)
                         continue
-                    self._release(granted - len(messages))
+                    self._admission.release_credits(granted - len(messages))
                     if messages:
                         self._last_activity = time.monotonic()
                     for message in messages:
@@ -417,45 +403,37 @@ class Worker:
         """Ordered handlers: lock the next session with messages, run them in order, repeat."""
         spec = registered.spec
         while not self._stopping.is_set():
-            await self._wait_for_circuit()
+            await self._breaker.wait_closed()
             if self._stopping.is_set():
                 return
-            receiver = self.client.get_subscription_receiver(
-                spec.topic,
-                spec.subscription,
-                session_id=NEXT_AVAILABLE_SESSION,
-                max_wait_time=self.options.receive_wait,
-            )
             try:
-                async with receiver:
-                    renewal = asyncio.create_task(self._renew_session(receiver))
+                async with open_next_session(
+                    self.client, spec.topic, spec.subscription, max_wait=self.options.receive_wait
+                ) as receiver:
+                    if receiver is None:
+                        continue  # no session has messages right now
+                    renewal = asyncio.create_task(keep_session_lock(receiver))
                     try:
                         await self._drain_session(registered, receiver)
                     finally:
                         renewal.cancel()
                         await asyncio.gather(renewal, return_exceptions=True)
-            except OperationTimeoutError:
-                continue  # no session has messages right now
-            except ServiceBusError as exc:
-                logger.warning("session receive on %s failed: %s", spec.subscription, exc)
+            except MessagingError as exc:
+                logger.warning("%s", exc)
                 await self._pause_for(self.options.backoff.base)
 
-    async def _drain_session(
-        self, registered: RegisteredHandler, receiver: ServiceBusReceiver
-    ) -> None:
+    async def _drain_session(self, registered: RegisteredHandler, receiver: Receiver) -> None:
         while not self._stopping.is_set():
             granted = await self._take_credits(most=1)
             if granted == 0:
                 return
             try:
-                messages = await receiver.receive_messages(
-                    max_message_count=1, max_wait_time=self.options.receive_wait
-                )
+                messages = await receiver.receive(1, self.options.receive_wait)
             except BaseException:
-                self._release(granted)
+                self._admission.release_credits(granted)
                 raise
             if not messages:
-                self._release(granted)
+                self._admission.release_credits(granted)
                 return  # this session is drained: let another receiver take the next one
             self._last_activity = time.monotonic()
             self._taken += 1
@@ -463,60 +441,26 @@ class Worker:
             # One at a time within a session: the next message waits for this settlement.
             await asyncio.shield(task)
 
-    async def _renew_session(self, receiver: ServiceBusReceiver) -> None:
-        session = receiver.session
-        while True:
-            locked_until = session.locked_until_utc
-            remaining = (locked_until - datetime.now(UTC)).total_seconds() if locked_until else 10.0
-            await asyncio.sleep(max(0.05, remaining / 2))
-            try:
-                await session.renew_lock()
-            except (ServiceBusError, ValueError) as exc:
-                logger.warning("lost the lock of session %s: %s", session.session_id, exc)
-                return
-
     async def _take_credits(self, most: int | None = None) -> int:
-        """Block until one more message may be received, then take whatever else is free now
-        (handler slots, plus ``receive_ahead`` for messages that wait for one)."""
-        remaining = None
+        """Credits for the next receive (:meth:`Admission.take_credits`), no more than
+        ``max_messages`` leaves; 0 once stopping (or done)."""
         if self.options.max_messages is not None:
             remaining = self.options.max_messages - self._taken
             if remaining <= 0:
                 self._stopping.set()
                 return 0
-        acquire = asyncio.ensure_future(self._credits.acquire())
-        stop = asyncio.ensure_future(self._stopping.wait())
-        done, _ = await asyncio.wait({acquire, stop}, return_when=asyncio.FIRST_COMPLETED)
-        stop.cancel()
-        if acquire not in done:
-            acquire.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await acquire
-            if acquire.done() and not acquire.cancelled():
-                self._credits.release()
-            return 0
-        granted = 1
-        limit = remaining if remaining is not None else self.options.concurrency
-        if most is not None:
-            limit = min(limit, most)
-        while granted < limit and not self._credits.locked():
-            await self._credits.acquire()
-            granted += 1
-        return granted
-
-    def _release(self, count: int) -> None:
-        for _ in range(count):
-            self._credits.release()
+            most = remaining if most is None else min(most, remaining)
+        return await self._admission.take_credits(most)
 
     def _start(
         self,
         registered: RegisteredHandler,
-        receiver: ServiceBusReceiver,
+        receiver: Receiver,
         message: ServiceBusReceivedMessage,
         mine: set[asyncio.Task[None]] | None = None,
         parked: ParkedMessage | None = None,
     ) -> asyncio.Task[None]:
-        """Run ``message`` (holding one of :attr:`_credits`) as soon as a handler slot frees.
+        """Run ``message`` (holding an admission credit) as soon as a handler slot frees.
         Its checkpoints are read meanwhile, if its handler uses steps."""
         if self._renewer is not None:
             self._renewer.register(receiver, message)
@@ -535,39 +479,31 @@ class Worker:
     async def _run_one(
         self,
         registered: RegisteredHandler,
-        receiver: ServiceBusReceiver,
+        receiver: Receiver,
         message: ServiceBusReceivedMessage,
         checkpoints: asyncio.Task[dict[str, Any]] | None = None,
         parked: ParkedMessage | None = None,
     ) -> None:
-        slot_held = False
-        credit_held = True
-        completing = False
+        ticket = self._admission.ticket()
 
-        async def handler_returned() -> None:
-            nonlocal slot_held, credit_held, completing
-            await self._completing.acquire()
-            completing = True
-            slot_held = credit_held = False
-            self._slots.release()
-            self._credits.release()
+        async def give_back() -> None:
+            await self._processor.give_back(registered, receiver, message)
 
         try:
-            if not await self._wait_for_slot(registered, receiver, message):
+            if not await self._admission.wait_for_slot(ticket, give_back):
                 return
-            slot_held = True
             if parked is not None:
                 # only now: a resumed message given back before this point keeps its record
                 try:
-                    await self._unpark(parked)
+                    await self._resumption.unpark(parked)
                 except asyncio.CancelledError:
-                    await asyncio.shield(self._processor.give_back(registered, receiver, message))
+                    await asyncio.shield(give_back())
                     raise
             outcome = await self._processor.process(
                 registered,
                 receiver,
                 message,
-                handler_returned=handler_returned,
+                handler_returned=ticket.handler_returned,
                 checkpoints=checkpoints,
             )
         except asyncio.CancelledError:
@@ -575,58 +511,22 @@ class Worker:
         except Exception:
             logger.exception("unexpected failure processing %s", message.message_id)
             # never left locked until its lock runs out: give it back now
-            await self._processor.give_back(registered, receiver, message)
+            await give_back()
             return
         finally:
             if parked is not None:
-                self._resumed_waiting.discard(parked.id)
+                self._resumption.waiting.discard(parked.id)
             if checkpoints is not None:
                 cancel_unawaited(checkpoints)
             if self._renewer is not None:
                 self._renewer.release(message)
-            if slot_held:
-                self._slots.release()
-            if credit_held:
-                self._credits.release()
-            if completing:
-                self._completing.release()
+            ticket.release()
             self._last_activity = time.monotonic()
         self.report.add(outcome)
         if outcome.action is Action.PARK and outcome.reason == "SystemicFailure":
-            self._open_circuit()
+            self._breaker.open()
         if self.on_outcome is not None:
             self.on_outcome(outcome)
-
-    async def _wait_for_slot(
-        self,
-        registered: RegisteredHandler,
-        receiver: ServiceBusReceiver,
-        message: ServiceBusReceivedMessage,
-    ) -> bool:
-        """Take a handler slot for ``message``, first come first served. False if ``stop()``
-        came first: the message, which no handler has seen, is then given back to the broker
-        for any worker to take (as a lock left to expire would, that counts a delivery)."""
-        if self._giving_back:
-            await self._processor.give_back(registered, receiver, message)
-            return False
-        if not self._slots.locked():
-            await self._slots.acquire()  # returns at once: nothing to wait for or cancel
-            return True
-        task = asyncio.current_task()
-        assert task is not None
-        self._waiting.add(task)
-        try:
-            await self._slots.acquire()
-            return True
-        except asyncio.CancelledError:
-            await asyncio.shield(self._processor.give_back(registered, receiver, message))
-            if task in self._stop_cancelled:
-                self._stop_cancelled.discard(task)
-                if task.uncancel() == 0:
-                    return False  # stop()'s cancellation, and nobody else's: taken back
-            raise
-        finally:
-            self._waiting.discard(task)
 
     async def _drain(self, tasks: set[asyncio.Task[None]]) -> None:
         """Give in-flight handlers the grace period, then cancel (they abandon their message)."""
@@ -667,7 +567,7 @@ class Worker:
         a paused circuit that one more probe finds closed. A circuit still open is not: a
         batch job ends, and its report lists what it left parked, rather than probe forever."""
         if self.paused:
-            if not await self._probe_once():
+            if not await self._breaker.probe():
                 logger.warning(
                     "LLM endpoint still failing after %.0fs without work: stopping; parked "
                     "messages stay parked (docbus parked list) and resume when a worker finds "
@@ -675,8 +575,8 @@ class Worker:
                     self.options.until_idle or 0,
                 )
                 return True
-            self._close_circuit()
-        return await self._resume_parked() == 0 and not self._in_flight
+            self._breaker.close()
+        return await self._resumption.resume() == 0 and not self._in_flight
 
     # --- broker-side dead letters -----------------------------------------------------------
     def _start_exit_capture(self) -> None:
@@ -714,7 +614,7 @@ class Worker:
                     self.client, self.store, spec.topic, spec.subscription,
                     handler=spec.name, max_wait=0.5,
                 )  # fmt: skip
-            except (MessagingError, StoreError, ServiceBusError) as exc:
+            except (MessagingError, StoreError) as exc:
                 logger.warning("dead-letter capture of %s failed: %s", spec.subscription, exc)
                 continue
             except Exception:  # a bug must not stop the capture loop or the idle exit
@@ -723,179 +623,26 @@ class Worker:
             if captured:
                 logger.info("captured %d dead letters of %s", captured, spec.subscription)
 
-    # --- circuit breaker ------------------------------------------------------------------
-    def _open_circuit(self) -> None:
-        self._llm_works = False
-        if self.llm is None:
-            # Nothing to probe: handlers need an LLM this worker was not given. Stop rather
-            # than spin; the parked messages resume under a worker that has one.
-            logger.error(
-                "a handler needs an LLM but none is configured (set OPENAI_API_KEY, "
-                "DOCBUS_LLM__BASE_URL or AZURE_OPENAI_ENDPOINT): stopping; parked messages "
-                "resume when a worker with an LLM runs"
-            )
-            self.stop()
-            return
-        if self._circuit_closed.is_set():
-            logger.error(
-                "LLM endpoint failing systemically (authentication, quota or unreachable): "
-                "pausing consumption and probing every %.0fs",
-                self.options.probe_interval,
-            )
-            self._circuit_closed.clear()
-            asyncio.get_running_loop().create_task(self._probe_until_recovered())
-
-    def _close_circuit(self) -> None:
-        if not self._circuit_closed.is_set():
-            logger.warning("LLM endpoint works again: resuming consumption")
-        self._circuit_closed.set()
-
-    async def _wait_for_circuit(self) -> None:
-        if self._circuit_closed.is_set():
-            return
-        waiter = asyncio.ensure_future(self._circuit_closed.wait())
-        stop = asyncio.ensure_future(self._stopping.wait())
-        await asyncio.wait({waiter, stop}, return_when=asyncio.FIRST_COMPLETED)
-        waiter.cancel()
-        stop.cancel()
-
-    async def _probe_once(self) -> bool:
-        """Ask the LLM endpoint whether it serves us (:meth:`handlers.llm.LLMClient.probe`)."""
-        if self.llm is None:
-            return False
-        try:
-            await self.llm.probe()  # raises while the systemic cause persists
-        except Exception as exc:
-            logger.warning("LLM endpoint still failing: %s", exc)
-            self._llm_works = False
-            return False
-        self._llm_works = True
-        return True
-
-    async def _probe_until_recovered(self) -> None:
-        while not self._stopping.is_set():
-            await self._pause_for(self.options.probe_interval)
-            if self._stopping.is_set() or not self.paused:
-                return  # (an idle check found it working first)
-            if await self._probe_once():
-                self._close_circuit()
-                await self._resume_parked()
-                return
-
     # --- parked messages ------------------------------------------------------------------
-    async def _resume_loop(self) -> None:
-        while not self._stopping.is_set():
-            await self._pause_for(self.options.resume_interval)
-            await self._resume_parked()
-
-    async def _resume_parked(self, only: RegisteredHandler | None = None) -> int:
-        """Fetch back and start the parked messages of this worker's subscriptions (or of
-        ``only``'s) that :func:`~subscriber.parking.may_resume`; returns how many started."""
-        # One resumer at a time: the probe and the periodic loop must not fetch the same
-        # deferred messages twice (the second fetch finds them locked).
-        async with self._resume_lock:
-            started = 0
-            for registered in self.handlers if only is None else [only]:
-                spec = registered.spec
-                receiver = self._receivers.get(spec.name)
-                if receiver is None or self._stopping.is_set():
-                    continue
-                try:
-                    parked = await parked_messages(self.store, spec.topic, spec.subscription)
-                    ready = await self._ready_to_resume(parked)
-                except StoreError as exc:
-                    logger.warning("cannot read parked messages: %s", exc)
-                    return started
-                if ready:
-                    started += await self._resume(registered, receiver, ready)
-            return started
-
-    async def _ready_to_resume(self, parked: list[ParkedMessage]) -> list[ParkedMessage]:
-        candidates = [p for p in parked if p.id not in self._resumed_waiting]
-        over_budget: dict[str, bool] = {}
-        for batch_id in {p.batch_id for p in candidates if p.reason == OVER_BUDGET}:
-            if batch_id is not None:
-                batch = await self.store.get_batch(batch_id)
-                over_budget[batch_id] = batch is not None and batch.over_budget
-        llm_works: bool | None = False if self.paused else self._llm_works
-        if self.llm is None:
-            # Nothing to ask: try them (a handler that needs an LLM parks them again and
-            # stops this worker, see _open_circuit).
-            llm_works = not self.paused
-        elif llm_works is None and any(
-            p.reason == SYSTEMIC and p.resume_requested_at is None for p in candidates
-        ):
-            llm_works = await self._probe_once()  # a new worker: does the key work now?
-            if not llm_works:
-                self._open_circuit()
-        return [
-            p
-            for p in candidates
-            if may_resume(p, llm_works=llm_works, over_budget=over_budget.get(p.batch_id or ""))
-        ]
-
-    async def _left_parked(self) -> list[ParkedGroup]:
-        groups: list[ParkedGroup] = []
-        for topic, subscription in dict.fromkeys(
-            (h.spec.topic, h.spec.subscription) for h in self.handlers if not h.spec.ordered_by
-        ):
-            try:
-                groups += await self.store.parked_groups(topic=topic, subscription=subscription)
-            except StoreError as exc:
-                logger.warning("cannot tell what is left parked on %s: %s", subscription, exc)
-        for group in groups:
-            logger.warning(
-                "left parked: %d message(s) of %s (%s/%s), %s: %s",
-                group.count, group.handler or "?", group.topic, group.subscription,
-                group.reason, group.description,
-            )  # fmt: skip
-        return groups
-
-    async def _unpark(self, parked: ParkedMessage) -> None:
-        try:
-            await unpark(self.store, parked)
-        except StoreError as exc:  # the record outlives the message: the next round drops it
-            logger.warning("could not remove the parked record %s: %s", parked.id, exc)
-
-    async def _resume(
-        self,
-        registered: RegisteredHandler,
-        receiver: ServiceBusReceiver,
-        parked: list[ParkedMessage],
+    async def _run_resumed(
+        self, registered: RegisteredHandler, receiver: Receiver, fetched: Fetched
     ) -> int:
-        numbers = [p.sequence_number for p in parked]
-        try:
-            messages = await receiver.receive_deferred_messages(numbers)
-        except ServiceBusError as exc:
-            logger.warning("cannot fetch %d parked messages: %s", len(numbers), exc)
-            messages = []
-            for p in parked:  # one by one: drop the records of messages that are gone
-                try:
-                    messages += await receiver.receive_deferred_messages([p.sequence_number])
-                except MessageNotFoundError:
-                    await unpark(self.store, p)
-                except ServiceBusError as one_exc:
-                    logger.warning("parked message %s stays parked: %s", p.id, one_exc)
-        by_number = {m.sequence_number: m for m in messages}
+        """Start parked messages fetched back, each as a credit frees; returns how many
+        started. Stopping first: the rest go back to their park."""
         if self._renewer is not None:
-            for fetched in messages:  # their locks tick while they wait for a credit below
-                self._renewer.register(receiver, fetched)
-        if by_number:
-            logger.info("resuming %d parked messages of %s", len(by_number), registered.spec.name)
+            for _, message in fetched:  # their locks tick while they wait for a credit below
+                self._renewer.register(receiver, message)
         started = 0
-        for p in parked:
-            message = by_number.pop(p.sequence_number, None)
-            if message is None:
-                continue  # not fetched this time: the record stays for the next round
+        for index, (parked, message) in enumerate(fetched):
             if await self._take_credits(most=1) == 0:  # stopping: back to their park
-                for unstarted in [message, *by_number.values()]:
+                for _, unstarted in fetched[index:]:
                     if self._renewer is not None:
                         self._renewer.release(unstarted)
                     await self._processor.give_back(registered, receiver, unstarted)
                 break
             self._last_activity = time.monotonic()
             mine = self._handler_tasks.setdefault(registered.spec.name, set())
-            self._resumed_waiting.add(p.id)
-            self._start(registered, receiver, message, mine, parked=p)
+            self._resumption.waiting.add(parked.id)
+            self._start(registered, receiver, message, mine, parked=parked)
             started += 1
         return started

@@ -18,7 +18,15 @@ def isort_key(name: str) -> tuple[int, str]:
     return kind, name
 
 
-PACKAGES = ["docbus", "docbus.local", "publisher", "handlers", "handlers.runtime", "handlers.llm"]
+PACKAGES = [
+    "docbus",
+    "docbus.local",
+    "publisher",
+    "handlers",
+    "handlers.runtime",
+    "handlers.llm",
+    "subscriber",
+]
 
 
 @pytest.mark.parametrize("package", PACKAGES)

@@ -3,7 +3,9 @@ from __future__ import annotations
 import pytest
 from azure.servicebus import ServiceBusMessage
 from azure.servicebus.exceptions import (
+    MessageAlreadySettled,
     MessageLockLostError,
+    MessageNotFoundError,
     MessageSizeExceededError,
     MessagingEntityNotFoundError,
     OperationTimeoutError,
@@ -16,6 +18,7 @@ from azure.servicebus.exceptions import (
 from docbus.envelope import Envelope
 from docbus.servicebus import (
     MessageLockLost,
+    MessageNotFound,
     MessageTooLarge,
     MessagingAuthError,
     MessagingEntityNotFound,
@@ -33,10 +36,10 @@ def make_envelope(text: str = "hello", **fields: object) -> Envelope:
 
 
 def test_build_message_carries_the_envelope_and_its_routing() -> None:
-    envelope = make_envelope(session_id="s-7", target_subscription="entities", attempt=2)
+    envelope = make_envelope(session_id="s-7", target_subscription="entities", generation=2)
     message = build_message(envelope)
     assert b"".join(message.body) == envelope.to_bytes()
-    assert message.message_id == envelope.send_id
+    assert message.message_id == envelope.message_id == "b1:d1:2"
     assert message.content_type == "application/json"
     assert message.subject == "documents"
     assert message.session_id == "s-7"
@@ -47,7 +50,7 @@ def test_build_message_carries_the_envelope_and_its_routing() -> None:
     }
     assert props["docbus-route"] == "entities"
     assert props["batch_id"] == "b1"
-    assert props["attempt"] == 2
+    assert props["generation"] == 2 and "attempt" not in props
 
 
 def test_fits_in_message_uses_the_sdk_size_accounting() -> None:
@@ -67,11 +70,22 @@ def test_fits_in_message_uses_the_sdk_size_accounting() -> None:
         (ServiceBusConnectionError(message="reset"), MessagingUnavailable, True),
         (OperationTimeoutError(message="slow"), MessagingUnavailable, True),
         (ServiceBusServerBusyError(message="busy"), MessagingUnavailable, True),
+        (MessageNotFoundError(message="no deferred message 7"), MessageNotFound, False),
         (ServiceBusError("other"), MessagingError, False),
+        # the SDK says a link it has shut down (after a broker restart) is gone with ValueError
+        (
+            ValueError(
+                "Failed to complete the message as the handler has already been shutdown."
+                "Please use ServiceBusClient to create a new instance."
+            ),
+            MessagingUnavailable,
+            True,
+        ),
+        (MessageAlreadySettled(action="complete"), MessagingError, False),
     ],
 )
 def test_azure_errors_are_translated_in_one_place(
-    azure_error: ServiceBusError, ours: type[MessagingError], transient: bool
+    azure_error: Exception, ours: type[MessagingError], transient: bool
 ) -> None:
     translated_error = translate_error(azure_error, "send")
     assert type(translated_error) is ours
@@ -80,3 +94,9 @@ def test_azure_errors_are_translated_in_one_place(
     with pytest.raises(ours) as caught, translated("send"):
         raise azure_error
     assert caught.value.__cause__ is azure_error
+
+
+def test_a_value_error_of_our_own_making_is_not_taken_for_a_broker_failure() -> None:
+    # The SDK's ValueErrors for wrong arguments are bugs to see, not outages to wait out.
+    with pytest.raises(ValueError, match="must be greater than 0"), translated("receive"):
+        raise ValueError("The max_wait_time must be greater than 0.")

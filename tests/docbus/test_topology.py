@@ -11,6 +11,7 @@ import pytest
 from azure.servicebus import ServiceBusClient, ServiceBusMessage
 
 from docbus.cli import main as cli_main
+from docbus.errors import DocbusError
 from docbus.local.emulator import EmulatorThread, parse_config
 from docbus.local.emulator.config import parse_duration
 from docbus.topology import (
@@ -146,6 +147,13 @@ def test_a_bad_topology_file_names_the_offending_entry(
 def test_a_missing_topology_file_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(TopologyError, match=r"topology file not found: .*nowhere\.toml"):
         load_topology(tmp_path / "nowhere.toml")
+
+
+def test_a_topology_error_is_one_of_docbus_own_errors(tmp_path: Path) -> None:
+    # one clause catches the library's failures; ValueError kept for older callers
+    with pytest.raises(DocbusError) as caught:
+        load_topology(tmp_path / "nowhere.toml")
+    assert isinstance(caught.value, TopologyError | ValueError)
 
 
 # --- the `docbus topology` command -------------------------------------------------------------

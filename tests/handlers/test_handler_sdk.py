@@ -134,9 +134,9 @@ async def test_run_handler_builds_the_context_a_worker_would(
     @handler(topic="documents", subscription="s", version="7", name="probe")
     async def probe(doc: Document, ctx: Context) -> dict[str, Any]:
         seen.update(
-            doc=doc, batch=ctx.batch_id, doc_id=ctx.doc_id,
-            delivery=ctx.delivery_count, name=ctx.handler_name, version=ctx.handler_version,
-            llm=ctx.llm, message_id=ctx.message_id,
+            doc=doc, batch=ctx.batch_id, doc_id=ctx.doc_id, delivery=ctx.delivery_count,
+            name=ctx.handler_name, version=ctx.handler_version, llm=ctx.llm,
+            message_id=ctx.message_id,
         )  # fmt: skip
         ctx.logger.warning("looked at it")
         return {"ok": True}

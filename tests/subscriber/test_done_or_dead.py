@@ -8,18 +8,22 @@ or one a parallel delivery recorded — is marked resolved, whichever of the two
 
 from __future__ import annotations
 
+import os
+import signal
 from typing import Any
 
+import pytest
 from azure.servicebus.aio import ServiceBusClient, ServiceBusReceiver
 
 from docbus.backoff import BackoffPolicy
 from docbus.envelope import message_id
 from docbus.records import DeadLetterRecord
 from docbus.store import Store
-from handlers.discovery import RegisteredHandler
-from handlers.runtime import discover_handlers
+from handlers import Context, DeadLetter, Document, handler
+from handlers.runtime import RegisteredHandler, discover_handlers
 from publisher import publish_documents
 from subscriber.processing import Processor
+from subscriber.receiver import Receiver
 from subscriber.settlement import Action
 from tests.subscriber import sample_handlers
 from tests.subscriber.conftest import Stack
@@ -72,7 +76,7 @@ async def test_a_redelivery_of_a_message_whose_result_is_stored_completes_withou
             await store_result(stack.store)
             again = await receive_one(receiver)
             assert again.delivery_count == 1
-            outcome = await processor(stack).process(work(), receiver, again)
+            outcome = await processor(stack).process(work(), Receiver(receiver, "docs/work"), again)
             assert outcome.action is Action.COMPLETE
             assert await receiver.receive_messages(max_message_count=1, max_wait_time=1) == []
     assert await starts(stack) == 0  # the handler, which would fail, never ran again
@@ -86,7 +90,9 @@ async def test_a_delivery_giving_up_on_a_message_done_meanwhile_completes_it(
         async with client.get_subscription_receiver("docs", "work") as receiver:
             message = await receive_one(receiver)
             await store_result(stack.store)  # a parallel delivery finished first
-            outcome = await processor(stack).process(work(), receiver, message)
+            outcome = await processor(stack).process(
+                work(), Receiver(receiver, "docs/work"), message
+            )
             assert outcome.action is Action.COMPLETE
     assert await starts(stack) == 1
     assert await stack.store.dead_letters(include_resolved=True) == []
@@ -123,3 +129,38 @@ async def test_a_result_written_after_a_dead_letter_resolves_it(store: Store) ->
         ("other", 0),
         ("work", 1),
     }
+
+
+@handler(topic="docs", subscription="work", version="1", name="refuses")
+async def refuses(doc: Document, ctx: Context) -> dict[str, Any]:
+    """Gives up on every document without touching the store."""
+    raise DeadLetter("BadDocument", "the document has no usable text")
+
+
+async def test_nothing_is_dead_lettered_that_mongo_did_not_record(
+    stack: Stack, local_mongo: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    [registered] = discover_handlers([refuses])
+    await publish_one(stack, "poison")
+    async with (
+        Store(local_mongo.uri, stack.store.database.name, timeout=0.5) as frozen,
+        ServiceBusClient.from_connection_string(stack.connection_string) as client,
+        client.get_subscription_receiver("docs", "work") as receiver,
+    ):
+        first = await receive_one(receiver)
+        policy = BackoffPolicy(base=0.1, cap=0.1, jitter=0.0)
+        os.kill(local_mongo.pid, signal.SIGSTOP)  # Mongo refuses the dead letter's record
+        try:
+            outcome = await Processor(frozen, backoff=policy, max_attempts=lambda _: 5).process(
+                registered, Receiver(receiver, "docs/work"), first
+            )
+        finally:
+            os.kill(local_mongo.pid, signal.SIGCONT)
+        assert outcome.action is Action.RETRY  # given back, not dead-lettered
+        assert "cannot record dead letter, retrying later" in caplog.text
+        again = await receive_one(receiver)
+        assert again.delivery_count == 1
+        outcome = await processor(stack).process(registered, Receiver(receiver, "docs/work"), again)
+        assert outcome.action is Action.DEAD_LETTER
+    [record] = await stack.store.dead_letters()
+    assert record.reason == "BadDocument"

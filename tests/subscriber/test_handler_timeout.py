@@ -15,6 +15,7 @@ from handlers.discovery import discover_handlers
 from handlers.runtime import HandlerTimeout
 from publisher import publish_documents
 from subscriber.processing import Processor
+from subscriber.receiver import Receiver
 from subscriber.settlement import Action
 from subscriber.worker import Worker, WorkerOptions
 from tests.subscriber import sample_handlers
@@ -87,7 +88,9 @@ async def test_a_handler_timeout_wins_over_the_worker_default_and_names_the_step
     async with ServiceBusClient.from_connection_string(stack.connection_string) as client:
         async with client.get_subscription_receiver("docs", "work") as receiver:
             [message] = await receiver.receive_messages(max_message_count=1, max_wait_time=5)
-            outcome = await asyncio.wait_for(processor.process(registered, receiver, message), 10)
+            outcome = await asyncio.wait_for(
+                processor.process(registered, Receiver(receiver, "docs/work"), message), 10
+            )
     assert outcome.action is Action.RETRY
     assert outcome.seconds < 5
     note = await stack.store.database["retries"].find_one({"doc_id": "t1"})

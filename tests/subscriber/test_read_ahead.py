@@ -13,6 +13,7 @@ from handlers import Context, Document, handler
 from handlers.runtime import discover_handlers
 from publisher import publish_documents
 from subscriber.processing import Processor, cancel_unawaited
+from subscriber.receiver import Receiver
 from subscriber.settlement import Action
 from subscriber.worker import Worker, WorkerOptions
 from tests.subscriber.conftest import Stack
@@ -80,7 +81,7 @@ async def test_checkpoints_are_read_ahead_once_a_handler_is_seen_to_use_steps(
         first, second, third = sorted(messages, key=lambda m: m.application_properties[b"doc_id"])
         # not known to use steps yet: nothing read ahead; its first step reads for itself
         assert processor.read_ahead(registered, first) is None
-        outcome = await processor.process(registered, receiver, first)
+        outcome = await processor.process(registered, Receiver(receiver, "docs/other"), first)
         assert (outcome.action, counting.reads) == (Action.COMPLETE, ["s0"])
 
         # from now on the read starts as the message arrives; the step uses it
@@ -88,7 +89,9 @@ async def test_checkpoints_are_read_ahead_once_a_handler_is_seen_to_use_steps(
         assert ahead is not None
         assert await ahead == {}
         assert counting.reads == ["s0", "s1"]
-        outcome = await processor.process(registered, receiver, second, checkpoints=ahead)
+        outcome = await processor.process(
+            registered, Receiver(receiver, "docs/other"), second, checkpoints=ahead
+        )
         cancel_unawaited(ahead)
         assert (outcome.action, counting.reads) == (Action.COMPLETE, ["s0", "s1"])
 
@@ -96,7 +99,9 @@ async def test_checkpoints_are_read_ahead_once_a_handler_is_seen_to_use_steps(
         counting.fail = True
         ahead = processor.read_ahead(registered, third)
         assert ahead is not None
-        outcome = await processor.process(registered, receiver, third, checkpoints=ahead)
+        outcome = await processor.process(
+            registered, Receiver(receiver, "docs/other"), third, checkpoints=ahead
+        )
         cancel_unawaited(ahead)
         assert (outcome.action, counting.reads) == (Action.COMPLETE, ["s0", "s1", "s2", "s2"])
     finally:
@@ -113,7 +118,9 @@ async def test_checkpoints_are_read_ahead_once_a_handler_is_seen_to_use_steps(
     try:
         ahead = processor.read_ahead(registered, again)
         assert ahead is not None
-        outcome = await processor.process(registered, receiver, again, checkpoints=ahead)
+        outcome = await processor.process(
+            registered, Receiver(receiver, "docs/other"), again, checkpoints=ahead
+        )
         cancel_unawaited(ahead)
     finally:
         await receiver.close()

@@ -14,6 +14,7 @@ from handlers.runtime import discover_handlers
 from publisher import publish_documents
 from subscriber.parking import ParkedMessage, mark_deferred, park, parked_messages, unpark
 from subscriber.processing import Processor, is_deferred
+from subscriber.receiver import Receiver
 from subscriber.settlement import Action
 from subscriber.worker import Worker, WorkerOptions
 from tests.subscriber import sample_handlers
@@ -51,7 +52,7 @@ async def test_a_resumed_message_that_fails_again_is_parked_again_not_stranded(
             assert is_deferred(resumed)
             await unpark(stack.store, record)
 
-            outcome = await processor.process(work, receiver, resumed)
+            outcome = await processor.process(work, Receiver(receiver, "docs/work"), resumed)
 
             assert outcome.action is Action.RETRY
             [again] = await parked_messages(stack.store, "docs", "work")

@@ -91,3 +91,45 @@ def test_systemic_failures_and_spent_batch_budgets_park_without_spending_attempt
 def test_a_document_over_its_own_budget_is_dead_lettered_with_that_reason() -> None:
     decision = decide_for(OverBudget("b1", spent=0.2, budget=0.1, doc_id="d7"))
     assert (decision.action, decision.reason) == (Action.DEAD_LETTER, "DocumentOverBudget")
+
+
+def test_an_ordered_handlers_parking_is_held_and_retried_in_order() -> None:
+    exc = SystemicFailure("AuthenticationFailed", "bad key")
+    decision = decide(exc, attempt=5, max_attempts=5, policy=NO_JITTER, ordered=True)
+    assert (decision.action, decision.delay, decision.reason) == (
+        Action.RETRY,
+        NO_JITTER.cap,
+        "SystemicFailure",
+    )
+    unordered = decide(exc, attempt=5, max_attempts=5, policy=NO_JITTER)
+    assert unordered.action is Action.PARK
+
+
+@pytest.mark.parametrize(
+    "exc", [DeadLetter("WrongType", "not an invoice"), RuntimeError("still broken")]
+)
+def test_a_dead_letter_of_a_document_done_elsewhere_completes(exc: BaseException) -> None:
+    decision = decide(exc, attempt=5, max_attempts=5, policy=NO_JITTER, result_stored=True)
+    assert decision.action is Action.COMPLETE
+
+
+def test_a_result_stored_elsewhere_changes_no_retry_nor_parking() -> None:
+    retry = decide(RuntimeError("flaky"), attempt=1, max_attempts=5, policy=NO_JITTER,
+                   result_stored=True)  # fmt: skip
+    assert retry.action is Action.RETRY
+    park = decide(SystemicFailure("AuthenticationFailed", "bad key"), attempt=1, max_attempts=5,
+                  policy=NO_JITTER, result_stored=True)  # fmt: skip
+    assert park.action is Action.PARK
+
+
+def test_nothing_is_dead_lettered_that_mongo_did_not_record() -> None:
+    refused = ConnectionError("mongo is down")
+    decision = decide(DeadLetter("WrongType", "not an invoice"), attempt=1, max_attempts=5,
+                      policy=NO_JITTER, unrecordable=refused)  # fmt: skip
+    assert (decision.action, decision.delay) == (Action.RETRY, NO_JITTER.base)
+    assert "could not be recorded" in decision.description
+    assert "WrongType" in decision.description
+    # the same facts with a result stored elsewhere: done, not retried
+    done = decide(DeadLetter("WrongType", "x"), attempt=1, max_attempts=5, policy=NO_JITTER,
+                  result_stored=True, unrecordable=refused)  # fmt: skip
+    assert done.action is Action.COMPLETE

@@ -300,24 +300,19 @@ async def test_a_handler_slot_is_handed_on_when_it_returns_and_the_result_is_sto
 ) -> None:
     from subscriber.processing import Processor
     from subscriber.received import message_properties
+    from subscriber.receiver import Receiver
     from subscriber.settlement import Action
 
     await publish(stack, [doc("d1", "alpha text", "ok"), doc("d2", "beta text", "always-fail")])
     [work] = [h for h in discover_handlers(sample_handlers) if h.spec.name == "work"]
     events: list[str] = []
 
-    class Recording:
+    class Recording(Receiver):
         """The receiver, noting when the broker is told a message is complete."""
 
-        def __init__(self, receiver: Any) -> None:
-            self._receiver = receiver
-
-        def __getattr__(self, name: str) -> Any:
-            return getattr(self._receiver, name)
-
-        async def complete_message(self, message: Any) -> None:
+        async def complete(self, message: Any) -> None:
             events.append("complete")
-            await self._receiver.complete_message(message)
+            await super().complete(message)
 
     processor = Processor(stack.store, backoff=FAST, max_attempts=lambda _: 3)
     async with ServiceBusClient.from_connection_string(stack.connection_string) as client:
@@ -335,7 +330,7 @@ async def test_a_handler_slot_is_handed_on_when_it_returns_and_the_result_is_sto
                     events.append(f"hand on: handler {'done' if done else 'running'}")
                     events.append(f"result {'stored' if stored else 'not yet stored'}")
 
-                recording: Any = Recording(receiver)
+                recording = Recording(receiver, "docs/work")
                 outcome = await processor.process(
                     work, recording, message, handler_returned=hand_on
                 )
