@@ -363,7 +363,8 @@ async def process(
 
 async def add_llm_figures(figures: Figures, store: Any, stack: StandIns, console: Console) -> None:
     """The batch's report (on stderr) and the LLM figures the JSON line needs."""
-    from docbus.report import collect_report, render_report
+    from docbus.cli.report import render_report
+    from docbus.ops.report import collect_report
 
     report = await collect_report(store, BATCH)
     console.print(render_report(report))

@@ -9,8 +9,10 @@ several sender links at once. A batch the broker refuses as too large is sent ag
 (down to single messages); a transient failure is retried with backoff
 (``PublisherSettings.send_attempts``), safely, since message ids are fixed and duplicate detection
 drops a copy that did arrive. Documents are recorded and sent in chunks, so memory stays bounded
-however long the input. A rich progress bar runs while sending and a summary table closes the
-run. Messages are built by :func:`docbus.servicebus.build_message`; replays reuse this path.
+however long the input. ``on_progress`` hears how many documents each sent (or failed, or
+skipped) message batch settled — the CLI (:mod:`docbus.cli.publish`) draws the progress bar and
+the closing summary; this module never prints. Messages are built by
+:func:`docbus.servicebus.build_message`; replays reuse this path.
 
 Before recording anything it checks, at once and beside opening the sender links
 (:mod:`publisher.preflight`): the topic against the topology, its subscriptions on the broker,
@@ -46,9 +48,6 @@ from typing import Any, Protocol
 
 from azure.servicebus import ServiceBusMessage, ServiceBusMessageBatch
 from azure.servicebus.exceptions import MessageSizeExceededError
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 from docbus.envelope import BATCH_ID_PATTERN, Envelope, claim_check_for, new_batch_id
 from docbus.servicebus import (
@@ -167,35 +166,6 @@ class PublishReport:
             "skipped": len(self.problems),
         }
 
-    def table(self) -> Table:
-        """The closing summary as a rich table."""
-        title = f"Batch {self.batch_id} → {self.topic}" + (" (dry run)" if self.dry_run else "")
-        table = Table(title=title, show_header=False)
-        table.add_column("figure")
-        table.add_column("value", justify="right")
-        rate = self.sent / self.duration if self.duration > 0 else 0.0
-        rows: list[tuple[str, str]] = [
-            ("documents", str(self.documents)),
-            (
-                "would send" if self.dry_run else "sent",
-                str(self.documents if self.dry_run else self.sent),
-            ),
-            ("by claim-check", str(self.claim_checked)),
-            ("message batches", "-" if self.dry_run else str(self.message_batches)),
-            ("already in the batch", str(self.already_sent)),
-            ("skipped (invalid input)", str(len(self.problems))),
-            ("failed to send", str(len(self.failed))),
-            ("size limit (bytes)", str(self.max_message_size)),
-            ("time", f"{self.duration:.2f} s"),
-        ]
-        if not self.dry_run:
-            rows.append(("throughput", f"{rate:.0f} docs/s"))
-        if not self.already_sent and not self.resent:
-            rows = [row for row in rows if row[0] != "already in the batch"]
-        for name, value in rows:
-            table.add_row(name, value)
-        return table
-
 
 @dataclass
 class _Envelopes:
@@ -263,11 +233,10 @@ async def publish_documents(
     session_key: str | None = None,
     skip_invalid: bool = False,
     dry_run: bool = False,
-    progress: bool = True,
     source: Sequence[str] = ("python",),
-    console: Console | None = None,
     topology: Topology | None = None,
     resume: bool = False,
+    on_progress: Callable[[int], None] | None = None,
 ) -> PublishReport:
     """Publish documents to ``topic`` as one batch; returns what happened.
 
@@ -275,7 +244,9 @@ async def publish_documents(
     ``DocumentInput`` objects (what the loaders yield). ``store`` and ``sender_factory`` default
     to ones built from ``settings`` (and closed again); pass your own to share connections.
     ``session_key`` names the metadata field whose value becomes each message's session id.
-    A dry run checks and sizes everything but records and sends nothing.
+    A dry run checks and sizes everything but records and sends nothing. ``on_progress(n)`` is
+    called as ``n`` more documents are settled: sent, failed to send, or (resuming) found sent
+    already.
 
     With ``topology`` (:func:`docbus.topology.load_topology`), a topic it does not know, or
     whose subscriptions would not take the messages, is refused; so is a subscription missing
@@ -293,13 +264,11 @@ async def publish_documents(
     settings = settings or Settings()
     batch_id = batch_id or new_batch_id()
     _check_batch_id(batch_id)
-    console = console or Console(stderr=True)
     report = PublishReport(batch_id=batch_id, topic=topic, dry_run=dry_run)
     receivers = topic_receivers(topology, topic) if topology is not None else ()
     checker = DocumentChecker(session_key=session_key)
     started = time.monotonic()
 
-    total: int | None = None
     source_docs: Iterable[DocumentLike] | AsyncIterable[DocumentLike] = docs
     if isinstance(docs, Sequence) and not isinstance(docs, str):
         # A list can be checked in full before anything is recorded or sent.
@@ -312,7 +281,7 @@ async def publish_documents(
                 valid.append(doc)
         if report.problems and not skip_invalid:
             raise InvalidInput(report.problems)
-        source_docs, total = valid, len(valid)
+        source_docs = valid
         checker = DocumentChecker(session_key=session_key)  # ids already seen once
 
     closing: list[asyncio.Task[None]] = []
@@ -363,8 +332,7 @@ async def publish_documents(
         report.max_message_size = limit
         envelopes = _Envelopes(topic, batch_id, limit, None if dry_run else store)
 
-        bar = _progress(console, progress and not dry_run)
-        task = bar.add_task(f"publishing {batch_id}", total=total)
+        advance = on_progress or _ignore
         queues: list[asyncio.Queue[tuple[str, ServiceBusMessage] | None]] = [
             asyncio.Queue(maxsize=settings.publisher.chunk_size) for _ in senders
         ]
@@ -372,12 +340,12 @@ async def publish_documents(
         def sent(ids: list[str]) -> None:
             report.sent += len(ids)
             report.message_batches += 1
-            bar.advance(task, len(ids))
+            advance(len(ids))
 
         def failed(ids: list[str], reason: str) -> None:
             for doc_id in ids:
                 report.failed[doc_id] = reason
-            bar.advance(task, len(ids))
+            advance(len(ids))
 
         abort = _Abort()
         retry = _Retry(settings.publisher.send_attempts, settings.publisher.send_retry_backoff)
@@ -388,41 +356,40 @@ async def publish_documents(
         recorder = None if dry_run else store
         stop_error: InvalidInput | None = None
         try:
-            with bar:
-                chunk: list[_Outgoing] = []
-                index = 0
-                async for item in _aiter(source_docs):
-                    if abort.error is not None:
-                        break
-                    index += 1
-                    doc, problem = _check(checker, item, index)
-                    if problem is None and doc is not None and plan is not None:
-                        problem, record = _resume(plan, doc, report)
-                        if problem is None and record is None:
-                            bar.advance(task, 1)
-                            continue
-                    else:
-                        record = True
-                    if problem is not None:
-                        report.problems.append(problem)
-                        if not skip_invalid and plan is None:
-                            stop_error = InvalidInput(report.problems, sent=report.documents)
-                            break
-                        continue
-                    assert doc is not None
-                    envelope, message, claim_checked = await envelopes.build(doc)
-                    report.documents += 1
-                    report.claim_checked += claim_checked
-                    chunk.append(_Outgoing(envelope, message, bool(record)))
-                    if len(chunk) >= settings.publisher.chunk_size:
-                        await _flush(chunk, recorder, queues)
-                        chunk = []
-                await _flush(chunk, recorder, queues)
-                for queue in queues:
-                    await queue.put(None)
-                await asyncio.gather(*lanes)
+            chunk: list[_Outgoing] = []
+            index = 0
+            async for item in _aiter(source_docs):
                 if abort.error is not None:
-                    raise abort.error
+                    break
+                index += 1
+                doc, problem = _check(checker, item, index)
+                if problem is None and doc is not None and plan is not None:
+                    problem, record = _resume(plan, doc, report)
+                    if problem is None and record is None:
+                        advance(1)
+                        continue
+                else:
+                    record = True
+                if problem is not None:
+                    report.problems.append(problem)
+                    if not skip_invalid and plan is None:
+                        stop_error = InvalidInput(report.problems, sent=report.documents)
+                        break
+                    continue
+                assert doc is not None
+                envelope, message, claim_checked = await envelopes.build(doc)
+                report.documents += 1
+                report.claim_checked += claim_checked
+                chunk.append(_Outgoing(envelope, message, bool(record)))
+                if len(chunk) >= settings.publisher.chunk_size:
+                    await _flush(chunk, recorder, queues)
+                    chunk = []
+            await _flush(chunk, recorder, queues)
+            for queue in queues:
+                await queue.put(None)
+            await asyncio.gather(*lanes)
+            if abort.error is not None:
+                raise abort.error
         except BaseException:
             for lane in lanes:
                 lane.cancel()
@@ -441,8 +408,6 @@ async def publish_documents(
         batch_id, report.documents, report.sent, report.claim_checked,
         len(report.problems), len(report.failed), " (dry run)" if dry_run else "",
     )  # fmt: skip
-    if progress:
-        console.print(report.table())
     if stop_error is not None:
         raise stop_error
     return report
@@ -515,15 +480,8 @@ def _check_batch_id(batch_id: str) -> None:
         )
 
 
-def _progress(console: Console, enabled: bool) -> Progress:
-    return Progress(
-        TextColumn("[progress.description]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        disable=not enabled,
-    )
+def _ignore(count: int) -> None:
+    """No one listens to the progress."""
 
 
 @dataclass(frozen=True)

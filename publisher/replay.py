@@ -1,8 +1,8 @@
 """Replay: send dead letters, or a batch's documents, back into their topic as a new generation.
 
 A replay is planned first and sent second, so a dry run shows exactly what a real run sends.
-:func:`plan_dead_letter_replay` turns the dead letters a :class:`~docbus.dead_letter_filter.
-DeadLetterFilter` selects back into their envelopes (bodies that are not envelopes are skipped,
+:func:`plan_dead_letter_replay` turns the dead letters a :class:`~docbus.store.DeadLetterFilter`
+selects back into their envelopes (bodies that are not envelopes are skipped,
 with the reason); :func:`plan_batch_replay` takes a batch's documents from the ``documents``
 store — all of them, those that failed in a handler, or those a handler never finished — so no
 source file is needed. Every planned message is the original content under the document's next
@@ -19,8 +19,8 @@ is sent at most once however many replays run, unless a plan is made with ``agai
 recorded in ``replays`` (:class:`~docbus.records.ReplayRecord`) before its first message goes,
 then as ``done``, ``partial`` or ``failed`` with the error that stopped it. Each message carries
 the run's id (``run_id``), which its results keep: ``docbus rollback --replay ID`` withdraws
-exactly what one run wrote (:mod:`docbus.rollback`). Neighbours:
-:mod:`publisher.replay_cli` (``docbus replay``), :mod:`subscriber.dlq` (which captures
+exactly what one run wrote (:mod:`docbus.cli.rollback`). Neighbours:
+:mod:`docbus.cli.replay` (``docbus replay``), :mod:`subscriber.dlq` (which captures
 broker-side dead letters first).
 """
 
@@ -30,23 +30,19 @@ import logging
 import secrets
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Literal
 
 from azure.servicebus import ServiceBusMessage, ServiceBusMessageBatch
 from azure.servicebus.exceptions import MessageSizeExceededError
-from rich.progress import Progress
-from rich.table import Table
 
-from docbus.dead_letter_filter import DeadLetterFilter
 from docbus.envelope import Envelope, InvalidEnvelope, message_id
 from docbus.errors import DocbusError
 from docbus.records import DeadLetterRecord, ReplayItem, ReplayRecord
 from docbus.servicebus import MessagingError, build_message, translated
-from docbus.store import Store
-from docbus.text import one_line
+from docbus.store import DeadLetterFilter, Store
 from publisher.publish import MessageSender, SenderFactory
 from publisher.token_bucket import TokenBucket
 
@@ -56,9 +52,11 @@ __all__ = [
     "ReplayError",
     "ReplayPlan",
     "ReplayReport",
+    "new_replay_id",
     "plan_batch_replay",
     "plan_dead_letter_replay",
     "replay_status",
+    "route_name",
     "send_replay",
     "subscription_of",
 ]
@@ -102,27 +100,6 @@ class ReplayPlan:
     note: str | None = None
     """Something the operator should know about the selection (e.g. replayed ones left out)."""
 
-    def table(self, title: str | None = None) -> Table:
-        """Every planned message, one row each: what it replays, and how it will be sent."""
-        heading = "dead letter" if self.kind == "dead-letters" else "document"
-        title = title or f"replay plan: {len(self.messages)} message(s)"
-        table = Table(title=title, title_justify="left")
-        table.add_column("#", justify="right")
-        table.add_column(heading, no_wrap=True)
-        table.add_column("generation", justify="right")
-        table.add_column("route")
-        table.add_column("message id", no_wrap=True)
-        for number, planned in enumerate(self.messages, start=1):
-            envelope = planned.envelope
-            table.add_row(
-                str(number),
-                planned.key,
-                str(envelope.generation),
-                _route(envelope),
-                envelope.message_id,
-            )
-        return table
-
     def to_json(self) -> dict[str, Any]:
         """The plan as ``--json`` prints it: every message, what was skipped, the note."""
         return {
@@ -143,14 +120,6 @@ class ReplayPlan:
             "note": self.note,
         }
 
-    def skipped_table(self) -> Table:
-        table = Table(title=f"skipped: {len(self.skipped)}", title_justify="left")
-        table.add_column("dead letter" if self.kind == "dead-letters" else "document")
-        table.add_column("why")
-        for key, reason in self.skipped.items():
-            table.add_row(key, one_line(reason, 100))
-        return table
-
 
 @dataclass
 class ReplayReport:
@@ -162,22 +131,6 @@ class ReplayReport:
     @property
     def sent(self) -> list[ReplayItem]:
         return self.record.items
-
-    def table(self) -> Table:
-        """The closing summary: messages sent per topic and route, with their generations."""
-        record = self.record
-        table = Table(title=f"replayed: {record.count} message(s)", title_justify="left")
-        for name in ("topic", "route", "sent", "generations"):
-            table.add_column(name, justify="right" if name == "sent" else "left")
-        groups: dict[tuple[str, str], list[int]] = {}
-        for item in record.items:
-            route = item.target_subscription or "* (broadcast)"
-            groups.setdefault((item.topic, route), []).append(item.generation)
-        for (topic, route), generations in sorted(groups.items()):
-            low, high = min(generations), max(generations)
-            span = str(low) if low == high else f"{low}-{high}"
-            table.add_row(topic, route, str(len(generations)), span)
-        return table
 
     def summary(self) -> str:
         """One line: the audit record's id, what did not go, and how fast it went."""
@@ -193,19 +146,6 @@ class ReplayReport:
         """The run as ``--json`` prints it: its record and how long it took."""
         return {"replay": self.record.model_dump(mode="json"), "seconds": round(self.duration, 3)}
 
-    def problems_table(self) -> Table | None:
-        """What was skipped or failed to send, with why; None when everything went."""
-        record = self.record
-        if not record.skipped and not record.failed:
-            return None
-        table = Table(title="not replayed", title_justify="left")
-        for name in ("dead letter" if record.kind == "dead-letters" else "document", "", "why"):
-            table.add_column(name)
-        for outcome, problems in (("skipped", record.skipped), ("failed", record.failed)):
-            for key, reason in problems.items():
-                table.add_row(key, outcome, one_line(reason, 100))
-        return table
-
 
 def _jsonable(value: Any) -> Any:
     """Filters as JSON: times as ISO 8601 text, the rest as it is."""
@@ -216,11 +156,13 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def _route(envelope: Envelope) -> str:
+def route_name(envelope: Envelope) -> str:
+    """Where a replayed message goes: its target subscription, or every one (broadcast)."""
     return envelope.target_subscription or "* (broadcast)"
 
 
 def new_replay_id(now: datetime | None = None) -> str:
+    """A new replay run id: ``replay-<UTC time>-<random hex>``."""
     now = now or datetime.now(UTC)
     return f"replay-{now:%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
 
@@ -249,7 +191,7 @@ async def plan_dead_letter_replay(
     plan = ReplayPlan("dead-letters", {**selection.describe(), "limit": limit, "again": again})
     chosen = selection if again else replace(selection, replayed=False)
     if not again and selection.replayed is not False:
-        already = await replace(selection, replayed=True).select(store)
+        already = await store.dead_letters(replace(selection, replayed=True))
         if already:
             plan.note = (
                 f"{len(already)} matching dead letter(s) were replayed already and are left "
@@ -257,7 +199,7 @@ async def plan_dead_letter_replay(
             )
     generations = _Generations(store)
     now = datetime.now(UTC)
-    for record in await chosen.select(store, limit=limit):
+    for record in await store.dead_letters(chosen, limit=limit):
         try:
             original = Envelope.from_bytes(record.body)
         except InvalidEnvelope as exc:
@@ -305,7 +247,7 @@ async def plan_batch_replay(
     for result in await store.result_versions(batch_id=batch_id, include_rolled_back=False):
         done.setdefault(result.handler, set()).add(result.doc_id)
     dead: dict[str, list[DeadLetterRecord]] = {}
-    for record in await store.dead_letters(batch_id=batch_id):
+    for record in await store.dead_letters(DeadLetterFilter(batch_id=batch_id)):
         if record.doc_id is not None and (handler is None or record.subscription == subscription):
             dead.setdefault(record.doc_id, []).append(record)
     selection = _BatchSelection(done, dead, handler)
@@ -356,7 +298,7 @@ def _batch_note(plan: ReplayPlan, only: Only, handler: str | None) -> str | None
     if handler is not None or not plan.messages:
         return None
     if only == "failed":
-        routes = Counter(_route(planned.envelope) for planned in plan.messages)
+        routes = Counter(route_name(planned.envelope) for planned in plan.messages)
         spread = ", ".join(f"{name}: {count}" for name, count in sorted(routes.items()))
         return (
             "no --handler: each failed document goes only to the subscription(s) it failed in "
@@ -426,7 +368,8 @@ async def subscription_of(
             if item.spec.name == handler:
                 return item.spec.subscription, item.spec.topic
         raise ReplayError(f"no handler named {handler!r} in {handlers_module}")
-    seen = {(r.subscription, r.topic) for r in await store.dead_letters(handler=handler, limit=50)}
+    named = await store.dead_letters(DeadLetterFilter(handler=handler), limit=50)
+    seen = {(r.subscription, r.topic) for r in named}
     if len({sub for sub, _ in seen}) == 1:
         return next(iter(seen))
     raise ReplayError(
@@ -441,12 +384,13 @@ async def send_replay(
     store: Store,
     sender_factory: SenderFactory,
     rate: float | None = None,
-    progress: Progress | None = None,
     replay_id: str | None = None,
+    on_progress: Callable[[int], None] | None = None,
 ) -> ReplayReport:
     """Send a plan (allocating each document's generation now) and record the run.
 
-    Raises :class:`~docbus.servicebus.MessagingError` when a topic cannot be opened at all;
+    ``on_progress(n)`` is called as ``n`` more planned messages have been handled (sent or
+    failed). Raises :class:`~docbus.servicebus.MessagingError` when a topic cannot be opened at all;
     messages that fail to send are reported in ``record.failed`` (their claims released).
     """
     started = time.monotonic()
@@ -460,11 +404,6 @@ async def send_replay(
     error: str | None = None
     bucket = TokenBucket(rate) if rate else None
     chunk_size = max(1, min(SEND_CHUNK, int(rate))) if rate else SEND_CHUNK
-    task = (
-        progress.add_task(f"replaying ({record.id})", total=len(plan.messages))
-        if progress
-        else None
-    )
     by_topic: dict[str, list[PlannedMessage]] = {}
     for planned in plan.messages:
         by_topic.setdefault(planned.envelope.topic, []).append(planned)
@@ -477,8 +416,8 @@ async def send_replay(
                         if bucket is not None:
                             await bucket.take(len(chunk))
                         await _send_chunk(store, sender, chunk, record)
-                        if progress is not None and task is not None:
-                            progress.advance(task, len(chunk))
+                        if on_progress is not None:
+                            on_progress(len(chunk))
     except BaseException as exc:
         error = str(exc) or type(exc).__name__
         raise

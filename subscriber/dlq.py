@@ -10,7 +10,7 @@ completes the message only once the record is written. Records are keyed
 ``subscription@message_id`` and written insert-only, so a message the worker already recorded
 keeps the worker's richer record, and a DLQ message delivered twice (a lock lost between the write
 and the completion) never makes a second one. :func:`sync_dead_letters` does it for every
-subscription of a topology (``docbus dlq sync``). Neighbours: :mod:`subscriber.dlq_cli`,
+subscription of a topology (``docbus dlq sync``). Neighbours: :mod:`docbus.cli.dlq`,
 :mod:`publisher.replay` (which sends the captured dead letters back).
 """
 

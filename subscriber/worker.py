@@ -20,7 +20,7 @@ A :class:`~subscriber.watchdog.LoopWatchdog` says when a handler blocks the even
 subscriptions' dead-letter queues are captured into Mongo (:mod:`subscriber.dlq`); audit rows
 and checkpoints an outage of the store held back are drained before exit
 (:mod:`handlers.writes`). Neighbours: :mod:`subscriber.processing` (one delivery),
-:mod:`subscriber.cli` (``docbus worker``).
+:mod:`docbus.cli.worker` (``docbus worker``).
 """
 
 from __future__ import annotations

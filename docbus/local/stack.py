@@ -4,7 +4,7 @@
 SecantusDB (a separate process: it is GPL and never imported here) and the offline
 OpenAI-compatible LLM server, on free or given ports of 127.0.0.1, and exposes the
 :class:`~docbus.settings.Settings` and environment variables that point docbus at them.
-``docbus up`` runs it in the foreground; ``docbus demo`` (:mod:`docbus.demo`) and tests use
+``docbus up`` runs it in the foreground; ``docbus demo`` (:mod:`docbus.cli.demo`) and tests use
 it in-process. A stack keeping its state in a data directory holds a lock on it
 (``stack.lock``, with its pid) while it runs, so a second stack on the same directory is refused
 with :class:`StackInUse` rather than left to fail deep inside SecantusDB; ``docbus up`` also

@@ -4,12 +4,14 @@
 published batch), ``documents`` (each published document's input, so a batch can be replayed
 without its source files), ``payloads`` (claim-checked content), ``results`` (versioned handler
 outputs), ``dead_letters`` (the Mongo copy of every dead letter), ``checkpoints`` (step outputs)
-and ``llm_calls`` (audit rows, insert only), ``parked`` (deferred messages); ``generations``
+and ``llm_calls`` (audit rows, insert only), ``parked`` (deferred messages), ``retries`` (notes
+of the deliveries a worker is retrying); ``generations``
 (each document's last replay generation), ``replays`` and ``rollbacks`` (one audit record per
 run) serve the replay tooling.
 The shapes it returns are in :mod:`docbus.records`; the message contract it stores is
-:mod:`docbus.envelope`. pymongo errors are translated in one place (:func:`_translated`) into
-:class:`StoreError`.
+:mod:`docbus.envelope`. Nothing outside this package touches pymongo or a collection: the
+operator queries (:mod:`docbus.ops`) read through the methods here too. pymongo errors are
+translated in one place (:func:`_translated`) into :class:`StoreError`.
 
 Results are idempotent without transactions (so standalone MongoDB and Cosmos DB work too): a
 result's ``_id`` is ``handler@message_id``, so a redelivered message finds its earlier write;
@@ -37,6 +39,7 @@ into :class:`Store` (:mod:`~docbus.store._store`). Import from here only.
 from __future__ import annotations
 
 from docbus.store._checkpoints import Checkpoint
+from docbus.store._dead_letters import DeadLetterFilter
 from docbus.store._documents import MAX_PAYLOAD_BYTES
 from docbus.store._errors import PayloadError, StoreError, StoreUnavailable
 from docbus.store._errors import _translated as _translated
@@ -47,6 +50,7 @@ from docbus.store._store import Store
 __all__ = [
     "MAX_PAYLOAD_BYTES",
     "Checkpoint",
+    "DeadLetterFilter",
     "LingerPermit",
     "ParkedGroup",
     "ParkedMessage",
@@ -60,6 +64,7 @@ __all__ = [
 
 # Public names report the module they are imported from, as before the split (reprs, pickles).
 Checkpoint.__module__ = __name__
+DeadLetterFilter.__module__ = __name__
 ParkedGroup.__module__ = __name__
 ParkedMessage.__module__ = __name__
 PayloadError.__module__ = __name__

@@ -133,6 +133,12 @@ class StoreBase:
             raise StoreError("the store is not connected: await store.connect() first")
         return self._db
 
+    async def drop_database(self) -> None:
+        """Drop the store's whole database: for throwaway databases (``docbus.testing``'s
+        ``store`` fixture); docbus itself never calls it."""
+        with _translated(f"drop database {self._database_name}"):
+            await self.database.client.drop_database(self._database_name)
+
     @property
     def write_concern(self) -> WriteConcern:
         """The write concern of the store's durable writes."""

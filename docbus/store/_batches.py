@@ -2,7 +2,8 @@
 
 :class:`BatchesMixin` records and lists batches, keeps their LLM cost totals and own budget
 (the ``over_budget`` flag that parks a batch's messages), and counts a batch's progress from
-``documents``, ``results`` and ``dead_letters`` (:meth:`~BatchesMixin.batch_counts`). The
+``documents``, ``results`` and ``dead_letters`` (:meth:`~BatchesMixin.batch_counts`,
+:meth:`~BatchesMixin.documents_settled`, :meth:`~BatchesMixin.last_activity`). The
 per-call figures behind the totals are the LLM audit rows (:mod:`docbus.store._llm`); the
 record shapes are in :mod:`docbus.records`.
 """
@@ -10,6 +11,7 @@ record shapes are in :mod:`docbus.records`.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
 from pymongo import DESCENDING, ReturnDocument
@@ -206,6 +208,42 @@ class BatchesMixin(StoreBase):
             pending=max(0, published - n_done - n_dead),
             handlers=per_handler,
         )
+
+    async def documents_settled(
+        self, batch_id: str, doc_ids: Iterable[str]
+    ) -> tuple[dict[str, set[str]], dict[str, set[str]]]:
+        """Of the given documents of a batch: (handler → those it has a result for that is not
+        rolled back, handler → those it has a dead letter for)."""
+        docs = sorted(set(doc_ids))
+        done: dict[str, set[str]] = {}
+        dead: dict[str, set[str]] = {}
+        with _translated(f"read the outcomes of batch {batch_id}"):
+            for collection, match, into in (
+                ("results", {"batch_id": batch_id, "rolled_back": False}, done),
+                ("dead_letters", {"batch_id": batch_id}, dead),
+            ):
+                cursor = self._c(collection).find(
+                    {**match, "doc_id": {"$in": docs}}, {"doc_id": 1, "handler": 1}
+                )
+                async for raw in cursor:
+                    if isinstance(raw.get("handler"), str):
+                        into.setdefault(raw["handler"], set()).add(str(raw["doc_id"]))
+        return done, dead
+
+    async def last_activity(self, batch_id: str) -> datetime | None:
+        """When the latest result or dead letter of a batch was written, if any."""
+        latest: list[datetime] = []
+        with _translated(f"read the last activity of batch {batch_id}"):
+            for collection, stamp in (
+                ("results", "written_at"),
+                ("dead_letters", "dead_lettered_at"),
+            ):
+                raw = await self._c(collection).find_one(
+                    {"batch_id": batch_id}, {stamp: 1}, sort=[(stamp, -1)]
+                )
+                if raw is not None and isinstance(raw.get(stamp), datetime):
+                    latest.append(raw[stamp])
+        return max(latest) if latest else None
 
 
 def _batch_id(raw: Mapping[str, Any]) -> Any:

@@ -1,14 +1,15 @@
 """Dead letters: the Mongo copy of every dead-lettered message, and its replay bookkeeping.
 
-:class:`DeadLettersMixin` records each dead letter once per (message, subscription), filters
-them for the DLQ tools, claims and releases one for replay so two replays never both send it,
-and sums a batch's unresolved dead letters by reason (reading ``results`` to leave out those
-done since). Batch progress counts are in :mod:`docbus.store._batches`; the record shape is
-:class:`docbus.records.DeadLetterRecord`.
+:class:`DeadLettersMixin` records each dead letter once per (message, subscription), selects them
+for the DLQ tools and replay (:class:`DeadLetterFilter`), claims and releases one for replay so two
+replays never both send it, and sums a batch's unresolved dead letters by reason (reading
+``results`` to leave out those done since). Batch progress counts are in
+:mod:`docbus.store._batches`; the record shape is :class:`docbus.records.DeadLetterRecord`.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any
 
@@ -17,6 +18,60 @@ from pymongo import ASCENDING
 from docbus.records import DeadLetterRecord
 from docbus.store._base import StoreBase, _now
 from docbus.store._errors import _translated
+
+
+@dataclass(frozen=True)
+class DeadLetterFilter:
+    """A selection of dead letters, as ``docbus dlq list`` and ``docbus replay`` take it;
+    ``None`` fields do not filter."""
+
+    batch_id: str | None = None
+    reason: str | None = None
+    handler: str | None = None
+    topic: str | None = None
+    subscription: str | None = None
+    doc_id: str | None = None
+    since: datetime | None = None
+    """Dead-lettered at or after this time."""
+    until: datetime | None = None
+    """Dead-lettered before this time."""
+    replayed: bool | None = None
+    """True: only dead letters replayed already; False: only those never replayed."""
+    include_resolved: bool = False
+    """Also the resolved ones (their message got a result after all): not dead, so the DLQ
+    tools and replay leave them out."""
+
+    def describe(self) -> dict[str, Any]:
+        """The filters that are set, JSON-able (for audit records and headings)."""
+        return {
+            item.name: value.isoformat() if isinstance(value, datetime) else value
+            for item in fields(self)
+            if (value := getattr(self, item.name)) is not None and item.name != "include_resolved"
+        }
+
+    def query(self) -> dict[str, Any]:
+        """The MongoDB query of this selection."""
+        query: dict[str, Any] = {} if self.include_resolved else {"resolved_at": None}
+        for field, value in (
+            ("batch_id", self.batch_id),
+            ("handler", self.handler),
+            ("subscription", self.subscription),
+            ("reason", self.reason),
+            ("topic", self.topic),
+            ("doc_id", self.doc_id),
+        ):
+            if value is not None:
+                query[field] = value
+        if self.replayed is not None:
+            query["replayed_at"] = {"$ne": None} if self.replayed else None
+        if self.since is not None or self.until is not None:
+            window: dict[str, datetime] = {}
+            if self.since is not None:
+                window["$gte"] = self.since
+            if self.until is not None:
+                window["$lt"] = self.until
+            query["dead_lettered_at"] = window
+        return query
 
 
 class DeadLettersMixin(StoreBase):
@@ -71,54 +126,29 @@ class DeadLettersMixin(StoreBase):
         return outcome.modified_count
 
     async def dead_letters(
-        self,
-        *,
-        batch_id: str | None = None,
-        handler: str | None = None,
-        subscription: str | None = None,
-        reason: str | None = None,
-        include_replayed: bool = True,
-        limit: int = 0,
-        topic: str | None = None,
-        doc_id: str | None = None,
-        since: datetime | None = None,
-        until: datetime | None = None,
-        only_replayed: bool = False,
-        include_resolved: bool = False,
+        self, where: DeadLetterFilter | None = None, *, limit: int = 0
     ) -> list[DeadLetterRecord]:
-        """Dead letters matching every filter given, oldest first (``limit`` 0: all).
-
-        ``since``/``until`` bound ``dead_lettered_at`` (inclusive, exclusive);
-        ``include_replayed=False`` keeps those never replayed, ``only_replayed`` the others.
-        Resolved ones (their message got a result after all) only with ``include_resolved``.
-        """
-        query: dict[str, Any] = {} if include_resolved else {"resolved_at": None}
-        for field, value in (
-            ("batch_id", batch_id),
-            ("handler", handler),
-            ("subscription", subscription),
-            ("reason", reason),
-            ("topic", topic),
-            ("doc_id", doc_id),
-        ):
-            if value is not None:
-                query[field] = value
-        if not include_replayed:
-            query["replayed_at"] = None
-        elif only_replayed:
-            query["replayed_at"] = {"$ne": None}
-        if since is not None or until is not None:
-            window: dict[str, datetime] = {}
-            if since is not None:
-                window["$gte"] = since
-            if until is not None:
-                window["$lt"] = until
-            query["dead_lettered_at"] = window
+        """The dead letters ``where`` selects (default: every unresolved one), oldest first
+        (``limit`` 0: all)."""
+        query = (where or DeadLetterFilter()).query()
         with _translated("read dead letters"):
             cursor = self._c("dead_letters").find(query).sort("dead_lettered_at", ASCENDING)
             if limit:
                 cursor = cursor.limit(limit)
             return [DeadLetterRecord.model_validate(raw) async for raw in cursor]
+
+    async def dead_letter_handlers(self, batch_id: str) -> dict[str, str]:
+        """Subscription → the handler a batch's dead letters name for it (dead letters the
+        broker made name none; a record written by a worker does)."""
+        pipeline: list[dict[str, Any]] = [
+            {"$match": {"batch_id": batch_id, "handler": {"$type": "string"}}},
+            {"$group": {"_id": {"s": "$subscription", "h": "$handler"}}},
+        ]
+        names: dict[str, str] = {}
+        with _translated(f"read the handlers of batch {batch_id}'s dead letters"):
+            async for pair in await self._c("dead_letters").aggregate(pipeline):
+                names[str(pair["_id"].get("s"))] = str(pair["_id"].get("h"))
+        return names
 
     async def mark_dead_letter_replayed(
         self, record: DeadLetterRecord, when: datetime | None = None

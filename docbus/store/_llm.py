@@ -109,3 +109,28 @@ class LLMAuditMixin(StoreBase):
         with _translated(f"read llm usage of {batch_id}"):
             async for raw in self._c("llm_calls").find({"batch_id": batch_id}, projection):
                 yield raw
+
+    async def llm_handlers(self, batch_id: str) -> list[str]:
+        """The handlers that made LLM calls for a batch, sorted."""
+        pipeline: list[dict[str, Any]] = [
+            {"$match": {"batch_id": batch_id}},
+            {"$group": {"_id": "$handler"}},
+        ]
+        with _translated(f"read the handlers of batch {batch_id}'s llm calls"):
+            found = [row["_id"] async for row in await self._c("llm_calls").aggregate(pipeline)]
+        return sorted(name for name in found if isinstance(name, str))
+
+    async def llm_retried(self, batch_id: str) -> dict[str, set[str]]:
+        """Handler → the documents of a batch it made LLM calls for on a second or later
+        delivery (``attempt >= 2``)."""
+        pipeline: list[dict[str, Any]] = [
+            {"$match": {"batch_id": batch_id, "attempt": {"$gte": 2}}},
+            {"$group": {"_id": {"h": "$handler", "d": "$doc_id"}}},
+        ]
+        found: dict[str, set[str]] = {}
+        with _translated(f"read the retried llm calls of batch {batch_id}"):
+            async for row in await self._c("llm_calls").aggregate(pipeline):
+                name, doc = row["_id"].get("h"), row["_id"].get("d")
+                if isinstance(name, str) and doc is not None:
+                    found.setdefault(name, set()).add(str(doc))
+        return found

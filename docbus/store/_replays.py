@@ -3,7 +3,7 @@
 :class:`ReplaysMixin` allocates a document's next generation (one above any seen in
 ``generations``, ``results`` or ``dead_letters``, atomically per document) and keeps one
 ``replays`` or ``rollbacks`` record per run (a rollback's undo is a run of its own). The
-replay tooling (:mod:`publisher.replay`, :mod:`docbus.rollback`) drives it; results' own
+replay tooling (:mod:`publisher.replay`, :mod:`docbus.cli.rollback`) drives it; results' own
 versions are in :mod:`docbus.store._results`.
 """
 

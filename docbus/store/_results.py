@@ -9,7 +9,7 @@ demoted, and a writer that lost a race re-reads instead of overwriting. Each ver
 run that wrote it (a batch's publication or a replay), so :meth:`ResultsMixin.withdraw_results`
 can withdraw exactly one run's versions, tagged with the rollback's id, and
 :meth:`ResultsMixin.restore_results` can put exactly those back; both converge again. Replay
-generations come from :mod:`docbus.store._replays`; the rollback tooling is :mod:`docbus.rollback`.
+generations come from :mod:`docbus.store._replays`; the rollback is :mod:`docbus.ops.rollback`.
 """
 
 from __future__ import annotations

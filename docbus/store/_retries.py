@@ -1,11 +1,12 @@
 """Retry notes: which documents a worker is retrying, for ``docbus status``.
 
 :class:`RetriesMixin` keeps the ``retries`` collection: one note per (handler, message) that a
-worker failed on and will try again, with the attempt, the error and when the next attempt is
-due. A note is a status hint, never a reason to lose a retry, so it is written with the
-server's default write concern (nothing depends on it surviving a crash). Dead letters and
-results (:mod:`docbus.store._dead_letters`, :mod:`docbus.store._results`) say when a retried
-document finally ended.
+worker failed on and will try again, with the attempt, the error and when the next attempt is due
+(:meth:`~RetriesMixin.note_retry`), read back per batch (:meth:`~RetriesMixin.retried`). A note is
+a status hint, never a reason to lose a retry, so it is written with the server's default write
+concern (nothing depends on it surviving a crash). Dead letters and results
+(:mod:`docbus.store._dead_letters`, :mod:`docbus.store._results`) say when a retried document
+finally ended.
 """
 
 from __future__ import annotations
@@ -48,3 +49,13 @@ class RetriesMixin(StoreBase):
                 },
                 upsert=True,
             )
+
+    async def retried(self, batch_id: str) -> dict[str, set[str]]:
+        """Handler → the documents of a batch a worker noted a retry of."""
+        found: dict[str, set[str]] = {}
+        with _translated(f"read the retry notes of batch {batch_id}"):
+            cursor = self._c(COLLECTION).find({"batch_id": batch_id}, {"handler": 1, "doc_id": 1})
+            async for row in cursor:
+                if isinstance(row.get("handler"), str) and row.get("doc_id") is not None:
+                    found.setdefault(row["handler"], set()).add(str(row["doc_id"]))
+        return found

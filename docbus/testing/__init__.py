@@ -74,4 +74,4 @@ async def store(local_mongo: LocalMongo) -> AsyncIterator[Store]:
         try:
             yield connected
         finally:
-            await connected.database.client.drop_database(name)
+            await connected.drop_database()

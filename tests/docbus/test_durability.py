@@ -18,7 +18,7 @@ import pytest
 from docbus.envelope import Envelope, message_id
 from docbus.local.mongo import LocalMongo
 from docbus.records import DeadLetterRecord, ReplayRecord
-from docbus.store import Store
+from docbus.store import DeadLetterFilter, Store
 
 WRITES = 300
 
@@ -56,7 +56,7 @@ async def record_dead_letter(store: Store, i: int) -> object:
 
 
 async def dead_letters(store: Store) -> int:
-    return len(await store.dead_letters(batch_id="b1"))
+    return len(await store.dead_letters(DeadLetterFilter(batch_id="b1")))
 
 
 async def record_document(store: Store, i: int) -> object:
@@ -83,7 +83,7 @@ async def claim_replay(store: Store, i: int) -> object:
 
 
 async def claims(store: Store) -> int:
-    return len(await store.dead_letters(batch_id="b1", only_replayed=True))
+    return len(await store.dead_letters(DeadLetterFilter(batch_id="b1", replayed=True)))
 
 
 async def record_replay(store: Store, i: int) -> object:

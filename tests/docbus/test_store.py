@@ -11,7 +11,13 @@ from pymongo.errors import DuplicateKeyError
 from docbus.envelope import ClaimCheck, Envelope, Source
 from docbus.local.mongo import LocalMongo
 from docbus.records import CheckpointKey, DeadLetterRecord, input_hash
-from docbus.store import PayloadError, Store, StoreError, StoreUnavailable
+from docbus.store import (
+    DeadLetterFilter,
+    PayloadError,
+    Store,
+    StoreError,
+    StoreUnavailable,
+)
 
 ISSUED = datetime(2025, 1, 1, tzinfo=UTC)
 
@@ -387,12 +393,12 @@ async def test_dead_letters_are_recorded_once_per_message_and_subscription(store
     assert await store.record_dead_letter(first) is True
     assert await store.record_dead_letter(first.model_copy(update={"delivery_count": 5})) is False
     assert await store.record_dead_letter(first.model_copy(update={"subscription": "other"}))
-    stored = await store.dead_letters(subscription="h")
+    stored = await store.dead_letters(DeadLetterFilter(subscription="h"))
     assert len(stored) == 1
     assert stored[0].body == b"\x00not an envelope\xff"
     assert (stored[0].step, stored[0].delivery_count) == ("extract", 1)
-    assert len(await store.dead_letters(batch_id="b1")) == 2
-    assert await store.dead_letters(reason="Other") == []
+    assert len(await store.dead_letters(DeadLetterFilter(batch_id="b1"))) == 2
+    assert await store.dead_letters(DeadLetterFilter(reason="Other")) == []
 
 
 async def test_replayed_dead_letters_can_be_filtered_out(store: Store) -> None:
@@ -400,9 +406,71 @@ async def test_replayed_dead_letters_can_be_filtered_out(store: Store) -> None:
     await store.record_dead_letter(record)
     await store.record_dead_letter(dead_letter("b1:d2:0", doc="d2"))
     await store.mark_dead_letter_replayed(record, datetime(2025, 1, 1, tzinfo=UTC))
-    waiting = await store.dead_letters(include_replayed=False)
+    waiting = await store.dead_letters(DeadLetterFilter(replayed=False))
     assert [r.doc_id for r in waiting] == ["d2"]
     assert len(await store.dead_letters(limit=1)) == 1
+
+
+def test_a_dead_letter_filter_is_the_query_and_the_description_of_one_selection() -> None:
+    since = datetime(2025, 1, 1, tzinfo=UTC)
+    selection = DeadLetterFilter(batch_id="b1", since=since, replayed=False)
+    assert selection.query() == {
+        "resolved_at": None,
+        "batch_id": "b1",
+        "replayed_at": None,
+        "dead_lettered_at": {"$gte": since},
+    }
+    assert selection.describe() == {
+        "batch_id": "b1", "since": "2025-01-01T00:00:00+00:00", "replayed": False,
+    }  # fmt: skip
+    assert DeadLetterFilter(replayed=True, include_resolved=True).query() == {
+        "replayed_at": {"$ne": None}
+    }
+    assert DeadLetterFilter().describe() == {}
+
+
+async def test_resolved_dead_letters_only_when_asked_for(store: Store) -> None:
+    await write(store, doc="d1", handler="h")
+    await store.record_dead_letter(dead_letter("b1:d1:0"))  # its message has a result: resolved
+    assert await store.dead_letters() == []
+    [record] = await store.dead_letters(DeadLetterFilter(include_resolved=True))
+    assert record.resolved_at is not None
+
+
+# -- what docbus status reads -----------------------------------------------------------------
+
+
+async def test_retried_documents_come_from_retry_notes_and_later_llm_attempts(
+    store: Store,
+) -> None:
+    await store.note_retry(
+        handler="h", message_id="b1:d1:0", batch_id="b1", doc_id="d1", attempt=1,
+        error="boom", delay=1.0,
+    )  # fmt: skip
+    await store.note_retry(
+        handler="h", message_id="b2:d9:0", batch_id="b2", doc_id="d9", attempt=1,
+        error="boom", delay=1.0,
+    )  # fmt: skip
+    for handler, doc_id, attempt in (("g", "d2", 1), ("g", "d3", 2), ("k", "d4", 3)):
+        await store.record_llm_call(
+            {"batch_id": "b1", "handler": handler, "doc_id": doc_id, "attempt": attempt}
+        )
+    await store.record_llm_call({"batch_id": "b1", "handler": None, "attempt": 2})
+    assert await store.retried("b1") == {"h": {"d1"}}
+    assert await store.llm_retried("b1") == {"g": {"d3"}, "k": {"d4"}}
+    assert await store.llm_handlers("b1") == ["g", "k"]
+
+
+async def test_documents_settled_and_last_activity_of_a_batch(store: Store) -> None:
+    assert await store.last_activity("b1") is None
+    await write(store, doc="d1", handler="h")
+    await write(store, doc="d3", handler="h", batch="b2")
+    await store.record_dead_letter(dead_letter("b1:d2:0", doc="d2", handler="g"))
+    done, dead = await store.documents_settled("b1", ["d1", "d2", "d3"])
+    assert (done, dead) == ({"h": {"d1"}}, {"g": {"d2"}})
+    [record] = await store.dead_letters(DeadLetterFilter(doc_id="d2"))
+    assert await store.last_activity("b1") == record.dead_lettered_at
+    assert await store.dead_letter_handlers("b1") == {"g": "g"}
 
 
 async def test_checkpoints_first_write_wins(store: Store) -> None:

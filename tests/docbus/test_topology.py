@@ -11,6 +11,7 @@ import pytest
 from azure.servicebus import ServiceBusClient, ServiceBusMessage
 
 from docbus.cli import main as cli_main
+from docbus.cli.topology import microsoft_limits
 from docbus.errors import DocbusError
 from docbus.local.emulator import EmulatorThread, parse_config
 from docbus.local.emulator.config import parse_duration
@@ -22,7 +23,6 @@ from docbus.topology import (
     TopologyError,
     load_topology,
 )
-from docbus.topology_cli import microsoft_limits
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -22,6 +22,7 @@ from azure.servicebus.exceptions import (
 )
 from rich.console import Console
 
+from docbus.cli.publish import report_table
 from docbus.envelope import Envelope
 from docbus.servicebus import MessagingEntityNotFound
 from docbus.settings import PublisherSettings, Settings
@@ -110,7 +111,7 @@ async def test_documents_are_recorded_before_their_messages_are_sent(store: Stor
     broker.on_send = check_recorded
     report = await publish_documents(
         news(30, size=1000), topic="documents", batch_id="b1", settings=settings(chunk=5),
-        sender_factory=broker.sender, store=store, progress=False,
+        sender_factory=broker.sender, store=store,
     )  # fmt: skip
     assert len(broker.batches) > 3
     assert seen_unrecorded == []
@@ -128,7 +129,7 @@ async def test_messages_carry_derived_ids_and_routing_properties(store: Store) -
     broker = Broker()
     await publish_documents(
         news(6), topic="documents", batch_id="b1", settings=settings(),
-        sender_factory=broker.sender, store=store, session_key="supplier", progress=False,
+        sender_factory=broker.sender, store=store, session_key="supplier",
     )  # fmt: skip
     by_id = {str(m.message_id): m for m in broker.messages}
     assert sorted(by_id) == sorted(f"b1:n{i}:0" for i in range(6))
@@ -148,7 +149,7 @@ async def test_batches_split_at_the_size_limit(store: Store) -> None:
     broker = Broker(limit=8 * 1024)
     report = await publish_documents(
         news(40, size=1000), topic="documents", batch_id="b1", settings=settings(),
-        sender_factory=broker.sender, store=store, progress=False,
+        sender_factory=broker.sender, store=store,
     )  # fmt: skip
     assert report.sent == 40
     assert len(broker.batches) == report.message_batches > 5
@@ -165,7 +166,7 @@ async def test_large_documents_travel_by_claim_check(store: Store) -> None:
     report = await publish_documents(
         [DocumentInput(text=big, doc_id="big"), DocumentInput(text="small", doc_id="small")],
         topic="documents", batch_id="b1", settings=settings(),
-        sender_factory=broker.sender, store=store, progress=False,
+        sender_factory=broker.sender, store=store,
     )  # fmt: skip
     assert (report.sent, report.claim_checked) == (2, 1)
     envelopes = {e.doc_id: e for e in broker.envelopes()}
@@ -196,7 +197,7 @@ async def test_several_batches_are_in_flight_at_once(store: Store) -> None:
     broker.on_send = overlap
     await publish_documents(
         news(30, size=1000), topic="documents", batch_id="b1", settings=settings(concurrency=3),
-        sender_factory=broker.sender, store=store, progress=False,
+        sender_factory=broker.sender, store=store,
     )  # fmt: skip
     assert broker.senders_opened == 3
     assert peak >= 2
@@ -213,7 +214,7 @@ async def test_invalid_input_in_a_list_sends_and_records_nothing(store: Store) -
     with pytest.raises(InvalidInput) as caught:
         await publish_documents(
             docs, topic="documents", batch_id="b1", settings=settings(),
-            sender_factory=broker.sender, store=store, progress=False,
+            sender_factory=broker.sender, store=store,
         )  # fmt: skip
     assert [str(p) for p in caught.value.problems] == [
         "<input>:2: empty document",
@@ -239,13 +240,13 @@ async def test_values_json_or_mongo_cannot_carry_are_problems_before_anything_is
     with pytest.raises(InvalidInput) as caught:
         await publish_documents(
             docs, topic="documents", batch_id="b1", settings=settings(),
-            sender_factory=broker.sender, store=store, progress=False,
+            sender_factory=broker.sender, store=store,
         )  # fmt: skip
     assert [p.line for p in caught.value.problems] == [2, 3, 4, 5, 6]
     assert broker.batches == [] and await store.get_batch("b1") is None
     report = await publish_documents(
         docs, topic="documents", batch_id="b2", settings=settings(),
-        sender_factory=broker.sender, store=store, progress=False, skip_invalid=True,
+        sender_factory=broker.sender, store=store, skip_invalid=True,
     )  # fmt: skip
     assert (report.sent, len(report.problems), report.failed) == (1, 5, {})
     assert [e.doc_id async for e in store.iter_documents("b2")] == ["ok"]
@@ -256,7 +257,7 @@ async def test_skip_invalid_sends_the_rest_and_lists_what_was_skipped(store: Sto
     report = await publish_documents(
         ["good one", "   ", {"txt": "wrong key"}], topic="documents", batch_id="b1",
         settings=settings(), sender_factory=broker.sender, store=store,
-        skip_invalid=True, progress=False,
+        skip_invalid=True,
     )  # fmt: skip
     assert (report.sent, report.ok) == (1, False)
     assert [(p.line, p.reason.split(":")[0]) for p in report.problems] == [
@@ -279,7 +280,7 @@ async def test_a_stream_stops_at_its_first_invalid_document(store: Store) -> Non
     with pytest.raises(InvalidInput) as caught:
         await publish_documents(
             stream(), topic="documents", batch_id="b1", settings=settings(),
-            sender_factory=broker.sender, store=store, progress=False,
+            sender_factory=broker.sender, store=store,
         )  # fmt: skip
     assert "2 documents before them were sent" in str(caught.value)
     assert len(broker.messages) == 2
@@ -296,7 +297,7 @@ async def test_async_iterables_are_accepted(store: Store) -> None:
 
     report = await publish_documents(
         stream(), topic="documents", batch_id="b1", settings=settings(chunk=2),
-        sender_factory=broker.sender, store=store, progress=False,
+        sender_factory=broker.sender, store=store,
     )  # fmt: skip
     assert report.sent == 5 and len(broker.messages) == 5
 
@@ -314,7 +315,7 @@ async def test_a_transient_send_failure_is_retried(store: Store) -> None:
     broker.on_send = fail_twice
     report = await publish_documents(
         news(20, size=1000), topic="documents", batch_id="b1", settings=settings(),
-        sender_factory=broker.sender, store=store, progress=False,
+        sender_factory=broker.sender, store=store,
     )  # fmt: skip
     assert failures == 2
     assert (report.sent, report.failed, report.ok) == (20, {}, True)
@@ -333,7 +334,7 @@ async def test_a_send_that_keeps_failing_is_reported_per_document(store: Store) 
     broker.on_send = always_fail
     report = await publish_documents(
         news(20, size=1000), topic="documents", batch_id="b1", settings=settings(),
-        sender_factory=broker.sender, store=store, progress=False,
+        sender_factory=broker.sender, store=store,
     )  # fmt: skip
     assert set(attempts.values()) == {settings().publisher.send_attempts}
     assert sorted(report.failed) == sorted(f"n{i}" for i in range(20)) and not report.ok
@@ -358,7 +359,7 @@ async def test_a_batch_the_broker_refuses_as_too_large_is_split_and_resent(store
     docs = [*news(30, size=1000), DocumentInput(text="y" * 9000, doc_id="big")]
     report = await publish_documents(
         docs, topic="documents", batch_id="b1", settings=settings(concurrency=1),
-        sender_factory=broker.sender, store=store, progress=False,
+        sender_factory=broker.sender, store=store,
     )  # fmt: skip
     assert refused > 1
     assert sorted(e.doc_id for e in broker.envelopes()) == sorted(f"n{i}" for i in range(30))
@@ -376,7 +377,7 @@ async def test_an_unusable_topic_stops_the_publish(store: Store) -> None:
     with pytest.raises(MessagingEntityNotFound):
         await publish_documents(
             news(10), topic="documents", batch_id="b1", settings=settings(),
-            sender_factory=broker.sender, store=store, progress=False,
+            sender_factory=broker.sender, store=store,
         )  # fmt: skip
     batch = await store.get_batch("b1")
     assert batch is not None and batch.status == "failed"
@@ -387,8 +388,9 @@ async def test_dry_run_sizes_everything_and_touches_nothing(store: Store) -> Non
     report = await publish_documents(
         [*news(3), DocumentInput(text="x" * 100_000, doc_id="big")],
         topic="documents", batch_id="b1", settings=settings(max_size=64 * 1024),
-        store=store, dry_run=True, console=Console(file=buffer, width=100),
+        store=store, dry_run=True,
     )  # fmt: skip
+    Console(file=buffer, width=100).print(report_table(report))
     assert (report.documents, report.claim_checked, report.sent) == (4, 1, 0)
     assert await store.get_batch("b1") is None
     assert await store.database["payloads"].count_documents({}) == 0
@@ -396,12 +398,15 @@ async def test_dry_run_sizes_everything_and_touches_nothing(store: Store) -> Non
     assert "dry run" in output and "by claim-check" in output
 
 
-async def test_progress_ends_with_a_summary_table(store: Store) -> None:
-    buffer = io.StringIO()
-    await publish_documents(
+async def test_the_summary_table_says_what_was_sent_and_how_fast(store: Store) -> None:
+    progress: list[int] = []
+    report = await publish_documents(
         news(5), topic="documents", batch_id="b1", settings=settings(),
-        sender_factory=Broker().sender, store=store, console=Console(file=buffer, width=100),
+        sender_factory=Broker().sender, store=store, on_progress=progress.append,
     )  # fmt: skip
+    assert sum(progress) == 5
+    buffer = io.StringIO()
+    Console(file=buffer, width=100).print(report_table(report))
     output = buffer.getvalue()
     assert "Batch b1 → documents" in output
     assert "sent" in output and "throughput" in output
@@ -409,7 +414,7 @@ async def test_progress_ends_with_a_summary_table(store: Store) -> None:
 
 async def test_invalid_batch_ids_are_refused() -> None:
     with pytest.raises(ValueError, match="invalid batch id"):
-        await publish_documents(["x"], topic="t", batch_id="a:b", dry_run=True, progress=False)
+        await publish_documents(["x"], topic="t", batch_id="a:b", dry_run=True)
 
 
 async def test_documents_of_one_session_reach_the_topic_in_input_order(store: Store) -> None:
@@ -435,7 +440,7 @@ async def test_documents_of_one_session_reach_the_topic_in_input_order(store: St
     ]  # fmt: skip
     await publish_documents(
         docs, topic="documents", batch_id="b1", settings=settings(concurrency=3),
-        sender_factory=broker.sender, store=store, session_key="supplier", progress=False,
+        sender_factory=broker.sender, store=store, session_key="supplier",
     )  # fmt: skip
     sent_order = [e.doc_id for e in broker.envelopes()]
     assert sent_order != sorted(sent_order)  # the lanes really did interleave
@@ -448,18 +453,18 @@ async def test_a_batch_id_used_before_is_refused_unless_resumed(store: Store) ->
     broker = Broker()
     first = await publish_documents(
         news(3), topic="documents", batch_id="b1", settings=settings(),
-        sender_factory=broker.sender, store=store, progress=False,
+        sender_factory=broker.sender, store=store,
     )  # fmt: skip
     assert first.ok
     with pytest.raises(PublishRefused, match="batch b1 already exists"):
         await publish_documents(
             news(4), topic="documents", batch_id="b1", settings=settings(),
-            sender_factory=broker.sender, store=store, progress=False,
+            sender_factory=broker.sender, store=store,
         )  # fmt: skip
     assert len(broker.messages) == 3
     resumed = await publish_documents(
         news(4), topic="documents", batch_id="b1", settings=settings(),
-        sender_factory=broker.sender, store=store, progress=False, resume=True,
+        sender_factory=broker.sender, store=store, resume=True,
     )  # fmt: skip
     # nothing has an outcome yet: the three are sent again under their ids, n3 is new
     assert (resumed.resent, resumed.already_sent, resumed.sent) == (3, 0, 4)
@@ -474,6 +479,6 @@ async def test_a_topic_the_topology_does_not_know_records_and_sends_nothing(stor
     with pytest.raises(PublishRefused, match="unknown topic 'other'"):
         await publish_documents(
             news(2), topic="other", batch_id="b1", settings=settings(),
-            sender_factory=broker.sender, store=store, progress=False, topology=topology,
+            sender_factory=broker.sender, store=store, topology=topology,
         )  # fmt: skip
     assert broker.senders_opened == 0 and await store.get_batch("b1") is None

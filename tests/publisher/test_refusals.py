@@ -21,13 +21,13 @@ import pytest
 from rich.console import Console
 
 from docbus.cli import build_parser
+from docbus.cli import publish as cli
 from docbus.envelope import Envelope
 from docbus.local.emulator.config import parse_config
 from docbus.local.emulator.server import EmulatorThread
 from docbus.store import Store
 from docbus.topology import SubscriptionSpec, TopicSpec, Topology
-from publisher import cli
-from tests.publisher.test_cli import (
+from tests.docbus.cli.test_publish import (
     TOPIC,
     broker_env,
     clean_env,
@@ -39,7 +39,7 @@ from tests.publisher.test_cli import (
     write_jsonl,
 )
 
-__all__ = ["broker_env", "clean_env", "mongo_env"]  # fixtures shared with test_cli
+__all__ = ["broker_env", "clean_env", "mongo_env"]  # fixtures shared with test_publish
 
 
 @pytest.fixture

@@ -27,7 +27,6 @@ async def publish(stack: Stack, doc_ids: Sequence[str], batch_id: str) -> None:
     docs = [{"doc_id": doc_id, "text": f"the text of {doc_id}"} for doc_id in doc_ids]
     report = await publish_documents(
         docs, topic="docs", batch_id=batch_id, settings=stack.settings, store=stack.store,
-        progress=False,
     )  # fmt: skip
     assert report.ok, report
 

@@ -11,11 +11,12 @@ from typing import Any
 from azure.servicebus import ServiceBusMessage, ServiceBusReceivedMessage, ServiceBusSubQueue
 from azure.servicebus.aio import ServiceBusClient
 
+from docbus.cli import dlq as dlq_cli
 from docbus.envelope import Envelope
 from docbus.records import DeadLetterRecord
 from docbus.servicebus import build_message
+from docbus.store import DeadLetterFilter
 from docbus.topology import ROUTE_PROPERTY
-from subscriber import dlq_cli
 from subscriber.dlq import capture_dead_letters, dead_letter_record
 from tests.replay.conftest import TOPOLOGY_TOML, Stack
 from tests.replay.helpers import command, rows
@@ -121,7 +122,9 @@ async def test_broker_side_dead_letters_are_captured_once_and_leave_the_queue(
         assert (captured, again) == (4, 0)
         assert await dead_letter_count(client, "alpha") == 0
 
-    records = {r.message_id: r for r in await store.dead_letters(subscription="alpha")}
+    records = {
+        r.message_id: r for r in await store.dead_letters(DeadLetterFilter(subscription="alpha"))
+    }
     assert sorted(records) == ["b1:abandoned:0", "b1:expired:0", "b1:recorded:0", "raw-1"]
     abandoned = records["b1:abandoned:0"]
     assert abandoned.reason == "MaxDeliveryCountExceeded"
@@ -144,7 +147,7 @@ async def test_broker_side_dead_letters_are_captured_once_and_leave_the_queue(
     code, out = await command(dlq_cli, "sync", "--topology", str(topology), "--max-wait", "0.5")
     assert code == 0, out
     assert [r[:4] for r in rows(out)] == [["docs", "alpha", "0", "0"], ["docs", "beta", "1", "1"]]
-    (late_record,) = await store.dead_letters(subscription="beta")
+    (late_record,) = await store.dead_letters(DeadLetterFilter(subscription="beta"))
     assert late_record.doc_id == "late" and late_record.reason == "TTLExpiredException"
 
 

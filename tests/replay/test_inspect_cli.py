@@ -8,20 +8,21 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from docbus import cli, results_cli
+from docbus import cli
+from docbus.cli import dlq as dlq_cli
+from docbus.cli import results as results_cli
 from docbus.envelope import Envelope, message_id
 from docbus.records import DeadLetterRecord
 from docbus.store import Store
-from subscriber import dlq_cli
 from tests.replay.helpers import command, command_streams, rows
 
 NOW = datetime.now(UTC)
 
 COMMANDS = {
-    "dlq": "subscriber.dlq_cli",
-    "replay": "publisher.replay_cli",
-    "results": "docbus.results_cli",
-    "rollback": "docbus.rollback",
+    "dlq": "docbus.cli.dlq",
+    "replay": "docbus.cli.replay",
+    "results": "docbus.cli.results",
+    "rollback": "docbus.cli.rollback",
 }
 
 

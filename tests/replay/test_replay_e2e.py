@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import re
 
-from docbus import results_cli, rollback
+from docbus.cli import replay as replay_cli
+from docbus.cli import results as results_cli
+from docbus.cli import rollback
 from docbus.envelope import message_id
-from publisher import replay_cli
+from docbus.store import DeadLetterFilter
 from tests.replay.conftest import Stack
 from tests.replay.helpers import (
     command,
@@ -31,7 +33,7 @@ async def test_a_filtered_replay_reruns_exactly_the_selected_documents_in_the_fa
     await fail(stack, "beta", "d4", "BadDocument")
     await publish(stack, ["d1", "d2", "d3", "d4"], "b1")
     await run_worker(stack)
-    dead = await stack.store.dead_letters(batch_id="b1")
+    dead = await stack.store.dead_letters(DeadLetterFilter(batch_id="b1"))
     assert sorted(r.id for r in dead) == ["alpha@b1:d2:0", "alpha@b1:d3:0", "beta@b1:d4:0"]
     await fix(stack)
 
@@ -50,7 +52,9 @@ async def test_a_filtered_replay_reruns_exactly_the_selected_documents_in_the_fa
     assert (again["target"], again["replay_of"]) == ("alpha", message_id("b1", "d2", 0))
     current = await stack.store.current_result("d2", "alpha")
     assert current is not None and (current.generation, current.version) == (1, 1)
-    replayed = {r.id: r.replayed_at for r in await stack.store.dead_letters(batch_id="b1")}
+    replayed = {
+        r.id: r.replayed_at for r in await stack.store.dead_letters(DeadLetterFilter(batch_id="b1"))
+    }
     assert replayed["alpha@b1:d2:0"] is not None
     assert replayed["alpha@b1:d3:0"] is None and replayed["beta@b1:d4:0"] is None
     (audit,) = [r async for r in stack.store.database["replays"].find()]

@@ -6,9 +6,10 @@ import io
 
 from azure.servicebus.aio import ServiceBusClient
 
+from docbus.cli import replay as replay_cli
 from docbus.envelope import Envelope
 from docbus.records import DeadLetterRecord
-from publisher import replay_cli
+from docbus.store import DeadLetterFilter
 from tests.replay.conftest import Stack
 from tests.replay.helpers import command, command_streams, pending_on_broker, rows
 
@@ -84,5 +85,5 @@ async def test_a_replay_that_cannot_send_is_recorded_as_failed_with_its_error(
     assert "gone" in record["error"]
     assert record["finished_at"] is not None
     # its claim was released: the dead letter can be replayed once the topic exists
-    (dead,) = await stack.store.dead_letters(batch_id="b4")
+    (dead,) = await stack.store.dead_letters(DeadLetterFilter(batch_id="b4"))
     assert dead.replayed_at is None

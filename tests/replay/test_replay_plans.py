@@ -9,12 +9,13 @@ from typing import Literal
 
 import pytest
 
-from docbus import rollback
-from docbus.dead_letter_filter import parse_time
+from docbus.cli import replay as replay_cli
+from docbus.cli import rollback as rollback_cli
 from docbus.envelope import Envelope, message_id
+from docbus.ops import rollback
+from docbus.ops.dead_letters import parse_time
 from docbus.records import DeadLetterRecord, ReplayRecord
 from docbus.store import Store
-from publisher import replay_cli
 from publisher.replay import ReplayError, plan_batch_replay, replay_status, subscription_of
 from publisher.token_bucket import TokenBucket
 from tests.replay.helpers import command, command_streams
@@ -137,7 +138,7 @@ async def test_commands_that_change_things_refuse_without_yes_off_a_terminal(
     await batch(mongo_env)
     code, out = await command(replay_cli, "--batch", "b1", stdin=io.StringIO(""))
     assert code == 2 and "refusing to send without confirmation" in out
-    code, out = await command(rollback, "--batch", "b1", stdin=io.StringIO(""))
+    code, out = await command(rollback_cli, "--batch", "b1", stdin=io.StringIO(""))
     assert code == 2 and "refusing to roll back" in out
     assert await mongo_env.current_result("d1", "alpha") is not None  # nothing was touched
     code, out = await command(replay_cli, "--only", "failed", "--yes")
@@ -229,5 +230,5 @@ async def test_a_batch_rollback_is_its_publication_and_with_replays_every_run_of
     assert await store.current_result("d1", "alpha") is None
     with pytest.raises(rollback.RollbackError, match="unknown batch 'b2'"):
         await rollback.plan_rollback(store, batch_id="b2")
-    code, out = await command(rollback, "--batch", "b1", "--generation", "1", "--yes")
+    code, out = await command(rollback_cli, "--batch", "b1", "--generation", "1", "--yes")
     assert code == 2 and "--generation is gone" in out and "--replay" in out

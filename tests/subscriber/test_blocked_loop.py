@@ -26,7 +26,6 @@ async def publish(stack: Stack, count: int, block: float, batch_id: str = "blk")
     ]
     report = await publish_documents(
         docs, topic="slow", batch_id=batch_id, settings=stack.settings, store=stack.store,
-        progress=False,
     )  # fmt: skip
     assert report.ok, report
 

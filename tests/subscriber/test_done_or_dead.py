@@ -18,7 +18,7 @@ from azure.servicebus.aio import ServiceBusClient, ServiceBusReceiver
 from docbus.backoff import BackoffPolicy
 from docbus.envelope import message_id
 from docbus.records import DeadLetterRecord
-from docbus.store import Store
+from docbus.store import DeadLetterFilter, Store
 from handlers import Context, DeadLetter, Document, handler
 from handlers.runtime import RegisteredHandler, discover_handlers
 from publisher import publish_documents
@@ -42,7 +42,7 @@ def processor(stack: Stack, max_attempts: int = 5) -> Processor:
 async def publish_one(stack: Stack, behaviour: str) -> None:
     report = await publish_documents(
         [{"doc_id": "d1", "text": "some text", "metadata": {"behaviour": behaviour}}],
-        topic="docs", batch_id="b1", settings=stack.settings, store=stack.store, progress=False,
+        topic="docs", batch_id="b1", settings=stack.settings, store=stack.store,
     )  # fmt: skip
     assert report.ok
 
@@ -95,7 +95,7 @@ async def test_a_delivery_giving_up_on_a_message_done_meanwhile_completes_it(
             )
             assert outcome.action is Action.COMPLETE
     assert await starts(stack) == 1
-    assert await stack.store.dead_letters(include_resolved=True) == []
+    assert await stack.store.dead_letters(DeadLetterFilter(include_resolved=True)) == []
 
 
 def dead_letter(**fields: Any) -> DeadLetterRecord:
@@ -110,7 +110,7 @@ def dead_letter(**fields: Any) -> DeadLetterRecord:
 async def test_a_dead_letter_recorded_after_the_result_is_resolved_at_once(store: Store) -> None:
     await store_result(store)
     assert await store.record_dead_letter(dead_letter())
-    [record] = await store.dead_letters(include_resolved=True)
+    [record] = await store.dead_letters(DeadLetterFilter(include_resolved=True))
     assert record.resolved_at is not None
     assert await store.dead_letters() == []  # not dead: dlq list and replay leave it out
 

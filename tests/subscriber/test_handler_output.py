@@ -24,7 +24,6 @@ async def test_outputs_are_stored_faithfully_or_dead_lettered_naming_the_field(
     ]
     report = await publish_documents(
         docs, topic="docs", batch_id="b1", settings=stack.settings, store=stack.store,
-        progress=False,
     )  # fmt: skip
     assert report.ok
     await run_worker(stack, output_handlers)

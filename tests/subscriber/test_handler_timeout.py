@@ -10,6 +10,7 @@ import pytest
 from azure.servicebus.aio import ServiceBusClient
 
 from docbus.backoff import BackoffPolicy
+from docbus.store import DeadLetterFilter
 from handlers import Context, Document, handler
 from handlers.discovery import discover_handlers
 from handlers.runtime import HandlerTimeout
@@ -27,7 +28,7 @@ FAST = BackoffPolicy(base=0.2, cap=1.0, jitter=0.0)
 async def publish(stack: Stack, behaviour: str) -> None:
     report = await publish_documents(
         [{"doc_id": "t1", "text": "some text", "metadata": {"behaviour": behaviour}}],
-        topic="docs", batch_id="b1", settings=stack.settings, store=stack.store, progress=False,
+        topic="docs", batch_id="b1", settings=stack.settings, store=stack.store,
     )  # fmt: skip
     assert report.ok
 
@@ -63,7 +64,7 @@ async def test_an_attempt_that_always_times_out_is_dead_lettered_naming_the_time
     await publish(stack, "slow:30")
     await run_worker(stack, handler_timeout=0.3)
     assert await attempts(stack) == [1, 2, 3]  # the subscription's delivery limit
-    [dead] = await stack.store.dead_letters(batch_id="b1")
+    [dead] = await stack.store.dead_letters(DeadLetterFilter(batch_id="b1"))
     assert dead.reason == "RetriesExhausted"
     assert "HandlerTimeout" in dead.description and "0.3s timeout" in dead.description
 

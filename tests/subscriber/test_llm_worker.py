@@ -39,7 +39,6 @@ async def publish(stack: Stack, count: int, **metadata: Any) -> None:
     ]
     report = await publish_documents(
         docs, topic="llm", batch_id="llm1", settings=stack.settings, store=stack.store,
-        progress=False,
     )  # fmt: skip
     assert report.ok
 

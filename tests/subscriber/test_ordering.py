@@ -25,7 +25,7 @@ async def test_same_key_documents_run_in_order_across_two_workers(stack: Stack) 
     ]
     report = await publish_documents(
         docs, topic="ordered", batch_id="ord", settings=stack.settings, store=stack.store,
-        session_key="key", progress=False,
+        session_key="key",
     )  # fmt: skip
     assert report.ok
 

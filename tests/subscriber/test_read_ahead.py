@@ -54,7 +54,6 @@ async def publish(stack: Stack, prefix: str, count: int, batch_id: str = "b1") -
     docs = [{"doc_id": f"{prefix}{i}", "text": f"text {i}"} for i in range(count)]
     report = await publish_documents(
         docs, topic="docs", batch_id=batch_id, settings=stack.settings, store=stack.store,
-        progress=False,
     )  # fmt: skip
     assert report.ok
 

@@ -9,7 +9,7 @@ import pytest
 
 from docbus.envelope import Envelope, InvalidEnvelope
 from docbus.records import DeadLetterRecord
-from docbus.store import Store
+from docbus.store import DeadLetterFilter, Store
 from subscriber.received import record_dead_letter, storable
 from tests.subscriber.poison_messages import DEEP, envelope_json
 
@@ -72,6 +72,6 @@ async def test_a_dead_letter_too_large_to_store_is_recorded_without_its_body(
         body=b"x" * 17_000_000, properties={"p": "v"},
     )  # fmt: skip
     assert await record_dead_letter(store, record)
-    (stored,) = await store.dead_letters(subscription="work")
+    (stored,) = await store.dead_letters(DeadLetterFilter(subscription="work"))
     assert stored.body == b"" and stored.properties == {}
     assert stored.description.startswith("too big [not stored: 1 properties and the 17000000-byte")

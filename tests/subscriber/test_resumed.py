@@ -26,7 +26,7 @@ async def test_a_resumed_message_that_fails_again_is_parked_again_not_stranded(
 ) -> None:
     report = await publish_documents(
         [{"doc_id": "p1", "text": "t", "metadata": {"behaviour": "always-fail"}}],
-        topic="docs", batch_id="b1", settings=stack.settings, store=stack.store, progress=False,
+        topic="docs", batch_id="b1", settings=stack.settings, store=stack.store,
     )  # fmt: skip
     assert report.ok
     [work] = [h for h in discover_handlers(sample_handlers) if h.spec.name == "work"]
@@ -68,7 +68,7 @@ async def test_resumed_messages_keep_their_locks_while_they_wait_for_a_slot(stac
     # the second waits 3 s for it, past the subscription's 2 s lock.
     report = await publish_documents(
         [{"doc_id": f"q{i}", "text": "t", "metadata": {"behaviour": "slow:3"}} for i in range(2)],
-        topic="docs", batch_id="b1", settings=stack.settings, store=stack.store, progress=False,
+        topic="docs", batch_id="b1", settings=stack.settings, store=stack.store,
     )  # fmt: skip
     assert report.ok
     numbers = []
@@ -117,7 +117,7 @@ async def park_one(stack: Stack, client: ServiceBusClient, doc_id: str, reason: 
     confirm)."""
     report = await publish_documents(
         [{"doc_id": doc_id, "text": "t", "metadata": {"behaviour": "ok"}}],
-        topic="docs", batch_id="b1", settings=stack.settings, store=stack.store, progress=False,
+        topic="docs", batch_id="b1", settings=stack.settings, store=stack.store,
     )  # fmt: skip
     assert report.ok
     async with client.get_subscription_receiver("docs", "work") as receiver:

@@ -150,7 +150,6 @@ async def publish(stack: Stack, behaviours: list[str]) -> None:
     ]
     report = await publish_documents(
         docs, topic="docs", batch_id="b1", settings=stack.settings, store=stack.store,
-        progress=False,
     )  # fmt: skip
     assert report.ok, report
 

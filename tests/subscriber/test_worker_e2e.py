@@ -30,7 +30,6 @@ from tests.subscriber.helpers import FAST, run_worker
 async def publish(stack: Stack, docs: list[dict[str, Any]], batch_id: str = "b1") -> None:
     report = await publish_documents(
         docs, topic="docs", batch_id=batch_id, settings=stack.settings, store=stack.store,
-        progress=False,
     )  # fmt: skip
     assert report.ok, report
 
@@ -269,7 +268,7 @@ async def test_the_worker_records_dead_letters_the_broker_made_itself(stack: Sta
 
 
 async def test_a_document_held_for_retry_shows_as_retrying_in_status(stack: Stack) -> None:
-    from docbus.status import collect_status
+    from docbus.ops.status import collect_status
 
     await publish(stack, [doc("r", "again", "fail-times:1")])
     async with ServiceBusClient.from_connection_string(stack.connection_string) as client:

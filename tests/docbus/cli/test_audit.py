@@ -16,9 +16,10 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from docbus import audit
-from docbus.audit import EXPORT_FIELDS, ExportFilter, RowWriter, export_calls
+from docbus.cli import audit
+from docbus.cli.audit import RowWriter, export_calls
 from docbus.local.mongo import LocalMongo
+from docbus.ops.audit import EXPORT_FIELDS, ExportFilter
 from docbus.records import LLMCallRecord
 from docbus.store import Store
 

@@ -11,7 +11,7 @@ constant memory. In CSV the messages and the parsed output are JSON-encoded cell
 
 With ``--output`` the export is written to ``FILE.partial`` and renamed to ``FILE`` only once
 complete, so an interrupted export never leaves a file that looks whole. The format defaults to
-the file's suffix (``.csv``), else JSONL. Neighbours: :mod:`docbus.report` (the same rows added
+the file's suffix (``.csv``), else JSONL. Neighbours: :mod:`docbus.cli.report` (the same rows added
 up), :mod:`docbus.store`.
 """
 
@@ -24,24 +24,20 @@ import json
 import os
 import sys
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Literal
 
 from rich.console import Console
 
-from docbus.records import LLMCallRecord
+from docbus.ops.audit import EXPORT_FIELDS, ExportFilter, export_rows
 from docbus.settings import Settings
 from docbus.store import Store
 
 __all__ = [
     "EXIT_CODES",
-    "EXPORT_FIELDS",
-    "ExportFilter",
     "RowWriter",
     "add_arguments",
     "export_calls",
-    "export_row",
     "run",
 ]
 
@@ -49,45 +45,8 @@ Format = Literal["jsonl", "csv"]
 
 EXIT_CODES = {1: "no LLM call matches the selection, or the export could not be written"}
 
-EXPORT_FIELDS: tuple[str, ...] = (
-    "id",
-    "created_at",
-    "batch_id",
-    "doc_id",
-    "generation",
-    "message_id",
-    "handler",
-    "handler_version",
-    "step",
-    "attempt",
-    "reask",
-    "retry",
-    "category",
-    "kind",
-    "mode",
-    "model",
-    "response_model",
-    "messages",
-    "response_text",
-    "parsed",
-    "finish_reason",
-    "prompt_tokens",
-    "completion_tokens",
-    "cost_usd",
-    "latency_s",
-    "error_type",
-    "error_message",
-    "request_id",
-)
-"""The fields of one exported row, in order (the CSV header)."""
 
 _JSON_CELLS = ("messages", "parsed")
-
-
-def export_row(call: LLMCallRecord) -> dict[str, Any]:
-    """One audit row as JSON-ready data with the fields of :data:`EXPORT_FIELDS`."""
-    data = call.model_dump(mode="json")
-    return {name: data.get(name) for name in EXPORT_FIELDS}
 
 
 class RowWriter:
@@ -117,23 +76,6 @@ def _cell(name: str, value: Any) -> Any:
     return "" if value is None else value
 
 
-@dataclass(frozen=True)
-class ExportFilter:
-    """Which rows of a batch to export (``None``: any)."""
-
-    batch_id: str
-    step: str | None = None
-    handler: str | None = None
-    doc_id: str | None = None
-
-    def describe(self) -> str:
-        parts = [f"batch {self.batch_id!r}"]
-        for label, value in (("step", self.step), ("handler", self.handler), ("doc", self.doc_id)):
-            if value is not None:
-                parts.append(f"{label} {value!r}")
-        return ", ".join(parts)
-
-
 async def export_calls(
     store: Store,
     selection: ExportFilter,
@@ -141,13 +83,8 @@ async def export_calls(
     on_row: Callable[[int], None] | None = None,
 ) -> int:
     """Stream the selected audit rows, oldest first, into ``writer``; returns how many."""
-    async for call in store.iter_llm_calls(
-        selection.batch_id,
-        step=selection.step,
-        handler=selection.handler,
-        doc_id=selection.doc_id,
-    ):
-        writer.write(export_row(call))
+    async for row in export_rows(store, selection):
+        writer.write(row)
         if on_row is not None:
             on_row(writer.count)
     return writer.count

@@ -27,23 +27,36 @@ from typing import TextIO
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
 
-from docbus.confirm import REFUSED, confirm, stdin_is_terminal
-from docbus.dead_letter_filter import add_filter_arguments, filter_from_args
+from docbus.cli.confirm import REFUSED, confirm, stdin_is_terminal
+from docbus.cli.dead_letter_filter import add_filter_arguments, filter_from_args
 from docbus.servicebus import servicebus_client
 from docbus.settings import Settings
 from docbus.store import Store
+from docbus.text import one_line
 from publisher.replay import (
     ONLY,
     ReplayError,
     ReplayPlan,
+    ReplayReport,
+    new_replay_id,
     plan_batch_replay,
     plan_dead_letter_replay,
+    route_name,
     send_replay,
     subscription_of,
 )
 
-__all__ = ["EXIT_CODES", "add_arguments", "run"]
+__all__ = [
+    "EXIT_CODES",
+    "add_arguments",
+    "plan_table",
+    "problems_table",
+    "report_table",
+    "run",
+    "skipped_table",
+]
 
 EXIT_CODES = {
     1: "a message failed to send or the run stopped (its record says partial or failed), or "
@@ -176,9 +189,10 @@ async def _replay(
                 )
                 return 0
             if args.dry_run:
-                console.print(plan.table(f"dry run: would send {len(plan.messages)} message(s)"))
+                title = f"dry run: would send {len(plan.messages)} message(s)"
+                console.print(plan_table(plan, title))
             if plan.skipped:
-                console.print(plan.skipped_table())
+                console.print(skipped_table(plan))
             if plan.note:
                 console.print(plan.note, markup=False, highlight=False, soft_wrap=True)
             done = "dry run: nothing was sent" if args.dry_run else "nothing to replay"
@@ -187,7 +201,7 @@ async def _replay(
         if plan.note:
             talk.print(plan.note, markup=False, highlight=False, soft_wrap=True)
         if not args.yes:
-            talk.print(plan.table())
+            talk.print(plan_table(plan))
             question = f"send {len(plan.messages)} message(s)?"
             if not confirm(question, console=talk, stdin=stdin):
                 talk.print("not confirmed: nothing was sent", markup=False)
@@ -202,17 +216,83 @@ async def _replay(
         )
         async with servicebus_client(settings) as client:
             with progress:
+                replay_id = new_replay_id()
+                task = progress.add_task(f"replaying ({replay_id})", total=len(plan.messages))
                 report = await send_replay(
                     plan, store=store, sender_factory=client.get_topic_sender,
-                    rate=args.rate, progress=progress,
+                    rate=args.rate, replay_id=replay_id,
+                    on_progress=lambda n: progress.advance(task, n),
                 )  # fmt: skip
         ok = not report.record.failed and report.record.status == "done"
         if args.json:
             print_json(console, {"dry_run": False, **plan.to_json(), **report.to_json()})
             return 0 if ok else 1
-        console.print(report.table())
+        console.print(report_table(report))
         console.print(report.summary(), markup=False, highlight=False, soft_wrap=True)
-        problems = report.problems_table()
+        problems = problems_table(report)
         if problems is not None:
             console.print(problems)
         return 0 if ok else 1
+
+
+def plan_table(plan: ReplayPlan, title: str | None = None) -> Table:
+    """Every planned message, one row each: what it replays, and how it will be sent."""
+    heading = "dead letter" if plan.kind == "dead-letters" else "document"
+    title = title or f"replay plan: {len(plan.messages)} message(s)"
+    table = Table(title=title, title_justify="left")
+    table.add_column("#", justify="right")
+    table.add_column(heading, no_wrap=True)
+    table.add_column("generation", justify="right")
+    table.add_column("route")
+    table.add_column("message id", no_wrap=True)
+    for number, planned in enumerate(plan.messages, start=1):
+        envelope = planned.envelope
+        table.add_row(
+            str(number),
+            planned.key,
+            str(envelope.generation),
+            route_name(envelope),
+            envelope.message_id,
+        )
+    return table
+
+
+def skipped_table(plan: ReplayPlan) -> Table:
+    """What a plan leaves out, with why."""
+    table = Table(title=f"skipped: {len(plan.skipped)}", title_justify="left")
+    table.add_column("dead letter" if plan.kind == "dead-letters" else "document")
+    table.add_column("why")
+    for key, reason in plan.skipped.items():
+        table.add_row(key, one_line(reason, 100))
+    return table
+
+
+def report_table(report: ReplayReport) -> Table:
+    """The closing summary: messages sent per topic and route, with their generations."""
+    record = report.record
+    table = Table(title=f"replayed: {record.count} message(s)", title_justify="left")
+    for name in ("topic", "route", "sent", "generations"):
+        table.add_column(name, justify="right" if name == "sent" else "left")
+    groups: dict[tuple[str, str], list[int]] = {}
+    for item in record.items:
+        route = item.target_subscription or "* (broadcast)"
+        groups.setdefault((item.topic, route), []).append(item.generation)
+    for (topic, route), generations in sorted(groups.items()):
+        low, high = min(generations), max(generations)
+        span = str(low) if low == high else f"{low}-{high}"
+        table.add_row(topic, route, str(len(generations)), span)
+    return table
+
+
+def problems_table(report: ReplayReport) -> Table | None:
+    """What was skipped or failed to send, with why; None when everything went."""
+    record = report.record
+    if not record.skipped and not record.failed:
+        return None
+    table = Table(title="not replayed", title_justify="left")
+    for name in ("dead letter" if record.kind == "dead-letters" else "document", "", "why"):
+        table.add_column(name)
+    for outcome, problems in (("skipped", record.skipped), ("failed", record.failed)):
+        for key, reason in problems.items():
+            table.add_row(key, outcome, one_line(reason, 100))
+    return table

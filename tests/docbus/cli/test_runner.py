@@ -356,7 +356,7 @@ def test_failures_map_to_exit_codes() -> None:
 
 
 def test_a_setting_inside_json_or_from_an_ecosystem_variable_is_named_as_set() -> None:
-    from docbus.settings_cli import variable_name
+    from docbus.cli.config import variable_name
 
     env = {"DOCBUS_LLM__PRICING": "{}", "MONGODB_URI": "mongodb://x", "DOCBUS_LLM__MODEL": "m"}
     inside_json = ("DOCBUS_LLM__PRICING", "m.input")

@@ -13,8 +13,8 @@ import pytest
 from rich.console import Console
 
 from docbus import cli
+from docbus.cli import parked as parked_cli
 from docbus.store import ParkedMessage, Store
-from subscriber import parked_cli
 
 NOW = datetime.now(UTC)
 

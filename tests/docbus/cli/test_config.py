@@ -9,7 +9,7 @@ import json
 import pytest
 from rich.console import Console
 
-from docbus import settings_cli
+from docbus.cli import config as settings_cli
 from docbus.cli import main
 
 SB_KEY = "c2VjcmV0LXNiLWtleS1kby1ub3Qtc2hvdw=="

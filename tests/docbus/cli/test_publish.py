@@ -21,10 +21,10 @@ import pytest
 from azure.servicebus.aio import ServiceBusClient
 from rich.console import Console
 
+from docbus.cli import publish as cli
 from docbus.envelope import Envelope
 from docbus.local.mongo import LocalMongo
 from docbus.store import Store
-from publisher import cli
 
 TOPIC = "documents"
 SUBSCRIPTIONS = ("entities", "supplier-risk")

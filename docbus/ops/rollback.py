@@ -1,67 +1,47 @@
-"""``docbus rollback``: withdraw the result versions exactly one run wrote, and undo that.
+"""Rollback: withdraw the result versions exactly one run wrote, and undo that — as plans.
 
 Every result version names the run that wrote it (``run_id``): a batch's publication is run
-``B`` (its batch id), a replay is its replay id (``docbus replay`` prints it, ``replay-...``).
-:func:`plan_rollback` finds the versions of one run — ``--batch B`` (B's publication only;
-``--with-replays`` adds every replay of B's documents) or ``--replay R`` — optionally of one
-handler, and works out per document which version is current now and which will be after
-(the highest-ranked version left, :func:`docbus.records.result_rank`), so ``--dry-run`` shows
-exactly what a real run changes. :func:`carry_out` withdraws them, tagged with the rollback's
-id, and keeps a :class:`~docbus.records.RollbackRecord` in ``rollbacks`` (written first, as
-``running``); every write is durable (:mod:`docbus.store`). :func:`plan_undo` and the same
-:func:`carry_out` restore exactly the versions one rollback withdrew (``--undo ROLLBACK_ID``),
-recorded as an undo.
+``B`` (its batch id), a replay is its replay id (``replay-...``). :func:`plan_rollback` finds the
+versions of one run — a batch's publication (``with_replays``: and every replay of the batch's
+documents) or one replay — optionally of one handler, and works out per document which version
+is current now and which will be after (the highest-ranked version left,
+:func:`docbus.records.result_rank`; :func:`preview`, a pure function), so a dry run shows exactly
+what a real run changes. :func:`carry_out` withdraws them, tagged with the rollback's id, and
+keeps a :class:`~docbus.records.RollbackRecord` in ``rollbacks`` (written first, as ``running``);
+every write is durable (:mod:`docbus.store`). :func:`plan_undo` and the same :func:`carry_out`
+restore exactly the versions one rollback withdrew, recorded as an undo.
 
 A document is never left without a current version while it has one that is not withdrawn: the
 store converges each document touched. A rollback of what is rolled back already withdraws
-nothing and says so; an unknown batch, replay or rollback is one line on stderr, exit 1, and no
+nothing and says so; an unknown batch, replay or rollback is a :class:`RollbackError` and no
 record. Versions a run writes after its rollback (messages still in flight) are not withdrawn:
-roll a run back once it has finished. The command asks for confirmation like ``docbus replay``
-(:mod:`docbus.confirm`); ``--json`` prints one JSON document instead of tables. Neighbours:
-:mod:`docbus.results_cli` shows the versions, :mod:`publisher.replay` names replay runs.
+roll a run back once it has finished. Neighbours: :mod:`docbus.cli.rollback` (``docbus
+rollback``: confirmation, tables, ``--json``), :mod:`docbus.ops.results` shows the versions,
+:mod:`publisher.replay` names replay runs.
 """
 
 from __future__ import annotations
 
-import argparse
 import secrets
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, TextIO
+from typing import Any
 
-from rich.console import Console
-from rich.table import Table
-from rich.text import Text
-
-from docbus.cli import print_json
-from docbus.confirm import REFUSED, confirm, stdin_is_terminal
 from docbus.errors import DocbusError
 from docbus.records import ResultRecord, RollbackRecord
-from docbus.settings import Settings
 from docbus.store import Store
 
 __all__ = [
-    "EXIT_CODES",
     "Change",
     "RollbackError",
     "RollbackPlan",
     "Target",
-    "add_arguments",
     "carry_out",
     "plan_rollback",
     "plan_undo",
     "preview",
-    "run",
 ]
-
-EXIT_CODES = {
-    1: "the batch, replay or rollback is unknown, or the rollback was not confirmed",
-    2: "usage or configuration error, or no confirmation: stdin is not a terminal (pass --yes)",
-}
-
-TABLE_ROWS = 50
-"""Documents a preview table shows at most (``--json`` lists all)."""
 
 
 class RollbackError(DocbusError):
@@ -118,24 +98,6 @@ class RollbackPlan:
     def runs(self) -> list[str]:
         return sorted({v.run_id or "(unnamed)" for c in self.changes for v in c.versions})
 
-    def table(self, title: str) -> Table:
-        """One row per document and handler: what goes (or comes back), current now → after."""
-        table = Table(title=title, title_justify="left")
-        for name in ("document", "handler", "restores" if self.undo else "withdraws"):
-            table.add_column(name, no_wrap=True)
-        table.add_column("current now", no_wrap=True)
-        table.add_column("current after", no_wrap=True)
-        for change in self.changes[:TABLE_ROWS]:
-            cells = (
-                change.doc_id,
-                change.handler,
-                ", ".join(f"v{v.version}" for v in change.versions),
-                _version(change.before),
-                _version(change.after),
-            )
-            table.add_row(*(Text(cell) for cell in cells))  # ids as they are, never markup
-        return table
-
     def to_json(self) -> dict[str, Any]:
         return {
             "target": _target_json(self.target),
@@ -155,10 +117,6 @@ class RollbackPlan:
                 for change in self.changes
             ],
         }
-
-
-def _version(record: ResultRecord | None) -> str:
-    return "none" if record is None else f"v{record.version} ({record.run_id or record.batch_id})"
 
 
 def _version_json(record: ResultRecord | None) -> dict[str, Any] | None:
@@ -329,160 +287,3 @@ async def carry_out(store: Store, plan: RollbackPlan) -> RollbackRecord:
         if undone is not None:
             await store.record_rollback(undone.model_copy(update={"undone_by": record.id}))
     return record
-
-
-# -- the command ------------------------------------------------------------------------------
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    which = parser.add_argument_group("what to roll back (one of)")
-    which.add_argument("--batch", metavar="ID", help="the publication of this batch")
-    which.add_argument(
-        "--replay", metavar="ID", help="one replay run (its id as docbus replay printed it)"
-    )
-    which.add_argument(
-        "--undo", metavar="ROLLBACK_ID", help="restore exactly what this rollback withdrew"
-    )
-    parser.add_argument(
-        "--with-replays",
-        action="store_true",
-        help="with --batch: also every replay of the batch's documents",
-    )
-    parser.add_argument("--handler", metavar="NAME", help="only this handler's results")
-    parser.add_argument(
-        "--dry-run",
-        action="store_true",
-        help="show what would change, per document; change nothing",
-    )
-    parser.add_argument("--json", action="store_true", help="print one JSON document, no tables")
-    parser.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
-    # Generations are counted per document, so no value names one replay: say what replaces it.
-    parser.add_argument("--generation", help=argparse.SUPPRESS)
-
-
-def _check_arguments(args: argparse.Namespace) -> str | None:
-    if args.generation is not None:
-        return (
-            "--generation is gone: generations are counted per document, so one value does not "
-            "name one replay; roll back a replay with --replay REPLAY_ID (docbus replay prints it)"
-        )
-    given = [name for name in ("batch", "replay", "undo") if getattr(args, name) is not None]
-    if len(given) != 1:
-        return "name exactly one of --batch ID, --replay ID or --undo ROLLBACK_ID"
-    if args.with_replays and args.batch is None:
-        return "--with-replays applies to --batch only"
-    if args.undo is not None and args.handler is not None:
-        return "--undo restores everything its rollback withdrew: drop --handler"
-    return None
-
-
-def run(
-    args: argparse.Namespace, *, console: Console | None = None, stdin: TextIO | None = None
-) -> int:
-    from docbus.cli import run_async, say_error  # failures: one line on stderr (the runner's)
-
-    console = console or Console()
-    problem = _check_arguments(args)
-    if problem is not None:
-        say_error("rollback", problem)
-        return REFUSED
-    if not (args.yes or args.dry_run) and not stdin_is_terminal(stdin):
-        say_error(
-            "rollback",
-            "refusing to roll back without confirmation: stdin is not a terminal. Pass --yes "
-            "to roll back, or --dry-run to see what would change.",
-        )
-        return REFUSED
-    return run_async(lambda settings: _rollback(settings, args, console, stdin))
-
-
-async def _rollback(
-    settings: Settings, args: argparse.Namespace, console: Console, stdin: TextIO | None
-) -> int:
-    # With --json, stdout holds the one JSON document: questions and notes go to stderr.
-    talk = Console(stderr=True) if args.json else console
-    async with Store.from_settings(settings) as store:
-        if args.undo is not None:
-            plan = await plan_undo(store, args.undo)
-        else:
-            plan = await plan_rollback(
-                store,
-                batch_id=args.batch,
-                replay_id=args.replay,
-                with_replays=args.with_replays,
-                handler=args.handler,
-            )
-        verb = "restore" if plan.undo else "withdraw"
-        if args.dry_run or (plan.undo and not plan.changes):
-            # (an undo that restores nothing is not worth a record)
-            return _show_plan(plan, args, console, verb)
-        if not args.yes and plan.changes:
-            talk.print(plan.table(f"rollback of {plan.target.description}"))
-            _more(plan, talk)
-            question = (
-                f"{verb} {plan.versions} result version(s) of {plan.documents} document(s) "
-                f"({plan.target.description})?"
-            )
-            if not confirm(question, console=talk, stdin=stdin):
-                talk.print("not confirmed: nothing was changed", markup=False)
-                return 1
-        record = await carry_out(store, plan)
-    if args.json:
-        print_json(
-            console,
-            {"dry_run": False, **plan.to_json(), "rollback": record.model_dump(mode="json")},
-        )
-        return 0
-    what = "restored" if plan.undo else "rolled back"
-    table = Table(
-        title=f"{'undo' if plan.undo else 'rollback'} of {plan.target.description}",
-        show_header=False,
-        title_justify="left",
-    )
-    table.add_column("figure")
-    table.add_column("value", justify="right")
-    table.add_row(f"result versions {what}", str(record.versions))
-    table.add_row("documents touched", str(record.documents))
-    table.add_row("recorded as", record.id)
-    console.print(table)
-    if plan.note:
-        _say(console, plan.note)
-    if record.versions == 0:
-        _say(
-            console,
-            f"nothing to roll back: {plan.target.description} has no result version left to "
-            "withdraw",
-        )
-    elif not plan.undo:
-        _say(console, f"undo with: docbus rollback --undo {record.id}")
-    return 0
-
-
-def _say(console: Console, text: str) -> None:
-    console.print(text, markup=False, highlight=False, soft_wrap=True)
-
-
-def _show_plan(plan: RollbackPlan, args: argparse.Namespace, console: Console, verb: str) -> int:
-    if args.json:
-        print_json(console, {"dry_run": bool(args.dry_run), **plan.to_json(), "rollback": None})
-        return 0
-    if plan.changes:
-        title = (
-            f"dry run: would {verb} {plan.versions} result version(s) of {plan.documents} "
-            f"document(s) ({plan.target.description})"
-        )
-        console.print(plan.table(title))
-        _more(plan, console)
-    if plan.note:
-        _say(console, plan.note)
-    if not plan.changes:
-        _say(console, f"nothing to {verb}")
-    if args.dry_run:
-        _say(console, "dry run: nothing was changed")
-    return 0
-
-
-def _more(plan: RollbackPlan, console: Console) -> None:
-    hidden = len(plan.changes) - TABLE_ROWS
-    if hidden > 0:
-        console.print(f"... and {hidden} more (--json lists all)", markup=False)

@@ -1,75 +1,53 @@
 """``docbus dlq``: see why documents failed — ``list``, ``show`` and ``sync`` the dead letters.
 
 ``docbus dlq list`` reads Mongo ``dead_letters`` with the filters of
-:mod:`docbus.dead_letter_filter` and prints a table (or, with ``--group-by``, counts per reason,
+:mod:`docbus.cli.dead_letter_filter` and prints a table (or, with ``--group-by``, counts per reason,
 handler, batch or error); ``docbus dlq show ID`` prints one dead letter in full, the document it
 carried (from ``documents``) and the LLM calls made for it (``llm_calls``), trimmed to be read;
 ``docbus dlq sync`` drains the broker's dead-letter queues into Mongo first
 (:func:`subscriber.dlq.sync_dead_letters`), for dead letters the broker made on its own.
-Neighbours: :mod:`publisher.replay_cli` replays what these commands show.
+Neighbours: :mod:`docbus.cli.replay` replays what these commands show.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
 from docbus.cli import print_json
-from docbus.dead_letter_filter import DeadLetterFilter, add_filter_arguments, filter_from_args
-from docbus.envelope import Envelope, InvalidEnvelope
-from docbus.errors import DocbusError
+from docbus.cli.dead_letter_filter import add_filter_arguments, filter_from_args
+from docbus.envelope import Envelope
+from docbus.ops import NotFound
+from docbus.ops.dead_letters import (
+    GROUPS,
+    DeadLetterDetail,
+    body_summary,
+    error_line,
+    group_dead_letters,
+    group_json,
+    list_json,
+    show_dead_letter,
+)
 from docbus.records import DeadLetterRecord, LLMCallRecord
 from docbus.settings import Settings
-from docbus.store import Store
+from docbus.store import DeadLetterFilter, Store
 from docbus.text import one_line
 from docbus.topology import load_topology
 
-__all__ = [
-    "GROUPS",
-    "add_arguments",
-    "dead_letter_view",
-    "group_json",
-    "group_table",
-    "list_json",
-    "list_table",
-    "run",
-    "show_json",
-]
+__all__ = ["add_arguments", "dead_letter_view", "group_table", "list_table", "run"]
 
 EXIT_CODES = {1: "show: no dead letter has that id"}
 
 TEXT_LIMIT = 1200
 TRACEBACK_LINES = 25
 CELL_LIMIT = 60
-
-
-def _error(record: DeadLetterRecord) -> str:
-    """What went wrong, on one line: the description (the worker writes ``Type: message`` or
-    the handler's own words there; the broker its reason), else the error itself."""
-    if record.description.strip():
-        return record.description.strip().splitlines()[0]
-    if record.error_type:
-        first = (record.error_message or "").strip().splitlines()
-        return f"{record.error_type}: {first[0]}" if first else record.error_type
-    return ""
-
-
-GROUPS: dict[str, Callable[[DeadLetterRecord], str]] = {
-    "reason": lambda r: r.reason,
-    "handler": lambda r: r.handler or f"({r.subscription})",
-    "batch": lambda r: r.batch_id or "(none)",
-    "error": lambda r: one_line(_error(r), 80) or r.reason,
-    "subscription": lambda r: f"{r.topic or '?'}/{r.subscription}",
-}
-"""``--group-by`` keys: what a dead letter counts under."""
 
 
 def _when(value: datetime | None, *, minutes: bool = False) -> str:
@@ -96,7 +74,7 @@ def list_table(records: Sequence[DeadLetterRecord], *, total: int, heading: str 
             record.id,
             record.reason,
             record.step or "",
-            one_line(_error(record), 60),
+            one_line(error_line(record), 60),
             _when(record.dead_lettered_at, minutes=True),
             "yes" if record.replayed_at is not None else "",
         )
@@ -117,99 +95,27 @@ def list_table(records: Sequence[DeadLetterRecord], *, total: int, heading: str 
 
 def group_table(records: Sequence[DeadLetterRecord], by: str, *, heading: str = "all") -> Table:
     """Counts per ``by`` (a key of :data:`GROUPS`), largest first."""
-    key = GROUPS[by]
-    groups: dict[str, list[DeadLetterRecord]] = {}
-    for record in records:
-        groups.setdefault(key(record), []).append(record)
     table = Table(title=f"{len(records)} dead letter(s) by {by} · {heading}", title_justify="left")
     table.add_column(by)
     for name in ("count", "replayed", "documents"):
         table.add_column(name, justify="right")
     table.add_column("first")
     table.add_column("last")
-    for name, members in sorted(groups.items(), key=lambda item: (-len(item[1]), item[0])):
-        times = [m.dead_lettered_at for m in members]
+    for group in group_dead_letters(records, by):
         table.add_row(
-            name,
-            str(len(members)),
-            str(sum(1 for m in members if m.replayed_at is not None)),
-            str(len({(m.batch_id, m.doc_id) for m in members})),
-            _when(min(times)),
-            _when(max(times)),
+            group.key,
+            str(group.count),
+            str(group.replayed),
+            str(group.documents),
+            _when(group.first),
+            _when(group.last),
         )
     return table
 
 
-def list_json(
-    records: Sequence[DeadLetterRecord], *, total: int, selection: DeadLetterFilter
-) -> dict[str, Any]:
-    """``dlq list --json``: the rows of :func:`list_table`, without bodies or tracebacks."""
-    return {
-        "total": total,
-        "filters": selection.describe(),
-        "dead_letters": [
-            {
-                "id": record.id,
-                **record.model_dump(
-                    mode="json", exclude={"body", "traceback", "properties", "error_message"}
-                ),
-                "error": _error(record),
-            }
-            for record in records
-        ],
-    }
-
-
-def group_json(
-    records: Sequence[DeadLetterRecord], by: str, *, selection: DeadLetterFilter
-) -> dict[str, Any]:
-    """``dlq list --group-by X --json``: the rows of :func:`group_table`."""
-    key = GROUPS[by]
-    groups: dict[str, list[DeadLetterRecord]] = {}
-    for record in records:
-        groups.setdefault(key(record), []).append(record)
-    rows = []
-    for name, members in sorted(groups.items(), key=lambda item: (-len(item[1]), item[0])):
-        times = [m.dead_lettered_at for m in members]
-        rows.append(
-            {
-                by: name,
-                "count": len(members),
-                "replayed": sum(1 for m in members if m.replayed_at is not None),
-                "documents": len({(m.batch_id, m.doc_id) for m in members}),
-                "first": min(times).isoformat(),
-                "last": max(times).isoformat(),
-            }
-        )
-    return {"total": len(records), "by": by, "filters": selection.describe(), "groups": rows}
-
-
-def show_json(
-    record: DeadLetterRecord,
-    document: Envelope | None,
-    text: str | None,
-    calls: Sequence[LLMCallRecord],
-) -> dict[str, Any]:
-    """``dlq show --json``: the record (its body summarised), the document, its LLM calls."""
-    return {
-        "dead_letter": {
-            "id": record.id,
-            **record.model_dump(mode="json", exclude={"body"}),
-            "body": _body_summary(record.body),
-        },
-        "document": document.model_dump(mode="json", exclude={"content"}) if document else None,
-        "text": text,
-        "llm_calls": [call.model_dump(mode="json") for call in calls],
-    }
-
-
-def dead_letter_view(
-    record: DeadLetterRecord,
-    document: Envelope | None = None,
-    text: str | None = None,
-    calls: Sequence[LLMCallRecord] = (),
-) -> RenderableType:
+def dead_letter_view(detail: DeadLetterDetail) -> RenderableType:
     """Everything about one dead letter: the record, its document and its LLM calls."""
+    record, document, text, calls = detail.record, detail.document, detail.text, detail.calls
     facts = Table(title=f"dead letter {record.id}", show_header=False, title_justify="left")
     facts.add_column("field", style="bold")
     facts.add_column("value", overflow="fold")
@@ -228,7 +134,7 @@ def dead_letter_view(
         ("dead-lettered", _when(record.dead_lettered_at)),
         ("replayed", _when(record.replayed_at) or "never"),
         ("properties", json.dumps(record.properties, default=str, sort_keys=True)),
-        ("body", _body_summary(record.body)),
+        ("body", body_summary(record.body)),
     ]
     for name, value in rows:
         facts.add_row(name, value)
@@ -242,16 +148,6 @@ def dead_letter_view(
     if calls:
         parts.append(_calls_table(calls))
     return Group(*parts)
-
-
-def _body_summary(body: bytes) -> str:
-    try:
-        envelope = Envelope.from_bytes(body)
-    except InvalidEnvelope as exc:
-        head = body[:200].decode("utf-8", "replace")
-        return f"{len(body)} bytes, not an envelope ({exc.reason}): {head!r}"
-    how = "claim-check" if envelope.claim_check else "inline"
-    return f"{len(body)} bytes, envelope (content {how}, generation {envelope.generation})"
 
 
 def _document_view(
@@ -333,7 +229,7 @@ def run(args: argparse.Namespace, *, console: Console | None = None) -> int:
 async def _list(settings: Settings, args: argparse.Namespace, console: Console) -> int:
     selection = filter_from_args(args)
     async with Store.from_settings(settings) as store:
-        records = await selection.select(store)
+        records = await store.dead_letters(selection)
     heading = _heading(selection)
     if args.json:
         shown = records[: args.limit] if args.limit and not args.group_by else records
@@ -353,37 +249,21 @@ async def _list(settings: Settings, args: argparse.Namespace, console: Console) 
 
 
 async def _show(settings: Settings, args: argparse.Namespace, console: Console) -> int:
-    async with Store.from_settings(settings) as store:
-        record = await store.get_dead_letter(args.id)
-        if record is None and args.json:
+    try:
+        async with Store.from_settings(settings) as store:
+            detail = await show_dead_letter(store, args.id)
+    except NotFound as exc:
+        if args.json:
             from docbus.cli import say_error
 
-            say_error("dlq show", f"no dead letter {args.id!r}: ids look like "
-                      "subscription@message_id (see `docbus dlq list`)")  # fmt: skip
-            return 1
-        if record is None:
-            console.print(
-                f"no dead letter {args.id!r}: ids look like subscription@message_id "
-                "(see `docbus dlq list`)",
-                markup=False,
-            )
-            return 1
-        document = text = None
-        calls: list[LLMCallRecord] = []
-        if record.batch_id is not None and record.doc_id is not None:
-            document = await store.get_document(record.batch_id, record.doc_id)
-            calls = await store.llm_calls(record.batch_id, doc_id=record.doc_id)
-        if document is not None:
-            text = document.content
-            if text is None and document.claim_check is not None:
-                try:
-                    text = await store.load_payload(document.claim_check)
-                except DocbusError as exc:
-                    text = f"(claim-checked content unavailable: {exc})"
+            say_error("dlq show", str(exc))
+        else:
+            console.print(str(exc), markup=False)
+        return 1
     if args.json:
-        print_json(console, show_json(record, document, text, calls))
+        print_json(console, detail.to_json())
     else:
-        console.print(dead_letter_view(record, document, text, calls))
+        console.print(dead_letter_view(detail))
     return 0
 
 

@@ -2,8 +2,8 @@
 
 Such a command runs at once with ``--yes``; without it, it asks a yes/no question on the terminal
 and refuses outright when stdin is not a terminal (a pipeline or a cron job must say ``--yes``),
-so nothing is ever sent or withdrawn by accident. Neighbours: :mod:`publisher.replay_cli`,
-:mod:`docbus.rollback`.
+so nothing is ever sent or withdrawn by accident. Neighbours: :mod:`docbus.cli.replay`,
+:mod:`docbus.cli.rollback`.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ the batch's topic for messages whose ``batch_id`` application property (set by
 :func:`docbus.envelope.application_properties`) names the batch, within a time bound, and
 :class:`Backlog` says what it found and what it could not ask: a topic missing from the
 topology, a session subscription (peeking one would lock a session away from the workers), a
-broker that did not answer. Neighbours: :mod:`docbus.status` shows it, :mod:`docbus.topology`
+broker that did not answer. Neighbours: :mod:`docbus.ops.status` uses it, :mod:`docbus.topology`
 lists the subscriptions, :mod:`docbus.servicebus` builds the client.
 """
 

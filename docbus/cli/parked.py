@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
-from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
+from docbus.ops.parked import ParkedSelection, parked_overview, request_resume
 from docbus.settings import Settings
 from docbus.store import ParkedGroup, ParkedMessage, Store
 from docbus.text import one_line
@@ -55,38 +55,33 @@ def run(args: argparse.Namespace, *, console: Console | None = None) -> int:
     return run_async(lambda settings: command(settings, args, console))
 
 
-def _filters(args: argparse.Namespace) -> dict[str, Any]:
-    return {"batch_id": args.batch, "handler": args.handler, "reason": args.reason}
+def _selection(args: argparse.Namespace) -> ParkedSelection:
+    return ParkedSelection(batch_id=args.batch, handler=args.handler, reason=args.reason)
 
 
 async def _list(settings: Settings, args: argparse.Namespace, console: Console) -> int:
-    filters = _filters(args)
+    selection = _selection(args)
     async with Store.from_settings(settings) as store:
-        records = await store.parked(**filters)
-        groups = await store.parked_groups(**filters)
+        overview = await parked_overview(store, selection)
+    records = overview.records
     shown = records[: args.limit] if args.limit else records
     if args.json:
         from docbus.cli import print_json
 
-        data = {
-            "total": len(records),
-            "groups": [group.model_dump(mode="json") for group in groups],
-            "parked": [record.model_dump(mode="json") for record in records],
-        }
-        print_json(console, data)
+        print_json(console, overview.to_json())
         return 0
-    heading = ", ".join(f"{k.removesuffix('_id')}={v}" for k, v in filters.items() if v) or "all"
+    heading = selection.describe()
     if not records:
         console.print(f"nothing parked ({heading})", markup=False)
         return 0
-    console.print(groups_table(groups, heading=heading))
+    console.print(groups_table(overview.groups, heading=heading))
     console.print(parked_table(shown, total=len(records)))
     return 0
 
 
 async def _resume(settings: Settings, args: argparse.Namespace, console: Console) -> int:
     async with Store.from_settings(settings) as store:
-        requested = await store.request_resume(**_filters(args))
+        requested = await request_resume(store, _selection(args))
     if args.json:
         from docbus.cli import print_json
 

@@ -37,11 +37,11 @@ from rich.table import Table
 from rich.text import Text
 
 from docbus.cli import brief
+from docbus.cli.config import load_settings
 from docbus.envelope import BATCH_ID_PATTERN, new_batch_id
 from docbus.errors import ConfigurationError
 from docbus.servicebus import MessagingError, servicebus_client
 from docbus.settings import Settings
-from docbus.settings_cli import load_settings
 from docbus.store import Store, StoreError, StoreUnavailable
 from docbus.topology import Topology, TopologyError, load_topology
 from publisher.inputs import DocumentInput, InputProblem, InvalidInput
@@ -49,7 +49,7 @@ from publisher.loaders import LoaderOptions, iter_documents, scan_documents
 from publisher.preflight import PublishRefused, topic_receivers
 from publisher.publish import MessageSender, PublishReport, SenderFactory, publish_documents
 
-__all__ = ["add_arguments", "problems_table", "run"]
+__all__ = ["add_arguments", "problems_table", "report_table", "run"]
 
 PREVIEW_ROWS = 20
 """Documents listed one by one in a dry run's preview."""
@@ -238,8 +238,38 @@ def run(
             out.print(_failed_table(report.failed))
         for warning in report.warnings:
             out.print(Text.assemble(("warning: ", "bold yellow"), warning), highlight=False)
-        out.print(report.table())
+        out.print(report_table(report))
     return 0 if report.ok else 1
+
+
+def report_table(report: PublishReport) -> Table:
+    """A publish's closing summary: documents, sent, skipped, failed, time and throughput."""
+    title = f"Batch {report.batch_id} → {report.topic}" + (" (dry run)" if report.dry_run else "")
+    table = Table(title=title, show_header=False)
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    rate = report.sent / report.duration if report.duration > 0 else 0.0
+    rows: list[tuple[str, str]] = [
+        ("documents", str(report.documents)),
+        (
+            "would send" if report.dry_run else "sent",
+            str(report.documents if report.dry_run else report.sent),
+        ),
+        ("by claim-check", str(report.claim_checked)),
+        ("message batches", "-" if report.dry_run else str(report.message_batches)),
+        ("already in the batch", str(report.already_sent)),
+        ("skipped (invalid input)", str(len(report.problems))),
+        ("failed to send", str(len(report.failed))),
+        ("size limit (bytes)", str(report.max_message_size)),
+        ("time", f"{report.duration:.2f} s"),
+    ]
+    if not report.dry_run:
+        rows.append(("throughput", f"{rate:.0f} docs/s"))
+    if not report.already_sent and not report.resent:
+        rows = [row for row in rows if row[0] != "already in the batch"]
+    for name, value in rows:
+        table.add_row(name, value)
+    return table
 
 
 def _error(
@@ -325,9 +355,7 @@ class _Job:
             settings=self.settings,
             skip_invalid=True,
             dry_run=True,
-            progress=False,
             source=self.sources,
-            console=self.console,
             topology=self.topology,
         )
         report.problems[:0] = problems
@@ -369,9 +397,7 @@ class _Job:
                         sender_factory=hooks.wrap(client.get_topic_sender),
                         store=store,
                         skip_invalid=self.args.skip_invalid,
-                        progress=False,
                         source=self.sources,
-                        console=self.console,
                         topology=self.topology,
                         resume=self.args.resume,
                     )

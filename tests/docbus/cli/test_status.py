@@ -14,21 +14,21 @@ from pydantic import SecretStr
 from rich.console import Console
 
 from docbus import cli
-from docbus import status as status_cli
-from docbus.backlog import BacklogProbe
+from docbus.cli import status as status_cli
+from docbus.cli.status import render_status, watch
 from docbus.envelope import Envelope, message_id
 from docbus.local.mongo import LocalMongo
-from docbus.records import BatchCounts, BatchRecord, DeadLetterRecord, HandlerCounts
-from docbus.settings import ServiceBusSettings, Settings
-from docbus.status import (
+from docbus.ops import NotFound
+from docbus.ops.backlog import BacklogProbe
+from docbus.ops.status import (
     BatchStatus,
     collect_status,
-    render_status,
     retrying_counts,
     throughput,
     unfinished_counts,
-    watch,
 )
+from docbus.records import BatchCounts, BatchRecord, DeadLetterRecord, HandlerCounts
+from docbus.settings import ServiceBusSettings, Settings
 from docbus.store import Store
 from docbus.topology import load_topology
 
@@ -167,7 +167,7 @@ async def test_recent_batches_are_listed_newest_first_and_unknown_ids_refused(
     statuses = await collect_status(store)
     assert [s.batch_id for s in statuses] == ["b-new", "b-old"]
     assert [s.batch_id for s in await collect_status(store, limit=1)] == ["b-new"]
-    with pytest.raises(LookupError):
+    with pytest.raises(NotFound, match=r"no batch .nope. in the store"):
         await collect_status(store, ["nope"])
 
 

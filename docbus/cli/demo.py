@@ -23,8 +23,9 @@ from rich.table import Table
 
 from docbus.local.stack import LocalStack, StackOptions
 from docbus.settings import Settings
+from docbus.store import DeadLetterFilter, Store
 
-SAMPLES = Path(__file__).resolve().parent / "samples" / "supplier_news.jsonl"
+SAMPLES = Path(__file__).resolve().parents[1] / "samples" / "supplier_news.jsonl"
 
 EXIT_CODES = {
     1: "some published document ended with neither one current result nor one dead letter"
@@ -65,10 +66,11 @@ class DemoSummary:
 
 
 async def run_demo(args: argparse.Namespace, console: Console) -> DemoSummary:
+    from docbus.cli.publish import report_table
+    from docbus.cli.worker import build_llm
     from docbus.local.llm_server import Faults
     from handlers.runtime import discover_handlers
     from publisher import LoaderOptions, iter_documents, publish_documents
-    from subscriber.cli import build_llm
     from subscriber.worker import Worker, WorkerOptions, freeze_startup_heap
 
     base = Settings()
@@ -93,8 +95,6 @@ async def run_demo(args: argparse.Namespace, console: Console) -> DemoSummary:
         settings = stack.settings(base)
         registered = discover_handlers("handlers.builtin")
         summary.handlers = [h.name for h in registered]
-        from docbus.store import Store
-
         async with Store.from_settings(settings) as store:
             await store.ensure_indexes()
             problems: list[Any] = []
@@ -103,8 +103,7 @@ async def run_demo(args: argparse.Namespace, console: Console) -> DemoSummary:
             )
             report = await publish_documents(
                 list(docs), topic="documents", batch_id=args.batch_id, settings=settings,
-                store=store, skip_invalid=True, source=[str(args.input)], console=console,
-                progress=False,
+                store=store, skip_invalid=True, source=[str(args.input)],
             )  # fmt: skip
             # What the loader refused counts as skipped, in the summary and the batch record.
             report.problems[:0] = problems
@@ -119,7 +118,7 @@ async def run_demo(args: argparse.Namespace, console: Console) -> DemoSummary:
                     where = problem.where.replace(problem.file, Path(problem.file).name, 1)
                     table.add_row(where, problem.reason)
                 console.print(table)
-            console.print(report.table())
+            console.print(report_table(report))
             expected = report.sent * len(registered)
             from docbus.servicebus import servicebus_client
 
@@ -156,23 +155,25 @@ async def run_demo(args: argparse.Namespace, console: Console) -> DemoSummary:
 
 
 async def _summarise(
-    store: Any, batch_id: str, registered: list[Any], worker_report: Any, summary: DemoSummary
+    store: Store, batch_id: str, registered: list[Any], worker_report: Any, summary: DemoSummary
 ) -> None:
-    db = store.database
-    published = {d["doc_id"] async for d in db["documents"].find({"batch_id": batch_id})}
+    published = {doc.doc_id async for doc in store.iter_documents(batch_id)}
     for h in registered:
         name = h.name
         dead_ids: set[str] = set()
-        async for record in db["dead_letters"].find({"batch_id": batch_id, "handler": name}):
-            key = (name, record["reason"])
+        # Resolved dead letters too: a document both done and dead is not accounted for.
+        where = DeadLetterFilter(batch_id=batch_id, handler=name, include_resolved=True)
+        for record in await store.dead_letters(where):
+            key = (name, record.reason)
             summary.dead[key] = summary.dead.get(key, 0) + 1
-            dead_ids.add(record.get("doc_id"))
-        current = {"batch_id": batch_id, "handler": name, "current": True}
-        result_ids = {r["doc_id"] async for r in db["results"].find(current)}
+            if record.doc_id is not None:
+                dead_ids.add(record.doc_id)
+        versions = await store.result_versions(batch_id=batch_id, handler=name)
+        result_ids = {version.doc_id for version in versions if version.current}
         summary.done[name] = len(result_ids)
         both = result_ids & dead_ids
         summary.unaccounted[name] = len(published - result_ids - dead_ids) + len(both)
-    async for call in db["llm_calls"].find({"batch_id": batch_id}):
+    async for call in store.iter_llm_usage(batch_id):
         summary.llm_calls += 1
         tokens = int(call.get("prompt_tokens") or 0) + int(call.get("completion_tokens") or 0)
         summary.tokens += tokens

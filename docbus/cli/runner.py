@@ -1,6 +1,7 @@
-"""The umbrella command line: ``docbus <command>``, and the one way every command is run.
+"""The runner: ``docbus <command>``, and the one way every command is run.
 
-Each command lives with the code it drives and contributes ``add_arguments(parser)`` and
+Each command's module (one per command in :mod:`docbus.cli`; ``up``, ``emulator`` and
+``llm-server`` in :mod:`docbus.local`) contributes ``add_arguments(parser)`` and
 ``run(args) -> int`` — optionally ``EXIT_CODES``, ``{code: meaning}`` for the codes it gives
 a meaning of its own, which ``--help`` lists with the common ones (:func:`exit_code_rows`);
 this module wires them. The module of a command is imported only when that command runs, so
@@ -14,7 +15,7 @@ line on stderr — ``docbus COMMAND: error: what is wrong; what to do`` — and 
 that cannot be reached 3, Ctrl-C 130, any other docbus error 1, and anything unexpected 1 with
 a pointer to ``--log-level debug``, the only level that shows a traceback. Commands still print
 their own, more specific messages; :func:`run_async` is how a command loads the settings and
-runs its coroutine. Neighbours: :mod:`docbus.settings_cli` (the settings' one-line
+runs its coroutine. Neighbours: :mod:`docbus.cli.config` (the settings' one-line
 explanation), :mod:`docbus.errors` (the exception tree mapped here).
 """
 
@@ -45,6 +46,7 @@ if TYPE_CHECKING:
 __all__ = [
     "COMMANDS",
     "ExitCode",
+    "brief",
     "build_parser",
     "describe_failure",
     "exit_code_rows",
@@ -61,19 +63,25 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "docbus.local.stack",
         "start the local stack (emulator, SecantusDB, offline LLM) and wait",
     ),
-    "demo": ("docbus.demo", "run the main job on the embedded local stack and print a summary"),
-    "publish": ("publisher.cli", "publish documents (files, JSONL, CSV) to a topic as a batch"),
-    "worker": ("subscriber.cli", "run handlers on the messages of their subscriptions"),
-    "status": ("docbus.status", "show batches: published, done, retrying, dead-lettered, pending"),
-    "report": ("docbus.report", "a batch's outcomes, LLM calls, tokens, cost and latency"),
-    "audit": ("docbus.audit", "export a batch's LLM prompt/response pairs for review"),
-    "dlq": ("subscriber.dlq_cli", "dead letters: list, show, sync from the broker"),
-    "parked": ("subscriber.parked_cli", "parked messages: list them and why, ask to resume them"),
-    "replay": ("publisher.replay_cli", "re-publish dead letters or a whole batch, with filters"),
-    "results": ("docbus.results_cli", "result versions of a document"),
-    "rollback": ("docbus.rollback", "withdraw the result versions a batch or replay wrote"),
-    "config": ("docbus.settings_cli", "print the effective settings, secrets masked"),
-    "topology": ("docbus.topology_cli", "print the emulator config or Bicep parameters"),
+    "demo": ("docbus.cli.demo", "run the main job on the embedded local stack and print a summary"),
+    "publish": (
+        "docbus.cli.publish",
+        "publish documents (files, JSONL, CSV) to a topic as a batch",
+    ),
+    "worker": ("docbus.cli.worker", "run handlers on the messages of their subscriptions"),
+    "status": (
+        "docbus.cli.status",
+        "show batches: published, done, retrying, dead-lettered, pending",
+    ),
+    "report": ("docbus.cli.report", "a batch's outcomes, LLM calls, tokens, cost and latency"),
+    "audit": ("docbus.cli.audit", "export a batch's LLM prompt/response pairs for review"),
+    "dlq": ("docbus.cli.dlq", "dead letters: list, show, sync from the broker"),
+    "parked": ("docbus.cli.parked", "parked messages: list them and why, ask to resume them"),
+    "replay": ("docbus.cli.replay", "re-publish dead letters or a whole batch, with filters"),
+    "results": ("docbus.cli.results", "result versions of a document"),
+    "rollback": ("docbus.cli.rollback", "withdraw the result versions a batch or replay wrote"),
+    "config": ("docbus.cli.config", "print the effective settings, secrets masked"),
+    "topology": ("docbus.cli.topology", "print the emulator config or Bicep parameters"),
     "emulator": (
         "docbus.local.emulator.server",
         "run the local Service Bus emulator in the foreground",
@@ -134,10 +142,10 @@ def _exit_code_epilog(own: Mapping[int, str] | None) -> str:
 def run_async(main: Callable[[Settings], Coroutine[Any, Any, int]]) -> int:
     """Load the settings and run ``main(settings)`` on a fresh event loop; its exit code.
 
-    Settings that do not validate raise :class:`~docbus.settings_cli.InvalidSettings`, which
+    Settings that do not validate raise :class:`~docbus.cli.config.InvalidSettings`, which
     :func:`run_command` turns into one line and exit code 2.
     """
-    from docbus.settings_cli import load_settings
+    from docbus.cli.config import load_settings
 
     settings = load_settings()
     return asyncio.run(main(settings))
@@ -229,7 +237,7 @@ def _settings_problem(exc: BaseException) -> str | None:
     from pydantic_settings import SettingsError
 
     from docbus import settings as settings_module
-    from docbus.settings_cli import describe_settings_error, describe_validation_error
+    from docbus.cli.config import describe_settings_error, describe_validation_error
 
     if isinstance(exc, SettingsError):
         return "invalid settings: " + describe_settings_error(exc)

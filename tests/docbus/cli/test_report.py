@@ -16,13 +16,14 @@ from azure.servicebus.aio import ServiceBusClient
 from pydantic import SecretStr
 from rich.console import Console
 
-from docbus import report as report_cli
+from docbus.cli import report as report_cli
+from docbus.cli.report import render_report
 from docbus.envelope import Envelope, message_id
 from docbus.local.emulator import EmulatorThread
 from docbus.local.llm_server import LLMServer
 from docbus.local.mongo import LocalMongo
+from docbus.ops.report import CallTally, collect_report, percentile, report_json
 from docbus.records import DeadLetterRecord, LLMCallRecord
-from docbus.report import CallTally, collect_report, percentile, render_report, report_json
 from docbus.settings import LLMSettings, MongoSettings, ServiceBusSettings, Settings
 from docbus.store import Store
 from docbus.topology import Topology, parse_topology
@@ -343,7 +344,7 @@ async def test_after_a_real_run_the_report_equals_the_audit_rows_and_the_servers
         for i in range(8)
     ]
     published = await publish_documents(
-        docs, topic="docs", batch_id="e2e", settings=settings, store=store, progress=False
+        docs, topic="docs", batch_id="e2e", settings=settings, store=store
     )
     assert published.ok, published
     async with (

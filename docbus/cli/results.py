@@ -4,7 +4,7 @@ Every time a handler finishes a document (a first delivery, a replay, a batch re
 handler version) :meth:`docbus.store.Store.write_result` keeps a new version; exactly one that is
 not rolled back is current. ``history`` shows them all, per handler, oldest first, with the run
 that wrote each (a batch's publication or a replay), its replay generation, handler version and
-batch, and which are current or rolled back (:mod:`docbus.rollback`). ``show DOC --handler H``
+batch, and which are current or rolled back (:mod:`docbus.cli.rollback`). ``show DOC --handler H``
 prints the current version's output (``--version N``: any version); the output is a handler's
 (often an LLM's) text, so it is printed as JSON with control and bidirectional characters
 escaped: it cannot move the cursor, recolour the terminal or reorder what is shown. Both take
@@ -24,6 +24,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from docbus.ops import NotFound
+from docbus.ops.results import choose_result, result_history, result_json, result_state
 from docbus.records import ResultRecord
 from docbus.settings import Settings
 from docbus.store import Store
@@ -31,10 +33,6 @@ from docbus.store import Store
 __all__ = ["EXIT_CODES", "add_arguments", "history_table", "run", "safe_text"]
 
 EXIT_CODES = {1: "the document has no result (of that handler, or of that version)"}
-
-
-def _state(record: ResultRecord) -> str:
-    return "current" if record.current else "rolled back" if record.rolled_back else ""
 
 
 def history_table(doc_id: str, versions: Sequence[ResultRecord]) -> Table:
@@ -58,7 +56,7 @@ def history_table(doc_id: str, versions: Sequence[ResultRecord]) -> Table:
             record.handler_version,
             record.batch_id,
             f"{record.written_at:%Y-%m-%d %H:%M:%S}",
-            _state(record),
+            result_state(record),
             record.run_id or "",
         )
         table.add_row(*(_cell(cell) for cell in cells))
@@ -82,10 +80,6 @@ def safe_text(text: str) -> str:
             code = ord(char)
             out.append(f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}")
     return "".join(out)
-
-
-def _record_json(record: ResultRecord) -> dict[str, Any]:
-    return {**record.model_dump(mode="json"), "state": _state(record) or "superseded"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -120,14 +114,15 @@ def _print_json(console: Console, data: Any) -> None:
 
 
 async def _history(settings: Settings, args: argparse.Namespace, console: Console) -> int:
-    async with Store.from_settings(settings) as store:
-        versions = await store.result_versions(
-            doc_id=args.doc, handler=args.handler, batch_id=args.batch
-        )
-    if not versions:
-        return _fail(f"no results for document {args.doc!r}")
+    try:
+        async with Store.from_settings(settings) as store:
+            versions = await result_history(
+                store, args.doc, handler=args.handler, batch_id=args.batch
+            )
+    except NotFound as exc:
+        return _fail(str(exc))
     if args.json:
-        _print_json(console, {"doc_id": args.doc, "versions": [_record_json(v) for v in versions]})
+        _print_json(console, {"doc_id": args.doc, "versions": [result_json(v) for v in versions]})
     else:
         console.print(history_table(args.doc, versions))
     return 0
@@ -143,40 +138,21 @@ def _fail(message: str) -> int:
 async def _show(settings: Settings, args: argparse.Namespace, console: Console) -> int:
     async with Store.from_settings(settings) as store:
         versions = await store.result_versions(doc_id=args.doc, handler=args.handler)
-    handlers = sorted({record.handler for record in versions})
-    if not versions:
-        whose = f" of handler {args.handler!r}" if args.handler else ""
-        return _fail(f"no results{whose} for document {args.doc!r}")
-    if len(handlers) > 1:
-        return _fail(
-            f"document {args.doc!r} has results of {len(handlers)} handlers "
-            f"({', '.join(handlers)}): name one with --handler"
-        )
-    if args.version is not None:
-        chosen = [record for record in versions if record.version == args.version]
-        if not chosen:
-            numbers = ", ".join(str(record.version) for record in versions)
-            return _fail(
-                f"document {args.doc!r} has no version {args.version} (versions: {numbers})"
-            )
-    else:
-        chosen = [record for record in versions if record.current]
-        if not chosen:
-            return _fail(
-                f"document {args.doc!r} has no current result of {handlers[0]} (every version "
-                "is rolled back): see `docbus results history`, or --version N"
-            )
-    record = chosen[0]
+    try:
+        record = choose_result(args.doc, versions, handler=args.handler, version=args.version)
+    except NotFound as exc:
+        return _fail(str(exc))
     if args.json:
-        _print_json(console, _record_json(record))
+        _print_json(console, result_json(record))
         return 0
+    state = result_state(record) or "superseded"
     table = Table(show_header=False, title_justify="left", box=None)
     table.add_column("field", style="bold")
     table.add_column("value")
     rows = (
         ("document", record.doc_id),
         ("handler", f"{record.handler} (version {record.handler_version})"),
-        ("version", f"{record.version} of {len(versions)} · {_state(record) or 'superseded'}"),
+        ("version", f"{record.version} of {len(versions)} · {state}"),
         ("run", record.run_id or "(unnamed)"),
         ("batch", f"{record.batch_id} · generation {record.generation}"),
         ("written at", f"{record.written_at:%Y-%m-%d %H:%M:%S}"),

@@ -125,7 +125,7 @@ async def run_worker(
     """Start the worker ``args`` describe and run it to its end; raises
     :class:`WorkerStartError` when it cannot start (MongoDB or Service Bus out of reach raise
     their own errors, which the CLI's runner words)."""
-    from docbus.settings_cli import load_settings
+    from docbus.cli.config import load_settings
     from docbus.store import Store
     from handlers.discovery import HandlerDiscoveryError, discover_handlers
 
