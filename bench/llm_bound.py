@@ -276,8 +276,8 @@ async def process(
     the last settlement (the receiver's start-up is reported apart)."""
     from azure.servicebus.aio import ServiceBusClient
 
-    from handlers import discover_handlers
     from handlers.llm import LLMClient
+    from handlers.runtime import discover_handlers
     from subscriber.worker import Worker, WorkerOptions, freeze_startup_heap
 
     figures = Figures()

@@ -130,7 +130,7 @@ class Load:
 
 
 async def send(client: Any, docs: list[str], offset: int, load: Load, stop: asyncio.Event) -> None:
-    from handlers import HandlerOutcome
+    from handlers.runtime import HandlerOutcome
 
     llm = client.bind(None)
     index = offset

@@ -2,31 +2,75 @@
 
 A :class:`Context` is built by the worker for one delivery of one message: the envelope, the
 handler's spec, the delivery count, a logger that names the batch and document, the store (for
-step checkpoints) and ``ctx.llm``, the LLM client bound to this delivery
+step checkpoints) and ``ctx.llm``, the LLM client bound to this delivery — anything with the
+:class:`LLM` methods, in the worker a :class:`handlers.llm.BoundLLM`
 (:meth:`handlers.llm.LLMClient.bind`; an unbound client given to the constructor is bound on
 the spot). ``await ctx.step(name, fn, ...)`` runs a checkpointed step (:mod:`handlers.steps`).
+What the runtime keeps per delivery (pending writes, checkpoints read, steps run) is not on the
+context but behind it (:mod:`handlers.delivery`).
 Neighbours: :mod:`handlers.document` (the document), :mod:`handlers.errors` (what to raise).
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, ParamSpec, Protocol, TypeVar
+
+from pydantic import BaseModel
 
 from docbus.envelope import Envelope
 from docbus.records import CheckpointKey, input_hash
 from docbus.store import Store
 from handlers.decorator import HandlerSpec
+from handlers.delivery import Delivery
 from handlers.steps import current_step, run_step
-from handlers.writes import PendingWrites
 
 P = ParamSpec("P")
 T = TypeVar("T")
+M = TypeVar("M", bound=BaseModel)
 
-__all__ = ["Context", "HandlerLogger"]
+__all__ = ["LLM", "Context", "HandlerLogger", "PromptOrMessages"]
+
+PromptOrMessages = str | Sequence[Mapping[str, Any]]
+"""A user prompt, or OpenAI chat messages (``[{"role": "user", "content": "..."}]``)."""
+
+
+class LLM(Protocol):
+    """What a handler calls as ``ctx.llm`` (the worker's is a :class:`handlers.llm.BoundLLM`).
+
+    Failures arrive as :class:`~handlers.errors.Retry`, :class:`~handlers.errors.DeadLetter`,
+    :class:`~handlers.errors.SystemicFailure` or :class:`~handlers.errors.OverBudget`.
+    """
+
+    async def extract(
+        self,
+        model_cls: type[M],
+        prompt_or_messages: PromptOrMessages,
+        *,
+        system: str | None = None,
+        model: str | None = None,
+        max_reasks: int = 2,
+        temperature: float | None = 0.0,
+        max_tokens: int | None = None,
+        extra_headers: Mapping[str, str] | None = None,
+    ) -> M:
+        """An instance of ``model_cls`` read by the LLM, validated (re-asked when invalid)."""
+        ...
+
+    async def complete(
+        self,
+        prompt_or_messages: PromptOrMessages,
+        *,
+        system: str | None = None,
+        model: str | None = None,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        extra_headers: Mapping[str, str] | None = None,
+    ) -> str:
+        """The LLM's free-text answer."""
+        ...
 
 
 class HandlerLogger(logging.LoggerAdapter[logging.Logger]):
@@ -51,28 +95,14 @@ class Context:
     """How many times Service Bus has delivered this message (1 on the first delivery)."""
     store: Store | None = None
     """The Mongo store, for step checkpoints (``None`` in tests that need none)."""
-    llm: Any = None
-    """The LLM client bound to this delivery (a :class:`handlers.llm.BoundLLM`), attached by
-    the worker: ``await ctx.llm.extract(Model, prompt)``, ``await ctx.llm.complete(prompt)``."""
-    checkpoint_cache: dict[str, Any] | None = field(default=None, init=False, repr=False)
-    """Step outputs stored for this document and handler version, read once per delivery."""
-    checkpoints_read: Awaitable[dict[str, Any]] | None = field(
-        default=None, repr=False, kw_only=True
-    )
-    """That read, if whoever runs the handler started it already (the worker does, as a
-    message arrives, for handlers that use steps): the first step awaits it instead."""
-    write_behind: bool = False
-    """Let the handler go on while its audit rows and checkpoints are acknowledged; whoever
-    runs it must then ``await ctx.writes.flush()`` before storing its result (the worker
-    does). Off: every such write is acknowledged before the call that makes it returns."""
-    step_runs: dict[str, asyncio.Future[Any]] = field(default_factory=dict, init=False, repr=False)
-    """Steps run in this delivery, by checkpoint key: a repeat returns the first one's output."""
-    writes: PendingWrites = field(init=False, repr=False)
-    """This delivery's audit-row and checkpoint writes (:mod:`handlers.writes`)."""
+    llm: LLM | None = None
+    """The LLM client bound to this delivery, attached by the worker (``None`` when it has
+    none): ``await ctx.llm.extract(Model, prompt)``, ``await ctx.llm.complete(prompt)``."""
     logger: HandlerLogger = field(init=False, repr=False)
+    _delivery: Delivery = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        self.writes = PendingWrites(behind=self.write_behind)
+        self._delivery = Delivery()
         bind = getattr(self.llm, "bind", None)
         if callable(bind):  # an LLMClient given as is: bind it to this delivery
             self.llm = bind(self)

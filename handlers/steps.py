@@ -39,6 +39,7 @@ from pydantic import BaseModel, ValidationError
 from pydantic_core import PydanticSerializationError, to_jsonable_python
 
 from docbus.store import Checkpoint, StoreError
+from handlers.delivery import delivery_of
 from handlers.errors import Retry
 from handlers.writes import backlog_of, checkpoint_on_its_way, durably
 
@@ -128,13 +129,13 @@ async def _run(
     except (PydanticSerializationError, TypeError) as exc:
         raise TypeError(f"step {name!r}: its arguments are not JSON-able: {exc}") from exc
     key = ctx.checkpoint_key(name, step_input)
-    earlier = ctx.step_runs.get(key.id)
+    earlier = delivery_of(ctx).step_runs.get(key.id)
     if earlier is not None:
         # The same step on the same input, already run (or running) in this delivery: its
         # output, not a second call (nor, behind, a checkpoint conflict with itself).
         return decode_output(await asyncio.shield(earlier))
     run: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-    ctx.step_runs[key.id] = run
+    delivery_of(ctx).step_runs[key.id] = run
     store = ctx.store
     stale = False
     token = _current.set(name)
@@ -161,11 +162,11 @@ async def _run(
         raise
     finally:
         _current.reset(token)
-    if store is not None and ctx.writes.behind:
+    if store is not None and delivery_of(ctx).writes.behind:
         # Sent now, acknowledged later (handlers.writes): after the audit rows of this step's
         # calls, before the result. The handler goes on with its next step meanwhile; until
         # it is stored, another delivery of the document in this process finds it on its way.
-        write = ctx.writes.start(
+        write = delivery_of(ctx).writes.start(
             _store_checkpoint(ctx, store, key, encoded, replace=stale, adopt=False),
             after_earlier=True,
         )
@@ -183,7 +184,7 @@ async def _run(
 def _failed_run(ctx: Context, key_id: str, run: asyncio.Future[Any], exc: BaseException) -> None:
     """Forget a step run that failed (a later call may try again); a repeat waiting on it
     gets the same error."""
-    ctx.step_runs.pop(key_id, None)
+    delivery_of(ctx).step_runs.pop(key_id, None)
     if isinstance(exc, asyncio.CancelledError):
         run.cancel()
     else:
@@ -227,17 +228,18 @@ def _input_fallback(value: Any) -> Any:
 
 async def _stored_checkpoint(ctx: Context, store: Any, key: Any) -> Any:
     """The stored output for ``key``: all of a delivery's checkpoints are read in one query,
-    on its first step (or as its message arrived, by the worker: ``ctx.checkpoints_read``),
-    and kept on the context for the steps after it."""
-    cache = ctx.checkpoint_cache
+    on its first step (or as its message arrived, by the worker: ``Delivery.checkpoints_read``),
+    and kept with the delivery for the steps after it."""
+    delivery = delivery_of(ctx)
+    cache = delivery.checkpoint_cache
     if cache is None:
-        started, ctx.checkpoints_read = ctx.checkpoints_read, None
+        started, delivery.checkpoints_read = delivery.checkpoints_read, None
         if started is not None:
             with contextlib.suppress(StoreError):  # read again below, and fail there if so
                 cache = await started
         if cache is None:
             cache = await store.checkpoints_of(ctx.doc_id, ctx.handler_name, ctx.handler_version)
-        ctx.checkpoint_cache = cache
+        delivery.checkpoint_cache = cache
     stored = cache.get(key.id)
     if stored is None:
         on_its_way = backlog_of(store).checkpoint(_owner(ctx), key.id)
@@ -245,7 +247,7 @@ async def _stored_checkpoint(ctx: Context, store: Any, key: Any) -> Any:
             # Finished by an earlier delivery in this process, still on its way to the store
             # (held through an outage, say): this delivery's result waits for it too.
             output, write = on_its_way
-            ctx.writes.follow(write)
+            delivery_of(ctx).writes.follow(write)
             return Checkpoint(output, datetime.now(UTC))
     if stored is None and cache:
         # Not among what was there when they were read: written by a concurrent

@@ -2,23 +2,23 @@
 
 After an LLM call the handler has its answer; the call's audit row (and its cost on the batch)
 and, at the end of a step, the step's checkpoint still have to reach MongoDB. In the worker
-they are started at once, but the handler no longer waits for their acknowledgement before its
+they are started at once, but the handler does not wait for their acknowledgement before its
 next step, and they may linger a few milliseconds to leave in one command with other
 deliveries' writes (``write_linger``, :mod:`docbus.store._group`; a flush that blocks the
 handler sends them at once): :class:`PendingWrites` keeps them, and the
 worker waits for all of them (:meth:`PendingWrites.flush`) before it stores the result and
-settles the message. Under load that takes two round trips per step off every document's path
-(``bench/llm_bound.py``). A context made elsewhere (tests, scripts, ``run_handler``) writes
-synchronously, so nothing depends on someone remembering to flush.
+settles the message, so no round trip to MongoDB sits between a handler's steps. A context
+made elsewhere (tests, scripts, ``run_handler``) writes synchronously, so nothing depends on
+someone remembering to flush.
 
-What a crash can tell stays as it was. A step's checkpoint is written only once the writes made
-before it — the audit rows of the calls that produced it — are acknowledged, so a stored
-checkpoint never outlives the record of what it cost. A crash while writes are in flight loses
-what a crash during a synchronous write lost: the step runs again on the next delivery. A write
-that fails fails the delivery (it is retried) rather than being dropped.
+A step's checkpoint is written only once the writes made before it — the audit rows of the
+calls that produced it — are acknowledged, so a stored checkpoint never outlives the record of
+what it cost. A crash while writes are in flight loses what a crash during a synchronous write
+loses: the step runs again on the next delivery. A write that fails fails the delivery (it is
+retried) rather than being dropped.
 
-One thing changes behind the handler: a synchronous step adopts the output a concurrent delivery
-of the same message stored first; behind, the handler has gone on with its own by the time its
+A concurrent delivery of the same message is met in two ways: a synchronous step adopts the
+output the other stored first; behind, the handler has gone on with its own by the time its
 checkpoint is refused, so :meth:`PendingWrites.flush` raises :class:`~handlers.errors.Retry` and
 the next delivery runs on the stored outputs — the result always agrees with the checkpoints.
 

@@ -30,12 +30,17 @@ from docbus.envelope import Envelope, InvalidEnvelope
 from docbus.records import DeadLetterRecord
 from docbus.servicebus import MessagingError
 from docbus.store import Store, StoreError
-from handlers.context import Context
-from handlers.decorator import HandlerTimeout
-from handlers.discovery import RegisteredHandler
-from handlers.document import resolve_document
-from handlers.errors import HandlerOutcome
-from handlers.output import declared_output, serialize_output
+from handlers import Context
+from handlers.runtime import (
+    HandlerOutcome,
+    HandlerTimeout,
+    RegisteredHandler,
+    declared_output,
+    delivery_of,
+    open_context,
+    resolve_document,
+    serialize_output,
+)
 from subscriber.parking import ParkedMessage, mark_deferred, park
 from subscriber.received import dead_letter_record, read_envelope, record_dead_letter, storable_text
 from subscriber.receiver import Receiver
@@ -135,7 +140,7 @@ class Processor:
             if attempt > 1 and await self._done_before(registered, envelope):
                 raise _AlreadyDone
             document = await resolve_document(envelope, self.store)
-            ctx = Context(
+            ctx = open_context(
                 envelope,
                 registered.spec,
                 delivery_count=attempt,
@@ -149,12 +154,12 @@ class Processor:
                 returned = await self._call(registered, document, ctx)
                 output = serialize_output(returned, declared_output(registered.fn))
             finally:
-                if ctx.checkpoint_cache is not None:
+                if delivery_of(ctx).checkpoint_cache is not None:
                     self._stepping.add(registered.spec.name)
             if handler_returned is not None:
                 await handler_returned()
             # Audit rows and checkpoints the handler did not wait for: stored before its result.
-            await ctx.writes.flush()
+            await delivery_of(ctx).writes.flush()
             await self.store.write_result(
                 doc_id=envelope.doc_id,
                 handler=registered.spec.name,
@@ -230,7 +235,8 @@ class Processor:
         """Wait for a failed delivery's pending writes; their own failure changes nothing of
         what happens to the message, so it is only logged."""
         try:
-            await ctx.writes.flush(hurry=True)  # the failed handler still holds its slot
+            # the failed handler still holds its slot
+            await delivery_of(ctx).writes.flush(hurry=True)
         except Exception as exc:
             logger.warning("%s/%s: a pending write failed: %s", ctx.batch_id, ctx.doc_id, exc)
 

@@ -23,7 +23,7 @@ from azure.servicebus import ServiceBusReceivedMessage
 
 from docbus.servicebus import MessageNotFound, MessagingError
 from docbus.store import ParkedGroup, Store, StoreError
-from handlers.discovery import RegisteredHandler
+from handlers.runtime import RegisteredHandler
 from subscriber.breaker import CircuitBreaker
 from subscriber.parking import (
     OVER_BUDGET,

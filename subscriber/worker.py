@@ -44,8 +44,7 @@ from docbus.servicebus import MessagingError
 from docbus.settings import WorkerSettings
 from docbus.store import ParkedGroup, Store, StoreError
 from docbus.topology import Topology, TopologyError
-from handlers.discovery import RegisteredHandler
-from handlers.writes import drain_backlog
+from handlers.runtime import RegisteredHandler, drain_backlog
 from subscriber import heartbeat
 from subscriber.admission import Admission
 from subscriber.breaker import CircuitBreaker

@@ -87,7 +87,7 @@ async def run_demo(
     from docbus.cli.publish import report_table
     from docbus.cli.worker import build_llm
     from docbus.local.llm_server import Faults
-    from handlers import discover_handlers
+    from handlers.runtime import discover_handlers
     from publisher import LoaderOptions, iter_documents, publish_documents
     from subscriber.worker import Worker, WorkerOptions, freeze_startup_heap
 

@@ -10,9 +10,7 @@ Used by :mod:`handlers.builtin.entities` and :mod:`handlers.builtin.supplier_ris
 
 from __future__ import annotations
 
-from typing import Any
-
-from handlers.context import Context
+from handlers.context import LLM, Context
 from handlers.document import Document
 from handlers.errors import SystemicFailure
 
@@ -51,7 +49,7 @@ def document_prompt(
     return "\n\n".join(parts)
 
 
-def require_llm(ctx: Context) -> Any:
+def require_llm(ctx: Context) -> LLM:
     """``ctx.llm``, or :class:`SystemicFailure` when the worker runs without an LLM client."""
     if ctx.llm is None:
         raise SystemicFailure(

@@ -12,11 +12,12 @@ error, up to ``max_reasks`` times, before raising
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
+from handlers.context import PromptOrMessages
 from handlers.errors import DeadLetter
 from handlers.llm.client import Ask, LLMClient
 from handlers.llm.schema import ResponseSchema, describe_errors, parse_answer
@@ -28,9 +29,6 @@ if TYPE_CHECKING:
 __all__ = ["BoundLLM", "PromptOrMessages"]
 
 M = TypeVar("M", bound=BaseModel)
-
-PromptOrMessages = str | Sequence[Mapping[str, Any]]
-"""A user prompt, or OpenAI chat messages (``[{"role": "user", "content": "..."}]``)."""
 
 _REASK = (
     "Your previous answer is not valid: {errors}. Answer again with only the corrected JSON "
@@ -76,7 +74,7 @@ class BoundLLM:
         parse = functools.partial(parse_answer, model_cls)
         last_error = "no answer"
         for reask in range(max_reasks + 1):
-            answer = await self.client._exchange(
+            answer = await self.client.exchange(
                 self.ctx,
                 Ask(
                     kind="extract",
@@ -115,7 +113,7 @@ class BoundLLM:
         extra_headers: Mapping[str, str] | None = None,
     ) -> str:
         """The LLM's free-text answer (cut at ``max_tokens`` if given)."""
-        answer = await self.client._exchange(
+        answer = await self.client.exchange(
             self.ctx,
             Ask(
                 kind="complete",

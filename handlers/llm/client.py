@@ -8,7 +8,7 @@ table (:mod:`handlers.llm.pricing`), the token counter and what it learnt about 
 (which optional parameters it rejects). :meth:`LLMClient.bind` gives the worker the
 :class:`~handlers.llm.bound.BoundLLM` it puts on ``ctx.llm``.
 
-Every request goes through :meth:`LLMClient._exchange`, which in order: checks the batch's and
+Every request goes through :meth:`LLMClient.exchange`, which in order: checks the batch's and
 the document's budget (:class:`~handlers.errors.OverBudget`, before anything is spent),
 reserves rate-limit capacity, sends the request with the SDK's own retries off, and writes one
 ``llm_calls`` audit row — success or failure — adding its cost to the batch's totals (in the
@@ -39,6 +39,7 @@ from docbus.backoff import BackoffPolicy, backoff_delay
 from docbus.records import LLMCallRecord
 from docbus.settings import LLMSettings, Settings
 from docbus.store import Store
+from handlers.delivery import delivery_of
 from handlers.errors import DeadLetter, HandlerOutcome, OverBudget, Retry, SystemicFailure
 from handlers.llm.audit import Filtered, audit_row, write_audit
 from handlers.llm.errors import (
@@ -294,7 +295,11 @@ class LLMClient:
 
     # -- one question, with retries, budgets, limits and audit ----------------------------------
 
-    async def _exchange(self, ctx: Context | None, ask: Ask) -> Answer:
+    async def exchange(self, ctx: Context | None, ask: Ask) -> Answer:
+        """Put one question to the LLM for ``ctx``'s delivery and return its answer: the one
+        request path, used by :class:`~handlers.llm.bound.BoundLLM` (handlers call that, not
+        this). Checks budgets and rate limits, retries what is transient, audits every try,
+        and raises what :mod:`handlers.llm.errors` translates failures into."""
         model = ask.model or self.options.model
         features = self._features_for(model)
         retry = 0
@@ -400,17 +405,16 @@ class LLMClient:
         if ctx is None:
             await write_audit(self.store, row)
         else:
-            await ctx.writes.write(write_audit(self.store, row))
+            await delivery_of(ctx).writes.write(write_audit(self.store, row))
 
     async def _post(self, params: dict[str, Any]) -> Any:
         """``chat.completions.with_raw_response.create(**params)``, minus its typed-params
         transform and its typed answer.
 
         The body here is plain JSON built by :meth:`_params`, so the SDK's walk over it
-        against its TypedDicts changes nothing, yet it is a quarter of the SDK's CPU per
-        request; building its ``ChatCompletion`` model is a fifth more, for the six fields
-        :class:`_Reply` reads from the JSON (cProfile under ``bench/llm_bound.py``'s load).
-        Everything else is the SDK's own path: authentication and Azure deployment URLs,
+        against its TypedDicts would change nothing, and of its ``ChatCompletion`` model
+        :class:`_Reply` needs six fields, read from the JSON: both are skipped for their CPU
+        cost. Everything else is the SDK's own path: authentication and Azure deployment URLs,
         timeouts, the status-code errors :func:`~handlers.llm.errors.translate` knows, and the
         raw response (headers, and the body as text from ``.parse()``).
         """
@@ -551,7 +555,7 @@ class LLMClient:
             if budget is not None or batch_id not in self._unbudgeted:
                 # A budget (may) apply: this delivery's own earlier calls are counted first,
                 # as when every write was synchronous (handlers.writes).
-                await ctx.writes.flush(hurry=True)
+                await delivery_of(ctx).writes.flush(hurry=True)
             status = await store.batch_budget(batch_id)
             if status is not None and status.budget_usd is not None:
                 budget = status.budget_usd
@@ -566,7 +570,8 @@ class LLMClient:
                     raise OverBudget(batch_id, spent, budget)
         per_document = self.options.budget_per_document_usd
         if per_document is not None:
-            await ctx.writes.flush(hurry=True)  # the document's own audit rows, summed below
+            # the document's own audit rows, summed below
+            await delivery_of(ctx).writes.flush(hurry=True)
             spent = await store.llm_spend(
                 batch_id, doc_id=ctx.doc_id, generation=ctx.envelope.generation
             )

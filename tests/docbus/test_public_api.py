@@ -25,7 +25,8 @@ def packages() -> list[str]:
         for top in ("docbus", "publisher", "subscriber", "handlers")
         for init in (ROOT / top).rglob("__init__.py")
     }
-    return sorted(found)
+    # handlers.runtime is a module, and a surface of its own: the worker's side of handlers.
+    return sorted(found | {"handlers.runtime"})
 
 
 def test_every_package_is_covered() -> None:

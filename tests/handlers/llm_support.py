@@ -11,8 +11,9 @@ from docbus.envelope import Envelope
 from docbus.local.llm_server import LLMServer
 from docbus.settings import LLMSettings, Settings
 from docbus.store import Store
-from handlers import Context, HandlerSpec
+from handlers import Context
 from handlers.llm import LLMClient
+from handlers.runtime import HandlerSpec, open_context
 
 INVOICE_TEXT = (
     "Invoice INV-2024-117 from Acme Industrial GmbH, Berlin, Germany, to Globex Corporation "
@@ -54,7 +55,7 @@ def make_ctx(
 ) -> Context:
     envelope = Envelope(doc_id=doc_id, batch_id=batch_id, topic="documents", content=text)
     spec = HandlerSpec(name=handler, topic="documents", subscription=handler, version=version)
-    return Context(
+    return open_context(
         envelope, spec, delivery_count=attempt, store=store, llm=llm, write_behind=write_behind
     )
 

@@ -19,7 +19,7 @@ import pytest
 from docbus.local.llm_server import LLMServer
 from docbus.store import Store
 from docbus.topology import load_topology
-from handlers import DeadLetter, Document, SystemicFailure, discover_handlers, run_handler
+from handlers import DeadLetter, Document, SystemicFailure, run_handler
 from handlers.builtin import (
     DIMENSIONS,
     EntitiesResult,
@@ -54,6 +54,7 @@ from handlers.builtin.supplier_risk import (
     risk_level,
 )
 from handlers.builtin.supplier_risk import build_result as build_risk
+from handlers.runtime import discover_handlers
 from tests.handlers.llm_support import chat_requests, make_client
 
 SYSTEM_PROMPTS = {

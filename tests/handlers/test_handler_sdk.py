@@ -12,19 +12,14 @@ from pydantic import BaseModel
 
 from docbus.envelope import Envelope, Source
 from docbus.store import PayloadError, Store
-from handlers import (
-    Context,
-    DeadLetter,
-    Document,
+from handlers import Context, DeadLetter, Document, Retry, handler, run_handler
+from handlers.runtime import (
     HandlerDiscoveryError,
     HandlerSpec,
     InvalidOutput,
-    Retry,
     discover_handlers,
-    handler,
     handler_spec,
     resolve_document,
-    run_handler,
     serialize_output,
 )
 

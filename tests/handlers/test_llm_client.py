@@ -21,6 +21,7 @@ from docbus.settings import LLMSettings, Settings
 from docbus.store import Store
 from handlers import DeadLetter, OverBudget, Retry, SystemicFailure
 from handlers.llm import DEFAULT_PRICES, LLMClient, LLMOptions
+from handlers.runtime import delivery_of
 from tests.handlers.llm_support import (
     INVOICE_TEXT,
     Invoice,
@@ -445,7 +446,7 @@ async def test_an_exhausted_batch_budget_stops_spending_until_it_is_raised(
         raised = await store.set_batch_budget("b1", 1.0)  # the batch's own budget wins
         assert raised is not None and not raised.over_budget
         assert isinstance(await ctx.llm.extract(Summary, OTHER_TEXT), Summary)
-        await ctx.writes.flush()
+        await delivery_of(ctx).writes.flush()
     assert len(await store.llm_calls("b1")) == 2
 
 

@@ -279,7 +279,10 @@ def test_the_llm_package_exports_exactly_its_all() -> None:
         and not hasattr(value, "__path__")
         and type(value).__name__ != "module"
     }
-    assert public == set(exported)
+    # the names load on first use: what is loaded is exported, and every export loads
+    assert public <= set(exported)
+    assert all(getattr(handlers.llm, name) is not None for name in exported)
+    assert dir(handlers.llm) == sorted(exported)
 
 
 # -- store figures the client relies on --------------------------------------------------------

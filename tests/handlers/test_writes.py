@@ -12,6 +12,7 @@ from docbus.local.llm_server import LLMServer
 from docbus.store import Store, StoreUnavailable
 from docbus.store._group import GroupWriter
 from handlers import Retry
+from handlers.runtime import delivery_of
 from handlers.writes import (
     PendingWrites,
     WriteCancelled,
@@ -55,16 +56,16 @@ async def test_the_handler_goes_on_while_its_audit_rows_and_checkpoints_are_ackn
         summary = await ctx.step("summary", ctx.llm.extract, Summary, INVOICE_TEXT)
         # both steps are done while the first audit row still waits at the gate
         assert isinstance(invoice, Invoice) and isinstance(summary, Summary)
-        assert audit.reached.is_set() and len(ctx.writes) > 0
+        assert audit.reached.is_set() and len(delivery_of(ctx).writes) > 0
         assert await store.database["llm_calls"].count_documents({}) == 0
         # a checkpoint waits for the audit rows written before it
         assert await store.database["checkpoints"].count_documents({}) == 0
-        flushing = asyncio.ensure_future(ctx.writes.flush())
+        flushing = asyncio.ensure_future(delivery_of(ctx).writes.flush())
         await asyncio.sleep(0)
         assert not flushing.done()
         audit.open.set()
         await flushing
-    assert len(ctx.writes) == 0
+    assert len(delivery_of(ctx).writes) == 0
     assert await store.database["llm_calls"].count_documents({}) == 2
     assert await store.database["checkpoints"].count_documents({}) == 2
     batch = await store.get_batch("b1")
@@ -80,7 +81,7 @@ async def test_an_audit_write_refused_by_an_outage_is_held_until_stored_then_its
     async with make_client(llm_server, store) as client:
         ctx = make_ctx(store, llm=client, write_behind=True)
         await ctx.step("invoice", ctx.llm.extract, Invoice, INVOICE_TEXT)
-        flushing = asyncio.ensure_future(ctx.writes.flush())
+        flushing = asyncio.ensure_future(delivery_of(ctx).writes.flush())
         await asyncio.sleep(0.6)  # a few tries, all refused: the flush waits, it does not fail
         assert not flushing.done() and len(backlog_of(store)) >= 1
         assert await store.database["checkpoints"].count_documents({}) == 0  # not before it
@@ -108,7 +109,7 @@ async def test_an_audit_row_whose_first_try_was_stored_unbeknown_is_stored_once(
     async with make_client(llm_server, store) as client:
         ctx = make_ctx(store, llm=client, write_behind=True)
         await ctx.step("invoice", ctx.llm.extract, Invoice, INVOICE_TEXT)
-        await asyncio.wait_for(ctx.writes.flush(), 10)
+        await asyncio.wait_for(delivery_of(ctx).writes.flush(), 10)
     assert await store.database["llm_calls"].count_documents({}) == 1
 
 
@@ -125,12 +126,12 @@ async def test_a_redelivery_reuses_a_step_whose_checkpoint_is_still_held(
         again = make_ctx(store, llm=client, write_behind=True, attempt=2)
         assert await again.step("invoice", again.llm.extract, Invoice, INVOICE_TEXT) == invoice
         assert llm_server.stats()["requests"] == 1  # not run again
-        flushing = asyncio.ensure_future(again.writes.flush())
+        flushing = asyncio.ensure_future(delivery_of(again).writes.flush())
         await asyncio.sleep(0.3)
         assert not flushing.done()  # its result would wait for the held checkpoint too
         checkpoints.failure = None
         await asyncio.wait_for(flushing, 10)
-        await asyncio.wait_for(first.writes.flush(), 10)
+        await asyncio.wait_for(delivery_of(first).writes.flush(), 10)
     assert await store.database["checkpoints"].count_documents({}) == 1
 
 
@@ -148,14 +149,14 @@ async def test_a_concurrent_deliverys_checkpoint_is_adopted_in_line_and_retried_
 
     # Same key (step name and input), another output: a concurrent delivery that lost.
     in_line = make_ctx(store, attempt=2)
-    in_line.checkpoint_cache = {}  # as if it read before the first one stored
+    delivery_of(in_line).checkpoint_cache = {}  # as if it read before the first one stored
     assert await in_line.step("ask", other, "same input") == {"answer": "same input"}
 
     behind = make_ctx(store, attempt=2, write_behind=True)
-    behind.checkpoint_cache = {}
+    delivery_of(behind).checkpoint_cache = {}
     assert await behind.step("ask", other, "same input") == {"answer": "something else"}
     with pytest.raises(Retry, match="CheckpointConflict in step ask"):
-        await behind.writes.flush()
+        await delivery_of(behind).writes.flush()
 
 
 async def test_flush_waits_for_every_write_and_raises_the_first_failure_after_all() -> None:
@@ -227,7 +228,7 @@ async def test_a_step_repeated_in_one_delivery_runs_once_and_conflicts_with_noth
             ctx.step("invoice", ctx.llm.extract, Invoice, INVOICE_TEXT),
         )
         again = await ctx.step("invoice", ctx.llm.extract, Invoice, INVOICE_TEXT)
-        await ctx.writes.flush()
+        await delivery_of(ctx).writes.flush()
     assert both[0] == both[1] == again
     assert llm_server.stats()["requests"] == 1
     assert await store.database["checkpoints"].count_documents({}) == 1
@@ -246,8 +247,8 @@ async def test_writes_behind_linger_for_company_but_a_blocking_flush_sends_them_
         # the second call's row and the checkpoints wait for company, until a flush hurries
         await asyncio.sleep(0.3)  # ample for a write that would leave at once
         assert await store.database["llm_calls"].count_documents({}) == 1
-        assert len(ctx.writes) > 0
-        await asyncio.wait_for(ctx.writes.flush(hurry=True), 10)
+        assert len(delivery_of(ctx).writes) > 0
+        await asyncio.wait_for(delivery_of(ctx).writes.flush(hurry=True), 10)
     assert await store.database["llm_calls"].count_documents({}) == 2
     assert await store.database["checkpoints"].count_documents({}) == 2
 

@@ -14,7 +14,7 @@ from azure.servicebus.aio import ServiceBusClient
 
 from docbus import cli
 from docbus.backoff import BackoffPolicy
-from handlers import HandlerFunction, discover_handlers
+from handlers.runtime import HandlerFunction, discover_handlers
 from publisher import publish_documents
 from subscriber.worker import Worker, WorkerOptions, WorkerReport
 from tests.replay.conftest import Stack, recording_console

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from handlers import Context, DeadLetter, Document, HandlerFunction, handler
+from handlers import Context, DeadLetter, Document, handler
+from handlers.runtime import HandlerFunction
 
 TOPIC = "docs"
 

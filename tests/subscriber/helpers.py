@@ -8,7 +8,7 @@ from typing import Any
 from azure.servicebus.aio import ServiceBusClient
 
 from docbus.backoff import BackoffPolicy
-from handlers import discover_handlers
+from handlers.runtime import discover_handlers
 from subscriber.worker import Worker, WorkerOptions, WorkerReport
 from tests.stack import Stack
 from tests.subscriber import sample_handlers

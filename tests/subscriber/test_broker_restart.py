@@ -17,7 +17,7 @@ from docbus.local.emulator import EmulatorThread
 from docbus.local.emulator.config import parse_config
 from docbus.servicebus import build_message
 from docbus.store import Store
-from handlers import discover_handlers
+from handlers.runtime import discover_handlers
 from subscriber.settlement import Action
 from subscriber.worker import Worker, WorkerOptions
 from tests.subscriber import sample_handlers

@@ -19,8 +19,8 @@ from docbus.backoff import BackoffPolicy
 from docbus.envelope import message_id
 from docbus.records import DeadLetterRecord
 from docbus.store import DeadLetterFilter, Store
-from handlers import Context, DeadLetter, Document, discover_handlers, handler
-from handlers.discovery import RegisteredHandler
+from handlers import Context, DeadLetter, Document, handler
+from handlers.runtime import RegisteredHandler, discover_handlers
 from publisher import publish_documents
 from subscriber.processing import Processor
 from subscriber.receiver import Receiver

@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from handlers import InvalidOutput, serialize_output
 from handlers.output import declared_output
+from handlers.runtime import InvalidOutput, serialize_output
 from publisher import publish_documents
 from tests.subscriber import output_handlers
 from tests.subscriber.conftest import Stack

@@ -11,8 +11,9 @@ from azure.servicebus.aio import ServiceBusClient
 
 from docbus.backoff import BackoffPolicy
 from docbus.store import DeadLetterFilter
-from handlers import Context, Document, HandlerTimeout, handler
+from handlers import Context, Document, handler
 from handlers.discovery import discover_handlers
+from handlers.runtime import HandlerTimeout
 from publisher import publish_documents
 from subscriber.processing import Processor
 from subscriber.receiver import Receiver

@@ -21,8 +21,8 @@ from azure.servicebus.aio import ServiceBusClient
 
 from docbus.backoff import BackoffPolicy
 from docbus.local.llm_server import Faults, LLMServer, LLMServerConfig
-from handlers import discover_handlers
 from handlers.llm import LLMClient
+from handlers.runtime import discover_handlers
 from publisher import publish_documents
 from subscriber.worker import Worker, WorkerOptions, WorkerReport
 from tests.subscriber import llm_handlers

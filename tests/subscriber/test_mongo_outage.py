@@ -21,8 +21,8 @@ from docbus.backoff import BackoffPolicy
 from docbus.local.llm_server import LLMServer, LLMServerConfig
 from docbus.local.llm_server.config import Latency
 from docbus.store import Store
-from handlers import discover_handlers
 from handlers.llm import LLMClient
+from handlers.runtime import discover_handlers
 from subscriber.worker import Worker, WorkerOptions
 from tests.subscriber import llm_handlers
 from tests.subscriber.conftest import KEY, Stack

@@ -9,7 +9,7 @@ import pytest
 from azure.servicebus.aio import ServiceBusClient
 
 from docbus.topology import parse_topology
-from handlers import discover_handlers
+from handlers.runtime import discover_handlers
 from publisher import publish_documents
 from subscriber.worker import Worker, WorkerOptions
 from tests.subscriber import ordered_handlers, sample_handlers

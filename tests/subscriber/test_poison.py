@@ -13,7 +13,7 @@ from azure.servicebus.aio import ServiceBusClient
 
 from docbus.backoff import BackoffPolicy
 from docbus.topology import ROUTE_PROPERTY
-from handlers import discover_handlers
+from handlers.runtime import discover_handlers
 from subscriber.settlement import Action
 from subscriber.worker import Worker, WorkerOptions
 from tests.subscriber import sample_handlers

@@ -9,7 +9,8 @@ from azure.servicebus.aio import ServiceBusClient
 
 from docbus.backoff import BackoffPolicy
 from docbus.store import Store, StoreError
-from handlers import Context, Document, discover_handlers, handler
+from handlers import Context, Document, handler
+from handlers.runtime import discover_handlers
 from publisher import publish_documents
 from subscriber.processing import Processor, cancel_unawaited
 from subscriber.receiver import Receiver

@@ -10,7 +10,7 @@ from azure.servicebus.aio import ServiceBusClient
 from azure.servicebus.exceptions import MessageNotFoundError
 
 from docbus.backoff import BackoffPolicy
-from handlers import discover_handlers
+from handlers.runtime import discover_handlers
 from publisher import publish_documents
 from subscriber.parking import ParkedMessage, mark_deferred, park, parked_messages, unpark
 from subscriber.processing import Processor, is_deferred

@@ -19,7 +19,7 @@ from azure.servicebus.aio import ServiceBusClient
 
 from docbus.backoff import BackoffPolicy
 from docbus.topology import ROUTE_PROPERTY
-from handlers import discover_handlers
+from handlers.runtime import discover_handlers
 from publisher import publish_documents
 from subscriber.worker import Worker, WorkerOptions
 from tests.subscriber import sample_handlers

@@ -38,10 +38,10 @@ from docbus.local.emulator.links import (
     MAX_FRAME_SIZE,
     SENDER_CREDIT,
     WINDOW,
+    AmqpSession,
     IncomingLink,
     Link,
     OutgoingLink,
-    Session,
 )
 from docbus.local.emulator.management import handle_request
 from docbus.local.emulator.wire import (
@@ -89,7 +89,7 @@ class AmqpConnection(asyncio.Protocol):
         self.container_id = ""
         self.buffer = bytearray()
         self.stage = "header"  # header → sasl → amqp-header → amqp → closed
-        self.sessions: dict[int, Session] = {}
+        self.sessions: dict[int, AmqpSession] = {}
         self.max_payload = MAX_FRAME_SIZE - 256
         self.authorized: set[str] = set()
         self._out: list[bytes] = []
@@ -259,7 +259,7 @@ class AmqpConnection(asyncio.Protocol):
 
     def _on_begin(self, frame: fr.Frame) -> None:
         channel = frame.channel
-        session = Session(self, channel, frame.fields)
+        session = AmqpSession(self, channel, frame.fields)
         self.sessions[channel] = session
         self.send(
             channel,
@@ -275,12 +275,12 @@ class AmqpConnection(asyncio.Protocol):
             self._end_session(session)
         self.send(frame.channel, fr.performative(fr.END, []))
 
-    def _end_session(self, session: Session) -> None:
+    def _end_session(self, session: AmqpSession) -> None:
         for link in list(session.links.values()):
             self._release_link(link)
         session.links.clear()
 
-    def _session(self, channel: int) -> Session:
+    def _session(self, channel: int) -> AmqpSession:
         session = self.sessions.get(channel)
         if session is None:
             raise _NoSession(channel)
@@ -555,7 +555,7 @@ class AmqpConnection(asyncio.Protocol):
         if not settled:
             session.pending_accepts.append(delivery_id)
 
-    def _reject(self, session: Session, delivery_id: int, exc: errors.BrokerError) -> None:
+    def _reject(self, session: AmqpSession, delivery_id: int, exc: errors.BrokerError) -> None:
         session.flush_accepts()  # keep dispositions in delivery order
         rejected = Described(ULong(fr.REJECTED), [fr.error(exc.condition, exc.description)])
         self.send(
@@ -664,7 +664,7 @@ class AmqpConnection(asyncio.Protocol):
         reply = encode_simple(request.message_id, properties, body)
         self._reply(link.session, request.reply_to or node, reply)
 
-    def _reply(self, session: Session, address: str, payload: bytes) -> None:
+    def _reply(self, session: AmqpSession, address: str, payload: bytes) -> None:
         for candidate in session.links.values():
             if isinstance(candidate, OutgoingLink) and candidate.source_address == address:
                 candidate.send_settled(payload)

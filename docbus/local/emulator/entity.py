@@ -28,7 +28,7 @@ from .alarms import TOLERANCE, Alarm
 from .config import EntityProperties
 from .errors import MessageLockLost, MessageNotFound, NotAllowed, QuotaExceeded, SessionLockLost
 from .message import BrokeredMessage, MessageState, ReceiveMode
-from .sessions import Session, SessionTable
+from .sessions import MessageSession, SessionTable
 
 if TYPE_CHECKING:
     from .persistence import EntitySnapshot, Journal
@@ -278,7 +278,9 @@ class MessageEntity:
             if self.deliver(consumer, message) and consumer.credit > 0:
                 hungry[consumer] = None  # to the back of the line: round-robin
 
-    def pop_ready(self, heap: list[int], session: Session | None = None) -> BrokeredMessage | None:
+    def pop_ready(
+        self, heap: list[int], session: MessageSession | None = None
+    ) -> BrokeredMessage | None:
         """The next deliverable message of a heap in sequence order; expired ones go on the way."""
         ready = self._ready
         now = None
@@ -320,7 +322,7 @@ class MessageEntity:
 
     # --- locks ------------------------------------------------------------------------------
 
-    def _lock(self, message: BrokeredMessage, session: Session | None) -> None:
+    def _lock(self, message: BrokeredMessage, session: MessageSession | None) -> None:
         token = uuid.uuid4()
         message.lock_token = token
         self._locks[token] = message

@@ -1,6 +1,6 @@
 """Sessions and links of one emulator connection: credit, windows, transfers out.
 
-A :class:`Session` tracks the AMQP session's transfer ids and windows and the deliveries sent
+A :class:`AmqpSession` tracks the AMQP session's transfer ids and windows and the deliveries sent
 on it that await settlement; :class:`IncomingLink` is a link the client sends on (to an entity,
 ``$cbs`` or a ``$management`` node), :class:`OutgoingLink` one the client receives on — for
 entity sources it is the broker's consumer (:class:`docbus.local.emulator.entity.Consumer`), taking
@@ -34,7 +34,7 @@ DELIVERY_TAG = struct.Struct(">Q")
 class Link:
     """State shared by every link kind."""
 
-    def __init__(self, session: Session, attach: list[Any]) -> None:
+    def __init__(self, session: AmqpSession, attach: list[Any]) -> None:
         self.session = session
         self.name = field(attach, F.ATTACH_NAME)
         self.handle = field(attach, F.ATTACH_HANDLE, 0)
@@ -63,7 +63,7 @@ class Link:
 class IncomingLink(Link):
     """A link on which the client sends (we are the receiver): entity, CBS or management."""
 
-    def __init__(self, session: Session, attach: list[Any]) -> None:
+    def __init__(self, session: AmqpSession, attach: list[Any]) -> None:
         super().__init__(session, attach)
         self.delivery_count = field(attach, F.ATTACH_INITIAL_DELIVERY_COUNT, 0)
         self.partial: tuple[int, bytes, int, bool, bytearray] | None = None
@@ -76,7 +76,7 @@ class IncomingLink(Link):
 class OutgoingLink(Link):
     """A link on which we send: entity receivers (the broker's consumers) and reply links."""
 
-    def __init__(self, session: Session, attach: list[Any]) -> None:
+    def __init__(self, session: AmqpSession, attach: list[Any]) -> None:
         super().__init__(session, attach)
         self.delivery_count = 0
         self.link_credit = 0
@@ -166,7 +166,10 @@ def _terminus_address(terminus: Any) -> str | None:
     return None
 
 
-class Session:
+class AmqpSession:
+    """One AMQP session of a connection (not a Service Bus message session: those are
+    :class:`docbus.local.emulator.sessions.MessageSession`)."""
+
     def __init__(self, connection: AmqpConnection, channel: int, begin: list[Any]) -> None:
         self.connection = connection
         self.channel = channel

@@ -31,11 +31,11 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Session", "SessionTable"]
+__all__ = ["MessageSession", "SessionTable"]
 
 
-class Session:
-    """One session id of one entity."""
+class MessageSession:
+    """One session id of one entity (a Service Bus message session, not an AMQP session)."""
 
     __slots__ = ("alarm", "held", "id", "locked", "locked_until", "owner", "ready", "ready_count",
                  "state")  # fmt: skip
@@ -52,7 +52,10 @@ class Session:
         self.locked: set[uuid.UUID] = set()  # message lock tokens tied to the session lock
 
     def __repr__(self) -> str:
-        return f"<Session {self.id!r} held={self.held} ready={self.ready_count} owner={self.owner}>"
+        return (
+            f"<MessageSession {self.id!r} held={self.held} ready={self.ready_count} "
+            f"owner={self.owner}>"
+        )
 
 
 class SessionTable:
@@ -61,21 +64,21 @@ class SessionTable:
     def __init__(self, entity: MessageEntity, clock: Callable[[], float]) -> None:
         self._entity = entity
         self._clock = clock
-        self._sessions: dict[str, Session] = {}
+        self._sessions: dict[str, MessageSession] = {}
         self._free: dict[str, None] = {}  # unlocked sessions with available messages, oldest first
         self._dirty: dict[str, None] = {}  # locked sessions with something to dispatch
         self._waiters: deque[tuple[asyncio.Future[str], Consumer]] = deque()
 
-    def of(self, message: BrokeredMessage) -> Session | None:
+    def of(self, message: BrokeredMessage) -> MessageSession | None:
         return self._sessions.get(message.session_id) if message.session_id is not None else None
 
-    def get(self, session_id: str) -> Session | None:
+    def get(self, session_id: str) -> MessageSession | None:
         return self._sessions.get(session_id)
 
-    def _get_or_create(self, session_id: str) -> Session:
+    def _get_or_create(self, session_id: str) -> MessageSession:
         session = self._sessions.get(session_id)
         if session is None:
-            session = self._sessions[session_id] = Session(session_id)
+            session = self._sessions[session_id] = MessageSession(session_id)
         return session
 
     # --- message bookkeeping (called by the entity) -----------------------------------------
@@ -103,7 +106,7 @@ class SessionTable:
             session.ready_count -= 1
             self._changed(session)
 
-    def _changed(self, session: Session) -> None:
+    def _changed(self, session: MessageSession) -> None:
         """Keep the free index, the waiters and the dispatch list true to one session."""
         if session.owner is not None:
             if session.ready_count > 0:
@@ -176,7 +179,7 @@ class SessionTable:
             f"{timeout:g} seconds."
         )
 
-    def _next_free(self) -> Session | None:
+    def _next_free(self) -> MessageSession | None:
         free = self._free
         while free:
             session_id = next(iter(free))
@@ -186,7 +189,7 @@ class SessionTable:
             del free[session_id]
         return None
 
-    def _hand_to_waiter(self, session: Session) -> bool:
+    def _hand_to_waiter(self, session: MessageSession) -> bool:
         while self._waiters:
             future, consumer = self._waiters.popleft()
             if future.done():
@@ -196,7 +199,7 @@ class SessionTable:
             return True
         return False
 
-    def _lock(self, session: Session, consumer: Consumer) -> None:
+    def _lock(self, session: MessageSession, consumer: Consumer) -> None:
         session.owner = consumer
         session.locked_until = self._clock() + self._entity.properties.lock_duration
         if session.alarm is None:
@@ -209,7 +212,7 @@ class SessionTable:
             self._dirty[session.id] = None
         logger.debug("%s: session %r locked", self._entity.name, session.id)
 
-    def _on_alarm(self, session: Session) -> None:
+    def _on_alarm(self, session: MessageSession) -> None:
         if session.owner is None:
             return
         if session.locked_until > self._clock() + TOLERANCE:
@@ -218,7 +221,7 @@ class SessionTable:
             return
         self.release(session, lost=True)
 
-    def release(self, session: Session, *, lost: bool) -> None:
+    def release(self, session: MessageSession, *, lost: bool) -> None:
         """End a session lock; its unsettled messages count a failed delivery."""
         owner = session.owner
         if owner is None:
@@ -245,7 +248,7 @@ class SessionTable:
                 logger.exception("%s: session_lost callback failed", self._entity.name)
         self._entity.dispatch()
 
-    def require_locked(self, session_id: str) -> Session:
+    def require_locked(self, session_id: str) -> MessageSession:
         """The session, if its lock is held and not expired; else SessionLockLost."""
         session = self._sessions.get(session_id)
         if session is None or session.owner is None:

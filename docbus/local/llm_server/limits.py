@@ -1,7 +1,8 @@
 """Rate limiting for the offline LLM server: requests and tokens per sliding window.
 
-:class:`RateLimiter` admits a request only if the requests (RPM) and tokens (TPM) counted in the
-last ``window`` seconds, plus this one, stay within the
+:class:`QuotaEnforcer` (the server's side of a quota; the worker's client paces itself with
+:class:`handlers.llm.RateLimiter`) admits a request only if the requests (RPM) and tokens (TPM)
+counted in the last ``window`` seconds, plus this one, stay within the
 :class:`~docbus.local.llm_server.config.Limits`; otherwise it says exactly how long until the
 request would fit, which the server sends as ``Retry-After``. It also renders OpenAI's
 ``x-ratelimit-*`` headers. Pure and clock-injected: the server
@@ -67,8 +68,9 @@ class Admission:
     limit_value: int = 0
 
 
-class RateLimiter:
-    """RPM and TPM over a sliding window; also remembers the peak usage any window saw."""
+class QuotaEnforcer:
+    """RPM and TPM over a sliding window, enforced (a refusal becomes a 429); also remembers
+    the peak usage any window saw."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock

@@ -44,7 +44,7 @@ from docbus.local.llm_server.completions import (
 from docbus.local.llm_server.config import LLMServerConfig
 from docbus.local.llm_server.errors import APIError
 from docbus.local.llm_server.faults import FAULT_HEADER, plan_faults
-from docbus.local.llm_server.limits import RateLimiter, retry_after_headers
+from docbus.local.llm_server.limits import QuotaEnforcer, retry_after_headers
 from docbus.local.llm_server.stats import Outcome, ServerStats
 
 logger = logging.getLogger(__name__)
@@ -65,7 +65,7 @@ class LLMServer:
         self._config = config or LLMServerConfig()
         self._lock = threading.Lock()  # stats, limiter and sequence; read from other threads
         self._stats = ServerStats()
-        self._limiter = RateLimiter()
+        self._limiter = QuotaEnforcer()
         self._sequence = 0
         self._runner: web.AppRunner | None = None
         self._port: int | None = None
@@ -122,7 +122,7 @@ class LLMServer:
         """Forget counters, rate-limit windows and the fault sequence."""
         with self._lock:
             self._stats = ServerStats()
-            self._limiter = RateLimiter()
+            self._limiter = QuotaEnforcer()
             self._sequence = 0
 
     # -- lifecycle -----------------------------------------------------------------------------

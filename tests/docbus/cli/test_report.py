@@ -328,8 +328,8 @@ async def test_after_a_real_run_the_report_equals_the_audit_rows_and_the_servers
     settings: Settings, store: Store, llm_server: LLMServer
 ) -> None:
     from docbus.backoff import BackoffPolicy
-    from handlers import discover_handlers
     from handlers.llm import LLMClient
+    from handlers.runtime import discover_handlers
     from publisher import publish_documents
     from subscriber.worker import Worker, WorkerOptions
     from tests.docbus import report_handlers

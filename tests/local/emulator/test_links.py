@@ -9,7 +9,7 @@ import pytest
 from docbus.local.emulator import frames as fr
 from docbus.local.emulator.codec import Described
 from docbus.local.emulator.frames import F, parse_frame_body
-from docbus.local.emulator.links import OutgoingLink, Session
+from docbus.local.emulator.links import AmqpSession, OutgoingLink
 
 
 class Wire:
@@ -39,7 +39,7 @@ def receiver_link(wire: Wire, delivery_count: int) -> OutgoingLink:
     attach: list[Any] = [None] * 14
     attach[F.ATTACH_NAME] = "receiver"
     attach[F.ATTACH_HANDLE] = 0
-    link = OutgoingLink(Session(wire, 0, [None, 0, 100, 100]), attach)  # type: ignore[arg-type]
+    link = OutgoingLink(AmqpSession(wire, 0, [None, 0, 100, 100]), attach)  # type: ignore[arg-type]
     link.delivery_count = delivery_count
     return link
 

@@ -12,7 +12,7 @@ import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
 from docbus.local.llm_server import OFFLINE_MODEL, Limits, LLMServer, LLMServerConfig
-from docbus.local.llm_server.limits import RateLimiter
+from docbus.local.llm_server.limits import QuotaEnforcer
 from tests.local.llm_server.llm_samples import API_KEY, FIRE
 
 
@@ -116,7 +116,7 @@ class FakeClock:
 
 def test_limiter_retry_after_is_exact() -> None:
     clock = FakeClock()
-    limiter = RateLimiter(clock)
+    limiter = QuotaEnforcer(clock)
     limits = Limits(tpm=100)
     assert limiter.admit(60, limits).admitted
     clock.now += 10
@@ -134,7 +134,7 @@ def test_limiter_retry_after_is_exact() -> None:
 
 def test_limiter_never_admits_more_than_the_limit_in_any_window() -> None:
     clock = FakeClock()
-    limiter = RateLimiter(clock)
+    limiter = QuotaEnforcer(clock)
     limits = Limits(tpm=1000, rpm=30)
     admitted: list[tuple[float, int]] = []
     for step in range(2000):

@@ -126,6 +126,36 @@ def test_pattern_sampling(pattern: str) -> None:
         assert sample is not None and re.search(pattern, sample)
 
 
+def test_pattern_sampling_reads_patterns_without_private_stdlib_modules() -> None:
+    import ast
+    from pathlib import Path
+
+    import docbus.local.llm_server.patterns as patterns
+
+    tree = ast.parse(Path(patterns.__file__).read_text(encoding="utf-8"))
+    texts = {node.value for node in ast.walk(tree) if isinstance(node, ast.Constant)}
+    imports = [node for node in ast.walk(tree) if isinstance(node, ast.Import)]
+    imported = {alias.name for node in imports for alias in node.names}
+    assert not ({"re._parser", "sre_parse", "sre_compile"} & (texts | imported))
+    for unsupported in (r"^(a)\1$", r"^(?=x)a$", r"^\p{L}+$", "("):
+        assert sample_pattern(unsupported, random.Random(0)) is None
+
+
+def test_schema_errors_resolve_refs_in_the_root_and_allow_float_multiples() -> None:
+    root = {
+        "$defs": {"Price": {"type": "number", "multipleOf": 0.1, "minimum": 0}},
+        "type": "object",
+        "properties": {"price": {"$ref": "#/$defs/Price"}, "on": {"format": "date"}},
+        "required": ["price"],
+    }
+    price = root["properties"]["price"]  # type: ignore[index]
+    assert schema_errors(price, 0.3, root) == []
+    assert schema_errors(price, -1, root) != []
+    assert schema_errors(root, {"price": 0.7, "on": "2024-02-29"}) == []
+    assert schema_errors(root, {"price": 0.7, "on": "not a date"}) != []
+    assert schema_errors(root, {}) != []
+
+
 def test_violations_and_malformed_json_are_really_broken() -> None:
     schemas: list[dict[str, Any]] = [
         {"type": "object", "properties": {"a": {"type": "string"}}, "required": ["a"]},
