@@ -358,7 +358,7 @@ async def subscription_of(
     --handlers`` takes) when given, else in the handler's own dead letters, which name it.
     """
     if handlers_module is not None:
-        from handlers.discovery import HandlerDiscoveryError, discover_handlers
+        from handlers.runtime import HandlerDiscoveryError, discover_handlers
 
         try:
             registered = discover_handlers(handlers_module)

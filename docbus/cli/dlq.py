@@ -277,7 +277,7 @@ async def _sync(settings: Settings, args: argparse.Namespace, console: Console) 
     topology = load_topology(args.topology)
     handlers: dict[tuple[str, str], str] = {}
     if args.handlers is not None:
-        from handlers.discovery import discover_handlers
+        from handlers.runtime import discover_handlers
 
         for item in discover_handlers(args.handlers):
             handlers[(item.spec.topic, item.spec.subscription)] = item.spec.name

@@ -127,7 +127,7 @@ async def run_worker(
     their own errors, which the CLI's runner words)."""
     from docbus.cli.config import load_settings
     from docbus.store import Store
-    from handlers.discovery import HandlerDiscoveryError, discover_handlers
+    from handlers.runtime import HandlerDiscoveryError, discover_handlers
 
     settings = settings or load_settings()
     # The LLM package (openai) takes ~0.5 s to import: let that overlap the connecting below.
