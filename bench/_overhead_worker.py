@@ -90,7 +90,7 @@ async def run(options: argparse.Namespace, commands: CommandCounter) -> dict[str
     from docbus.settings import Settings
     from docbus.store import Store
     from docbus.topology import load_topology
-    from handlers import discover_handlers
+    from handlers.runtime import discover_handlers
     from subscriber.worker import Worker, WorkerOptions, freeze_startup_heap
 
     settings = Settings()

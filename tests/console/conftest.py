@@ -148,7 +148,7 @@ async def _run(settings: Settings, topology: Topology) -> list[str]:
     from docbus.backoff import BackoffPolicy
     from docbus.cli.worker import build_llm
     from docbus.store import Store
-    from handlers import discover_handlers
+    from handlers.runtime import discover_handlers
     from publisher import publish_documents
     from publisher.replay import plan_batch_replay, send_replay
     from subscriber.worker import Worker, WorkerOptions
