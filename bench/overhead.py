@@ -487,7 +487,6 @@ async def phase_publish(stack: Stack, options: argparse.Namespace) -> dict[str, 
         started = time.perf_counter()
         report = await publish_documents(
             docs, topic=PUB_TOPIC, batch_id=f"api-{r}", settings=settings, topology=TOPOLOGY,
-            console=console,
         )  # fmt: skip
         api_s.append(time.perf_counter() - started)
         commands_per_doc.append((stack.commands.count - before) / n)
@@ -551,7 +550,6 @@ async def phase_publish_small(stack: Stack, options: argparse.Namespace) -> dict
         started = time.perf_counter()
         await publish_documents(
             docs, topic=PUB_TOPIC, batch_id=f"small-{r}", settings=settings, topology=TOPOLOGY,
-            console=console,
         )  # fmt: skip
         api_s.append(time.perf_counter() - started)
         await drain(stack, n)
@@ -660,7 +658,7 @@ async def reprocess_rounds(
                 sizes.append(await count_results(stack, database))
                 await publish_documents(
                     docs, topic=WORK_TOPIC, batch_id=f"{label}-{r}", settings=settings,
-                    store=store, topology=TOPOLOGY, progress=False,
+                    store=store, topology=TOPOLOGY,
                 )  # fmt: skip
                 run = await consume(stack, "docbus", 1, n, database, options)
                 runs.append(run)

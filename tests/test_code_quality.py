@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ["docbus", "publisher", "subscriber", "handlers"]
+PACKAGES = ["docbus", "publisher", "subscriber", "handlers", "bench"]
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
