@@ -382,7 +382,7 @@ def _quantile(values: list[float], q: float) -> float | None:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-async def consume(
+async def consume(  # noqa: C901 - the bench's consumer loop: each branch is one consumer kind it compares
     stack: Stack,
     kind: str,
     processes: int,

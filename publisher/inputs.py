@@ -117,7 +117,7 @@ MAX_METADATA_BYTES = 64 * 1024
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
 
-def uncarriable(value: Any, where: str) -> str | None:
+def uncarriable(value: Any, where: str) -> str | None:  # noqa: C901 - one branch per JSON type a document may not carry
     """Why JSON, BSON (MongoDB) or UTF-8 cannot carry ``value`` faithfully, or None if they can.
 
     ``value`` is a text or metadata as a caller gives it; ``where`` names it in the reason.

@@ -143,7 +143,7 @@ def _budget(value: str) -> float:
     return amount
 
 
-def run(
+def run(  # noqa: C901 - one branch per refusal the command turns into a line and an exit code
     args: argparse.Namespace,
     *,
     console: Console | None = None,

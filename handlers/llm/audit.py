@@ -39,7 +39,7 @@ class Filtered(Exception):
     """An answer withheld by the content filter, or refused by the model."""
 
 
-def audit_row(
+def audit_row(  # noqa: PLR0913 - keyword-only fields of the audit record it builds
     ctx: Context | None,
     *,
     kind: Literal["extract", "complete"],

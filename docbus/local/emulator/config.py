@@ -253,7 +253,7 @@ def _parse_subscription(item: Any, path: str) -> SubscriptionConfig:
     return SubscriptionConfig(name=name, properties=props, rules=rules)
 
 
-def _parse_rule(item: Any, path: str) -> RuleConfig:
+def _parse_rule(item: Any, path: str) -> RuleConfig:  # noqa: C901 - one check per field of Microsoft's rule schema
     rule = _mapping(item, path)
     name = rule.get("Name")
     if not isinstance(name, str) or not name:
@@ -314,7 +314,7 @@ def _parse_rule(item: Any, path: str) -> RuleConfig:
     return RuleConfig(name=name, correlation=CorrelationFilter(**fields))
 
 
-def _properties(entity: Mapping[str, Any], path: str, allowed: set[str]) -> EntityProperties:
+def _properties(entity: Mapping[str, Any], path: str, allowed: set[str]) -> EntityProperties:  # noqa: C901 - one check per entity property of Microsoft's schema
     raw = entity.get("Properties", {})
     props = _mapping(raw if raw is not None else {}, f"{path}.Properties")
     values: dict[str, Any] = {}

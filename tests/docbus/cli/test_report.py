@@ -73,7 +73,7 @@ def test_tally_groups_by_handler_and_step_and_splits_spend_by_category() -> None
 # -- from records in a real store ---------------------------------------------------------------
 
 
-async def call(
+async def call(  # noqa: PLR0913 - keyword-only fields of the audit row it writes
     store: Store, doc: str, handler: str, step: str | None, *, category: str = "first",
     prompt: int = 100, completion: int = 20, latency: float = 0.2, error: str | None = None,
     attempt: int = 1, reask: int = 0, retry: int = 0, seconds: int = 0,
