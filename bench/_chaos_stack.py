@@ -131,8 +131,8 @@ class LLMServer:
         share = fault_rate / 5
         self.child = Child(
             "llm",
-            [PYTHON, "-m", "docbus.local.llm_server", "--port", "0", "--api-key", api_key,
-             "--seed", str(seed), "--latency", str(latency), "--log-level", "WARNING",
+            [PYTHON, "-m", "docbus", "llm-server", "--port", "0", "--api-key", api_key,
+             "--seed", str(seed), "--latency", str(latency), "--log-level", "warning",
              "--rate-429", f"{2 * share:.4f}", "--retry-after", "0.5",
              "--rate-500", f"{share:.4f}", "--rate-503", f"{share:.4f}",
              "--rate-malformed", f"{share:.4f}"],

@@ -87,7 +87,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "docbus.cli.emulator",
         "run the local Service Bus emulator in the foreground",
     ),
-    "llm-server": ("docbus.local.llm_server", "run the offline OpenAI-compatible LLM server"),
+    "llm-server": ("docbus.cli.llm_server", "run the offline OpenAI-compatible LLM server"),
 }
 
 LOG_LEVELS = ("debug", "info", "warning", "error")

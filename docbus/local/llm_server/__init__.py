@@ -10,12 +10,12 @@ changeable at runtime. The handlers' LLM client (:mod:`handlers`) talks to it th
 
 Modules: ``config`` (knobs), ``server`` (HTTP and lifecycle), ``completions`` (answers),
 ``instances`` and ``schemas`` (JSON schema instances and checks), ``text`` and ``tokens`` (reading
-and counting the prompt), ``faults``, ``limits``, ``stats``, ``errors`` and ``cli``.
+and counting the prompt), ``faults``, ``limits``, ``stats``, ``errors``; the ``docbus
+llm-server`` command is :mod:`docbus.cli.llm_server`.
 """
 
 from __future__ import annotations
 
-from docbus.local.llm_server.cli import add_arguments, config_from_args, run, serve_main
 from docbus.local.llm_server.config import OFFLINE_MODEL, Faults, Latency, Limits, LLMServerConfig
 from docbus.local.llm_server.faults import FAULT_HEADER
 from docbus.local.llm_server.instances import generate_instance
@@ -33,11 +33,7 @@ __all__ = [
     "Latency",
     "Limits",
     "Outcome",
-    "add_arguments",
-    "config_from_args",
     "count_tokens",
     "generate_instance",
-    "run",
     "schema_errors",
-    "serve_main",
 ]

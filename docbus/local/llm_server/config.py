@@ -4,7 +4,7 @@
 :class:`Limits`. The server (:mod:`docbus.local.llm_server.server`) reads the current object on
 every request, so swapping it — in process with :meth:`LLMServer.configure`, or over HTTP through
 ``POST /_admin/config`` — changes behaviour at runtime; :meth:`LLMServerConfig.updated` is the one
-place a partial JSON mapping is checked and merged. The CLI (:mod:`docbus.local.llm_server.cli`)
+place a partial JSON mapping is checked and merged. The CLI (:mod:`docbus.cli.llm_server`)
 builds one from flags. Durations are seconds.
 """
 

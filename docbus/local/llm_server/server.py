@@ -10,7 +10,7 @@ passes auth, validation (:mod:`~docbus.local.llm_server.completions`), the fault
 (:mod:`~docbus.local.llm_server.limits`) and the latency, in that order, and is counted in
 :mod:`~docbus.local.llm_server.stats`. Configuration (:mod:`~docbus.local.llm_server.config`) is
 read per request, so it can change while the server runs. The CLI
-(:mod:`~docbus.local.llm_server.cli`) and the pytest fixture (:mod:`docbus.testing.llm`) start it.
+(:mod:`~docbus.cli.llm_server`) and the pytest fixture (:mod:`docbus.testing.llm`) start it.
 """
 
 from __future__ import annotations

@@ -16,13 +16,12 @@ from typing import Any
 import pytest
 
 import docbus.local.llm_server as llm_server_package
+from docbus.cli.llm_server import add_arguments, config_from_args
 from docbus.local.llm_server import (
     Faults,
     Latency,
     Limits,
     LLMServerConfig,
-    add_arguments,
-    config_from_args,
     count_tokens,
     generate_instance,
     schema_errors,
@@ -296,7 +295,7 @@ def test_all_sample_texts_answer_every_model_schema() -> None:
 @pytest.mark.skipif(sys.platform == "win32", reason="SIGTERM semantics")
 def test_command_line_serves_and_stops_on_sigterm() -> None:
     process = subprocess.Popen(
-        [sys.executable, "-m", "docbus.local.llm_server", "--port", "0", "--log-level", "WARNING"],
+        [sys.executable, "-m", "docbus", "llm-server", "--port", "0", "--log-level", "warning"],
         stdout=subprocess.PIPE,
         text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},

@@ -1,18 +1,15 @@
-"""Command line of the offline LLM server: ``docbus llm-server [--port 8089] [--latency 0.2] ...``.
+"""``docbus llm-server [--port 8089] [--latency 0.2] ...``: the offline LLM server
+(:mod:`docbus.local.llm_server`) in the foreground.
 
-:func:`add_arguments` declares the flags on any argparse parser (the umbrella CLI in
-:mod:`docbus.cli` adds them to its ``llm-server`` subcommand), :func:`config_from_args` turns the
-parsed flags into an :class:`~docbus.local.llm_server.config.LLMServerConfig`, :func:`run` serves
-until SIGINT/SIGTERM, and :func:`serve_main` does all three for a bare ``argv`` (and configures
-logging, which the library never does).
+:func:`add_arguments` declares the flags, :func:`config_from_args` turns them into an
+:class:`~docbus.local.llm_server.config.LLMServerConfig`, and :func:`run` serves until SIGINT or
+SIGTERM; the runner (:mod:`docbus.cli.runner`) configures logging, as for every command.
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
-from collections.abc import Sequence
 
 from docbus.local.llm_server.config import OFFLINE_MODEL, Faults, Latency, Limits, LLMServerConfig
 from docbus.local.llm_server.server import LLMServer
@@ -169,28 +166,3 @@ def run(args: argparse.Namespace) -> int:
         )
         return 1
     return 0
-
-
-def serve_main(argv: Sequence[str] | None = None) -> int:
-    """``docbus llm-server`` as a standalone program."""
-    parser = argparse.ArgumentParser(
-        prog="docbus llm-server",
-        description="Offline OpenAI-compatible LLM server with deterministic answers and "
-        "injectable faults.",
-    )
-    add_arguments(parser)
-    parser.add_argument(
-        "--log-level",
-        default="INFO",
-        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
-        help="DEBUG logs one line per request (%(default)s)",
-    )
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
-    return run(args)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    raise SystemExit(serve_main())
