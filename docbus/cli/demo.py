@@ -286,7 +286,10 @@ def run(args: argparse.Namespace) -> int:
             asyncio.run(run_demo(args, console, keep_open))
         return 0 if shown and shown[0].accounted else 1
     summary = asyncio.run(run_demo(args, console))
-    return _print_summary(out, summary, args.json)
+    code = _print_summary(out, summary, args.json)
+    if not args.json:
+        console.print("To look at this run in the browser: docbus demo --console")
+    return code
 
 
 def _print_summary(out: Console, summary: DemoSummary, as_json: bool) -> int:
