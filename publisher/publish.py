@@ -44,17 +44,12 @@ from collections.abc import (
 )
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
-from azure.servicebus import ServiceBusMessage, ServiceBusMessageBatch
-from azure.servicebus.exceptions import MessageSizeExceededError
+from azure.servicebus import ServiceBusMessage
 
 from docbus.envelope import BATCH_ID_PATTERN, Envelope, claim_check_for, new_batch_id
 from docbus.servicebus import (
-    MessageTooLarge,
-    MessagingAuthError,
-    MessagingEntityNotFound,
-    MessagingError,
     build_message,
     fits_in_message,
     probe_endpoint,
@@ -73,6 +68,7 @@ from publisher.preflight import (
     first_failure,
     topic_receivers,
 )
+from publisher.sending import BatchSender, MessageSender, SendAbort, SendRetry
 
 __all__ = [
     "MessageSender",
@@ -88,21 +84,6 @@ DocumentLike = DocumentInput | str | Mapping[str, Any]
 
 _SIZE_MARGIN = 512
 """Bytes kept free below the size limit when deciding on claim-check (tracing headers etc.)."""
-
-
-class MessageSender(Protocol):
-    """The part of ``azure.servicebus.aio.ServiceBusSender`` the publisher uses."""
-
-    async def create_message_batch(
-        self, max_size_in_bytes: int | None = None
-    ) -> ServiceBusMessageBatch: ...
-
-    async def send_messages(
-        self,
-        message: ServiceBusMessageBatch,
-        *,
-        timeout: float | None = None,  # noqa: ASYNC109 - the SDK's signature
-    ) -> None: ...
 
 
 SenderFactory = Callable[[str], AbstractAsyncContextManager[MessageSender]]
@@ -347,8 +328,8 @@ async def publish_documents(  # noqa: C901, PLR0913, PLR0915 - split with the on
                 report.failed[doc_id] = reason
             advance(len(ids))
 
-        abort = _Abort()
-        retry = _Retry(settings.publisher.send_attempts, settings.publisher.send_retry_backoff)
+        abort = SendAbort()
+        retry = SendRetry(settings.publisher.send_attempts, settings.publisher.send_retry_backoff)
         lanes = [
             asyncio.create_task(_lane(s, q, abort, sent, failed, retry))
             for s, q in zip(senders, queues, strict=True)
@@ -518,116 +499,34 @@ async def _flush(
         await queues[lane].put((envelope.doc_id, item.message))
 
 
-@dataclass
-class _Abort:
-    """Set by a lane when the topic itself is unusable; every lane then stops sending."""
-
-    error: MessagingError | None = None
-
-
-async def _lane(  # noqa: C901 - split with the one send-in-batches routine, still to do
+async def _lane(
     sender: MessageSender,
     queue: asyncio.Queue[tuple[str, ServiceBusMessage] | None],
-    abort: _Abort,
+    abort: SendAbort,
     sent: Callable[[list[str]], None],
     failed: Callable[[list[str], str], None],
-    retry: _Retry,
+    retry: SendRetry,
 ) -> None:
-    """One sender link: fill a batch from the queue, send it when full, repeat.
+    """One sender link: send what the queue brings in batches (:mod:`publisher.sending`).
 
     The lane always drains the queue to its end marker, so the producer never blocks on a full
-    queue; after an abort it only marks what it takes as failed.
+    queue; after an abort the batch sender only reports what it takes as failed.
     """
 
-    async def new_batch() -> ServiceBusMessageBatch | None:
-        try:
-            with translated("create message batch"):
-                return await sender.create_message_batch()
-        except MessagingError as exc:
-            abort.error = abort.error or exc
-            return None
+    async def on_sent(ids: list[str]) -> None:
+        sent(ids)
 
-    async def deliver(
-        batch: ServiceBusMessageBatch, items: list[tuple[str, ServiceBusMessage]]
-    ) -> None:
-        ids = [doc_id for doc_id, _ in items]
-        attempt = 0
-        while True:
-            if abort.error is not None:
-                failed(ids, f"not sent: {abort.error}")
-                return
-            attempt += 1
-            try:
-                with translated(f"send {len(ids)} messages"):
-                    await sender.send_messages(batch)
-            except (MessagingAuthError, MessagingEntityNotFound) as exc:
-                abort.error = abort.error or exc  # the topic itself is unusable: stop everything
-                failed(ids, str(exc))
-                return
-            except MessageTooLarge as exc:
-                if len(items) == 1:
-                    failed(ids, f"the broker refused the message as too large: {exc}")
-                    return
-                # The broker counted the batch larger than the SDK did: send it in halves.
-                logger.warning("the broker refused %d messages as too large; splitting", len(ids))
-                half = len(items) // 2
-                for part in (items[:half], items[half:]):
-                    smaller = await new_batch()
-                    if smaller is None:
-                        failed([doc_id for doc_id, _ in part], f"not sent: {abort.error}")
-                        continue
-                    for _, message in part:
-                        smaller.add_message(message)
-                    await deliver(smaller, part)
-                return
-            except MessagingError as exc:
-                delay = retry.delay(attempt, exc)
-                if delay is None:
-                    failed(ids, str(exc))
-                    return
-                logger.warning(
-                    "sending %d messages failed (attempt %d of %d), retrying in %.1f s: %s",
-                    len(ids), attempt, retry.attempts, delay, exc,
-                )  # fmt: skip
-                await asyncio.sleep(delay)
-            else:
-                sent(ids)
-                return
+    async def on_failed(ids: list[str], reason: str) -> None:
+        failed(ids, reason)
 
-    batch = await new_batch()
-    items: list[tuple[str, ServiceBusMessage]] = []
+    batches: BatchSender[str] = BatchSender(
+        sender,
+        retry=retry,
+        on_sent=on_sent,
+        on_failed=on_failed,
+        abort=abort,
+        too_large="message exceeds the size limit even by claim-check",
+    )
     while (item := await queue.get()) is not None:
-        doc_id, message = item
-        if batch is None or abort.error is not None:
-            failed([doc_id], f"not sent: {abort.error}")
-            continue
-        try:
-            batch.add_message(message)
-        except MessageSizeExceededError:
-            if items:
-                await deliver(batch, items)
-                batch, items = await new_batch(), []
-            try:
-                if batch is None:
-                    raise MessageSizeExceededError(message="no batch")
-                batch.add_message(message)
-            except MessageSizeExceededError:
-                failed([doc_id], "message exceeds the size limit even by claim-check")
-                continue
-        items.append(item)
-    if items and batch is not None:
-        await deliver(batch, items)
-
-
-@dataclass(frozen=True)
-class _Retry:
-    """How often, and after how long, a transiently failed send is tried again."""
-
-    attempts: int
-    backoff: float
-
-    def delay(self, attempt: int, error: MessagingError) -> float | None:
-        """Seconds to wait before attempt ``attempt + 1``, or None to give up."""
-        if not error.transient or attempt >= self.attempts:
-            return None
-        return self.backoff * 2 ** (attempt - 1)
+        await batches.add(*item)
+    await batches.flush()

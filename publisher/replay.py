@@ -35,15 +35,15 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from azure.servicebus import ServiceBusMessage, ServiceBusMessageBatch
-from azure.servicebus.exceptions import MessageSizeExceededError
+from azure.servicebus import ServiceBusMessage
 
 from docbus.envelope import Envelope, InvalidEnvelope, message_id
 from docbus.errors import DocbusError
 from docbus.records import DeadLetterRecord, ReplayItem, ReplayRecord
-from docbus.servicebus import MessagingError, build_message, translated
+from docbus.servicebus import build_message, translated
 from docbus.store import DeadLetterFilter, Store
-from publisher.publish import MessageSender, SenderFactory
+from publisher.publish import SenderFactory
+from publisher.sending import BatchSender, MessageSender, SendRetry
 from publisher.token_bucket import TokenBucket
 
 __all__ = [
@@ -62,6 +62,9 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+DEFAULT_RETRY = SendRetry(attempts=4, backoff=0.5)
+"""The publisher's defaults (``DOCBUS_PUBLISHER__SEND_ATTEMPTS`` / ``__SEND_RETRY_BACKOFF``)."""
 
 ONLY = ("failed", "missing", "all")
 """What a batch replay selects: documents that failed in the handler, documents it never
@@ -386,8 +389,12 @@ async def send_replay(
     rate: float | None = None,
     replay_id: str | None = None,
     on_progress: Callable[[int], None] | None = None,
+    retry: SendRetry = DEFAULT_RETRY,
 ) -> ReplayReport:
     """Send a plan (allocating each document's generation now) and record the run.
+
+    Messages go in batches through :class:`publisher.sending.BatchSender`; ``retry`` is how
+    often a transiently failed batch is tried (the publisher's defaults).
 
     ``on_progress(n)`` is called as ``n`` more planned messages have been handled (sent or
     failed). Raises :class:`~docbus.servicebus.MessagingError` when a topic cannot be opened at all;
@@ -415,7 +422,7 @@ async def send_replay(
                         chunk = planned_messages[start : start + chunk_size]
                         if bucket is not None:
                             await bucket.take(len(chunk))
-                        await _send_chunk(store, sender, chunk, record)
+                        await _send_chunk(store, sender, chunk, record, retry)
                         if on_progress is not None:
                             on_progress(len(chunk))
     except BaseException as exc:
@@ -456,8 +463,12 @@ class _Ready:
     claimed_at: datetime | None
 
 
-async def _send_chunk(  # noqa: C901 - split with the one send-in-batches routine, still to do
-    store: Store, sender: MessageSender, chunk: Sequence[PlannedMessage], record: ReplayRecord
+async def _send_chunk(
+    store: Store,
+    sender: MessageSender,
+    chunk: Sequence[PlannedMessage],
+    record: ReplayRecord,
+    retry: SendRetry,
 ) -> None:
     """Claim, allocate generations, build and send one chunk; account for every message."""
     ready: list[_Ready] = []
@@ -480,13 +491,7 @@ async def _send_chunk(  # noqa: C901 - split with the one send-in-batches routin
             if entry.planned.dead_letter is not None and entry.claimed_at is not None:
                 await store.release_dead_letter_replay(entry.planned.dead_letter, entry.claimed_at)
 
-    async def send(batch: ServiceBusMessageBatch, group: list[_Ready]) -> None:
-        try:
-            with translated(f"send {len(group)} replayed messages"):
-                await sender.send_messages(batch)
-        except MessagingError as exc:
-            await failed(group, str(exc))
-            return
+    async def sent(group: list[_Ready]) -> None:
         for entry in group:
             for answered in entry.planned.settles:
                 await store.mark_dead_letter_replayed(answered)
@@ -504,25 +509,7 @@ async def _send_chunk(  # noqa: C901 - split with the one send-in-batches routin
                 )
             )
 
-    if not ready:
-        return
-    with translated("create a message batch"):
-        batch = await sender.create_message_batch()
-    group: list[_Ready] = []
+    batches: BatchSender[_Ready] = BatchSender(sender, retry=retry, on_sent=sent, on_failed=failed)
     for entry in ready:
-        try:
-            batch.add_message(entry.message)
-        except MessageSizeExceededError:
-            if group:
-                await send(batch, group)
-                with translated("create a message batch"):
-                    batch = await sender.create_message_batch()
-                group = []
-            try:
-                batch.add_message(entry.message)
-            except MessageSizeExceededError:
-                await failed([entry], "the message exceeds the size limit")
-                continue
-        group.append(entry)
-    if group:
-        await send(batch, group)
+        await batches.add(entry, entry.message)
+    await batches.flush()

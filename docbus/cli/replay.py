@@ -47,6 +47,7 @@ from publisher.replay import (
     send_replay,
     subscription_of,
 )
+from publisher.sending import SendRetry
 
 __all__ = [
     "EXIT_CODES",
@@ -222,6 +223,9 @@ async def _replay(
                     plan, store=store, sender_factory=client.get_topic_sender,
                     rate=args.rate, replay_id=replay_id,
                     on_progress=lambda n: progress.advance(task, n),
+                    retry=SendRetry(
+                        settings.publisher.send_attempts, settings.publisher.send_retry_backoff
+                    ),
                 )  # fmt: skip
         ok = not report.record.failed and report.record.status == "done"
         if args.json:
