@@ -353,7 +353,7 @@ async def publish_documents(
             asyncio.create_task(_lane(s, q, abort, sent, failed, retry))
             for s, q in zip(senders, queues, strict=True)
         ]
-        recorder = None if dry_run else store
+        recorder = _Recorder(None if dry_run else store, queues)
         stop_error: InvalidInput | None = None
         try:
             chunk: list[_Outgoing] = []
@@ -382,9 +382,10 @@ async def publish_documents(
                 report.claim_checked += claim_checked
                 chunk.append(_Outgoing(envelope, message, bool(record)))
                 if len(chunk) >= settings.publisher.chunk_size:
-                    await _flush(chunk, recorder, queues)
+                    await recorder.add(chunk)
                     chunk = []
-            await _flush(chunk, recorder, queues)
+            await recorder.add(chunk)
+            await recorder.drain()
             for queue in queues:
                 await queue.put(None)
             await asyncio.gather(*lanes)
@@ -394,6 +395,7 @@ async def publish_documents(
             for lane in lanes:
                 lane.cancel()
             await asyncio.gather(*lanes, return_exceptions=True)
+            await recorder.abandon()
             if not dry_run and store is not None:
                 with contextlib.suppress(Exception):
                     await store.update_batch(batch_id, status="failed", counts=report.counts)
@@ -493,29 +495,63 @@ class _Outgoing:
     record: bool = True
 
 
-async def _flush(
-    chunk: list[_Outgoing],
-    store: Store | None,
-    queues: list[asyncio.Queue[tuple[str, ServiceBusMessage] | None]],
-) -> None:
-    """Record a chunk's documents, then hand its messages to the sending lanes.
+class _Recorder:
+    """Records chunks of documents one chunk ahead of sending them, never a message ahead.
 
-    Messages of one session always take the same lane, and a lane sends its batches one after
-    the other, so documents of a session reach the topic in input order. Others spread evenly.
+    :meth:`add` starts a chunk's durable insert (``w: majority, j: true``) and hands the
+    *previous* chunk to the lanes once that chunk's own insert is acknowledged: the journal
+    commit of one chunk overlaps building the next and sending the one before, and a message
+    never leaves before its record is stored. A failed insert raises at the hand-over of its
+    chunk, so none of that chunk's messages (nor any later one's) is sent.
     """
-    if not chunk:
-        return
-    if store is not None:
-        await store.record_documents(item.envelope for item in chunk if item.record)
-    if not queues:  # dry run
-        return
-    for position, item in enumerate(chunk):
-        envelope = item.envelope
-        if envelope.session_id is not None:
-            lane = zlib.crc32(envelope.session_id.encode("utf-8")) % len(queues)
-        else:
-            lane = position % len(queues)
-        await queues[lane].put((envelope.doc_id, item.message))
+
+    def __init__(
+        self,
+        store: Store | None,
+        queues: list[asyncio.Queue[tuple[str, ServiceBusMessage] | None]],
+    ) -> None:
+        self._store = store
+        self._queues = queues
+        self._ahead: tuple[asyncio.Task[int] | None, list[_Outgoing]] | None = None
+
+    async def add(self, chunk: list[_Outgoing]) -> None:
+        if not chunk:
+            return
+        insert = None
+        if self._store is not None:
+            records = [item.envelope for item in chunk if item.record]
+            insert = asyncio.ensure_future(self._store.record_documents(records))
+        ahead, self._ahead = self._ahead, (insert, chunk)
+        if ahead is not None:
+            await self._hand_over(*ahead)
+
+    async def drain(self) -> None:
+        """Hand over the last chunk (after its insert is acknowledged)."""
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None:
+            await self._hand_over(*ahead)
+
+    async def abandon(self) -> None:
+        """Publishing failed: stop the insert still running (its chunk is never sent)."""
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None and ahead[0] is not None:
+            ahead[0].cancel()
+            await asyncio.gather(ahead[0], return_exceptions=True)
+
+    async def _hand_over(self, insert: asyncio.Task[int] | None, chunk: list[_Outgoing]) -> None:
+        """Messages of one session always take the same lane, and a lane sends its batches one
+        after the other, so documents of a session reach the topic in input order."""
+        if insert is not None:
+            await insert
+        if not self._queues:  # dry run
+            return
+        for position, item in enumerate(chunk):
+            envelope = item.envelope
+            if envelope.session_id is not None:
+                lane = zlib.crc32(envelope.session_id.encode("utf-8")) % len(self._queues)
+            else:
+                lane = position % len(self._queues)
+            await self._queues[lane].put((envelope.doc_id, item.message))
 
 
 @dataclass
@@ -533,7 +569,8 @@ async def _lane(
     failed: Callable[[list[str], str], None],
     retry: _Retry,
 ) -> None:
-    """One sender link: fill a batch from the queue, send it when full, repeat.
+    """One sender link: fill a batch from the queue, send it when full or when the queue runs
+    dry, repeat.
 
     The lane always drains the queue to its end marker, so the producer never blocks on a full
     queue; after an abort it only marks what it takes as failed.
@@ -596,7 +633,14 @@ async def _lane(
 
     batch = await new_batch()
     items: list[tuple[str, ServiceBusMessage]] = []
-    while (item := await queue.get()) is not None:
+    while True:
+        if items and batch is not None and queue.empty():
+            # Nothing more is ready (the next chunk waits for its record): send what is here
+            # rather than idle until the batch is full.
+            await deliver(batch, items)
+            batch, items = await new_batch(), []
+        if (item := await queue.get()) is None:
+            break
         doc_id, message = item
         if batch is None or abort.error is not None:
             failed([doc_id], f"not sent: {abort.error}")
