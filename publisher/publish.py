@@ -29,6 +29,7 @@ the valid documents are sent and every skipped one is listed in the report.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import time
@@ -486,6 +487,10 @@ def _ignore(count: int) -> None:
     """No one listens to the progress."""
 
 
+_RECORDS_AHEAD = 2
+"""Chunks whose durable insert may run while earlier chunks are built and sent."""
+
+
 @dataclass(frozen=True)
 class _Outgoing:
     """A document on its way: its envelope, its message, and whether to record it first."""
@@ -496,12 +501,13 @@ class _Outgoing:
 
 
 class _Recorder:
-    """Records chunks of documents one chunk ahead of sending them, never a message ahead.
+    """Records chunks of documents ahead of sending them, never a message ahead of its record.
 
-    :meth:`add` starts a chunk's durable insert (``w: majority, j: true``) and hands the
-    *previous* chunk to the lanes once that chunk's own insert is acknowledged: the journal
-    commit of one chunk overlaps building the next and sending the one before, and a message
-    never leaves before its record is stored. A failed insert raises at the hand-over of its
+    :meth:`add` starts a chunk's durable insert (``w: majority, j: true``) and, once
+    :data:`_RECORDS_AHEAD` inserts are running, hands the oldest chunk to the lanes as soon as
+    that chunk's own insert is acknowledged: journal commits overlap building the next chunks
+    and sending the earlier ones, and a message never leaves before its record is stored.
+    Chunks are handed over in input order. A failed insert raises at the hand-over of its
     chunk, so none of that chunk's messages (nor any later one's) is sent.
     """
 
@@ -512,7 +518,9 @@ class _Recorder:
     ) -> None:
         self._store = store
         self._queues = queues
-        self._ahead: tuple[asyncio.Task[int] | None, list[_Outgoing]] | None = None
+        self._ahead: collections.deque[tuple[asyncio.Task[int] | None, list[_Outgoing]]] = (
+            collections.deque()
+        )
 
     async def add(self, chunk: list[_Outgoing]) -> None:
         if not chunk:
@@ -521,22 +529,22 @@ class _Recorder:
         if self._store is not None:
             records = [item.envelope for item in chunk if item.record]
             insert = asyncio.ensure_future(self._store.record_documents(records))
-        ahead, self._ahead = self._ahead, (insert, chunk)
-        if ahead is not None:
-            await self._hand_over(*ahead)
+        self._ahead.append((insert, chunk))
+        while len(self._ahead) > _RECORDS_AHEAD:
+            await self._hand_over(*self._ahead.popleft())
 
     async def drain(self) -> None:
-        """Hand over the last chunk (after its insert is acknowledged)."""
-        ahead, self._ahead = self._ahead, None
-        if ahead is not None:
-            await self._hand_over(*ahead)
+        """Hand over the remaining chunks, each after its insert is acknowledged."""
+        while self._ahead:
+            await self._hand_over(*self._ahead.popleft())
 
     async def abandon(self) -> None:
-        """Publishing failed: stop the insert still running (its chunk is never sent)."""
-        ahead, self._ahead = self._ahead, None
-        if ahead is not None and ahead[0] is not None:
-            ahead[0].cancel()
-            await asyncio.gather(ahead[0], return_exceptions=True)
+        """Publishing failed: stop the inserts still running (their chunks are never sent)."""
+        inserts = [insert for insert, _ in self._ahead if insert is not None]
+        self._ahead.clear()
+        for insert in inserts:
+            insert.cancel()
+        await asyncio.gather(*inserts, return_exceptions=True)
 
     async def _hand_over(self, insert: asyncio.Task[int] | None, chunk: list[_Outgoing]) -> None:
         """Messages of one session always take the same lane, and a lane sends its batches one
