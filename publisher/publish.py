@@ -212,12 +212,14 @@ async def _aiter(
 
 
 def _check(
-    checker: DocumentChecker, item: DocumentLike, index: int
+    checker: DocumentChecker | None, item: DocumentLike, index: int
 ) -> tuple[DocumentInput | None, InputProblem | None]:
     try:
         doc = as_input(item)
     except ValueError as exc:
         return None, InputProblem(file="<input>", line=index, reason=str(exc))
+    if checker is None:  # checked by the loader already
+        return doc, None
     if doc.source is not None:
         return checker.check(doc, doc.source.path, doc.source.line)
     return checker.check(doc, "<input>", index)
@@ -238,6 +240,7 @@ async def publish_documents(
     topology: Topology | None = None,
     resume: bool = False,
     on_progress: Callable[[int], None] | None = None,
+    checked: bool = False,
 ) -> PublishReport:
     """Publish documents to ``topic`` as one batch; returns what happened.
 
@@ -256,6 +259,11 @@ async def publish_documents(
     recorded ones that have no result or dead letter yet); a document that differs from what
     the batch recorded is reported as a problem. Every refusal records and sends nothing.
 
+    ``checked=True`` says ``docs`` come from :func:`publisher.loaders.iter_documents`, which has
+    checked them (ids resolved, duplicates left out): they are not checked again, so the run
+    keeps one duplicate-id checker, the loader's compact one, instead of a second holding every
+    id in full.
+
     Raises :class:`~publisher.inputs.InvalidInput` on invalid input unless ``skip_invalid``,
     :class:`~publisher.preflight.PublishRefused` for the refusals above, and
     :class:`~docbus.servicebus.MessagingError` when the broker refuses the topic itself
@@ -267,7 +275,7 @@ async def publish_documents(
     _check_batch_id(batch_id)
     report = PublishReport(batch_id=batch_id, topic=topic, dry_run=dry_run)
     receivers = topic_receivers(topology, topic) if topology is not None else ()
-    checker = DocumentChecker(session_key=session_key)
+    checker = None if checked else DocumentChecker(session_key=session_key)
     started = time.monotonic()
 
     source_docs: Iterable[DocumentLike] | AsyncIterable[DocumentLike] = docs
@@ -283,7 +291,8 @@ async def publish_documents(
         if report.problems and not skip_invalid:
             raise InvalidInput(report.problems)
         source_docs = valid
-        checker = DocumentChecker(session_key=session_key)  # ids already seen once
+        if checker is not None:
+            checker = DocumentChecker(session_key=session_key)  # ids already seen once
 
     closing: list[asyncio.Task[None]] = []
     async with AsyncExitStack() as stack:
