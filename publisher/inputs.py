@@ -11,9 +11,11 @@ ids unique within the batch — and assigns content-hash ids where none is given
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
-from collections.abc import Mapping
+from array import array
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -187,12 +189,35 @@ def _shown(key: str) -> str:
     return shown if len(shown) <= 40 else shown[:37] + "..."
 
 
-class DocumentChecker:
-    """Checks documents one at a time, remembering ids to catch duplicates across the batch."""
+Reread = Callable[[str, int | None], "DocumentInput | None"]
+"""Reads the document at a place (file, line) again, or None when it cannot."""
 
-    def __init__(self, *, session_key: str | None = None) -> None:
+
+class DocumentChecker:
+    """Checks documents one at a time, remembering ids to catch duplicates across the batch.
+
+    Memory does not grow with the ids' length: with ``reread`` (the loaders give one) each id
+    read from a file line is kept as an 8-byte digest and the place it was first seen, in flat
+    arrays (16 bytes a slot, at most 3/4 of them used). A digest seen before is confirmed by
+    reading the first place again, so a digest collision never drops a document, and the
+    problem still names both places. Ids of whole-file documents (no line), and every id
+    without ``reread`` (documents given in memory), are kept in full.
+    """
+
+    def __init__(
+        self,
+        *,
+        session_key: str | None = None,
+        reread: Reread | None = None,
+        digest: Callable[[str], int] | None = None,
+    ) -> None:
         self._session_key = session_key
-        self._seen: dict[str, str] = {}
+        self.reread = reread
+        self._digest = digest or _digest
+        self._exact: dict[str, int] = {}
+        self._table = _DigestTable()
+        self._files: list[str] = []
+        self._file_numbers: dict[str, int] = {}
 
     def check(
         self, doc: DocumentInput, file: str, line: int | None
@@ -233,13 +258,98 @@ class DocumentChecker:
                 return problem(f"session value longer than 128 characters: {session[:40]}...")
             updates["session_id"] = session
         doc_id = doc.doc_id if doc.doc_id is not None else content_doc_id(doc.text)
-        where = file if line is None else f"{file}:{line}"
-        first = self._seen.get(doc_id)
+        place = self._place(file, line)
+        first = self._first_place(doc_id)
         if first is not None:
+            where = self._where(first)
             if doc.doc_id is None:
-                return problem(f"duplicate document: same content as {first}")
-            return problem(f"duplicate id {doc_id!r} (first at {first})")
-        self._seen[doc_id] = where
+                return problem(f"duplicate document: same content as {where}")
+            return problem(f"duplicate id {doc_id!r} (first at {where})")
+        self._remember(doc_id, place, exact=self.reread is None or line is None)
         if doc.doc_id is None:
             updates["doc_id"] = doc_id
         return (doc.model_copy(update=updates) if updates else doc), None
+
+    def _place(self, file: str, line: int | None) -> int:
+        number = self._file_numbers.get(file)
+        if number is None:
+            number = self._file_numbers[file] = len(self._files)
+            self._files.append(file)
+        return number << _LINE_BITS | (line or 0)
+
+    def _where(self, place: int) -> str:
+        file, line = self._files[place >> _LINE_BITS], place & _LINE_MASK
+        return file if line == 0 else f"{file}:{line}"
+
+    def _first_place(self, doc_id: str) -> int | None:
+        """Where ``doc_id`` was first seen, or None."""
+        first = self._exact.get(doc_id)
+        if first is not None or self.reread is None:
+            return first
+        for first in self._table.places(self._digest(doc_id)):
+            if self._holds(first, doc_id):
+                return first
+        return None
+
+    def _holds(self, place: int, doc_id: str) -> bool:
+        """Whether the input at ``place`` has id ``doc_id`` (not merely the same digest)."""
+        assert self.reread is not None
+        doc = self.reread(self._files[place >> _LINE_BITS], place & _LINE_MASK)
+        if doc is None:  # cannot tell: report it rather than send a possible duplicate
+            return True
+        return (doc.doc_id if doc.doc_id is not None else content_doc_id(doc.text)) == doc_id
+
+    def _remember(self, doc_id: str, place: int, *, exact: bool) -> None:
+        if exact:
+            self._exact[doc_id] = place
+        else:
+            self._table.add(self._digest(doc_id), place)
+
+
+_LINE_BITS = 40
+_LINE_MASK = (1 << _LINE_BITS) - 1
+
+
+def _digest(doc_id: str) -> int:
+    """8 bytes of BLAKE2b, never 0 (0 marks an empty slot)."""
+    value = int.from_bytes(hashlib.blake2b(doc_id.encode("utf-8"), digest_size=8).digest())
+    return value or 1
+
+
+class _DigestTable:
+    """An open-addressing multimap of 64-bit digests to places, in two flat arrays."""
+
+    def __init__(self) -> None:
+        self._digests = array("Q", bytes(8 * 1024))
+        self._places = array("Q", bytes(8 * 1024))
+        self._count = 0
+
+    def places(self, digest: int) -> Iterator[int]:
+        """The places stored under ``digest`` (more than one only after a collision)."""
+        mask = len(self._digests) - 1
+        slot = digest & mask
+        while (stored := self._digests[slot]) != 0:
+            if stored == digest:
+                yield self._places[slot]
+            slot = (slot + 1) & mask
+
+    def add(self, digest: int, place: int) -> None:
+        if (self._count + 1) * 4 > len(self._digests) * 3:  # at most 3/4 full
+            self._grow()
+        self._put(digest, place)
+        self._count += 1
+
+    def _put(self, digest: int, place: int) -> None:
+        mask = len(self._digests) - 1
+        slot = digest & mask
+        while self._digests[slot] != 0:
+            slot = (slot + 1) & mask
+        self._digests[slot], self._places[slot] = digest, place
+
+    def _grow(self) -> None:
+        old = zip(self._digests, self._places, strict=True)
+        size = len(self._digests) * 2
+        self._digests, self._places = array("Q", bytes(8 * size)), array("Q", bytes(8 * size))
+        for digest, place in old:
+            if digest != 0:
+                self._put(digest, place)

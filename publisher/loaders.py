@@ -73,8 +73,20 @@ def iter_documents(
 ) -> Iterator[DocumentInput]:
     """Stream the valid documents under ``paths``; append every problem found to ``problems``."""
     options = options or LoaderOptions()
-    checker = DocumentChecker(session_key=options.session_key)
+    formats: dict[str, Format] = {}
+
+    def reread(file: str, line: int | None) -> DocumentInput | None:
+        """The document at ``file:line`` read again (to confirm a duplicate id's first place)."""
+        if file not in formats:
+            return None
+        for doc, at in _read(Path(file), formats[file], options, []):
+            if at == line:
+                return doc
+        return None
+
+    checker = DocumentChecker(session_key=options.session_key, reread=reread)
     for path, fmt in _expand(paths, options.format, problems):
+        formats[str(path)] = fmt
         for doc, line in _read(path, fmt, options, problems):
             ready, problem = checker.check(doc, str(path), line)
             if problem is not None:

@@ -29,6 +29,7 @@ the valid documents are sent and every skipped one is listed in the report.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import time
@@ -192,12 +193,14 @@ async def _aiter(
 
 
 def _check(
-    checker: DocumentChecker, item: DocumentLike, index: int
+    checker: DocumentChecker | None, item: DocumentLike, index: int
 ) -> tuple[DocumentInput | None, InputProblem | None]:
     try:
         doc = as_input(item)
     except ValueError as exc:
         return None, InputProblem(file="<input>", line=index, reason=str(exc))
+    if checker is None:  # checked by the loader already
+        return doc, None
     if doc.source is not None:
         return checker.check(doc, doc.source.path, doc.source.line)
     return checker.check(doc, "<input>", index)
@@ -218,6 +221,7 @@ async def publish_documents(  # noqa: C901, PLR0913, PLR0915 - split with the on
     topology: Topology | None = None,
     resume: bool = False,
     on_progress: Callable[[int], None] | None = None,
+    checked: bool = False,
 ) -> PublishReport:
     """Publish documents to ``topic`` as one batch; returns what happened.
 
@@ -236,6 +240,11 @@ async def publish_documents(  # noqa: C901, PLR0913, PLR0915 - split with the on
     recorded ones that have no result or dead letter yet); a document that differs from what
     the batch recorded is reported as a problem. Every refusal records and sends nothing.
 
+    ``checked=True`` says ``docs`` come from :func:`publisher.loaders.iter_documents`, which has
+    checked them (ids resolved, duplicates left out): they are not checked again, so the run
+    keeps one duplicate-id checker, the loader's compact one, instead of a second holding every
+    id in full.
+
     Raises :class:`~publisher.inputs.InvalidInput` on invalid input unless ``skip_invalid``,
     :class:`~publisher.preflight.PublishRefused` for the refusals above, and
     :class:`~docbus.servicebus.MessagingError` when the broker refuses the topic itself
@@ -247,7 +256,7 @@ async def publish_documents(  # noqa: C901, PLR0913, PLR0915 - split with the on
     _check_batch_id(batch_id)
     report = PublishReport(batch_id=batch_id, topic=topic, dry_run=dry_run)
     receivers = topic_receivers(topology, topic) if topology is not None else ()
-    checker = DocumentChecker(session_key=session_key)
+    checker = None if checked else DocumentChecker(session_key=session_key)
     started = time.monotonic()
 
     source_docs: Iterable[DocumentLike] | AsyncIterable[DocumentLike] = docs
@@ -263,7 +272,8 @@ async def publish_documents(  # noqa: C901, PLR0913, PLR0915 - split with the on
         if report.problems and not skip_invalid:
             raise InvalidInput(report.problems)
         source_docs = valid
-        checker = DocumentChecker(session_key=session_key)  # ids already seen once
+        if checker is not None:
+            checker = DocumentChecker(session_key=session_key)  # ids already seen once
 
     closing: list[asyncio.Task[None]] = []
     async with AsyncExitStack() as stack:
@@ -334,7 +344,7 @@ async def publish_documents(  # noqa: C901, PLR0913, PLR0915 - split with the on
             asyncio.create_task(_lane(s, q, abort, sent, failed, retry))
             for s, q in zip(senders, queues, strict=True)
         ]
-        recorder = None if dry_run else store
+        recorder = _Recorder(None if dry_run else store, queues)
         stop_error: InvalidInput | None = None
         try:
             chunk: list[_Outgoing] = []
@@ -363,9 +373,10 @@ async def publish_documents(  # noqa: C901, PLR0913, PLR0915 - split with the on
                 report.claim_checked += claim_checked
                 chunk.append(_Outgoing(envelope, message, bool(record)))
                 if len(chunk) >= settings.publisher.chunk_size:
-                    await _flush(chunk, recorder, queues)
+                    await recorder.add(chunk)
                     chunk = []
-            await _flush(chunk, recorder, queues)
+            await recorder.add(chunk)
+            await recorder.drain()
             for queue in queues:
                 await queue.put(None)
             await asyncio.gather(*lanes)
@@ -375,6 +386,7 @@ async def publish_documents(  # noqa: C901, PLR0913, PLR0915 - split with the on
             for lane in lanes:
                 lane.cancel()
             await asyncio.gather(*lanes, return_exceptions=True)
+            await recorder.abandon()
             if not dry_run and store is not None:
                 with contextlib.suppress(Exception):
                     await store.update_batch(batch_id, status="failed", counts=report.counts)
@@ -465,6 +477,10 @@ def _ignore(count: int) -> None:
     """No one listens to the progress."""
 
 
+_RECORDS_AHEAD = 2
+"""Chunks whose durable insert may run while earlier chunks are built and sent."""
+
+
 @dataclass(frozen=True)
 class _Outgoing:
     """A document on its way: its envelope, its message, and whether to record it first."""
@@ -474,29 +490,66 @@ class _Outgoing:
     record: bool = True
 
 
-async def _flush(
-    chunk: list[_Outgoing],
-    store: Store | None,
-    queues: list[asyncio.Queue[tuple[str, ServiceBusMessage] | None]],
-) -> None:
-    """Record a chunk's documents, then hand its messages to the sending lanes.
+class _Recorder:
+    """Records chunks of documents ahead of sending them, never a message ahead of its record.
 
-    Messages of one session always take the same lane, and a lane sends its batches one after
-    the other, so documents of a session reach the topic in input order. Others spread evenly.
+    :meth:`add` starts a chunk's durable insert (``w: majority, j: true``) and, once
+    :data:`_RECORDS_AHEAD` inserts are running, hands the oldest chunk to the lanes as soon as
+    that chunk's own insert is acknowledged: journal commits overlap building the next chunks
+    and sending the earlier ones, and a message never leaves before its record is stored.
+    Chunks are handed over in input order. A failed insert raises at the hand-over of its
+    chunk, so none of that chunk's messages (nor any later one's) is sent.
     """
-    if not chunk:
-        return
-    if store is not None:
-        await store.record_documents(item.envelope for item in chunk if item.record)
-    if not queues:  # dry run
-        return
-    for position, item in enumerate(chunk):
-        envelope = item.envelope
-        if envelope.session_id is not None:
-            lane = zlib.crc32(envelope.session_id.encode("utf-8")) % len(queues)
-        else:
-            lane = position % len(queues)
-        await queues[lane].put((envelope.doc_id, item.message))
+
+    def __init__(
+        self,
+        store: Store | None,
+        queues: list[asyncio.Queue[tuple[str, ServiceBusMessage] | None]],
+    ) -> None:
+        self._store = store
+        self._queues = queues
+        self._ahead: collections.deque[tuple[asyncio.Task[int] | None, list[_Outgoing]]] = (
+            collections.deque()
+        )
+
+    async def add(self, chunk: list[_Outgoing]) -> None:
+        if not chunk:
+            return
+        insert = None
+        if self._store is not None:
+            records = [item.envelope for item in chunk if item.record]
+            insert = asyncio.ensure_future(self._store.record_documents(records))
+        self._ahead.append((insert, chunk))
+        while len(self._ahead) > _RECORDS_AHEAD:
+            await self._hand_over(*self._ahead.popleft())
+
+    async def drain(self) -> None:
+        """Hand over the remaining chunks, each after its insert is acknowledged."""
+        while self._ahead:
+            await self._hand_over(*self._ahead.popleft())
+
+    async def abandon(self) -> None:
+        """Publishing failed: stop the inserts still running (their chunks are never sent)."""
+        inserts = [insert for insert, _ in self._ahead if insert is not None]
+        self._ahead.clear()
+        for insert in inserts:
+            insert.cancel()
+        await asyncio.gather(*inserts, return_exceptions=True)
+
+    async def _hand_over(self, insert: asyncio.Task[int] | None, chunk: list[_Outgoing]) -> None:
+        """Messages of one session always take the same lane, and a lane sends its batches one
+        after the other, so documents of a session reach the topic in input order."""
+        if insert is not None:
+            await insert
+        if not self._queues:  # dry run
+            return
+        for position, item in enumerate(chunk):
+            envelope = item.envelope
+            if envelope.session_id is not None:
+                lane = zlib.crc32(envelope.session_id.encode("utf-8")) % len(self._queues)
+            else:
+                lane = position % len(self._queues)
+            await self._queues[lane].put((envelope.doc_id, item.message))
 
 
 async def _lane(
@@ -507,7 +560,8 @@ async def _lane(
     failed: Callable[[list[str], str], None],
     retry: SendRetry,
 ) -> None:
-    """One sender link: send what the queue brings in batches (:mod:`publisher.sending`).
+    """One sender link: send what the queue brings in batches (:mod:`publisher.sending`), a
+    batch when it is full or when the queue runs dry.
 
     The lane always drains the queue to its end marker, so the producer never blocks on a full
     queue; after an abort the batch sender only reports what it takes as failed.
@@ -527,6 +581,12 @@ async def _lane(
         abort=abort,
         too_large="message exceeds the size limit even by claim-check",
     )
-    while (item := await queue.get()) is not None:
+    while True:
+        if queue.empty():
+            # Nothing more is ready (the next chunk waits for its record): send what is here
+            # rather than idle until the batch is full.
+            await batches.flush()
+        if (item := await queue.get()) is None:
+            break
         await batches.add(*item)
     await batches.flush()

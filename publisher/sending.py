@@ -121,11 +121,12 @@ class BatchSender(Generic[T]):
         self._items.append((item, message))
 
     async def flush(self) -> None:
-        """Send what the current batch holds."""
+        """Send what the current batch holds (an empty batch is kept for the next message)."""
+        if self._batch is None or not self._items:
+            return
         batch, items = self._batch, self._items
         self._batch, self._items = None, []
-        if batch is not None and items:
-            await self._deliver(batch, items)
+        await self._deliver(batch, items)
 
     async def _new_batch(self) -> ServiceBusMessageBatch | None:
         try:

@@ -356,6 +356,7 @@ class _Job:
             skip_invalid=True,
             dry_run=True,
             source=self.sources,
+            checked=True,
             topology=self.topology,
         )
         report.problems[:0] = problems
@@ -398,6 +399,7 @@ class _Job:
                         store=store,
                         skip_invalid=self.args.skip_invalid,
                         source=self.sources,
+                        checked=True,
                         topology=self.topology,
                         resume=self.args.resume,
                     )

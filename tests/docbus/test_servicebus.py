@@ -25,7 +25,9 @@ from docbus.servicebus import (
     MessagingError,
     MessagingUnavailable,
     build_message,
+    encoded_batch_size,
     fits_in_message,
+    message_size_bound,
     translate_error,
     translated,
 )
@@ -58,6 +60,30 @@ def test_fits_in_message_uses_the_sdk_size_accounting() -> None:
     assert not fits_in_message(build_message(make_envelope("x" * 5000)), 4096)
     small = ServiceBusMessage(b"x" * 100)
     assert fits_in_message(small, 1024)
+
+
+@pytest.mark.parametrize("text_bytes", [0, 1, 200, 255, 256, 1000, 65_535, 65_536, 300_000])
+@pytest.mark.parametrize("session", [None, "", "s", "s" * 128])
+@pytest.mark.parametrize("doc_id", ["d", "é" * 100, "x" * 300, "\U0001f600" * 70])
+def test_the_size_bound_is_never_below_the_sdk_count_and_close_to_it(
+    text_bytes: int, session: str | None, doc_id: str
+) -> None:
+    envelope = Envelope(
+        doc_id=doc_id, batch_id="b" * 64, topic="t" * 50, content="x" * text_bytes,
+        session_id=session, metadata={"k": "v" * 300},
+    )  # fmt: skip
+    message = build_message(envelope)
+    exact = encoded_batch_size(message)
+    assert exact <= message_size_bound(message) <= exact + 200
+
+
+def test_a_message_of_exactly_the_limit_fits_and_one_byte_less_does_not() -> None:
+    for text in ("x" * 10, "x" * 5000, "x" * 250_000):
+        message = build_message(make_envelope(text))
+        size = encoded_batch_size(message)
+        assert fits_in_message(message, size)
+        assert not fits_in_message(message, size - 1)
+        assert fits_in_message(message, message_size_bound(message))
 
 
 @pytest.mark.parametrize(

@@ -286,6 +286,16 @@ async def test_documents_are_recorded_once_and_read_back(store: Store) -> None:
     assert await store.get_document("b1", "zzz") is None
 
 
+async def test_recording_a_document_again_replaces_it_and_records_the_new_ones(
+    store: Store,
+) -> None:
+    await store.record_documents([doc("a"), doc("b")])
+    assert await store.record_documents([doc("a", content="changed"), doc("c")]) == 2
+    changed = await store.get_document("b1", "a")
+    assert changed is not None and changed.content == "changed"
+    assert [e.doc_id async for e in store.iter_documents("b1")] == ["a", "b", "c"]
+
+
 async def test_payloads_round_trip_and_are_stored_once(store: Store) -> None:
     text = "é" * 300_000
     ref = await store.put_payload(text)

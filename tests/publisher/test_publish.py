@@ -24,9 +24,10 @@ from rich.console import Console
 
 from docbus.cli.publish import report_table
 from docbus.envelope import Envelope
+from docbus.local.mongo import LocalMongo
 from docbus.servicebus import MessagingEntityNotFound
 from docbus.settings import PublisherSettings, Settings
-from docbus.store import Store
+from docbus.store import Store, StoreUnavailable
 from docbus.topology import SubscriptionSpec, TopicSpec, Topology
 from publisher import DocumentInput, InvalidInput, PublishRefused, publish_documents
 
@@ -123,6 +124,88 @@ async def test_documents_are_recorded_before_their_messages_are_sent(store: Stor
         "documents": 30, "sent": 30, "claim_checked": 0, "failed": 0, "skipped": 0,
     }  # fmt: skip
     assert (await store.batch_counts("b1")).published == 30
+
+
+class HeldStore(Store):
+    """The real store, whose ``hold``-th ``record_documents`` waits until released (or fails)."""
+
+    def __init__(self, *args: Any, hold: int, fail: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.hold, self.fail, self.calls = hold, fail, 0
+        self.held, self.release = asyncio.Event(), asyncio.Event()
+
+    async def record_documents(self, envelopes: Any) -> int:
+        self.calls += 1
+        if self.calls == self.hold:
+            self.held.set()
+            await self.release.wait()
+            if self.fail:
+                raise StoreUnavailable("record documents: the store went away")
+        return await super().record_documents(envelopes)
+
+
+@asynccontextmanager
+async def held_store(
+    mongo: LocalMongo, store: Store, hold: int, fail: bool = False
+) -> AsyncIterator[HeldStore]:
+    async with HeldStore(mongo.uri, store.database.name, timeout=5.0, hold=hold, fail=fail) as held:
+        yield held
+
+
+async def test_a_chunk_is_sent_while_the_next_is_recorded_and_never_before_its_own_record(
+    store: Store, local_mongo: LocalMongo
+) -> None:
+    # Mongo holds the second chunk's insert: the first chunk is sent meanwhile (the lanes do
+    # not idle on the commit), and nothing of the second or third chunk leaves before the second
+    # chunk's record is stored, although the third's is already stored.
+    broker = Broker()
+    sent: list[str] = []
+    unrecorded: list[str] = []
+    first_chunk_sent = asyncio.Event()
+
+    async def check(sender: Sender, batch: RecordingBatch) -> None:
+        for message in batch.added:
+            envelope = Envelope.from_bytes(b"".join(message.body))
+            if await store.get_document(envelope.batch_id, envelope.doc_id) is None:
+                unrecorded.append(envelope.doc_id)
+            sent.append(envelope.doc_id)
+        if len(sent) >= 10:
+            first_chunk_sent.set()
+
+    broker.on_send = check
+    async with held_store(local_mongo, store, hold=2) as held:
+        run = publish_documents(
+            news(30), topic="documents", batch_id="b1", settings=settings(chunk=10),
+            sender_factory=broker.sender, store=held,
+        )  # fmt: skip
+        publishing = asyncio.create_task(run)
+        # a timeout here is the failure: the first chunk waited for the second one's record
+        await asyncio.wait_for(asyncio.gather(held.held.wait(), first_chunk_sent.wait()), 10)
+        assert sorted(sent) == sorted(f"n{i}" for i in range(10))
+        held.release.set()
+        report = await publishing
+    assert (report.sent, report.ok) == (30, True)
+    assert sorted(sent) == sorted(f"n{i}" for i in range(30))
+    assert unrecorded == []
+
+
+async def test_a_chunk_whose_record_fails_is_never_sent(
+    store: Store, local_mongo: LocalMongo
+) -> None:
+    broker = Broker()
+    async with held_store(local_mongo, store, hold=2, fail=True) as held:
+        held.release.set()
+        with pytest.raises(StoreUnavailable):
+            await publish_documents(
+                news(30), topic="documents", batch_id="b1", settings=settings(chunk=10),
+                sender_factory=broker.sender, store=held,
+            )  # fmt: skip
+    sent = {e.doc_id for e in broker.envelopes()}
+    assert sent <= {f"n{i}" for i in range(10)}
+    for doc_id in sent:
+        assert await store.get_document("b1", doc_id) is not None
+    batch = await store.get_batch("b1")
+    assert batch is not None and batch.status == "failed"
 
 
 async def test_messages_carry_derived_ids_and_routing_properties(store: Store) -> None:
