@@ -59,7 +59,7 @@ from docbus.servicebus import (
 )
 from docbus.settings import Settings
 from docbus.store import Store
-from docbus.topology import Topology
+from docbus.topology import SubscriptionSpec, Topology
 from publisher.inputs import DocumentChecker, DocumentInput, InputProblem, InvalidInput, as_input
 from publisher.preflight import (
     PublishRefused,
@@ -206,7 +206,7 @@ def _check(
     return checker.check(doc, "<input>", index)
 
 
-async def publish_documents(  # noqa: C901, PLR0913, PLR0915 - split with the one send-in-batches routine, still to do
+async def publish_documents(  # noqa: PLR0913 - keyword-only options of the public API
     docs: Iterable[DocumentLike] | AsyncIterable[DocumentLike],
     *,
     topic: str,
@@ -262,16 +262,7 @@ async def publish_documents(  # noqa: C901, PLR0913, PLR0915 - split with the on
     source_docs: Iterable[DocumentLike] | AsyncIterable[DocumentLike] = docs
     if isinstance(docs, Sequence) and not isinstance(docs, str):
         # A list can be checked in full before anything is recorded or sent.
-        valid: list[DocumentInput] = []
-        for index, item in enumerate(docs, start=1):
-            doc, problem = _check(checker, item, index)
-            if problem is not None:
-                report.problems.append(problem)
-            elif doc is not None:
-                valid.append(doc)
-        if report.problems and not skip_invalid:
-            raise InvalidInput(report.problems)
-        source_docs = valid
+        source_docs = _check_list(docs, checker, report, skip_invalid)
         if checker is not None:
             checker = DocumentChecker(session_key=session_key)  # ids already seen once
 
@@ -288,37 +279,11 @@ async def publish_documents(  # noqa: C901, PLR0913, PLR0915 - split with the on
             if sender_factory is None:
                 client = await stack.enter_async_context(servicebus_client(settings))
                 sender_factory = client.get_topic_sender
-            factory, known_store = sender_factory, store
-
-            async def open_senders() -> int:
-                # Every link opens before anything is recorded: a missing topic or a refused
-                # credential fails here, leaving no half-published batch behind.
-                with translated(f"open senders for topic {topic!r}"):
-                    links = await _open_links(factory, topic, settings.publisher.send_concurrency)
-                    stack.push_async_callback(_close_links, links)
-                    senders.extend(sender for sender, _ in links)
-                    return (await senders[0].create_message_batch()).max_size_in_bytes
-
-            async def read_store() -> ResumePlan | None:
-                await known_store.ensure_indexes()
-                return await existing_batch(known_store, batch_id, topic, resume=resume)
-
-            async def check_broker() -> list[str]:
-                # Fail fast (the SDK retries an unreachable broker for ~12 s), then look.
-                await probe_endpoint(settings)
-                if not receivers:
-                    return []
-                checks = servicebus_client(settings, retry_total=0)
-                stack.push_async_callback(checks.close)
-                return await check_subscriptions(checks, topic, receivers, closing)
-
-            steps: list[Awaitable[Any]] = [open_senders(), read_store()]
-            if settings.servicebus.configured:
-                steps.append(check_broker())
-            results = await first_failure(*steps)
-            limit, plan = results[0], results[1]
-            if len(results) > 2:
-                report.warnings.extend(results[2])
+            limit, plan, warnings = await _preflight(
+                stack, settings, store, sender_factory, topic, batch_id, resume, receivers,
+                closing, senders,
+            )  # fmt: skip
+            report.warnings.extend(warnings)
             await store.record_batch(batch_id, topic=topic, source=source)
         report.max_message_size = limit
         envelopes = _Envelopes(topic, batch_id, limit, None if dry_run else store)
@@ -347,35 +312,13 @@ async def publish_documents(  # noqa: C901, PLR0913, PLR0915 - split with the on
         recorder = _Recorder(None if dry_run else store, queues)
         stop_error: InvalidInput | None = None
         try:
-            chunk: list[_Outgoing] = []
-            index = 0
-            async for item in _aiter(source_docs):
-                if abort.error is not None:
-                    break
-                index += 1
-                doc, problem = _check(checker, item, index)
-                if problem is None and doc is not None and plan is not None:
-                    problem, record = _resume(plan, doc, report)
-                    if problem is None and record is None:
-                        advance(1)
-                        continue
-                else:
-                    record = True
-                if problem is not None:
-                    report.problems.append(problem)
-                    if not skip_invalid and plan is None:
-                        stop_error = InvalidInput(report.problems, sent=report.documents)
-                        break
-                    continue
-                assert doc is not None
-                envelope, message, claim_checked = await envelopes.build(doc)
-                report.documents += 1
-                report.claim_checked += claim_checked
-                chunk.append(_Outgoing(envelope, message, bool(record)))
-                if len(chunk) >= settings.publisher.chunk_size:
-                    await recorder.add(chunk)
-                    chunk = []
-            await recorder.add(chunk)
+            feed = _Feed(
+                checker=checker, plan=plan, report=report, envelopes=envelopes,
+                recorder=recorder, abort=abort, advance=advance,
+                stop_at_problem=not skip_invalid and plan is None,
+                chunk_size=settings.publisher.chunk_size,
+            )  # fmt: skip
+            stop_error = await feed.run(source_docs)
             await recorder.drain()
             for queue in queues:
                 await queue.put(None)
@@ -383,13 +326,7 @@ async def publish_documents(  # noqa: C901, PLR0913, PLR0915 - split with the on
             if abort.error is not None:
                 raise abort.error
         except BaseException:
-            for lane in lanes:
-                lane.cancel()
-            await asyncio.gather(*lanes, return_exceptions=True)
-            await recorder.abandon()
-            if not dry_run and store is not None:
-                with contextlib.suppress(Exception):
-                    await store.update_batch(batch_id, status="failed", counts=report.counts)
+            await _abandon(lanes, recorder, None if dry_run else store, report)
             raise
         report.duration = time.monotonic() - started
         if not dry_run and store is not None:
@@ -404,6 +341,159 @@ async def publish_documents(  # noqa: C901, PLR0913, PLR0915 - split with the on
     if stop_error is not None:
         raise stop_error
     return report
+
+
+@dataclass
+class _Feed:
+    """Check, build and record documents chunk by chunk, handing them to the lanes."""
+
+    checker: DocumentChecker | None
+    plan: ResumePlan | None
+    report: PublishReport
+    envelopes: _Envelopes
+    recorder: _Recorder
+    abort: SendAbort
+    advance: Callable[[int], None]
+    stop_at_problem: bool
+    chunk_size: int
+
+    async def run(
+        self, docs: Iterable[DocumentLike] | AsyncIterable[DocumentLike]
+    ) -> InvalidInput | None:
+        """Feed every document; the error to raise at the end when a problem stops the run."""
+        report = self.report
+        chunk: list[_Outgoing] = []
+        index = 0
+        stop_error: InvalidInput | None = None
+        async for item in _aiter(docs):
+            if self.abort.error is not None:
+                break
+            index += 1
+            doc, problem, record = _admit(self.checker, item, index, self.plan, report)
+            if doc is None and problem is None:  # resuming: sent already
+                self.advance(1)
+                continue
+            if problem is not None:
+                report.problems.append(problem)
+                if self.stop_at_problem:
+                    stop_error = InvalidInput(report.problems, sent=report.documents)
+                    break
+                continue
+            assert doc is not None
+            envelope, message, claim_checked = await self.envelopes.build(doc)
+            report.documents += 1
+            report.claim_checked += claim_checked
+            chunk.append(_Outgoing(envelope, message, record))
+            if len(chunk) >= self.chunk_size:
+                await self.recorder.add(chunk)
+                chunk = []
+        await self.recorder.add(chunk)
+        return stop_error
+
+
+async def _abandon(
+    lanes: list[asyncio.Task[None]],
+    recorder: _Recorder,
+    store: Store | None,
+    report: PublishReport,
+) -> None:
+    """A run that stops on an error: stop the lanes and the recorder, mark the batch failed."""
+    for lane in lanes:
+        lane.cancel()
+    await asyncio.gather(*lanes, return_exceptions=True)
+    await recorder.abandon()
+    if store is not None:
+        with contextlib.suppress(Exception):
+            await store.update_batch(report.batch_id, status="failed", counts=report.counts)
+
+
+def _check_list(
+    docs: Sequence[DocumentLike],
+    checker: DocumentChecker | None,
+    report: PublishReport,
+    skip_invalid: bool,
+) -> list[DocumentInput]:
+    """The valid documents of a list, its problems in ``report``; raise unless ``skip_invalid``."""
+    valid: list[DocumentInput] = []
+    for index, item in enumerate(docs, start=1):
+        doc, problem = _check(checker, item, index)
+        if problem is not None:
+            report.problems.append(problem)
+        elif doc is not None:
+            valid.append(doc)
+    if report.problems and not skip_invalid:
+        raise InvalidInput(report.problems)
+    return valid
+
+
+def _admit(
+    checker: DocumentChecker | None,
+    item: DocumentLike,
+    index: int,
+    plan: ResumePlan | None,
+    report: PublishReport,
+) -> tuple[DocumentInput | None, InputProblem | None, bool]:
+    """(document, None, record it?) to send, (None, problem, False) to report, or (None, None,
+    False) for a document a resumed batch has sent already."""
+    doc, problem = _check(checker, item, index)
+    if problem is not None or doc is None:
+        return None, problem, False
+    if plan is None:
+        return doc, None, True
+    problem, record = _resume(plan, doc, report)
+    if problem is not None:
+        return None, problem, False
+    if record is None:
+        return None, None, False
+    return doc, None, record
+
+
+async def _preflight(
+    stack: AsyncExitStack,
+    settings: Settings,
+    store: Store,
+    factory: SenderFactory,
+    topic: str,
+    batch_id: str,
+    resume: bool,
+    receivers: tuple[SubscriptionSpec, ...],
+    closing: list[asyncio.Task[None]],
+    senders: list[MessageSender],
+) -> tuple[int, ResumePlan | None, list[str]]:
+    """Open the sender links, read the batch's state and check the broker, all at once.
+
+    Returns the message size limit, the resume plan (None for a new batch) and warnings about
+    the broker's subscriptions; the links land in ``senders`` and close with ``stack``.
+    """
+
+    async def open_senders() -> int:
+        # Every link opens before anything is recorded: a missing topic or a refused
+        # credential fails here, leaving no half-published batch behind.
+        with translated(f"open senders for topic {topic!r}"):
+            links = await _open_links(factory, topic, settings.publisher.send_concurrency)
+            stack.push_async_callback(_close_links, links)
+            senders.extend(sender for sender, _ in links)
+            return (await senders[0].create_message_batch()).max_size_in_bytes
+
+    async def read_store() -> ResumePlan | None:
+        await store.ensure_indexes()
+        return await existing_batch(store, batch_id, topic, resume=resume)
+
+    async def check_broker() -> list[str]:
+        # Fail fast (the SDK retries an unreachable broker for ~12 s), then look.
+        await probe_endpoint(settings)
+        if not receivers:
+            return []
+        checks = servicebus_client(settings, retry_total=0)
+        stack.push_async_callback(checks.close)
+        return await check_subscriptions(checks, topic, receivers, closing)
+
+    steps: list[Awaitable[Any]] = [open_senders(), read_store()]
+    if settings.servicebus.configured:
+        steps.append(check_broker())
+    results = await first_failure(*steps)
+    warnings: list[str] = results[2] if len(results) > 2 else []
+    return results[0], results[1], warnings
 
 
 def _resume(
