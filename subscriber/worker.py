@@ -63,6 +63,10 @@ logger = logging.getLogger(__name__)
 MIN_RECEIVE_WAIT = 0.1
 """Seconds a receive waits at least, even just before an idle exit."""
 
+MOST_AHEAD = 100
+"""The most messages received ahead by default: fast handlers then receive in batches as large
+as a plain SDK loop's (``max_message_count=100``)."""
+
 YOUNG_COLLECTION_THRESHOLD = 10_000
 """Allocations between two collections of the youngest generation (CPython's default: 700)."""
 
@@ -91,8 +95,10 @@ class WorkerOptions:
     concurrency: int = 16
     receive_ahead: int | None = None
     """Messages received beyond the free handler slots, waiting for the next one to free up.
-    None: an eighth of ``concurrency`` (at least 1), or 0 without lock renewal, since a waiting
-    message's lock would otherwise tick unrenewed."""
+    None: as many as the handlers get through in :data:`~subscriber.admission.AHEAD_SECONDS`
+    at their recent pace, at least an eighth of ``concurrency`` (at least 1) and at most
+    :data:`MOST_AHEAD`; 0 without lock renewal, since a waiting message's lock would otherwise
+    tick unrenewed."""
     prefetch: int = 0
     until_idle: float | None = None
     """Exit once nothing has arrived for this long and nothing is in flight; the time counts
@@ -149,11 +155,13 @@ class WorkerOptions:
             raise ValueError(f"receive_ahead must be 0 or more, not {self.receive_ahead}")
 
     @property
-    def ahead(self) -> int:
-        """``receive_ahead`` with its default resolved."""
+    def ahead(self) -> tuple[int, int]:
+        """The least and the most messages received ahead (``receive_ahead`` resolved)."""
         if self.receive_ahead is not None:
-            return self.receive_ahead
-        return max(1, self.concurrency // 8) if self.lock_renewal else 0
+            return self.receive_ahead, self.receive_ahead
+        if not self.lock_renewal:
+            return 0, 0
+        return max(1, self.concurrency // 8), MOST_AHEAD
 
 
 @dataclass
@@ -218,7 +226,10 @@ class Worker:
         self.report = WorkerReport()
         self._check_ordering()
         self._stopping = asyncio.Event()
-        self._admission = Admission(self.options.concurrency, self.options.ahead, self._stopping)
+        least, most = self.options.ahead
+        self._admission = Admission(
+            self.options.concurrency, least, self._stopping, most_ahead=most
+        )
         self._in_flight: set[asyncio.Task[None]] = set()
         self._taken = 0
         self._last_activity = time.monotonic()
@@ -340,6 +351,7 @@ class Worker:
             else:
                 loops.append(asyncio.create_task(self._receive_loop(registered)))
         self._not_receiving = len(loops)
+        self._admission.receivers = max(1, sum(not h.spec.ordered_by for h in self.handlers))
         helpers = [
             asyncio.create_task(self._watch_idle()),
             asyncio.create_task(self._resumption.loop()),
@@ -584,7 +596,9 @@ class Worker:
         if idle is None:
             return
         while not self._stopping.is_set():
-            if self._not_receiving:  # still opening links: nothing has been waited for yet
+            if self._not_receiving and not self.paused:
+                # still opening links: nothing has been waited for yet (a paused circuit holds
+                # receiving back: then the last probe decides, as below)
                 await self._pause_for(min(0.2, idle))
                 continue
             quiet = time.monotonic() - self._last_activity

@@ -99,7 +99,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--receive-ahead",
         type=int,
         metavar="N",
-        help="messages received beyond the free handler slots (default: concurrency / 8)",
+        help="messages received beyond the free handler slots (default: what the handlers get "
+        "through in 0.1 s, between concurrency / 8 and 100)",
     )
     parser.add_argument("--prefetch", type=int, help="SDK link prefetch (default 0)")
     parser.add_argument("--until-idle", type=float, metavar="SECONDS", help="exit when idle")
