@@ -224,8 +224,9 @@ class WorkerSettings(BaseModel):
     """Handlers running at once in one worker process."""
     receive_ahead: int | None = Field(default=None, ge=0)
     """Messages received beyond the free handler slots, each waiting (lock renewed) for the next
-    slot to free up, so no slot waits for the broker. None: an eighth of ``concurrency``, at
-    least 1 (0 when lock renewal is off)."""
+    slot to free up, so no slot waits for the broker. None: what the handlers get through in
+    0.1 s at their recent pace, between an eighth of ``concurrency`` (at least 1) and 100 (0
+    when lock renewal is off)."""
     prefetch: int = Field(default=0, ge=0)
     """Messages the receiver fetches ahead (0: only what is asked for, safest with long locks)."""
     lock_renewal: bool = True

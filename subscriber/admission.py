@@ -2,17 +2,23 @@
 
 Three counts bound a :class:`~subscriber.worker.Worker`, all kept by one :class:`Admission`:
 
-``credits`` (``concurrency + receive_ahead``)
+``credits`` (``concurrency + ahead``)
     messages received and not yet through their handler: those running and those waiting for a
-    slot. A receive asks for as many as are free (:meth:`Admission.take_credits`).
+    slot. A receive asks for as many as are free (:meth:`Admission.take_credits`), up to all of
+    them. By default ``ahead`` follows the handlers' pace (:class:`Pace`): messages received
+    ahead cover about :data:`AHEAD_SECONDS` of their work, between the least ``ahead`` and
+    ``most_ahead`` — a slow (LLM-bound) handler keeps a few waiting, which other workers can
+    still take, a fast one gets receives as large as a plain SDK loop's, and so fewer of them.
 ``slots`` (``concurrency``)
     handlers running. A received message waits for one, first come first served
     (:meth:`Admission.wait_for_slot`); ``stop()`` gives the waiting ones back at once
     (:meth:`Admission.give_back_waiting`).
-``completing`` (``concurrency``)
+``completing`` (``concurrency + most_ahead``)
     messages whose handler has returned while their writes are acknowledged, their result
     stored and their completion confirmed: bookkeeping that needs no handler slot, so the slot
-    and the credit are handed on as the handler returns (:meth:`Ticket.handler_returned`).
+    and the credit are handed on as the handler returns (:meth:`Ticket.handler_returned`). As
+    many as can be received at once: the results of a receive's worth of fast handlers are
+    written in one grouped write and completed together, not a slot-sized share at a time.
 
 Each message holds a :class:`Ticket` from its receive to its settlement, which says what it holds
 and gives all of it back once (:meth:`Ticket.release`). No I/O here: the worker passes in what
@@ -23,10 +29,33 @@ starts messages), :mod:`subscriber.processing` (calls ``handler_returned``).
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import math
+import time
 from collections.abc import Awaitable, Callable
 
-__all__ = ["Admission", "Ticket"]
+__all__ = ["AHEAD_SECONDS", "Admission", "Pace", "Ticket"]
+
+AHEAD_SECONDS = 0.1
+"""How much of the handlers' work, in seconds at their recent pace, is received ahead."""
+
+
+class Pace:
+    """How many handlers return per second, over the last window of at least ``window`` s."""
+
+    def __init__(self, window: float = 0.5, clock: Callable[[], float] = time.monotonic) -> None:
+        self.window = window
+        self.clock = clock
+        self.per_second = 0.0
+        self._since = clock()
+        self._count = 0
+
+    def returned(self) -> None:
+        self._count += 1
+        now = self.clock()
+        elapsed = now - self._since
+        if elapsed >= self.window:
+            self.per_second = self._count / elapsed
+            self._since, self._count = now, 0
 
 
 class Ticket:
@@ -43,10 +72,11 @@ class Ticket:
         """The handler returned: hand its slot and credit on, once a completing place is free."""
         admission = self._admission
         await admission._completing.acquire()
+        admission.pace.returned()
         self.completing = True
         self.slot = self.credit = False
         admission._slots.release()
-        admission._credits.release()
+        admission.release_credits(1)
 
     def release(self) -> None:
         """Give back whatever the message still holds (at its settlement, or as it is dropped)."""
@@ -54,7 +84,7 @@ class Ticket:
         if self.slot:
             admission._slots.release()
         if self.credit:
-            admission._credits.release()
+            admission.release_credits(1)
         if self.completing:
             admission._completing.release()
         self.slot = self.credit = self.completing = False
@@ -63,42 +93,87 @@ class Ticket:
 class Admission:
     """The credits, slots and completing places of one worker (see the module docstring)."""
 
-    def __init__(self, concurrency: int, ahead: int, stopping: asyncio.Event) -> None:
+    def __init__(
+        self,
+        concurrency: int,
+        ahead: int,
+        stopping: asyncio.Event,
+        *,
+        most_ahead: int | None = None,
+        pace: Pace | None = None,
+    ) -> None:
         self.concurrency = concurrency
+        self.least_ahead = ahead
+        self.most_ahead = max(ahead, most_ahead if most_ahead is not None else ahead)
+        self.pace = pace or Pace()
         self._stopping = stopping
         self._slots = asyncio.Semaphore(concurrency)
-        self._credits = asyncio.Semaphore(concurrency + ahead)
-        self._completing = asyncio.Semaphore(concurrency)
+        self._held = 0
+        self._freed = asyncio.Event()
+        self._line: list[asyncio.Event] = []
+        self.receivers = 1
+        """Receive loops sharing the credits: one receive takes at most its share of them."""
+        self._completing = asyncio.Semaphore(concurrency + self.most_ahead)
         self._waiting: set[asyncio.Task[None]] = set()
         self._stop_cancelled: set[asyncio.Task[None]] = set()
         self._giving_back = False
 
     # --- credits --------------------------------------------------------------------------
+    @property
+    def ahead(self) -> int:
+        """Messages received beyond the slots now: ``least_ahead``, or more at a fast pace."""
+        if self.most_ahead == self.least_ahead:
+            return self.least_ahead
+        paced = math.ceil(self.pace.per_second * AHEAD_SECONDS)
+        return min(self.most_ahead, max(self.least_ahead, paced))
+
+    @property
+    def free_credits(self) -> int:
+        return max(0, self.concurrency + self.ahead - self._held)
+
     async def take_credits(self, most: int | None = None) -> int:
-        """Block until one more message may be received, then take whatever else is free now,
-        at most ``most`` (default: ``concurrency``); 0 once ``stopping`` is set first."""
-        acquire = asyncio.ensure_future(self._credits.acquire())
-        stop = asyncio.ensure_future(self._stopping.wait())
-        done, _ = await asyncio.wait({acquire, stop}, return_when=asyncio.FIRST_COMPLETED)
-        stop.cancel()
-        if acquire not in done:
-            acquire.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await acquire
-            if acquire.done() and not acquire.cancelled():
-                self._credits.release()
+        """Block until one more message may be received, then take every credit free now, at
+        most ``most`` (default: this receiver's share of all credits, see ``receivers``); 0
+        once ``stopping`` is set first. Receivers waiting for credits are served in turn."""
+        # Always yield once first: settlements woken as the last receive ended take their turn
+        # on the link before the next receive claims it (subscriber.receiver.Turns).
+        await asyncio.sleep(0)
+        mine = asyncio.Event()
+        self._line.append(mine)
+        try:
+            while not self._stopping.is_set():
+                if self._line[0] is not mine:
+                    await self._until(mine)
+                    continue
+                self._freed.clear()  # (before looking: a release from here on wakes the wait)
+                free = self.free_credits
+                if free:
+                    share = math.ceil((self.concurrency + self.ahead) / max(1, self.receivers))
+                    granted = min(free, share if most is None else most)
+                    self._held += granted
+                    return granted
+                await self._until(self._freed)
             return 0
-        granted = 1
-        limit = self.concurrency if most is None else most
-        while granted < limit and not self._credits.locked():
-            await self._credits.acquire()
-            granted += 1
-        return granted
+        finally:
+            self._line.remove(mine)
+            if self._line:
+                self._line[0].set()  # the next receiver's turn
+
+    async def _until(self, event: asyncio.Event) -> None:
+        """Wait for ``event``, or for stopping."""
+        waits = {asyncio.ensure_future(event.wait()), asyncio.ensure_future(self._stopping.wait())}
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for wait in waits:
+                wait.cancel()
 
     def release_credits(self, count: int) -> None:
-        """Give back credits taken for messages a receive did not bring."""
-        for _ in range(count):
-            self._credits.release()
+        """Give back credits: a message's, or those taken for messages a receive did not
+        bring."""
+        if count:
+            self._held -= count
+            self._freed.set()
 
     def ticket(self) -> Ticket:
         """The hold of a message received with one of the credits taken."""

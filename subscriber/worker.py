@@ -14,9 +14,10 @@ cause clears (:mod:`subscriber.resumption`) — as soon as a receiver opens, the
 ``resume_interval`` — and :attr:`WorkerReport.parked` says what is left parked when the worker
 exits. ``stop()`` (SIGINT/SIGTERM in the CLI) stops receiving, lets in-flight handlers finish
 within the grace period and abandons the rest; ``until_idle`` drains and exits, for batch jobs
-and tests: idle means nothing arrived for that long, nothing is in flight and nothing parked is
-resumable — or the LLM endpoint still fails after one last probe, rather than probing for ever.
-A :class:`~subscriber.watchdog.LoopWatchdog` says when a handler blocks the event loop; the
+and tests: idle means nothing arrived for that long (counted from when every receiver began
+receiving, not from the start), nothing is in flight and nothing parked is resumable — or
+the LLM endpoint still fails after one last probe, rather than probing for ever. A
+:class:`~subscriber.watchdog.LoopWatchdog` says when a handler blocks the event loop; the
 subscriptions' dead-letter queues are captured into Mongo (:mod:`subscriber.dlq`); audit rows
 and checkpoints an outage of the store held back are drained before exit
 (:mod:`handlers.writes`). Neighbours: :mod:`subscriber.processing` (one delivery),
@@ -62,6 +63,10 @@ logger = logging.getLogger(__name__)
 MIN_RECEIVE_WAIT = 0.1
 """Seconds a receive waits at least, even just before an idle exit."""
 
+MOST_AHEAD = 100
+"""The most messages received ahead by default: fast handlers then receive in batches as large
+as a plain SDK loop's (``max_message_count=100``)."""
+
 YOUNG_COLLECTION_THRESHOLD = 10_000
 """Allocations between two collections of the youngest generation (CPython's default: 700)."""
 
@@ -90,11 +95,14 @@ class WorkerOptions:
     concurrency: int = 16
     receive_ahead: int | None = None
     """Messages received beyond the free handler slots, waiting for the next one to free up.
-    None: an eighth of ``concurrency`` (at least 1), or 0 without lock renewal, since a waiting
-    message's lock would otherwise tick unrenewed."""
+    None: as many as the handlers get through in :data:`~subscriber.admission.AHEAD_SECONDS`
+    at their recent pace, at least an eighth of ``concurrency`` (at least 1) and at most
+    :data:`MOST_AHEAD`; 0 without lock renewal, since a waiting message's lock would otherwise
+    tick unrenewed."""
     prefetch: int = 0
     until_idle: float | None = None
-    """Exit once nothing has arrived for this long and nothing is in flight."""
+    """Exit once nothing has arrived for this long and nothing is in flight; the time counts
+    from when every receiver has begun receiving, so a slow start does not count as idle."""
     max_messages: int | None = None
     """Exit after settling this many messages."""
     shutdown_grace: float = 30.0
@@ -147,11 +155,13 @@ class WorkerOptions:
             raise ValueError(f"receive_ahead must be 0 or more, not {self.receive_ahead}")
 
     @property
-    def ahead(self) -> int:
-        """``receive_ahead`` with its default resolved."""
+    def ahead(self) -> tuple[int, int]:
+        """The least and the most messages received ahead (``receive_ahead`` resolved)."""
         if self.receive_ahead is not None:
-            return self.receive_ahead
-        return max(1, self.concurrency // 8) if self.lock_renewal else 0
+            return self.receive_ahead, self.receive_ahead
+        if not self.lock_renewal:
+            return 0, 0
+        return max(1, self.concurrency // 8), MOST_AHEAD
 
 
 @dataclass
@@ -161,6 +171,9 @@ class WorkerReport:
     outcomes: Counter[tuple[str, str]] = field(default_factory=Counter)
     reasons: Counter[tuple[str, str]] = field(default_factory=Counter)
     seconds: float = 0.0
+    receiving_after: float | None = None
+    """Seconds from the start until every receiver had begun receiving (links opened, parked
+    messages resumed); ``until_idle`` counts from there. None if that never happened."""
     parked: list[ParkedGroup] = field(default_factory=list)
     """What is left parked on the worker's subscriptions as it exits, per handler and reason
     (with the latest description of why): messages a batch job has not finished."""
@@ -213,10 +226,17 @@ class Worker:
         self.report = WorkerReport()
         self._check_ordering()
         self._stopping = asyncio.Event()
-        self._admission = Admission(self.options.concurrency, self.options.ahead, self._stopping)
+        least, most = self.options.ahead
+        self._admission = Admission(
+            self.options.concurrency, least, self._stopping, most_ahead=most
+        )
         self._in_flight: set[asyncio.Task[None]] = set()
         self._taken = 0
         self._last_activity = time.monotonic()
+        self._started = time.monotonic()
+        self._not_receiving = 0
+        """Receive loops that have not begun receiving yet: idle time counts only from when
+        every one has (opening links on a loaded machine can outlast ``until_idle``)."""
         self._renewer: LockRenewer | None = None
         self._receivers: dict[str, Receiver] = {}
         self._handler_tasks: dict[str, set[asyncio.Task[None]]] = {}
@@ -306,7 +326,7 @@ class Worker:
         return max(0.5, min(5.0, min(locks) / 3))
 
     async def run(self) -> WorkerReport:
-        started = time.monotonic()
+        started = self._started = time.monotonic()
         self._last_activity = started
         if self.options.lock_renewal:
             self._renewer = LockRenewer(self.options.max_lock_renewal)
@@ -330,6 +350,8 @@ class Worker:
                 ]
             else:
                 loops.append(asyncio.create_task(self._receive_loop(registered)))
+        self._not_receiving = len(loops)
+        self._admission.receivers = max(1, sum(not h.spec.ordered_by for h in self.handlers))
         helpers = [
             asyncio.create_task(self._watch_idle()),
             asyncio.create_task(self._resumption.loop()),
@@ -372,6 +394,7 @@ class Worker:
             try:
                 # parked messages whose cause has cleared go first, not a resume round later
                 await self._resumption.resume(registered)
+                first = True
                 while not self._stopping.is_set():
                     await self._breaker.wait_closed()
                     if self._stopping.is_set():
@@ -379,6 +402,9 @@ class Worker:
                     granted = await self._take_credits()
                     if granted == 0:
                         break
+                    if first:
+                        first = False
+                        self._began_receiving()
                     try:
                         messages = await receiver.receive(granted, self._receive_wait())
                     except MessagingError as exc:
@@ -396,12 +422,19 @@ class Worker:
             finally:
                 self._receivers.pop(spec.name, None)
 
+    def _began_receiving(self) -> None:
+        """One receive loop has begun receiving; once all have, the idle clock starts."""
+        self._not_receiving -= 1
+        if self._not_receiving == 0:
+            self._last_activity = time.monotonic()
+            self.report.receiving_after = self._last_activity - self._started
+
     def _receive_wait(self) -> float:
         """How long a receive waits for messages: ``receive_wait``, but not past the moment an
         idle worker with nothing in flight exits, so that exit does not wait out one more
         receive (sessions keep theirs: a session receiver waits as it locks a session)."""
         wait = self.options.receive_wait
-        if self.options.until_idle is None or self._in_flight:
+        if self.options.until_idle is None or self._in_flight or self._not_receiving:
             return wait
         left = self.options.until_idle - (time.monotonic() - self._last_activity)
         return max(MIN_RECEIVE_WAIT, min(wait, left))
@@ -409,14 +442,20 @@ class Worker:
     async def _session_loop(self, registered: RegisteredHandler) -> None:
         """Ordered handlers: lock the next session with messages, run them in order, repeat."""
         spec = registered.spec
+        first = True
         while not self._stopping.is_set():
             await self._breaker.wait_closed()
             if self._stopping.is_set():
                 return
             try:
+                # Locking a session is this loop's receive, and it includes connecting: the
+                # idle clock waits for the first attempt's answer (a session, none, or an error).
                 async with open_next_session(
                     self.client, spec.topic, spec.subscription, max_wait=self.options.receive_wait
                 ) as receiver:
+                    if first:
+                        first = False
+                        self._began_receiving()
                     if receiver is None:
                         continue  # no session has messages right now
                     renewal = asyncio.create_task(keep_session_lock(receiver))
@@ -426,6 +465,9 @@ class Worker:
                         renewal.cancel()
                         await asyncio.gather(renewal, return_exceptions=True)
             except MessagingError as exc:
+                if first:
+                    first = False
+                    self._began_receiving()
                 logger.warning("%s", exc)
                 await self._pause_for(self.options.backoff.base)
 
@@ -560,6 +602,11 @@ class Worker:
         if idle is None:
             return
         while not self._stopping.is_set():
+            if self._not_receiving and not self.paused:
+                # still opening links: nothing has been waited for yet (a paused circuit holds
+                # receiving back: then the last probe decides, as below)
+                await self._pause_for(min(0.2, idle))
+                continue
             quiet = time.monotonic() - self._last_activity
             if quiet >= idle and not self._in_flight and await self._idle_now():
                 logger.info("worker idle for %.1fs: draining and exiting", quiet)

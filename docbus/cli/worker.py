@@ -1,13 +1,14 @@
 """``docbus worker``: run handlers from a module against their subscriptions.
 
-Wires settings, the Mongo store, the Service Bus client, the LLM client (when the handlers'
-LLM package is installed) and the topology into a :class:`~subscriber.worker.Worker`, installs
-SIGINT/SIGTERM handlers for a graceful stop, and prints a summary table (or ``--json``) when it
-exits. What stops a worker from starting — a handler module that does not import, settings or a
-connection string that do not parse, a subscription missing on the broker, MongoDB or Service
-Bus out of reach — is one line on stderr and an exit code, never a traceback (the worker's own
-errors are worded here, the rest by :func:`docbus.cli.run_command`); :func:`exit_code` says how a
-run that did start ended (:data:`EXIT_CODES`).
+Wires settings, the Mongo store, the Service Bus client, the LLM client (when an LLM is configured:
+otherwise its package is never imported) and the topology into a
+:class:`~subscriber.worker.Worker`, installs SIGINT/SIGTERM handlers for a graceful stop, and
+prints a summary table (or ``--json``) when it exits. What stops a worker from starting — a handler
+module that does not import, settings or a connection string that do not parse, a subscription
+missing on the broker, MongoDB or Service Bus out of reach — is one line on stderr and an exit
+code, never a traceback (the worker's own errors are worded here, the rest by
+:func:`docbus.cli.run_command`); :func:`exit_code` says how a run that did start ended
+(:data:`EXIT_CODES`).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import contextlib
 import importlib
 import signal
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -98,7 +99,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--receive-ahead",
         type=int,
         metavar="N",
-        help="messages received beyond the free handler slots (default: concurrency / 8)",
+        help="messages received beyond the free handler slots (default: what the handlers get "
+        "through in 0.1 s, between concurrency / 8 and 100)",
     )
     parser.add_argument("--prefetch", type=int, help="SDK link prefetch (default 0)")
     parser.add_argument("--until-idle", type=float, metavar="SECONDS", help="exit when idle")
@@ -109,8 +111,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def llm_configured(settings: Settings) -> bool:
+    """Whether ``settings`` name an LLM endpoint at all; without one :func:`build_llm` has no
+    client to build, and the LLM package (openai, ~0.5 s of imports) is not worth importing."""
+    llm = settings.llm
+    return bool(llm.azure_endpoint or llm.api_key is not None or llm.base_url)
+
+
 def build_llm(settings: Settings, store: Any) -> Any:
-    """The LLM client for ``ctx.llm``, or None when the LLM package is not available."""
+    """The LLM client for ``ctx.llm``, or None when no LLM is configured."""
+    if not llm_configured(settings):
+        return None
     from handlers.llm import LLMClient, LLMConfigError
 
     try:
@@ -130,8 +141,13 @@ async def run_worker(
     from handlers.runtime import HandlerDiscoveryError, discover_handlers
 
     settings = settings or load_settings()
-    # The LLM package (openai) takes ~0.5 s to import: let that overlap the connecting below.
-    llm_package = asyncio.create_task(asyncio.to_thread(importlib.import_module, "handlers.llm"))
+    # The LLM package (openai) takes ~0.5 s to import: when there is a client to build, let
+    # that overlap the connecting below; when none is configured, never import it.
+    llm_package = None
+    if llm_configured(settings):
+        llm_package = asyncio.create_task(
+            asyncio.to_thread(importlib.import_module, "handlers.llm")
+        )
     try:
         registered = [h for source in args.handlers for h in discover_handlers(source)]
     except HandlerDiscoveryError as exc:
@@ -159,11 +175,15 @@ async def run_worker(
     client = _servicebus_client(settings)
     closing: set[asyncio.Task[None]] = set()
     async with Store.from_settings(settings) as store, client:
-        await store.ensure_indexes()
-        await _check_subscriptions(
-            client, settings, {(h.spec.topic, h.spec.subscription) for h in registered}, closing
+        # Both before the first receive: the unique indexes of `results` are what refuses a
+        # second current result, so they exist before any result is written. At once, though:
+        # neither waits for the other's round trips.
+        subscriptions = {(h.spec.topic, h.spec.subscription) for h in registered}
+        await _all_of(
+            store.ensure_indexes(), _check_subscriptions(client, settings, subscriptions, closing)
         )
-        await llm_package
+        if llm_package is not None:
+            await llm_package
         llm = build_llm(settings, store)
         async with llm if llm is not None else contextlib.nullcontext():
             try:
@@ -184,6 +204,17 @@ async def run_worker(
             report = await worker.run()
             await asyncio.gather(*closing, return_exceptions=True)
             return WorkerRun(report, await _parked_left(store, registered))
+
+
+async def _all_of(*steps: Awaitable[None]) -> None:
+    """Run ``steps`` at once; the first failure is raised once the others are cancelled."""
+    tasks = [asyncio.ensure_future(step) for step in steps]
+    try:
+        await asyncio.gather(*tasks)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def _servicebus_client(settings: Settings) -> Any:

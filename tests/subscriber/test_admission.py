@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 
-from subscriber.admission import Admission, Ticket
+from subscriber.admission import AHEAD_SECONDS, Admission, Pace, Ticket
 from subscriber.breaker import CircuitBreaker
 
 
@@ -17,13 +17,41 @@ async def settle_loop() -> None:
 
 async def test_credits_cover_the_slots_and_the_messages_received_ahead() -> None:
     admission = Admission(concurrency=2, ahead=1, stopping=asyncio.Event())
-    assert await admission.take_credits() == 2  # no more than concurrency in one receive
-    assert await admission.take_credits() == 1  # the one received ahead
+    assert await admission.take_credits() == 3  # one receive asks for all of them
     more = asyncio.create_task(admission.take_credits())
     await settle_loop()
     assert not more.done()  # all three taken: the next receive waits
     admission.release_credits(2)  # a receive brought one message of three
     assert await more == 2
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_messages_received_ahead_follow_the_pace_of_the_handlers() -> None:
+    clock = Clock()
+    admission = Admission(
+        concurrency=4, ahead=1, stopping=asyncio.Event(), most_ahead=100, pace=Pace(clock=clock)
+    )
+    assert admission.ahead == 1  # no pace known yet: the least
+    # fast handlers, 2,000 a second: a receive brings what they get through in AHEAD_SECONDS
+    for _ in range(1000):
+        clock.now += 0.0005
+        admission.pace.returned()
+    assert admission.ahead == min(100, round(2000 * AHEAD_SECONDS))
+    assert await admission.take_credits() == 4 + admission.ahead
+    # slow ones (LLM calls): four every two seconds keep only the least waiting
+    for _ in range(4):
+        clock.now += 0.5
+        admission.pace.returned()
+    assert admission.ahead == 1
+    admission.release_credits(4 + 100 - 2)  # two still held: three free
+    assert await admission.take_credits() == 3
 
 
 async def test_a_receive_never_asks_for_more_than_most() -> None:
@@ -51,8 +79,7 @@ async def never_given_back() -> None:
 
 async def test_a_handler_that_returns_hands_its_slot_to_the_next_message() -> None:
     admission = Admission(concurrency=1, ahead=1, stopping=asyncio.Event())
-    assert await admission.take_credits() == 1
-    assert await admission.take_credits() == 1
+    assert await admission.take_credits() == 2
     first, second = admission.ticket(), admission.ticket()
     assert await admission.wait_for_slot(first, never_given_back)
     waiting = asyncio.create_task(admission.wait_for_slot(second, never_given_back))
@@ -66,22 +93,25 @@ async def test_a_handler_that_returns_hands_its_slot_to_the_next_message() -> No
     assert await admission.take_credits() == 1
 
 
-async def test_at_most_concurrency_messages_complete_at_once() -> None:
+async def test_at_most_as_many_messages_complete_at_once_as_can_be_received() -> None:
     admission = Admission(concurrency=1, ahead=1, stopping=asyncio.Event())
-    await admission.take_credits()
-    await admission.take_credits()
-    first, second = admission.ticket(), admission.ticket()
+    assert await admission.take_credits() == 2
+    first, second, third = admission.ticket(), admission.ticket(), admission.ticket()
     assert await admission.wait_for_slot(first, never_given_back)
     await first.handler_returned()
     assert await admission.wait_for_slot(second, never_given_back)
-    returned = asyncio.create_task(second.handler_returned())
+    await second.handler_returned()  # two completing: a receive's worth
+    assert await admission.take_credits() == 2
+    assert await admission.wait_for_slot(third, never_given_back)
+    returned = asyncio.create_task(third.handler_returned())
     await settle_loop()
-    assert not returned.done()  # the first one still completes
-    assert second.slot  # and the second keeps its slot meanwhile
+    assert not returned.done()  # the first two still complete
+    assert third.slot  # and the third keeps its slot meanwhile
     first.release()
     await returned
-    second.release()
-    assert (second.slot, second.credit, second.completing) == (False, False, False)
+    for ticket in (second, third):
+        ticket.release()
+        assert (ticket.slot, ticket.credit, ticket.completing) == (False, False, False)
 
 
 async def test_release_gives_back_what_a_message_still_holds_once() -> None:
@@ -93,7 +123,7 @@ async def test_release_gives_back_what_a_message_still_holds_once() -> None:
     ticket.release()  # a second release gives nothing back twice
     assert await admission.take_credits() == 1
     assert await admission.wait_for_slot(admission.ticket(), never_given_back)
-    assert admission._slots.locked() and admission._credits.locked()
+    assert admission._slots.locked() and admission.free_credits == 0
 
 
 async def test_stop_gives_back_the_messages_waiting_for_a_slot() -> None:
@@ -120,8 +150,7 @@ async def test_stop_gives_back_the_messages_waiting_for_a_slot() -> None:
 
 async def test_a_cancellation_that_is_not_stops_still_cancels_after_giving_back() -> None:
     admission = Admission(concurrency=1, ahead=1, stopping=asyncio.Event())
-    await admission.take_credits()
-    await admission.take_credits()
+    assert await admission.take_credits() == 2
     assert await admission.wait_for_slot(admission.ticket(), never_given_back)
     given_back = asyncio.Event()
 

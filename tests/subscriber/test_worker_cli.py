@@ -202,3 +202,19 @@ async def test_an_unreachable_broker_is_one_line_and_exit_3_in_seconds(
     assert done.returncode == 3, done.stderr
     assert "Service Bus" in one_line(done.stderr)
     assert time.monotonic() - started < 10  # not the SDK's 12 s of retries
+
+
+async def test_a_worker_without_an_llm_configured_never_imports_the_llm_stack(
+    stack: Stack, project: Path
+) -> None:
+    """The openai SDK takes ~0.5 s to import: a worker that cannot have an LLM client (none is
+    configured) does not pay it before its first result."""
+    env = {**stack_env(stack), "PYTHONPROFILEIMPORTTIME": "1"}  # every import, on stderr
+    done = await docbus_worker(
+        project, env, "--handlers", "my_handlers", "--until-idle", "0.5",
+        "--topology", "topology.toml",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    imported = [line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines()]
+    assert "subscriber.worker" in imported  # (the profile is there)
+    assert not [name for name in imported if name.startswith(("openai", "handlers.llm"))]
