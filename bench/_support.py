@@ -33,9 +33,9 @@ def child(
         try:
             line = first_line(process, STARTUP_TIMEOUT)
             if ready not in line:
-                raise RuntimeError(
-                    f"{argv[2]} did not start: {line}\n" + log.read_text(errors="replace")[-2000:]
-                )
+                what = " ".join(argv[2:4])
+                tail = log.read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"{what} did not start: {line}\n{tail}")
             yield line, process.pid
         finally:
             process.terminate()

@@ -155,8 +155,8 @@ async def stand_ins(options: argparse.Namespace) -> AsyncIterator[StandIns]:
     python = sys.executable
     with tempfile.TemporaryDirectory(prefix="docbus-bench-") as tmp:
         config = write_emulator_config(TOPOLOGY, Path(tmp) / "Config.json")
-        llm_argv = [python, "-m", "docbus.local.llm_server", "--port", "0", "--latency",
-                    str(options.latency), "--log-level", "WARNING"]  # fmt: skip
+        llm_argv = [python, "-m", "docbus", "llm-server", "--port", "0", "--latency",
+                    str(options.latency), "--log-level", "warning"]  # fmt: skip
         emulator_argv = [python, "-m", "docbus", "emulator", "--port", "0", "--config",
                          str(config), "--log-level", "warning"]  # fmt: skip
         with (

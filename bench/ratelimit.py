@@ -87,8 +87,8 @@ def documents(count: int = 240) -> list[str]:
 @contextlib.contextmanager
 def llm_server(tpm: int, latency: float) -> Iterator[str]:
     """The offline server in its own process; yields its base URL (``.../v1``)."""
-    argv = [sys.executable, "-m", "docbus.local.llm_server", "--port", "0", "--tpm", str(tpm),
-            "--latency", str(latency), "--log-level", "WARNING"]  # fmt: skip
+    argv = [sys.executable, "-m", "docbus", "llm-server", "--port", "0", "--tpm", str(tpm),
+            "--latency", str(latency), "--log-level", "warning"]  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="docbus-bench-") as tmp:
         log = Path(tmp) / "llm.log"
         with log.open("wb") as log_file:
