@@ -912,8 +912,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--rss-lines", type=int, default=100_000, help="lines of the larger JSONL (100000)")
     add("--rss-doc-bytes", type=int, default=256, help="text bytes per RSS line (256)")
     add("--idle", type=float, default=1.5,
-        help="seconds without a message after which a no-op consumer exits (1.5; less lets "
-             "a docbus worker on a loaded machine exit before its first receive)")  # fmt: skip
+        help="seconds without a message after which a no-op consumer exits (1.5)")  # fmt: skip
     add("--mongo-on-disk", action="store_true", help="SecantusDB on a data directory")
     add("--skip", default="", help=f"comma-separated phases to leave out: {', '.join(PHASES)}")
     options = parser.parse_args(argv)
