@@ -194,6 +194,11 @@ class LLMSettings(BaseModel):
     half the CPU per request of ``httpx`` at high concurrency (``bench/llm_bound.py``);
     ``httpx`` is the SDK's default, for proxies or networks that need its behaviour."""
 
+    @property
+    def configured(self) -> bool:
+        """True when an endpoint is named: Azure OpenAI, a key for OpenAI, or a ``base_url``."""
+        return bool(self.azure_endpoint or self.api_key is not None or self.base_url)
+
 
 class PublisherSettings(BaseModel):
     """How the publisher sends."""

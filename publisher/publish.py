@@ -293,18 +293,18 @@ async def publish_documents(  # noqa: PLR0913 - keyword-only options of the publ
             asyncio.Queue(maxsize=settings.publisher.chunk_size) for _ in senders
         ]
 
-        def sent(ids: list[str]) -> None:
+        async def sent(ids: list[str]) -> None:
             report.sent += len(ids)
             report.message_batches += 1
             advance(len(ids))
 
-        def failed(ids: list[str], reason: str) -> None:
+        async def failed(ids: list[str], reason: str) -> None:
             for doc_id in ids:
                 report.failed[doc_id] = reason
             advance(len(ids))
 
         abort = SendAbort()
-        retry = SendRetry(settings.publisher.send_attempts, settings.publisher.send_retry_backoff)
+        retry = SendRetry.of(settings.publisher)
         lanes = [
             asyncio.create_task(_lane(s, q, abort, sent, failed, retry))
             for s, q in zip(senders, queues, strict=True)
@@ -646,8 +646,8 @@ async def _lane(
     sender: MessageSender,
     queue: asyncio.Queue[tuple[str, ServiceBusMessage] | None],
     abort: SendAbort,
-    sent: Callable[[list[str]], None],
-    failed: Callable[[list[str], str], None],
+    sent: Callable[[list[str]], Awaitable[None]],
+    failed: Callable[[list[str], str], Awaitable[None]],
     retry: SendRetry,
 ) -> None:
     """One sender link: send what the queue brings in batches (:mod:`publisher.sending`), a
@@ -657,17 +657,11 @@ async def _lane(
     queue; after an abort the batch sender only reports what it takes as failed.
     """
 
-    async def on_sent(ids: list[str]) -> None:
-        sent(ids)
-
-    async def on_failed(ids: list[str], reason: str) -> None:
-        failed(ids, reason)
-
     batches: BatchSender[str] = BatchSender(
         sender,
         retry=retry,
-        on_sent=on_sent,
-        on_failed=on_failed,
+        on_sent=sent,
+        on_failed=failed,
         abort=abort,
         too_large="message exceeds the size limit even by claim-check",
     )

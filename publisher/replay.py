@@ -41,6 +41,7 @@ from docbus.envelope import Envelope, InvalidEnvelope, message_id
 from docbus.errors import DocbusError
 from docbus.records import DeadLetterRecord, ReplayItem, ReplayRecord
 from docbus.servicebus import build_message, translated
+from docbus.settings import PublisherSettings
 from docbus.store import DeadLetterFilter, Store
 from publisher.publish import SenderFactory
 from publisher.sending import BatchSender, MessageSender, SendRetry
@@ -63,8 +64,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_RETRY = SendRetry(attempts=4, backoff=0.5)
-"""The publisher's defaults (``DOCBUS_PUBLISHER__SEND_ATTEMPTS`` / ``__SEND_RETRY_BACKOFF``)."""
+DEFAULT_RETRY = SendRetry.of(PublisherSettings())
+"""The publisher's default retry (``DOCBUS_PUBLISHER__SEND_ATTEMPTS``, ``__SEND_RETRY_BACKOFF``)."""
 
 ONLY = ("failed", "missing", "all")
 """What a batch replay selects: documents that failed in the handler, documents it never

@@ -31,6 +31,7 @@ from docbus.servicebus import (
     MessagingError,
     translated,
 )
+from docbus.settings import PublisherSettings
 
 __all__ = ["BatchSender", "MessageSender", "SendAbort", "SendRetry"]
 
@@ -60,6 +61,11 @@ class SendRetry:
 
     attempts: int
     backoff: float
+
+    @classmethod
+    def of(cls, publisher: PublisherSettings) -> SendRetry:
+        """The retry ``DOCBUS_PUBLISHER__SEND_ATTEMPTS`` / ``__SEND_RETRY_BACKOFF`` describe."""
+        return cls(publisher.send_attempts, publisher.send_retry_backoff)
 
     def delay(self, attempt: int, error: MessagingError) -> float | None:
         """Seconds to wait before attempt ``attempt + 1``, or None to give up."""

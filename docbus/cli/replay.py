@@ -223,9 +223,7 @@ async def _replay(
                     plan, store=store, sender_factory=client.get_topic_sender,
                     rate=args.rate, replay_id=replay_id,
                     on_progress=lambda n: progress.advance(task, n),
-                    retry=SendRetry(
-                        settings.publisher.send_attempts, settings.publisher.send_retry_backoff
-                    ),
+                    retry=SendRetry.of(settings.publisher),
                 )  # fmt: skip
         ok = not report.record.failed and report.record.status == "done"
         if args.json:

@@ -111,16 +111,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def llm_configured(settings: Settings) -> bool:
-    """Whether ``settings`` name an LLM endpoint at all; without one :func:`build_llm` has no
-    client to build, and the LLM package (openai, ~0.5 s of imports) is not worth importing."""
-    llm = settings.llm
-    return bool(llm.azure_endpoint or llm.api_key is not None or llm.base_url)
-
-
 def build_llm(settings: Settings, store: Any) -> Any:
-    """The LLM client for ``ctx.llm``, or None when no LLM is configured."""
-    if not llm_configured(settings):
+    """The LLM client for ``ctx.llm``, or None when no LLM is configured (then the LLM package,
+    openai's ~0.5 s of imports, is not imported at all)."""
+    if not settings.llm.configured:
         return None
     from handlers.llm import LLMClient, LLMConfigError
 
@@ -144,7 +138,7 @@ async def run_worker(
     # The LLM package (openai) takes ~0.5 s to import: when there is a client to build, let
     # that overlap the connecting below; when none is configured, never import it.
     llm_package = None
-    if llm_configured(settings):
+    if settings.llm.configured:
         llm_package = asyncio.create_task(
             asyncio.to_thread(importlib.import_module, "handlers.llm")
         )

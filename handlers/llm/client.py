@@ -201,7 +201,7 @@ class LLMClient:
                 "max_completion_tokens"
             )
         else:
-            if llm.api_key is None and not llm.base_url:
+            if not llm.configured:
                 raise LLMConfigError(
                     "no LLM is configured: set OPENAI_API_KEY (or DOCBUS_LLM__API_KEY), "
                     "AZURE_OPENAI_ENDPOINT, or DOCBUS_LLM__BASE_URL for an OpenAI-compatible "
