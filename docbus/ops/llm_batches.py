@@ -32,6 +32,7 @@ from typing import Any
 from docbus.errors import DocbusError
 from docbus.ops._not_found import NotFound
 from docbus.ops.batches import no_batch
+from docbus.records import BatchRecord
 from docbus.store import ProviderBatchRecord, Store, SubmissionPause
 
 __all__ = [
@@ -157,15 +158,18 @@ class LLMProgress:
         }
 
 
-async def llm_progress(store: Store, batch_id: str) -> LLMProgress:
+async def llm_progress(
+    store: Store, batch_id: str, record: BatchRecord | None = None
+) -> LLMProgress:
     """A docbus batch's batch-mode requests per state, its open provider batches and the
-    submission back-offs (shown only while it has requests waiting to be submitted)."""
+    submission back-offs (shown only while it has requests waiting to be submitted);
+    ``record``: the batch's record when the caller has read it already."""
     counts = await store.count_llm_requests(batch_id=batch_id)
     requests = {state: counts.get(state, 0) for state in REQUEST_STATES}
     requests.update({state: n for state, n in counts.items() if state not in requests})
     open_batches = [r for r in await store.provider_batches(batch_id=batch_id) if r.is_open]
     pauses = await store.llm_submission_pauses() if requests["pending"] else []
-    record = await store.get_batch(batch_id)
+    record = record or await store.get_batch(batch_id)
     return LLMProgress(
         requests=requests,
         open_batches=open_batches,

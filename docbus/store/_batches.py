@@ -152,6 +152,43 @@ class BatchesMixin(StoreBase):
         with _translated(f"add usage to batch {batch_id}"):
             await self._writer("batches", durable=False).increment(batch_id, increments)
 
+    async def llm_usage_by_mode(self, batch_id: str) -> list[dict[str, Any]]:
+        """A batch's LLM audit rows summed per handler, step and LLM mode (``llm_mode``;
+        rows without one were made live): mappings with ``handler``, ``step``, ``llm_mode``,
+        ``calls``, ``prompt_tokens``, ``completion_tokens`` and ``cost_usd``."""
+        pipeline: list[dict[str, Any]] = [
+            {"$match": {"batch_id": batch_id}},
+            {
+                "$group": {
+                    "_id": {
+                        "h": "$handler",
+                        "s": "$step",
+                        "m": {"$ifNull": ["$llm_mode", "live"]},
+                    },
+                    "calls": {"$sum": 1},
+                    "prompt_tokens": {"$sum": "$prompt_tokens"},
+                    "completion_tokens": {"$sum": "$completion_tokens"},
+                    "cost_usd": {"$sum": "$cost_usd"},
+                }
+            },
+        ]
+        rows = []
+        with _translated(f"sum the llm usage of batch {batch_id} by mode"):
+            async for raw in await self._c("llm_calls").aggregate(pipeline):
+                key = raw["_id"]
+                rows.append(
+                    {
+                        "handler": key.get("h"),
+                        "step": key.get("s"),
+                        "llm_mode": str(key.get("m") or "live"),
+                        "calls": int(raw.get("calls") or 0),
+                        "prompt_tokens": int(raw.get("prompt_tokens") or 0),
+                        "completion_tokens": int(raw.get("completion_tokens") or 0),
+                        "cost_usd": float(raw.get("cost_usd") or 0.0),
+                    }
+                )
+        return rows
+
     async def set_batch_over_budget(self, batch_id: str, over_budget: bool) -> None:
         with _translated(f"flag batch {batch_id}"):
             await self._c("batches").update_one(
