@@ -153,9 +153,10 @@ class BatchesMixin(StoreBase):
             await self._writer("batches", durable=False).increment(batch_id, increments)
 
     async def llm_usage_by_mode(self, batch_id: str) -> list[dict[str, Any]]:
-        """A batch's LLM audit rows summed per handler, step and LLM mode (``llm_mode``;
-        rows without one were made live): mappings with ``handler``, ``step``, ``llm_mode``,
-        ``calls``, ``prompt_tokens``, ``completion_tokens`` and ``cost_usd``."""
+        """A batch's LLM audit rows summed per handler, step, model and LLM mode
+        (``llm_mode``; rows without one were made live): mappings with ``handler``, ``step``,
+        ``model``, ``llm_mode``, ``calls``, ``prompt_tokens``, ``completion_tokens`` and
+        ``cost_usd``."""
         pipeline: list[dict[str, Any]] = [
             {"$match": {"batch_id": batch_id}},
             {
@@ -163,6 +164,7 @@ class BatchesMixin(StoreBase):
                     "_id": {
                         "h": "$handler",
                         "s": "$step",
+                        "model": "$model",
                         "m": {"$ifNull": ["$llm_mode", "live"]},
                     },
                     "calls": {"$sum": 1},
@@ -180,6 +182,7 @@ class BatchesMixin(StoreBase):
                     {
                         "handler": key.get("h"),
                         "step": key.get("s"),
+                        "model": key.get("model"),
                         "llm_mode": str(key.get("m") or "live"),
                         "calls": int(raw.get("calls") or 0),
                         "prompt_tokens": int(raw.get("prompt_tokens") or 0),
