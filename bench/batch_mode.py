@@ -6,7 +6,8 @@ Batch API taking ``--processing`` seconds per provider batch (``docbus llm-serve
 --batch-processing``), the Service Bus emulator, SecantusDB. ``--docs`` documents are published
 with ``llm_mode="batch"`` and a worker in this process runs the three-step handler until every
 document is settled (the submitter inside the worker turns each step's calls into one provider
-batch per round, tuned here to submit after ``--max-wait`` seconds and poll every half second).
+batch per round, tuned as ``docbus demo --llm-mode batch`` tunes it: submit after
+``--max-wait`` seconds, look and poll every half second).
 Then the same documents are published again in live mode under a second batch id and run live,
 for the cost ratio.
 
@@ -43,6 +44,7 @@ from pydantic import SecretStr
 from pymongo import monitoring
 from rich.console import Console
 
+from docbus.cli.demo import quick_rounds
 from docbus.settings import LLMSettings, MongoSettings, ServiceBusSettings, Settings
 from docbus.topology import write_emulator_config
 
@@ -74,17 +76,6 @@ async def stand_ins(options: argparse.Namespace) -> AsyncIterator[Stack]:
         ):
             async with LocalMongo() as mongo:
                 yield Stack(llm_line.rsplit(" at ", 1)[1], connection, mongo.uri)
-
-
-def batch_settings(settings: Settings, max_wait: float) -> Settings:
-    """``settings`` with the submitter tuned for a bench: submit once the oldest request has
-    waited ``max_wait`` seconds, poll every half second (unchanged without ``llm.batch``)."""
-    llm = settings.llm
-    batch = getattr(llm, "batch", None)
-    if batch is None:
-        return settings
-    quick = batch.model_copy(update={"max_wait": max_wait, "poll_base": 0.5, "poll_max": 1.0})
-    return settings.model_copy(update={"llm": llm.model_copy(update={"batch": quick})})
 
 
 @dataclass
@@ -179,7 +170,7 @@ async def bench(options: argparse.Namespace, console: Console) -> dict[str, Any]
             mongodb=MongoSettings(uri=SecretStr(stack.mongo_uri), database="bench"),
             llm=LLMSettings(base_url=stack.llm_base_url, model="docbus-offline"),
         )
-        settings = batch_settings(settings, options.max_wait)
+        settings = quick_rounds(settings, options.max_wait)
         async with Store.from_settings(settings) as store:
             await store.ensure_indexes()
             batch = await publish_and_run(
