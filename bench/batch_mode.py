@@ -1,15 +1,15 @@
 """Benchmark of batch mode: a 3-step handler's LLM calls through the Batch API; one JSON line.
 
-The stand-ins run as in ``bench/llm_bound.py`` (whose handler, documents and Mongo command
-counter this bench reuses), each in a process of its own: the offline LLM server with its
-Batch API taking ``--processing`` seconds per provider batch (``docbus llm-server
---batch-processing``), the Service Bus emulator, SecantusDB. ``--docs`` documents are published
-with ``llm_mode="batch"`` and a worker in this process runs the three-step handler until every
-document is settled (the submitter inside the worker turns each step's calls into one provider
-batch per round, tuned as ``docbus demo --llm-mode batch`` tunes it: submit after
-``--max-wait`` seconds, look and poll every half second).
-Then the same documents are published again in live mode under a second batch id and run live,
-for the cost ratio.
+The stand-ins are ``bench/llm_bound.py``'s (as are the handler, the documents and the Mongo
+command counter), each in a process of its own: the offline LLM server, its Batch API set to
+take ``--processing`` seconds per provider batch (``POST /_admin/config``, what ``docbus
+llm-server --batch-processing`` sets at start), the Service Bus emulator, SecantusDB. ``--docs``
+documents are published with ``llm_mode="batch"`` and a worker in this process runs the
+three-step handler until every document is settled (the submitter inside the worker turns each
+step's calls into one provider batch per round, tuned as ``docbus demo --llm-mode batch`` tunes
+it: submit after ``--max-wait`` seconds, look and poll every half second). Then the same
+documents are published again in live mode under a second batch id and run live, for the cost
+ratio.
 
 The JSON line holds: documents, rounds (the most provider batches one document's requests were
 answered in: 3 for three steps, more with re-asks), provider batches (the server's count),
@@ -27,55 +27,46 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import platform
 import sys
-import tempfile
 import time
-from collections.abc import AsyncIterator
+import urllib.request
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from _support import child
-from llm_bound import TOPIC, TOPOLOGY, MongoTime, documents, server_stats, three_steps
+from llm_bound import (
+    TOPIC,
+    TOPOLOGY,
+    MongoTime,
+    StandIns,
+    documents,
+    server_stats,
+    stand_ins,
+    three_steps,
+)
 from pydantic import SecretStr
 from pymongo import monitoring
 from rich.console import Console
 
 from docbus.cli.demo import quick_rounds
 from docbus.settings import LLMSettings, MongoSettings, ServiceBusSettings, Settings
-from docbus.topology import write_emulator_config
 
 BATCH_RUN = "bench-batch"
 LIVE_RUN = "bench-live"
 
 
-@dataclass
-class Stack:
-    llm_base_url: str
-    connection_string: str
-    mongo_uri: str
-
-
-@contextlib.asynccontextmanager
-async def stand_ins(options: argparse.Namespace) -> AsyncIterator[Stack]:
-    from docbus.local.mongo import LocalMongo
-
-    python = sys.executable
-    with tempfile.TemporaryDirectory(prefix="docbus-bench-batch-") as tmp:
-        config = write_emulator_config(TOPOLOGY, Path(tmp) / "Config.json")
-        llm_argv = [python, "-m", "docbus", "llm-server", "--port", "0", "--batch-processing",
-                    str(options.processing), "--log-level", "warning"]  # fmt: skip
-        emulator_argv = [python, "-m", "docbus", "emulator", "--port", "0", "--config",
-                         str(config), "--log-level", "warning"]  # fmt: skip
-        with (
-            child(llm_argv, Path(tmp) / "llm.log", "http://") as (llm_line, _),
-            child(emulator_argv, Path(tmp) / "emulator.log", "Endpoint=") as (connection, _),
-        ):
-            async with LocalMongo() as mongo:
-                yield Stack(llm_line.rsplit(" at ", 1)[1], connection, mongo.uri)
+def configure_batches(base_url: str, processing: float) -> None:
+    """Set the offline server's Batch API processing time (``POST /_admin/config``)."""
+    body = json.dumps({"batch": {"in_progress_seconds": processing}}).encode()
+    request = urllib.request.Request(
+        base_url.removesuffix("/v1") + "/_admin/config",
+        data=body,
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=10):
+        pass
 
 
 @dataclass
@@ -89,7 +80,7 @@ class Run:
     mongo_commands: int = 0
 
 
-async def run_worker(settings: Settings, store: Any, stack: Stack, options: Any) -> Run:
+async def run_worker(settings: Settings, store: Any, stack: StandIns, options: Any) -> Run:
     from azure.servicebus.aio import ServiceBusClient
 
     from handlers.llm import LLMClient
@@ -127,7 +118,7 @@ async def run_worker(settings: Settings, store: Any, stack: Stack, options: Any)
 
 
 async def publish_and_run(
-    settings: Settings, store: Any, stack: Stack, options: Any, batch_id: str, mode: str,
+    settings: Settings, store: Any, stack: StandIns, options: Any, batch_id: str, mode: str,
     mongo: MongoTime,
 ) -> Run:  # fmt: skip
     from publisher import publish_documents
@@ -164,6 +155,7 @@ async def bench(options: argparse.Namespace, console: Console) -> dict[str, Any]
     mongo = MongoTime()
     monitoring.register(mongo)  # before any client exists: it applies to new clients
     async with stand_ins(options) as stack:
+        configure_batches(stack.llm_base_url, options.processing)
         console.print(f"offline Batch API at {stack.llm_base_url}: {options.processing:g} s/batch")
         settings = Settings(
             servicebus=ServiceBusSettings(connection_string=SecretStr(stack.connection_string)),
@@ -215,6 +207,8 @@ def main(argv: list[str] | None = None) -> int:
         "--max-wait", type=float, default=1.0, help="seconds requests wait for company (1)"
     )
     options = parser.parse_args(argv)
+    # what llm_bound's stand-ins read: an instant model, SecantusDB in memory
+    options.latency, options.mongo_on_disk, options.mongo_options = 0.0, False, ""
     line = asyncio.run(bench(options, Console(stderr=True)))
     print(json.dumps(line), flush=True)
     done = line["completed"]

@@ -16,9 +16,10 @@ queries and actions are :mod:`docbus.ops.llm_batches`; the provider is called th
 from __future__ import annotations
 
 import argparse
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
+from typing import TypeVar
 
 from rich.console import Console, Group, RenderableType
 from rich.table import Table
@@ -51,6 +52,8 @@ __all__ = [
     "resume_text",
     "run",
 ]
+
+Outcome = TypeVar("Outcome", CancelOutcome, ResumeOutcome)
 
 EXIT_CODES = {
     1: "no such batch or provider batch, or the provider refused to cancel a provider batch",
@@ -125,35 +128,43 @@ async def _show(settings: Settings, args: argparse.Namespace, console: Console) 
 
 
 async def _cancel(settings: Settings, args: argparse.Namespace, console: Console) -> int:
-    from docbus.cli import print_json, say_error
+    async def cancel_it(store: Store) -> CancelOutcome:
+        async with provider_canceller(settings) as cancel:
+            return await cancel_llm_batch(store, args.batch, cancel)
 
-    try:
-        async with Store.from_settings(settings) as store, provider_canceller(settings) as cancel:
-            outcome = await cancel_llm_batch(store, args.batch, cancel)
-    except LLMBatchRefused as exc:
-        say_error("llm-batches", str(exc))
-        return 2
-    if args.json:
-        print_json(console, outcome.to_json())
-    else:
-        console.print(cancel_text(outcome), markup=False, highlight=False, soft_wrap=True)
-    return 0 if outcome.ok else 1
+    outcome = await _carry_out(settings, args, console, cancel_it, cancel_text)
+    return 2 if outcome is None else 0 if outcome.ok else 1
 
 
 async def _resume(settings: Settings, args: argparse.Namespace, console: Console) -> int:
+    async def resume_it(store: Store) -> ResumeOutcome:
+        return await resume_llm_batch(store, args.batch)
+
+    outcome = await _carry_out(settings, args, console, resume_it, resume_text)
+    return 2 if outcome is None else 0
+
+
+async def _carry_out(
+    settings: Settings,
+    args: argparse.Namespace,
+    console: Console,
+    act: Callable[[Store], Awaitable[Outcome]],
+    text: Callable[[Outcome], str],
+) -> Outcome | None:
+    """Run an action and show what it did; None (after one line on stderr) when refused."""
     from docbus.cli import print_json, say_error
 
     try:
         async with Store.from_settings(settings) as store:
-            outcome = await resume_llm_batch(store, args.batch)
+            outcome = await act(store)
     except LLMBatchRefused as exc:
         say_error("llm-batches", str(exc))
-        return 2
+        return None
     if args.json:
         print_json(console, outcome.to_json())
     else:
-        console.print(resume_text(outcome), markup=False, highlight=False, soft_wrap=True)
-    return 0
+        console.print(text(outcome), markup=False, highlight=False, soft_wrap=True)
+    return outcome
 
 
 @asynccontextmanager
