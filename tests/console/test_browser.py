@@ -74,6 +74,13 @@ def test_batch_page_shows_failures_cost_and_latency(page: Any, console: Console)
     assert "re-asks" in body and "retries" in body
     assert page.locator("svg.chart polyline").count() == 1
     assert page.locator("text=summarise").count() >= 1  # a step of the notes handler
+    assert page.locator(".llm-mode").inner_text() == "default"
+    live = page.locator("tr[data-mode='live'] td")
+    assert (
+        live.nth(1).inner_text()
+        == page.locator("tr", has_text="total").first.locator("td").nth(1).inner_text()
+    )  # every call of the demo run was made live
+    assert page.locator("tr[data-mode='batch'] td").nth(1).inner_text() == "0"
     screenshot(page, "batch")
 
 
