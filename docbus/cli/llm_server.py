@@ -117,7 +117,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="maximum prompt + completion tokens (%(default)s)",
     )
 
-
     batch = parser.add_argument_group("Batch API (/v1/files, /v1/batches)")
     batch.add_argument(
         "--batch-processing",
@@ -132,8 +131,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=_rate,
         default=BatchConfig().expire_share,
         metavar="SHARE",
-        help="share of a batch's requests left unanswered: the batch ends expired "
-        "(%(default)s)",
+        help="share of a batch's requests left unanswered: the batch ends expired (%(default)s)",
     )
 
 

@@ -175,9 +175,7 @@ class BatchReport:
     by_category: dict[str, Usage] = field(default_factory=dict)
     by_mode: dict[str, Usage] = field(default_factory=dict)
     """LLM mode (``live``, ``batch``: both always present) → the spend made in it."""
-    step_modes: dict[tuple[str | None, str | None], dict[str, Usage]] = field(
-        default_factory=dict
-    )
+    step_modes: dict[tuple[str | None, str | None], dict[str, Usage]] = field(default_factory=dict)
     """(handler, step) → LLM mode → the spend of that step made in it."""
 
     @property
