@@ -20,6 +20,7 @@ from typing import Any, Literal, NamedTuple
 from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
+    "LLM_MODES",
     "SPEND_CATEGORIES",
     "BatchBudget",
     "BatchCost",
@@ -29,6 +30,7 @@ __all__ = [
     "DeadLetterRecord",
     "HandlerCounts",
     "LLMCallRecord",
+    "LLMMode",
     "ReplayItem",
     "ReplayRecord",
     "ResultRecord",
@@ -51,6 +53,12 @@ delivery), ``reask`` (a re-ask after a validation failure) or ``retry`` (a call 
 transient error, or made on a later delivery of the message)."""
 
 SpendCategory = Literal["first", "reask", "retry"]
+
+LLMMode = Literal["live", "batch"]
+"""How a batch's LLM calls are made: ``live`` (one request each, at once) or ``batch``
+(gathered into provider batches: the Batch API's half price, answers within hours)."""
+
+LLM_MODES: tuple[LLMMode, ...] = ("live", "batch")
 
 
 class Spend(BaseModel):
@@ -94,6 +102,11 @@ class BatchRecord(BaseModel):
     budget_usd: float | None = None
     """This batch's LLM budget; ``None``: the worker's setting (``llm.budget_per_batch_usd``)."""
     cost: BatchCost = BatchCost()
+    llm_mode: LLMMode | None = None
+    """The LLM mode chosen at publish (or by a replay); ``None``: the handler's default, else
+    the worker's setting (``llm.mode``)."""
+    llm_cancelled_at: datetime | None = None
+    """When ``docbus llm-batches cancel`` held the batch's LLM requests; ``None`` once resumed."""
 
 
 class BatchBudget(NamedTuple):
@@ -242,6 +255,8 @@ class ReplayRecord(BaseModel):
     failed: dict[str, str] = Field(default_factory=dict)
     """Dead letter (or document) id → why sending it failed."""
     items: list[ReplayItem] = Field(default_factory=list)
+    llm_mode: LLMMode | None = None
+    """The LLM mode the run set on its batches (``--llm-mode``); ``None``: each kept its own."""
     started_at: datetime = Field(default_factory=_now)
     finished_at: datetime | None = None
 

@@ -40,6 +40,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
+from docbus.cli.llm_batches import progress_text
 from docbus.ops import NotFound
 from docbus.ops.backlog import BacklogProbe
 from docbus.ops.status import (
@@ -94,8 +95,12 @@ def _rate(value: float) -> str:
 
 
 def batch_view(status: BatchStatus, previous: BatchStatus | None = None) -> RenderableType:
-    """One batch: its table, then a line on publishing, cost and budget."""
-    return Group(batch_table(status, previous), _caption(status), Text(""))
+    """One batch: its table, then a line on publishing, cost and budget (and one on its
+    batch-mode LLM requests)."""
+    parts: list[RenderableType] = [batch_table(status, previous), _caption(status)]
+    if status.llm is not None:
+        parts.append(progress_text(status.llm))
+    return Group(*parts, Text(""))
 
 
 def batch_table(status: BatchStatus, previous: BatchStatus | None = None) -> Table:
@@ -103,7 +108,11 @@ def batch_table(status: BatchStatus, previous: BatchStatus | None = None) -> Tab
     record = status.record
     rates = throughput(status, previous)
     rate_title = "docs/s (last interval)" if previous is not None else "docs/s"
-    title = Text.assemble(("batch ", "bold"), (record.id, "bold cyan"), f" → {record.topic}")
+    title = Text.assemble(
+        ("batch ", "bold"),
+        (record.id, "bold cyan"),
+        f" → {record.topic} · LLM mode {status.llm_mode}",
+    )
     table = Table(title=title, title_justify="left")
     table.add_column("handler", no_wrap=True)
     for name in ("published", "done", "retrying", "parked", "dead-lettered", "pending"):
