@@ -358,6 +358,9 @@ class HandlerCounts(BaseModel):
 
     done: int = 0
     dead_lettered: int = 0
+    rolled_back: int = 0
+    """Documents whose results of this batch were all withdrawn by a rollback, and that have
+    no other result or dead letter in it: an operator's act, redone by a replay."""
     pending: int = 0
 
 
@@ -365,8 +368,9 @@ class BatchCounts(BaseModel):
     """Progress of a batch, per document and per handler.
 
     A document is *done* when every handler known for the batch has a result for it,
-    *dead-lettered* when a handler dead-lettered it and has no later result for it, and
-    *pending* otherwise; the three add up to *published*.
+    *dead-lettered* when a handler dead-lettered it and has no later result for it, *rolled
+    back* when a handler's results for it were withdrawn by a rollback (and it is neither of the
+    former), and *pending* otherwise; the four add up to *published*.
     """
 
     model_config = ConfigDict(frozen=True)
@@ -376,6 +380,7 @@ class BatchCounts(BaseModel):
     done: int
     dead_lettered: int
     pending: int
+    rolled_back: int = 0
     handlers: dict[str, HandlerCounts] = Field(default_factory=dict)
 
 

@@ -261,6 +261,15 @@ def run(  # noqa: C901 - one branch per refusal the command turns into a line an
     except MessagingError as exc:
         _error(err, f"cannot publish to topic {args.topic!r}: {brief(str(exc))}")
         return 3 if exc.transient else 1
+    except KeyboardInterrupt:
+        if args.dry_run:
+            raise
+        _error(
+            err,
+            f"interrupted: batch {batch_id} is incomplete; send the rest with the same command "
+            f"and --batch-id {batch_id} --resume",
+        )
+        return 130
     if args.json:
         console.file.write(json.dumps(report.as_dict(), ensure_ascii=False) + "\n")
         console.file.flush()

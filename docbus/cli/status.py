@@ -115,7 +115,9 @@ def batch_table(status: BatchStatus, previous: BatchStatus | None = None) -> Tab
     )
     table = Table(title=title, title_justify="left")
     table.add_column("handler", no_wrap=True)
-    for name in ("published", "done", "retrying", "parked", "dead-lettered", "pending"):
+    rolled = bool(status.counts.rolled_back)  # (a column only where a rollback happened)
+    columns = ("published", "done", "retrying", "parked", "dead-lettered")
+    for name in (*columns, *(("rolled back",) if rolled else ()), "pending"):
         table.add_column(name, justify="right")
     table.add_column("progress", no_wrap=True)
     table.add_column(rate_title, justify="right")
@@ -127,6 +129,7 @@ def batch_table(status: BatchStatus, previous: BatchStatus | None = None) -> Tab
         str(status.retrying),
         str(status.parked),
         str(counts.dead_lettered),
+        *((str(counts.rolled_back),) if rolled else ()),
         str(status.pending()),
         _bar(status.finished(), counts.published),
         _rate(rates[None]),
@@ -139,6 +142,7 @@ def batch_table(status: BatchStatus, previous: BatchStatus | None = None) -> Tab
             str(status.handler_retrying.get(name, 0)),
             str(status.handler_parked.get(name, 0)),
             str(handler.dead_lettered),
+            *((str(handler.rolled_back),) if rolled else ()),
             str(status.pending(name)),
             _bar(status.finished(name), counts.published),
             _rate(rates[name]),
@@ -200,7 +204,7 @@ def render_status(
     ]
     tables.append(
         Text(
-            "published = done + retrying + parked + dead-lettered + pending; "
+            "published = done + retrying + parked + dead-lettered (+ rolled back) + pending; "
             "retrying: unfinished documents the worker is trying again; "
             "parked: set aside until their condition clears (docbus worker resumes them)",
             style="dim",

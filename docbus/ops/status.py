@@ -130,14 +130,29 @@ class BatchStatus:
             return self.record.status
         if self.backlog is not None and self.backlog.total:
             return "finishing"
+        if self.counts.rolled_back:
+            return "rolled back" if not self.finished() else "complete, partly rolled back"
         return "complete" if self.broker_checked else "complete (broker not checked)"
 
     @property
     def attention(self) -> list[str]:
         """What about the batch needs someone to look (``docbus status`` then exits 1)."""
         found = []
+        counts = self.record.counts
+        unsent = self.counts.published - counts.get("sent", 0) - counts.get("failed", 0)
+        if self.record.status == "failed" and unsent > 0:
+            # recorded (records go up to two chunks ahead) but never sent: interrupted
+            found.append(
+                f"publishing stopped before the end: {unsent} recorded documents not sent; "
+                f"send them with `docbus publish ... --batch-id {self.record.id} --resume`"
+            )
         if self.counts.dead_lettered:
             found.append(f"{self.counts.dead_lettered} dead-lettered")
+        if self.counts.rolled_back:
+            found.append(
+                f"{self.counts.rolled_back} rolled back (no current result from this batch): "
+                f"redo them with `docbus replay --batch {self.record.id}`"
+            )
         waiting = self.parked_reasons.get(AWAITING_BATCH, 0)
         if self.parked and waiting < sum(self.parked_reasons.values()):
             found.append(f"{self.parked} parked")
@@ -361,6 +376,7 @@ def status_json(statuses: Sequence[BatchStatus]) -> dict[str, Any]:
                     "retrying": status.retrying,
                     "parked": status.parked,
                     "dead_lettered": counts.dead_lettered,
+                    "rolled_back": counts.rolled_back,
                     "pending": status.pending(),
                 },
                 "handlers": {
@@ -369,6 +385,7 @@ def status_json(statuses: Sequence[BatchStatus]) -> dict[str, Any]:
                         "retrying": status.handler_retrying.get(name, 0),
                         "parked": status.handler_parked.get(name, 0),
                         "dead_lettered": handler.dead_lettered,
+                        "rolled_back": handler.rolled_back,
                         "pending": status.pending(name),
                     }
                     for name, handler in counts.handlers.items()

@@ -247,11 +247,13 @@ class BatchesMixin(StoreBase):
         """
         done: dict[str, set[str]] = {name: set() for name in handlers}
         dead: dict[str, set[str]] = {name: set() for name in done}
+        withdrawn: dict[str, set[str]] = {name: set() for name in done}
         with _translated(f"count batch {batch_id}"):
             published = await self._c("documents").count_documents({"batch_id": batch_id})
             for collection, match, into in (
                 ("results", {"batch_id": batch_id, "rolled_back": False}, done),
                 ("dead_letters", {"batch_id": batch_id}, dead),
+                ("results", {"batch_id": batch_id, "rolled_back": True}, withdrawn),
             ):
                 pipeline: list[dict[str, Any]] = [
                     {"$match": match},
@@ -261,28 +263,32 @@ class BatchesMixin(StoreBase):
                     name = row["_id"].get("h")
                     if name is not None:
                         into.setdefault(name, set()).add(row["_id"]["d"])
-                        done.setdefault(name, set())
-                        dead.setdefault(name, set())
+                        for each in (done, dead, withdrawn):
+                            each.setdefault(name, set())
         per_handler: dict[str, HandlerCounts] = {}
         for name in sorted(done):
             unresolved = dead[name] - done[name]
+            rolled = withdrawn[name] - done[name] - unresolved
             per_handler[name] = HandlerCounts(
                 done=len(done[name]),
                 dead_lettered=len(unresolved),
-                pending=max(0, published - len(done[name]) - len(unresolved)),
+                rolled_back=len(rolled),
+                pending=max(0, published - len(done[name]) - len(unresolved) - len(rolled)),
             )
         if done:
             all_done = set.intersection(*done.values())
             any_dead = set.union(*(dead[n] - done[n] for n in done))
-            n_done, n_dead = len(all_done), len(any_dead)
+            any_rolled = set.union(*(withdrawn[n] - done[n] for n in done)) - any_dead
+            n_done, n_dead, n_rolled = len(all_done), len(any_dead), len(any_rolled)
         else:
-            n_done = n_dead = 0
+            n_done = n_dead = n_rolled = 0
         return BatchCounts(
             batch_id=batch_id,
             published=published,
             done=n_done,
             dead_lettered=n_dead,
-            pending=max(0, published - n_done - n_dead),
+            rolled_back=n_rolled,
+            pending=max(0, published - n_done - n_dead - n_rolled),
             handlers=per_handler,
         )
 
