@@ -55,6 +55,7 @@ from docbus.servicebus import (
     fits_in_message,
     probe_endpoint,
     servicebus_client,
+    topic_senders,
     translated,
 )
 from docbus.settings import Settings
@@ -263,8 +264,7 @@ async def publish_documents(  # noqa: PLR0913 - keyword-only options of the publ
     if isinstance(docs, Sequence) and not isinstance(docs, str):
         # A list can be checked in full before anything is recorded or sent.
         source_docs = _check_list(docs, checker, report, skip_invalid)
-        if checker is not None:
-            checker = DocumentChecker(session_key=session_key)  # ids already seen once
+        checker = None  # checked: ids resolved, duplicates left out
 
     closing: list[asyncio.Task[None]] = []
     async with AsyncExitStack() as stack:
@@ -278,7 +278,7 @@ async def publish_documents(  # noqa: PLR0913 - keyword-only options of the publ
                 store = await stack.enter_async_context(Store.from_settings(settings))
             if sender_factory is None:
                 client = await stack.enter_async_context(servicebus_client(settings))
-                sender_factory = client.get_topic_sender
+                sender_factory = topic_senders(client)
             limit, plan, warnings = await _preflight(
                 stack, settings, store, sender_factory, topic, batch_id, resume, receivers,
                 closing, senders,

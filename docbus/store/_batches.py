@@ -19,6 +19,7 @@ from pymongo import DESCENDING, ReturnDocument
 
 from docbus.records import BatchBudget, BatchCounts, BatchRecord, HandlerCounts, SpendCategory
 from docbus.store._base import StoreBase, _now
+from docbus.store._documents import batch_documents
 from docbus.store._errors import _translated
 
 
@@ -74,9 +75,10 @@ class BatchesMixin(StoreBase):
         with _translated(f"look up batch {batch_id}"):
             if await self._c("batches").find_one({"_id": batch_id}, {"_id": 1}) is not None:
                 return True
-            for collection in ("documents", "results"):
-                if await self._c(collection).find_one({"batch_id": batch_id}, {"_id": 1}):
-                    return True
+            if await self._c("documents").find_one(batch_documents(batch_id), {"_id": 1}):
+                return True
+            if await self._c("results").find_one({"batch_id": batch_id}, {"_id": 1}):
+                return True
         return False
 
     async def list_batches(self, limit: int = 50) -> list[BatchRecord]:
@@ -172,7 +174,7 @@ class BatchesMixin(StoreBase):
         done: dict[str, set[str]] = {name: set() for name in handlers}
         dead: dict[str, set[str]] = {name: set() for name in done}
         with _translated(f"count batch {batch_id}"):
-            published = await self._c("documents").count_documents({"batch_id": batch_id})
+            published = await self._c("documents").count_documents(batch_documents(batch_id))
             for collection, match, into in (
                 ("results", {"batch_id": batch_id, "rolled_back": False}, done),
                 ("dead_letters", {"batch_id": batch_id}, dead),
