@@ -21,7 +21,7 @@ import contextlib
 import functools
 import logging
 import urllib.parse
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from azure.core.credentials_async import AsyncTokenCredential
@@ -63,6 +63,7 @@ __all__ = [
     "probe_endpoint",
     "servicebus_client",
     "servicebus_endpoint",
+    "sized_message",
     "topic_senders",
     "translate_error",
     "translated",
@@ -280,26 +281,40 @@ def build_message(envelope: Envelope) -> ServiceBusMessage:
     session id is the envelope's (ordered subscriptions), and the application properties are
     those of :func:`~docbus.envelope.application_properties` (subscription routing rules).
     """
+    return sized_message(envelope)[0]
+
+
+def sized_message(envelope: Envelope) -> tuple[ServiceBusMessage, int]:
+    """:func:`build_message`, and the message's :func:`message_size_bound` worked out from the
+    parts it is built of (the publisher sizes every message: reading them back off the SDK's
+    message costs as much as building it)."""
+    body = envelope.to_bytes()
+    message_id = envelope.message_id
     properties: dict[str | bytes, Any] = {
         key: value for key, value in application_properties(envelope).items()
     }
-    return ServiceBusMessage(
-        envelope.to_bytes(),
-        message_id=envelope.message_id,
+    texts = (message_id, envelope.topic, CONTENT_TYPE, envelope.session_id)
+    message = ServiceBusMessage(
+        body,
+        message_id=message_id,
         content_type=CONTENT_TYPE,
         subject=envelope.topic,
         session_id=envelope.session_id,
         application_properties=properties,
     )
+    return message, _size_bound((body,), texts, properties)
 
 
-def fits_in_message(message: ServiceBusMessage, max_size_in_bytes: int) -> bool:
+def fits_in_message(
+    message: ServiceBusMessage, max_size_in_bytes: int, bound: int | None = None
+) -> bool:
     """Whether ``message`` alone fits a batch of ``max_size_in_bytes``, by the SDK's accounting.
 
-    Decided by :func:`message_size_bound` when that already fits (no encoding: almost every
-    message), else exactly by the SDK's own encoding, so the answer is always the exact one.
+    Decided by :func:`message_size_bound` (or ``bound``, :func:`sized_message`'s) when that
+    already fits (no encoding: almost every message), else exactly by the SDK's own encoding,
+    so the answer is always the exact one.
     """
-    if message_size_bound(message) <= max_size_in_bytes:
+    if (message_size_bound(message) if bound is None else bound) <= max_size_in_bytes:
         return True
     return encoded_batch_size(message) <= max_size_in_bytes
 
@@ -330,13 +345,20 @@ def message_size_bound(message: ServiceBusMessage) -> int:
     widest scalar, and the frame is the encoded size of a message with the same fields, all
     empty (:func:`_empty_frame`), plus :data:`_CONTAINER_SLACK`.
     """
+    texts = (message.message_id, message.subject, message.content_type, message.session_id)
+    return _size_bound(message.body, texts, message.application_properties or {})
+
+
+def _size_bound(
+    body: Iterable[bytes], texts: Iterable[object], properties: Mapping[str | bytes, Any]
+) -> int:
     total = _empty_frame() + _CONTAINER_SLACK
-    for part in message.body:
+    for part in body:
         total += len(part) + _ITEM_HEADER
-    for text in (message.message_id, message.subject, message.content_type, message.session_id):
+    for text in texts:
         if text is not None:
             total += len(str(text).encode("utf-8")) + _ITEM_HEADER
-    for key, value in (message.application_properties or {}).items():
+    for key, value in properties.items():
         total += _item_size(key) + _item_size(value)
     return total
 

@@ -55,6 +55,7 @@ from docbus.servicebus import (
     fits_in_message,
     probe_endpoint,
     servicebus_client,
+    sized_message,
     topic_senders,
     translated,
 )
@@ -171,8 +172,8 @@ class _Envelopes:
             "session_id": doc.session_id,
         }
         envelope = Envelope(content=doc.text, **fields)
-        message = build_message(envelope)
-        if fits_in_message(message, self.limit - _SIZE_MARGIN):
+        message, bound = sized_message(envelope)
+        if fits_in_message(message, self.limit - _SIZE_MARGIN, bound):
             return envelope, message, False
         if self.store is not None:
             ref = await self.store.put_payload(doc.text)
@@ -363,6 +364,9 @@ class _Feed:
         """Feed every document; the error to raise at the end when a problem stops the run."""
         report = self.report
         chunk: list[_Outgoing] = []
+        # Small chunks first, so the first messages leave (and the lanes get going) after a
+        # few documents are built and recorded, not a whole chunk; then up to `chunk_size`.
+        size = min(self.chunk_size, _FIRST_CHUNK)
         index = 0
         stop_error: InvalidInput | None = None
         async for item in _aiter(docs):
@@ -384,9 +388,10 @@ class _Feed:
             report.documents += 1
             report.claim_checked += claim_checked
             chunk.append(_Outgoing(envelope, message, record))
-            if len(chunk) >= self.chunk_size:
+            if len(chunk) >= size:
                 await self.recorder.add(chunk)
                 chunk = []
+                size = min(self.chunk_size, size * 2)
         await self.recorder.add(chunk)
         return stop_error
 
@@ -570,6 +575,10 @@ def _ignore(count: int) -> None:
 _RECORDS_AHEAD = 2
 """Chunks whose durable insert may run while earlier chunks are built and sent."""
 
+_FIRST_CHUNK = 64
+"""Documents in a publish's first chunk; each next chunk is twice as large, up to the
+``chunk_size`` setting."""
+
 
 @dataclass(frozen=True)
 class _Outgoing:
@@ -583,10 +592,11 @@ class _Outgoing:
 class _Recorder:
     """Records chunks of documents ahead of sending them, never a message ahead of its record.
 
-    :meth:`add` starts a chunk's durable insert (``w: majority, j: true``) and, once
-    :data:`_RECORDS_AHEAD` inserts are running, hands the oldest chunk to the lanes as soon as
-    that chunk's own insert is acknowledged: journal commits overlap building the next chunks
-    and sending the earlier ones, and a message never leaves before its record is stored.
+    :meth:`add` starts a chunk's durable insert (``w: majority, j: true``), hands to the lanes
+    every oldest chunk whose insert is acknowledged already and, while more than
+    :data:`_RECORDS_AHEAD` inserts are running, waits for the oldest one's: journal commits
+    overlap building the next chunks and sending the earlier ones, a chunk leaves as soon as
+    it is recorded, and a message never leaves before its record is stored.
     Chunks are handed over in input order. A failed insert raises at the hand-over of its
     chunk, so none of that chunk's messages (nor any later one's) is sent.
     """
@@ -610,7 +620,7 @@ class _Recorder:
             records = [item.envelope for item in chunk if item.record]
             insert = asyncio.ensure_future(self._store.record_documents(records))
         self._ahead.append((insert, chunk))
-        while len(self._ahead) > _RECORDS_AHEAD:
+        while self._ahead and (len(self._ahead) > _RECORDS_AHEAD or _done(self._ahead[0][0])):
             await self._hand_over(*self._ahead.popleft())
 
     async def drain(self) -> None:
@@ -640,6 +650,11 @@ class _Recorder:
             else:
                 lane = position % len(self._queues)
             await self._queues[lane].put((envelope.doc_id, item.message))
+
+
+def _done(insert: asyncio.Task[int] | None) -> bool:
+    """Whether a chunk's insert has ended (a failed one too: the hand-over raises its error)."""
+    return insert is None or insert.done()
 
 
 async def _lane(
