@@ -45,7 +45,7 @@ from collections.abc import (
 )
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from azure.servicebus import ServiceBusMessage
 
@@ -262,29 +262,34 @@ async def publish_documents(  # noqa: PLR0913 - keyword-only options of the publ
     started = time.monotonic()
 
     source_docs: Iterable[DocumentLike] | AsyncIterable[DocumentLike] = docs
+    listed = None
     if isinstance(docs, Sequence) and not isinstance(docs, str):
-        # A list can be checked in full before anything is recorded or sent.
-        source_docs = _check_list(docs, checker, report, skip_invalid)
+        # A list is checked in full before anything is recorded or sent, while the links open.
+        listed = _ListCheck.start(docs, checker, report, skip_invalid)
         checker = None  # checked: ids resolved, duplicates left out
+    check = listed or _ListCheck(None)
 
     closing: list[asyncio.Task[None]] = []
     async with AsyncExitStack() as stack:
         stack.push_async_callback(_finish, closing)
+        stack.push_async_callback(check.stop)
         senders: list[MessageSender] = []
         plan: ResumePlan | None = None
         if dry_run:
             limit = settings.publisher.max_message_size
+            source_docs = await check.documents(source_docs)
         else:
             if store is None:
-                store = await stack.enter_async_context(Store.from_settings(settings))
+                store = await check.first(_entered(stack, lambda: Store.from_settings(settings)))
             if sender_factory is None:
-                client = await stack.enter_async_context(servicebus_client(settings))
+                client = await check.first(_entered(stack, lambda: servicebus_client(settings)))
                 sender_factory = topic_senders(client)
-            limit, plan, warnings = await _preflight(
+            limit, plan, warnings = await check.first(_preflight(
                 stack, settings, store, sender_factory, topic, batch_id, resume, receivers,
                 closing, senders,
-            )  # fmt: skip
+            ))  # fmt: skip
             report.warnings.extend(warnings)
+            source_docs = await check.documents(source_docs)
             await store.record_batch(batch_id, topic=topic, source=source)
         report.max_message_size = limit
         envelopes = _Envelopes(topic, batch_id, limit, None if dry_run else store)
@@ -412,13 +417,15 @@ async def _abandon(
             await store.update_batch(report.batch_id, status="failed", counts=report.counts)
 
 
-def _check_list(
+async def _check_list(
     docs: Sequence[DocumentLike],
     checker: DocumentChecker | None,
     report: PublishReport,
     skip_invalid: bool,
 ) -> list[DocumentInput]:
-    """The valid documents of a list, its problems in ``report``; raise unless ``skip_invalid``."""
+    """The valid documents of a list, its problems in ``report``; raise unless ``skip_invalid``.
+
+    Lets the event loop run between slices of the list: the links open meanwhile."""
     valid: list[DocumentInput] = []
     for index, item in enumerate(docs, start=1):
         doc, problem = _check(checker, item, index)
@@ -426,9 +433,70 @@ def _check_list(
             report.problems.append(problem)
         elif doc is not None:
             valid.append(doc)
+        if index % _CHECK_SLICE == 0:
+            await asyncio.sleep(0)
     if report.problems and not skip_invalid:
         raise InvalidInput(report.problems)
     return valid
+
+
+_CHECK_SLICE = 256
+"""Documents of a list checked between two turns of the event loop (a few milliseconds)."""
+
+
+_R = TypeVar("_R")
+
+
+async def _entered(
+    stack: AsyncExitStack, make: Callable[[], AbstractAsyncContextManager[_R]]
+) -> _R:
+    """``make()`` entered on ``stack`` (a settings error in ``make`` raised when awaited)."""
+    return await stack.enter_async_context(make())
+
+
+class _ListCheck:
+    """The check of a list of documents, running while the publish connects and opens links.
+
+    Whatever else fails meanwhile, invalid input is what the publish reports (as it did when
+    the list was checked before connecting): it is the caller's to fix first.
+    """
+
+    def __init__(self, task: asyncio.Task[list[DocumentInput]] | None) -> None:
+        self._task = task
+
+    @classmethod
+    def start(
+        cls,
+        docs: Sequence[DocumentLike],
+        checker: DocumentChecker | None,
+        report: PublishReport,
+        skip_invalid: bool,
+    ) -> _ListCheck:
+        return cls(asyncio.ensure_future(_check_list(docs, checker, report, skip_invalid)))
+
+    async def first(self, step: Awaitable[_R]) -> _R:
+        """``step``'s result; when it fails, the list's invalid input instead, if any."""
+        try:
+            return await step
+        except Exception:
+            if self._task is not None:
+                await asyncio.wait({self._task})
+                error = None if self._task.cancelled() else self._task.exception()
+                if isinstance(error, InvalidInput):
+                    raise error from None
+            raise
+
+    async def documents(
+        self, docs: Iterable[DocumentLike] | AsyncIterable[DocumentLike]
+    ) -> Iterable[DocumentLike] | AsyncIterable[DocumentLike]:
+        """The list's valid documents (raises :class:`InvalidInput`); a stream as it is."""
+        return docs if self._task is None else await self._task
+
+    async def stop(self) -> None:
+        """The publish ends (or failed): a check still running is of no use any more."""
+        if self._task is not None:
+            self._task.cancel()  # (nothing, if it has ended)
+            await asyncio.gather(self._task, return_exceptions=True)
 
 
 def _admit(
