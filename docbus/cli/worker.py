@@ -208,16 +208,19 @@ async def run_worker(
 async def _run_checked(worker: Worker, checking: asyncio.Task[None]) -> WorkerReport:
     """Run ``worker`` while its subscriptions are checked, rather than after: the check
     attaches a receiver of its own (a connection, a token, a link: ~0.5 s), which the first
-    result need not wait for. A failed check stops the worker — gracefully, what is in flight
-    finishes within its grace period — and is raised as the start error it is, whatever the
-    worker met meanwhile (a receiver on a missing subscription fails as well)."""
+    result need not wait for. A failed check stops the worker and is raised as the start error
+    it is, whatever the worker met meanwhile (a receiver on a missing subscription fails as
+    well): at once when it has taken no message yet (its receivers may still be retrying a
+    broker that does not answer, which the check says in seconds), else gracefully — what is in
+    flight finishes within the grace period."""
     running = asyncio.create_task(worker.run())
     try:
         await checking
     except BaseException:
         worker.stop()
-        _, pending = await asyncio.wait({running}, timeout=worker.options.shutdown_grace)
-        for task in pending:  # e.g. still trying to reach a broker that does not answer
+        grace = worker.options.shutdown_grace if worker.vitals().taken else 0.0
+        _, pending = await asyncio.wait({running}, timeout=grace)
+        for task in pending:
             await _cancelled(task)
         if not running.cancelled() and running.done():
             running.exception()  # the check's error is the one to tell

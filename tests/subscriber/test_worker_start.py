@@ -5,12 +5,17 @@ subscription exists and has work waiting."""
 from __future__ import annotations
 
 import argparse
+import socket
+import time
 from pathlib import Path
 
 import pytest
+from pydantic import SecretStr
 from rich.console import Console
 
 from docbus.cli import worker as worker_cli
+from docbus.servicebus import MessagingUnavailable
+from docbus.settings import ServiceBusSettings
 from publisher import publish_documents
 from tests.stack import Stack
 
@@ -65,3 +70,26 @@ async def test_a_missing_subscription_is_one_start_error(
         await worker_cli.run_worker(worker_args(module), Console(quiet=True), stack.settings)
     assert str(raised.value).startswith("subscription docs/nowhere does not exist on the broker")
     assert raised.value.code == worker_cli.EXIT_USAGE
+
+
+async def test_a_broker_that_does_not_answer_is_said_in_seconds(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """The check's probe answers within 3 s; the worker started beside it, whose receiver the
+    SDK would go on retrying for longer, is stopped at once (it has taken nothing)."""
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    unreachable = (
+        f"Endpoint=sb://127.0.0.1:{port};SharedAccessKeyName=k;SharedAccessKey=v;"
+        "UseDevelopmentEmulator=true"
+    )
+    settings = stack.settings.model_copy(
+        update={"servicebus": ServiceBusSettings(connection_string=SecretStr(unreachable))}
+    )
+    module = tmp_path / "start_handlers.py"
+    module.write_text(HANDLERS, encoding="utf-8")
+    started = time.monotonic()
+    with pytest.raises(MessagingUnavailable, match=f"127.0.0.1:{port}"):
+        await worker_cli.run_worker(worker_args(module), Console(quiet=True), settings)
+    assert time.monotonic() - started < 8
