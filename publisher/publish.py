@@ -50,6 +50,7 @@ from typing import Any, TypeVar
 from azure.servicebus import ServiceBusMessage
 
 from docbus.envelope import BATCH_ID_PATTERN, Envelope, claim_check_for, new_batch_id
+from docbus.records import LLM_MODES, LLMMode
 from docbus.servicebus import (
     build_message,
     fits_in_message,
@@ -63,6 +64,7 @@ from docbus.settings import Settings
 from docbus.store import Store
 from docbus.topology import SubscriptionSpec, Topology
 from publisher.inputs import DocumentChecker, DocumentInput, InputProblem, InvalidInput, as_input
+from publisher.llm_mode import batch_mode_refusal
 from publisher.preflight import (
     PublishRefused,
     ResumePlan,
@@ -117,6 +119,8 @@ class PublishReport:
     warnings: list[str] = field(default_factory=list)
     """What could not be checked (e.g. send-only credentials cannot look at subscriptions)."""
     duration: float = 0.0
+    llm_mode: str | None = None
+    """The LLM mode kept on the batch record (``None``: the handlers' or workers' default)."""
 
     @property
     def ok(self) -> bool:
@@ -135,6 +139,7 @@ class PublishReport:
             "resent": self.resent,
             "max_message_size": self.max_message_size,
             "duration_s": round(self.duration, 3),
+            "llm_mode": self.llm_mode,
             "skipped_inputs": [p.model_dump() for p in self.problems],
             "failed_documents": dict(self.failed),
             "warnings": list(self.warnings),
@@ -224,6 +229,7 @@ async def publish_documents(  # noqa: PLR0913 - keyword-only options of the publ
     resume: bool = False,
     on_progress: Callable[[int], None] | None = None,
     checked: bool = False,
+    llm_mode: LLMMode | None = None,
 ) -> PublishReport:
     """Publish documents to ``topic`` as one batch; returns what happened.
 
@@ -247,6 +253,12 @@ async def publish_documents(  # noqa: PLR0913 - keyword-only options of the publ
     keeps one duplicate-id checker, the loader's compact one, instead of a second holding every
     id in full.
 
+    ``llm_mode`` (``live`` or ``batch``, :mod:`publisher.llm_mode`) is kept on the batch
+    record: the workers run the batch's LLM calls in that mode, and a replay keeps it. ``None``
+    leaves it to each handler's default, else the worker's setting. Batch mode is refused
+    (:class:`PublishRefused`) for a topic whose ``topology`` has a session subscription (an
+    ordered handler).
+
     Raises :class:`~publisher.inputs.InvalidInput` on invalid input unless ``skip_invalid``,
     :class:`~publisher.preflight.PublishRefused` for the refusals above, and
     :class:`~docbus.servicebus.MessagingError` when the broker refuses the topic itself
@@ -256,7 +268,8 @@ async def publish_documents(  # noqa: PLR0913 - keyword-only options of the publ
     settings = settings or Settings()
     batch_id = batch_id or new_batch_id()
     _check_batch_id(batch_id)
-    report = PublishReport(batch_id=batch_id, topic=topic, dry_run=dry_run)
+    _check_llm_mode(topic, llm_mode, topology)
+    report = PublishReport(batch_id=batch_id, topic=topic, dry_run=dry_run, llm_mode=llm_mode)
     receivers = topic_receivers(topology, topic) if topology is not None else ()
     checker = None if checked else DocumentChecker(session_key=session_key)
     started = time.monotonic()
@@ -290,7 +303,7 @@ async def publish_documents(  # noqa: PLR0913 - keyword-only options of the publ
             ))  # fmt: skip
             report.warnings.extend(warnings)
             source_docs = await check.documents(source_docs)
-            await store.record_batch(batch_id, topic=topic, source=source)
+            await store.record_batch(batch_id, topic=topic, source=source, llm_mode=llm_mode)
         report.max_message_size = limit
         envelopes = _Envelopes(topic, batch_id, limit, None if dry_run else store)
 
@@ -634,6 +647,14 @@ def _check_batch_id(batch_id: str) -> None:
         raise ValueError(
             f"invalid batch id {batch_id!r}: use up to 64 letters, digits, '.', '_' or '-'"
         )
+
+
+def _check_llm_mode(topic: str, llm_mode: str | None, topology: Topology | None) -> None:
+    if llm_mode is not None and llm_mode not in LLM_MODES:
+        raise ValueError(f"unknown LLM mode {llm_mode!r}: use one of {', '.join(LLM_MODES)}")
+    refusal = batch_mode_refusal(topic, llm_mode, topology=topology)
+    if refusal is not None:
+        raise PublishRefused(refusal)
 
 
 def _ignore(count: int) -> None:

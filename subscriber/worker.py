@@ -45,6 +45,7 @@ from docbus.servicebus import MessagingError
 from docbus.settings import WorkerSettings
 from docbus.store import ParkedGroup, Store, StoreError
 from docbus.topology import Topology, TopologyError
+from handlers.discovery import check_clashes
 from handlers.runtime import RegisteredHandler, drain_backlog
 from subscriber import heartbeat
 from subscriber.admission import Admission
@@ -225,6 +226,7 @@ class Worker:
         self.on_outcome = on_outcome
         self.report = WorkerReport()
         self._check_ordering()
+        check_clashes(handlers)  # (lists of handlers found apart, put together)
         self._stopping = asyncio.Event()
         least, most = self.options.ahead
         self._admission = Admission(

@@ -30,6 +30,7 @@ from rich.table import Table
 from docbus.errors import ConfigurationError, DocbusError
 from docbus.settings import Settings
 from docbus.topology import TopologyError, load_topology
+from subscriber.claims import rival_worker
 from subscriber.settlement import Action
 from subscriber.worker import Worker, WorkerOptions, WorkerReport, freeze_startup_heap
 
@@ -143,7 +144,7 @@ async def run_worker(
             asyncio.to_thread(importlib.import_module, "handlers.llm")
         )
     try:
-        registered = [h for source in args.handlers for h in discover_handlers(source)]
+        registered = discover_handlers(*args.handlers)
     except HandlerDiscoveryError as exc:
         raise WorkerStartError(
             f"{exc} (give a module on the import path or in the working directory, or a .py file)"
@@ -177,6 +178,8 @@ async def run_worker(
             # Before the first receive: the unique indexes of `results` are what refuses a
             # second current result, so they exist before any result is written.
             await store.ensure_indexes()
+            if (rival := rival_worker(await store.heartbeats(), registered)) is not None:
+                raise WorkerStartError(rival)
             if llm_package is not None:
                 await llm_package
         except BaseException:

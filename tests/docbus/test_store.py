@@ -371,13 +371,21 @@ async def test_batch_counts_per_document_and_per_handler(store: Store) -> None:
 
     counts = await store.batch_counts("b1")
     assert (counts.published, counts.done, counts.dead_lettered, counts.pending) == (4, 2, 1, 1)
-    assert counts.handlers["entities"].model_dump() == {"done": 4, "dead_lettered": 0, "pending": 0}
-    assert counts.handlers["risk"].model_dump() == {"done": 2, "dead_lettered": 1, "pending": 1}
+    assert counts.handlers["entities"].model_dump() == {
+        "done": 4, "dead_lettered": 0, "rolled_back": 0, "pending": 0,
+    }  # fmt: skip
+    assert counts.handlers["risk"].model_dump() == {
+        "done": 2, "dead_lettered": 1, "rolled_back": 0, "pending": 1,
+    }  # fmt: skip
 
     risk = await store.run_result_versions(["b1"], handler="risk")
     await store.withdraw_results([r.id for r in risk], "rollback-1")
     counts = await store.batch_counts("b1", handlers=["entities", "risk", "summary"])
-    assert (counts.done, counts.dead_lettered, counts.pending) == (0, 1, 3)
+    # d1, d2: their risk results withdrawn — rolled back, not pending: no worker will redo them
+    assert (counts.done, counts.dead_lettered, counts.rolled_back, counts.pending) == (0, 1, 2, 1)
+    assert counts.handlers["risk"].model_dump() == {
+        "done": 0, "dead_lettered": 1, "rolled_back": 2, "pending": 1,
+    }  # fmt: skip
     assert counts.handlers["summary"].pending == 4
 
 
