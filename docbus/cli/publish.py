@@ -40,7 +40,7 @@ from docbus.cli import brief
 from docbus.cli.config import load_settings
 from docbus.envelope import BATCH_ID_PATTERN, new_batch_id
 from docbus.errors import ConfigurationError
-from docbus.servicebus import MessagingError, servicebus_client
+from docbus.servicebus import MessagingError, servicebus_client, topic_senders
 from docbus.settings import Settings
 from docbus.store import Store, StoreError, StoreUnavailable
 from docbus.topology import Topology, TopologyError, load_topology
@@ -440,7 +440,7 @@ class _Job:
                         topic=self.args.topic,
                         batch_id=self.batch_id,
                         settings=self.settings,
-                        sender_factory=hooks.wrap(client.get_topic_sender),
+                        sender_factory=hooks.wrap(topic_senders(client)),
                         store=store,
                         skip_invalid=self.args.skip_invalid,
                         source=self.sources,

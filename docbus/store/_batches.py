@@ -27,6 +27,7 @@ from docbus.records import (
     SpendCategory,
 )
 from docbus.store._base import StoreBase, _now
+from docbus.store._documents import batch_documents
 from docbus.store._errors import _translated
 
 
@@ -110,9 +111,10 @@ class BatchesMixin(StoreBase):
         with _translated(f"look up batch {batch_id}"):
             if await self._c("batches").find_one({"_id": batch_id}, {"_id": 1}) is not None:
                 return True
-            for collection in ("documents", "results"):
-                if await self._c(collection).find_one({"batch_id": batch_id}, {"_id": 1}):
-                    return True
+            if await self._c("documents").find_one(batch_documents(batch_id), {"_id": 1}):
+                return True
+            if await self._c("results").find_one({"batch_id": batch_id}, {"_id": 1}):
+                return True
         return False
 
     async def list_batches(self, limit: int = 50) -> list[BatchRecord]:
@@ -249,7 +251,7 @@ class BatchesMixin(StoreBase):
         dead: dict[str, set[str]] = {name: set() for name in done}
         withdrawn: dict[str, set[str]] = {name: set() for name in done}
         with _translated(f"count batch {batch_id}"):
-            published = await self._c("documents").count_documents({"batch_id": batch_id})
+            published = await self._c("documents").count_documents(batch_documents(batch_id))
             for collection, match, into in (
                 ("results", {"batch_id": batch_id, "rolled_back": False}, done),
                 ("dead_letters", {"batch_id": batch_id}, dead),

@@ -296,6 +296,20 @@ async def test_recording_a_document_again_replaces_it_and_records_the_new_ones(
     assert [e.doc_id async for e in store.iter_documents("b1")] == ["a", "b", "c"]
 
 
+async def test_a_batchs_documents_are_an_id_range_without_a_secondary_index(store: Store) -> None:
+    """Recording a document costs one `_id` index entry and nothing more (each secondary index
+    cost SecantusDB more than the insert itself); the batch's queries still see exactly its own
+    documents, also beside batches whose ids extend or precede its id."""
+    for batch in ("b1", "b10", "b1.x", "b", "b0", "b2"):
+        await store.record_documents([doc("a", batch), doc("a:b", batch), doc("\u00e9z", batch)])
+    await store.ensure_indexes()
+    assert set(await store.database["documents"].index_information()) == {"_id_"}
+    assert [e.doc_id async for e in store.iter_documents("b1")] == ["a", "a:b", "\u00e9z"]
+    assert (await store.batch_counts("b1")).published == 3
+    assert await store.batch_exists("b1.x")
+    assert not await store.batch_exists("b1.")
+
+
 async def test_payloads_round_trip_and_are_stored_once(store: Store) -> None:
     text = "é" * 300_000
     ref = await store.put_payload(text)
