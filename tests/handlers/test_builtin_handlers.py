@@ -8,8 +8,8 @@ the normalisation and scoring done in code, prompts and logs — not the model's
 from __future__ import annotations
 
 import asyncio
-import importlib
 import dataclasses
+import importlib
 import json
 import logging
 from importlib.resources import files
