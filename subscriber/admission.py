@@ -183,8 +183,7 @@ class Admission:
     async def wait_for_slot(self, ticket: Ticket, give_back: Callable[[], Awaitable[None]]) -> bool:
         """Take a handler slot for ``ticket``'s message, first come first served. False if
         :meth:`give_back_waiting` came first: the message, which no handler has seen, was then
-        handed to ``give_back`` (for any worker to take; as a lock left to expire would, that
-        counts a delivery)."""
+        handed to ``give_back`` (for any worker to take, without counting a delivery)."""
         if self._giving_back:
             await give_back()
             return False
