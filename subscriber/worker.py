@@ -64,8 +64,8 @@ MIN_RECEIVE_WAIT = 0.1
 """Seconds a receive waits at least, even just before an idle exit."""
 
 BUSY_RECEIVE_WAIT = 0.05
-"""Seconds a receive waits at most while messages are in flight: their settlements wait for
-the link while it receives (:class:`~subscriber.receiver.Turns`)."""
+"""Seconds a receive waits at most while messages whose handler returned wait to be settled:
+their settlements wait for the link while it receives (:class:`~subscriber.receiver.Turns`)."""
 
 MOST_AHEAD = 100
 """The most messages received ahead by default: fast handlers then receive in batches as large
@@ -438,9 +438,9 @@ class Worker:
         idle worker with nothing in flight exits, so that exit does not wait out one more
         receive (sessions keep theirs: a session receiver waits as it locks a session)."""
         wait = self.options.receive_wait
-        if self._in_flight:
+        if self._admission.completing:
             return min(wait, BUSY_RECEIVE_WAIT)
-        if self.options.until_idle is None or self._not_receiving:
+        if self.options.until_idle is None or self._in_flight or self._not_receiving:
             return wait
         left = self.options.until_idle - (time.monotonic() - self._last_activity)
         return max(MIN_RECEIVE_WAIT, min(wait, left))
