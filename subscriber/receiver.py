@@ -153,14 +153,9 @@ class Receiver:
                         for message, future in run:
                             await self._complete_one(message, future)
                 group = []
-        except BaseException as exc:  # cancelled: nobody is left to complete the rest
+        except BaseException:  # cancelled (the worker is torn down): nobody completes the rest
             for _, future in [*group, *self._to_complete]:
-                if future.done():
-                    continue
-                if isinstance(exc, asyncio.CancelledError):
-                    future.cancel()
-                else:
-                    future.set_exception(exc)
+                future.cancel()  # (does nothing to one already answered)
             self._to_complete = []
             raise
         finally:
