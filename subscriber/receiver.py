@@ -96,10 +96,12 @@ class Receiver:
     """One open receiver link; every method raises only docbus's
     :class:`~docbus.servicebus.MessagingError` for what the broker or the connection did."""
 
-    def __init__(self, link: ServiceBusReceiver, where: str) -> None:
+    def __init__(self, link: ServiceBusReceiver, where: str, *, ranged: bool = True) -> None:
         self._link = link
         self.where = where
         """``topic/subscription`` (and sub-queue), for messages."""
+        self.ranged = ranged
+        """Whether completions of consecutive deliveries go as one ranged disposition."""
         self.turns = Turns()
         self._to_complete: list[tuple[ServiceBusReceivedMessage, asyncio.Future[None]]] = []
         self._completing: asyncio.Task[None] | None = None
@@ -148,7 +150,7 @@ class Receiver:
                 group, self._to_complete = self._to_complete, []
                 async with self.turns.sharing():
                     for run in _runs([(m, f) for m, f in group if not f.done()]):
-                        if len(run) > 1 and await self._complete_run(run):
+                        if len(run) > 1 and self.ranged and await self._complete_run(run):
                             continue
                         for message, future in run:
                             await self._complete_one(message, future)
@@ -323,9 +325,10 @@ async def open_receiver(
     *,
     prefetch: int = 0,
     dead_letters: bool = False,
+    ranged: bool = True,
 ) -> AsyncIterator[Receiver]:
     """A peek-lock :class:`Receiver` on ``topic/subscription`` (its dead-letter queue with
-    ``dead_letters``), closed on exit."""
+    ``dead_letters``), closed on exit; ``ranged``: see :attr:`Receiver.ranged`."""
     where = f"{topic}/{subscription}" + ("/$DeadLetterQueue" if dead_letters else "")
     link = client.get_subscription_receiver(
         topic,
@@ -336,7 +339,7 @@ async def open_receiver(
     with translated(f"open a receiver on {where}"):
         await link.__aenter__()
     try:
-        yield Receiver(link, where)
+        yield Receiver(link, where, ranged=ranged)
     finally:
         with translated(f"close the receiver on {where}"):
             await link.close()

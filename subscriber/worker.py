@@ -105,6 +105,8 @@ class WorkerOptions:
     :data:`MOST_AHEAD`; 0 without lock renewal, since a waiting message's lock would otherwise
     tick unrenewed."""
     prefetch: int = 0
+    ranged_completions: bool = True
+    """Complete runs of consecutive deliveries with one disposition (see the settings)."""
     until_idle: float | None = None
     """Exit once nothing has arrived for this long and nothing is in flight; the time counts
     from when every receiver has begun receiving, so a slow start does not count as idle."""
@@ -140,6 +142,7 @@ class WorkerOptions:
             "concurrency": worker.concurrency,
             "receive_ahead": worker.receive_ahead,
             "prefetch": worker.prefetch,
+            "ranged_completions": worker.ranged_completions,
             "shutdown_grace": worker.shutdown_grace,
             "handler_timeout": worker.handler_timeout,
             "lock_renewal": worker.lock_renewal,
@@ -393,7 +396,11 @@ class Worker:
     async def _receive_loop(self, registered: RegisteredHandler) -> None:
         spec = registered.spec
         async with open_receiver(
-            self.client, spec.topic, spec.subscription, prefetch=self.options.prefetch
+            self.client,
+            spec.topic,
+            spec.subscription,
+            prefetch=self.options.prefetch,
+            ranged=self.options.ranged_completions,
         ) as receiver:
             self._receivers[spec.name] = receiver
             mine = self._handler_tasks.setdefault(spec.name, set())

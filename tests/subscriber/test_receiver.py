@@ -116,6 +116,25 @@ async def test_completions_arriving_together_leave_together(
         assert await again.receive(10, 1) == []  # none comes back
 
 
+async def test_without_ranges_completions_together_go_one_disposition_each(
+    servicebus_connection_string: str, client: ServiceBusClient
+) -> None:
+    await send(servicebus_connection_string, [routed(f"{i}".encode()) for i in range(4)])
+    async with open_receiver(client, "docs", "work", ranged=False) as receiver:
+        messages = await receive_all(receiver, 4)
+        one_by_one: list[object] = []
+        complete_message = receiver._link.complete_message
+
+        async def counted(message: ServiceBusReceivedMessage) -> None:
+            one_by_one.append(message)
+            await complete_message(message)
+
+        receiver._link.complete_message = counted  # type: ignore[method-assign]
+        await asyncio.gather(*(receiver.complete(m) for m in messages))
+        assert sorted(map(id, one_by_one)) == sorted(map(id, messages))
+        assert await receiver.peek(10) == []
+
+
 async def test_a_lost_lock_among_completions_together_fails_only_its_own(
     servicebus_connection_string: str, client: ServiceBusClient
 ) -> None:
