@@ -103,9 +103,9 @@ class Table(RichTable):
             column.min_width = max(column.min_width or 0, *widths)
             column.max_width = None
         for index, column in enumerate(self.columns):
-            if index not in self._numeric:  # a text column keeps its header's words whole
-                header = min(_longest_word(column.header), _HEADER_WORD)
-                column.min_width = max(column.min_width or 0, header)
+            if index not in self._numeric:  # a text column keeps its short words whole
+                words = max(_longest_word(cell) for cell in (column.header, *column.cells))
+                column.min_width = max(column.min_width or 0, min(words, _SHORT_WORD))
         if self._numeric and self.__rich_measure__(console, options).maximum > options.max_width:
             # Too wide: numeric headers go onto more lines (by word) before text is squeezed.
             for index in self._numeric:
@@ -116,11 +116,13 @@ class Table(RichTable):
         return super().__rich_console__(console, options)
 
 
-_HEADER_WORD = 12  # a text column's header words up to this length are never cut
+_SHORT_WORD = 12  # a text column's words up to this length are never cut
 
 
-def _longest_word(header: RenderableType) -> int:
-    plain = header.plain if isinstance(header, Text) else str(header)
+def _longest_word(cell: RenderableType) -> int:
+    if not isinstance(cell, str | Text):
+        return 0
+    plain = cell.plain if isinstance(cell, Text) else cell
     return max((cell_len(word) for word in plain.split()), default=0)
 
 
