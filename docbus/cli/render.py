@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import IO, Any
 
 from rich.cells import cell_len
@@ -74,6 +74,7 @@ class Table(RichTable):
     def __init__(self, *headers: Any, title: str | Text | None = None, **kwargs: Any) -> None:
         super().__init__(*headers, title=None if title is None else untrusted(title), **kwargs)
         self._numeric: set[int] = set()
+        self._value_widths: dict[int, int] = {}
 
     def add_column(  # type: ignore[override]
         self, header: RenderableType = "", *, numeric: bool = False, **kwargs: Any
@@ -99,13 +100,16 @@ class Table(RichTable):
         for index in self._numeric:
             column = self.columns[index]
             widths = [_longest_word(column.header)]
-            widths += [Measurement.get(console, options, cell).maximum for cell in column.cells]
+            values = [Measurement.get(console, options, cell).maximum for cell in column.cells]
+            self._value_widths[index] = max(values, default=0)
+            widths += values
             column.min_width = max(column.min_width or 0, *widths)
             column.max_width = None
         for index, column in enumerate(self.columns):
-            if index not in self._numeric:  # a text column keeps its short words whole
-                words = max(_longest_word(cell) for cell in (column.header, *column.cells))
-                column.min_width = max(column.min_width or 0, min(words, _SHORT_WORD))
+            if index not in self._numeric:  # a text column keeps its header and short words
+                words = max((_longest_word(cell) for cell in column.cells), default=0)
+                least = max(_longest_word(column.header), min(words, _SHORT_WORD))
+                column.min_width = max(column.min_width or 0, least)
         if self._numeric and self.__rich_measure__(console, options).maximum > options.max_width:
             # Too wide: numeric headers go onto more lines (by word) before text is squeezed.
             for index in self._numeric:
@@ -115,8 +119,39 @@ class Table(RichTable):
             self.min_width = max(self.min_width or 0, wanted)
         return super().__rich_console__(console, options)
 
+    def _calculate_column_widths(self, console: Console, options: ConsoleOptions) -> list[int]:
+        # Rich narrows the wrapping columns without regard to their least widths and then
+        # widens them back, which can make the table wider than the terminal (its right-hand
+        # columns cut off): narrow the text columns here instead, numbers untouched.
+        widths = super()._calculate_column_widths(console, options)
+        floors = []
+        for index, (column, width) in enumerate(zip(self.columns, widths, strict=True)):
+            padding = self._get_padding_width(index)
+            if index in self._numeric:  # a header's words fold only when nothing else gives
+                values = self._value_widths.get(index, 0) + padding
+                floors.append((width, width, min(width, values)))
+            else:
+                header = min(width, _longest_word(column.header) + padding)
+                floors.append((min(width, (column.min_width or 0) + padding), header, header))
+        return _squeezed(widths, floors, options.max_width)
+
 
 _SHORT_WORD = 12  # a text column's words up to this length are never cut
+
+
+def _squeezed(widths: list[int], floors: Sequence[Sequence[int]], room: int) -> list[int]:
+    """``widths`` narrowed, the widest first, until they fit in ``room``: every column down to
+    its first floor, then (if still too wide) to its second, and so on. A column whose floor is
+    its width keeps it at that level."""
+    widths = list(widths)
+    for level in range(len(floors[0]) if floors else 0):
+        while sum(widths) > room:
+            slack = [width - floor[level] for width, floor in zip(widths, floors, strict=True)]
+            widest = max(range(len(widths)), key=lambda index: slack[index])
+            if slack[widest] <= 0:
+                break
+            widths[widest] -= 1  # one at a time: the widest columns give way evenly
+    return widths
 
 
 def _longest_word(cell: RenderableType) -> int:
@@ -127,21 +162,44 @@ def _longest_word(cell: RenderableType) -> int:
 
 
 class _SafeConsole(Console):
-    """A console whose every text segment is escaped: the last guard, for a renderable that
-    did not go through :func:`untrusted` (control segments — cursor moves of a progress bar —
-    are Rich's own and pass)."""
+    """A console whose every text segment is escaped — the last guard, for a renderable that
+    did not go through :func:`untrusted` (control segments, such as a progress bar's cursor
+    moves, are Rich's own and pass) — and whose lines end without the spaces Rich pads or wraps
+    them with (a notice wrapped at 80 columns, a centred title)."""
 
     def render(self, renderable: Any, options: ConsoleOptions | None = None) -> Any:
-        return _escaped(super().render(renderable, options))
+        return _inert_lines(super().render(renderable, options))
 
 
-def _escaped(segments: Iterable[Segment]) -> Iterable[Segment]:
+def _inert_lines(segments: Iterable[Segment]) -> Iterable[Segment]:
+    line: list[Segment] = []
     for segment in segments:
-        text = segment.text
-        if segment.control or text.isprintable():
+        if segment.control:
+            yield from line
+            line.clear()
             yield segment
-        else:
-            yield Segment(visible(text), segment.style, segment.control)
+            continue
+        text, style = segment.text, segment.style
+        if not text.isprintable():
+            text = visible(text)
+        *ended, rest = text.split("\n")  # a wrapped text is one segment, newlines and all
+        for part in ended:
+            line.append(Segment(part, style))
+            yield from _rstripped(line)
+            line.clear()
+            yield Segment("\n", style)
+        if rest:
+            line.append(Segment(rest, style))
+    yield from line
+
+
+def _rstripped(line: list[Segment]) -> list[Segment]:
+    while line and not line[-1].text.rstrip(" "):
+        line.pop()
+    if line and line[-1].text.endswith(" "):
+        last = line[-1]
+        line[-1] = Segment(last.text.rstrip(" "), last.style, last.control)
+    return line
 
 
 def make_console(*, stderr: bool = False, file: IO[str] | None = None, **kwargs: Any) -> Console:

@@ -119,7 +119,7 @@ def batch_table(status: BatchStatus, previous: BatchStatus | None = None) -> Tab
     columns = ("published", "done", "retrying", "parked", "dead-lettered")
     for name in (*columns, *(("rolled back",) if rolled else ()), "pending"):
         table.add_column(name, justify="right")
-    table.add_column("progress", no_wrap=True)
+    table.add_column("progress", numeric=True, justify="left")  # the bar is kept whole
     table.add_column(rate_title, justify="right")
     counts = status.counts
     table.add_row(

@@ -57,3 +57,13 @@ def test_a_pipe_gets_a_wide_console_unless_columns_says_otherwise(
     monkeypatch.setenv("COLUMNS", "80")
     assert make_console(file=io.StringIO()).width == 80
     assert isinstance(make_console(), Console)
+
+
+def test_wrapped_notices_and_titles_end_without_padding_spaces() -> None:
+    notice = "No LLM API key is configured: the demo uses the OFFLINE model " * 3
+    table = Table(title="a centred title over a narrow table")
+    table.add_column("n", justify="right")
+    table.add_row("1")
+    out = printed(notice, width=80) + printed(table, width=80)
+    assert len(out.splitlines()) > 3
+    assert all(line == line.rstrip() for line in out.splitlines()), out

@@ -150,3 +150,21 @@ async def test_markup_and_escape_sequences_from_a_document_are_shown_not_obeyed(
     report = await asyncio.to_thread(run, "report", "--batch", "esc-1")
     assert report.returncode in (0, 1), report.stderr
     assert_safe(report, "Bad[bold]\\u001b[31mReason\\u0007")
+
+    # At 80 columns (a default terminal) tables fold text (headers last) and keep numbers whole.
+    def narrow(*argv: str) -> subprocess.CompletedProcess[str]:
+        return docbus(*argv, cwd=tmp_path, columns=80)
+
+    for argv, words in (
+        (("dlq", "list"), ("id", "reason", "step", "error", "dead-lettered", "replayed")),
+        (("results", "history", FINE_ID), ("handler", "version", "generation", "batch")),
+        (("status", "--batch", "esc-1"), ("done", "progress", "100%")),
+    ):
+        result = await asyncio.to_thread(narrow, *argv)
+        assert result.returncode in (0, 1), result.stderr
+        lines = result.stdout.splitlines()
+        assert all(len(line) <= 80 and line == line.rstrip() for line in lines), result.stdout
+        assert "…" not in result.stdout, result.stdout
+        headers = " ".join(line for line in lines if line.startswith(("┃", "│")))
+        for word in words:
+            assert f" {word} " in headers, (word, result.stdout)
