@@ -19,29 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from docbus.local.emulator import EmulatorThread
-from docbus.store import Store
-from docbus.topology import Topology, parse_topology
-from tests.stack import Stack, build_stack
-
-TOPOLOGY = parse_topology(
-    {
-        "defaults": {"max_delivery_count": 2, "lock_duration": "PT5S"},
-        "topics": [{"name": "docs", "subscriptions": [{"name": "alpha"}]}],
-    }
-)
-
-TOPOLOGY_TOML = """\
-[defaults]
-max_delivery_count = 2
-lock_duration = "PT5S"
-
-[[topics]]
-name = "docs"
-
-[[topics.subscriptions]]
-name = "alpha"
-"""
+# The replay tests' stack: topic docs, subscriptions alpha (the hostile handler's) and beta.
+from tests.replay.conftest import TOPOLOGY_TOML, servicebus_topology, stack  # noqa: F401
+from tests.stack import Stack
 
 MARKUP = "[bold red]x[/] markup"
 ESCAPES = "\x1b[31mRED\x1b]0;PWNED-TITLE\x07"
@@ -59,21 +39,6 @@ async def alpha(doc: Document, ctx: Context) -> dict:
         raise DeadLetter({REASON!r}, "refused: " + doc.text)
     return {{"summary": doc.text}}
 """
-
-
-@pytest.fixture
-def servicebus_topology() -> Topology:
-    return TOPOLOGY
-
-
-@pytest.fixture
-def stack(
-    servicebus_emulator: EmulatorThread,
-    store: Store,
-    local_mongo,  # type: ignore[no-untyped-def]
-    monkeypatch: pytest.MonkeyPatch,
-) -> Stack:
-    return build_stack(servicebus_emulator, store, local_mongo, TOPOLOGY, monkeypatch)
 
 
 def docbus(*argv: str, cwd: Path, columns: int | None = None) -> subprocess.CompletedProcess[str]:
@@ -98,7 +63,8 @@ def assert_safe(result: subprocess.CompletedProcess[str], *literal: str) -> None
 
 @pytest.mark.slow
 async def test_markup_and_escape_sequences_from_a_document_are_shown_not_obeyed(
-    stack: Stack, tmp_path: Path
+    stack: Stack,  # noqa: F811 - the fixture imported above
+    tmp_path: Path,
 ) -> None:
     (tmp_path / "hostile_handlers.py").write_text(HANDLERS)
     (tmp_path / "topology.toml").write_text(TOPOLOGY_TOML)
