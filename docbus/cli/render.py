@@ -122,21 +122,28 @@ class Table(RichTable):
     def _calculate_column_widths(self, console: Console, options: ConsoleOptions) -> list[int]:
         # Rich narrows the wrapping columns without regard to their least widths and then
         # widens them back, which can make the table wider than the terminal (its right-hand
-        # columns cut off): narrow the text columns here instead, numbers untouched.
-        widths = super()._calculate_column_widths(console, options)
+        # columns cut off): from the widths the cells want, narrow the columns here instead.
+        if self.expand:
+            return super()._calculate_column_widths(console, options)
+        widths = super()._calculate_column_widths(console, options.update_width(_UNBOUNDED))
+        if sum(widths) <= options.max_width:
+            return widths
         floors = []
         for index, (column, width) in enumerate(zip(self.columns, widths, strict=True)):
             padding = self._get_padding_width(index)
-            if index in self._numeric:  # a header's words fold only when nothing else gives
-                values = self._value_widths.get(index, 0) + padding
-                floors.append((width, width, min(width, values)))
+            # First text down to its short words, then numeric headers onto more lines, then
+            # text down to its header's words: values are the last to be broken.
+            if index in self._numeric:
+                values = min(width, self._value_widths.get(index, 0) + padding)
+                floors.append((width, values, values))
             else:
-                header = min(width, _longest_word(column.header) + padding)
-                floors.append((min(width, (column.min_width or 0) + padding), header, header))
+                least = min(width, (column.min_width or 0) + padding)
+                floors.append((least, least, min(least, _longest_word(column.header) + padding)))
         return _squeezed(widths, floors, options.max_width)
 
 
 _SHORT_WORD = 12  # a text column's words up to this length are never cut
+_UNBOUNDED = 100_000  # a width no table reaches: the widths its cells want
 
 
 def _squeezed(widths: list[int], floors: Sequence[Sequence[int]], room: int) -> list[int]:

@@ -5,11 +5,12 @@ on a pipe. The same through the real commands: :mod:`tests.docbus.cli.test_untru
 from __future__ import annotations
 
 import io
+import logging
 
 import pytest
 from rich.console import Console
 
-from docbus.cli.render import Table, make_console, untrusted
+from docbus.cli.render import SafeFormatter, Table, make_console, untrusted
 
 MARKUP = "[bold red]x[/] markup"
 ESCAPES = "\x1b[31mRED\x1b]0;PWNED-TITLE\x07"
@@ -67,3 +68,17 @@ def test_wrapped_notices_and_titles_end_without_padding_spaces() -> None:
     out = printed(notice, width=80) + printed(table, width=80)
     assert len(out.splitlines()) > 3
     assert all(line == line.rstrip() for line in out.splitlines()), out
+
+
+def test_log_lines_escape_control_characters_and_stay_one_line() -> None:
+    formatter = SafeFormatter("%(levelname)s %(message)s")
+    record = logging.LogRecord(
+        "subscriber.processing", logging.WARNING, __file__, 1,
+        "dead-lettered %s: %s", ("t-5[bold]", f"poison: {ESCAPES}\nFAKE ERROR line"), None,
+    )  # fmt: skip
+    line = formatter.format(record)
+    assert line == (
+        "WARNING dead-lettered t-5[bold]: poison: \\u001b[31mRED\\u001b]0;PWNED-TITLE\\u0007"
+        "\\u000aFAKE ERROR line"
+    )
+    assert record.getMessage().endswith("FAKE ERROR line")  # the record itself is unchanged

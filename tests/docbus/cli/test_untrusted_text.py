@@ -123,8 +123,8 @@ async def test_markup_and_escape_sequences_from_a_document_are_shown_not_obeyed(
 
     for argv, words in (
         (("dlq", "list"), ("id", "reason", "step", "error", "dead-lettered", "replayed")),
-        (("results", "history", FINE_ID), ("handler", "version", "generation", "batch")),
-        (("status", "--batch", "esc-1"), ("done", "progress", "100%")),
+        (("results", "history", FINE_ID), ("handler", "batch", "written at", "current")),
+        (("status", "--batch", "esc-1"), ("handler", "alpha", "progress", "100%")),
     ):
         result = await asyncio.to_thread(narrow, *argv)
         assert result.returncode in (0, 1), result.stderr
