@@ -139,7 +139,7 @@ def dead_letter_view(detail: DeadLetterDetail) -> RenderableType:
         lines = record.traceback.rstrip().splitlines()
         if len(lines) > TRACEBACK_LINES:
             lines = [f"… {len(lines) - TRACEBACK_LINES} lines trimmed", *lines[-TRACEBACK_LINES:]]
-        parts += [Text("traceback", style="bold"), Text("\n".join(lines))]
+        parts += [Text("traceback", style="bold"), untrusted("\n".join(lines))]
     parts.append(_document_view(record, document, text))
     if calls:
         parts.append(_calls_table(calls))

@@ -226,7 +226,7 @@ def provider_batches_table(records: Sequence[ProviderBatchRecord]) -> Table:
             untrusted(record.provider_status or "-"),
             str(len(record.keys)),
             _counts(record.request_counts),
-            Text(", ".join(record.batch_ids) or "-"),
+            untrusted(", ".join(record.batch_ids) or "-"),
             f"{record.created_at:%Y-%m-%d %H:%M:%S}",
         )
     return table
@@ -258,7 +258,7 @@ def provider_batch_view(record: ProviderBatchRecord) -> RenderableType:
         table.add_row(name, untrusted(value))
     parts: list[RenderableType] = [table]
     for error in record.errors:
-        parts.append(Text(f"error: {one_line(str(error), 200)}", style="red"))
+        parts.append(untrusted(f"error: {one_line(str(error), 200)}", style="red"))
     return Group(*parts)
 
 
