@@ -375,6 +375,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    # Log lines carry ids, reasons and errors from documents: none may act on the terminal.
+    from docbus.cli.render import install_log_escaping
+
+    install_log_escaping()
     return run_command(command, lambda: args._module.run(args), debug=level == "debug")
 
 

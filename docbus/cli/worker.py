@@ -25,8 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.table import Table
+from rich.text import Text
 
+from docbus.cli.render import Table, make_console
 from docbus.errors import ConfigurationError, DocbusError
 from docbus.settings import Settings
 from docbus.topology import TopologyError, load_topology
@@ -154,7 +155,7 @@ async def run_worker(
     except TopologyError as exc:
         if args.topology is not None:
             raise WorkerStartError(str(exc)) from exc
-        console.print(f"[yellow]no topology ({exc}); delivery limits default to 10[/]")
+        console.print(Text(f"no topology ({exc}); delivery limits default to 10", "yellow"))
         topology = None
     try:
         options = WorkerOptions.from_settings(
@@ -347,12 +348,12 @@ async def _run(args: argparse.Namespace, settings: Settings) -> int:
     from docbus.cli import print_json, say_error
 
     try:
-        result = await run_worker(args, Console(stderr=True), settings)
+        result = await run_worker(args, make_console(stderr=True), settings)
     except WorkerStartError as exc:
         say_error("worker", str(exc))
         return exc.code
     if args.json:
-        print_json(Console(), report_json(result))
+        print_json(make_console(), report_json(result))
     else:
-        Console().print(report_table(result))
+        make_console().print(report_table(result))
     return exit_code(result)
