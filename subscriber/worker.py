@@ -30,7 +30,10 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
+import socket
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -225,6 +228,7 @@ class Worker:
         self.on_outcome = on_outcome
         self.report = WorkerReport()
         self._check_ordering()
+        self._check_llm_mode()
         self._stopping = asyncio.Event()
         least, most = self.options.ahead
         self._admission = Admission(
@@ -257,6 +261,7 @@ class Worker:
             run=self._run_resumed,
         )
         self._exit_capture: asyncio.Task[None] | None = None
+        self._submitter = self._batch_submitter()
         self._processor = Processor(
             store,
             backoff=self.options.backoff,
@@ -282,6 +287,32 @@ class Worker:
                     f"so subscription {spec.topic}/{spec.subscription} {need} sessions: set "
                     f"requires_session = {str(bool(spec.ordered_by)).lower()} in the topology"
                 )
+
+    def _check_llm_mode(self) -> None:
+        """Ordered handlers cannot run batch mode: refuse to start one the settings put in it."""
+        options = getattr(self.llm, "options", None)
+        if getattr(options, "llm_mode", "live") != "batch":
+            return
+        for registered in self.handlers:
+            spec = registered.spec
+            if spec.ordered_by and spec.llm_mode != "live":
+                raise ValueError(
+                    f"handler {spec.name!r} is ordered (ordered_by={spec.ordered_by!r}) and "
+                    "cannot wait hours for a Batch-API round: set DOCBUS_LLM__MODE=live, or "
+                    "@handler(llm_mode='live') on it"
+                )
+
+    def _batch_submitter(self) -> Any:
+        """The batch-mode submitter this worker runs beside its handlers, or None: any
+        worker with an LLM client and an unordered handler may be asked for batch mode (a
+        batch published with ``--llm-mode batch``), and one submitter acts at a time."""
+        make = getattr(self.llm, "batch_submitter", None)
+        if make is None or getattr(self.llm, "store", None) is None:
+            return None
+        if all(h.spec.ordered_by for h in self.handlers):
+            return None
+        holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        return make(holder)
 
     # --- public ---------------------------------------------------------------------------
     def stop(self) -> None:
@@ -358,11 +389,20 @@ class Worker:
             asyncio.create_task(self._capture_loop()),
             asyncio.create_task(heartbeat.beat(self)),
         ]
+        if self._submitter is not None:
+            # its run ends when stopping is set, giving up the lease (not cancelled below
+            # before it has: the next worker takes over at once)
+            submitting = asyncio.create_task(self._submitter.run(self._stopping))
+        else:
+            submitting = None
         try:
             await asyncio.gather(*loops)
         finally:
             self._stopping.set()
             await self._finish_exit_capture()
+            if submitting is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(submitting, self.options.shutdown_grace)
             for task in helpers:
                 task.cancel()
             for task in loops:
@@ -630,7 +670,16 @@ class Worker:
                 )
                 return True
             self._breaker.close()
+        if self._submitter is not None and await self._batch_work_left():
+            return False  # requests wait for provider batches: their deliveries come back
         return await self._resumption.resume() == 0 and not self._in_flight
+
+    async def _batch_work_left(self) -> bool:
+        try:
+            return await self.store.has_open_llm_requests()
+        except StoreError as exc:
+            logger.warning("cannot tell whether batch-mode requests are open: %s", exc)
+            return False
 
     # --- broker-side dead letters -----------------------------------------------------------
     def _start_exit_capture(self) -> None:

@@ -259,6 +259,14 @@ class LLMRequestsMixin(StoreBase):
                 counts[str(row["_id"])] = int(row["n"])
         return counts
 
+    async def has_open_llm_requests(self) -> bool:
+        """Whether any request waits for a provider batch (pending or submitted): a worker
+        with batch-mode work outstanding is not idle."""
+        open_states = [LLMRequestState.PENDING.value, LLMRequestState.SUBMITTED.value]
+        with _translated("look for open LLM requests"):
+            found = await self._c(REQUESTS).find_one({"state": {"$in": open_states}}, {"_id": 1})
+        return found is not None
+
     async def hold_llm_requests(self, batch_id: str) -> int:
         """Hold a cancelled docbus batch's pending requests (not submitted until resumed);
         returns how many. Its submitted ones are held when their provider batch settles."""

@@ -14,15 +14,20 @@ park and resume; ``docbus parked`` lists them.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
+from pymongo import ASCENDING, IndexModel, UpdateOne
 
 from docbus.store._base import StoreBase
 from docbus.store._errors import _translated
+from docbus.store._llm_requests import REQUESTS, LLMRequestState
 
 COLLECTION = "parked"
+AWAITING_BATCH = "AwaitingBatch"
+"""The reason of a delivery parked until its batch-mode LLM requests are answered."""
 
 UNCONFIRMED_AFTER = timedelta(minutes=5)
 """A record whose deferral was never confirmed (the worker died in between) is fetched back
@@ -49,6 +54,10 @@ class ParkedMessage(BaseModel):
     resume_requested_at: datetime | None = None
     """Set by ``docbus parked resume``: the next worker of its subscription fetches it back
     whether or not it sees the cause as cleared."""
+    llm_requests: list[str] = Field(default_factory=list)
+    """Reason ``AwaitingBatch``: the keys of the batch-mode LLM requests it waits for; it is
+    marked for resumption once every one is answered or failed
+    (:meth:`ParkedMixin.request_resume_for_llm_requests`)."""
 
     @property
     def id(self) -> str:
@@ -92,6 +101,13 @@ def _query(
 
 class ParkedMixin(StoreBase):
     """Records of parked (deferred) messages."""
+
+    async def ensure_indexes(self) -> None:
+        await super().ensure_indexes()
+        with _translated("ensure the indexes of parked"):
+            await self._c(COLLECTION).create_indexes(
+                [IndexModel([("llm_requests", ASCENDING)], sparse=True)]
+            )
 
     async def park(self, parked: ParkedMessage) -> None:
         """Write ``parked``'s record, before its message is deferred (kept as it is if the
@@ -218,5 +234,51 @@ class ParkedMixin(StoreBase):
         with _translated("request the resumption of parked messages"):
             outcome = await self._c(COLLECTION).update_many(
                 query, {"$set": {"resume_requested_at": datetime.now(UTC)}}
+            )
+        return outcome.modified_count
+
+    async def request_resume_for_llm_requests(self, keys: Iterable[str] | None = None) -> int:
+        """Mark for resumption the deliveries parked ``AwaitingBatch`` on any of ``keys``
+        (None: on any request) whose every request is answered or failed now; returns how
+        many were marked. Called once requests are settled — and after a delivery parks, for
+        the case where they were settled while it was parking."""
+        query: dict[str, Any] = {"reason": AWAITING_BATCH, "resume_requested_at": None}
+        if keys is not None:
+            wanted = list(dict.fromkeys(keys))
+            if not wanted:
+                return 0
+            query["llm_requests"] = {"$in": wanted}
+        with _translated("find the deliveries parked on LLM requests"):
+            waiting = [
+                (raw["_id"], list(raw.get("llm_requests") or []))
+                async for raw in self._c(COLLECTION).find(query, {"llm_requests": 1})
+            ]
+            needed = list({key for _, record_keys in waiting for key in record_keys})
+            done: set[str] = set()
+            if needed:
+                cursor = self._c(REQUESTS).find(
+                    {
+                        "_id": {"$in": needed},
+                        "state": {
+                            "$in": [LLMRequestState.ANSWERED.value, LLMRequestState.FAILED.value]
+                        },
+                    },
+                    {"_id": 1},
+                )
+                done = {raw["_id"] async for raw in cursor}
+        ready = [rid for rid, record_keys in waiting if set(record_keys) <= done]
+        if not ready:
+            return 0
+        now = datetime.now(UTC)
+        with _translated("request the resumption of deliveries parked on LLM requests"):
+            outcome = await self._c(COLLECTION).bulk_write(
+                [
+                    UpdateOne(
+                        {"_id": rid, "resume_requested_at": None},
+                        {"$set": {"resume_requested_at": now}},
+                    )
+                    for rid in ready
+                ],
+                ordered=False,
             )
         return outcome.modified_count

@@ -389,6 +389,33 @@ class ProviderBatchesMixin(StoreBase):
             if ops:
                 await self._c(REQUESTS).bulk_write(ops, ordered=False)
 
+    async def add_provider_batch_cost(
+        self,
+        record_id: str,
+        batch_id: str,
+        *,
+        usd: float,
+        prompt_tokens: int,
+        completion_tokens: int,
+        calls: int,
+    ) -> bool:
+        """Add what provider batch ``record_id`` answered for docbus batch ``batch_id`` (at the
+        batch price) to that batch's totals, once: the record's id is kept on the batch in
+        the same update, so collecting it again after a crash adds nothing. Returns whether
+        it was added now."""
+        increments = {
+            "cost.usd": usd,
+            "cost.prompt_tokens": prompt_tokens,
+            "cost.completion_tokens": completion_tokens,
+            "cost.calls": calls,
+        }
+        with _translated(f"add the cost of {record_id} to batch {batch_id}"):
+            outcome = await self._c("batches").update_one(
+                {"_id": batch_id, "llm_provider_batches_costed": {"$ne": record_id}},
+                {"$inc": increments, "$push": {"llm_provider_batches_costed": record_id}},
+            )
+        return outcome.modified_count == 1
+
     async def abandon_provider_batch(self, record_id: str, *, token: int) -> ProviderBatchRecord:
         """Release the requests of a record no provider batch was created for (``claiming``,
         ``claimed`` or ``uploaded``) and mark it ``abandoned``; they are pending again,

@@ -36,12 +36,14 @@ from typing import TYPE_CHECKING, Any, Literal, Self
 import openai
 
 from docbus.backoff import BackoffPolicy, backoff_delay
+from docbus.llm_batch.submitter import Submitter, SubmitterOptions
 from docbus.records import LLMCallRecord
 from docbus.settings import LLMSettings, Settings
 from docbus.store import Store
 from handlers.delivery import delivery_of
 from handlers.errors import DeadLetter, HandlerOutcome, OverBudget, Retry, SystemicFailure
 from handlers.llm.audit import Filtered, audit_row, write_audit
+from handlers.llm.batch import BatchBookkeeping, batch_exchange, submitter_options
 from handlers.llm.errors import (
     LLMConfigError,
     never_connected,
@@ -49,6 +51,7 @@ from handlers.llm.errors import (
     translate,
     unsupported_parameter,
 )
+from handlers.llm.mode import LLMMode, resolve_llm_mode
 from handlers.llm.pricing import PriceTable
 from handlers.llm.ratelimit import RateLimiter, Reservation
 from handlers.llm.tokens import TokenCounter
@@ -98,6 +101,11 @@ class LLMOptions:
     budget_refresh: float = 5.0
     """Seconds a batch found without any budget is not looked at again: a budget given to such
     a batch applies within this time (a changed budget applies at once)."""
+    llm_mode: LLMMode = "live"
+    """The settings' mode (``llm.mode``): used when neither the batch nor the handler says."""
+    mode_refresh: float = 30.0
+    """Seconds a batch's LLM mode is remembered before its record is read again (a replay
+    may change it)."""
 
 
 @dataclass(slots=True)
@@ -153,8 +161,11 @@ class LLMClient:
         limiter: RateLimiter | None = None,
         tokens: TokenCounter | None = None,
         credential: Any = None,
+        batch_options: SubmitterOptions | None = None,
     ) -> None:
         self.openai = openai_client
+        self.batch_options = batch_options or SubmitterOptions()
+        """How batch mode's submitter works (``llm.batch``; :meth:`batch_submitter`)."""
         self.options = options or LLMOptions()
         self.store = store
         self.pricing = pricing or PriceTable()
@@ -165,6 +176,7 @@ class LLMClient:
         self._completion_estimates: dict[str, float] = {}
         self._connection_failures = 0
         self._unbudgeted: dict[str, float] = {}  # batch -> when to look for a budget again
+        self._batch_modes: dict[str, tuple[str | None, float]] = {}  # batch -> (mode, until)
         self._rng = random.Random()
         # Quick retries inside one call: a quarter of a second, doubling, ±50 % jitter.
         self._backoff = BackoffPolicy(
@@ -222,6 +234,7 @@ class LLMClient:
             budget_per_batch_usd=llm.budget_per_batch_usd,
             budget_per_document_usd=llm.budget_per_document_usd,
             token_parameter=token_parameter,
+            llm_mode=llm.mode,
         )
         return cls(
             client,
@@ -230,6 +243,7 @@ class LLMClient:
             pricing=PriceTable.from_settings(llm),
             limiter=RateLimiter.from_settings(llm),
             credential=credential,
+            batch_options=submitter_options(llm.batch, azure=bool(llm.azure_endpoint)),
         )
 
     def __repr__(self) -> str:
@@ -258,6 +272,22 @@ class LLMClient:
         if self._credential is not None:
             credential, self._credential = self._credential, None
             await credential.close()
+
+    def batch_submitter(self, holder: str) -> Submitter:
+        """The batch-mode submitter over this client's ``openai`` client (the same key or
+        Entra ID, the same HTTP client): costs at the batch price, parked deliveries resumed
+        as their requests are answered. Run it with ``await submitter.run(stop)``."""
+        if self.store is None:
+            raise LLMConfigError("batch mode needs the store: give LLMClient a store")
+        keeping = BatchBookkeeping(self.store, self.pricing)
+        return Submitter(
+            self.store,
+            self.openai,
+            holder=holder,
+            options=self.batch_options,
+            on_settled=keeping.on_settled,
+            on_done=keeping.on_done,
+        )
 
     def bind(self, ctx: Context | None) -> BoundLLM:
         """The client as one delivery's handler uses it (``ctx.llm``)."""
@@ -300,6 +330,8 @@ class LLMClient:
         request path, used by :class:`~handlers.llm.bound.BoundLLM` (handlers call that, not
         this). Checks budgets and rate limits, retries what is transient, audits every try,
         and raises what :mod:`handlers.llm.errors` translates failures into."""
+        if ctx is not None and await self.llm_mode(ctx) == "batch":
+            return await batch_exchange(self, ctx, ask)
         model = ask.model or self.options.model
         features = self._features_for(model)
         retry = 0
@@ -542,6 +574,28 @@ class LLMClient:
                 return True
         return False
 
+    # -- mode ------------------------------------------------------------------------------------
+
+    async def llm_mode(self, ctx: Context) -> LLMMode:
+        """How ``ctx``'s calls go (:func:`~handlers.llm.mode.resolve_llm_mode`): the batch's
+        mode (read once per ``mode_refresh`` per batch), the handler's, the settings'."""
+        spec = ctx.handler
+        if spec.ordered_by:
+            return "live"
+        batch_mode: str | None = None
+        if self.store is not None:
+            now = time.monotonic()
+            cached = self._batch_modes.get(ctx.batch_id)
+            if cached is None or cached[1] <= now:
+                batch_mode = await self.store.batch_llm_mode(ctx.batch_id)
+                self._batch_modes[ctx.batch_id] = (batch_mode, now + self.options.mode_refresh)
+            else:
+                batch_mode = cached[0]
+        mode = resolve_llm_mode(batch_mode, spec.llm_mode, self.options.llm_mode)
+        if mode == "batch" and self.store is None:
+            raise LLMConfigError("batch mode needs the store: give LLMClient a store")
+        return mode
+
     # -- budgets ---------------------------------------------------------------------------------
 
     async def _check_budget(self, ctx: Context | None) -> None:
@@ -592,26 +646,31 @@ class _Reply:
     completion_tokens: int
 
     @classmethod
+    def of(cls, data: Mapping[str, Any]) -> _Reply:
+        """The reply in a chat completion's JSON (a live response's, or a batch line's
+        ``response.body``); raises ValueError, TypeError, AttributeError or IndexError."""
+        choices = data.get("choices") or [{}]
+        choice, usage = choices[0], data.get("usage") or {}
+        message = choice.get("message") or {}
+        content = message.get("content") or ""
+        if isinstance(content, list):  # content parts, as some servers answer
+            content = "".join(str(part.get("text", "")) for part in content)
+        return cls(
+            text=str(content),
+            finish_reason=choice.get("finish_reason"),
+            refusal=message.get("refusal"),
+            model=data.get("model"),
+            prompt_tokens=int(usage.get("prompt_tokens") or 0),
+            completion_tokens=int(usage.get("completion_tokens") or 0),
+        )
+
+    @classmethod
     def read(cls, raw: Any) -> _Reply:
         """The reply in ``raw`` (the SDK's raw response); raises the SDK's
         ``APIResponseValidationError`` for a body that is not a chat completion."""
         body = raw.parse()
         try:
-            data = json.loads(body)
-            choices = data.get("choices") or [{}]
-            choice, usage = choices[0], data.get("usage") or {}
-            message = choice.get("message") or {}
-            content = message.get("content") or ""
-            if isinstance(content, list):  # content parts, as some servers answer
-                content = "".join(str(part.get("text", "")) for part in content)
-            return cls(
-                text=str(content),
-                finish_reason=choice.get("finish_reason"),
-                refusal=message.get("refusal"),
-                model=data.get("model"),
-                prompt_tokens=int(usage.get("prompt_tokens") or 0),
-                completion_tokens=int(usage.get("completion_tokens") or 0),
-            )
+            return cls.of(json.loads(body))
         except (ValueError, TypeError, AttributeError, IndexError) as exc:
             raise openai.APIResponseValidationError(
                 response=raw.http_response,
