@@ -6,8 +6,9 @@ either, or a handler that runs steps concurrently (``asyncio.gather``) would par
 first call and register one step's request per round. :class:`BatchRound` counts, per
 delivery, the steps running (:mod:`handlers.steps` calls :meth:`~BatchRound.enter` and
 :meth:`~BatchRound.exit`; only the innermost steps count, a step waiting for its own sub-steps
-does not) and the calls waiting (:meth:`~BatchRound.wait`). When every running step waits — or
-a call outside any step waits while no step runs — the round closes and every waiting call
+does not), the calls under way (:meth:`~BatchRound.calling`) and the calls waiting
+(:meth:`~BatchRound.wait`). When every running step waits and every call under way waits — or
+a call outside any step waits while nothing else runs — the round closes and every waiting call
 raises :class:`~handlers.errors.AwaitingBatch` with all the keys registered, so the delivery
 parks once with everything it waits for. No timers: a step that is still working (reading a
 checkpoint, registering its request) holds the round open until it waits or ends.
@@ -52,6 +53,8 @@ class BatchRound:
     waiting: dict[str, None] = field(default_factory=dict)
     """Keys of the requests the delivery waits for, in registration order."""
     waiters: int = 0
+    calls: int = 0
+    """``ctx.llm`` calls under way (:meth:`calling`): one not yet waiting holds the round."""
     _gate: asyncio.Future[None] | None = None
     _ordinals: Counter[tuple[str, str]] = field(default_factory=Counter)
 
@@ -79,6 +82,10 @@ class BatchRound:
         _current_run.set(parent)
         self._check()
 
+    def calling(self) -> _Call:
+        """``with round.calling():`` around one ``ctx.llm`` call (live or batch)."""
+        return _Call(self)
+
     def ordinal(self, step_id: str, body_key: str) -> int:
         """0 for the first call of ``step_id`` with this body in the delivery, then 1, 2..."""
         number = self._ordinals[(step_id, body_key)]
@@ -100,8 +107,24 @@ class BatchRound:
 
     def _check(self) -> None:
         gate = self._gate
-        if gate is not None and not gate.done() and self.waiters >= max(1, self.leaves):
+        if gate is not None and not gate.done() and self.waiters >= max(1, self.leaves, self.calls):
             gate.set_result(None)
+
+
+class _Call:
+    """One ``ctx.llm`` call counted by its round while it runs."""
+
+    __slots__ = ("_round",)
+
+    def __init__(self, batch_round: BatchRound) -> None:
+        self._round = batch_round
+
+    def __enter__(self) -> None:
+        self._round.calls += 1
+
+    def __exit__(self, *exc: object) -> None:
+        self._round.calls -= 1
+        self._round._check()
 
 
 def round_of(ctx: Context) -> BatchRound:

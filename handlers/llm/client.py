@@ -44,6 +44,7 @@ from handlers.delivery import delivery_of
 from handlers.errors import DeadLetter, HandlerOutcome, OverBudget, Retry, SystemicFailure
 from handlers.llm.audit import Filtered, audit_row, write_audit
 from handlers.llm.batch import BatchBookkeeping, batch_exchange, submitter_options
+from handlers.llm.batch_round import round_of
 from handlers.llm.errors import (
     LLMConfigError,
     never_connected,
@@ -330,8 +331,15 @@ class LLMClient:
         request path, used by :class:`~handlers.llm.bound.BoundLLM` (handlers call that, not
         this). Checks budgets and rate limits, retries what is transient, audits every try,
         and raises what :mod:`handlers.llm.errors` translates failures into."""
-        if ctx is not None and await self.llm_mode(ctx) == "batch":
-            return await batch_exchange(self, ctx, ask)
+        if ctx is None:
+            return await self._exchange(ctx, ask)
+        with round_of(ctx).calling():  # batch mode's round waits for it (batch_round)
+            if await self.llm_mode(ctx) == "batch":
+                return await batch_exchange(self, ctx, ask)
+            return await self._exchange(ctx, ask)
+
+    async def _exchange(self, ctx: Context | None, ask: Ask) -> Answer:
+        """:meth:`exchange` with the live endpoint."""
         model = ask.model or self.options.model
         features = self._features_for(model)
         retry = 0
