@@ -1,0 +1,314 @@
+"""Batch mode through the worker: the built-in three-step ``entities`` handler over the local
+stack (emulator, SecantusDB, the offline server's Batch API with a processing time).
+
+Every document ends as one current result (or one dead letter), one provider batch per round,
+no delivery attempt spent by parking, audit rows in batch mode and the cost at the batch price;
+then expiry, quota refusals at create and a worker SIGKILLed mid-round.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from azure.servicebus.aio import ServiceBusClient
+from pydantic import SecretStr
+
+from docbus.backoff import BackoffPolicy
+from docbus.local.emulator import EmulatorThread
+from docbus.local.llm_server import LLMServer, LLMServerConfig
+from docbus.settings import LLMBatchSettings, LLMSettings
+from docbus.store import Store
+from docbus.store import _parked as parked_module
+from docbus.topology import Topology, parse_topology
+from handlers.builtin.entities import entities
+from handlers.llm import LLMClient, PriceTable
+from handlers.runtime import discover_handlers
+from publisher import publish_documents
+from subscriber.worker import Worker, WorkerOptions, WorkerReport
+from tests.stack import Stack, build_stack
+
+KEY = "sk-test-key"
+BATCH = "night"
+TOPOLOGY_TOML = (
+    '[defaults]\nmax_delivery_count = 3\nlock_duration = "PT2S"\n'
+    '[[topics]]\nname = "documents"\n[[topics.subscriptions]]\nname = "entities"\n'
+)
+TOPOLOGY = parse_topology(
+    {
+        "defaults": {"max_delivery_count": 3, "lock_duration": "PT2S"},
+        "topics": [{"name": "documents", "subscriptions": [{"name": "entities"}]}],
+    }
+)
+FAST_BATCH = {
+    "max_wait": 1.0,  # a round's requests travel together
+    "poll_base": 0.1,
+    "poll_max": 0.2,
+    "refusal_base": 0.3,
+    "refusal_max": 0.6,
+    "lease_ttl": 3.0,
+    "renew_every": 0.2,
+}
+TEXTS = [
+    "Acme Metals reported a fire at its plant in Ostrava; Globex Logistics expects delays.",
+    "Initech signed a 12 million EUR supply contract with Hooli in Munich.",
+    "Umbrella Chemicals recalled a solvent batch after a contamination found in Lyon.",
+]
+
+
+@pytest.fixture
+def servicebus_topology() -> Topology:
+    return TOPOLOGY
+
+
+@pytest.fixture
+def stack(
+    servicebus_emulator: EmulatorThread,
+    store: Store,
+    local_mongo: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Stack:
+    return build_stack(servicebus_emulator, store, local_mongo, TOPOLOGY, monkeypatch)
+
+
+@pytest.fixture
+def llm_server_config() -> LLMServerConfig:
+    return LLMServerConfig(api_key=KEY)
+
+
+@pytest.fixture
+async def llm(stack: Stack, llm_server: LLMServer) -> AsyncIterator[LLMClient]:
+    llm_server.configure(batch={"in_progress_seconds": 0.5})
+    stack.settings = stack.settings.model_copy(
+        update={
+            "llm": LLMSettings(
+                api_key=SecretStr(KEY),
+                base_url=llm_server.base_url,
+                model="docbus-offline",
+                batch=LLMBatchSettings(**FAST_BATCH),  # type: ignore[arg-type]
+            )
+        }
+    )
+    async with LLMClient.from_settings(stack.settings, stack.store) as client:
+        yield client
+
+
+async def publish(stack: Stack, count: int) -> None:
+    docs = [
+        {"text": f"{TEXTS[i % len(TEXTS)]} Item {i}.", "doc_id": f"d{i}", "metadata": {}}
+        for i in range(count)
+    ]
+    report = await publish_documents(
+        docs, topic="documents", batch_id=BATCH, settings=stack.settings, store=stack.store
+    )
+    assert report.ok
+    # as `docbus publish --llm-mode batch` records it on the batch
+    await stack.store.database["batches"].update_one(
+        {"_id": BATCH}, {"$set": {"llm_mode": "batch"}}
+    )
+
+
+def make_worker(client: ServiceBusClient, stack: Stack, llm: LLMClient, **options: Any) -> Worker:
+    options.setdefault("backoff", BackoffPolicy(base=0.2, cap=1.0, jitter=0.0))
+    options.setdefault("resume_interval", 0.2)
+    options.setdefault("until_idle", 3.0)
+    # resumed messages wait for admission credits an open receive holds (up to receive_wait):
+    # well under the submitter's max_wait, so a round's resumed deliveries travel together
+    options.setdefault("receive_wait", 0.2)
+    return Worker(
+        discover_handlers([entities]),
+        client=client,
+        store=stack.store,
+        options=WorkerOptions(**options),
+        topology=stack.topology,
+        llm=llm,
+    )
+
+
+async def run_worker(stack: Stack, llm: LLMClient, **options: Any) -> WorkerReport:
+    async with ServiceBusClient.from_connection_string(stack.connection_string) as client:
+        return await asyncio.wait_for(make_worker(client, stack, llm, **options).run(), 120)
+
+
+async def wait_for(condition: Callable[[], Any], what: str, within: float = 60) -> None:
+    deadline = time.monotonic() + within
+    while not await condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.05)
+
+
+async def count(stack: Stack, collection: str, query: dict[str, Any] | None = None) -> int:
+    return int(await stack.store.database[collection].count_documents(query or {}))
+
+
+async def assert_all_done(stack: Stack, documents: int) -> list[dict[str, Any]]:
+    """Every document has one current result, none is dead or parked; returns the results."""
+    results = [r async for r in stack.store.database["results"].find({"current": True})]
+    assert sorted(r["doc_id"] for r in results) == sorted(f"d{i}" for i in range(documents))
+    assert await count(stack, "dead_letters") == 0
+    assert await count(stack, "parked") == 0
+    return results
+
+
+async def test_documents_go_through_three_rounds_at_half_the_price(
+    stack: Stack, llm: LLMClient, llm_server: LLMServer
+) -> None:
+    documents = 6
+    await publish(stack, documents)
+    report = await run_worker(stack, llm)
+    results = await assert_all_done(stack, documents)
+    assert max(r["delivery_count"] for r in results) == 1  # parking spent no attempt
+    assert report.count(_action("parked")) == 3 * documents  # one parking per round
+    assert llm_server.stats()["requests"] == 0  # nothing went to the live endpoint
+    assert llm_server.batch_api.stats()["created"] == 3  # one provider batch per round
+    calls = [c async for c in stack.store.database["llm_calls"].find({"batch_id": BATCH})]
+    assert len(calls) == 3 * documents
+    assert {c["llm_mode"] for c in calls} == {"batch"}
+    assert all(c["provider_batch_id"] and c["custom_id"] for c in calls)
+    live_price = sum(
+        PriceTable().cost("docbus-offline", c["prompt_tokens"], c["completion_tokens"])
+        for c in calls
+    )
+    batch = await stack.store.get_batch(BATCH)
+    assert batch is not None
+    assert batch.cost.usd == pytest.approx(live_price / 2)
+    assert sum(c["cost_usd"] for c in calls) == pytest.approx(live_price / 2)
+    assert await stack.store.count_llm_requests(batch_id=BATCH) == {
+        "pending": 0, "submitted": 0, "answered": 3 * documents, "failed": 0, "held": 0,
+    }  # fmt: skip
+
+
+def _action(value: str) -> Any:
+    from subscriber.settlement import Action
+
+    return Action(value)
+
+
+async def test_expired_requests_are_resubmitted_alone_until_answered(
+    stack: Stack, llm: LLMClient, llm_server: LLMServer
+) -> None:
+    documents = 10
+    llm_server.configure(batch={"in_progress_seconds": 0.5, "expire_share": 0.1})
+    await publish(stack, documents)
+    await run_worker(stack, llm)
+    await assert_all_done(stack, documents)
+    records = [r async for r in stack.store.database["llm_provider_batches"].find()]
+    expired = [r for r in records if r.get("provider_status") == "expired"]
+    assert expired  # a tenth of each round went unanswered...
+    resubmitted = [r for r in records if len(r["keys"]) < documents]
+    assert resubmitted  # ...and only those went again, in a batch of their own
+    requests = [r async for r in stack.store.database["llm_requests"].find()]
+    assert len(requests) == 3 * documents
+    expiries = sum(r["expiries"] for r in requests)
+    assert expiries >= len(expired)
+    # every line sent was a request's first submission or the resubmission of an expired one
+    assert sum(len(r["keys"]) for r in records) == 3 * documents + expiries
+    calls = await count(stack, "llm_calls", {"batch_id": BATCH})
+    assert calls == 3 * documents  # nothing answered twice, nothing paid twice
+    batch = await stack.store.get_batch(BATCH)
+    assert batch is not None and batch.cost.calls == 3 * documents
+
+
+async def test_requests_that_expire_too_often_dead_letter_their_documents_as_batch_expired(
+    stack: Stack, llm: LLMClient, llm_server: LLMServer
+) -> None:
+    documents = 2
+    llm_server.configure(batch={"in_progress_seconds": 0.2, "expire_share": 1.0})
+    await publish(stack, documents)
+    await run_worker(stack, llm)
+    dead = [d async for d in stack.store.database["dead_letters"].find()]
+    assert sorted(d["doc_id"] for d in dead) == ["d0", "d1"]
+    assert {d["reason"] for d in dead} == {"BatchExpired"}
+    assert await count(stack, "results") == 0
+    assert await count(stack, "parked") == 0
+    # max_expiries (2) resubmissions after the first expiry, then the dead letter
+    assert llm_server.batch_api.stats()["created"] == 3
+
+
+async def test_a_quota_refusal_at_create_backs_off_and_dead_letters_nothing(
+    stack: Stack, llm: LLMClient, llm_server: LLMServer
+) -> None:
+    documents = 4
+    llm_server.configure(batch={"in_progress_seconds": 0.2, "quota_at_create": True})
+    await publish(stack, documents)
+    async with ServiceBusClient.from_connection_string(stack.connection_string) as client:
+        worker = make_worker(client, stack, llm, until_idle=None)
+        running = asyncio.create_task(worker.run())
+        try:
+
+            async def refused_twice() -> bool:
+                return int(llm_server.batch_api.stats()["refused"]) >= 2
+
+            await wait_for(refused_twice, "two refusals at create")
+            assert await count(stack, "dead_letters") == 0
+            pauses = await stack.store.llm_submission_pauses()
+            assert [p.reason for p in pauses] == ["QuotaExhausted"]
+            llm_server.configure(batch={"in_progress_seconds": 0.2, "quota_at_create": False})
+
+            async def all_done() -> bool:
+                return await count(stack, "results", {"current": True}) == documents
+
+            await wait_for(all_done, "every document once the quota is back")
+        finally:
+            worker.stop()
+            await asyncio.wait_for(running, 60)
+    await assert_all_done(stack, documents)
+    assert llm_server.batch_api.stats()["created"] == 3
+
+
+async def test_a_worker_killed_mid_round_loses_nothing_and_pays_no_round_twice(
+    stack: Stack,
+    llm: LLMClient,
+    llm_server: LLMServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    documents = 5
+    llm_server.configure(batch={"in_progress_seconds": 2.0})
+    await publish(stack, documents)
+    topology_file = tmp_path / "topology.toml"
+    topology_file.write_text(TOPOLOGY_TOML)
+    env = {
+        **os.environ,
+        "DOCBUS_SERVICEBUS__CONNECTION_STRING": stack.connection_string,
+        "DOCBUS_MONGODB__URI": stack.settings.mongodb.uri.get_secret_value(),
+        "DOCBUS_MONGODB__DATABASE": stack.settings.mongodb.database,
+        "DOCBUS_LLM__API_KEY": KEY,
+        "DOCBUS_LLM__BASE_URL": llm_server.base_url,
+        "DOCBUS_LLM__MODEL": "docbus-offline",
+        **{f"DOCBUS_LLM__BATCH__{name.upper()}": str(value) for name, value in FAST_BATCH.items()},
+    }
+    proc = subprocess.Popen(  # noqa: ASYNC220 - a worker process to kill
+        [sys.executable, "-m", "docbus", "worker", "--handlers", "handlers.builtin.entities",
+         "--topology", str(topology_file)],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+
+        async def round_one_open() -> bool:
+            assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+            return int(llm_server.batch_api.stats()["created"]) >= 1
+
+        await wait_for(round_one_open, "the first provider batch")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    # A deferral the killed worker made but had not confirmed in its parked record is fetched
+    # back once the record is old enough (5 minutes; 3 s here): the worker is surely gone.
+    monkeypatch.setattr(parked_module, "UNCONFIRMED_AFTER", timedelta(seconds=3))
+    # the killed worker's lease lapses (lease_ttl 3 s), then this worker adopts its batch
+    await run_worker(stack, llm)
+    await assert_all_done(stack, documents)
+    assert llm_server.batch_api.stats()["created"] == 3  # one per round, none twice
+    assert await count(stack, "llm_calls", {"batch_id": BATCH}) == 3 * documents
