@@ -39,9 +39,9 @@ from pydantic import BaseModel, ValidationError
 from pydantic_core import PydanticSerializationError, to_jsonable_python
 
 from docbus.store import Checkpoint, StoreError
+from handlers.batch_round import round_of
 from handlers.delivery import delivery_of
 from handlers.errors import Retry
-from handlers.llm.batch_round import round_of
 from handlers.writes import backlog_of, checkpoint_on_its_way, durably
 
 if TYPE_CHECKING:

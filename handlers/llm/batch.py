@@ -14,7 +14,7 @@ asks afresh. Then, by the request's state in the store:
                 new request in the next round
     failed   -> the dead letter the live taxonomy names (``BatchExpired``, ``LLMBadRequest``…)
     pending  -> registered (after the budget check) and waiting for the delivery's round
-                (:mod:`handlers.llm.batch_round`): the delivery parks with
+                (:mod:`handlers.batch_round`): the delivery parks with
                 :class:`~handlers.errors.AwaitingBatch` once every running step waits
 
 :class:`BatchBookkeeping` is the worker's side of the submitter
@@ -43,10 +43,10 @@ from docbus.llm_batch import (
 from docbus.llm_batch.submitter import SubmitterOptions
 from docbus.settings import LLMBatchSettings
 from docbus.store import LLMRequestRecord, LLMRequestState, ProviderBatchRecord, Store
+from handlers.batch_round import round_of
 from handlers.delivery import delivery_of
 from handlers.errors import DeadLetter
 from handlers.llm.audit import Filtered, write_audit
-from handlers.llm.batch_round import round_of
 from handlers.llm.pricing import PriceTable
 from handlers.steps import current_step, current_step_id
 

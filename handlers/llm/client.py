@@ -40,11 +40,11 @@ from docbus.llm_batch.submitter import Submitter, SubmitterOptions
 from docbus.records import LLMCallRecord
 from docbus.settings import LLMSettings, Settings
 from docbus.store import Store
+from handlers.batch_round import round_of
 from handlers.delivery import delivery_of
 from handlers.errors import DeadLetter, HandlerOutcome, OverBudget, Retry, SystemicFailure
 from handlers.llm.audit import Filtered, audit_row, write_audit
 from handlers.llm.batch import BatchBookkeeping, batch_exchange, submitter_options
-from handlers.llm.batch_round import round_of
 from handlers.llm.errors import (
     LLMConfigError,
     never_connected,
