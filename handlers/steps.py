@@ -18,7 +18,10 @@ Outputs are stored as JSON text with what they were: a pydantic model (and a lis
 class) is stored with its class path and re-validated on load; anything else must be JSON-able
 and comes back in its JSON form — on the first run too, so a handler sees the same values
 whether a step ran or was replayed. While a step runs, :func:`current_step` names it (the LLM
-client writes it into its audit rows), and an exception leaving a step carries ``exc.step``.
+client writes it into its audit rows; :func:`current_step_id` is its checkpoint key, which
+batch-mode requests are keyed by), and an exception leaving a step carries ``exc.step``.
+Each running step is counted by the delivery's batch-mode round (:mod:`handlers.batch_round`),
+so a delivery parks for a provider batch only once every running step waits for one.
 Neighbours: :mod:`handlers.context` (``ctx.step``), :mod:`handlers.llm` (the calls inside).
 """
 

@@ -20,7 +20,10 @@ the LLM endpoint still fails after one last probe, rather than probing for ever.
 :class:`~subscriber.watchdog.LoopWatchdog` says when a handler blocks the event loop; the
 subscriptions' dead-letter queues are captured into Mongo (:mod:`subscriber.dlq`); audit rows
 and checkpoints an outage of the store held back are drained before exit
-(:mod:`handlers.writes`). Neighbours: :mod:`subscriber.processing` (one delivery),
+(:mod:`handlers.writes`). A worker with an LLM client also runs batch mode's submitter
+(:meth:`handlers.llm.LLMClient.batch_submitter`; one acts at a time across workers, by a lease
+that ``stop`` gives up), and is not idle while requests wait for provider batches.
+Neighbours: :mod:`subscriber.processing` (one delivery),
 :mod:`docbus.cli.worker` (``docbus worker``).
 """
 

@@ -19,6 +19,12 @@ a few times (honouring ``Retry-After``), then raised as :class:`~handlers.errors
 worker's delivery-level backoff. A 400 that names a parameter the server lacks (structured
 outputs, ``temperature``, ``max_completion_tokens``) is remembered per model and the request
 is sent again without it.
+
+In batch mode (:mod:`handlers.llm.mode`: the batch's, the handler's or the settings' choice) a
+call is not sent: :func:`handlers.llm.batch.batch_exchange` registers it for the next provider
+batch, or returns its stored answer through the same parsing and audit; and
+:meth:`LLMClient.batch_submitter` is the submitter the worker runs over the same ``openai``
+client (:mod:`docbus.llm_batch.submitter`).
 """
 
 from __future__ import annotations

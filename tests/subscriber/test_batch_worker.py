@@ -312,3 +312,25 @@ async def test_a_worker_killed_mid_round_loses_nothing_and_pays_no_round_twice(
     await assert_all_done(stack, documents)
     assert llm_server.batch_api.stats()["created"] == 3  # one per round, none twice
     assert await count(stack, "llm_calls", {"batch_id": BATCH}) == 3 * documents
+
+
+async def test_schema_failures_are_re_asked_in_the_next_round(
+    stack: Stack, llm: LLMClient, llm_server: LLMServer
+) -> None:
+    documents = 6
+    llm_server.configure(faults={"rate_schema": 0.4})
+    await publish(stack, documents)
+    await run_worker(stack, llm)
+    done = {r["doc_id"] async for r in stack.store.database["results"].find({"current": True})}
+    dead = [d async for d in stack.store.database["dead_letters"].find()]
+    assert {d["reason"] for d in dead} <= {"SchemaValidationFailed"}
+    # every document ends as exactly one result or one dead letter
+    assert sorted([*done, *(d["doc_id"] for d in dead)]) == [f"d{i}" for i in range(documents)]
+    assert await count(stack, "parked") == 0
+    calls = [c async for c in stack.store.database["llm_calls"].find({"batch_id": BATCH})]
+    reasks = [c for c in calls if c["reask"]]
+    assert reasks and all(c["llm_mode"] == "batch" for c in reasks)
+    requests = await count(stack, "llm_requests")
+    assert requests == len(calls)  # each answer used once, each re-ask a request of its own
+    # a re-ask waits for the next round: more provider batches than the three steps
+    assert llm_server.batch_api.stats()["created"] > 3
