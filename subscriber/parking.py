@@ -23,6 +23,7 @@ __all__ = [
     "ParkedMessage",
     "count_parked",
     "mark_deferred",
+    "mark_resumed",
     "may_resume",
     "park",
     "parked_messages",
@@ -57,6 +58,10 @@ async def parked_messages(
 
 async def unpark(store: Store, parked: ParkedMessage) -> None:
     await store.unpark(parked)
+
+
+async def mark_resumed(store: Store, parked: ParkedMessage) -> None:
+    await store.mark_parked_resumed(parked)
 
 
 async def count_parked(store: Store, *, batch_id: str | None = None) -> int:

@@ -315,7 +315,7 @@ class Worker:
         if all(h.spec.ordered_by for h in self.handlers):
             return None
         holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        return make(holder)
+        return make(holder, resumable=self._resumption.wake)
 
     # --- public ---------------------------------------------------------------------------
     def stop(self) -> None:
@@ -586,8 +586,9 @@ class Worker:
                 return
             if parked is not None:
                 # only now: a resumed message given back before this point keeps its record
+                # as it was; from now on the record says a worker has it (until it settles)
                 try:
-                    await self._resumption.unpark(parked)
+                    await self._resumption.taken(parked)
                 except asyncio.CancelledError:
                     await asyncio.shield(give_back())
                     raise
@@ -614,6 +615,8 @@ class Worker:
                 self._renewer.release(message)
             ticket.release()
             self._last_activity = time.monotonic()
+        if parked is not None:
+            await self._resumption.settled(parked, outcome.action)
         self.report.add(outcome)
         if outcome.action is Action.PARK and outcome.reason == "SystemicFailure":
             self._breaker.open()

@@ -54,6 +54,11 @@ class ParkedMessage(BaseModel):
     resume_requested_at: datetime | None = None
     """Set by ``docbus parked resume``: the next worker of its subscription fetches it back
     whether or not it sees the cause as cleared."""
+    resumed_at: datetime | None = None
+    """Set when a worker fetched the message back and its handler started: the record stays
+    until the delivery settles (completed or dead-lettered: dropped; parked or given back:
+    replaced), so a worker that dies meanwhile strands nothing — the record is fetchable again
+    once :data:`UNCONFIRMED_AFTER` has passed."""
     llm_requests: list[str] = Field(default_factory=list)
     """Reason ``AwaitingBatch``: the keys of the batch-mode LLM requests it waits for; it is
     marked for resumption once every one is answered or failed
@@ -111,10 +116,26 @@ class ParkedMixin(StoreBase):
 
     async def park(self, parked: ParkedMessage) -> None:
         """Write ``parked``'s record, before its message is deferred (kept as it is if the
-        message has one already: parking twice keeps the first reason)."""
+        message has one already: parking twice keeps the first reason — except a record of a
+        resumed delivery, :meth:`mark_parked_resumed`, which this delivery's new park
+        replaces)."""
+        document = parked.model_dump()
         with _translated(f"park {parked.id}"):
+            replaced = await self._c(COLLECTION).replace_one(
+                {"_id": parked.id, "resumed_at": {"$ne": None}}, document
+            )
+            if replaced.matched_count == 0:
+                await self._c(COLLECTION).update_one(
+                    {"_id": parked.id}, {"$setOnInsert": document}, upsert=True
+                )
+
+    async def mark_parked_resumed(self, parked: ParkedMessage) -> None:
+        """A worker has ``parked``'s message back and its handler starts: the record stays
+        (not fetched again meanwhile) until the delivery settles (:meth:`unpark` once done,
+        :meth:`park` again once parked again)."""
+        with _translated(f"mark {parked.id} resumed"):
             await self._c(COLLECTION).update_one(
-                {"_id": parked.id}, {"$setOnInsert": parked.model_dump()}, upsert=True
+                {"_id": parked.id}, {"$set": {"resumed_at": datetime.now(UTC)}}
             )
 
     async def mark_parked_deferred(self, parked: ParkedMessage) -> None:
@@ -141,7 +162,8 @@ class ParkedMixin(StoreBase):
         """Parked messages matching every filter given, by sequence number (``limit`` 0: all).
 
         ``fetchable``: only those that can be fetched back now — deferred, or unconfirmed for
-        longer than :data:`UNCONFIRMED_AFTER`.
+        longer than :data:`UNCONFIRMED_AFTER` — and not in a worker's hands (resumed less
+        than :data:`UNCONFIRMED_AFTER` ago).
         """
         query = _query(
             topic=topic, subscription=subscription, reason=reason, batch_id=batch_id,
@@ -149,7 +171,10 @@ class ParkedMixin(StoreBase):
         )  # fmt: skip
         if fetchable:
             stale = datetime.now(UTC) - UNCONFIRMED_AFTER
-            query["$or"] = [{"deferred": True}, {"parked_at": {"$lt": stale}}]
+            query["$and"] = [
+                {"$or": [{"deferred": True}, {"parked_at": {"$lt": stale}}]},
+                {"$or": [{"resumed_at": None}, {"resumed_at": {"$lt": stale}}]},
+            ]
         with _translated("read parked messages"):
             cursor = self._c(COLLECTION).find(query).sort("sequence_number", 1)
             if limit:
@@ -236,6 +261,18 @@ class ParkedMixin(StoreBase):
                 query, {"$set": {"resume_requested_at": datetime.now(UTC)}}
             )
         return outcome.modified_count
+
+    async def count_resumable_unconfirmed(self, *, topic: str, subscription: str) -> int:
+        """Records marked for resumption whose deferral is not confirmed yet (the parking
+        worker is between its record and its confirmation): fetchable in a moment."""
+        query = {
+            "topic": topic,
+            "subscription": subscription,
+            "deferred": False,
+            "resume_requested_at": {"$ne": None},
+        }
+        with _translated("count parked messages awaiting their deferral"):
+            return int(await self._c(COLLECTION).count_documents(query))
 
     async def request_resume_for_llm_requests(self, keys: Iterable[str] | None = None) -> int:
         """Mark for resumption the deliveries parked ``AwaitingBatch`` on any of ``keys``

@@ -271,6 +271,16 @@ class ProviderBatchesMixin(StoreBase):
             )
             return {raw["_id"]: request_record(raw) async for raw in cursor}
 
+    async def submitted_llm_batches(self, record_id: str) -> dict[str, str | None]:
+        """The docbus batch of each request still submitted to record ``record_id``, by key
+        (what its answers are charged to), without their bodies."""
+        with _translated(f"read the batches of the requests of {record_id}"):
+            cursor = self._c(REQUESTS).find(
+                {"provider_batch": record_id, "state": LLMRequestState.SUBMITTED.value},
+                {"batch_id": 1},
+            )
+            return {raw["_id"]: raw.get("batch_id") async for raw in cursor}
+
     async def llm_request_history(self, record_id: str) -> dict[str, History]:
         """What earlier provider batches did to the requests still submitted to this one
         (the ``history`` :func:`docbus.llm_batch.settle` needs)."""

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from docbus.backoff import BackoffPolicy
@@ -202,20 +202,24 @@ async def _answered(
 class BatchBookkeeping:
     """The worker's hooks on the submitter: batch-price costs and resumption requests."""
 
-    def __init__(self, store: Store, pricing: PriceTable) -> None:
+    def __init__(
+        self, store: Store, pricing: PriceTable, resumable: Callable[[], None] | None = None
+    ) -> None:
         self.store = store
         self.pricing = pricing
+        self.resumable = resumable
+        """Called when parked deliveries were marked for resumption (the worker looks now)."""
 
     async def on_settled(self, record: ProviderBatchRecord, settlement: Settlement) -> None:
         """Add the answered lines' cost at the batch price to their docbus batches, once per
         provider batch record (called again after a crash before the apply: no effect)."""
         if not settlement.answers:
             return
-        requests = await self.store.submitted_llm_requests(record.id)
+        batches = await self.store.submitted_llm_batches(record.id)
         totals: dict[str, list[float]] = {}
         for key, line in settlement.answers.items():
-            request = requests.get(key)
-            if request is None or request.batch_id is None:
+            batch_id = batches.get(key)
+            if batch_id is None:
                 continue
             answered_by = line.body.get("model")
             usd = self.pricing.cost(
@@ -225,7 +229,7 @@ class BatchBookkeeping:
                 fallback=record.model,
                 llm_mode="batch",
             )
-            sums = totals.setdefault(request.batch_id, [0.0, 0, 0, 0])
+            sums = totals.setdefault(batch_id, [0.0, 0, 0, 0])
             sums[0] += usd
             sums[1] += line.prompt_tokens
             sums[2] += line.completion_tokens
@@ -245,3 +249,5 @@ class BatchBookkeeping:
         resumed = await self.store.request_resume_for_llm_requests(keys)
         if resumed:
             logger.info("%d parked deliveries have their batch answers: resuming", resumed)
+            if self.resumable is not None:
+                self.resumable()

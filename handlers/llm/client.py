@@ -280,13 +280,16 @@ class LLMClient:
             credential, self._credential = self._credential, None
             await credential.close()
 
-    def batch_submitter(self, holder: str) -> Submitter:
+    def batch_submitter(
+        self, holder: str, *, resumable: Callable[[], None] | None = None
+    ) -> Submitter:
         """The batch-mode submitter over this client's ``openai`` client (the same key or
-        Entra ID, the same HTTP client): costs at the batch price, parked deliveries resumed
-        as their requests are answered. Run it with ``await submitter.run(stop)``."""
+        Entra ID, the same HTTP client): costs at the batch price, parked deliveries marked
+        for resumption as their requests are answered (``resumable`` is then called: look
+        now). Run it with ``await submitter.run(stop)``."""
         if self.store is None:
             raise LLMConfigError("batch mode needs the store: give LLMClient a store")
-        keeping = BatchBookkeeping(self.store, self.pricing)
+        keeping = BatchBookkeeping(self.store, self.pricing, resumable)
         return Submitter(
             self.store,
             self.openai,

@@ -42,11 +42,15 @@ BATCH = "night"
 TOPOLOGY_TOML = (
     '[defaults]\nmax_delivery_count = 3\nlock_duration = "PT2S"\n'
     '[[topics]]\nname = "documents"\n[[topics.subscriptions]]\nname = "entities"\n'
+    '[[topics]]\nname = "llm"\n[[topics.subscriptions]]\nname = "steps"\n'
 )
 TOPOLOGY = parse_topology(
     {
         "defaults": {"max_delivery_count": 3, "lock_duration": "PT2S"},
-        "topics": [{"name": "documents", "subscriptions": [{"name": "entities"}]}],
+        "topics": [
+            {"name": "documents", "subscriptions": [{"name": "entities"}]},
+            {"name": "llm", "subscriptions": [{"name": "steps"}]},
+        ],
     }
 )
 FAST_BATCH = {
@@ -102,13 +106,13 @@ async def llm(stack: Stack, llm_server: LLMServer) -> AsyncIterator[LLMClient]:
         yield client
 
 
-async def publish(stack: Stack, count: int) -> None:
+async def publish(stack: Stack, count: int, topic: str = "documents", **metadata: Any) -> None:
     docs = [
-        {"text": f"{TEXTS[i % len(TEXTS)]} Item {i}.", "doc_id": f"d{i}", "metadata": {}}
+        {"text": f"{TEXTS[i % len(TEXTS)]} Item {i}.", "doc_id": f"d{i}", "metadata": metadata}
         for i in range(count)
     ]
     report = await publish_documents(
-        docs, topic="documents", batch_id=BATCH, settings=stack.settings, store=stack.store
+        docs, topic=topic, batch_id=BATCH, settings=stack.settings, store=stack.store
     )
     assert report.ok
     # as `docbus publish --llm-mode batch` records it on the batch
@@ -117,7 +121,13 @@ async def publish(stack: Stack, count: int) -> None:
     )
 
 
-def make_worker(client: ServiceBusClient, stack: Stack, llm: LLMClient, **options: Any) -> Worker:
+def make_worker(
+    client: ServiceBusClient,
+    stack: Stack,
+    llm: LLMClient,
+    handlers: list[Any] | None = None,
+    **options: Any,
+) -> Worker:
     options.setdefault("backoff", BackoffPolicy(base=0.2, cap=1.0, jitter=0.0))
     options.setdefault("resume_interval", 0.2)
     options.setdefault("until_idle", 3.0)
@@ -125,7 +135,7 @@ def make_worker(client: ServiceBusClient, stack: Stack, llm: LLMClient, **option
     # well under the submitter's max_wait, so a round's resumed deliveries travel together
     options.setdefault("receive_wait", 0.2)
     return Worker(
-        discover_handlers([entities]),
+        discover_handlers(handlers or [entities]),
         client=client,
         store=stack.store,
         options=WorkerOptions(**options),
@@ -134,9 +144,12 @@ def make_worker(client: ServiceBusClient, stack: Stack, llm: LLMClient, **option
     )
 
 
-async def run_worker(stack: Stack, llm: LLMClient, **options: Any) -> WorkerReport:
+async def run_worker(
+    stack: Stack, llm: LLMClient, handlers: list[Any] | None = None, **options: Any
+) -> WorkerReport:
     async with ServiceBusClient.from_connection_string(stack.connection_string) as client:
-        return await asyncio.wait_for(make_worker(client, stack, llm, **options).run(), 120)
+        worker = make_worker(client, stack, llm, handlers, **options)
+        return await asyncio.wait_for(worker.run(), 120)
 
 
 async def wait_for(condition: Callable[[], Any], what: str, within: float = 60) -> None:
@@ -265,16 +278,10 @@ async def test_a_quota_refusal_at_create_backs_off_and_dead_letters_nothing(
     assert llm_server.batch_api.stats()["created"] == 3
 
 
-async def test_a_worker_killed_mid_round_loses_nothing_and_pays_no_round_twice(
-    stack: Stack,
-    llm: LLMClient,
-    llm_server: LLMServer,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    documents = 5
-    llm_server.configure(batch={"in_progress_seconds": 2.0})
-    await publish(stack, documents)
+def worker_process(
+    stack: Stack, llm_server: LLMServer, tmp_path: Path, handlers: str
+) -> subprocess.Popen[bytes]:
+    """``docbus worker`` in a process of its own, on this stack, for a test to kill."""
     topology_file = tmp_path / "topology.toml"
     topology_file.write_text(TOPOLOGY_TOML)
     env = {
@@ -287,11 +294,24 @@ async def test_a_worker_killed_mid_round_loses_nothing_and_pays_no_round_twice(
         "DOCBUS_LLM__MODEL": "docbus-offline",
         **{f"DOCBUS_LLM__BATCH__{name.upper()}": str(value) for name, value in FAST_BATCH.items()},
     }
-    proc = subprocess.Popen(  # noqa: ASYNC220 - a worker process to kill
-        [sys.executable, "-m", "docbus", "worker", "--handlers", "handlers.builtin.entities",
+    return subprocess.Popen(
+        [sys.executable, "-m", "docbus", "worker", "--handlers", handlers,
          "--topology", str(topology_file)],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )  # fmt: skip
+
+
+async def test_a_worker_killed_mid_round_loses_nothing_and_pays_no_round_twice(
+    stack: Stack,
+    llm: LLMClient,
+    llm_server: LLMServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    documents = 5
+    llm_server.configure(batch={"in_progress_seconds": 2.0})
+    await publish(stack, documents)
+    proc = worker_process(stack, llm_server, tmp_path, "handlers.builtin.entities")
     try:
 
         async def round_one_open() -> bool:
@@ -334,3 +354,41 @@ async def test_schema_failures_are_re_asked_in_the_next_round(
     assert requests == len(calls)  # each answer used once, each re-ask a request of its own
     # a re-ask waits for the next round: more provider batches than the three steps
     assert llm_server.batch_api.stats()["created"] > 3
+
+
+async def test_a_worker_killed_while_a_resumed_delivery_runs_strands_nothing(
+    stack: Stack,
+    llm: LLMClient,
+    llm_server: LLMServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # tests.subscriber.llm_handlers.three_steps hangs in step 3 on a first delivery: in batch
+    # mode that is the delivery resumed after round 2 (parking spends no attempt)
+    documents = 3
+    await publish(stack, documents, topic="llm", hang_in_step3=True)
+    proc = worker_process(stack, llm_server, tmp_path, "tests.subscriber.llm_handlers")
+    try:
+
+        async def resumed_and_hanging() -> bool:
+            assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+            # (a resumed delivery's parked record stays, marked, until it settles)
+            return (
+                await count(stack, "checkpoints") == 2 * documents
+                and await count(stack, "parked", {"resumed_at": {"$ne": None}}) == documents
+            )
+
+        await wait_for(resumed_and_hanging, "the deliveries resumed for step 3")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    from tests.subscriber.llm_handlers import three_steps
+
+    # a resumed delivery's record is fetched back once its worker has surely gone
+    monkeypatch.setattr(parked_module, "UNCONFIRMED_AFTER", timedelta(seconds=3))
+    await run_worker(stack, llm, [three_steps])
+    assert await count(stack, "results", {"current": True}) == documents
+    assert await count(stack, "parked") == 0
+    assert await count(stack, "dead_letters") == 0
