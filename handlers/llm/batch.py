@@ -46,7 +46,7 @@ from docbus.store import LLMRequestRecord, LLMRequestState, ProviderBatchRecord,
 from handlers.batch_round import round_of
 from handlers.delivery import delivery_of
 from handlers.errors import DeadLetter
-from handlers.llm.audit import Filtered, write_audit
+from handlers.llm.audit import write_audit
 from handlers.llm.pricing import PriceTable
 from handlers.steps import current_step, current_step_id
 
@@ -150,17 +150,8 @@ async def _answered(
     prompt_tokens = int(answer.get("prompt_tokens") or reply.prompt_tokens)
     completion_tokens = int(answer.get("completion_tokens") or reply.completion_tokens)
     client._learn(model, {}, completion_tokens)
-    text, finish, refusal = reply.text, reply.finish_reason, reply.refusal
-    parsed: Any = None
-    error: Exception | None = None
-    filtered = finish == "content_filter" or bool(refusal)
-    if filtered:
-        error = Filtered(f"model refused: {refusal}" if refusal else "answer filtered")
-    elif ask.parse is not None:
-        try:
-            parsed = ask.parse(text)
-        except Exception as exc:  # the parser's verdict: recorded, then re-asked
-            error = exc
+    text, finish = reply.text, reply.finish_reason
+    parsed, error, filtered = reply.judged(ask)
     cost = client.pricing.cost(
         reply.model or model, prompt_tokens, completion_tokens, fallback=model, llm_mode="batch"
     )

@@ -387,17 +387,8 @@ class LLMClient:
             prompt_tokens, completion_tokens = reply.prompt_tokens, reply.completion_tokens
             self.limiter.release(reservation, tokens=prompt_tokens + completion_tokens)
             self._learn(model, raw.headers, completion_tokens)
-            text, finish, refusal = reply.text, reply.finish_reason, reply.refusal
-            parsed: Any = None
-            error: Exception | None = None
-            filtered = finish == "content_filter" or bool(refusal)
-            if filtered:
-                error = Filtered(f"model refused: {refusal}" if refusal else "answer filtered")
-            elif ask.parse is not None:
-                try:
-                    parsed = ask.parse(text)
-                except Exception as exc:  # the parser's verdict: recorded, then re-asked
-                    error = exc
+            text, finish = reply.text, reply.finish_reason
+            parsed, error, filtered = reply.judged(ask)
             row = self._row(
                 ctx,
                 ask,
@@ -661,6 +652,19 @@ class _Reply:
     model: str | None
     prompt_tokens: int
     completion_tokens: int
+
+    def judged(self, ask: Ask) -> tuple[Any, Exception | None, bool]:
+        """What the answer is worth to ``ask``: its parsed value, the parser's error (the
+        audit keeps it; a re-ask follows), and whether the model refused or was filtered."""
+        if self.finish_reason == "content_filter" or self.refusal:
+            why = f"model refused: {self.refusal}" if self.refusal else "answer filtered"
+            return None, Filtered(why), True
+        if ask.parse is None:
+            return None, None, False
+        try:
+            return ask.parse(self.text), None, False
+        except Exception as exc:  # the parser's verdict: recorded, then re-asked
+            return None, exc, False
 
     @classmethod
     def of(cls, data: Mapping[str, Any]) -> _Reply:

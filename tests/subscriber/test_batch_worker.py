@@ -24,37 +24,24 @@ from azure.servicebus.aio import ServiceBusClient
 from pydantic import SecretStr
 
 from docbus.backoff import BackoffPolicy
-from docbus.local.emulator import EmulatorThread
-from docbus.local.llm_server import LLMServer, LLMServerConfig
+from docbus.local.llm_server import LLMServer
 from docbus.settings import LLMBatchSettings, LLMSettings
-from docbus.store import Store
 from docbus.store import _parked as parked_module
-from docbus.topology import Topology, parse_topology
 from handlers.builtin.entities import entities
 from handlers.llm import LLMClient, PriceTable
 from handlers.runtime import discover_handlers
 from publisher import publish_documents
 from subscriber.worker import Worker, WorkerOptions, WorkerReport
-from tests.stack import Stack, build_stack
+from tests.subscriber.conftest import KEY, Stack
 
-KEY = "sk-test-key"
 BATCH = "night"
 TOPOLOGY_TOML = (
     '[defaults]\nmax_delivery_count = 3\nlock_duration = "PT2S"\n'
     '[[topics]]\nname = "documents"\n[[topics.subscriptions]]\nname = "entities"\n'
     '[[topics]]\nname = "llm"\n[[topics.subscriptions]]\nname = "steps"\n'
 )
-TOPOLOGY = parse_topology(
-    {
-        "defaults": {"max_delivery_count": 3, "lock_duration": "PT2S"},
-        "topics": [
-            {"name": "documents", "subscriptions": [{"name": "entities"}]},
-            {"name": "llm", "subscriptions": [{"name": "steps"}]},
-        ],
-    }
-)
 FAST_BATCH = {
-    "max_wait": 1.0,  # a round's requests travel together
+    "max_wait": 2.0,  # a round's requests travel together (resumptions spread ~1 s)
     "poll_base": 0.1,
     "poll_max": 0.2,
     "refusal_base": 0.3,
@@ -70,27 +57,8 @@ TEXTS = [
 
 
 @pytest.fixture
-def servicebus_topology() -> Topology:
-    return TOPOLOGY
-
-
-@pytest.fixture
-def stack(
-    servicebus_emulator: EmulatorThread,
-    store: Store,
-    local_mongo: Any,
-    monkeypatch: pytest.MonkeyPatch,
-) -> Stack:
-    return build_stack(servicebus_emulator, store, local_mongo, TOPOLOGY, monkeypatch)
-
-
-@pytest.fixture
-def llm_server_config() -> LLMServerConfig:
-    return LLMServerConfig(api_key=KEY)
-
-
-@pytest.fixture
 async def llm(stack: Stack, llm_server: LLMServer) -> AsyncIterator[LLMClient]:
+    """The conftest's client, with quick batch-mode settings and a short processing time."""
     llm_server.configure(batch={"in_progress_seconds": 0.5})
     stack.settings = stack.settings.model_copy(
         update={
@@ -301,6 +269,22 @@ def worker_process(
     )  # fmt: skip
 
 
+async def kill_when(proc: subprocess.Popen[bytes], condition: Callable[[], Any], what: str) -> None:
+    """SIGKILL the worker process once ``condition`` holds (it must not die before)."""
+    try:
+
+        async def alive_and(condition: Callable[[], Any] = condition) -> bool:
+            assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+            return bool(await condition())
+
+        await wait_for(alive_and, what)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
 async def test_a_worker_killed_mid_round_loses_nothing_and_pays_no_round_twice(
     stack: Stack,
     llm: LLMClient,
@@ -312,18 +296,11 @@ async def test_a_worker_killed_mid_round_loses_nothing_and_pays_no_round_twice(
     llm_server.configure(batch={"in_progress_seconds": 2.0})
     await publish(stack, documents)
     proc = worker_process(stack, llm_server, tmp_path, "handlers.builtin.entities")
-    try:
 
-        async def round_one_open() -> bool:
-            assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
-            return int(llm_server.batch_api.stats()["created"]) >= 1
+    async def round_one_open() -> bool:
+        return int(llm_server.batch_api.stats()["created"]) >= 1
 
-        await wait_for(round_one_open, "the first provider batch")
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(10)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    await kill_when(proc, round_one_open, "the first provider batch")
     # A deferral the killed worker made but had not confirmed in its parked record is fetched
     # back once the record is old enough (5 minutes; 3 s here): the worker is surely gone.
     monkeypatch.setattr(parked_module, "UNCONFIRMED_AFTER", timedelta(seconds=3))
@@ -368,22 +345,15 @@ async def test_a_worker_killed_while_a_resumed_delivery_runs_strands_nothing(
     documents = 3
     await publish(stack, documents, topic="llm", hang_in_step3=True)
     proc = worker_process(stack, llm_server, tmp_path, "tests.subscriber.llm_handlers")
-    try:
 
-        async def resumed_and_hanging() -> bool:
-            assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
-            # (a resumed delivery's parked record stays, marked, until it settles)
-            return (
-                await count(stack, "checkpoints") == 2 * documents
-                and await count(stack, "parked", {"resumed_at": {"$ne": None}}) == documents
-            )
+    async def resumed_and_hanging() -> bool:
+        # (a resumed delivery's parked record stays, marked, until it settles)
+        return (
+            await count(stack, "checkpoints") == 2 * documents
+            and await count(stack, "parked", {"resumed_at": {"$ne": None}}) == documents
+        )
 
-        await wait_for(resumed_and_hanging, "the deliveries resumed for step 3")
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(10)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    await kill_when(proc, resumed_and_hanging, "the deliveries resumed for step 3")
     from tests.subscriber.llm_handlers import three_steps
 
     # a resumed delivery's record is fetched back once its worker has surely gone
