@@ -11,10 +11,10 @@ import asyncio
 from typing import Any
 
 import pytest
-from pydantic import BaseModel
+from pydantic import BaseModel, SecretStr
 
 from docbus.llm_batch import SubmitPolicy
-from docbus.local.llm_server import LLMServer
+from docbus.local.llm_server import LLMServer, LLMServerConfig
 from docbus.settings import LLMBatchSettings, LLMSettings, ModelPrice, Settings
 from docbus.store import LLMRequestState, Store
 from handlers import Context, Document, handler
@@ -307,3 +307,40 @@ async def test_collecting_a_provider_batch_twice_counts_its_cost_once(
     )
     batch = await store.get_batch("b")
     assert batch is not None and (batch.cost.usd, batch.cost.calls) == (0.5, 2)
+
+
+@pytest.mark.parametrize("llm_server_config", [LLMServerConfig(api_key="azure-key")])
+async def test_azure_openai_global_batch_through_the_same_client(
+    llm_server: LLMServer, store: Store
+) -> None:
+    azure = LLMSettings(
+        azure_endpoint=llm_server.base_url.removesuffix("/v1"),
+        azure_api_key=SecretStr("azure-key"),
+        model="docbus-offline",
+        mode="batch",
+        batch=LLMBatchSettings(max_wait=0.0, poll_base=0.01),
+    )
+    async with LLMClient.from_settings(Settings(llm=azure), store) as client:
+        assert client.batch_options.url_for == {"/v1/chat/completions": "/chat/completions"}
+        submitter = client.batch_submitter("azure")
+        assert submitter.client is client.openai  # shared, not a copy
+        result, rounds = await rounds_until_done(entities, TEXT, store, client, batch_id="az")
+    assert rounds == 4 and result.summary
+    assert chat_requests(llm_server) == 0
+    calls = await store.llm_calls("az")
+    assert [c.llm_mode for c in calls] == ["batch"] * 3
+
+
+async def test_a_delivery_whose_requests_are_held_waits_again(
+    llm_server: LLMServer, store: Store
+) -> None:
+    async with batch_client(llm_server, store) as client:
+        with pytest.raises(AwaitingBatch):
+            await run_handler(entities, TEXT, store=store, llm=client, batch_id="held")
+        assert await store.hold_llm_requests("held") == 1  # its docbus batch cancelled
+        assert (await client.batch_submitter("test").run_once()).created == 0
+        with pytest.raises(AwaitingBatch):  # resumed meanwhile: it parks again
+            await run_handler(entities, TEXT, store=store, llm=client, batch_id="held")
+        assert await store.release_held_llm_requests("held") == 1  # resumed
+        result, _ = await rounds_until_done(entities, TEXT, store, client, batch_id="held")
+    assert result.summary
