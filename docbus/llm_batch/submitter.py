@@ -20,7 +20,9 @@ claimed, uncounted; a transient one leaves the record where it is for the next p
 ``on_settled`` lets the worker write costs before the settlement is applied; it must be
 idempotent (a crash after it and before the apply calls it again). ``on_done`` is told the keys
 of requests answered or failed once they are stored so (the worker resumes the deliveries
-parked on them). ``checkpoint`` is called at named points for crash tests.
+parked on them), and ``None`` — all of them — when this submitter takes the lease over (its
+predecessor may have died between an apply and its hook) or after the hook failed.
+``checkpoint`` is called at named points for crash tests.
 """
 
 from __future__ import annotations
@@ -64,7 +66,7 @@ logger = logging.getLogger(__name__)
 
 Client = openai.AsyncOpenAI  # AsyncAzureOpenAI is one too
 SettledHook = Callable[[ProviderBatchRecord, Settlement], Awaitable[None]]
-DoneHook = Callable[[Sequence[str]], Awaitable[None]]
+DoneHook = Callable[[Sequence[str] | None], Awaitable[None]]
 _ADOPTION_SCAN = 1000  # provider batches looked through for one a crashed create made
 _ABANDONABLE = frozenset(
     {ProviderBatchState.CLAIMING, ProviderBatchState.CLAIMED, ProviderBatchState.UPLOADED}
@@ -133,6 +135,10 @@ class Submitter:
         self.options = options or SubmitterOptions()
         self._on_settled = on_settled
         self._on_done = on_done
+        self._sweep = False
+        """``on_done`` must be told again about every settled request (``None``): this
+        holder is new (its predecessor may have died between a settlement and its hook) or
+        the hook failed."""
         self._checkpoint = checkpoint or (lambda point: None)
         self._clock = clock
         self._lease: SubmitterLease | None = None
@@ -160,12 +166,17 @@ class Submitter:
     async def run_once(self) -> PassReport:
         """One pass: take the lease, move open records on, submit ready groups."""
         report = PassReport()
+        previous = self._lease
         self._lease = await self.store.acquire_submitter_lease(
             self.holder, self.options.lease_ttl, now=self._clock()
         )
         if self._lease is None:
             return report
         report.holder = True
+        if previous is None or previous.token != self._lease.token:
+            self._sweep = True  # a new holder: what a crashed one left unsaid is said now
+        if self._sweep:
+            await self._done(None)
         try:
             now = self._clock()
             paused = {
@@ -380,15 +391,20 @@ class Submitter:
         if settlement.systemic is not None:
             await self._pause(record, settlement.systemic, report)
 
-    async def _done(self, keys: Sequence[str]) -> None:
+    async def _done(self, keys: Sequence[str] | None) -> None:
         """Tell the ``on_done`` hook which requests are answered or failed now (after they
-        are stored so). A failing hook is logged: the requests are settled either way."""
-        if self._on_done is None or not keys:
+        are stored so; ``None``: all there are). A failing hook is logged and the next pass
+        tells it about all of them: the requests are settled either way."""
+        if self._on_done is None or (keys is not None and not keys):
             return
         try:
             await self._on_done(keys)
         except Exception:
-            logger.exception("batch submitter: the on_done hook failed for %d requests", len(keys))
+            logger.exception("batch submitter: the on_done hook failed")
+            self._sweep = True
+        else:
+            if keys is None:
+                self._sweep = False
 
     # -- failures -----------------------------------------------------------------------------
 

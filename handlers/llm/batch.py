@@ -235,8 +235,9 @@ class BatchBookkeeping:
                 calls=int(calls),
             )
 
-    async def on_done(self, keys: Sequence[str]) -> None:
-        """Requests answered or failed: resume the parked deliveries that waited only on them."""
+    async def on_done(self, keys: Sequence[str] | None) -> None:
+        """Requests answered or failed (None: any): resume the parked deliveries that waited
+        only on such requests."""
         resumed = await self.store.request_resume_for_llm_requests(keys)
         if resumed:
             logger.info("%d parked deliveries have their batch answers: resuming", resumed)

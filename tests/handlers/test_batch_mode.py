@@ -344,3 +344,31 @@ async def test_a_delivery_whose_requests_are_held_waits_again(
         assert await store.release_held_llm_requests("held") == 1  # resumed
         result, _ = await rounds_until_done(entities, TEXT, store, client, batch_id="held")
     assert result.summary
+
+
+async def test_a_new_submitter_resumes_what_a_crashed_one_settled_but_never_said(
+    llm_server: LLMServer, store: Store
+) -> None:
+    from docbus.llm_batch.submitter import Submitter
+    from docbus.store import ParkedMessage
+
+    async with batch_client(llm_server, store) as client:
+        with pytest.raises(AwaitingBatch) as waiting:
+            await run_handler(entities, TEXT, store=store, llm=client, batch_id="c")
+        parked = ParkedMessage(
+            topic="documents",
+            subscription="entities",
+            sequence_number=1,
+            reason="AwaitingBatch",
+            llm_requests=list(waiting.value.keys),
+            deferred=True,
+        )
+        await store.park(parked)
+        # settles and applies, then "dies" before its on_done hook: nobody is marked
+        crashed = Submitter(store, client.openai, holder="w1", options=client.batch_options)
+        assert (await crashed.run_once()).settled == 1
+        await crashed.release()
+        assert (await store.parked())[0].resume_requested_at is None
+        report = await client.batch_submitter("w2").run_once()  # takes the lease over
+    assert report.holder
+    assert (await store.parked())[0].resume_requested_at is not None
