@@ -26,8 +26,10 @@ requests are answered or failed, the parked deliveries waiting for them marked f
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
+import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -107,15 +109,29 @@ async def batch_exchange(client: LLMClient, ctx: Context, ask: Ask) -> Answer:
     request, step_id = request_of(ctx, params, client._estimate(model, ask, mode, messages))
     record = (await store.llm_requests([request.key])).get(request.key)
     if record is None or record.state not in _DONE:
-        await client._check_budget(ctx)  # before it can be submitted, as before a live call
+        # before it can be submitted, as before a live call, counting what the batch's open
+        # requests will cost: a round cannot overshoot the budget by more than one call
+        reservations = client.reservations
+        await client._check_budget(
+            ctx, functools.partial(reservations.reserved, store, ctx.batch_id)
+        )
         if record is None:
+            expected = max(0, request.estimated_tokens - client.tokens.count_messages(messages))
+            usd = client.pricing.cost(
+                model,
+                request.estimated_tokens - expected,
+                expected,
+                llm_mode="batch",
+            )
             record = await store.register_llm_request(
                 request,
                 step_id=step_id,
                 batch_id=ctx.batch_id,
                 doc_id=ctx.doc_id,
                 handler=ctx.handler_name,
+                estimated_usd=usd,
             )
+            reservations.add(ctx.batch_id, usd)
     if record.state is LLMRequestState.ANSWERED:
         return await _answered(client, ctx, ask, model, mode, messages, record)
     if record.state is LLMRequestState.FAILED:
@@ -188,6 +204,29 @@ async def _answered(
         where = current_step() or ctx.handler_name
         raise DeadLetter("ContentFiltered", f"{where}: {error}"[:_DESCRIPTION_LIMIT])
     return Answer(text, finish, parsed, error, row)
+
+
+class Reservations:
+    """What each batch's open requests are expected to cost, read from the store at most once
+    per ``refresh`` seconds and counted up locally between reads (every registration checks
+    the budget: one aggregate per registration would make a round quadratic)."""
+
+    def __init__(self, refresh: float) -> None:
+        self.refresh = refresh
+        self._by_batch: dict[str, tuple[float, float]] = {}  # batch -> (usd, read until)
+
+    async def reserved(self, store: Store, batch_id: str) -> float:
+        now = time.monotonic()
+        known = self._by_batch.get(batch_id)
+        if known is None or known[1] <= now:
+            known = (await store.reserved_llm_usd(batch_id), now + self.refresh)
+            self._by_batch[batch_id] = known
+        return known[0]
+
+    def add(self, batch_id: str, usd: float) -> None:
+        known = self._by_batch.get(batch_id)
+        if known is not None:
+            self._by_batch[batch_id] = (known[0] + usd, known[1])
 
 
 class BatchBookkeeping:

@@ -34,7 +34,7 @@ import json
 import logging
 import random
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, Self
@@ -50,7 +50,12 @@ from handlers.batch_round import round_of
 from handlers.delivery import delivery_of
 from handlers.errors import DeadLetter, HandlerOutcome, OverBudget, Retry, SystemicFailure
 from handlers.llm.audit import Filtered, audit_row, write_audit
-from handlers.llm.batch import BatchBookkeeping, batch_exchange, submitter_options
+from handlers.llm.batch import (
+    BatchBookkeeping,
+    Reservations,
+    batch_exchange,
+    submitter_options,
+)
 from handlers.llm.errors import (
     LLMConfigError,
     never_connected,
@@ -184,6 +189,8 @@ class LLMClient:
         self._connection_failures = 0
         self._unbudgeted: dict[str, float] = {}  # batch -> when to look for a budget again
         self._batch_modes: dict[str, tuple[str | None, float]] = {}  # batch -> (mode, until)
+        self.reservations = Reservations(self.options.budget_refresh)
+        """Batch mode's open requests' estimated cost per batch (counted against budgets)."""
         self._rng = random.Random()
         # Quick retries inside one call: a quarter of a second, doubling, ±50 % jitter.
         self._backoff = BackoffPolicy(
@@ -606,7 +613,12 @@ class LLMClient:
 
     # -- budgets ---------------------------------------------------------------------------------
 
-    async def _check_budget(self, ctx: Context | None) -> None:
+    async def _check_budget(
+        self, ctx: Context | None, reserved: Callable[[], Awaitable[float]] | None = None
+    ) -> None:
+        """Raise :class:`OverBudget` if ``ctx``'s batch (or document) has spent its budget;
+        ``reserved`` adds what the batch has committed but not paid yet (batch mode's open
+        requests), asked only when a budget applies."""
         store = self.store
         if store is None or ctx is None:
             return
@@ -626,6 +638,8 @@ class LLMClient:
             else:
                 self._unbudgeted.pop(batch_id, None)
                 spent = status.spent_usd if status is not None else await store.llm_spend(batch_id)
+                if reserved is not None:
+                    spent += await reserved()
                 if spent >= budget:
                     if status is not None and not status.over_budget:
                         await store.set_batch_over_budget(batch_id, True)

@@ -19,7 +19,7 @@ from docbus.settings import LLMBatchSettings, LLMSettings, ModelPrice, Settings
 from docbus.store import LLMRequestState, Store
 from handlers import Context, Document, handler
 from handlers.builtin.entities import entities
-from handlers.errors import AwaitingBatch, DeadLetter
+from handlers.errors import AwaitingBatch, DeadLetter, OverBudget
 from handlers.llm import LLMClient, Price, PriceTable
 from handlers.llm.batch import submitter_options
 from handlers.llm.mode import resolve_llm_mode
@@ -372,3 +372,21 @@ async def test_a_new_submitter_resumes_what_a_crashed_one_settled_but_never_said
         report = await client.batch_submitter("w2").run_once()  # takes the lease over
     assert report.holder
     assert (await store.parked())[0].resume_requested_at is not None
+
+
+async def test_open_requests_count_against_the_budget_before_they_are_paid(
+    llm_server: LLMServer, store: Store
+) -> None:
+    await store.record_batch("tight", topic="documents")
+    await store.set_batch_budget("tight", 0.000001)  # less than one request
+    async with batch_client(llm_server, store) as client:
+        with pytest.raises(AwaitingBatch) as first:
+            await run_handler(entities, TEXT, store=store, llm=client, batch_id="tight")
+        # nothing is paid yet, but the first request's estimate already uses the budget up
+        with pytest.raises(OverBudget):
+            await run_handler(entities, f"{TEXT} Again.", store=store, llm=client, batch_id="tight")
+    [record] = (await store.llm_requests(first.value.keys)).values()
+    assert record.estimated_usd > 0
+    assert await store.reserved_llm_usd("tight") == pytest.approx(record.estimated_usd)
+    batch = await store.get_batch("tight")
+    assert batch is not None and batch.over_budget and batch.cost.usd == 0
