@@ -20,6 +20,7 @@ from typing import Any, Literal, NamedTuple
 from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
+    "LLM_MODES",
     "SPEND_CATEGORIES",
     "BatchBudget",
     "BatchCost",
@@ -29,6 +30,7 @@ __all__ = [
     "DeadLetterRecord",
     "HandlerCounts",
     "LLMCallRecord",
+    "LLMMode",
     "ReplayItem",
     "ReplayRecord",
     "ResultRecord",
@@ -51,6 +53,12 @@ delivery), ``reask`` (a re-ask after a validation failure) or ``retry`` (a call 
 transient error, or made on a later delivery of the message)."""
 
 SpendCategory = Literal["first", "reask", "retry"]
+
+LLMMode = Literal["live", "batch"]
+"""How a batch's LLM calls are made: ``live`` (one request each, at once) or ``batch``
+(gathered into provider batches: the Batch API's half price, answers within hours)."""
+
+LLM_MODES: tuple[LLMMode, ...] = ("live", "batch")
 
 
 class Spend(BaseModel):
@@ -94,6 +102,11 @@ class BatchRecord(BaseModel):
     budget_usd: float | None = None
     """This batch's LLM budget; ``None``: the worker's setting (``llm.budget_per_batch_usd``)."""
     cost: BatchCost = BatchCost()
+    llm_mode: LLMMode | None = None
+    """The LLM mode chosen at publish (or by a replay); ``None``: the handler's default, else
+    the worker's setting (``llm.mode``)."""
+    llm_cancelled_at: datetime | None = None
+    """When ``docbus llm-batches cancel`` held the batch's LLM requests; ``None`` once resumed."""
 
 
 class BatchBudget(NamedTuple):
@@ -242,6 +255,8 @@ class ReplayRecord(BaseModel):
     failed: dict[str, str] = Field(default_factory=dict)
     """Dead letter (or document) id → why sending it failed."""
     items: list[ReplayItem] = Field(default_factory=list)
+    llm_mode: LLMMode | None = None
+    """The LLM mode the run set on its batches (``--llm-mode``); ``None``: each kept its own."""
     started_at: datetime = Field(default_factory=_now)
     finished_at: datetime | None = None
 
@@ -350,6 +365,9 @@ class HandlerCounts(BaseModel):
 
     done: int = 0
     dead_lettered: int = 0
+    rolled_back: int = 0
+    """Documents whose results of this batch were all withdrawn by a rollback, and that have
+    no other result or dead letter in it: an operator's act, redone by a replay."""
     pending: int = 0
 
 
@@ -357,8 +375,9 @@ class BatchCounts(BaseModel):
     """Progress of a batch, per document and per handler.
 
     A document is *done* when every handler known for the batch has a result for it,
-    *dead-lettered* when a handler dead-lettered it and has no later result for it, and
-    *pending* otherwise; the three add up to *published*.
+    *dead-lettered* when a handler dead-lettered it and has no later result for it, *rolled
+    back* when a handler's results for it were withdrawn by a rollback (and it is neither of the
+    former), and *pending* otherwise; the four add up to *published*.
     """
 
     model_config = ConfigDict(frozen=True)
@@ -368,6 +387,7 @@ class BatchCounts(BaseModel):
     done: int
     dead_lettered: int
     pending: int
+    rolled_back: int = 0
     handlers: dict[str, HandlerCounts] = Field(default_factory=dict)
 
 

@@ -20,13 +20,14 @@ import asyncio
 import contextlib
 import functools
 import logging
+import ssl
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from azure.core.credentials_async import AsyncTokenCredential
 from azure.servicebus import ServiceBusMessage, ServiceBusMessageBatch
-from azure.servicebus.aio import ServiceBusClient
+from azure.servicebus.aio import ServiceBusClient, ServiceBusSender
 from azure.servicebus.exceptions import (
     MessageAlreadySettled,
     MessageLockLostError,
@@ -63,6 +64,8 @@ __all__ = [
     "probe_endpoint",
     "servicebus_client",
     "servicebus_endpoint",
+    "sized_message",
+    "topic_senders",
     "translate_error",
     "translated",
 ]
@@ -190,7 +193,9 @@ def servicebus_client(
     ``retry_total`` overrides the SDK's retries per operation (3); 0 for one-shot checks.
     """
     sb = settings.servicebus if isinstance(settings, Settings) else settings
-    options: dict[str, Any] = {} if retry_total is None else {"retry_total": retry_total}
+    options: dict[str, Any] = {"ssl_context": _ssl_context()}
+    if retry_total is not None:
+        options["retry_total"] = retry_total
     if sb.connection_string is not None:
         return ServiceBusClient.from_connection_string(
             sb.connection_string.get_secret_value(), **options
@@ -208,6 +213,30 @@ def servicebus_client(
     client = _ClientOwningCredential(sb.namespace, owned, **options)
     client._owned_credential = owned
     return client
+
+
+def topic_senders(client: ServiceBusClient) -> Callable[[str], ServiceBusSender]:
+    """Given a topic, a sender of ``client`` for links that are busy while open (a publish's).
+
+    Without the SDK's keep-alive task, which pings an idle connection every 30 s but sleeps
+    in 1 s steps, and closing a link waits for it to wake: up to a second per link, half a
+    second on average, and a publish closes several. A link the broker drops while idle is
+    opened again by the SDK on the next send (and a send the drop fails is retried).
+    """
+    return functools.partial(client.get_topic_sender, keep_alive=0)
+
+
+@functools.cache
+def _ssl_context() -> ssl.SSLContext:
+    """The TLS context every client of this process shares: the SDK's own default (certificates
+    verified against certifi's bundle, host names checked), built once. Left to the SDK, every
+    connection builds one, reading the bundle again (~10-15 ms each, and a worker or a publish
+    opens several at its start)."""
+    import certifi
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.load_verify_locations(certifi.where())
+    return context
 
 
 _AMQPS_PORT = 5671
@@ -268,26 +297,40 @@ def build_message(envelope: Envelope) -> ServiceBusMessage:
     session id is the envelope's (ordered subscriptions), and the application properties are
     those of :func:`~docbus.envelope.application_properties` (subscription routing rules).
     """
+    return sized_message(envelope)[0]
+
+
+def sized_message(envelope: Envelope) -> tuple[ServiceBusMessage, int]:
+    """:func:`build_message`, and the message's :func:`message_size_bound` worked out from the
+    parts it is built of (the publisher sizes every message: reading them back off the SDK's
+    message costs as much as building it)."""
+    body = envelope.to_bytes()
+    message_id = envelope.message_id
     properties: dict[str | bytes, Any] = {
         key: value for key, value in application_properties(envelope).items()
     }
-    return ServiceBusMessage(
-        envelope.to_bytes(),
-        message_id=envelope.message_id,
+    texts = (message_id, envelope.topic, CONTENT_TYPE, envelope.session_id)
+    message = ServiceBusMessage(
+        body,
+        message_id=message_id,
         content_type=CONTENT_TYPE,
         subject=envelope.topic,
         session_id=envelope.session_id,
         application_properties=properties,
     )
+    return message, _size_bound((body,), texts, properties)
 
 
-def fits_in_message(message: ServiceBusMessage, max_size_in_bytes: int) -> bool:
+def fits_in_message(
+    message: ServiceBusMessage, max_size_in_bytes: int, bound: int | None = None
+) -> bool:
     """Whether ``message`` alone fits a batch of ``max_size_in_bytes``, by the SDK's accounting.
 
-    Decided by :func:`message_size_bound` when that already fits (no encoding: almost every
-    message), else exactly by the SDK's own encoding, so the answer is always the exact one.
+    Decided by :func:`message_size_bound` (or ``bound``, :func:`sized_message`'s) when that
+    already fits (no encoding: almost every message), else exactly by the SDK's own encoding,
+    so the answer is always the exact one.
     """
-    if message_size_bound(message) <= max_size_in_bytes:
+    if (message_size_bound(message) if bound is None else bound) <= max_size_in_bytes:
         return True
     return encoded_batch_size(message) <= max_size_in_bytes
 
@@ -318,13 +361,20 @@ def message_size_bound(message: ServiceBusMessage) -> int:
     widest scalar, and the frame is the encoded size of a message with the same fields, all
     empty (:func:`_empty_frame`), plus :data:`_CONTAINER_SLACK`.
     """
+    texts = (message.message_id, message.subject, message.content_type, message.session_id)
+    return _size_bound(message.body, texts, message.application_properties or {})
+
+
+def _size_bound(
+    body: Iterable[bytes], texts: Iterable[object], properties: Mapping[str | bytes, Any]
+) -> int:
     total = _empty_frame() + _CONTAINER_SLACK
-    for part in message.body:
+    for part in body:
         total += len(part) + _ITEM_HEADER
-    for text in (message.message_id, message.subject, message.content_type, message.session_id):
+    for text in texts:
         if text is not None:
             total += len(str(text).encode("utf-8")) + _ITEM_HEADER
-    for key, value in (message.application_properties or {}).items():
+    for key, value in properties.items():
         total += _item_size(key) + _item_size(value)
     return total
 

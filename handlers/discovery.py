@@ -16,7 +16,7 @@ import importlib
 import importlib.util
 import os
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -25,7 +25,7 @@ from typing import Any
 from docbus.errors import DocbusError
 from handlers.decorator import HandlerFunction, HandlerSpec, handler_spec
 
-__all__ = ["HandlerDiscoveryError", "RegisteredHandler", "discover_handlers"]
+__all__ = ["HandlerDiscoveryError", "RegisteredHandler", "check_clashes", "discover_handlers"]
 
 
 class HandlerDiscoveryError(DocbusError):
@@ -46,8 +46,25 @@ class RegisteredHandler:
 
 def discover_handlers(
     source: ModuleType | str | os.PathLike[str] | Iterable[HandlerFunction],
+    *more: ModuleType | str | os.PathLike[str] | Iterable[HandlerFunction],
 ) -> list[RegisteredHandler]:
-    """The handlers in a module, a module name, a ``.py`` file, or an iterable of functions."""
+    """The handlers in a module, a module name, a ``.py`` file, or an iterable of functions;
+    several sources are taken together (a function found in two of them counts once) and
+    must not clash (:func:`check_clashes`)."""
+    found: list[RegisteredHandler] = []
+    seen: set[int] = set()
+    for one in (source, *more):
+        for registered in _discover(one):
+            if id(registered.fn) not in seen:
+                seen.add(id(registered.fn))
+                found.append(registered)
+    check_clashes(found)
+    return found
+
+
+def _discover(
+    source: ModuleType | str | os.PathLike[str] | Iterable[HandlerFunction],
+) -> list[RegisteredHandler]:
     if isinstance(source, ModuleType):
         candidates: Iterable[Any] = vars(source).values()
         where = source.__name__
@@ -68,7 +85,6 @@ def discover_handlers(
             found.append(RegisteredHandler(spec, value))
     if not found:
         raise HandlerDiscoveryError(f"no @handler functions in {where}")
-    _check_clashes(found)
     return found
 
 
@@ -112,17 +128,24 @@ def _search_working_directory() -> None:
         sys.path.append(cwd)
 
 
-def _check_clashes(found: list[RegisteredHandler]) -> None:
+def check_clashes(found: Sequence[RegisteredHandler]) -> None:
+    """Refuse handlers that cannot run side by side: two with one name (their results and
+    checkpoints would mix), or two on one subscription (each would receive only part of a
+    batch and leave the other's part pending for ever)."""
     names: dict[str, RegisteredHandler] = {}
     subscriptions: dict[tuple[str, str], RegisteredHandler] = {}
     for item in found:
         other = names.setdefault(item.spec.name, item)
         if other is not item:
-            raise HandlerDiscoveryError(f"two handlers are named {item.spec.name!r}")
+            raise HandlerDiscoveryError(
+                f"two handlers are named {item.spec.name!r}: rename one (@handler(name=...))"
+            )
         key = (item.spec.topic, item.spec.subscription)
         other = subscriptions.setdefault(key, item)
         if other is not item:
             raise HandlerDiscoveryError(
-                f"handlers {other.spec.name!r} and {item.spec.name!r} both consume "
-                f"subscription {key[1]!r} of topic {key[0]!r}"
+                f"handlers {other.spec.name!r} and {item.spec.name!r} both run on subscription "
+                f"{key[0]}/{key[1]}: each would receive only part of a batch and leave the "
+                "other's part pending for ever; give each handler its own subscription "
+                "(infra/topology.toml, `docbus topology`)"
             )

@@ -45,22 +45,26 @@ from collections.abc import (
 )
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from azure.servicebus import ServiceBusMessage
 
 from docbus.envelope import BATCH_ID_PATTERN, Envelope, claim_check_for, new_batch_id
+from docbus.records import LLM_MODES, LLMMode
 from docbus.servicebus import (
     build_message,
     fits_in_message,
     probe_endpoint,
     servicebus_client,
+    sized_message,
+    topic_senders,
     translated,
 )
 from docbus.settings import Settings
 from docbus.store import Store
 from docbus.topology import SubscriptionSpec, Topology
 from publisher.inputs import DocumentChecker, DocumentInput, InputProblem, InvalidInput, as_input
+from publisher.llm_mode import batch_mode_refusal
 from publisher.preflight import (
     PublishRefused,
     ResumePlan,
@@ -115,6 +119,8 @@ class PublishReport:
     warnings: list[str] = field(default_factory=list)
     """What could not be checked (e.g. send-only credentials cannot look at subscriptions)."""
     duration: float = 0.0
+    llm_mode: str | None = None
+    """The LLM mode kept on the batch record (``None``: the handlers' or workers' default)."""
 
     @property
     def ok(self) -> bool:
@@ -133,6 +139,7 @@ class PublishReport:
             "resent": self.resent,
             "max_message_size": self.max_message_size,
             "duration_s": round(self.duration, 3),
+            "llm_mode": self.llm_mode,
             "skipped_inputs": [p.model_dump() for p in self.problems],
             "failed_documents": dict(self.failed),
             "warnings": list(self.warnings),
@@ -170,8 +177,8 @@ class _Envelopes:
             "session_id": doc.session_id,
         }
         envelope = Envelope(content=doc.text, **fields)
-        message = build_message(envelope)
-        if fits_in_message(message, self.limit - _SIZE_MARGIN):
+        message, bound = sized_message(envelope)
+        if fits_in_message(message, self.limit - _SIZE_MARGIN, bound):
             return envelope, message, False
         if self.store is not None:
             ref = await self.store.put_payload(doc.text)
@@ -222,6 +229,7 @@ async def publish_documents(  # noqa: PLR0913 - keyword-only options of the publ
     resume: bool = False,
     on_progress: Callable[[int], None] | None = None,
     checked: bool = False,
+    llm_mode: LLMMode | None = None,
 ) -> PublishReport:
     """Publish documents to ``topic`` as one batch; returns what happened.
 
@@ -245,6 +253,12 @@ async def publish_documents(  # noqa: PLR0913 - keyword-only options of the publ
     keeps one duplicate-id checker, the loader's compact one, instead of a second holding every
     id in full.
 
+    ``llm_mode`` (``live`` or ``batch``, :mod:`publisher.llm_mode`) is kept on the batch
+    record: the workers run the batch's LLM calls in that mode, and a replay keeps it. ``None``
+    leaves it to each handler's default, else the worker's setting. Batch mode is refused
+    (:class:`PublishRefused`) for a topic whose ``topology`` has a session subscription (an
+    ordered handler).
+
     Raises :class:`~publisher.inputs.InvalidInput` on invalid input unless ``skip_invalid``,
     :class:`~publisher.preflight.PublishRefused` for the refusals above, and
     :class:`~docbus.servicebus.MessagingError` when the broker refuses the topic itself
@@ -254,37 +268,42 @@ async def publish_documents(  # noqa: PLR0913 - keyword-only options of the publ
     settings = settings or Settings()
     batch_id = batch_id or new_batch_id()
     _check_batch_id(batch_id)
-    report = PublishReport(batch_id=batch_id, topic=topic, dry_run=dry_run)
+    _check_llm_mode(topic, llm_mode, topology)
+    report = PublishReport(batch_id=batch_id, topic=topic, dry_run=dry_run, llm_mode=llm_mode)
     receivers = topic_receivers(topology, topic) if topology is not None else ()
     checker = None if checked else DocumentChecker(session_key=session_key)
     started = time.monotonic()
 
     source_docs: Iterable[DocumentLike] | AsyncIterable[DocumentLike] = docs
+    listed = None
     if isinstance(docs, Sequence) and not isinstance(docs, str):
-        # A list can be checked in full before anything is recorded or sent.
-        source_docs = _check_list(docs, checker, report, skip_invalid)
-        if checker is not None:
-            checker = DocumentChecker(session_key=session_key)  # ids already seen once
+        # A list is checked in full before anything is recorded or sent, while the links open.
+        listed = _ListCheck.start(docs, checker, report, skip_invalid)
+        checker = None  # checked: ids resolved, duplicates left out
+    check = listed or _ListCheck(None)
 
     closing: list[asyncio.Task[None]] = []
     async with AsyncExitStack() as stack:
         stack.push_async_callback(_finish, closing)
+        stack.push_async_callback(check.stop)
         senders: list[MessageSender] = []
         plan: ResumePlan | None = None
         if dry_run:
             limit = settings.publisher.max_message_size
+            source_docs = await check.documents(source_docs)
         else:
             if store is None:
-                store = await stack.enter_async_context(Store.from_settings(settings))
+                store = await check.first(_entered(stack, lambda: Store.from_settings(settings)))
             if sender_factory is None:
-                client = await stack.enter_async_context(servicebus_client(settings))
-                sender_factory = client.get_topic_sender
-            limit, plan, warnings = await _preflight(
+                client = await check.first(_entered(stack, lambda: servicebus_client(settings)))
+                sender_factory = topic_senders(client)
+            limit, plan, warnings = await check.first(_preflight(
                 stack, settings, store, sender_factory, topic, batch_id, resume, receivers,
                 closing, senders,
-            )  # fmt: skip
+            ))  # fmt: skip
             report.warnings.extend(warnings)
-            await store.record_batch(batch_id, topic=topic, source=source)
+            source_docs = await check.documents(source_docs)
+            await store.record_batch(batch_id, topic=topic, source=source, llm_mode=llm_mode)
         report.max_message_size = limit
         envelopes = _Envelopes(topic, batch_id, limit, None if dry_run else store)
 
@@ -363,6 +382,9 @@ class _Feed:
         """Feed every document; the error to raise at the end when a problem stops the run."""
         report = self.report
         chunk: list[_Outgoing] = []
+        # Small chunks first, so the first messages leave (and the lanes get going) after a
+        # few documents are built and recorded, not a whole chunk; then up to `chunk_size`.
+        size = min(self.chunk_size, _FIRST_CHUNK)
         index = 0
         stop_error: InvalidInput | None = None
         async for item in _aiter(docs):
@@ -384,9 +406,10 @@ class _Feed:
             report.documents += 1
             report.claim_checked += claim_checked
             chunk.append(_Outgoing(envelope, message, record))
-            if len(chunk) >= self.chunk_size:
+            if len(chunk) >= size:
                 await self.recorder.add(chunk)
                 chunk = []
+                size = min(self.chunk_size, size * 2)
         await self.recorder.add(chunk)
         return stop_error
 
@@ -407,13 +430,15 @@ async def _abandon(
             await store.update_batch(report.batch_id, status="failed", counts=report.counts)
 
 
-def _check_list(
+async def _check_list(
     docs: Sequence[DocumentLike],
     checker: DocumentChecker | None,
     report: PublishReport,
     skip_invalid: bool,
 ) -> list[DocumentInput]:
-    """The valid documents of a list, its problems in ``report``; raise unless ``skip_invalid``."""
+    """The valid documents of a list, its problems in ``report``; raise unless ``skip_invalid``.
+
+    Lets the event loop run between slices of the list: the links open meanwhile."""
     valid: list[DocumentInput] = []
     for index, item in enumerate(docs, start=1):
         doc, problem = _check(checker, item, index)
@@ -421,9 +446,70 @@ def _check_list(
             report.problems.append(problem)
         elif doc is not None:
             valid.append(doc)
+        if index % _CHECK_SLICE == 0:
+            await asyncio.sleep(0)
     if report.problems and not skip_invalid:
         raise InvalidInput(report.problems)
     return valid
+
+
+_CHECK_SLICE = 256
+"""Documents of a list checked between two turns of the event loop (a few milliseconds)."""
+
+
+_R = TypeVar("_R")
+
+
+async def _entered(
+    stack: AsyncExitStack, make: Callable[[], AbstractAsyncContextManager[_R]]
+) -> _R:
+    """``make()`` entered on ``stack`` (a settings error in ``make`` raised when awaited)."""
+    return await stack.enter_async_context(make())
+
+
+class _ListCheck:
+    """The check of a list of documents, running while the publish connects and opens links.
+
+    Whatever else fails meanwhile, invalid input is what the publish reports (as it did when
+    the list was checked before connecting): it is the caller's to fix first.
+    """
+
+    def __init__(self, task: asyncio.Task[list[DocumentInput]] | None) -> None:
+        self._task = task
+
+    @classmethod
+    def start(
+        cls,
+        docs: Sequence[DocumentLike],
+        checker: DocumentChecker | None,
+        report: PublishReport,
+        skip_invalid: bool,
+    ) -> _ListCheck:
+        return cls(asyncio.ensure_future(_check_list(docs, checker, report, skip_invalid)))
+
+    async def first(self, step: Awaitable[_R]) -> _R:
+        """``step``'s result; when it fails, the list's invalid input instead, if any."""
+        try:
+            return await step
+        except Exception:
+            if self._task is not None:
+                await asyncio.wait({self._task})
+                error = None if self._task.cancelled() else self._task.exception()
+                if isinstance(error, InvalidInput):
+                    raise error from None
+            raise
+
+    async def documents(
+        self, docs: Iterable[DocumentLike] | AsyncIterable[DocumentLike]
+    ) -> Iterable[DocumentLike] | AsyncIterable[DocumentLike]:
+        """The list's valid documents (raises :class:`InvalidInput`); a stream as it is."""
+        return docs if self._task is None else await self._task
+
+    async def stop(self) -> None:
+        """The publish ends (or failed): a check still running is of no use any more."""
+        if self._task is not None:
+            self._task.cancel()  # (nothing, if it has ended)
+            await asyncio.gather(self._task, return_exceptions=True)
 
 
 def _admit(
@@ -563,12 +649,24 @@ def _check_batch_id(batch_id: str) -> None:
         )
 
 
+def _check_llm_mode(topic: str, llm_mode: str | None, topology: Topology | None) -> None:
+    if llm_mode is not None and llm_mode not in LLM_MODES:
+        raise ValueError(f"unknown LLM mode {llm_mode!r}: use one of {', '.join(LLM_MODES)}")
+    refusal = batch_mode_refusal(topic, llm_mode, topology=topology)
+    if refusal is not None:
+        raise PublishRefused(refusal)
+
+
 def _ignore(count: int) -> None:
     """No one listens to the progress."""
 
 
 _RECORDS_AHEAD = 2
 """Chunks whose durable insert may run while earlier chunks are built and sent."""
+
+_FIRST_CHUNK = 64
+"""Documents in a publish's first chunk; each next chunk is twice as large, up to the
+``chunk_size`` setting."""
 
 
 @dataclass(frozen=True)
@@ -583,10 +681,11 @@ class _Outgoing:
 class _Recorder:
     """Records chunks of documents ahead of sending them, never a message ahead of its record.
 
-    :meth:`add` starts a chunk's durable insert (``w: majority, j: true``) and, once
-    :data:`_RECORDS_AHEAD` inserts are running, hands the oldest chunk to the lanes as soon as
-    that chunk's own insert is acknowledged: journal commits overlap building the next chunks
-    and sending the earlier ones, and a message never leaves before its record is stored.
+    :meth:`add` starts a chunk's durable insert (``w: majority, j: true``), hands to the lanes
+    every oldest chunk whose insert is acknowledged already and, while more than
+    :data:`_RECORDS_AHEAD` inserts are running, waits for the oldest one's: journal commits
+    overlap building the next chunks and sending the earlier ones, a chunk leaves as soon as
+    it is recorded, and a message never leaves before its record is stored.
     Chunks are handed over in input order. A failed insert raises at the hand-over of its
     chunk, so none of that chunk's messages (nor any later one's) is sent.
     """
@@ -610,7 +709,7 @@ class _Recorder:
             records = [item.envelope for item in chunk if item.record]
             insert = asyncio.ensure_future(self._store.record_documents(records))
         self._ahead.append((insert, chunk))
-        while len(self._ahead) > _RECORDS_AHEAD:
+        while self._ahead and (len(self._ahead) > _RECORDS_AHEAD or _done(self._ahead[0][0])):
             await self._hand_over(*self._ahead.popleft())
 
     async def drain(self) -> None:
@@ -640,6 +739,11 @@ class _Recorder:
             else:
                 lane = position % len(self._queues)
             await self._queues[lane].put((envelope.doc_id, item.message))
+
+
+def _done(insert: asyncio.Task[int] | None) -> bool:
+    """Whether a chunk's insert has ended (a failed one too: the hand-over raises its error)."""
+    return insert is None or insert.done()
 
 
 async def _lane(

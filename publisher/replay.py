@@ -39,7 +39,7 @@ from azure.servicebus import ServiceBusMessage
 
 from docbus.envelope import Envelope, InvalidEnvelope, message_id
 from docbus.errors import DocbusError
-from docbus.records import DeadLetterRecord, ReplayItem, ReplayRecord
+from docbus.records import DeadLetterRecord, LLMMode, ReplayItem, ReplayRecord
 from docbus.servicebus import build_message, translated
 from docbus.settings import PublisherSettings
 from docbus.store import DeadLetterFilter, Store
@@ -391,8 +391,14 @@ async def send_replay(
     replay_id: str | None = None,
     on_progress: Callable[[int], None] | None = None,
     retry: SendRetry = DEFAULT_RETRY,
+    llm_mode: LLMMode | None = None,
 ) -> ReplayReport:
     """Send a plan (allocating each document's generation now) and record the run.
+
+    The replayed documents' LLM calls run in their batch's mode (kept on its record since
+    publish); ``llm_mode`` sets that mode on every batch of the plan first, before any message
+    goes (the workers read it from the record). Raises :class:`ReplayError`, sending nothing,
+    when one of those batches has no record to keep it on.
 
     Messages go in batches through :class:`publisher.sending.BatchSender`; ``retry`` is how
     often a transiently failed batch is tried (the publisher's defaults).
@@ -402,8 +408,14 @@ async def send_replay(
     messages that fail to send are reported in ``record.failed`` (their claims released).
     """
     started = time.monotonic()
+    if llm_mode is not None:
+        await _set_llm_mode(store, plan, llm_mode)
     record = ReplayRecord(
-        id=replay_id or new_replay_id(), kind=plan.kind, filters=plan.filters, status="running"
+        id=replay_id or new_replay_id(),
+        kind=plan.kind,
+        filters=plan.filters,
+        status="running",
+        llm_mode=llm_mode,
     )
     record.skipped.update(plan.skipped)
     # Recorded before the first message goes: a run that dies half-way is still known (its
@@ -444,6 +456,18 @@ async def send_replay(
         record.id, record.count, len(record.skipped), len(record.failed),
     )  # fmt: skip
     return ReplayReport(record, time.monotonic() - started)
+
+
+async def _set_llm_mode(store: Store, plan: ReplayPlan, llm_mode: LLMMode) -> None:
+    batch_ids = sorted({planned.envelope.batch_id for planned in plan.messages})
+    unknown = [b for b in batch_ids if await store.get_batch(b) is None]
+    if unknown:
+        raise ReplayError(
+            f"batch {unknown[0]} has no record to keep --llm-mode on: replay it without "
+            "--llm-mode (its handlers' or the workers' default applies)"
+        )
+    for batch_id in batch_ids:
+        await store.set_batch_llm_mode(batch_id, llm_mode)
 
 
 def replay_status(

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 from docbus.errors import DocbusError
 from docbus.store import WorkerHeartbeat
+from subscriber.claims import claims_of
 
 if TYPE_CHECKING:
     from subscriber.worker import Worker
@@ -56,6 +57,7 @@ async def beat(worker: Worker, interval: float = INTERVAL) -> None:
             host=socket.gethostname(),
             pid=os.getpid(),
             handlers=[h.spec.name for h in worker.handlers],
+            claims=claims_of(worker.handlers),
             concurrency=worker.options.concurrency,
             in_flight=vitals.in_flight,
             circuit_open=vitals.circuit_open,

@@ -50,6 +50,12 @@ class LockRenewer:
         if task is not None:
             task.cancel()
 
+    async def stopped(self, message: ServiceBusReceivedMessage) -> None:
+        """Wait until the renewals of ``message`` have ended (settled, released or lost)."""
+        task = self._tasks.get(id(message))
+        if task is not None:
+            await asyncio.wait({task})
+
     async def close(self) -> None:
         tasks = list(self._tasks.values())
         for task in tasks:
@@ -64,6 +70,8 @@ class LockRenewer:
                 return  # receive-and-delete or session message: nothing to renew here
             remaining = (locked_until - datetime.now(UTC)).total_seconds()
             await asyncio.sleep(max(_MIN_PAUSE, remaining / 2))
+            if receiver.settled(message):
+                return  # settled since: its lock is no longer ours to keep
             if time.monotonic() >= deadline:
                 logger.warning(
                     "stopped renewing the lock of %s after %.0fs", message.message_id,
@@ -73,6 +81,8 @@ class LockRenewer:
             try:
                 await receiver.renew_lock(message)
             except MessagingError as exc:
+                if receiver.settled(message):
+                    return  # settled while the renewal was on the wire: nothing was lost
                 logger.warning("lost the lock of %s: %s", message.message_id, exc)
                 return
 

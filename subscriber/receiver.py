@@ -141,6 +141,12 @@ class Receiver:
                     message, reason=reason, error_description=description
                 )
 
+    @staticmethod
+    def settled(message: ServiceBusReceivedMessage) -> bool:
+        """Whether ``message`` has been completed, abandoned, deferred or dead-lettered (by
+        this process; the SDK marks a message once its settlement is acknowledged)."""
+        return bool(getattr(message, "_settled", False))
+
     # --- locks ----------------------------------------------------------------------------
     async def renew_lock(self, message: ServiceBusReceivedMessage) -> None:
         with translated(f"renew the lock of {message.message_id} on {self.where}"):

@@ -51,6 +51,7 @@ from docbus.servicebus import MessagingError
 from docbus.settings import WorkerSettings
 from docbus.store import ParkedGroup, Store, StoreError
 from docbus.topology import Topology, TopologyError
+from handlers.discovery import check_clashes
 from handlers.runtime import RegisteredHandler, drain_backlog
 from subscriber import heartbeat
 from subscriber.admission import Admission
@@ -232,6 +233,7 @@ class Worker:
         self.report = WorkerReport()
         self._check_ordering()
         self._check_llm_mode()
+        check_clashes(handlers)  # (lists of handlers found apart, put together)
         self._stopping = asyncio.Event()
         least, most = self.options.ahead
         self._admission = Admission(

@@ -7,6 +7,12 @@ and prints what happened: results and dead letters per handler, LLM calls, token
 whether every published document ended as exactly one current result or one dead letter. With
 no LLM API key configured it uses the offline model and says so. ``--console`` then keeps the
 stack up and serves the operator console (:mod:`docbus.console`) on it until Ctrl-C.
+
+``--llm-mode batch`` publishes the batch in batch mode: the handlers' LLM calls go through the
+offline server's Batch API (its processing time ``--batch-processing`` seconds a round; the
+submitter in the worker is set to submit after a second and to poll quickly), and the summary
+shows the cost against what the same tokens would have cost live. It is refused with a real
+LLM configured: a real provider answers a batch within 24 hours, not during a demo.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ import argparse
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,14 +31,22 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from docbus.local.stack import LocalStack, StackOptions
+from docbus.records import LLM_MODES
 from docbus.settings import Settings
 from docbus.store import DeadLetterFilter, Store
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples" / "supplier_news.jsonl"
 
 EXIT_CODES = {
-    1: "some published document ended with neither one current result nor one dead letter"
+    1: "some published document ended with neither one current result nor one dead letter",
+    2: "--llm-mode batch with a real LLM configured (the demo's batch mode is offline only)",
 }
+
+BATCH_WITH_REAL_LLM = (
+    "docbus demo --llm-mode batch runs on the offline LLM server only: a real provider "
+    "answers a batch within 24 hours. Unset OPENAI_API_KEY / AZURE_OPENAI_* (or DOCBUS_LLM__*) "
+    "to run it offline, or publish your own batch with `docbus publish --llm-mode batch`"
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -54,6 +68,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--console-port", type=int, default=8765, help="the console's port (8765; 0: any free)"
     )
+    parser.add_argument(
+        "--llm-mode",
+        choices=LLM_MODES,
+        default="live",
+        help="live (default), or batch: the LLM calls go through the offline server's Batch "
+        "API and the summary compares the cost with live mode's",
+    )
+    parser.add_argument(
+        "--batch-processing",
+        type=float,
+        default=3.0,
+        metavar="SECONDS",
+        help="with --llm-mode batch: seconds the offline server takes per provider batch (3)",
+    )
 
 
 @dataclass
@@ -71,6 +99,11 @@ class DemoSummary:
     extra_cost: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
     offline: bool = True
+    llm_mode: str = "live"
+    cost_by_mode: dict[str, float] = field(default_factory=dict)
+    live_estimate: float = 0.0
+    """What the same calls' tokens would have cost live (the live price table)."""
+    provider_batches: int = 0
 
     @property
     def accounted(self) -> bool:
@@ -87,12 +120,13 @@ async def run_demo(
     from docbus.cli.publish import report_table
     from docbus.cli.worker import build_llm
     from docbus.local.llm_server import Faults
+    from docbus.local.llm_server.batch_config import BatchConfig
     from handlers.runtime import discover_handlers
     from publisher import LoaderOptions, iter_documents, publish_documents
     from subscriber.worker import Worker, WorkerOptions, freeze_startup_heap
 
     base = Settings()
-    offline = base.llm.api_key is None and base.llm.azure_endpoint is None
+    offline = _offline(base)
     summary = DemoSummary(offline=offline)
     started = time.monotonic()
     console.print("[bold]docbus demo[/]: starting the local stack (Service Bus emulator, SecantusDB"
@@ -105,12 +139,21 @@ async def run_demo(
         )
     # A little realism for the offline model: some schema-violating answers (re-asked) and
     # some 429s (backed off), so the summary shows what they cost.
-    faults = {"faults": Faults(rate_schema=0.03, rate_429=0.02, retry_after=0.2), "seed": 7}
+    faults: dict[str, Any] = {
+        "faults": Faults(rate_schema=0.03, rate_429=0.02, retry_after=0.2),
+        "seed": 7,
+    }
+    batch_mode = args.llm_mode == "batch"
+    if batch_mode:
+        faults["batch"] = BatchConfig(in_progress_seconds=args.batch_processing)
+    summary.llm_mode = args.llm_mode
     options = StackOptions(
         llm=offline, llm_latency=args.llm_latency, extra_llm_config=faults if offline else {}
     )
     async with LocalStack(options) as stack:
         settings = stack.settings(base)
+        if batch_mode:
+            settings = quick_rounds(settings)
         registered = discover_handlers("handlers.builtin")
         summary.handlers = [h.name for h in registered]
         async with Store.from_settings(settings) as store:
@@ -122,6 +165,7 @@ async def run_demo(
             report = await publish_documents(
                 list(docs), topic="documents", batch_id=args.batch_id, settings=settings,
                 store=store, skip_invalid=True, source=[str(args.input)],
+                llm_mode=args.llm_mode,
             )  # fmt: skip
             # What the loader refused counts as skipped, in the summary and the batch record.
             report.problems[:0] = problems
@@ -151,7 +195,12 @@ async def run_demo(
                     registered,
                     client=client,
                     store=store,
-                    options=WorkerOptions(concurrency=args.concurrency, until_idle=3.0),
+                    options=WorkerOptions(
+                        concurrency=args.concurrency,
+                        until_idle=3.0,
+                        # batch mode: answered rounds are fetched back within a second
+                        resume_interval=1.0 if batch_mode else WorkerOptions.resume_interval,
+                    ),
                     topology=stack.topology,
                     llm=llm,
                     on_outcome=lambda outcome: (
@@ -168,6 +217,7 @@ async def run_demo(
                     else:
                         worker_report = await worker.run()
             await _summarise(store, report.batch_id, registered, worker_report, summary)
+            await _cost_by_mode(store, report.batch_id, settings, summary)
         summary.seconds = time.monotonic() - started
         if keep_open is not None:
             await keep_open(summary, settings, stack.topology)
@@ -205,6 +255,47 @@ async def _summarise(
             summary.extra_cost[category] = summary.extra_cost.get(category, 0.0) + spent
 
 
+def quick_rounds(settings: Settings, max_wait: float = 1.0) -> Settings:
+    """The settings with the batch-mode submitter tuned for a demo (or a benchmark): a round
+    is submitted once its first request has waited ``max_wait`` seconds, the submitter looks
+    every half second, and polls every half second up to one."""
+    llm = settings.llm
+    batch = getattr(llm, "batch", None)  # llm.batch: the settings of the batch-mode submitter
+    if batch is None:
+        return settings
+    quick = batch.model_copy(
+        update={"max_wait": max_wait, "renew_every": 0.5, "poll_base": 0.5, "poll_max": 1.0}
+    )
+    return settings.model_copy(update={"llm": llm.model_copy(update={"batch": quick})})
+
+
+def live_estimate(
+    rows: Iterable[Mapping[str, Any]], cost: Callable[[str, int, int], float]
+) -> float:
+    """What calls summed per model (``Store.llm_usage_by_mode`` rows) would cost live;
+    ``cost(model, prompt_tokens, completion_tokens)`` is the live price table's."""
+    return sum(
+        cost(str(row.get("model") or ""), int(row["prompt_tokens"]), int(row["completion_tokens"]))
+        for row in rows
+    )
+
+
+async def _cost_by_mode(
+    store: Store, batch_id: str, settings: Settings, summary: DemoSummary
+) -> None:
+    from handlers.llm.pricing import PriceTable
+
+    prices = PriceTable.from_settings(settings.llm)
+    rows = await store.llm_usage_by_mode(batch_id)
+    for row in rows:
+        mode = str(row["llm_mode"])
+        summary.cost_by_mode[mode] = summary.cost_by_mode.get(mode, 0.0) + float(row["cost_usd"])
+    summary.live_estimate = live_estimate(
+        rows, lambda model, p, c: prices.cost(model, p, c, fallback=settings.llm.model)
+    )
+    summary.provider_batches = len(await store.provider_batches(batch_id=batch_id, limit=0))
+
+
 def summary_table(summary: DemoSummary) -> Table:
     model = "offline model docbus-offline" if summary.offline else "configured LLM"
     table = Table(title=f"docbus demo: {summary.published} documents, {model}")
@@ -227,6 +318,16 @@ def summary_table(summary: DemoSummary) -> Table:
         calls = summary.extra_calls.get(category, 0)
         cost = summary.extra_cost.get(category, 0.0)
         table.add_row("LLM", f"  of which {label}: calls / USD", f"{calls} / {cost:.4f}")
+    if summary.llm_mode == "batch":
+        table.add_row("LLM", "mode", "batch")
+        table.add_row("LLM", "provider batches", str(summary.provider_batches))
+        for mode, usd in sorted(summary.cost_by_mode.items()):
+            table.add_row("LLM", f"  cost in {mode} mode (USD)", f"{usd:.4f}")
+        share = summary.cost / summary.live_estimate if summary.live_estimate else 0.0
+        table.add_row(
+            "LLM", "cost vs live mode (USD)",
+            f"{summary.cost:.4f} vs {summary.live_estimate:.4f} ({share:.0%})",
+        )  # fmt: skip
     table.add_row("time", "seconds", f"{summary.seconds:.1f}")
     return table
 
@@ -261,6 +362,10 @@ def summary_json(summary: DemoSummary) -> dict[str, Any]:
                 for category, label in (("reask", "reasks"), ("retry", "retries"))
             },
         },
+        "llm_mode": summary.llm_mode,
+        "cost_by_mode": dict(summary.cost_by_mode),
+        "live_estimate_usd": summary.live_estimate,
+        "provider_batches": summary.provider_batches,
         "seconds": summary.seconds,
         "accounted": summary.accounted,
     }
@@ -269,6 +374,11 @@ def summary_json(summary: DemoSummary) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> int:
     console = Console(stderr=True)
     out = Console()
+    if args.llm_mode == "batch" and not _offline(Settings()):
+        from docbus.cli import say_error
+
+        say_error("demo", BATCH_WITH_REAL_LLM)
+        return 2
     if args.console:
         shown: list[DemoSummary] = []
 
@@ -290,6 +400,11 @@ def run(args: argparse.Namespace) -> int:
     if not args.json:
         console.print("To look at this run in the browser: docbus demo --console")
     return code
+
+
+def _offline(settings: Settings) -> bool:
+    """Whether the demo runs the offline model (no real LLM key or Azure endpoint)."""
+    return settings.llm.api_key is None and settings.llm.azure_endpoint is None
 
 
 def _print_summary(out: Console, summary: DemoSummary, as_json: bool) -> int:

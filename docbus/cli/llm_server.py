@@ -1,5 +1,8 @@
 """``docbus llm-server [--port 8089] [--latency 0.2] ...``: the offline LLM server
-(:mod:`docbus.local.llm_server`) in the foreground.
+(:mod:`docbus.local.llm_server`) in the foreground. ``--batch-processing SECONDS`` and
+``--batch-expire-share SHARE`` set its Batch API's processing time and expiry share
+(:class:`~docbus.local.llm_server.batch_config.BatchConfig`; the other batch knobs are set
+through ``POST /_admin/config``).
 
 :func:`add_arguments` declares the flags, :func:`config_from_args` turns them into an
 :class:`~docbus.local.llm_server.config.LLMServerConfig`, and :func:`run` serves until SIGINT or
@@ -11,6 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from docbus.local.llm_server.batch_config import BatchConfig
 from docbus.local.llm_server.config import OFFLINE_MODEL, Faults, Latency, Limits, LLMServerConfig
 from docbus.local.llm_server.server import LLMServer
 
@@ -113,6 +117,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="maximum prompt + completion tokens (%(default)s)",
     )
 
+    batch = parser.add_argument_group("Batch API (/v1/files, /v1/batches)")
+    batch.add_argument(
+        "--batch-processing",
+        type=_seconds,
+        default=BatchConfig().in_progress_seconds,
+        metavar="SECONDS",
+        help="how long a batch stays in_progress before it completes (%(default)s: at once; "
+        "the real Batch API takes minutes to 24 hours)",
+    )
+    batch.add_argument(
+        "--batch-expire-share",
+        type=_rate,
+        default=BatchConfig().expire_share,
+        metavar="SHARE",
+        help="share of a batch's requests left unanswered: the batch ends expired (%(default)s)",
+    )
+
 
 def config_from_args(args: argparse.Namespace) -> LLMServerConfig:
     """The configuration the parsed flags describe; raises ValueError on inconsistent values."""
@@ -143,6 +164,10 @@ def config_from_args(args: argparse.Namespace) -> LLMServerConfig:
             rate_schema=args.rate_schema,
         ),
         limits=Limits(tpm=args.tpm, rpm=args.rpm, context_tokens=args.context_tokens),
+        batch=BatchConfig(
+            in_progress_seconds=getattr(args, "batch_processing", 0.0),
+            expire_share=getattr(args, "batch_expire_share", 0.0),
+        ),
     )
 
 

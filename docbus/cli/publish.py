@@ -40,11 +40,12 @@ from docbus.cli import brief
 from docbus.cli.config import load_settings
 from docbus.envelope import BATCH_ID_PATTERN, new_batch_id
 from docbus.errors import ConfigurationError
-from docbus.servicebus import MessagingError, servicebus_client
+from docbus.servicebus import MessagingError, servicebus_client, topic_senders
 from docbus.settings import Settings
 from docbus.store import Store, StoreError, StoreUnavailable
 from docbus.topology import Topology, TopologyError, load_topology
 from publisher.inputs import DocumentInput, InputProblem, InvalidInput
+from publisher.llm_mode import LLM_MODES, HandlerLike, batch_mode_refusal
 from publisher.loaders import LoaderOptions, iter_documents, scan_documents
 from publisher.preflight import PublishRefused, topic_receivers
 from publisher.publish import MessageSender, PublishReport, SenderFactory, publish_documents
@@ -71,7 +72,8 @@ exit codes:
   1  something was skipped (invalid input, or --resume found a changed document), failed to
      send, or the publish was refused (topic or subscription unknown to the topology or
      missing on the broker, batch id already used); a refusal records and sends nothing
-  2  usage or configuration error (bad batch id, no broker configured, unreadable topology)
+  2  usage or configuration error (bad batch id, no broker configured, unreadable topology,
+     --llm-mode batch for a topic with an ordered handler)
   3  Service Bus or MongoDB could not be reached: try again once it is available
 """
 
@@ -131,6 +133,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="USD",
         help="maximum LLM spending for this batch, in US dollars",
     )
+    parser.add_argument(
+        "--llm-mode",
+        choices=LLM_MODES,
+        help="how the batch's LLM calls run: live (at once) or batch (the provider's Batch "
+        "API: half price, answers within hours); kept on the batch, so replays keep it "
+        "(default: each handler's llm_mode, else the workers' DOCBUS_LLM__MODE)",
+    )
+    parser.add_argument(
+        "--handlers",
+        metavar="MODULE",
+        help="handler module (as for `docbus worker`): with --llm-mode batch, refuse a topic "
+        "one of its handlers consumes in order (the topology's session subscriptions are "
+        "always checked)",
+    )
+
+
+def _llm_mode_refusal(args: argparse.Namespace, topology: Topology) -> str | None:
+    """Why ``--llm-mode`` cannot be used for the topic (one line), or None."""
+    handlers: list[HandlerLike] = []
+    if args.llm_mode == "batch" and args.handlers is not None:
+        from handlers.runtime import HandlerDiscoveryError, discover_handlers
+
+        try:
+            handlers = [item.spec for item in discover_handlers(args.handlers)]
+        except HandlerDiscoveryError as exc:
+            return f"cannot read --handlers {args.handlers}: {exc}"
+    return batch_mode_refusal(args.topic, args.llm_mode, topology=topology, handlers=handlers)
 
 
 def _budget(value: str) -> float:
@@ -174,6 +203,10 @@ def run(  # noqa: C901 - one branch per refusal the command turns into a line an
     except PublishRefused as exc:
         _error(err, f"cannot publish to topic {args.topic!r}: {exc}; nothing was sent")
         return 1
+    refusal = _llm_mode_refusal(args, topology)
+    if refusal is not None:
+        _error(err, f"{refusal}; nothing was sent")
+        return 2
     options = LoaderOptions(
         format=args.format,
         text_field=args.text_field,
@@ -228,6 +261,15 @@ def run(  # noqa: C901 - one branch per refusal the command turns into a line an
     except MessagingError as exc:
         _error(err, f"cannot publish to topic {args.topic!r}: {brief(str(exc))}")
         return 3 if exc.transient else 1
+    except KeyboardInterrupt:
+        if args.dry_run:
+            raise
+        _error(
+            err,
+            f"interrupted: batch {batch_id} is incomplete; send the rest with the same command "
+            f"and --batch-id {batch_id} --resume",
+        )
+        return 130
     if args.json:
         console.file.write(json.dumps(report.as_dict(), ensure_ascii=False) + "\n")
         console.file.flush()
@@ -265,6 +307,8 @@ def report_table(report: PublishReport) -> Table:
     ]
     if not report.dry_run:
         rows.append(("throughput", f"{rate:.0f} docs/s"))
+    if report.llm_mode is not None:
+        rows.append(("LLM mode", report.llm_mode))
     if not report.already_sent and not report.resent:
         rows = [row for row in rows if row[0] != "already in the batch"]
     for name, value in rows:
@@ -358,6 +402,7 @@ class _Job:
             source=self.sources,
             checked=True,
             topology=self.topology,
+            llm_mode=self.args.llm_mode,
         )
         report.problems[:0] = problems
         self.console.print(preview.table(self.args.topic, self.batch_id))
@@ -395,13 +440,14 @@ class _Job:
                         topic=self.args.topic,
                         batch_id=self.batch_id,
                         settings=self.settings,
-                        sender_factory=hooks.wrap(client.get_topic_sender),
+                        sender_factory=hooks.wrap(topic_senders(client)),
                         store=store,
                         skip_invalid=self.args.skip_invalid,
                         source=self.sources,
                         checked=True,
                         topology=self.topology,
                         resume=self.args.resume,
+                        llm_mode=self.args.llm_mode,
                     )
                 finally:
                     progress.stop()

@@ -11,6 +11,11 @@ Two modes, one command:
   from ``--subscription``, else from ``--handlers MODULE`` (the module ``docbus worker`` runs),
   else from H's dead letters; without ``--handler`` they are broadcast to every subscription.
 
+The replayed documents run in their batch's LLM mode (kept on the batch record since ``docbus
+publish --llm-mode``); ``--llm-mode live|batch`` sets it on the plan's batches before sending
+(batch mode is refused, exit 2, for a topic with an ordered handler: the topology's session
+subscriptions, and the handlers of ``--handlers MODULE``).
+
 ``--dry-run`` prints exactly what would be sent and sends nothing. A real run asks for
 confirmation on a terminal, and refuses (exit 2) when stdin is not one, unless ``--yes``.
 ``--rate`` caps messages per second; ``--limit`` the number of messages. ``--json`` prints one
@@ -35,6 +40,8 @@ from docbus.servicebus import servicebus_client
 from docbus.settings import Settings
 from docbus.store import Store
 from docbus.text import one_line
+from docbus.topology import Topology, TopologyError, load_topology
+from publisher.llm_mode import LLM_MODES, batch_mode_refusal
 from publisher.replay import (
     ONLY,
     ReplayError,
@@ -52,6 +59,8 @@ from publisher.sending import SendRetry
 __all__ = [
     "EXIT_CODES",
     "add_arguments",
+    "llm_modes",
+    "modes_line",
     "plan_table",
     "problems_table",
     "report_table",
@@ -62,7 +71,8 @@ __all__ = [
 EXIT_CODES = {
     1: "a message failed to send or the run stopped (its record says partial or failed), or "
     "the replay was not confirmed",
-    2: "usage or configuration error, a replay that cannot be planned as asked, or no "
+    2: "usage or configuration error, a replay that cannot be planned as asked (or not in "
+    "--llm-mode batch: an ordered handler), or no "
     "confirmation: stdin is not a terminal (pass --yes or --dry-run)",
 }
 
@@ -114,6 +124,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--again", action="store_true", help="also replay dead letters replayed before"
     )
     sending.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
+    sending.add_argument(
+        "--llm-mode",
+        choices=LLM_MODES,
+        help="run the replayed documents' LLM calls live or in batch mode, and keep that mode "
+        "on their batches (default: each batch keeps the mode it was published with)",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON document, no tables")
 
 
@@ -140,8 +156,8 @@ def run(
 
 def _check_arguments(args: argparse.Namespace) -> str | None:
     if args.only is None:
-        if args.handlers is not None:
-            return "--handlers applies to batch replays (--only) only"
+        if args.handlers is not None and getattr(args, "llm_mode", None) != "batch":
+            return "--handlers applies to batch replays (--only) and to --llm-mode batch only"
         return None
     if args.batch is None:
         return "--only replays a batch: name it with --batch"
@@ -180,13 +196,24 @@ async def _replay(
     async with Store.from_settings(settings) as store:
         try:
             plan = await _plan(store, args)
+            modes = await llm_modes(store, plan, args.llm_mode)
         except ReplayError as exc:
             say_error("replay", str(exc))
+            return REFUSED
+        refusal = _llm_mode_refusal(plan, args)
+        if refusal is not None:
+            say_error("replay", f"{refusal}; nothing was sent")
             return REFUSED
         if args.dry_run or not plan.messages:
             if args.json:
                 print_json(
-                    console, {"dry_run": bool(args.dry_run), **plan.to_json(), "replay": None}
+                    console,
+                    {
+                        "dry_run": bool(args.dry_run),
+                        **plan.to_json(),
+                        "llm_modes": modes,
+                        "replay": None,
+                    },
                 )
                 return 0
             if args.dry_run:
@@ -196,11 +223,14 @@ async def _replay(
                 console.print(skipped_table(plan))
             if plan.note:
                 console.print(plan.note, markup=False, highlight=False, soft_wrap=True)
+            if plan.messages:
+                console.print(modes_line(modes), markup=False, highlight=False, soft_wrap=True)
             done = "dry run: nothing was sent" if args.dry_run else "nothing to replay"
             console.print(done, markup=False, highlight=False, soft_wrap=True)
             return 0
         if plan.note:
             talk.print(plan.note, markup=False, highlight=False, soft_wrap=True)
+        talk.print(modes_line(modes), markup=False, highlight=False, soft_wrap=True)
         if not args.yes:
             talk.print(plan_table(plan))
             question = f"send {len(plan.messages)} message(s)?"
@@ -223,11 +253,14 @@ async def _replay(
                     plan, store=store, sender_factory=client.get_topic_sender,
                     rate=args.rate, replay_id=replay_id,
                     on_progress=lambda n: progress.advance(task, n),
-                    retry=SendRetry.of(settings.publisher),
+                    retry=SendRetry.of(settings.publisher), llm_mode=args.llm_mode,
                 )  # fmt: skip
         ok = not report.record.failed and report.record.status == "done"
         if args.json:
-            print_json(console, {"dry_run": False, **plan.to_json(), **report.to_json()})
+            print_json(
+                console,
+                {"dry_run": False, **plan.to_json(), "llm_modes": modes, **report.to_json()},
+            )
             return 0 if ok else 1
         console.print(report_table(report))
         console.print(report.summary(), markup=False, highlight=False, soft_wrap=True)
@@ -235,6 +268,52 @@ async def _replay(
         if problems is not None:
             console.print(problems)
         return 0 if ok else 1
+
+
+def _llm_mode_refusal(plan: ReplayPlan, args: argparse.Namespace) -> str | None:
+    """Why the plan cannot run in ``--llm-mode`` (one line), or None."""
+    if args.llm_mode != "batch":
+        return None
+    from handlers.runtime import HandlerDiscoveryError, discover_handlers
+
+    handlers = []
+    if args.handlers is not None:
+        try:
+            handlers = [item.spec for item in discover_handlers(args.handlers)]
+        except HandlerDiscoveryError as exc:
+            return f"cannot read --handlers {args.handlers}: {exc}"
+    try:
+        topology: Topology | None = load_topology()
+    except TopologyError:
+        topology = None  # no topology file here: only --handlers can tell
+    for topic in sorted({planned.envelope.topic for planned in plan.messages}):
+        refusal = batch_mode_refusal(topic, "batch", topology=topology, handlers=handlers)
+        if refusal is not None:
+            return refusal.replace("publish it with", "replay it with")
+    return None
+
+
+async def llm_modes(store: Store, plan: ReplayPlan, override: str | None) -> dict[str, str]:
+    """Batch id → the LLM mode its replayed documents run in (``default``: the handlers' or
+    the workers' own). Raises :class:`ReplayError` when ``override`` is given for a batch that
+    has no record to keep it on."""
+    modes: dict[str, str] = {}
+    for batch_id in sorted({planned.envelope.batch_id for planned in plan.messages}):
+        record = await store.get_batch(batch_id)
+        if override is not None and record is None:
+            raise ReplayError(
+                f"batch {batch_id} has no record to keep --llm-mode on: replay it without "
+                "--llm-mode (its handlers' or the workers' default applies)"
+            )
+        modes[batch_id] = override or (record.llm_mode if record is not None else None) or "default"
+    return modes
+
+
+def modes_line(modes: dict[str, str]) -> str:
+    """``LLM mode: batch`` when every batch agrees, else one ``batch=mode`` per batch."""
+    if len(set(modes.values())) == 1:
+        return f"LLM mode: {next(iter(modes.values()))}"
+    return "LLM mode: " + ", ".join(f"{batch}={mode}" for batch, mode in modes.items())
 
 
 def plan_table(plan: ReplayPlan, title: str | None = None) -> Table:

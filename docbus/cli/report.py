@@ -9,7 +9,8 @@ completion tokens, cost, p50/p95 latency — and per spend category
 (:data:`~docbus.records.SPEND_CATEGORIES`), so the calls, tokens and cost spent on re-asks and on
 retries (a repeat after a transient error, or any call on a later delivery) are shown apart. Every
 figure is a sum of audit rows; the running totals kept on the batch record (``BatchRecord.cost``)
-are shown next to them only when they disagree. :func:`render_report` draws the tables,
+are shown next to them only when they disagree; the spend is also split by LLM mode (live and
+batch columns, :func:`mode_table`). :func:`render_report` draws the tables,
 :func:`~docbus.ops.report.report_json` gives the same figures as JSON (``--json``). Neighbours:
 :mod:`docbus.cli.status` (progress while a batch runs), :mod:`docbus.cli.audit` (the prompt/response
 pairs themselves)."""
@@ -37,6 +38,7 @@ from docbus.store import Store
 __all__ = [
     "EXIT_CODES",
     "add_arguments",
+    "mode_table",
     "render_report",
     "run",
 ]
@@ -173,15 +175,42 @@ def spend_table(report: BatchReport) -> Table:
     return table
 
 
+def mode_table(report: BatchReport) -> Table:
+    """The spend per LLM mode (live, batch), per step and in total."""
+    modes = list(report.by_mode)
+    table = Table(title="cost by LLM mode", title_justify="left")
+    table.add_column("handler", no_wrap=True)
+    table.add_column("step", no_wrap=True)
+    for mode in modes:
+        table.add_column(f"{mode} calls", justify="right")
+        table.add_column(f"{mode} cost (USD)", justify="right")
+
+    def cells(per_mode: Mapping[str, Usage]) -> list[str]:
+        found: list[str] = []
+        for mode in modes:
+            usage = per_mode.get(mode, Usage())
+            found += [f"{usage.calls:,}", _usd(usage.cost_usd)]
+        return found
+
+    for (handler, step), per_mode in sorted(
+        report.step_modes.items(), key=lambda item: (item[0][0] or "", item[0][1] or "")
+    ):
+        table.add_row(handler or "-", step or NO_STEP, *cells(per_mode))
+    table.add_section()
+    table.add_row(Text("total", style="bold"), "", *cells(report.by_mode))
+    return table
+
+
 def render_report(report: BatchReport) -> RenderableType:
     """The whole report: a header line, then the documents, LLM and re-ask/retry tables."""
     record = report.record
     header = Text.assemble(("batch ", "bold"), (report.batch_id, "bold cyan"))
     if record is not None:
         header.append(f" → {record.topic} ({record.status})")
+    header.append(f" · LLM mode {report.llm_mode}")
     parts: list[RenderableType] = [header, documents_table(report)]
     if report.total.calls:
-        parts += [llm_table(report), spend_table(report)]
+        parts += [llm_table(report), mode_table(report), spend_table(report)]
     else:
         parts.append(Text("no LLM calls recorded for this batch"))
     if report.recorded_cost_differs and record is not None:

@@ -77,6 +77,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "audit": ("docbus.cli.audit", "export a batch's LLM prompt/response pairs for review"),
     "dlq": ("docbus.cli.dlq", "dead letters: list, show, sync from the broker"),
     "parked": ("docbus.cli.parked", "parked messages: list them and why, ask to resume them"),
+    "llm-batches": (
+        "docbus.cli.llm_batches",
+        "provider batches of batch-mode LLM calls: list, show, cancel, resume",
+    ),
     "replay": ("docbus.cli.replay", "re-publish dead letters or a whole batch, with filters"),
     "results": ("docbus.cli.results", "result versions of a document"),
     "rollback": ("docbus.cli.rollback", "withdraw the result versions a batch or replay wrote"),

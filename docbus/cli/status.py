@@ -40,6 +40,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
+from docbus.cli.llm_batches import progress_text
 from docbus.ops import NotFound
 from docbus.ops.backlog import BacklogProbe
 from docbus.ops.status import (
@@ -94,8 +95,12 @@ def _rate(value: float) -> str:
 
 
 def batch_view(status: BatchStatus, previous: BatchStatus | None = None) -> RenderableType:
-    """One batch: its table, then a line on publishing, cost and budget."""
-    return Group(batch_table(status, previous), _caption(status), Text(""))
+    """One batch: its table, then a line on publishing, cost and budget (and one on its
+    batch-mode LLM requests)."""
+    parts: list[RenderableType] = [batch_table(status, previous), _caption(status)]
+    if status.llm is not None:
+        parts.append(progress_text(status.llm))
+    return Group(*parts, Text(""))
 
 
 def batch_table(status: BatchStatus, previous: BatchStatus | None = None) -> Table:
@@ -103,10 +108,16 @@ def batch_table(status: BatchStatus, previous: BatchStatus | None = None) -> Tab
     record = status.record
     rates = throughput(status, previous)
     rate_title = "docs/s (last interval)" if previous is not None else "docs/s"
-    title = Text.assemble(("batch ", "bold"), (record.id, "bold cyan"), f" → {record.topic}")
+    title = Text.assemble(
+        ("batch ", "bold"),
+        (record.id, "bold cyan"),
+        f" → {record.topic} · LLM mode {status.llm_mode}",
+    )
     table = Table(title=title, title_justify="left")
     table.add_column("handler", no_wrap=True)
-    for name in ("published", "done", "retrying", "parked", "dead-lettered", "pending"):
+    rolled = bool(status.counts.rolled_back)  # (a column only where a rollback happened)
+    columns = ("published", "done", "retrying", "parked", "dead-lettered")
+    for name in (*columns, *(("rolled back",) if rolled else ()), "pending"):
         table.add_column(name, justify="right")
     table.add_column("progress", no_wrap=True)
     table.add_column(rate_title, justify="right")
@@ -118,6 +129,7 @@ def batch_table(status: BatchStatus, previous: BatchStatus | None = None) -> Tab
         str(status.retrying),
         str(status.parked),
         str(counts.dead_lettered),
+        *((str(counts.rolled_back),) if rolled else ()),
         str(status.pending()),
         _bar(status.finished(), counts.published),
         _rate(rates[None]),
@@ -130,6 +142,7 @@ def batch_table(status: BatchStatus, previous: BatchStatus | None = None) -> Tab
             str(status.handler_retrying.get(name, 0)),
             str(status.handler_parked.get(name, 0)),
             str(handler.dead_lettered),
+            *((str(handler.rolled_back),) if rolled else ()),
             str(status.pending(name)),
             _bar(status.finished(name), counts.published),
             _rate(rates[name]),
@@ -191,7 +204,7 @@ def render_status(
     ]
     tables.append(
         Text(
-            "published = done + retrying + parked + dead-lettered + pending; "
+            "published = done + retrying + parked + dead-lettered (+ rolled back) + pending; "
             "retrying: unfinished documents the worker is trying again; "
             "parked: set aside until their condition clears (docbus worker resumes them)",
             style="dim",

@@ -19,7 +19,7 @@ import contextlib
 import importlib
 import signal
 from collections import Counter
-from collections.abc import Awaitable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,7 @@ from rich.table import Table
 from docbus.errors import ConfigurationError, DocbusError
 from docbus.settings import Settings
 from docbus.topology import TopologyError, load_topology
+from subscriber.claims import rival_worker
 from subscriber.settlement import Action
 from subscriber.worker import Worker, WorkerOptions, WorkerReport, freeze_startup_heap
 
@@ -143,7 +144,7 @@ async def run_worker(
             asyncio.to_thread(importlib.import_module, "handlers.llm")
         )
     try:
-        registered = [h for source in args.handlers for h in discover_handlers(source)]
+        registered = discover_handlers(*args.handlers)
     except HandlerDiscoveryError as exc:
         raise WorkerStartError(
             f"{exc} (give a module on the import path or in the working directory, or a .py file)"
@@ -169,15 +170,21 @@ async def run_worker(
     client = _servicebus_client(settings)
     closing: set[asyncio.Task[None]] = set()
     async with Store.from_settings(settings) as store, client:
-        # Both before the first receive: the unique indexes of `results` are what refuses a
-        # second current result, so they exist before any result is written. At once, though:
-        # neither waits for the other's round trips.
         subscriptions = {(h.spec.topic, h.spec.subscription) for h in registered}
-        await _all_of(
-            store.ensure_indexes(), _check_subscriptions(client, settings, subscriptions, closing)
+        checking = asyncio.create_task(
+            _check_subscriptions(client, settings, subscriptions, closing)
         )
-        if llm_package is not None:
-            await llm_package
+        try:
+            # Before the first receive: the unique indexes of `results` are what refuses a
+            # second current result, so they exist before any result is written.
+            await store.ensure_indexes()
+            if (rival := rival_worker(await store.heartbeats(), registered)) is not None:
+                raise WorkerStartError(rival)
+            if llm_package is not None:
+                await llm_package
+        except BaseException:
+            await _cancelled(checking)
+            raise
         llm = build_llm(settings, store)
         async with llm if llm is not None else contextlib.nullcontext():
             try:
@@ -186,6 +193,7 @@ async def run_worker(
                     topology=topology, llm=llm,
                 )  # fmt: skip
             except ValueError as exc:  # e.g. an ordered handler on a sessionless subscription
+                await _cancelled(checking)
                 raise WorkerStartError(str(exc)) from exc
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):
@@ -195,20 +203,37 @@ async def run_worker(
             )
             console.print(f"worker running {names}; Ctrl-C stops gracefully")
             freeze_startup_heap()
-            report = await worker.run()
+            report = await _run_checked(worker, checking)
             await asyncio.gather(*closing, return_exceptions=True)
             return WorkerRun(report, await _parked_left(store, registered))
 
 
-async def _all_of(*steps: Awaitable[None]) -> None:
-    """Run ``steps`` at once; the first failure is raised once the others are cancelled."""
-    tasks = [asyncio.ensure_future(step) for step in steps]
+async def _run_checked(worker: Worker, checking: asyncio.Task[None]) -> WorkerReport:
+    """Run ``worker`` while its subscriptions are checked, rather than after: the check
+    attaches a receiver of its own (a connection, a token, a link: ~0.5 s), which the first
+    result need not wait for. A failed check stops the worker and is raised as the start error
+    it is, whatever the worker met meanwhile (a receiver on a missing subscription fails as
+    well): at once when it has taken no message yet (its receivers may still be retrying a
+    broker that does not answer, which the check says in seconds), else gracefully — what is in
+    flight finishes within the grace period."""
+    running = asyncio.create_task(worker.run())
     try:
-        await asyncio.gather(*tasks)
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await checking
+    except BaseException:
+        worker.stop()
+        grace = worker.options.shutdown_grace if worker.vitals().taken else 0.0
+        _, pending = await asyncio.wait({running}, timeout=grace)
+        for task in pending:
+            await _cancelled(task)
+        if not running.cancelled() and running.done():
+            running.exception()  # the check's error is the one to tell
+        raise
+    return await running
+
+
+async def _cancelled(task: asyncio.Task[Any]) -> None:
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
 
 
 def _servicebus_client(settings: Settings) -> Any:

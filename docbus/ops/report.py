@@ -9,7 +9,9 @@ cost, p50/p95 latency — and per spend category (:data:`~docbus.records.SPEND_C
 the calls, tokens and cost spent on re-asks and on retries (a repeat after a transient error, or
 any call on a later delivery) are shown apart. Every figure is a sum of audit rows; the running
 totals kept on the batch record (``BatchRecord.cost``) are shown next to them only when they
-disagree. :func:`report_json` is the figures as JSON-ready data. Neighbours:
+disagree. The same spend is split by LLM mode (``live`` or ``batch``, the audit rows' ``llm_mode``;
+``Store.llm_usage_by_mode``), overall and per step, with the batch's mode from its record.
+:func:`report_json` is the figures as JSON-ready data. Neighbours:
 :mod:`docbus.ops.status` (progress while a batch runs), :mod:`docbus.ops.audit` (the
 prompt/response pairs themselves), :mod:`docbus.cli.report` (the tables).
 """
@@ -22,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from docbus.ops.batches import no_batch
-from docbus.records import SPEND_CATEGORIES, BatchCounts, BatchRecord, SpendCategory
+from docbus.records import LLM_MODES, SPEND_CATEGORIES, BatchCounts, BatchRecord, SpendCategory
 from docbus.store import Store
 
 __all__ = [
@@ -31,6 +33,7 @@ __all__ = [
     "StepFigures",
     "Usage",
     "collect_report",
+    "mode_split",
     "percentile",
     "report_json",
 ]
@@ -170,6 +173,15 @@ class BatchReport:
     latency_p95: float | None = None
     total: Usage = field(default_factory=Usage)
     by_category: dict[str, Usage] = field(default_factory=dict)
+    by_mode: dict[str, Usage] = field(default_factory=dict)
+    """LLM mode (``live``, ``batch``: both always present) → the spend made in it."""
+    step_modes: dict[tuple[str | None, str | None], dict[str, Usage]] = field(default_factory=dict)
+    """(handler, step) → LLM mode → the spend of that step made in it."""
+
+    @property
+    def llm_mode(self) -> str:
+        """The batch's LLM mode as recorded (``default``: each handler's, else the worker's)."""
+        return (self.record.llm_mode if self.record is not None else None) or "default"
 
     @classmethod
     def build(
@@ -179,7 +191,10 @@ class BatchReport:
         counts: BatchCounts,
         reasons: dict[str, dict[str, int]],
         tally: CallTally,
+        modes: Sequence[Mapping[str, Any]] = (),
     ) -> BatchReport:
+        """The report of ``tally``'s rows; ``modes`` are their sums per handler, step and
+        LLM mode (``Store.llm_usage_by_mode``)."""
         steps = tally.steps()
         total = Usage()
         by_category = {category: Usage() for category in SPEND_CATEGORIES}
@@ -188,6 +203,7 @@ class BatchReport:
             for category, usage in figures.by_category.items():
                 by_category.setdefault(category, Usage()).add(usage)
         latencies = tally.latencies()
+        by_mode, step_modes = mode_split(modes)
         return cls(
             batch_id=batch_id,
             record=record,
@@ -198,6 +214,8 @@ class BatchReport:
             latency_p95=percentile(latencies, 95),
             total=total,
             by_category=by_category,
+            by_mode=by_mode,
+            step_modes=step_modes,
         )
 
     def spent_on(self, category: SpendCategory) -> Usage:
@@ -214,6 +232,27 @@ class BatchReport:
             self.total.prompt_tokens,
             self.total.completion_tokens,
         ) or not math.isclose(cost.usd, self.total.cost_usd, rel_tol=1e-9, abs_tol=1e-12)
+
+
+def mode_split(
+    rows: Sequence[Mapping[str, Any]],
+) -> tuple[dict[str, Usage], dict[tuple[str | None, str | None], dict[str, Usage]]]:
+    """Spend per LLM mode, overall and per (handler, step), from sums per handler, step and
+    mode; every mode of :data:`~docbus.records.LLM_MODES` is present overall."""
+    overall: dict[str, Usage] = {mode: Usage() for mode in LLM_MODES}
+    per_step: dict[tuple[str | None, str | None], dict[str, Usage]] = {}
+    for row in rows:
+        mode = str(row.get("llm_mode") or "live")
+        usage = Usage(
+            calls=int(row.get("calls") or 0),
+            prompt_tokens=int(row.get("prompt_tokens") or 0),
+            completion_tokens=int(row.get("completion_tokens") or 0),
+            cost_usd=float(row.get("cost_usd") or 0.0),
+        )
+        overall.setdefault(mode, Usage()).add(usage)
+        key = (_name(row.get("handler")), _name(row.get("step")))
+        per_step.setdefault(key, {}).setdefault(mode, Usage()).add(usage)
+    return overall, per_step
 
 
 # -- reading the store --------------------------------------------------------------------------
@@ -233,7 +272,8 @@ async def collect_report(store: Store, batch_id: str) -> BatchReport:
     if record is None and not counts.handlers and counts.published == 0:
         raise no_batch(batch_id)
     reasons = await store.dead_letter_reasons(batch_id)
-    return BatchReport.build(batch_id, record, counts, reasons, tally)
+    modes = await store.llm_usage_by_mode(batch_id)
+    return BatchReport.build(batch_id, record, counts, reasons, tally, modes)
 
 
 # -- JSON ---------------------------------------------------------------------------------------
@@ -247,6 +287,7 @@ def report_json(report: BatchReport) -> dict[str, Any]:
         "batch_id": report.batch_id,
         "topic": record.topic if record is not None else None,
         "status": record.status if record is not None else None,
+        "llm_mode": report.llm_mode,
         "documents": {
             "published": counts.published,
             "done": counts.done,
@@ -271,6 +312,7 @@ def report_json(report: BatchReport) -> dict[str, Any]:
             "first": report.spent_on("first").to_json(),
             "reasks": report.spent_on("reask").to_json(),
             "retries": report.spent_on("retry").to_json(),
+            "by_mode": {mode: usage.to_json() for mode, usage in report.by_mode.items()},
             "steps": [
                 {
                     "handler": figures.handler,
@@ -280,6 +322,12 @@ def report_json(report: BatchReport) -> dict[str, Any]:
                     "latency_p95_s": figures.latency_p95,
                     "reasks": figures.by_category.get("reask", Usage()).to_json(),
                     "retries": figures.by_category.get("retry", Usage()).to_json(),
+                    "by_mode": {
+                        mode: usage.to_json()
+                        for mode, usage in report.step_modes.get(
+                            (figures.handler, figures.step), {}
+                        ).items()
+                    },
                 }
                 for figures in report.steps
             ],

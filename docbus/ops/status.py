@@ -3,7 +3,12 @@
 :func:`collect_status` reads a batch's progress from the store (:mod:`docbus.store`):
 ``Store.batch_counts`` gives published / done / dead-lettered / pending per handler, the batch
 record (:class:`~docbus.records.BatchRecord`) its topic, publishing status, LLM cost and
-over-budget flag and its own budget (``docbus publish --budget``).
+over-budget flag and its own budget (``docbus publish --budget``), and its LLM mode (``docbus
+publish --llm-mode``; ``default``: each handler's, else the worker's). A batch with batch-mode
+LLM requests also gets their progress (:func:`docbus.ops.llm_batches.llm_progress`: requests
+per state, open provider batches, submission back-offs). Documents parked while they wait for a
+batch round (reason ``AwaitingBatch``) are how batch mode works, not a problem: they do not make
+a batch need attention; held requests (a cancelled batch) and back-offs do.
 
 *Parked*: a document whose message the worker set aside (deferred) until a condition clears —
 the LLM endpoint refusing the key, a circuit breaker, the budget — has a parked record
@@ -33,10 +38,12 @@ from typing import Any
 
 from docbus.ops.backlog import Backlog
 from docbus.ops.batches import find_batches
+from docbus.ops.llm_batches import LLMProgress, llm_progress
 from docbus.records import BatchCounts, BatchRecord, HandlerCounts
 from docbus.store import Store
 
 __all__ = [
+    "AWAITING_BATCH",
     "BatchStatus",
     "Parked",
     "Probe",
@@ -47,6 +54,9 @@ __all__ = [
     "throughput",
     "unfinished_counts",
 ]
+
+AWAITING_BATCH = "AwaitingBatch"
+"""The reason a message is parked while its LLM requests wait for a provider batch."""
 
 Probe = Callable[[str, str], Awaitable[Backlog]]
 """Asks the broker what of a batch is left: ``probe(topic, batch_id)``."""
@@ -82,10 +92,17 @@ class BatchStatus:
     observed_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     last_activity: datetime | None = None
     """When the latest result or dead letter was written (looked up once complete)."""
+    llm: LLMProgress | None = None
+    """Its batch-mode LLM requests; None when it has none and is not in batch mode."""
 
     @property
     def batch_id(self) -> str:
         return self.record.id
+
+    @property
+    def llm_mode(self) -> str:
+        """``live``, ``batch``, or ``default`` (each handler's mode, else the worker's)."""
+        return self.record.llm_mode or "default"
 
     @property
     def settled(self) -> bool:
@@ -113,16 +130,37 @@ class BatchStatus:
             return self.record.status
         if self.backlog is not None and self.backlog.total:
             return "finishing"
+        if self.counts.rolled_back:
+            return "rolled back" if not self.finished() else "complete, partly rolled back"
         return "complete" if self.broker_checked else "complete (broker not checked)"
 
     @property
     def attention(self) -> list[str]:
         """What about the batch needs someone to look (``docbus status`` then exits 1)."""
         found = []
+        counts = self.record.counts
+        unsent = self.counts.published - counts.get("sent", 0) - counts.get("failed", 0)
+        if self.record.status == "failed" and unsent > 0:
+            # recorded (records go up to two chunks ahead) but never sent: interrupted
+            found.append(
+                f"publishing stopped before the end: {unsent} recorded documents not sent; "
+                f"send them with `docbus publish ... --batch-id {self.record.id} --resume`"
+            )
         if self.counts.dead_lettered:
             found.append(f"{self.counts.dead_lettered} dead-lettered")
-        if self.parked:
+        if self.counts.rolled_back:
+            found.append(
+                f"{self.counts.rolled_back} rolled back (no current result from this batch): "
+                f"redo them with `docbus replay --batch {self.record.id}`"
+            )
+        waiting = self.parked_reasons.get(AWAITING_BATCH, 0)
+        if self.parked and waiting < sum(self.parked_reasons.values()):
             found.append(f"{self.parked} parked")
+        if self.llm is not None:
+            if self.llm.requests.get("held"):
+                found.append(f"{self.llm.requests['held']} LLM requests held (cancelled)")
+            if self.llm.active_pauses():
+                found.append("LLM batch submission paused")
         if self.record.over_budget:
             found.append("over budget")
         for key, what in (("skipped", "skipped by the publisher"), ("failed", "not sent")):
@@ -306,6 +344,9 @@ async def _one(store: Store, record: BatchRecord) -> BatchStatus:
         handler_parked=parked_per,
         parked_reasons=reasons if parked_count else {},
     )
+    progress = await llm_progress(store, batch_id, record)
+    if progress.total or record.llm_mode == "batch":
+        status = replace(status, llm=progress)
     if status.settled:
         status = replace(status, last_activity=await store.last_activity(batch_id))
     return status
@@ -324,6 +365,7 @@ def status_json(statuses: Sequence[BatchStatus]) -> dict[str, Any]:
                 "batch_id": record.id,
                 "topic": record.topic,
                 "status": record.status,
+                "llm_mode": status.llm_mode,
                 "state": status.state,
                 "complete": status.complete,
                 "attention": status.attention,
@@ -334,6 +376,7 @@ def status_json(statuses: Sequence[BatchStatus]) -> dict[str, Any]:
                     "retrying": status.retrying,
                     "parked": status.parked,
                     "dead_lettered": counts.dead_lettered,
+                    "rolled_back": counts.rolled_back,
                     "pending": status.pending(),
                 },
                 "handlers": {
@@ -342,6 +385,7 @@ def status_json(statuses: Sequence[BatchStatus]) -> dict[str, Any]:
                         "retrying": status.handler_retrying.get(name, 0),
                         "parked": status.handler_parked.get(name, 0),
                         "dead_lettered": handler.dead_lettered,
+                        "rolled_back": handler.rolled_back,
                         "pending": status.pending(name),
                     }
                     for name, handler in counts.handlers.items()
@@ -356,6 +400,7 @@ def status_json(statuses: Sequence[BatchStatus]) -> dict[str, Any]:
                 "budget_usd": record.budget_usd,
                 "over_budget": record.over_budget,
                 "docs_per_second": throughput(status)[None],
+                "llm_batch": status.llm.to_json() if status.llm is not None else None,
             }
         )
     return {"batches": batches}

@@ -51,7 +51,7 @@ from docbus.store._parked import ParkedGroup, ParkedMessage
 from docbus.store._provider_batches import ProviderBatchRecord, StaleTransition
 from docbus.store._store import Store
 from docbus.store._submitter import SubmissionPause, SubmitterLease
-from docbus.store._workers import WorkerHeartbeat
+from docbus.store._workers import SubscriptionClaim, WorkerHeartbeat
 
 __all__ = [
     "MAX_PAYLOAD_BYTES",
@@ -72,6 +72,7 @@ __all__ = [
     "StoredStep",
     "SubmissionPause",
     "SubmitterLease",
+    "SubscriptionClaim",
     "WorkerHeartbeat",
     "lingering",
     "send_lingering_writes",
@@ -93,4 +94,5 @@ Store.__module__ = __name__
 StoreError.__module__ = __name__
 StoreUnavailable.__module__ = __name__
 StoredStep.__module__ = __name__
+SubscriptionClaim.__module__ = __name__
 WorkerHeartbeat.__module__ = __name__

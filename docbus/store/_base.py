@@ -179,10 +179,8 @@ class StoreBase:
         """Create the indexes the store's guarantees rely on (idempotent)."""
         indexes: dict[str, list[IndexModel]] = {
             "batches": [IndexModel([("created_at", DESCENDING)])],
-            "documents": [
-                IndexModel([("batch_id", ASCENDING), ("doc_id", ASCENDING)], unique=True),
-                IndexModel([("doc_id", ASCENDING)]),
-            ],
+            # "documents": none beyond `_id` (batch:doc), which is unique per batch and document
+            # and answers a batch's queries as a range (docbus.store._documents.batch_documents)
             "results": [
                 IndexModel(
                     [("doc_id", ASCENDING), ("handler", ASCENDING), ("version", ASCENDING)],

@@ -17,8 +17,17 @@ from typing import Any
 
 from pymongo import DESCENDING, ReturnDocument
 
-from docbus.records import BatchBudget, BatchCounts, BatchRecord, HandlerCounts, SpendCategory
+from docbus.records import (
+    LLM_MODES,
+    BatchBudget,
+    BatchCounts,
+    BatchRecord,
+    HandlerCounts,
+    LLMMode,
+    SpendCategory,
+)
 from docbus.store._base import StoreBase, _now
+from docbus.store._documents import batch_documents
 from docbus.store._errors import _translated
 
 
@@ -33,8 +42,14 @@ class BatchesMixin(StoreBase):
         source: Sequence[str] = (),
         status: str = "publishing",
         counts: Mapping[str, int] | None = None,
+        llm_mode: LLMMode | None = None,
     ) -> None:
-        """Create the batch record, or refresh it when the same batch is published again."""
+        """Create the batch record, or refresh it when the same batch is published again.
+
+        ``llm_mode`` (``live`` or ``batch``) is kept on the record for the workers and for
+        replays; ``None`` leaves a mode set before in place (a new record then has none: the
+        handler's default or the worker's setting applies).
+        """
         now = _now()
         fields: dict[str, Any] = {
             "topic": topic,
@@ -44,6 +59,8 @@ class BatchesMixin(StoreBase):
         }
         if counts is not None:
             fields["counts"] = dict(counts)
+        if llm_mode is not None:
+            fields["llm_mode"] = _checked_mode(llm_mode)
         on_insert: dict[str, Any] = {"created_at": now, "over_budget": False}
         if counts is None:
             on_insert["counts"] = {}
@@ -63,6 +80,26 @@ class BatchesMixin(StoreBase):
         with _translated(f"update batch {batch_id}"):
             await self._c("batches").update_one({"_id": batch_id}, {"$set": fields})
 
+    async def set_batch_llm_mode(self, batch_id: str, llm_mode: LLMMode) -> bool:
+        """Set the LLM mode of a recorded batch (a replay told ``--llm-mode``); False when the
+        batch has no record."""
+        mode = _checked_mode(llm_mode)
+        with _translated(f"set the llm mode of batch {batch_id}"):
+            outcome = await self._c("batches").update_one(
+                {"_id": batch_id}, {"$set": {"llm_mode": mode, "updated_at": _now()}}
+            )
+        return outcome.matched_count > 0
+
+    async def mark_batch_llm_cancelled(self, batch_id: str, cancelled: bool) -> bool:
+        """Note (or clear) that an operator cancelled the batch's LLM requests
+        (``docbus llm-batches cancel`` / ``resume``); False when the batch has no record."""
+        stamp = _now() if cancelled else None
+        with _translated(f"mark batch {batch_id} cancelled"):
+            outcome = await self._c("batches").update_one(
+                {"_id": batch_id}, {"$set": {"llm_cancelled_at": stamp, "updated_at": _now()}}
+            )
+        return outcome.matched_count > 0
+
     async def get_batch(self, batch_id: str) -> BatchRecord | None:
         with _translated(f"read batch {batch_id}"):
             raw = await self._c("batches").find_one({"_id": batch_id})
@@ -74,9 +111,10 @@ class BatchesMixin(StoreBase):
         with _translated(f"look up batch {batch_id}"):
             if await self._c("batches").find_one({"_id": batch_id}, {"_id": 1}) is not None:
                 return True
-            for collection in ("documents", "results"):
-                if await self._c(collection).find_one({"batch_id": batch_id}, {"_id": 1}):
-                    return True
+            if await self._c("documents").find_one(batch_documents(batch_id), {"_id": 1}):
+                return True
+            if await self._c("results").find_one({"batch_id": batch_id}, {"_id": 1}):
+                return True
         return False
 
     async def list_batches(self, limit: int = 50) -> list[BatchRecord]:
@@ -115,6 +153,46 @@ class BatchesMixin(StoreBase):
             increments.update({f"cost.{group}.{name}": value for name, value in figures.items()})
         with _translated(f"add usage to batch {batch_id}"):
             await self._writer("batches", durable=False).increment(batch_id, increments)
+
+    async def llm_usage_by_mode(self, batch_id: str) -> list[dict[str, Any]]:
+        """A batch's LLM audit rows summed per handler, step, model and LLM mode
+        (``llm_mode``; rows without one were made live): mappings with ``handler``, ``step``,
+        ``model``, ``llm_mode``, ``calls``, ``prompt_tokens``, ``completion_tokens`` and
+        ``cost_usd``."""
+        pipeline: list[dict[str, Any]] = [
+            {"$match": {"batch_id": batch_id}},
+            {
+                "$group": {
+                    "_id": {
+                        "h": "$handler",
+                        "s": "$step",
+                        "model": "$model",
+                        "m": {"$ifNull": ["$llm_mode", "live"]},
+                    },
+                    "calls": {"$sum": 1},
+                    "prompt_tokens": {"$sum": "$prompt_tokens"},
+                    "completion_tokens": {"$sum": "$completion_tokens"},
+                    "cost_usd": {"$sum": "$cost_usd"},
+                }
+            },
+        ]
+        rows = []
+        with _translated(f"sum the llm usage of batch {batch_id} by mode"):
+            async for raw in await self._c("llm_calls").aggregate(pipeline):
+                key = raw["_id"]
+                rows.append(
+                    {
+                        "handler": key.get("h"),
+                        "step": key.get("s"),
+                        "model": key.get("model"),
+                        "llm_mode": str(key.get("m") or "live"),
+                        "calls": int(raw.get("calls") or 0),
+                        "prompt_tokens": int(raw.get("prompt_tokens") or 0),
+                        "completion_tokens": int(raw.get("completion_tokens") or 0),
+                        "cost_usd": float(raw.get("cost_usd") or 0.0),
+                    }
+                )
+        return rows
 
     async def set_batch_over_budget(self, batch_id: str, over_budget: bool) -> None:
         with _translated(f"flag batch {batch_id}"):
@@ -180,11 +258,13 @@ class BatchesMixin(StoreBase):
         """
         done: dict[str, set[str]] = {name: set() for name in handlers}
         dead: dict[str, set[str]] = {name: set() for name in done}
+        withdrawn: dict[str, set[str]] = {name: set() for name in done}
         with _translated(f"count batch {batch_id}"):
-            published = await self._c("documents").count_documents({"batch_id": batch_id})
+            published = await self._c("documents").count_documents(batch_documents(batch_id))
             for collection, match, into in (
                 ("results", {"batch_id": batch_id, "rolled_back": False}, done),
                 ("dead_letters", {"batch_id": batch_id}, dead),
+                ("results", {"batch_id": batch_id, "rolled_back": True}, withdrawn),
             ):
                 pipeline: list[dict[str, Any]] = [
                     {"$match": match},
@@ -194,28 +274,32 @@ class BatchesMixin(StoreBase):
                     name = row["_id"].get("h")
                     if name is not None:
                         into.setdefault(name, set()).add(row["_id"]["d"])
-                        done.setdefault(name, set())
-                        dead.setdefault(name, set())
+                        for each in (done, dead, withdrawn):
+                            each.setdefault(name, set())
         per_handler: dict[str, HandlerCounts] = {}
         for name in sorted(done):
             unresolved = dead[name] - done[name]
+            rolled = withdrawn[name] - done[name] - unresolved
             per_handler[name] = HandlerCounts(
                 done=len(done[name]),
                 dead_lettered=len(unresolved),
-                pending=max(0, published - len(done[name]) - len(unresolved)),
+                rolled_back=len(rolled),
+                pending=max(0, published - len(done[name]) - len(unresolved) - len(rolled)),
             )
         if done:
             all_done = set.intersection(*done.values())
             any_dead = set.union(*(dead[n] - done[n] for n in done))
-            n_done, n_dead = len(all_done), len(any_dead)
+            any_rolled = set.union(*(withdrawn[n] - done[n] for n in done)) - any_dead
+            n_done, n_dead, n_rolled = len(all_done), len(any_dead), len(any_rolled)
         else:
-            n_done = n_dead = 0
+            n_done = n_dead = n_rolled = 0
         return BatchCounts(
             batch_id=batch_id,
             published=published,
             done=n_done,
             dead_lettered=n_dead,
-            pending=max(0, published - n_done - n_dead),
+            rolled_back=n_rolled,
+            pending=max(0, published - n_done - n_dead - n_rolled),
             handlers=per_handler,
         )
 
@@ -269,6 +353,13 @@ class BatchesMixin(StoreBase):
                     if isinstance(raw.get(stamp), datetime):
                         times.append(raw[stamp])
         return sorted(times)
+
+
+def _checked_mode(mode: str) -> LLMMode:
+    for known in LLM_MODES:
+        if mode == known:
+            return known
+    raise ValueError(f"unknown LLM mode {mode!r}: use one of {', '.join(LLM_MODES)}")
 
 
 def _batch_id(raw: Mapping[str, Any]) -> Any:

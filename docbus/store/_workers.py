@@ -19,6 +19,17 @@ from docbus.store._base import StoreBase
 from docbus.store._errors import _translated
 
 
+class SubscriptionClaim(BaseModel):
+    """A handler a worker runs on a subscription (a subscription has one handler: see
+    :mod:`subscriber.claims`)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    topic: str
+    subscription: str
+    handler: str
+
+
 class WorkerHeartbeat(BaseModel):
     """What one worker process says about itself."""
 
@@ -29,6 +40,8 @@ class WorkerHeartbeat(BaseModel):
     host: str
     pid: int
     handlers: list[str] = Field(default_factory=list)
+    claims: list[SubscriptionClaim] = Field(default_factory=list)
+    """Which handler this worker runs on which subscription."""
     concurrency: int = 0
     in_flight: int = 0
     """Messages received and not yet settled."""

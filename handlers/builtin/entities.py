@@ -23,7 +23,12 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, Field
 
-from handlers.builtin.prompting import document_prompt, require_llm
+from handlers.builtin.prompting import (
+    MAX_PROMPT_CHARS,
+    document_prompt,
+    require_llm,
+    unread_chars,
+)
 from handlers.builtin.regions import country_code, region_of
 from handlers.context import Context
 from handlers.decorator import handler
@@ -177,6 +182,9 @@ class EntitiesResult(BaseModel):
     products: list[Product]
     summary: str
     key_points: list[RankedPoint]
+    unread_chars: int = 0
+    """Characters at the end of a long document the model was not shown (the prompt keeps
+    the first ``MAX_PROMPT_CHARS``); 0: it read the whole text."""
 
 
 # -- prompts -----------------------------------------------------------------------------------
@@ -223,7 +231,9 @@ async def entities(doc: Document, ctx: Context) -> EntitiesResult:
     summary: DocumentSummary = await ctx.step(
         "summarise", llm.extract, DocumentSummary, prompt, system=SUMMARISE_SYSTEM
     )
-    result = build_result(doc.metadata, kind, found, summary)
+    result = build_result(doc.metadata, kind, found, summary, unread=unread_chars(doc))
+    if result.unread_chars:
+        ctx.logger.warning("read the first %d characters only", MAX_PROMPT_CHARS)
     ctx.logger.info(
         "%s/%s: %d organisations, %d people, %d locations, %d amounts, %d key points",
         result.document_type,
@@ -246,6 +256,8 @@ def build_result(
     kind: DocumentKind,
     found: ExtractedEntities,
     summary: DocumentSummary,
+    *,
+    unread: int = 0,
 ) -> EntitiesResult:
     """The handler's output from its three steps' answers (pure: no I/O)."""
     title = metadata.get("title")
@@ -269,6 +281,7 @@ def build_result(
         products=_unique(found.products, lambda item: item.name.casefold()),
         summary=summary.summary.strip(),
         key_points=rank_key_points(summary.key_points),
+        unread_chars=unread,
     )
 
 

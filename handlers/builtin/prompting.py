@@ -3,7 +3,8 @@
 :func:`document_prompt` renders the document's text between clear markers, followed by the
 metadata fields a news feed usually carries (title, supplier, country, published, source) and
 any context from earlier steps, and cuts the text at :data:`MAX_PROMPT_CHARS` so one oversized
-document cannot exceed a model's context window (the cut is said in the prompt).
+document cannot exceed a model's context window (the cut is said in the prompt, and
+:func:`unread_chars` says how much was left out, for the result).
 :func:`require_llm` returns ``ctx.llm`` or says plainly that the worker has no LLM configured.
 Used by :mod:`handlers.builtin.entities` and :mod:`handlers.builtin.supplier_risk`.
 """
@@ -14,7 +15,13 @@ from handlers.context import LLM, Context
 from handlers.document import Document
 from handlers.errors import SystemicFailure
 
-__all__ = ["MAX_PROMPT_CHARS", "METADATA_FIELDS", "document_prompt", "require_llm"]
+__all__ = [
+    "MAX_PROMPT_CHARS",
+    "METADATA_FIELDS",
+    "document_prompt",
+    "require_llm",
+    "unread_chars",
+]
 
 MAX_PROMPT_CHARS = 48_000
 """Characters of document text put in a prompt (about 12k tokens of English)."""
@@ -47,6 +54,14 @@ def document_prompt(
     if note:
         parts.append(note)
     return "\n\n".join(parts)
+
+
+def unread_chars(doc: Document, max_chars: int = MAX_PROMPT_CHARS) -> int:
+    """Characters of the document's text that :func:`document_prompt` leaves out (0: none).
+
+    The built-in handlers store it in their result (``unread_chars``) and log it, so a result
+    drawn from part of a document says so where people read it."""
+    return max(0, len(doc.text.strip()) - max_chars)
 
 
 def require_llm(ctx: Context) -> LLM:

@@ -20,7 +20,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from handlers.builtin.prompting import document_prompt, require_llm
+from handlers.builtin.prompting import (
+    MAX_PROMPT_CHARS,
+    document_prompt,
+    require_llm,
+    unread_chars,
+)
 from handlers.builtin.regions import country_code, country_name, region_of
 from handlers.context import Context
 from handlers.decorator import handler
@@ -97,6 +102,9 @@ class SupplierRiskResult(BaseModel):
     title: str | None = None
     published: str | None = None
     source: str | None = None
+    unread_chars: int = 0
+    """Characters at the end of a long document the model was not shown (the prompt keeps
+    the first ``MAX_PROMPT_CHARS``); 0: it read the whole text."""
 
 
 ASSESS_SYSTEM = (
@@ -122,7 +130,9 @@ async def supplier_risk(doc: Document, ctx: Context) -> SupplierRiskResult:
     assessment: RiskAssessment = await ctx.step(
         "assess", llm.extract, RiskAssessment, document_prompt(doc), system=ASSESS_SYSTEM
     )
-    result = build_result(doc.metadata, assessment)
+    result = build_result(doc.metadata, assessment, unread=unread_chars(doc))
+    if result.unread_chars:
+        ctx.logger.warning("read the first %d characters only", MAX_PROMPT_CHARS)
     ctx.logger.info(
         "%s (%s, %s): overall %d (%s), worst %s",
         result.supplier,
@@ -158,7 +168,9 @@ def risk_level(score: int) -> RiskLevel:
     return "critical"
 
 
-def build_result(metadata: Mapping[str, Any], assessment: RiskAssessment) -> SupplierRiskResult:
+def build_result(
+    metadata: Mapping[str, Any], assessment: RiskAssessment, *, unread: int = 0
+) -> SupplierRiskResult:
     """The handler's output from the model's assessment and the feed's metadata (pure)."""
     scores: dict[str, int] = {name: getattr(assessment, name).score for name in DIMENSIONS}
     overall = overall_score(scores)
@@ -186,6 +198,7 @@ def build_result(metadata: Mapping[str, Any], assessment: RiskAssessment) -> Sup
         title=_text(metadata.get("title")),
         published=_text(metadata.get("published")),
         source=_text(metadata.get("source")),
+        unread_chars=unread,
     )
 
 

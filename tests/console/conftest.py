@@ -226,6 +226,9 @@ def demo_run(local_mongo: Any, tmp_path_factory: pytest.TempPathFactory) -> Iter
             "DOCBUS_SERVICEBUS__CONNECTION_STRING": emulator.connection_string,
             "DOCBUS_MONGODB__URI": local_mongo.uri,
             "DOCBUS_MONGODB__DATABASE": database,
+            # the console cancels provider batches through the LLM client (llm-batches)
+            "DOCBUS_LLM__BASE_URL": llm.base_url,
+            "DOCBUS_LLM__API_KEY": "offline",
         }
         yield DemoRun(settings, topology, env, published, llm, topology_file)
         from pymongo import MongoClient

@@ -74,6 +74,13 @@ def test_batch_page_shows_failures_cost_and_latency(page: Any, console: Console)
     assert "re-asks" in body and "retries" in body
     assert page.locator("svg.chart polyline").count() == 1
     assert page.locator("text=summarise").count() >= 1  # a step of the notes handler
+    assert page.locator(".llm-mode").inner_text() == "default"
+    live = page.locator("tr[data-mode='live'] td")
+    assert (
+        live.nth(1).inner_text()
+        == page.locator("tr", has_text="total").first.locator("td").nth(1).inner_text()
+    )  # every call of the demo run was made live
+    assert page.locator("tr[data-mode='batch'] td").nth(1).inner_text() == "0"
     screenshot(page, "batch")
 
 
@@ -253,3 +260,100 @@ def test_workers_page_shows_the_workers_from_their_heartbeats(page: Any, console
         assert row.get_attribute("data-status") == "stopped"
         assert "entities, supplier_risk, notes" in row.inner_text()
     screenshot(page, "workers")
+
+
+LLM_BATCH = "console-llm-batch"
+
+
+def _batch_mode_batch(run: DemoRun) -> tuple[list[str], str]:
+    """A batch published in batch mode: 3 requests, 2 in an open provider batch on the offline
+    server, 1 pending; one document parked waiting for the round. Its keys, provider id."""
+    import openai
+
+    from docbus.envelope import Envelope
+    from docbus.store import ParkedMessage
+    from tests.docbus.ops.test_llm_batches import register, submit
+
+    run.llm.configure(batch={"in_progress_seconds": 3600})  # stays open until cancelled
+
+    async def body(store: Store) -> tuple[list[str], str]:
+        await store.record_batch(LLM_BATCH, topic="documents", llm_mode="batch")
+        await store.record_documents(
+            Envelope(doc_id=f"d{i}", batch_id=LLM_BATCH, topic="documents", content=f"text {i}")
+            for i in range(3)
+        )
+        await store.update_batch(LLM_BATCH, status="published", counts={"documents": 3})
+        keys = await register(store, LLM_BATCH, 3)
+        async with openai.AsyncOpenAI(base_url=run.llm.base_url, api_key="offline") as sdk:
+            record_id = await submit(store, sdk, keys[:2])
+        await store.park(
+            ParkedMessage(
+                topic="documents", subscription="entities", sequence_number=99,
+                reason="AwaitingBatch", batch_id=LLM_BATCH, doc_id="d2", handler="entities",
+                deferred=True,
+            )
+        )  # fmt: skip
+        record = await store.get_provider_batch(record_id)
+        assert record is not None and record.provider_batch_id is not None
+        return keys, record.provider_batch_id
+
+    result: tuple[list[str], str] = _query(run, body)
+    return result
+
+
+def _provider_status(run: DemoRun, provider_id: str) -> str:
+    import openai
+
+    async def body() -> str:
+        async with openai.AsyncOpenAI(base_url=run.llm.base_url, api_key="offline") as sdk:
+            return str((await sdk.batches.retrieve(provider_id)).status)
+
+    return run_async(body())
+
+
+def test_batches_show_the_llm_mode_and_cancel_and_resume_a_batch_mode_batch(
+    page: Any, anonymous: Any, console: Console, demo_run: DemoRun
+) -> None:
+    keys, provider_id = _batch_mode_batch(demo_run)
+    page.goto(f"{console.url}/batches")
+    demo = page.locator(f"section[data-batch='{BATCH}']")
+    assert demo.locator(".llm-mode").inner_text() == "default"
+    assert demo.locator(".llm-batch").count() == 0  # no batch-mode requests: no such line
+    batch = page.locator(f"section[data-batch='{LLM_BATCH}']")
+    assert batch.locator(".llm-mode").inner_text() == "batch"
+    assert batch.locator("[data-requests='pending']").inner_text() == "1"
+    assert batch.locator("[data-requests='submitted']").inner_text() == "2"
+    assert batch.locator(".open-provider-batches").inner_text() == "1"
+    screenshot(page, "batches-llm-mode")
+
+    # Without the token there is no button, and a POST is refused; a forged one too.
+    anonymous.goto(f"{console.url}/batches")
+    assert anonymous.locator("form.llm-action").count() == 0
+    form = {"batch": LLM_BATCH}
+    assert anonymous.request.post(f"{console.url}/llm-batches/cancel", form=form).status == 403
+    forged = page.request.post(f"{console.url}/llm-batches/cancel", form=form)
+    assert forged.status == 403 and "CSRF" in forged.text()
+    assert _provider_status(demo_run, provider_id) == "in_progress"
+
+    batch.locator("form.llm-action button").click()
+    outcome = page.locator("#outcome").inner_text()
+    assert "1 pending LLM request(s) held" in outcome, outcome
+    assert "1 provider batch(es) cancelled" in outcome and provider_id in outcome
+    screenshot(page, "llm-batch-cancelled")
+    assert _provider_status(demo_run, provider_id) in ("cancelling", "cancelled")
+    records = _query(demo_run, lambda store: store.llm_requests(keys))
+    assert records[keys[2]].state == "held"
+    parked = _query(demo_run, lambda store: store.parked(batch_id=LLM_BATCH))
+    assert [p.resume_requested_at for p in parked] == [None]  # the document stays parked
+
+    page.goto(f"{console.url}/batches")
+    batch = page.locator(f"section[data-batch='{LLM_BATCH}']")
+    assert batch.locator(".llm-cancelled").count() == 1
+    assert batch.locator("[data-requests='held']").inner_text() == "1"
+    batch.locator("form.llm-action button").click()
+    outcome = page.locator("#outcome").inner_text()
+    assert "1 held LLM request(s) pending again" in outcome and "resume 1 parked" in outcome
+    records = _query(demo_run, lambda store: store.llm_requests(keys))
+    assert records[keys[2]].state == "pending"
+    parked = _query(demo_run, lambda store: store.parked(batch_id=LLM_BATCH))
+    assert parked[0].resume_requested_at is not None

@@ -28,6 +28,7 @@ from docbus.servicebus import (
     encoded_batch_size,
     fits_in_message,
     message_size_bound,
+    sized_message,
     translate_error,
     translated,
 )
@@ -75,6 +76,10 @@ def test_the_size_bound_is_never_below_the_sdk_count_and_close_to_it(
     message = build_message(envelope)
     exact = encoded_batch_size(message)
     assert exact <= message_size_bound(message) <= exact + 200
+    # the publisher's bound, from the parts the message is built of, is the same bound
+    sized, bound = sized_message(envelope)
+    assert bound == message_size_bound(sized) == message_size_bound(message)
+    assert encoded_batch_size(sized) == exact
 
 
 def test_a_message_of_exactly_the_limit_fits_and_one_byte_less_does_not() -> None:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import ssl
 
 import pytest
 from pydantic import SecretStr, ValidationError
@@ -141,3 +142,8 @@ async def test_servicebus_client_from_connection_string_or_namespace() -> None:
     by_namespace = servicebus_client(ServiceBusSettings(namespace="myns.servicebus.windows.net"))
     async with by_namespace:
         assert by_namespace.fully_qualified_namespace == "myns.servicebus.windows.net"
+    # one TLS context for every connection of the process, as strict as the SDK's own default
+    shared = by_string._ssl_context
+    assert shared is by_namespace._ssl_context
+    assert shared.verify_mode == ssl.CERT_REQUIRED and shared.check_hostname
+    assert shared.cert_store_stats()["x509_ca"] > 0

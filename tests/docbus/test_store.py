@@ -296,6 +296,20 @@ async def test_recording_a_document_again_replaces_it_and_records_the_new_ones(
     assert [e.doc_id async for e in store.iter_documents("b1")] == ["a", "b", "c"]
 
 
+async def test_a_batchs_documents_are_an_id_range_without_a_secondary_index(store: Store) -> None:
+    """Recording a document costs one `_id` index entry and nothing more (each secondary index
+    cost SecantusDB more than the insert itself); the batch's queries still see exactly its own
+    documents, also beside batches whose ids extend or precede its id."""
+    for batch in ("b1", "b10", "b1.x", "b", "b0", "b2"):
+        await store.record_documents([doc("a", batch), doc("a:b", batch), doc("\u00e9z", batch)])
+    await store.ensure_indexes()
+    assert set(await store.database["documents"].index_information()) == {"_id_"}
+    assert [e.doc_id async for e in store.iter_documents("b1")] == ["a", "a:b", "\u00e9z"]
+    assert (await store.batch_counts("b1")).published == 3
+    assert await store.batch_exists("b1.x")
+    assert not await store.batch_exists("b1.")
+
+
 async def test_payloads_round_trip_and_are_stored_once(store: Store) -> None:
     text = "é" * 300_000
     ref = await store.put_payload(text)
@@ -357,13 +371,21 @@ async def test_batch_counts_per_document_and_per_handler(store: Store) -> None:
 
     counts = await store.batch_counts("b1")
     assert (counts.published, counts.done, counts.dead_lettered, counts.pending) == (4, 2, 1, 1)
-    assert counts.handlers["entities"].model_dump() == {"done": 4, "dead_lettered": 0, "pending": 0}
-    assert counts.handlers["risk"].model_dump() == {"done": 2, "dead_lettered": 1, "pending": 1}
+    assert counts.handlers["entities"].model_dump() == {
+        "done": 4, "dead_lettered": 0, "rolled_back": 0, "pending": 0,
+    }  # fmt: skip
+    assert counts.handlers["risk"].model_dump() == {
+        "done": 2, "dead_lettered": 1, "rolled_back": 0, "pending": 1,
+    }  # fmt: skip
 
     risk = await store.run_result_versions(["b1"], handler="risk")
     await store.withdraw_results([r.id for r in risk], "rollback-1")
     counts = await store.batch_counts("b1", handlers=["entities", "risk", "summary"])
-    assert (counts.done, counts.dead_lettered, counts.pending) == (0, 1, 3)
+    # d1, d2: their risk results withdrawn — rolled back, not pending: no worker will redo them
+    assert (counts.done, counts.dead_lettered, counts.rolled_back, counts.pending) == (0, 1, 2, 1)
+    assert counts.handlers["risk"].model_dump() == {
+        "done": 0, "dead_lettered": 1, "rolled_back": 2, "pending": 1,
+    }  # fmt: skip
     assert counts.handlers["summary"].pending == 4
 
 

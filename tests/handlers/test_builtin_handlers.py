@@ -8,6 +8,7 @@ the normalisation and scoring done in code, prompts and logs — not the model's
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import importlib
 import json
 import logging
@@ -45,7 +46,7 @@ from handlers.builtin.entities import (
     build_result,
     rank_key_points,
 )
-from handlers.builtin.prompting import document_prompt
+from handlers.builtin.prompting import MAX_PROMPT_CHARS, document_prompt
 from handlers.builtin.supplier_risk import (
     ASSESS_SYSTEM,
     DimensionAssessment,
@@ -354,6 +355,19 @@ def test_document_prompt_puts_text_between_markers_then_feed_metadata_and_cuts_l
     cut = document_prompt(long, max_chars=100)
     assert "[... cut: the document continues for" in cut
     assert len(cut) < 250
+
+
+@pytest.mark.parametrize("fn", [entities, supplier_risk])
+async def test_a_result_drawn_from_part_of_a_long_document_says_how_much_was_unread(
+    fn: Any, llm_server: LLMServer, store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    long = dataclasses.replace(FIRE, doc_id="long", text=FIRE.text + " more" * 12_000)
+    async with make_client(llm_server, store) as client:
+        whole = await run_handler(fn, FIRE, store=store, llm=client)
+        part = await run_handler(fn, long, store=store, llm=client)
+    assert whole.unread_chars == 0
+    assert part.unread_chars == len(long.text.strip()) - MAX_PROMPT_CHARS > 0
+    assert any("first 48000 characters only" in r.getMessage() for r in caplog.records)
 
 
 # -- package -----------------------------------------------------------------------------------

@@ -248,7 +248,7 @@ def test_discovery_of_explicit_functions(sample_handlers: ModuleType) -> None:
 
 
 def test_discovery_refuses_clashes_and_nothing(tmp_path: Path, sample_handlers: ModuleType) -> None:
-    with pytest.raises(HandlerDiscoveryError, match="both consume subscription 'entities'"):
+    with pytest.raises(HandlerDiscoveryError, match="both run on subscription documents/entities"):
         discover_handlers([extract, sample_handlers.entities])
 
     async def fn(doc: Document, ctx: Context) -> dict[str, Any]:

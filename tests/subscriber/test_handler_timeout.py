@@ -19,6 +19,7 @@ from subscriber.processing import Processor
 from subscriber.receiver import Receiver
 from subscriber.settlement import Action
 from subscriber.worker import Worker, WorkerOptions
+from tests.diagnostics import finish_within
 from tests.subscriber import sample_handlers
 from tests.subscriber.conftest import Stack
 
@@ -42,7 +43,7 @@ async def run_worker(stack: Stack, **options: Any) -> None:
                 until_idle=1.0, backoff=FAST, dlq_capture_interval=None, **options
             ),
         )  # fmt: skip
-        await asyncio.wait_for(worker.run(), 60)
+        await finish_within(worker.run(), 60)
 
 
 async def attempts(stack: Stack) -> list[int]:

@@ -16,6 +16,7 @@ from docbus.topology import ROUTE_PROPERTY
 from handlers.runtime import discover_handlers
 from subscriber.settlement import Action
 from subscriber.worker import Worker, WorkerOptions
+from tests.diagnostics import finish_within
 from tests.subscriber import sample_handlers
 from tests.subscriber.conftest import Stack
 from tests.subscriber.helpers import run_worker
@@ -80,4 +81,4 @@ async def test_an_idle_worker_exits_even_when_its_dead_letter_capture_breaks(sta
             options=WorkerOptions(until_idle=0.5, dlq_capture_interval=30.0),
             topology=stack.topology,
         )
-        await asyncio.wait_for(worker.run(), 20)
+        await finish_within(worker.run(), 20)

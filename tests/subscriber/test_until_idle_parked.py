@@ -10,6 +10,7 @@ from azure.servicebus.aio import ServiceBusClient
 
 from docbus.local.llm_server import LLMServer
 from handlers.llm import LLMClient
+from tests.diagnostics import finish_within
 from tests.subscriber.conftest import KEY, Stack
 from tests.subscriber.test_llm_worker import current_results, make_worker, publish
 
@@ -22,7 +23,7 @@ async def test_an_until_idle_worker_with_a_bad_key_ends_listing_what_it_left_par
     started = time.monotonic()
     async with ServiceBusClient.from_connection_string(stack.connection_string) as client:
         worker = make_worker(client, stack, llm, until_idle=1.0, probe_interval=0.2)
-        report = await asyncio.wait_for(worker.run(), 30)
+        report = await finish_within(worker.run(), 30)
     assert time.monotonic() - started < 15  # bounded: not probing for ever
     [group] = report.parked
     assert (group.handler, group.reason, group.count) == ("three_steps", "SystemicFailure", 3)
@@ -36,7 +37,7 @@ async def test_an_until_idle_worker_with_a_bad_key_ends_listing_what_it_left_par
     llm_server.configure(api_key=KEY)
     async with ServiceBusClient.from_connection_string(stack.connection_string) as client:
         worker = make_worker(client, stack, llm, until_idle=1.0)
-        report = await asyncio.wait_for(worker.run(), 30)
+        report = await finish_within(worker.run(), 30)
     assert await current_results(stack) == 3
     assert report.parked == [] and await stack.store.count_parked() == 0
 

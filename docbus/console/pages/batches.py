@@ -7,6 +7,13 @@ re-asks and retries apart) and the budget; a small script reloads the table whil
 unfinished. Batch: :func:`docbus.ops.collect_report` (failures by reason, cost split, step
 latency p50/p95), :func:`docbus.ops.timeline.batch_timeline` (throughput over time), the
 batch's replay runs and the rollbacks of its runs.
+
+Each batch shows its LLM mode; one with batch-mode LLM requests also their counts per state, its
+open provider batches and any submission back-off, and — for a session holding the action
+token, as a POST with the CSRF token like every action — a button that cancels its LLM requests
+(:func:`docbus.ops.llm_batches.cancel_llm_batch`: pending ones held, its own open provider
+batches cancelled, documents left parked) or resumes a cancelled batch
+(:func:`docbus.ops.llm_batches.resume_llm_batch`), then says what it did.
 """
 
 from __future__ import annotations
@@ -20,9 +27,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from docbus.console.app import ConsoleState, render
+from docbus.console.app import ConsoleState, guard_action, message, render
 from docbus.console.charts import Segment, line_chart, progress_segments
 from docbus.ops.backlog import Backlog, BacklogProbe
+from docbus.ops.llm_batches import cancel_llm_batch, resume_llm_batch
 from docbus.ops.report import collect_report
 from docbus.ops.status import BatchStatus, collect_status, throughput
 from docbus.ops.timeline import batch_timeline
@@ -157,8 +165,31 @@ async def batch_page(request: Request) -> Response:
     )
 
 
+async def llm_batch_action(request: Request) -> Response:
+    """Cancel or resume a batch's batch-mode LLM requests (token and CSRF checked first)."""
+    from docbus.cli.llm_batches import cancel_text, provider_canceller, resume_text
+
+    state: ConsoleState = request.app.state.console
+    fields, refused = await guard_action(request)
+    if refused is not None:
+        return refused
+    batch_id = fields.get("batch", "")
+    action = request.path_params["action"]
+    if action not in ("cancel", "resume"):
+        return message(request, "Not found", f"no action {action!r}: cancel or resume", 404)
+    if action == "cancel":
+        async with provider_canceller(state.config.settings) as cancel:
+            outcome = await cancel_llm_batch(state.store, batch_id, cancel)
+        title, text, cancelled = "LLM requests cancelled", cancel_text(outcome), outcome.cancelled
+    else:
+        resumed = await resume_llm_batch(state.store, batch_id)
+        title, text, cancelled = "LLM requests resumed", resume_text(resumed), []
+    return render(request, "llm_batch_done.html", title=title, text=text, cancelled=cancelled)
+
+
 def routes() -> list[Route]:
     return [
+        Route("/llm-batches/{action:str}", llm_batch_action, methods=["POST"]),
         Route("/batches", batches_page),
         Route("/batches/{batch_id:path}", batch_page),
     ]

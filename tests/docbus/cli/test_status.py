@@ -465,10 +465,11 @@ async def test_json_is_one_document_with_the_table_s_figures(
     assert done["attention"] == []
     assert mixed["batch_id"] == mixed_batch and mixed["state"] == "published"
     assert mixed["documents"] == {
-        "published": 5, "done": 2, "retrying": 1, "parked": 1, "dead_lettered": 1, "pending": 0
+        "published": 5, "done": 2, "retrying": 1, "parked": 1, "dead_lettered": 1,
+        "rolled_back": 0, "pending": 0
     }  # fmt: skip
     assert mixed["handlers"]["supplier_risk"] == {
-        "done": 3, "retrying": 1, "parked": 1, "dead_lettered": 0, "pending": 0
+        "done": 3, "retrying": 1, "parked": 1, "dead_lettered": 0, "rolled_back": 0, "pending": 0
     }  # fmt: skip
     assert mixed["parked_reasons"] == {"SystemicFailure": 1}
     assert mixed["over_budget"] is True and mixed["budget_usd"] == 0.01
