@@ -683,11 +683,16 @@ class Worker:
         return await self._resumption.resume() == 0 and not self._in_flight
 
     async def _batch_work_left(self) -> bool:
+        """Whether requests still wait for provider batches; if none does, deliveries parked
+        on requests answered meanwhile are marked for resumption first (the submitter marks
+        them just after its apply: an idle check in between must not end the work)."""
         try:
-            return await self.store.has_open_llm_requests()
+            if await self.store.has_open_llm_requests():
+                return True
+            await self.store.request_resume_for_llm_requests(None)
         except StoreError as exc:
             logger.warning("cannot tell whether batch-mode requests are open: %s", exc)
-            return False
+        return False
 
     # --- broker-side dead letters -----------------------------------------------------------
     def _start_exit_capture(self) -> None:

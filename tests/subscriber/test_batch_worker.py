@@ -362,3 +362,20 @@ async def test_a_worker_killed_while_a_resumed_delivery_runs_strands_nothing(
     assert await count(stack, "results", {"current": True}) == documents
     assert await count(stack, "parked") == 0
     assert await count(stack, "dead_letters") == 0
+
+
+async def test_an_idle_check_between_an_apply_and_its_marking_ends_no_work_early(
+    stack: Stack, llm: LLMClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The worst case of that window: the submitter never marks anything (its on_done hook
+    # does nothing); the worker's idle check finds the answered deliveries itself.
+    from handlers.llm.batch import BatchBookkeeping
+
+    async def says_nothing(self: BatchBookkeeping, keys: Any) -> None:
+        return None
+
+    monkeypatch.setattr(BatchBookkeeping, "on_done", says_nothing)
+    documents = 2
+    await publish(stack, documents)
+    await run_worker(stack, llm, until_idle=1.0)
+    await assert_all_done(stack, documents)
