@@ -70,6 +70,10 @@ logger = logging.getLogger(__name__)
 MIN_RECEIVE_WAIT = 0.1
 """Seconds a receive waits at least, even just before an idle exit."""
 
+BUSY_RECEIVE_WAIT = 0.05
+"""Seconds a receive waits at most while messages whose handler returned wait to be settled:
+their settlements wait for the link while it receives (:class:`~subscriber.receiver.Turns`)."""
+
 MOST_AHEAD = 100
 """The most messages received ahead by default: fast handlers then receive in batches as large
 as a plain SDK loop's (``max_message_count=100``)."""
@@ -479,6 +483,8 @@ class Worker:
         idle worker with nothing in flight exits, so that exit does not wait out one more
         receive (sessions keep theirs: a session receiver waits as it locks a session)."""
         wait = self.options.receive_wait
+        if self._admission.completing:
+            return min(wait, BUSY_RECEIVE_WAIT)
         if self.options.until_idle is None or self._in_flight or self._not_receiving:
             return wait
         left = self.options.until_idle - (time.monotonic() - self._last_activity)
@@ -583,8 +589,11 @@ class Worker:
         async def give_back() -> None:
             await self._processor.give_back(registered, receiver, message)
 
+        async def give_back_unseen() -> None:
+            await self._processor.give_back_unseen(registered, receiver, message)
+
         try:
-            if not await self._admission.wait_for_slot(ticket, give_back):
+            if not await self._admission.wait_for_slot(ticket, give_back_unseen):
                 return
             if parked is not None:
                 # only now: a resumed message given back before this point keeps its record

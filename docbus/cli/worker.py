@@ -19,7 +19,7 @@ import contextlib
 import importlib
 import signal
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -201,14 +201,20 @@ async def run_worker(
             names = ", ".join(
                 f"{h.name} ({h.spec.topic}/{h.spec.subscription})" for h in registered
             )
-            console.print(f"worker running {names}; Ctrl-C stops gracefully")
             freeze_startup_heap()
-            report = await _run_checked(worker, checking)
+            report = await _run_checked(
+                worker,
+                checking,
+                # said once the subscriptions are known to exist: a start that fails is one line
+                announce=lambda: console.print(f"worker running {names}; Ctrl-C stops gracefully"),
+            )
             await asyncio.gather(*closing, return_exceptions=True)
             return WorkerRun(report, await _parked_left(store, registered))
 
 
-async def _run_checked(worker: Worker, checking: asyncio.Task[None]) -> WorkerReport:
+async def _run_checked(
+    worker: Worker, checking: asyncio.Task[None], *, announce: Callable[[], None]
+) -> WorkerReport:
     """Run ``worker`` while its subscriptions are checked, rather than after: the check
     attaches a receiver of its own (a connection, a token, a link: ~0.5 s), which the first
     result need not wait for. A failed check stops the worker and is raised as the start error
@@ -228,6 +234,7 @@ async def _run_checked(worker: Worker, checking: asyncio.Task[None]) -> WorkerRe
         if not running.cancelled() and running.done():
             running.exception()  # the check's error is the one to tell
         raise
+    announce()
     return await running
 
 
