@@ -344,6 +344,13 @@ class LLMCallRecord(BaseModel):
     """``None`` for a good answer; else e.g. ``RateLimitError`` or ``SchemaValidationError``."""
     error_message: str | None = None
     request_id: str | None = None
+    llm_mode: Literal["live", "batch"] = "live"
+    """How the request went: to the live endpoint, or in a provider batch (Batch API, priced
+    at the batch price). Not ``mode``, which is the response format."""
+    provider_batch_id: str | None = None
+    """The provider's batch id that answered it (batch mode)."""
+    custom_id: str | None = None
+    """Its line's ``custom_id`` in that provider batch (batch mode: the request key)."""
     created_at: datetime = Field(default_factory=_now)
 
     @property

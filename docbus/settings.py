@@ -24,6 +24,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 __all__ = [
     "ConsoleSettings",
+    "LLMBatchSettings",
     "LLMSettings",
     "ModelPrice",
     "ModelRateLimit",
@@ -137,6 +138,10 @@ class ModelPrice(BaseModel):
     """USD per 1M prompt tokens."""
     output: float = Field(ge=0)
     """USD per 1M completion tokens."""
+    batch_input: float | None = Field(default=None, ge=0)
+    """USD per 1M prompt tokens through the Batch API; None: half of ``input``."""
+    batch_output: float | None = Field(default=None, ge=0)
+    """USD per 1M completion tokens through the Batch API; None: half of ``output``."""
 
 
 class ModelRateLimit(BaseModel):
@@ -148,6 +153,47 @@ class ModelRateLimit(BaseModel):
     """Requests per minute."""
     tpm: int | None = Field(default=None, gt=0)
     """Tokens (prompt + completion) per minute."""
+
+
+class LLMBatchSettings(BaseModel):
+    """Batch-API mode (``llm.batch``): how pending requests become provider batches.
+
+    Requests accumulate until the oldest has waited ``max_wait`` seconds or ``min_requests``
+    (or ``min_bytes``) are pending, then go in files of at most ``max_requests_per_file``
+    requests and ``max_file_bytes`` bytes (OpenAI: 50,000 / 200 MB; Azure Global Batch:
+    100,000 / 200 MB). One worker at a time submits (a lease of ``lease_ttl`` seconds renewed
+    every ``renew_every``); open provider batches are polled with a backoff from ``poll_base``
+    up to ``poll_max`` seconds; a group the provider refuses systemically (no quota, bad key)
+    is submitted again after a backoff from ``refusal_base`` up to ``refusal_max``.
+    """
+
+    model_config = _FROZEN
+
+    max_requests_per_file: int = Field(default=50_000, ge=1)
+    max_file_bytes: int = Field(default=200 * 1024 * 1024, ge=1)
+    max_wait: float = Field(default=60.0, ge=0)
+    """Seconds the oldest pending request waits for company before its group is submitted."""
+    min_requests: int = Field(default=10_000, ge=1)
+    min_bytes: int = Field(default=50 * 1024 * 1024, ge=1)
+    poll_base: float = Field(default=5.0, gt=0)
+    poll_max: float = Field(default=300.0, gt=0)
+    refusal_base: float = Field(default=30.0, gt=0)
+    refusal_max: float = Field(default=1800.0, gt=0)
+    max_attempts: int = Field(default=3, ge=1)
+    """Provider batches one request may fail transiently in before it is dead-lettered."""
+    max_expiries: int = Field(default=2, ge=1)
+    """Times a request left unanswered by an expired batch is resubmitted; then
+    ``BatchExpired``."""
+    lease_ttl: float = Field(default=60.0, gt=0)
+    renew_every: float = Field(default=15.0, gt=0)
+    queued_tokens: dict[str, int] = Field(default_factory=dict)
+    """Azure's enqueued-token quota per deployment (informational: not enforced yet)."""
+
+    @model_validator(mode="after")
+    def _renewal_below_ttl(self) -> LLMBatchSettings:
+        if self.renew_every >= self.lease_ttl:
+            raise ValueError("llm.batch.renew_every must be well below llm.batch.lease_ttl")
+        return self
 
 
 class LLMSettings(BaseModel):
@@ -189,6 +235,11 @@ class LLMSettings(BaseModel):
     """Upper bound of the requests in flight per model; halved on a 429, regained slowly."""
     max_retries: int = Field(default=3, ge=0)
     """Quick retries of a transient LLM error inside one call before the message is retried."""
+    mode: Literal["live", "batch"] = "live"
+    """How ``ctx.llm`` calls are sent when neither the batch (``publish --llm-mode``) nor the
+    handler (``@handler(llm_mode=...)``) says: ``live``, or ``batch`` through the provider's
+    Batch API at half the price (``llm.batch``)."""
+    batch: LLMBatchSettings = Field(default_factory=LLMBatchSettings)
     http_client: Literal["aiohttp", "httpx"] = "aiohttp"
     """The openai SDK's HTTP transport. ``aiohttp`` (the SDK's aiohttp extra) spends about
     half the CPU per request of ``httpx`` at high concurrency (``bench/llm_bound.py``);

@@ -100,6 +100,8 @@ class Context:
     none): ``await ctx.llm.extract(Model, prompt)``, ``await ctx.llm.complete(prompt)``."""
     logger: HandlerLogger = field(init=False, repr=False)
     _delivery: Delivery = field(init=False, repr=False, compare=False)
+    _batch_round: Any = field(init=False, default=None, repr=False, compare=False)
+    """The delivery's batch-mode round (:mod:`handlers.batch_round`), made on first use."""
 
     def __post_init__(self) -> None:
         self._delivery = Delivery()

@@ -6,6 +6,8 @@ test can call (or run with :func:`handlers.testing.run_handler`). Nothing is reg
 the worker is handed functions or a module, and :mod:`handlers.discovery` reads the specs.
 A handler's ``timeout`` bounds one attempt: past it the worker cancels the handler and counts a
 transient failure, :class:`HandlerTimeout` (retried with backoff up to the delivery limit).
+``llm_mode="batch"`` sends its LLM calls through the provider's Batch API (not for ordered
+handlers: they refuse it here).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import inspect
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 __all__ = ["HandlerFunction", "HandlerSpec", "HandlerTimeout", "handler", "handler_spec"]
 
@@ -45,6 +47,10 @@ class HandlerSpec:
     """Seconds one attempt of the handler may take; None: the worker's default
     (``DOCBUS_WORKER__HANDLER_TIMEOUT``). A handler that blocks the event loop cannot be
     interrupted: the timeout acts at its next ``await``."""
+    llm_mode: Literal["live", "batch"] | None = None
+    """How its ``ctx.llm`` calls go when the batch does not say (``publish --llm-mode``):
+    ``live``, or ``batch`` through the provider's Batch API at half the price, one round per
+    step. None: the settings' ``llm.mode``."""
 
     def __post_init__(self) -> None:
         if not _NAME.match(self.name):
@@ -53,6 +59,14 @@ class HandlerSpec:
             )
         if self.timeout is not None and not self.timeout > 0:
             raise ValueError(f"handler {self.name!r}: timeout must be more than 0 seconds")
+        if self.llm_mode not in (None, "live", "batch"):
+            raise ValueError(f"handler {self.name!r}: llm_mode must be 'live' or 'batch'")
+        if self.llm_mode == "batch" and self.ordered_by:
+            raise ValueError(
+                f"handler {self.name!r}: llm_mode='batch' cannot be used with ordered_by: an "
+                "ordered handler cannot wait hours for a Batch-API round with its session "
+                "held; drop ordered_by or use llm_mode='live'"
+            )
         for field_name in ("topic", "subscription", "version"):
             if not getattr(self, field_name):
                 raise ValueError(f"handler {self.name!r}: {field_name} must not be empty")
@@ -66,9 +80,11 @@ def handler(
     ordered_by: str | None = None,
     name: str | None = None,
     timeout: float | None = None,
+    llm_mode: Literal["live", "batch"] | None = None,
 ) -> Callable[[F], F]:
     """Declare an ``async def fn(doc, ctx)`` as the handler of ``subscription`` on ``topic``;
-    ``timeout`` bounds one attempt, in seconds (default: the worker's)."""
+    ``timeout`` bounds one attempt, in seconds (default: the worker's); ``llm_mode`` is how its
+    LLM calls go unless its batch says (default: the settings' ``llm.mode``)."""
 
     def decorate(fn: F) -> F:
         original = fn  # iscoroutinefunction narrows fn's type; the decorator returns it as given
@@ -81,6 +97,7 @@ def handler(
             version=str(version),
             ordered_by=ordered_by,
             timeout=timeout,
+            llm_mode=llm_mode,
         )
         setattr(original, SPEC_ATTRIBUTE, spec)
         return original

@@ -11,6 +11,9 @@ Service Bus settlement::
                                an attempt, pause consumption, probe before resuming
     raise OverBudget        -> the batch (or document) spent its budget: set the message aside,
                                not dead-lettered; it runs again once the budget is raised
+    raise AwaitingBatch     -> (raised by ctx.llm in batch mode, not by handlers) its LLM calls
+                               wait for a provider batch: set aside without spending an
+                               attempt, resumed once every one of them is answered
     raise anything else     -> transient: retried with exponential backoff and jitter until the
                                subscription's MaxDeliveryCount, then dead-lettered with the error
 
@@ -26,6 +29,7 @@ besides the document.
 from __future__ import annotations
 
 __all__ = [
+    "AwaitingBatch",
     "DeadLetter",
     "HandlerOutcome",
     "InvalidOutput",
@@ -119,3 +123,21 @@ class OverBudget(HandlerOutcome):
         self.spent = spent
         self.budget = budget
         self.scope = scope
+
+
+class AwaitingBatch(HandlerOutcome):
+    """The delivery's LLM calls wait for the provider's Batch API (batch mode).
+
+    Raised by ``ctx.llm`` once every running step of the delivery waits for a request
+    registered for the next provider batch (``keys``: the requests' keys). The worker parks the
+    message without spending a delivery attempt; once every key is answered (or failed) it is
+    resumed, finished steps come from their checkpoints and answered calls return their stored
+    answers. A handler should let it pass (do not catch it with ``except Exception``).
+    """
+
+    def __init__(self, keys: list[str] | tuple[str, ...]) -> None:
+        self.keys = tuple(dict.fromkeys(keys))
+        super().__init__(
+            f"waiting for {len(self.keys)} LLM request(s) in a provider batch"
+            + (f": {', '.join(k[:12] for k in self.keys[:5])}" if self.keys else "")
+        )

@@ -18,7 +18,10 @@ Outputs are stored as JSON text with what they were: a pydantic model (and a lis
 class) is stored with its class path and re-validated on load; anything else must be JSON-able
 and comes back in its JSON form — on the first run too, so a handler sees the same values
 whether a step ran or was replayed. While a step runs, :func:`current_step` names it (the LLM
-client writes it into its audit rows), and an exception leaving a step carries ``exc.step``.
+client writes it into its audit rows; :func:`current_step_id` is its checkpoint key, which
+batch-mode requests are keyed by), and an exception leaving a step carries ``exc.step``.
+Each running step is counted by the delivery's batch-mode round (:mod:`handlers.batch_round`),
+so a delivery parks for a provider batch only once every running step waits for one.
 Neighbours: :mod:`handlers.context` (``ctx.step``), :mod:`handlers.llm` (the calls inside).
 """
 
@@ -39,6 +42,7 @@ from pydantic import BaseModel, ValidationError
 from pydantic_core import PydanticSerializationError, to_jsonable_python
 
 from docbus.store import Checkpoint, StoreError
+from handlers.batch_round import round_of
 from handlers.delivery import delivery_of
 from handlers.errors import Retry
 from handlers.writes import backlog_of, checkpoint_on_its_way, durably
@@ -46,7 +50,7 @@ from handlers.writes import backlog_of, checkpoint_on_its_way, durably
 if TYPE_CHECKING:
     from handlers.context import Context
 
-__all__ = ["current_step", "run_step", "step"]
+__all__ = ["current_step", "current_step_id", "run_step", "step"]
 
 logger = logging.getLogger(__name__)
 
@@ -56,11 +60,18 @@ T = TypeVar("T")
 FORMAT = "docbus.step/1"
 
 _current: ContextVar[str | None] = ContextVar("docbus_current_step", default=None)
+_current_id: ContextVar[str | None] = ContextVar("docbus_current_step_id", default=None)
 
 
 def current_step() -> str | None:
     """The name of the step the running task is inside, if any (the innermost one)."""
     return _current.get()
+
+
+def current_step_id() -> str | None:
+    """The checkpoint key id of the step the running task is inside (its identity: document,
+    handler, version, step and input), if any; batch-mode requests are keyed by it."""
+    return _current_id.get()
 
 
 async def run_step(
@@ -139,6 +150,9 @@ async def _run(
     store = ctx.store
     stale = False
     token = _current.set(name)
+    id_token = _current_id.set(key.id)
+    batch_round = round_of(ctx)
+    step_run = batch_round.enter()  # counted while it runs: batch mode's round waits for it
     try:
         if store is not None:
             stored = await _stored_checkpoint(ctx, store, key)
@@ -161,6 +175,8 @@ async def _run(
         _failed_run(ctx, key.id, run, exc)
         raise
     finally:
+        batch_round.exit(step_run)
+        _current_id.reset(id_token)
         _current.reset(token)
     if store is not None and delivery_of(ctx).writes.behind:
         # Sent now, acknowledged later (handlers.writes): after the audit rows of this step's

@@ -1,7 +1,9 @@
 """Parking: messages set aside without spending delivery attempts, and their resumption.
 
 When a failure is not the message's fault — the LLM endpoint refuses our key, the quota is
-gone (circuit breaker), or the batch has spent its budget — the worker defers the message
+gone (circuit breaker), or the batch has spent its budget — or the message waits for its
+batch-mode LLM requests (``AwaitingBatch``, resumed once the submitter has every answer:
+:meth:`~docbus.store.Store.request_resume_for_llm_requests`) — the worker defers the message
 (Service Bus keeps it, never redelivers it on its own) and writes a ``parked`` record in Mongo
 with the sequence number needed to fetch it back (:class:`~docbus.store.ParkedMessage`, kept by
 the store). Once the condition clears — or an operator asks, ``docbus parked resume`` — any
@@ -21,6 +23,7 @@ __all__ = [
     "ParkedMessage",
     "count_parked",
     "mark_deferred",
+    "mark_resumed",
     "may_resume",
     "park",
     "parked_messages",
@@ -29,10 +32,15 @@ __all__ = [
 
 SYSTEMIC = "SystemicFailure"
 OVER_BUDGET = "OverBudget"
+AWAITING_BATCH = "AwaitingBatch"
 
 
 async def park(store: Store, parked: ParkedMessage) -> None:
     await store.park(parked)
+    if parked.llm_requests:
+        # Its requests may have been answered while it was parking, after the submitter
+        # looked for parked deliveries to resume: look once more, now that the record is in.
+        await store.request_resume_for_llm_requests(parked.llm_requests)
 
 
 async def mark_deferred(store: Store, parked: ParkedMessage) -> None:
@@ -52,6 +60,10 @@ async def unpark(store: Store, parked: ParkedMessage) -> None:
     await store.unpark(parked)
 
 
+async def mark_resumed(store: Store, parked: ParkedMessage) -> None:
+    await store.mark_parked_resumed(parked)
+
+
 async def count_parked(store: Store, *, batch_id: str | None = None) -> int:
     return await store.count_parked(batch_id=batch_id)
 
@@ -64,6 +76,7 @@ def may_resume(
         resume requested by an operator  -> yes
         SystemicFailure                  -> once the LLM endpoint works (``llm_works``)
         OverBudget                       -> once its batch is no longer over budget
+        AwaitingBatch                    -> only when marked (its LLM requests are answered)
         anything else (given back, ...)  -> yes: nothing to wait for
 
     ``llm_works`` None: not known (not asked yet); ``over_budget`` None: no batch record.
@@ -74,4 +87,5 @@ def may_resume(
         return bool(llm_works)
     if parked.reason == OVER_BUDGET:
         return not over_budget
-    return True
+    # AwaitingBatch: the submitter marks it (resume_requested_at) once all are answered
+    return parked.reason != AWAITING_BATCH

@@ -515,6 +515,8 @@ class Processor:
         envelope: Envelope | None,
     ) -> None:
         parked = self._parked(registered, message, decision.reason, decision.description, envelope)
+        if decision.llm_requests:  # batch mode: what it waits for
+            parked = parked.model_copy(update={"llm_requests": list(decision.llm_requests)})
         # Record first, so a deferred message is never without its record; then confirm, so
         # no resumer fetches it before Service Bus has deferred it.
         await park(self.store, parked)

@@ -5,7 +5,9 @@ a receiver opens, then every ``resume_interval``, when the circuit breaker close
 idle exit — asks :func:`~subscriber.parking.may_resume` which may go (asking the
 :class:`~subscriber.breaker.CircuitBreaker` whether the LLM endpoint works, the store whether a
 batch is still over budget), fetches those back from deferral and hands them to the worker to
-run as ordinary deliveries. A record whose message is gone is dropped.
+run as ordinary deliveries. A record whose message is gone is dropped. :meth:`Resumption.wake`
+makes it look at once (batch mode's submitter marked deliveries whose requests are answered);
+a marked record whose deferral is not confirmed yet is looked at again within :data:`SOON`.
 :meth:`Resumption.left_parked` says what is left parked as the worker exits. One resumer at a
 time: the probe and the periodic loop must not fetch the same deferred messages twice (the
 second fetch finds them locked). Neighbours: :mod:`subscriber.parking` (records, the decision),
@@ -15,7 +17,6 @@ second fetch finds them locked). Neighbours: :mod:`subscriber.parking` (records,
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 
@@ -29,15 +30,21 @@ from subscriber.parking import (
     OVER_BUDGET,
     SYSTEMIC,
     ParkedMessage,
+    mark_resumed,
     may_resume,
     parked_messages,
     unpark,
 )
 from subscriber.receiver import Receiver
+from subscriber.settlement import Action
 
 __all__ = ["Fetched", "Resumption"]
 
 logger = logging.getLogger(__name__)
+
+SOON = 0.5
+"""Seconds before looking again at records marked for resumption whose deferral the parking
+worker has not confirmed yet (a batch round answered while its deliveries were parking)."""
 
 Fetched = list[tuple[ParkedMessage, ServiceBusReceivedMessage]]
 """Parked messages fetched back, each with its record, in the records' order."""
@@ -66,21 +73,41 @@ class Resumption:
         self._stopping = stopping
         self._run = run
         self._lock = asyncio.Lock()
+        self._woken = asyncio.Event()
+        self._soon = False
+        """A record marked for resumption waits for its deferral's confirmation: look again
+        in :data:`SOON` seconds rather than at the next interval."""
         self.waiting: set[str] = set()
         """Ids of parked records fetched back whose handler has not started yet (the worker
         discards each as its delivery ends): not fetched a second time."""
 
     async def loop(self) -> None:
         while not self._stopping.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), timeout=self.interval)
+            stopping = asyncio.ensure_future(self._stopping.wait())
+            woken = asyncio.ensure_future(self._woken.wait())
+            try:
+                await asyncio.wait(
+                    {stopping, woken},
+                    timeout=SOON if self._soon else self.interval,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+            finally:
+                stopping.cancel()
+                woken.cancel()
+            self._woken.clear()
             await self.resume()
+
+    def wake(self) -> None:
+        """Look at the parked records now rather than at the next interval (parked deliveries
+        were just marked for resumption: their batch-mode requests are answered)."""
+        self._woken.set()
 
     async def resume(self, only: RegisteredHandler | None = None) -> int:
         """Fetch back and start the parked messages of the worker's subscriptions (or of
         ``only``'s) that :func:`~subscriber.parking.may_resume`; returns how many started."""
         async with self._lock:
             started = 0
+            self._soon = False
             for registered in self.handlers if only is None else [only]:
                 spec = registered.spec
                 receiver = self.receivers.get(spec.name)
@@ -89,6 +116,11 @@ class Resumption:
                 try:
                     parked = await parked_messages(self.store, spec.topic, spec.subscription)
                     ready = await self._ready(parked)
+                    self._soon = self._soon or bool(
+                        await self.store.count_resumable_unconfirmed(
+                            topic=spec.topic, subscription=spec.subscription
+                        )
+                    )
                 except StoreError as exc:
                     logger.warning("cannot read parked messages: %s", exc)
                     return started
@@ -99,11 +131,22 @@ class Resumption:
                     started += await self._run(registered, receiver, fetched)
             return started
 
-    async def unpark(self, parked: ParkedMessage) -> None:
-        """Drop the record of a resumed message whose handler starts now."""
+    async def taken(self, parked: ParkedMessage) -> None:
+        """A resumed message's handler starts now: its record stays, marked, until the
+        delivery settles (:meth:`settled`), so a worker dying meanwhile strands nothing."""
+        try:
+            await mark_resumed(self.store, parked)
+        except StoreError as exc:  # unmarked: a resumer may try to fetch it, and find it locked
+            logger.warning("could not mark the parked record %s resumed: %s", parked.id, exc)
+
+    async def settled(self, parked: ParkedMessage, action: Action) -> None:
+        """A resumed message's delivery settled: a completed or dead-lettered one loses its
+        record (a parked or given-back one has a new one already)."""
+        if action not in (Action.COMPLETE, Action.DEAD_LETTER):
+            return
         try:
             await unpark(self.store, parked)
-        except StoreError as exc:  # the record outlives the message: the next round drops it
+        except StoreError as exc:  # the record outlives the message: a later round drops it
             logger.warning("could not remove the parked record %s: %s", parked.id, exc)
 
     async def left_parked(self) -> list[ParkedGroup]:

@@ -7,6 +7,7 @@ a plain function of the exception, the attempt number and the delivery limit, wi
     DeadLetter / invalid envelope    -> DEAD_LETTER now, with the reason given
     SystemicFailure (bad key, quota) -> PARK       (defer; resumed when the circuit closes)
     OverBudget                       -> PARK       (defer; resumed when the budget allows)
+    AwaitingBatch (batch-mode LLM)   -> PARK       (defer; resumed when its requests are answered)
     Retry / anything else            -> RETRY      (hold the lock for the backoff, then abandon)
                                         or DEAD_LETTER "RetriesExhausted" on the last delivery
 
@@ -35,7 +36,7 @@ from docbus.backoff import BackoffPolicy, backoff_delay
 from docbus.envelope import InvalidEnvelope
 from docbus.store import PayloadError
 from docbus.text import one_line
-from handlers.errors import DeadLetter, OverBudget, Retry, SystemicFailure
+from handlers.errors import AwaitingBatch, DeadLetter, OverBudget, Retry, SystemicFailure
 
 MAX_REASON = 120
 MAX_DESCRIPTION = 1000
@@ -54,6 +55,8 @@ class Decision:
     delay: float = 0.0
     reason: str = ""
     description: str = ""
+    llm_requests: tuple[str, ...] = ()
+    """PARK for ``AwaitingBatch``: the keys of the LLM requests the message waits for."""
 
 
 COMPLETE = Decision(Action.COMPLETE)
@@ -138,6 +141,10 @@ def _verdict(
     if isinstance(exc, OverBudget) and exc.scope == "document":
         # Only a restart with a larger per-document budget could help: say so, do not wait.
         return Decision(Action.DEAD_LETTER, reason="DocumentOverBudget", description=describe(exc))
+    if isinstance(exc, AwaitingBatch):
+        return Decision(
+            Action.PARK, reason="AwaitingBatch", description=describe(exc), llm_requests=exc.keys
+        )
     parked = _parking_reason(exc)
     if parked is not None:
         return Decision(Action.PARK, reason=parked, description=describe(exc))

@@ -20,7 +20,10 @@ the LLM endpoint still fails after one last probe, rather than probing for ever.
 :class:`~subscriber.watchdog.LoopWatchdog` says when a handler blocks the event loop; the
 subscriptions' dead-letter queues are captured into Mongo (:mod:`subscriber.dlq`); audit rows
 and checkpoints an outage of the store held back are drained before exit
-(:mod:`handlers.writes`). Neighbours: :mod:`subscriber.processing` (one delivery),
+(:mod:`handlers.writes`). A worker with an LLM client also runs batch mode's submitter
+(:meth:`handlers.llm.LLMClient.batch_submitter`; one acts at a time across workers, by a lease
+that ``stop`` gives up), and is not idle while requests wait for provider batches.
+Neighbours: :mod:`subscriber.processing` (one delivery),
 :mod:`docbus.cli.worker` (``docbus worker``).
 """
 
@@ -30,7 +33,10 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
+import socket
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -233,6 +239,7 @@ class Worker:
         self.on_outcome = on_outcome
         self.report = WorkerReport()
         self._check_ordering()
+        self._check_llm_mode()
         check_clashes(handlers)  # (lists of handlers found apart, put together)
         self._stopping = asyncio.Event()
         least, most = self.options.ahead
@@ -266,6 +273,7 @@ class Worker:
             run=self._run_resumed,
         )
         self._exit_capture: asyncio.Task[None] | None = None
+        self._submitter = self._batch_submitter()
         self._processor = Processor(
             store,
             backoff=self.options.backoff,
@@ -291,6 +299,32 @@ class Worker:
                     f"so subscription {spec.topic}/{spec.subscription} {need} sessions: set "
                     f"requires_session = {str(bool(spec.ordered_by)).lower()} in the topology"
                 )
+
+    def _check_llm_mode(self) -> None:
+        """Ordered handlers cannot run batch mode: refuse to start one the settings put in it."""
+        options = getattr(self.llm, "options", None)
+        if getattr(options, "llm_mode", "live") != "batch":
+            return
+        for registered in self.handlers:
+            spec = registered.spec
+            if spec.ordered_by and spec.llm_mode != "live":
+                raise ValueError(
+                    f"handler {spec.name!r} is ordered (ordered_by={spec.ordered_by!r}) and "
+                    "cannot wait hours for a Batch-API round: set DOCBUS_LLM__MODE=live, or "
+                    "@handler(llm_mode='live') on it"
+                )
+
+    def _batch_submitter(self) -> Any:
+        """The batch-mode submitter this worker runs beside its handlers, or None: any
+        worker with an LLM client and an unordered handler may be asked for batch mode (a
+        batch published with ``--llm-mode batch``), and one submitter acts at a time."""
+        make = getattr(self.llm, "batch_submitter", None)
+        if make is None or getattr(self.llm, "store", None) is None:
+            return None
+        if all(h.spec.ordered_by for h in self.handlers):
+            return None
+        holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        return make(holder, resumable=self._resumption.wake)
 
     # --- public ---------------------------------------------------------------------------
     def stop(self) -> None:
@@ -367,11 +401,20 @@ class Worker:
             asyncio.create_task(self._capture_loop()),
             asyncio.create_task(heartbeat.beat(self)),
         ]
+        if self._submitter is not None:
+            # its run ends when stopping is set, giving up the lease (not cancelled below
+            # before it has: the next worker takes over at once)
+            submitting = asyncio.create_task(self._submitter.run(self._stopping))
+        else:
+            submitting = None
         try:
             await asyncio.gather(*loops)
         finally:
             self._stopping.set()
             await self._finish_exit_capture()
+            if submitting is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(submitting, self.options.shutdown_grace)
             for task in helpers:
                 task.cancel()
             for task in loops:
@@ -561,8 +604,9 @@ class Worker:
                 return
             if parked is not None:
                 # only now: a resumed message given back before this point keeps its record
+                # as it was; from now on the record says a worker has it (until it settles)
                 try:
-                    await self._resumption.unpark(parked)
+                    await self._resumption.taken(parked)
                 except asyncio.CancelledError:
                     await asyncio.shield(give_back())
                     raise
@@ -589,6 +633,8 @@ class Worker:
                 self._renewer.release(message)
             ticket.release()
             self._last_activity = time.monotonic()
+        if parked is not None:
+            await self._resumption.settled(parked, outcome.action)
         self.report.add(outcome)
         if outcome.action is Action.PARK and outcome.reason == "SystemicFailure":
             self._breaker.open()
@@ -648,7 +694,21 @@ class Worker:
                 )
                 return True
             self._breaker.close()
+        if self._submitter is not None and await self._batch_work_left():
+            return False  # requests wait for provider batches: their deliveries come back
         return await self._resumption.resume() == 0 and not self._in_flight
+
+    async def _batch_work_left(self) -> bool:
+        """Whether requests still wait for provider batches; if none does, deliveries parked
+        on requests answered meanwhile are marked for resumption first (the submitter marks
+        them just after its apply: an idle check in between must not end the work)."""
+        try:
+            if await self.store.has_open_llm_requests():
+                return True
+            await self.store.request_resume_for_llm_requests(None)
+        except StoreError as exc:
+            logger.warning("cannot tell whether batch-mode requests are open: %s", exc)
+        return False
 
     # --- broker-side dead letters -----------------------------------------------------------
     def _start_exit_capture(self) -> None:

@@ -17,9 +17,12 @@ through the ``openai`` SDK's Files and Batches APIs on the ``AsyncOpenAI`` or
 exceptions are translated here, once, onto :func:`~docbus.llm_batch.classify_status`: a
 systemic refusal (bad key, no quota, queued-token limit) pauses the group and releases what was
 claimed, uncounted; a transient one leaves the record where it is for the next pass.
-``on_settled`` lets the worker write audit rows and costs and mark parked deliveries for
-resumption before the settlement is applied; it must be idempotent (a crash after it and before
-the apply calls it again). ``checkpoint`` is called at named points for crash tests.
+``on_settled`` lets the worker write costs before the settlement is applied; it must be
+idempotent (a crash after it and before the apply calls it again). ``on_done`` is told the keys
+of requests answered or failed once they are stored so (the worker resumes the deliveries
+parked on them), and ``None`` — all of them — when this submitter takes the lease over (its
+predecessor may have died between an apply and its hook) or after the hook failed.
+``checkpoint`` is called at named points for crash tests.
 """
 
 from __future__ import annotations
@@ -28,13 +31,14 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 import openai
 
+from docbus.backoff import BackoffPolicy, backoff_delay
 from docbus.llm_batch._lifecycle import (
     METADATA_KEY,
     PROVIDER_TERMINAL,
@@ -44,14 +48,14 @@ from docbus.llm_batch._lifecycle import (
     recovery_step,
 )
 from docbus.llm_batch._outcomes import (
+    POLL_BACKOFF,
+    SUBMISSION_BACKOFF,
     Failure,
     Kind,
     SettleLimits,
     Settlement,
     classify_status,
-    poll_delay,
     settle,
-    submission_delay,
 )
 from docbus.llm_batch._plan import FileLimits, SubmitPolicy, plan_files, should_submit
 from docbus.llm_batch._results import Line, read_lines
@@ -62,6 +66,7 @@ logger = logging.getLogger(__name__)
 
 Client = openai.AsyncOpenAI  # AsyncAzureOpenAI is one too
 SettledHook = Callable[[ProviderBatchRecord, Settlement], Awaitable[None]]
+DoneHook = Callable[[Sequence[str] | None], Awaitable[None]]
 _ADOPTION_SCAN = 1000  # provider batches looked through for one a crashed create made
 _ABANDONABLE = frozenset(
     {ProviderBatchState.CLAIMING, ProviderBatchState.CLAIMED, ProviderBatchState.UPLOADED}
@@ -83,6 +88,10 @@ class SubmitterOptions:
     url_for: Mapping[str, str] = field(default_factory=dict)
     """Endpoint -> the path written in lines and given to ``batches.create`` (Azure:
     ``{"/v1/chat/completions": "/chat/completions"}``)."""
+    poll: BackoffPolicy = POLL_BACKOFF
+    """Waits between polls of an open provider batch."""
+    refusal: BackoffPolicy = SUBMISSION_BACKOFF
+    """Waits before submitting a group again after a systemic refusal."""
 
     def __post_init__(self) -> None:
         if not 0 < self.renew_every < self.lease_ttl:
@@ -116,6 +125,7 @@ class Submitter:
         holder: str,
         options: SubmitterOptions | None = None,
         on_settled: SettledHook | None = None,
+        on_done: DoneHook | None = None,
         checkpoint: Callable[[str], None] | None = None,
         clock: Callable[[], datetime] = _now,
     ) -> None:
@@ -124,6 +134,11 @@ class Submitter:
         self.holder = holder
         self.options = options or SubmitterOptions()
         self._on_settled = on_settled
+        self._on_done = on_done
+        self._sweep = False
+        """``on_done`` must be told again about every settled request (``None``): this
+        holder is new (its predecessor may have died between a settlement and its hook) or
+        the hook failed."""
         self._checkpoint = checkpoint or (lambda point: None)
         self._clock = clock
         self._lease: SubmitterLease | None = None
@@ -151,12 +166,17 @@ class Submitter:
     async def run_once(self) -> PassReport:
         """One pass: take the lease, move open records on, submit ready groups."""
         report = PassReport()
+        previous = self._lease
         self._lease = await self.store.acquire_submitter_lease(
             self.holder, self.options.lease_ttl, now=self._clock()
         )
         if self._lease is None:
             return report
         report.holder = True
+        if previous is None or previous.token != self._lease.token:
+            self._sweep = True  # a new holder: what a crashed one left unsaid is said now
+        if self._sweep:
+            await self._done(None)
         try:
             now = self._clock()
             paused = {
@@ -217,6 +237,7 @@ class Submitter:
                     f"one request is larger than a whole input file "
                     f"({self.options.limits.max_bytes} bytes)",
                 )
+                await self._done(plan.oversized)
             for planned in plan.files:
                 record = await self.store.claim_llm_requests(
                     f"pb-{uuid.uuid4().hex[:16]}",
@@ -326,7 +347,7 @@ class Submitter:
         batch = await self.client.batches.retrieve(record.provider_batch_id)
         counts = batch.request_counts.model_dump() if batch.request_counts else {}
         if batch.status not in PROVIDER_TERMINAL:
-            delay = poll_delay(record.polls + 1)
+            delay = backoff_delay(max(1, record.polls + 1), self.options.poll)
             await self.store.record_poll(
                 record.id,
                 batch.status,
@@ -366,8 +387,24 @@ class Submitter:
             await self._on_settled(record, settlement)
         await self.store.apply_llm_settlement(record.id, settlement, token=self._token)
         report.settled += 1
+        await self._done([*settlement.answers, *settlement.dead])
         if settlement.systemic is not None:
             await self._pause(record, settlement.systemic, report)
+
+    async def _done(self, keys: Sequence[str] | None) -> None:
+        """Tell the ``on_done`` hook which requests are answered or failed now (after they
+        are stored so; ``None``: all there are). A failing hook is logged and the next pass
+        tells it about all of them: the requests are settled either way."""
+        if self._on_done is None or (keys is not None and not keys):
+            return
+        try:
+            await self._on_done(keys)
+        except Exception:
+            logger.exception("batch submitter: the on_done hook failed")
+            self._sweep = True
+        else:
+            if keys is None:
+                self._sweep = False
 
     # -- failures -----------------------------------------------------------------------------
 
@@ -398,7 +435,7 @@ class Submitter:
         refusals = pauses[(record.endpoint, record.model)].refusals + 1 if (
             (record.endpoint, record.model) in pauses
         ) else 1  # fmt: skip
-        until = self._clock() + timedelta(seconds=submission_delay(refusals))
+        until = self._clock() + timedelta(seconds=backoff_delay(refusals, self.options.refusal))
         await self.store.pause_llm_submission(
             record.endpoint,
             record.model,

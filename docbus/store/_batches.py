@@ -216,6 +216,15 @@ class BatchesMixin(StoreBase):
             over_budget=bool(raw.get("over_budget")),
         )
 
+    async def batch_llm_mode(self, batch_id: str) -> str | None:
+        """The LLM mode a batch was published (or replayed) with, ``live`` or ``batch``;
+        None when it has no record or says nothing (then the handler's or the settings' mode
+        applies)."""
+        with _translated(f"read the llm mode of batch {batch_id}"):
+            raw = await self._c("batches").find_one({"_id": batch_id}, {"llm_mode": 1})
+        mode = raw.get("llm_mode") if raw else None
+        return str(mode) if mode else None
+
     async def set_batch_budget(self, batch_id: str, usd: float | None) -> BatchRecord | None:
         """Set (``None``: clear) a batch's own LLM budget; returns the updated record.
 

@@ -56,6 +56,8 @@ class LLMRequestRecord(BaseModel):
     size: int
     """Bytes of its line in an input file (for splitting and accumulation)."""
     estimated_tokens: int = 0
+    estimated_usd: float = 0.0
+    """Its expected cost at the batch price, reserved against its batch's budget while open."""
     step_id: str
     batch_id: str | None = None
     doc_id: str | None = None
@@ -135,9 +137,11 @@ class LLMRequestsMixin(StoreBase):
         batch_id: str | None = None,
         doc_id: str | None = None,
         handler: str | None = None,
+        estimated_usd: float = 0.0,
     ) -> LLMRequestRecord:
         """Register ``request`` as pending, or return its record as it stands if the same call
-        was registered before (a redelivery): registering twice changes nothing."""
+        was registered before (a redelivery): registering twice changes nothing.
+        ``estimated_usd`` is reserved against its batch's budget until it is answered."""
         now = _now()
         fields = {
             "endpoint": request.endpoint,
@@ -145,6 +149,7 @@ class LLMRequestsMixin(StoreBase):
             "body": dict(request.body),
             "size": len(input_line(request)),
             "estimated_tokens": request.estimated_tokens,
+            "estimated_usd": estimated_usd,
             "step_id": step_id,
             "batch_id": batch_id,
             "doc_id": doc_id,
@@ -258,6 +263,37 @@ class LLMRequestsMixin(StoreBase):
             async for row in await self._c(REQUESTS).aggregate(pipeline):
                 counts[str(row["_id"])] = int(row["n"])
         return counts
+
+    async def reserved_llm_usd(self, batch_id: str) -> float:
+        """The estimated cost of a batch's requests not answered yet (pending, submitted or
+        held): what its next round will spend, counted against its budget."""
+        pipeline: list[dict[str, Any]] = [
+            {
+                "$match": {
+                    "batch_id": batch_id,
+                    "state": {
+                        "$in": [
+                            LLMRequestState.PENDING.value,
+                            LLMRequestState.SUBMITTED.value,
+                            LLMRequestState.HELD.value,
+                        ]
+                    },
+                }
+            },
+            {"$group": {"_id": None, "usd": {"$sum": "$estimated_usd"}}},
+        ]
+        with _translated(f"sum the reserved LLM cost of {batch_id}"):
+            async for row in await self._c(REQUESTS).aggregate(pipeline):
+                return float(row.get("usd") or 0.0)
+        return 0.0
+
+    async def has_open_llm_requests(self) -> bool:
+        """Whether any request waits for a provider batch (pending or submitted): a worker
+        with batch-mode work outstanding is not idle."""
+        open_states = [LLMRequestState.PENDING.value, LLMRequestState.SUBMITTED.value]
+        with _translated("look for open LLM requests"):
+            found = await self._c(REQUESTS).find_one({"state": {"$in": open_states}}, {"_id": 1})
+        return found is not None
 
     async def hold_llm_requests(self, batch_id: str) -> int:
         """Hold a cancelled docbus batch's pending requests (not submitted until resumed);

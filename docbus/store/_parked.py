@@ -14,15 +14,20 @@ park and resume; ``docbus parked`` lists them.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
+from pymongo import ASCENDING, IndexModel, UpdateOne
 
 from docbus.store._base import StoreBase
 from docbus.store._errors import _translated
+from docbus.store._llm_requests import REQUESTS, LLMRequestState
 
 COLLECTION = "parked"
+AWAITING_BATCH = "AwaitingBatch"
+"""The reason of a delivery parked until its batch-mode LLM requests are answered."""
 
 UNCONFIRMED_AFTER = timedelta(minutes=5)
 """A record whose deferral was never confirmed (the worker died in between) is fetched back
@@ -49,6 +54,15 @@ class ParkedMessage(BaseModel):
     resume_requested_at: datetime | None = None
     """Set by ``docbus parked resume``: the next worker of its subscription fetches it back
     whether or not it sees the cause as cleared."""
+    resumed_at: datetime | None = None
+    """Set when a worker fetched the message back and its handler started: the record stays
+    until the delivery settles (completed or dead-lettered: dropped; parked or given back:
+    replaced), so a worker that dies meanwhile strands nothing — the record is fetchable again
+    once :data:`UNCONFIRMED_AFTER` has passed."""
+    llm_requests: list[str] = Field(default_factory=list)
+    """Reason ``AwaitingBatch``: the keys of the batch-mode LLM requests it waits for; it is
+    marked for resumption once every one is answered or failed
+    (:meth:`ParkedMixin.request_resume_for_llm_requests`)."""
 
     @property
     def id(self) -> str:
@@ -93,12 +107,35 @@ def _query(
 class ParkedMixin(StoreBase):
     """Records of parked (deferred) messages."""
 
+    async def ensure_indexes(self) -> None:
+        await super().ensure_indexes()
+        with _translated("ensure the indexes of parked"):
+            await self._c(COLLECTION).create_indexes(
+                [IndexModel([("llm_requests", ASCENDING)], sparse=True)]
+            )
+
     async def park(self, parked: ParkedMessage) -> None:
         """Write ``parked``'s record, before its message is deferred (kept as it is if the
-        message has one already: parking twice keeps the first reason)."""
+        message has one already: parking twice keeps the first reason — except a record of a
+        resumed delivery, :meth:`mark_parked_resumed`, which this delivery's new park
+        replaces)."""
+        document = parked.model_dump()
         with _translated(f"park {parked.id}"):
+            replaced = await self._c(COLLECTION).replace_one(
+                {"_id": parked.id, "resumed_at": {"$ne": None}}, document
+            )
+            if replaced.matched_count == 0:
+                await self._c(COLLECTION).update_one(
+                    {"_id": parked.id}, {"$setOnInsert": document}, upsert=True
+                )
+
+    async def mark_parked_resumed(self, parked: ParkedMessage) -> None:
+        """A worker has ``parked``'s message back and its handler starts: the record stays
+        (not fetched again meanwhile) until the delivery settles (:meth:`unpark` once done,
+        :meth:`park` again once parked again)."""
+        with _translated(f"mark {parked.id} resumed"):
             await self._c(COLLECTION).update_one(
-                {"_id": parked.id}, {"$setOnInsert": parked.model_dump()}, upsert=True
+                {"_id": parked.id}, {"$set": {"resumed_at": datetime.now(UTC)}}
             )
 
     async def mark_parked_deferred(self, parked: ParkedMessage) -> None:
@@ -125,7 +162,8 @@ class ParkedMixin(StoreBase):
         """Parked messages matching every filter given, by sequence number (``limit`` 0: all).
 
         ``fetchable``: only those that can be fetched back now — deferred, or unconfirmed for
-        longer than :data:`UNCONFIRMED_AFTER`.
+        longer than :data:`UNCONFIRMED_AFTER` — and not in a worker's hands (resumed less
+        than :data:`UNCONFIRMED_AFTER` ago).
         """
         query = _query(
             topic=topic, subscription=subscription, reason=reason, batch_id=batch_id,
@@ -133,7 +171,10 @@ class ParkedMixin(StoreBase):
         )  # fmt: skip
         if fetchable:
             stale = datetime.now(UTC) - UNCONFIRMED_AFTER
-            query["$or"] = [{"deferred": True}, {"parked_at": {"$lt": stale}}]
+            query["$and"] = [
+                {"$or": [{"deferred": True}, {"parked_at": {"$lt": stale}}]},
+                {"$or": [{"resumed_at": None}, {"resumed_at": {"$lt": stale}}]},
+            ]
         with _translated("read parked messages"):
             cursor = self._c(COLLECTION).find(query).sort("sequence_number", 1)
             if limit:
@@ -218,5 +259,63 @@ class ParkedMixin(StoreBase):
         with _translated("request the resumption of parked messages"):
             outcome = await self._c(COLLECTION).update_many(
                 query, {"$set": {"resume_requested_at": datetime.now(UTC)}}
+            )
+        return outcome.modified_count
+
+    async def count_resumable_unconfirmed(self, *, topic: str, subscription: str) -> int:
+        """Records marked for resumption whose deferral is not confirmed yet (the parking
+        worker is between its record and its confirmation): fetchable in a moment."""
+        query = {
+            "topic": topic,
+            "subscription": subscription,
+            "deferred": False,
+            "resume_requested_at": {"$ne": None},
+        }
+        with _translated("count parked messages awaiting their deferral"):
+            return int(await self._c(COLLECTION).count_documents(query))
+
+    async def request_resume_for_llm_requests(self, keys: Iterable[str] | None = None) -> int:
+        """Mark for resumption the deliveries parked ``AwaitingBatch`` on any of ``keys``
+        (None: on any request) whose every request is answered or failed now; returns how
+        many were marked. Called once requests are settled — and after a delivery parks, for
+        the case where they were settled while it was parking."""
+        query: dict[str, Any] = {"reason": AWAITING_BATCH, "resume_requested_at": None}
+        if keys is not None:
+            wanted = list(dict.fromkeys(keys))
+            if not wanted:
+                return 0
+            query["llm_requests"] = {"$in": wanted}
+        with _translated("find the deliveries parked on LLM requests"):
+            waiting = [
+                (raw["_id"], list(raw.get("llm_requests") or []))
+                async for raw in self._c(COLLECTION).find(query, {"llm_requests": 1})
+            ]
+            needed = list({key for _, record_keys in waiting for key in record_keys})
+            done: set[str] = set()
+            if needed:
+                cursor = self._c(REQUESTS).find(
+                    {
+                        "_id": {"$in": needed},
+                        "state": {
+                            "$in": [LLMRequestState.ANSWERED.value, LLMRequestState.FAILED.value]
+                        },
+                    },
+                    {"_id": 1},
+                )
+                done = {raw["_id"] async for raw in cursor}
+        ready = [rid for rid, record_keys in waiting if set(record_keys) <= done]
+        if not ready:
+            return 0
+        now = datetime.now(UTC)
+        with _translated("request the resumption of deliveries parked on LLM requests"):
+            outcome = await self._c(COLLECTION).bulk_write(
+                [
+                    UpdateOne(
+                        {"_id": rid, "resume_requested_at": None},
+                        {"$set": {"resume_requested_at": now}},
+                    )
+                    for rid in ready
+                ],
+                ordered=False,
             )
         return outcome.modified_count

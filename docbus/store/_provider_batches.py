@@ -271,6 +271,16 @@ class ProviderBatchesMixin(StoreBase):
             )
             return {raw["_id"]: request_record(raw) async for raw in cursor}
 
+    async def submitted_llm_batches(self, record_id: str) -> dict[str, str | None]:
+        """The docbus batch of each request still submitted to record ``record_id``, by key
+        (what its answers are charged to), without their bodies."""
+        with _translated(f"read the batches of the requests of {record_id}"):
+            cursor = self._c(REQUESTS).find(
+                {"provider_batch": record_id, "state": LLMRequestState.SUBMITTED.value},
+                {"batch_id": 1},
+            )
+            return {raw["_id"]: raw.get("batch_id") async for raw in cursor}
+
     async def llm_request_history(self, record_id: str) -> dict[str, History]:
         """What earlier provider batches did to the requests still submitted to this one
         (the ``history`` :func:`docbus.llm_batch.settle` needs)."""
@@ -388,6 +398,33 @@ class ProviderBatchesMixin(StoreBase):
         with _translated(f"settle the requests of {record_id}"):
             if ops:
                 await self._c(REQUESTS).bulk_write(ops, ordered=False)
+
+    async def add_provider_batch_cost(
+        self,
+        record_id: str,
+        batch_id: str,
+        *,
+        usd: float,
+        prompt_tokens: int,
+        completion_tokens: int,
+        calls: int,
+    ) -> bool:
+        """Add what provider batch ``record_id`` answered for docbus batch ``batch_id`` (at the
+        batch price) to that batch's totals, once: the record's id is kept on the batch in
+        the same update, so collecting it again after a crash adds nothing. Returns whether
+        it was added now."""
+        increments = {
+            "cost.usd": usd,
+            "cost.prompt_tokens": prompt_tokens,
+            "cost.completion_tokens": completion_tokens,
+            "cost.calls": calls,
+        }
+        with _translated(f"add the cost of {record_id} to batch {batch_id}"):
+            outcome = await self._c("batches").update_one(
+                {"_id": batch_id, "llm_provider_batches_costed": {"$ne": record_id}},
+                {"$inc": increments, "$push": {"llm_provider_batches_costed": record_id}},
+            )
+        return outcome.modified_count == 1
 
     async def abandon_provider_batch(self, record_id: str, *, token: int) -> ProviderBatchRecord:
         """Release the requests of a record no provider batch was created for (``claiming``,

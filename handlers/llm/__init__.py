@@ -11,7 +11,8 @@ holds the shared :class:`RateLimiter`, :class:`PriceTable` and what it learnt ab
 Every request is audited in ``llm_calls`` and priced into the batch's totals; budgets are
 checked before each one. Failures arrive in the vocabulary of :mod:`handlers.errors`
 (:func:`translate` is the one place ``openai`` exceptions are mapped). Modules: ``client``,
-``bound``, ``schema``, ``audit``, ``errors``, ``pricing``, ``ratelimit``, ``tokens``.
+``bound``, ``schema``, ``audit``, ``errors``, ``pricing``, ``ratelimit``, ``tokens``, and for
+batch mode (calls through the provider's Batch API at half the price) ``mode`` and ``batch``.
 
 The names load on first use, so ``import handlers.llm`` costs nothing and ``openai`` (about
 half a second to import) is imported only by a module that needs it.

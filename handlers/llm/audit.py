@@ -96,17 +96,27 @@ def audit_row(  # noqa: PLR0913 - keyword-only fields of the audit record it bui
     )
 
 
-async def write_audit(store: Store | None, row: LLMCallRecord) -> None:
+async def write_audit(
+    store: Store | None, row: LLMCallRecord, *, row_id: Any = None, usage: bool = True
+) -> None:
     """Insert ``row`` and add its usage to its batch's totals (nothing without a store).
 
     An outage delays both, it does not lose them (:func:`handlers.writes.durably`): the row
     gets its id here, so a try whose outcome was unknown and a later one store it once. The
     usage increment has no such guard: after a timeout that hid its success it is counted
     twice (the rows stay the truth: ``docbus report`` sums them).
+
+    ``row_id`` gives the row a fixed id, written once however often it is written (a batch
+    answer read again by a redelivery); ``usage`` False leaves the batch's totals alone (a
+    batch answer's cost was added when the submitter collected it).
     """
     if store is None:
         return
-    document = {**row.model_dump(mode="python", exclude={"id"}), "_id": ObjectId()}
+    fixed = row_id is not None
+    document = {
+        **row.model_dump(mode="python", exclude={"id"}),
+        "_id": row_id if fixed else ObjectId(),
+    }
     tried = False
 
     async def insert() -> None:
@@ -114,13 +124,13 @@ async def write_audit(store: Store | None, row: LLMCallRecord) -> None:
         try:
             await store.record_llm_call(document)
         except StoreError as exc:
-            if not (tried and is_duplicate(exc)):  # else: the unknown try was stored
+            if not ((tried or fixed) and is_duplicate(exc)):  # else: it is stored already
                 raise
         finally:
             tried = True
 
     writes: list[Coroutine[Any, Any, object]] = [durably(store, insert, "llm call audit row")]
-    if row.batch_id is not None:
+    if row.batch_id is not None and usage:
         batch_id = row.batch_id
         writes.append(
             durably(

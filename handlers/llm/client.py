@@ -19,6 +19,12 @@ a few times (honouring ``Retry-After``), then raised as :class:`~handlers.errors
 worker's delivery-level backoff. A 400 that names a parameter the server lacks (structured
 outputs, ``temperature``, ``max_completion_tokens``) is remembered per model and the request
 is sent again without it.
+
+In batch mode (:mod:`handlers.llm.mode`: the batch's, the handler's or the settings' choice) a
+call is not sent: :func:`handlers.llm.batch.batch_exchange` registers it for the next provider
+batch, or returns its stored answer through the same parsing and audit; and
+:meth:`LLMClient.batch_submitter` is the submitter the worker runs over the same ``openai``
+client (:mod:`docbus.llm_batch.submitter`).
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ import json
 import logging
 import random
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, Self
@@ -36,12 +42,20 @@ from typing import TYPE_CHECKING, Any, Literal, Self
 import openai
 
 from docbus.backoff import BackoffPolicy, backoff_delay
+from docbus.llm_batch.submitter import Submitter, SubmitterOptions
 from docbus.records import LLMCallRecord
 from docbus.settings import LLMSettings, Settings
 from docbus.store import Store
+from handlers.batch_round import round_of
 from handlers.delivery import delivery_of
 from handlers.errors import DeadLetter, HandlerOutcome, OverBudget, Retry, SystemicFailure
 from handlers.llm.audit import Filtered, audit_row, write_audit
+from handlers.llm.batch import (
+    BatchBookkeeping,
+    Reservations,
+    batch_exchange,
+    submitter_options,
+)
 from handlers.llm.errors import (
     LLMConfigError,
     never_connected,
@@ -49,6 +63,7 @@ from handlers.llm.errors import (
     translate,
     unsupported_parameter,
 )
+from handlers.llm.mode import LLMMode, resolve_llm_mode
 from handlers.llm.pricing import PriceTable
 from handlers.llm.ratelimit import RateLimiter, Reservation
 from handlers.llm.tokens import TokenCounter
@@ -98,6 +113,11 @@ class LLMOptions:
     budget_refresh: float = 5.0
     """Seconds a batch found without any budget is not looked at again: a budget given to such
     a batch applies within this time (a changed budget applies at once)."""
+    llm_mode: LLMMode = "live"
+    """The settings' mode (``llm.mode``): used when neither the batch nor the handler says."""
+    mode_refresh: float = 30.0
+    """Seconds a batch's LLM mode is remembered before its record is read again (a replay
+    may change it)."""
 
 
 @dataclass(slots=True)
@@ -153,8 +173,11 @@ class LLMClient:
         limiter: RateLimiter | None = None,
         tokens: TokenCounter | None = None,
         credential: Any = None,
+        batch_options: SubmitterOptions | None = None,
     ) -> None:
         self.openai = openai_client
+        self.batch_options = batch_options or SubmitterOptions()
+        """How batch mode's submitter works (``llm.batch``; :meth:`batch_submitter`)."""
         self.options = options or LLMOptions()
         self.store = store
         self.pricing = pricing or PriceTable()
@@ -165,6 +188,9 @@ class LLMClient:
         self._completion_estimates: dict[str, float] = {}
         self._connection_failures = 0
         self._unbudgeted: dict[str, float] = {}  # batch -> when to look for a budget again
+        self._batch_modes: dict[str, tuple[str | None, float]] = {}  # batch -> (mode, until)
+        self.reservations = Reservations(self.options.budget_refresh)
+        """Batch mode's open requests' estimated cost per batch (counted against budgets)."""
         self._rng = random.Random()
         # Quick retries inside one call: a quarter of a second, doubling, ±50 % jitter.
         self._backoff = BackoffPolicy(
@@ -222,6 +248,7 @@ class LLMClient:
             budget_per_batch_usd=llm.budget_per_batch_usd,
             budget_per_document_usd=llm.budget_per_document_usd,
             token_parameter=token_parameter,
+            llm_mode=llm.mode,
         )
         return cls(
             client,
@@ -230,6 +257,7 @@ class LLMClient:
             pricing=PriceTable.from_settings(llm),
             limiter=RateLimiter.from_settings(llm),
             credential=credential,
+            batch_options=submitter_options(llm.batch, azure=bool(llm.azure_endpoint)),
         )
 
     def __repr__(self) -> str:
@@ -258,6 +286,25 @@ class LLMClient:
         if self._credential is not None:
             credential, self._credential = self._credential, None
             await credential.close()
+
+    def batch_submitter(
+        self, holder: str, *, resumable: Callable[[], None] | None = None
+    ) -> Submitter:
+        """The batch-mode submitter over this client's ``openai`` client (the same key or
+        Entra ID, the same HTTP client): costs at the batch price, parked deliveries marked
+        for resumption as their requests are answered (``resumable`` is then called: look
+        now). Run it with ``await submitter.run(stop)``."""
+        if self.store is None:
+            raise LLMConfigError("batch mode needs the store: give LLMClient a store")
+        keeping = BatchBookkeeping(self.store, self.pricing, resumable)
+        return Submitter(
+            self.store,
+            self.openai,
+            holder=holder,
+            options=self.batch_options,
+            on_settled=keeping.on_settled,
+            on_done=keeping.on_done,
+        )
 
     def bind(self, ctx: Context | None) -> BoundLLM:
         """The client as one delivery's handler uses it (``ctx.llm``)."""
@@ -300,6 +347,15 @@ class LLMClient:
         request path, used by :class:`~handlers.llm.bound.BoundLLM` (handlers call that, not
         this). Checks budgets and rate limits, retries what is transient, audits every try,
         and raises what :mod:`handlers.llm.errors` translates failures into."""
+        if ctx is None:
+            return await self._exchange(ctx, ask)
+        with round_of(ctx).calling():  # batch mode's round waits for it (batch_round)
+            if await self.llm_mode(ctx) == "batch":
+                return await batch_exchange(self, ctx, ask)
+            return await self._exchange(ctx, ask)
+
+    async def _exchange(self, ctx: Context | None, ask: Ask) -> Answer:
+        """:meth:`exchange` with the live endpoint."""
         model = ask.model or self.options.model
         features = self._features_for(model)
         retry = 0
@@ -338,17 +394,8 @@ class LLMClient:
             prompt_tokens, completion_tokens = reply.prompt_tokens, reply.completion_tokens
             self.limiter.release(reservation, tokens=prompt_tokens + completion_tokens)
             self._learn(model, raw.headers, completion_tokens)
-            text, finish, refusal = reply.text, reply.finish_reason, reply.refusal
-            parsed: Any = None
-            error: Exception | None = None
-            filtered = finish == "content_filter" or bool(refusal)
-            if filtered:
-                error = Filtered(f"model refused: {refusal}" if refusal else "answer filtered")
-            elif ask.parse is not None:
-                try:
-                    parsed = ask.parse(text)
-                except Exception as exc:  # the parser's verdict: recorded, then re-asked
-                    error = exc
+            text, finish = reply.text, reply.finish_reason
+            parsed, error, filtered = reply.judged(ask)
             row = self._row(
                 ctx,
                 ask,
@@ -542,9 +589,36 @@ class LLMClient:
                 return True
         return False
 
+    # -- mode ------------------------------------------------------------------------------------
+
+    async def llm_mode(self, ctx: Context) -> LLMMode:
+        """How ``ctx``'s calls go (:func:`~handlers.llm.mode.resolve_llm_mode`): the batch's
+        mode (read once per ``mode_refresh`` per batch), the handler's, the settings'."""
+        spec = ctx.handler
+        if spec.ordered_by:
+            return "live"
+        batch_mode: str | None = None
+        if self.store is not None:
+            now = time.monotonic()
+            cached = self._batch_modes.get(ctx.batch_id)
+            if cached is None or cached[1] <= now:
+                batch_mode = await self.store.batch_llm_mode(ctx.batch_id)
+                self._batch_modes[ctx.batch_id] = (batch_mode, now + self.options.mode_refresh)
+            else:
+                batch_mode = cached[0]
+        mode = resolve_llm_mode(batch_mode, spec.llm_mode, self.options.llm_mode)
+        if mode == "batch" and self.store is None:
+            raise LLMConfigError("batch mode needs the store: give LLMClient a store")
+        return mode
+
     # -- budgets ---------------------------------------------------------------------------------
 
-    async def _check_budget(self, ctx: Context | None) -> None:
+    async def _check_budget(
+        self, ctx: Context | None, reserved: Callable[[], Awaitable[float]] | None = None
+    ) -> None:
+        """Raise :class:`OverBudget` if ``ctx``'s batch (or document) has spent its budget;
+        ``reserved`` adds what the batch has committed but not paid yet (batch mode's open
+        requests), asked only when a budget applies."""
         store = self.store
         if store is None or ctx is None:
             return
@@ -564,6 +638,8 @@ class LLMClient:
             else:
                 self._unbudgeted.pop(batch_id, None)
                 spent = status.spent_usd if status is not None else await store.llm_spend(batch_id)
+                if reserved is not None:
+                    spent += await reserved()
                 if spent >= budget:
                     if status is not None and not status.over_budget:
                         await store.set_batch_over_budget(batch_id, True)
@@ -591,27 +667,45 @@ class _Reply:
     prompt_tokens: int
     completion_tokens: int
 
+    def judged(self, ask: Ask) -> tuple[Any, Exception | None, bool]:
+        """What the answer is worth to ``ask``: its parsed value, the parser's error (the
+        audit keeps it; a re-ask follows), and whether the model refused or was filtered."""
+        if self.finish_reason == "content_filter" or self.refusal:
+            why = f"model refused: {self.refusal}" if self.refusal else "answer filtered"
+            return None, Filtered(why), True
+        if ask.parse is None:
+            return None, None, False
+        try:
+            return ask.parse(self.text), None, False
+        except Exception as exc:  # the parser's verdict: recorded, then re-asked
+            return None, exc, False
+
+    @classmethod
+    def of(cls, data: Mapping[str, Any]) -> _Reply:
+        """The reply in a chat completion's JSON (a live response's, or a batch line's
+        ``response.body``); raises ValueError, TypeError, AttributeError or IndexError."""
+        choices = data.get("choices") or [{}]
+        choice, usage = choices[0], data.get("usage") or {}
+        message = choice.get("message") or {}
+        content = message.get("content") or ""
+        if isinstance(content, list):  # content parts, as some servers answer
+            content = "".join(str(part.get("text", "")) for part in content)
+        return cls(
+            text=str(content),
+            finish_reason=choice.get("finish_reason"),
+            refusal=message.get("refusal"),
+            model=data.get("model"),
+            prompt_tokens=int(usage.get("prompt_tokens") or 0),
+            completion_tokens=int(usage.get("completion_tokens") or 0),
+        )
+
     @classmethod
     def read(cls, raw: Any) -> _Reply:
         """The reply in ``raw`` (the SDK's raw response); raises the SDK's
         ``APIResponseValidationError`` for a body that is not a chat completion."""
         body = raw.parse()
         try:
-            data = json.loads(body)
-            choices = data.get("choices") or [{}]
-            choice, usage = choices[0], data.get("usage") or {}
-            message = choice.get("message") or {}
-            content = message.get("content") or ""
-            if isinstance(content, list):  # content parts, as some servers answer
-                content = "".join(str(part.get("text", "")) for part in content)
-            return cls(
-                text=str(content),
-                finish_reason=choice.get("finish_reason"),
-                refusal=message.get("refusal"),
-                model=data.get("model"),
-                prompt_tokens=int(usage.get("prompt_tokens") or 0),
-                completion_tokens=int(usage.get("completion_tokens") or 0),
-            )
+            return cls.of(json.loads(body))
         except (ValueError, TypeError, AttributeError, IndexError) as exc:
             raise openai.APIResponseValidationError(
                 response=raw.http_response,

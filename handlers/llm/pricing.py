@@ -12,6 +12,8 @@ followed by ``-`` (so ``gpt-4o-mini-2024-07-18`` is priced as ``gpt-4o-mini``). 
 (:mod:`handlers.llm.client`) prices each call by the model the server says answered, falling
 back to the one asked for (an Azure deployment name). Unknown models cost 0, with one warning
 per model. Cached-input discounts are not modelled: cached prompt tokens are priced in full.
+Calls answered through the Batch API cost ``batch_input``/``batch_output`` (default: half the
+live price): ``cost(..., llm_mode="batch")``.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Literal
 
 from docbus.settings import LLMSettings, Settings
 
@@ -31,21 +33,35 @@ logger = logging.getLogger(__name__)
 
 _PER_TOKENS = 1_000_000
 
+LLMMode = Literal["live", "batch"]
+
 
 @dataclass(frozen=True, slots=True)
 class Price:
-    """USD per million prompt (``input``) and completion (``output``) tokens."""
+    """USD per million prompt (``input``) and completion (``output``) tokens, live and through
+    the Batch API (``batch_input``/``batch_output``; None: half the live price, as OpenAI and
+    Azure OpenAI Global Batch charge)."""
 
     input: float
     output: float
+    batch_input: float | None = None
+    batch_output: float | None = None
 
     def __post_init__(self) -> None:
-        if self.input < 0 or self.output < 0:
+        prices = (self.input, self.output, self.batch_input or 0.0, self.batch_output or 0.0)
+        if min(prices) < 0:
             raise ValueError("prices must be zero or positive")
 
-    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
-        """USD for this many tokens."""
-        return (prompt_tokens * self.input + completion_tokens * self.output) / _PER_TOKENS
+    def cost(
+        self, prompt_tokens: int, completion_tokens: int, *, llm_mode: LLMMode = "live"
+    ) -> float:
+        """USD for this many tokens, sent live or in a provider batch."""
+        if llm_mode == "batch":
+            per_input = self.input / 2 if self.batch_input is None else self.batch_input
+            per_output = self.output / 2 if self.batch_output is None else self.batch_output
+        else:
+            per_input, per_output = self.input, self.output
+        return (prompt_tokens * per_input + completion_tokens * per_output) / _PER_TOKENS
 
 
 OFFLINE_MODEL_PRICE = Price(0.15, 0.60)
@@ -110,15 +126,17 @@ class PriceTable:
         completion_tokens: int,
         *,
         fallback: str | None = None,
+        llm_mode: LLMMode = "live",
     ) -> float:
-        """USD for a call answered by ``model`` (else priced as ``fallback``); unknown: 0."""
+        """USD for a call answered by ``model`` (else priced as ``fallback``), sent live or in
+        a provider batch (``llm_mode="batch"``: the batch price); unknown: 0."""
         price = self.price(model)
         if price is None and fallback is not None:
             price = self.price(fallback)
         if price is None:
             self._warn_once(model if fallback is None else f"{model} ({fallback})")
             return 0.0
-        return price.cost(prompt_tokens, completion_tokens)
+        return price.cost(prompt_tokens, completion_tokens, llm_mode=llm_mode)
 
     def _warn_once(self, model: str) -> None:
         with self._lock:
@@ -136,5 +154,19 @@ def _as_price(value: Any) -> Price:
     if isinstance(value, Price):
         return value
     if isinstance(value, Mapping):
-        return Price(float(value["input"]), float(value["output"]))
-    return Price(float(value.input), float(value.output))
+        return Price(
+            float(value["input"]),
+            float(value["output"]),
+            _optional(value.get("batch_input")),
+            _optional(value.get("batch_output")),
+        )
+    return Price(
+        float(value.input),
+        float(value.output),
+        _optional(getattr(value, "batch_input", None)),
+        _optional(getattr(value, "batch_output", None)),
+    )
+
+
+def _optional(value: Any) -> float | None:
+    return None if value is None else float(value)

@@ -21,6 +21,8 @@ TOPOLOGY = parse_topology(
         "topics": [
             {"name": "docs", "subscriptions": [{"name": "work"}, {"name": "other"}]},
             {"name": "llm", "subscriptions": [{"name": "steps"}]},
+            # the built-in handlers' topic (batch mode's tests run handlers.builtin.entities)
+            {"name": "documents", "subscriptions": [{"name": "entities"}]},
             {
                 # a lock a handler that blocks the event loop outlives (tests of lock loss)
                 "name": "slow",
