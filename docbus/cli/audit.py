@@ -30,6 +30,7 @@ from typing import IO, Any, Literal
 from rich.console import Console
 
 from docbus.ops.audit import EXPORT_FIELDS, ExportFilter, export_rows
+from docbus.ops.batches import no_batch
 from docbus.settings import Settings
 from docbus.store import Store
 
@@ -105,8 +106,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     export.add_argument(
         "--format",
         choices=("jsonl", "csv"),
-        help="jsonl (default) or csv (messages and parsed output JSON-encoded); "
-        "default: from the --output suffix",
+        help="jsonl or csv (messages and parsed output JSON-encoded); default: csv when "
+        "--output ends in .csv, else jsonl",
     )
     export.add_argument(
         "--output", "-o", type=Path, metavar="FILE", help="write here (default: stdout)"
@@ -157,6 +158,8 @@ async def _export(
     settings: Settings, selection: ExportFilter, writer: RowWriter, errors: Console
 ) -> int:
     async with Store.from_settings(settings) as store:
+        if await store.get_batch(selection.batch_id) is None:
+            raise no_batch(selection.batch_id)
         if not errors.is_terminal:
             return await export_calls(store, selection, writer)
         with errors.status("exporting…") as status:

@@ -22,6 +22,7 @@ from rich.table import Table
 from rich.text import Text
 
 from docbus.cli import print_json
+from docbus.cli.arguments import count
 from docbus.cli.dead_letter_filter import add_filter_arguments, filter_from_args
 from docbus.envelope import Envelope
 from docbus.ops import NotFound
@@ -200,7 +201,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_filter_arguments(listing)
     listing.add_argument("--group-by", choices=sorted(GROUPS), help="counts per group")
     listing.add_argument(
-        "--limit", type=int, default=100, metavar="N", help="rows shown (default 100; 0: all)"
+        "--limit", type=count, default=100, metavar="N", help="rows shown (default 100; 0: all)"
     )
     listing.add_argument("--json", action="store_true", help="print the rows as JSON")
     show = commands.add_parser("show", help="one dead letter, its document and LLM calls")

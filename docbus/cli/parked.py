@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from rich.console import Console
 from rich.table import Table
 
+from docbus.cli.arguments import count
 from docbus.ops.parked import ParkedSelection, parked_overview, request_resume
 from docbus.settings import Settings
 from docbus.store import ParkedGroup, ParkedMessage, Store
@@ -43,7 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         )
         sub.add_argument("--json", action="store_true", help="print JSON instead of tables")
     listing.add_argument(
-        "--limit", type=int, default=50, metavar="N", help="rows shown (default 50; 0: all)"
+        "--limit", type=count, default=50, metavar="N", help="rows shown (default 50; 0: all)"
     )
 
 

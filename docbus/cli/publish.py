@@ -36,7 +36,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from docbus.cli import brief
+from docbus.cli import arguments, brief
 from docbus.cli.config import load_settings
 from docbus.envelope import BATCH_ID_PATTERN, new_batch_id
 from docbus.errors import ConfigurationError
@@ -85,7 +85,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "paths", nargs="+", metavar="PATH", help="files, directories or globs to publish"
     )
     parser.add_argument("--topic", required=True, help="Service Bus topic to send to")
-    parser.add_argument("--batch-id", help="batch id (default: a fresh time-sortable one)")
+    parser.add_argument(
+        "--batch-id", type=arguments.batch_id, help="batch id (default: a fresh time-sortable one)"
+    )
     parser.add_argument(
         "--format",
         choices=["auto", "files", "jsonl", "csv"],
@@ -129,7 +131,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--budget",
-        type=_budget,
+        type=arguments.money,
         metavar="USD",
         help="maximum LLM spending for this batch, in US dollars",
     )
@@ -160,16 +162,6 @@ def _llm_mode_refusal(args: argparse.Namespace, topology: Topology) -> str | Non
         except HandlerDiscoveryError as exc:
             return f"cannot read --handlers {args.handlers}: {exc}"
     return batch_mode_refusal(args.topic, args.llm_mode, topology=topology, handlers=handlers)
-
-
-def _budget(value: str) -> float:
-    try:
-        amount = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of dollars: {value!r}") from None
-    if not amount > 0:
-        raise argparse.ArgumentTypeError("the budget must be more than 0 dollars")
-    return amount
 
 
 def run(  # noqa: C901 - one branch per refusal the command turns into a line and an exit code
