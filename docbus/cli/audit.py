@@ -29,6 +29,7 @@ from typing import IO, Any, Literal
 
 from rich.console import Console
 
+from docbus.ops import NotFound
 from docbus.ops.audit import EXPORT_FIELDS, ExportFilter, export_rows
 from docbus.ops.batches import no_batch
 from docbus.settings import Settings
@@ -138,12 +139,15 @@ def run(
             if count == 0:
                 raise _NothingMatched
     except _NothingMatched:
-        say_error("audit", f"no LLM calls match {selection.describe()}")
+        say_error("audit export", f"no LLM calls match {selection.describe()}")
+        return 1
+    except NotFound as exc:
+        say_error("audit export", str(exc))
         return 1
     except BrokenPipeError:
         raise  # the reader went away (`| head`): the runner ends quietly
     except OSError as exc:
-        say_error("audit", f"cannot write the export: {exc}")
+        say_error("audit export", f"cannot write the export: {exc}")
         return 1
     where = str(args.output) if args.output is not None else "stdout"
     errors.print(f"exported {count:,} LLM call(s) as {fmt} to {where}", highlight=False)
@@ -158,17 +162,19 @@ async def _export(
     settings: Settings, selection: ExportFilter, writer: RowWriter, errors: Console
 ) -> int:
     async with Store.from_settings(settings) as store:
-        if await store.get_batch(selection.batch_id) is None:
-            raise no_batch(selection.batch_id)
         if not errors.is_terminal:
-            return await export_calls(store, selection, writer)
-        with errors.status("exporting…") as status:
+            count = await export_calls(store, selection, writer)
+        else:
+            with errors.status("exporting…") as status:
 
-            def progress(count: int) -> None:
-                if count % 100 == 0:
-                    status.update(f"exporting… {count:,} LLM calls")
+                def progress(count: int) -> None:
+                    if count % 100 == 0:
+                        status.update(f"exporting… {count:,} LLM calls")
 
-            return await export_calls(store, selection, writer, progress)
+                count = await export_calls(store, selection, writer, progress)
+        if count == 0 and await store.get_batch(selection.batch_id) is None:
+            raise no_batch(selection.batch_id)  # not "no calls match": there is no such batch
+        return count
 
 
 @contextlib.contextmanager

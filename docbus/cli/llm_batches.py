@@ -152,7 +152,7 @@ async def _carry_out(
         async with Store.from_settings(settings) as store:
             outcome = await act(store)
     except LLMBatchRefused as exc:
-        say_error("llm-batches", str(exc))
+        say_error(f"llm-batches {args.llm_batches_command}", str(exc))
         return None
     if args.json:
         print_json(console, outcome.to_json())

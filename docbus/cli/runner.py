@@ -141,6 +141,10 @@ def _exit_code_epilog(own: Mapping[int, str] | None) -> str:
     return "exit codes:\n" + "\n".join(lines)
 
 
+# Codes only one command gives, listed by `docbus --help` with the common ones.
+_ONE_COMMAND_CODES: dict[int, str] = {4: "docbus worker only: messages are left parked"}
+
+
 # -- the runner ---------------------------------------------------------------------------------
 
 
@@ -303,7 +307,7 @@ def _top_parser() -> argparse.ArgumentParser:
         prog="docbus",
         description="Batch LLM work on documents, on Azure Service Bus.",
         epilog="commands:\n" + "\n".join(lines) + "\n\nRun 'docbus COMMAND --help' for details."
-        "\n\n" + _exit_code_epilog(None),
+        "\n\n" + _exit_code_epilog(_ONE_COMMAND_CODES),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"docbus {_version()}")
@@ -330,8 +334,42 @@ def build_parser(command: str) -> argparse.ArgumentParser:
             choices=LOG_LEVELS,
             help="logging verbosity (default: warning; DOCBUS_LOG_LEVEL)",
         )
+    for subparser in _subparsers(parser):
+        # `docbus dlq list --help` tells the same truth as `docbus dlq --help`
+        if subparser.epilog is None:
+            subparser.epilog = parser.epilog
+            subparser.formatter_class = argparse.RawDescriptionHelpFormatter
+        if not any(action.dest == "log_level" for action in subparser._actions):
+            subparser.add_argument(
+                "--log-level",
+                type=str.lower,
+                # SUPPRESS: the value parsed before the subcommand (_hoist_log_level) stands
+                default=argparse.SUPPRESS,
+                choices=LOG_LEVELS,
+                help="logging verbosity (default: warning; DOCBUS_LOG_LEVEL)",
+            )
     parser.set_defaults(_module=module)
     return parser
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """The parsers of ``parser``'s subcommands (``dlq list``, ``results show``, ...)."""
+    found: list[argparse.ArgumentParser] = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            found.extend(dict.fromkeys(action.choices.values()))  # aliases: once each
+    return found
+
+
+def command_label(parser: argparse.ArgumentParser, args: argparse.Namespace) -> str:
+    """What errors call the command: ``publish``, or with its subcommand, ``dlq show``."""
+    label = parser.prog.removeprefix("docbus ")
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction) and action.dest:
+            chosen = getattr(args, action.dest, None)
+            if isinstance(chosen, str):
+                label = f"{label} {chosen}"
+    return label
 
 
 def _hoist_log_level(args: list[str]) -> list[str]:
@@ -362,9 +400,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             top.parse_args(argv[:1])  # --version, --help, or the usage error of a bad command
             return ExitCode.USAGE
         command, rest = argv[0], _hoist_log_level(argv[1:])
-        args = build_parser(command).parse_args(rest)
+        parser = build_parser(command)
+        args = parser.parse_args(rest)
     except SystemExit as exit_:  # argparse: --help, --version, or a usage error already printed
         return exit_.code if isinstance(exit_.code, int) else ExitCode.USAGE
+    command = command_label(parser, args)
     level = _log_level(args)
     if level is None:
         _say(

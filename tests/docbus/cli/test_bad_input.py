@@ -4,6 +4,7 @@ no traceback, nothing connected to or lost — through the real ``docbus`` entry
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 
 import pytest
@@ -96,5 +97,111 @@ async def test_audit_of_an_unknown_batch_says_the_batch_is_unknown(
     code = await asyncio.to_thread(cli.main, argv)
     line = one_line(capsys.readouterr().err)
     assert code == 1
-    assert line.startswith("docbus audit: error: ") and "no batch 'nope'" in line, line
+    assert line.startswith("docbus audit export: error: ") and "no batch 'nope'" in line, line
     assert not output.exists()
+
+
+# -- publish: paths, empty inputs, --json refusals, id fields ---------------------------------
+
+TOPOLOGY = str(Path(__file__).resolve().parents[3] / "infra" / "topology.toml")
+
+
+def publish(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    return run(capsys, "publish", *argv, "--topic", "documents", "--topology", TOPOLOGY)
+
+
+@pytest.mark.parametrize("where", ["missing.jsonl", "empty-directory", "*.zzz"])
+def test_a_path_that_names_no_file_is_one_line_and_exit_2(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, where: str
+) -> None:
+    (tmp_path / "empty-directory").mkdir()
+    code, out, err = publish(capsys, str(tmp_path / where))
+    assert code == 2
+    assert out == ""  # no invalid-input table
+    line = one_line(err)
+    assert line.startswith(f"docbus publish: error: {tmp_path / where}: ")
+    assert "check the path" in line and "--skip-invalid" not in line
+
+
+@pytest.mark.parametrize("content", ["", "\n\n  \n"], ids=["empty", "blank lines"])
+def test_an_input_without_documents_is_named(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, content: str
+) -> None:
+    source = tmp_path / "news.jsonl"
+    source.write_text(content, encoding="utf-8")
+    code, _, err = publish(capsys, str(source))
+    assert code == 1
+    assert one_line(err).startswith(f"docbus publish: error: no documents in {source}: ")
+
+
+def test_publish_json_prints_its_refusal_on_stdout(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    source = tmp_path / "news.jsonl"
+    source.write_text('{"text": "fine"}\n{"body": "no text"}\n', encoding="utf-8")
+    code, out, err = publish(capsys, str(source), "--json")
+    assert code == 1
+    refusal = json.loads(out)
+    assert refusal["ok"] is False and refusal["sent"] == 0 and refusal["exit_code"] == 1
+    assert "1 invalid input(s): nothing was sent" in refusal["refused"]
+    assert refusal["problems"] == [
+        {"file": str(source), "line": 2, "last_line": None, "reason": "missing text field 'text'"}
+    ]
+    assert err.startswith("docbus publish: error: 1 invalid input(s)")
+
+    code, out, _ = run(capsys, "publish", str(source), "--topic", "nosuch", "--topology",
+                       TOPOLOGY, "--json")  # fmt: skip
+    refusal = json.loads(out)
+    assert code == 1 and refusal["exit_code"] == 1
+    assert refusal["refused"].startswith("cannot publish to topic 'nosuch'")
+
+
+def test_a_file_read_as_plain_text_says_so_with_id_field(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    source = tmp_path / "records"
+    source.write_text('{"id": "a", "text": "fine"}\n', encoding="utf-8")
+    code, out, _ = publish(capsys, str(source), "--id-field", "id", "--json")
+    assert code == 1
+    (problem,) = json.loads(out)["problems"]
+    assert problem["reason"].startswith("read as plain text because its name has no extension")
+
+
+# -- error lines name the command and subcommand; every --help is truthful --------------------
+
+
+async def test_dlq_errors_name_the_subcommand_on_stderr(
+    mongo_env: Store, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = await asyncio.to_thread(cli.main, ["dlq", "show", "nosuch"])
+    captured = capsys.readouterr()
+    assert code == 1 and captured.out == ""
+    assert one_line(captured.err).startswith("docbus dlq show: error: no dead letter 'nosuch'")
+    code = await asyncio.to_thread(cli.main, ["dlq", "sync", "--subscription", "alpha"])
+    captured = capsys.readouterr()
+    assert code == 2 and captured.out == ""
+    assert one_line(captured.err).startswith("docbus dlq sync: error: --subscription needs --topic")
+
+
+@pytest.mark.parametrize(
+    "argv", [["dlq", "list"], ["dlq", "show"], ["results", "show"], ["parked", "list"],
+             ["audit", "export"], ["llm-batches", "list"]],
+)  # fmt: skip
+def test_a_subcommand_s_help_lists_exit_codes_and_log_level(
+    capsys: pytest.CaptureFixture[str], argv: list[str]
+) -> None:
+    code, out, _ = run(capsys, *argv, "--help")
+    assert code == 0
+    assert "--log-level" in out
+    epilog = out[out.index("exit codes:") :]
+    for exit_code in (0, 1, 2, 3, 130):
+        assert f"\n  {exit_code} " in epilog, epilog
+
+
+def test_top_help_lists_code_4_and_publish_help_lists_130(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    _, out, _ = run(capsys, "--help")
+    assert "\n  4 " in out[out.index("exit codes:") :]
+    _, out, _ = run(capsys, "publish", "--help")
+    assert "\n  130 interrupted" in out[out.index("exit codes:") :]

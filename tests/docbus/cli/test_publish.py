@@ -186,7 +186,7 @@ BAD_INPUTS: dict[str, tuple[list[dict[str, Any] | str], int, str]] = {
     "empty-text": ([good("n1"), {"id": "n2", "text": "   "}], 2, "empty document"),
     "duplicate-id": ([good("n1"), good("n2"), good("n1")], 3, "duplicate id 'n1'"),
     "missing-id": ([good("n1"), {"text": "no id here"}], 2, "missing id field 'id'"),
-    "text-not-a-string": ([{"id": "n1", "text": 42}], 1, "is int, not a string"),
+    "text-not-a-string": ([{"id": "n1", "text": 42}], 1, "is a JSON number, not a string"),
     "lone-surrogate": ([good("n1"), '{"id": "n2", "text": "bad \\ud800"}'], 2, "lone surrogate"),
     "deep-json": (
         [good("n1"), '{"id": "n2", "text": "x", "m": ' + "[" * 100_000 + "]" * 100_000 + "}"],
