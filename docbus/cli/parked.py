@@ -25,7 +25,12 @@ from docbus.settings import Settings
 from docbus.store import ParkedGroup, ParkedMessage, Store
 from docbus.text import one_line
 
-__all__ = ["add_arguments", "groups_table", "parked_table", "run"]
+__all__ = ["EXIT_CODES", "add_arguments", "groups_table", "parked_table", "run"]
+
+EXIT_CODES = {
+    0: "listed (also while messages are parked: a listing succeeded; `docbus status` and "
+    "`docbus worker` are the commands whose exit code says messages are parked)",
+}
 
 CELL_LIMIT = 60
 

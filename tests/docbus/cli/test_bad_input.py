@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from docbus import cli
+from docbus.envelope import message_id
 from docbus.store import Store
 from tests.docbus.cli.test_runner import mongo_env, one_line, run
 
@@ -205,3 +206,19 @@ def test_top_help_lists_code_4_and_publish_help_lists_130(
     assert "\n  4 " in out[out.index("exit codes:") :]
     _, out, _ = run(capsys, "publish", "--help")
     assert "\n  130 interrupted" in out[out.index("exit codes:") :]
+
+
+async def test_results_show_without_handler_for_several_is_a_usage_error(
+    mongo_env: Store, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for handler in ("alpha", "beta"):
+        await mongo_env.write_result(
+            doc_id="t-1", handler=handler, handler_version="1", batch_id="b1",
+            message_id=message_id("b1", "t-1"), output={"v": handler},
+        )  # fmt: skip
+    code = await asyncio.to_thread(cli.main, ["results", "show", "t-1"])
+    line = one_line(capsys.readouterr().err)
+    assert code == 2
+    assert line.startswith("docbus results show: error: document 't-1' has results of 2")
+    assert "--handler" in line
+    assert await asyncio.to_thread(cli.main, ["results", "show", "t-1", "--handler", "beta"]) == 0

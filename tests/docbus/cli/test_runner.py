@@ -76,6 +76,11 @@ BAD_SETTINGS = {
         ["DOCBUS_LLM__PRICING: not valid JSON",
          'expected e.g. {"my-deployment": {"input": 0.15, "output": 0.6}}'],
     ),
+    "a MongoDB URI without its scheme: refused, not taken for a host name": (
+        "DOCBUS_MONGODB__URI", "notauri", ["status"],
+        ["DOCBUS_MONGODB__URI: not a MongoDB URI: it must start with mongodb:// or "
+         "mongodb+srv://"],
+    ),
     "pricing with bad values: the variable holding them, then where inside its JSON": (
         "DOCBUS_LLM__PRICING", '{"m": {"input": -1}}', ["config"],
         ["DOCBUS_LLM__PRICING: m.input: Input should be greater than or equal to 0; "
