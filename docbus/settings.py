@@ -122,6 +122,7 @@ class MongoSettings(BaseModel):
                 "e.g. mongodb://127.0.0.1:27017"
             )
         return value
+
     database: str = "docbus"
     """Database holding docbus's collections."""
     timeout: float = Field(default=10.0, gt=0)
