@@ -157,9 +157,16 @@ async def run_worker(
     try:
         registered = discover_handlers(*args.handlers)
     except HandlerDiscoveryError as exc:
-        raise WorkerStartError(
-            f"{exc} (give a module on the import path or in the working directory, or a .py file)"
-        ) from exc
+        # where to look only when the module was not found (not when it failed to import)
+        missing = isinstance(exc.__cause__, ModuleNotFoundError) or (
+            exc.__cause__ is None and ("does not exist" in str(exc))
+        )
+        hint = (
+            " (give a module on the import path or in the working directory, or a .py file)"
+            if missing
+            else ""
+        )
+        raise WorkerStartError(f"{exc}{hint}") from exc
     try:
         topology = load_topology(args.topology)
     except TopologyError as exc:

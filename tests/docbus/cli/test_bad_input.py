@@ -222,3 +222,28 @@ async def test_results_show_without_handler_for_several_is_a_usage_error(
     assert line.startswith("docbus results show: error: document 't-1' has results of 2")
     assert "--handler" in line
     assert await asyncio.to_thread(cli.main, ["results", "show", "t-1", "--handler", "beta"]) == 0
+
+
+# -- handler modules: the user's path and the error, not Python's internals --------------------
+
+HANDLER_FILES = {
+    "a syntax error": ("def broken(:\n    pass\n", "failed: SyntaxError at {path}:1: "),
+    "no handlers": ("x = 1\n", "no @handler functions in {path}: decorate"),
+    "a module that raises": ('raise RuntimeError("boom")\n', "failed: RuntimeError: boom"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(("source", "expected"), HANDLER_FILES.values(), ids=list(HANDLER_FILES))
+def test_a_bad_handler_file_is_one_line_naming_its_path(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+    source: str, expected: str,
+) -> None:  # fmt: skip
+    monkeypatch.setenv("DOCBUS_MONGODB__URI", "mongodb://127.0.0.1:9/")
+    path = tmp_path / "my_handlers.py"
+    path.write_text(source, encoding="utf-8")
+    code, _, err = run(capsys, "worker", "--handlers", str(path), "--until-idle", "1")
+    line = one_line(err)
+    assert code == 2
+    assert line.startswith("docbus worker: error: ") and expected.format(path=path) in line, line
+    assert "docbus_handlers_" not in line and "('" not in line
+    assert "give a module on the import path" not in line  # the file was found
