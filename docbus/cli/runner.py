@@ -228,6 +228,8 @@ def describe_failure(exc: BaseException) -> tuple[int, str]:
         )
     if isinstance(exc, MessagingError):
         if exc.transient:
+            if "docbus up" in text:  # the message already says what to do (probe_endpoint)
+                return ExitCode.UNAVAILABLE, text
             return ExitCode.UNAVAILABLE, f"cannot reach Service Bus ({text}); {_NO_BROKER}"
         return ExitCode.ATTENTION, f"Service Bus: {text}"
     if isinstance(exc, ConfigurationError | TopologyError):

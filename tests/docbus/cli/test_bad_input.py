@@ -247,3 +247,20 @@ def test_a_bad_handler_file_is_one_line_naming_its_path(
     assert line.startswith("docbus worker: error: ") and expected.format(path=path) in line, line
     assert "docbus_handlers_" not in line and "('" not in line
     assert "give a module on the import path" not in line  # the file was found
+
+
+async def test_an_unreachable_broker_says_what_to_do_once() -> None:
+    from docbus.servicebus import MessagingUnavailable, probe_endpoint
+    from docbus.settings import ServiceBusSettings
+
+    key = "c2VjcmV0LXNiLWtleS1kby1ub3Qtc2hvdw=="
+    settings = ServiceBusSettings(
+        connection_string=f"Endpoint=sb://127.0.0.1:9;SharedAccessKeyName=k;SharedAccessKey={key};"
+        "UseDevelopmentEmulator=true"
+    )
+    with pytest.raises(MessagingUnavailable) as caught:
+        await probe_endpoint(settings, within=2)
+    code, message = cli.describe_failure(caught.value)
+    assert code == cli.ExitCode.UNAVAILABLE
+    assert message.count("docbus up") == 1, message
+    assert "127.0.0.1:9" in message
