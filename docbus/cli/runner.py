@@ -269,8 +269,31 @@ def brief(text: str, limit: int = 300) -> str:
 
 
 def print_json(console: Console, data: Any) -> None:
-    """A command's ``--json`` output: one document on ``console`` (stdout), never wrapped."""
-    console.out(json.dumps(data, indent=2, ensure_ascii=False, default=str), highlight=False)
+    """A command's ``--json`` output: one document on ``console`` (stdout), never wrapped;
+    amounts of money rounded (:func:`_rounded_money`)."""
+    text = json.dumps(_rounded_money(data), indent=2, ensure_ascii=False, default=str)
+    console.out(text, highlight=False)
+
+
+_MONEY_KEY = re.compile(r"cost|usd|budget|spent|price", re.IGNORECASE)
+_MONEY_DECIMALS = 10
+"""Dollars in JSON keep 10 decimals: a millionth of a cent is kept, float noise
+(0.005686649999999999) is not."""
+
+
+def _rounded_money(data: Any, *, money: bool = False) -> Any:
+    """``data`` with the floats under money keys (``cost_usd``, ``budget``, ...) rounded to
+    :data:`_MONEY_DECIMALS`; everything else as it is."""
+    if isinstance(data, float):
+        return round(data, _MONEY_DECIMALS) if money else data
+    if isinstance(data, dict):
+        return {
+            key: _rounded_money(value, money=money or bool(_MONEY_KEY.search(str(key))))
+            for key, value in data.items()
+        }
+    if isinstance(data, list | tuple):
+        return [_rounded_money(value, money=money) for value in data]
+    return data
 
 
 def say_error(command: str, message: str) -> None:

@@ -264,3 +264,24 @@ async def test_an_unreachable_broker_says_what_to_do_once() -> None:
     assert code == cli.ExitCode.UNAVAILABLE
     assert message.count("docbus up") == 1, message
     assert "127.0.0.1:9" in message
+
+
+def test_money_in_json_is_rounded_and_nothing_else_is() -> None:
+    import io
+
+    from rich.console import Console
+
+    out = io.StringIO()
+    data = {
+        "cost_usd": 0.005686649999999999,
+        "cost": {"usd": 0.1 + 0.2, "calls": 3, "tokens": 10},
+        "budget_usd": 1.0,
+        "latency_s": 0.1 + 0.2,
+        "documents": [{"doc_id": "d1", "cost_usd": 0.1 + 0.7}],
+    }
+    cli.print_json(Console(file=out, width=40), data)
+    printed = json.loads(out.getvalue())
+    assert printed["cost_usd"] == 0.00568665
+    assert printed["cost"] == {"usd": 0.3, "calls": 3, "tokens": 10}
+    assert printed["documents"][0]["cost_usd"] == 0.8
+    assert printed["latency_s"] == 0.1 + 0.2  # not money: as it was
