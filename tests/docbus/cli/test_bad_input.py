@@ -285,3 +285,19 @@ def test_money_in_json_is_rounded_and_nothing_else_is() -> None:
     assert printed["cost"] == {"usd": 0.3, "calls": 3, "tokens": 10}
     assert printed["documents"][0]["cost_usd"] == 0.8
     assert printed["latency_s"] == 0.1 + 0.2  # not money: as it was
+
+
+def test_up_refused_for_a_port_in_use_leaves_no_data_directory(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        data = tmp_path / "state"
+        code, _, err = run(capsys, "up", "--data-dir", str(data), "--servicebus-port", str(port))
+    assert code == cli.ExitCode.UNAVAILABLE
+    assert one_line(err).startswith(f"docbus up: error: port {port} (Service Bus emulator) is")
+    assert not data.exists()
