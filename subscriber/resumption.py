@@ -124,14 +124,6 @@ class Resumption:
             )  # fmt: skip
         return groups
 
-
-def parked_why(reason: str, description: str) -> str:
-    """Why messages are parked, on one line: the reason once, even when the description (an
-    exception described as ``Type: message``) starts with it."""
-    if not description:
-        return reason
-    return description if description.startswith(reason) else f"{reason}: {description}"
-
     async def _ready(self, parked: list[ParkedMessage]) -> list[ParkedMessage]:
         candidates = [p for p in parked if p.id not in self.waiting]
         over_budget: dict[str, bool] = {}
@@ -180,3 +172,11 @@ def parked_why(reason: str, description: str) -> str:
             if message is not None:
                 fetched.append((p, message))
         return fetched
+
+
+def parked_why(reason: str, description: str) -> str:
+    """Why messages are parked, on one line: the reason once, even when the description (an
+    exception described as ``Type: message``) starts with it."""
+    if not description:
+        return reason
+    return description if description.startswith(reason) else f"{reason}: {description}"
