@@ -34,7 +34,7 @@ import textwrap
 import traceback
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from enum import IntEnum
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from docbus.text import one_line
 
@@ -52,6 +52,7 @@ __all__ = [
     "exit_code_rows",
     "main",
     "print_json",
+    "rounded_money",
     "run_async",
     "run_command",
     "say_error",
@@ -270,8 +271,8 @@ def brief(text: str, limit: int = 300) -> str:
 
 def print_json(console: Console, data: Any) -> None:
     """A command's ``--json`` output: one document on ``console`` (stdout), never wrapped;
-    amounts of money rounded (:func:`_rounded_money`)."""
-    text = json.dumps(_rounded_money(data), indent=2, ensure_ascii=False, default=str)
+    amounts of money rounded (:func:`rounded_money`)."""
+    text = json.dumps(rounded_money(data), indent=2, ensure_ascii=False, default=str)
     console.out(text, highlight=False)
 
 
@@ -281,18 +282,18 @@ _MONEY_DECIMALS = 10
 (0.005686649999999999) is not."""
 
 
-def _rounded_money(data: Any, *, money: bool = False) -> Any:
+def rounded_money(data: Any, *, money: bool = False) -> Any:
     """``data`` with the floats under money keys (``cost_usd``, ``budget``, ...) rounded to
     :data:`_MONEY_DECIMALS`; everything else as it is."""
     if isinstance(data, float):
         return round(data, _MONEY_DECIMALS) if money else data
     if isinstance(data, dict):
         return {
-            key: _rounded_money(value, money=money or bool(_MONEY_KEY.search(str(key))))
+            key: rounded_money(value, money=money or bool(_MONEY_KEY.search(str(key))))
             for key, value in data.items()
         }
     if isinstance(data, list | tuple):
-        return [_rounded_money(value, money=money) for value in data]
+        return [rounded_money(value, money=money) for value in data]
     return data
 
 
@@ -326,9 +327,18 @@ def _version() -> str:
         return "unknown"
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage error said in one line: what is wrong and where to read more
+    (argparse's own prints the whole usage first). Subcommands' parsers are of this class too."""
+
+    def error(self, message: str) -> NoReturn:
+        _say(f"{self.prog}: error: {message} (see `{self.prog} --help`)")
+        raise SystemExit(ExitCode.USAGE)
+
+
 def _top_parser() -> argparse.ArgumentParser:
     lines = [f"  {name:<12} {help_text}" for name, (_, help_text) in COMMANDS.items()]
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="docbus",
         description="Batch LLM work on documents, on Azure Service Bus.",
         epilog="commands:\n" + "\n".join(lines) + "\n\nRun 'docbus COMMAND --help' for details."
@@ -344,7 +354,7 @@ def build_parser(command: str) -> argparse.ArgumentParser:
     module_name, help_text = COMMANDS[command]
     module = importlib.import_module(module_name)
     own = getattr(module, "EXIT_CODES", None)
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog=f"docbus {command}",
         description=help_text,
         epilog=_exit_code_epilog(own if isinstance(own, Mapping) else None),

@@ -69,9 +69,10 @@ def test_a_bad_value_is_a_usage_error_before_anything_runs(
     code, out, err = run(capsys, *argv)
     assert code == 2, err
     assert out == ""
-    line = err.strip().splitlines()[-1]  # argparse prints its usage, then the one error line
-    assert "Traceback" not in err
-    assert line.startswith(f"docbus {argv[0]}") and "error: " in line, line
+    line = one_line(err)  # not argparse's usage first
+    command = " ".join(argv[:2]) if argv[0] in ("dlq", "parked") else argv[0]
+    assert line.startswith(f"docbus {command}: error: "), line
+    assert line.endswith(f"(see `docbus {command} --help`)"), line
     assert expected in line, line
 
 
