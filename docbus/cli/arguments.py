@@ -25,6 +25,7 @@ __all__ = [
     "positive_int",
     "positive_number",
     "positive_seconds",
+    "share",
 ]
 
 
@@ -45,19 +46,22 @@ def _number(text: str) -> float:
     return value
 
 
+def _checked(ok: bool, rule: str, text: str) -> None:
+    if not ok:
+        raise argparse.ArgumentTypeError(f"must be {rule}, not {text}")
+
+
 def positive_int(text: str) -> int:
     """A whole number, 1 or more (a count of things to do)."""
     value = _int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be 1 or more, not {value}")
+    _checked(value >= 1, "1 or more", text)
     return value
 
 
 def non_negative_int(text: str) -> int:
     """A whole number, 0 or more."""
     value = _int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, not {value}")
+    _checked(value >= 0, "0 or more", text)
     return value
 
 
@@ -69,24 +73,28 @@ def count(text: str) -> int:
 def positive_number(text: str) -> float:
     """A finite number more than 0 (a rate)."""
     value = _number(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be more than 0, not {text}")
+    _checked(value > 0, "more than 0", text)
     return value
 
 
 def positive_seconds(text: str) -> float:
     """A finite number of seconds, more than 0."""
     value = _number(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be more than 0 seconds, not {text}")
+    _checked(value > 0, "more than 0 seconds", text)
     return value
 
 
 def non_negative_seconds(text: str) -> float:
     """A finite number of seconds, 0 or more."""
     value = _number(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 seconds or more, not {text}")
+    _checked(value >= 0, "0 seconds or more", text)
+    return value
+
+
+def share(text: str) -> float:
+    """A probability or a share: a number from 0 to 1."""
+    value = _number(text)
+    _checked(0 <= value <= 1, "from 0 to 1", text)
     return value
 
 
