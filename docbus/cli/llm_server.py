@@ -12,9 +12,10 @@ SIGTERM; the runner (:mod:`docbus.cli.runner`) configures logging, as for every 
 from __future__ import annotations
 
 import argparse
-import sys
+import errno
 
 from docbus.cli.arguments import non_negative_seconds, positive_int, share
+from docbus.cli.runner import say_error
 from docbus.local.llm_server.batch_config import BatchConfig
 from docbus.local.llm_server.config import OFFLINE_MODEL, Faults, Latency, Limits, LLMServerConfig
 from docbus.local.llm_server.server import LLMServer
@@ -160,7 +161,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         config = config_from_args(args)
     except ValueError as exc:
-        print(f"docbus llm-server: {exc}", file=sys.stderr)
+        say_error("llm-server", str(exc))
         return 2
 
     def announce(server: LLMServer) -> None:
@@ -169,9 +170,6 @@ def run(args: argparse.Namespace) -> int:
     try:
         LLMServer(config).run_forever(ready=announce)
     except OSError as exc:
-        print(
-            f"docbus llm-server: cannot listen on {config.host}:{config.port}: {exc}",
-            file=sys.stderr,
-        )
-        return 1
+        say_error("llm-server", f"cannot listen on {config.host}:{config.port}: {exc}")
+        return 3 if exc.errno == errno.EADDRINUSE else 1  # in use: try again once it is free
     return 0

@@ -302,3 +302,18 @@ def test_up_refused_for_a_port_in_use_leaves_no_data_directory(
     assert code == cli.ExitCode.UNAVAILABLE
     assert one_line(err).startswith(f"docbus up: error: port {port} (Service Bus emulator) is")
     assert not data.exists()
+
+
+@pytest.mark.parametrize("command", ["emulator", "llm-server"])
+def test_a_stand_in_on_a_port_in_use_is_one_error_line_and_exit_3(
+    capsys: pytest.CaptureFixture[str], command: str
+) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code, _, err = run(capsys, command, "--port", str(port))
+    assert code == cli.ExitCode.UNAVAILABLE
+    assert one_line(err).startswith(f"docbus {command}: error: cannot listen on 127.0.0.1:{port}")
