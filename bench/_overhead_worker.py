@@ -6,9 +6,11 @@ the settings, :func:`~subscriber.worker.freeze_startup_heap`, logging at ``warni
 library API rather than the CLI so that it can say when each message was settled: it prints
 ``ready``, waits for a line on stdin (so several workers start together), runs until idle and
 prints one JSON line: wall-clock times (``time.time``) of its first and last settlement, how
-many it settled, what it did with them, its receive sizes and settlement latencies as the SDK
-saw them (a thin wrapper around the receiver, below the worker's turns), and the Mongo commands
-it sent (a pymongo command listener).
+many it settled, what it did with them, its receive sizes as the SDK saw them (a thin wrapper
+around the receiver, below the worker's turns), how long a completion took from the worker's
+asking to its confirmation (``subscriber.receiver.Receiver.complete``: completions that arrive
+together leave as one disposition, which the SDK's ``complete_message`` never sees), and the
+Mongo commands it sent (a pymongo command listener).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ HERE = Path(__file__).resolve().parent
 
 
 class Timings:
-    """What the SDK's receiver did: receive sizes and settlement latencies (ms)."""
+    """What the receiver did: receive sizes and completion latencies (ms)."""
 
     def __init__(self) -> None:
         self.receive_sizes: list[int] = []
@@ -62,10 +64,6 @@ class TimedReceiver:
             self._timings.receive_ms.append(1000 * (time.perf_counter() - started))
         return messages
 
-    async def complete_message(self, message: Any) -> None:
-        started = time.perf_counter()
-        await self._receiver.complete_message(message)
-        self._timings.complete_ms.append(1000 * (time.perf_counter() - started))
 
 
 class TimedClient:
@@ -85,6 +83,20 @@ class TimedClient:
         return TimedReceiver(receiver, self._timings)
 
 
+def time_completions(timings: Timings) -> None:
+    """Time every completion the worker asks for, from its asking to its confirmation."""
+    from subscriber.receiver import Receiver
+
+    complete = Receiver.complete
+
+    async def timed(self: Receiver, message: Any) -> None:
+        started = time.perf_counter()
+        await complete(self, message)
+        timings.complete_ms.append(1000 * (time.perf_counter() - started))
+
+    Receiver.complete = timed  # type: ignore[method-assign]
+
+
 async def run(options: argparse.Namespace, commands: CommandCounter) -> dict[str, Any]:
     from docbus.servicebus import servicebus_client
     from docbus.settings import Settings
@@ -100,6 +112,7 @@ async def run(options: argparse.Namespace, commands: CommandCounter) -> dict[str
         settings.worker, concurrency=options.concurrency, until_idle=options.until_idle
     )
     timings = Timings()
+    time_completions(timings)
     settled: list[float] = []
     actions: dict[str, int] = {}
 

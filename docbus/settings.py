@@ -247,6 +247,10 @@ class WorkerSettings(BaseModel):
     when lock renewal is off)."""
     prefetch: int = Field(default=0, ge=0)
     """Messages the receiver fetches ahead (0: only what is asked for, safest with long locks)."""
+    ranged_completions: bool = True
+    """Complete a run of consecutive deliveries with one AMQP disposition (``first..last``),
+    awaiting every outcome; False: one disposition per message, as the SDK sends them (if a
+    broker refuses ranges, a failed range is completed message by message anyway)."""
     lock_renewal: bool = True
     """Renew message locks while a handler runs (LLM calls outlast lock durations)."""
     max_lock_renewal_duration: float = Field(default=3600.0, gt=0)

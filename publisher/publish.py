@@ -421,8 +421,14 @@ async def _abandon(
     report: PublishReport,
 ) -> None:
     """A run that stops on an error: stop the lanes and the recorder, mark the batch failed."""
-    for lane in lanes:
-        lane.cancel()
+    pending = {lane for lane in lanes if not lane.done()}
+    while pending:
+        # Cancelled again until they end: the SDK can swallow a cancellation that lands while
+        # a send completes (asyncio.wait_for in Python 3.11), and a lane that lost its
+        # cancellation would wait on its queue for ever.
+        for lane in pending:
+            lane.cancel()
+        _, pending = await asyncio.wait(pending, timeout=1.0)
     await asyncio.gather(*lanes, return_exceptions=True)
     await recorder.abandon()
     if store is not None:

@@ -464,6 +464,24 @@ class Processor:
         except MessagingError as exc:
             logger.warning("could not abandon %s: %s", message.message_id, exc)
 
+    async def give_back_unseen(
+        self,
+        registered: RegisteredHandler,
+        receiver: Receiver,
+        message: ServiceBusReceivedMessage,
+    ) -> None:
+        """Give back a message no handler has seen (received ahead, the worker stopping):
+        released, so its next delivery does not count this one — a worker stopped again and
+        again does not push a message it never ran towards its delivery limit. A resumed
+        parked message goes back to its park instead (:meth:`give_back`)."""
+        if is_deferred(message):
+            await self.give_back(registered, receiver, message)
+            return
+        try:
+            await receiver.release(message)
+        except MessagingError as exc:
+            logger.warning("could not give back %s: %s", message.message_id, exc)
+
     @staticmethod
     def _parked(
         registered: RegisteredHandler,

@@ -64,6 +64,10 @@ logger = logging.getLogger(__name__)
 MIN_RECEIVE_WAIT = 0.1
 """Seconds a receive waits at least, even just before an idle exit."""
 
+BUSY_RECEIVE_WAIT = 0.05
+"""Seconds a receive waits at most while messages whose handler returned wait to be settled:
+their settlements wait for the link while it receives (:class:`~subscriber.receiver.Turns`)."""
+
 MOST_AHEAD = 100
 """The most messages received ahead by default: fast handlers then receive in batches as large
 as a plain SDK loop's (``max_message_count=100``)."""
@@ -101,6 +105,8 @@ class WorkerOptions:
     :data:`MOST_AHEAD`; 0 without lock renewal, since a waiting message's lock would otherwise
     tick unrenewed."""
     prefetch: int = 0
+    ranged_completions: bool = True
+    """Complete runs of consecutive deliveries with one disposition (see the settings)."""
     until_idle: float | None = None
     """Exit once nothing has arrived for this long and nothing is in flight; the time counts
     from when every receiver has begun receiving, so a slow start does not count as idle."""
@@ -136,6 +142,7 @@ class WorkerOptions:
             "concurrency": worker.concurrency,
             "receive_ahead": worker.receive_ahead,
             "prefetch": worker.prefetch,
+            "ranged_completions": worker.ranged_completions,
             "shutdown_grace": worker.shutdown_grace,
             "handler_timeout": worker.handler_timeout,
             "lock_renewal": worker.lock_renewal,
@@ -389,7 +396,11 @@ class Worker:
     async def _receive_loop(self, registered: RegisteredHandler) -> None:
         spec = registered.spec
         async with open_receiver(
-            self.client, spec.topic, spec.subscription, prefetch=self.options.prefetch
+            self.client,
+            spec.topic,
+            spec.subscription,
+            prefetch=self.options.prefetch,
+            ranged=self.options.ranged_completions,
         ) as receiver:
             self._receivers[spec.name] = receiver
             mine = self._handler_tasks.setdefault(spec.name, set())
@@ -436,6 +447,8 @@ class Worker:
         idle worker with nothing in flight exits, so that exit does not wait out one more
         receive (sessions keep theirs: a session receiver waits as it locks a session)."""
         wait = self.options.receive_wait
+        if self._admission.completing:
+            return min(wait, BUSY_RECEIVE_WAIT)
         if self.options.until_idle is None or self._in_flight or self._not_receiving:
             return wait
         left = self.options.until_idle - (time.monotonic() - self._last_activity)
@@ -540,8 +553,11 @@ class Worker:
         async def give_back() -> None:
             await self._processor.give_back(registered, receiver, message)
 
+        async def give_back_unseen() -> None:
+            await self._processor.give_back_unseen(registered, receiver, message)
+
         try:
-            if not await self._admission.wait_for_slot(ticket, give_back):
+            if not await self._admission.wait_for_slot(ticket, give_back_unseen):
                 return
             if parked is not None:
                 # only now: a resumed message given back before this point keeps its record

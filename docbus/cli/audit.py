@@ -29,6 +29,7 @@ from typing import IO, Any, Literal
 
 from rich.console import Console
 
+from docbus.cli.render import make_console
 from docbus.ops import NotFound
 from docbus.ops.audit import EXPORT_FIELDS, ExportFilter, export_rows
 from docbus.ops.batches import no_batch
@@ -129,7 +130,7 @@ def run(
     ``errors`` (stderr), failures through the CLI's runner."""
     from docbus.cli import run_async, say_error
 
-    errors = errors or Console(stderr=True)
+    errors = errors or make_console(stderr=True)
     selection = ExportFilter(args.batch, step=args.step, handler=args.handler, doc_id=args.doc)
     fmt = _format(args)
     try:

@@ -22,9 +22,9 @@ from typing import Any, get_origin
 from pydantic import BaseModel, ValidationError
 from pydantic_settings import SettingsError
 from rich.console import Console
-from rich.table import Table
 from rich.text import Text
 
+from docbus.cli.render import Table, make_console, untrusted
 from docbus.errors import ConfigurationError
 from docbus.settings import Settings, masked
 
@@ -60,7 +60,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, *, console: Console | None = None) -> int:
     settings = load_settings()
-    console = console or Console()
+    console = console or make_console()
     data = masked(settings)
     if args.json:
         from docbus.cli import print_json
@@ -196,5 +196,5 @@ def settings_table(data: Mapping[str, Any], settings: Settings) -> Table:
             raw = getattr(getattr(settings, group), field)
             shown = "-" if value is None else str(value)
             source = _source(group, field, raw, getattr(defaults, field, None))
-            table.add_row(f"{group}.{field}", Text(shown), source)
+            table.add_row(f"{group}.{field}", untrusted(shown), source)
     return table

@@ -28,8 +28,9 @@ from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
+from rich.text import Text
 
+from docbus.cli.render import Table, make_console
 from docbus.local.stack import LocalStack, StackOptions
 from docbus.records import LLM_MODES
 from docbus.settings import Settings
@@ -129,14 +130,22 @@ async def run_demo(
     offline = _offline(base)
     summary = DemoSummary(offline=offline)
     started = time.monotonic()
-    console.print("[bold]docbus demo[/]: starting the local stack (Service Bus emulator, SecantusDB"
-                  + (", offline LLM server)" if offline else ")"))  # fmt: skip
+    # Notices are soft-wrapped (the terminal wraps them): no line ends in padding spaces.
+    console.print(
+        Text.assemble(("docbus demo", "bold"), ": starting the local stack (Service Bus emulator, "
+                      "SecantusDB" + (", offline LLM server)" if offline else ")")),
+        soft_wrap=True,
+    )  # fmt: skip
     if offline:
         console.print(
-            "[yellow]No LLM API key is configured: the demo uses the OFFLINE model "
-            "'docbus-offline' (deterministic answers derived from each document, not a real "
-            "LLM).[/] Set OPENAI_API_KEY (or AZURE_OPENAI_*) to use a real one."
-        )
+            Text.assemble(
+                ("No LLM API key is configured: the demo uses the OFFLINE model "
+                 "'docbus-offline' (deterministic answers derived from each document, not a "
+                 "real LLM).", "yellow"),
+                " Set OPENAI_API_KEY (or AZURE_OPENAI_*) to use a real one.",
+            ),
+            soft_wrap=True,
+        )  # fmt: skip
     # A little realism for the offline model: some schema-violating answers (re-asked) and
     # some 429s (backed off), so the summary shows what they cost.
     faults: dict[str, Any] = {
@@ -308,7 +317,7 @@ def summary_table(summary: DemoSummary) -> Table:
             if handler == name:
                 table.add_row("", f"dead-lettered: {reason}", str(count))
         if summary.unaccounted.get(name):
-            table.add_row("", "[red]unaccounted[/]", str(summary.unaccounted[name]))
+            table.add_row("", Text("unaccounted", "red"), str(summary.unaccounted[name]))
     table.add_section()
     table.add_row("input", "skipped as invalid", str(summary.skipped))
     table.add_row("LLM", "calls", str(summary.llm_calls))
@@ -372,8 +381,8 @@ def summary_json(summary: DemoSummary) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    console = Console(stderr=True)
-    out = Console()
+    console = make_console(stderr=True)
+    out = make_console()
     if args.llm_mode == "batch" and not _offline(Settings()):
         from docbus.cli import say_error
 
@@ -398,7 +407,7 @@ def run(args: argparse.Namespace) -> int:
     summary = asyncio.run(run_demo(args, console))
     code = _print_summary(out, summary, args.json)
     if not args.json:
-        console.print("To look at this run in the browser: docbus demo --console")
+        console.print("To look at this run in the browser: docbus demo --console", soft_wrap=True)
     return code
 
 
@@ -416,9 +425,13 @@ def _print_summary(out: Console, summary: DemoSummary, as_json: bool) -> int:
     out.print(summary_table(summary))
     if summary.accounted:
         out.print(
-            f"[green]Every one of the {summary.published} published documents ended as exactly "
-            "one current result or one dead letter in each handler.[/]"
+            Text(
+                f"Every one of the {summary.published} published documents ended as exactly "
+                "one current result or one dead letter in each handler.",
+                "green",
+            ),
+            soft_wrap=True,
         )
         return 0
-    out.print("[red]Some documents are unaccounted for: see the table.[/]")
+    out.print(Text("Some documents are unaccounted for: see the table.", "red"), soft_wrap=True)
     return 1

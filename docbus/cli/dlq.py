@@ -18,12 +18,12 @@ from datetime import datetime
 from pathlib import Path
 
 from rich.console import Console, Group, RenderableType
-from rich.table import Table
 from rich.text import Text
 
 from docbus.cli import print_json
 from docbus.cli.arguments import count, positive_seconds
 from docbus.cli.dead_letter_filter import add_filter_arguments, filter_from_args
+from docbus.cli.render import Table, make_console, untrusted
 from docbus.envelope import Envelope
 from docbus.ops import NotFound
 from docbus.ops.dead_letters import (
@@ -82,13 +82,9 @@ def list_table(records: Sequence[DeadLetterRecord], *, total: int, heading: str 
         for record in records
     ]
     headers = ("id", "reason", "step", "error", "dead-lettered", "replayed")
-    for index, name in enumerate(headers):
-        # Every column keeps its width (the id is what `dlq show` takes); the error gives way.
-        width = max([len(name), *(len(row[index]) for row in cells)])
-        if name == "error":
-            table.add_column(name, ratio=1, min_width=12)
-        else:
-            table.add_column(name, no_wrap=True, min_width=width)
+    for name in headers:
+        # Text columns fold (an id stays whole, on more lines, to give `dlq show`)
+        table.add_column(name)
     for row in cells:
         table.add_row(*row)
     return table
@@ -144,7 +140,7 @@ def dead_letter_view(detail: DeadLetterDetail) -> RenderableType:
         lines = record.traceback.rstrip().splitlines()
         if len(lines) > TRACEBACK_LINES:
             lines = [f"… {len(lines) - TRACEBACK_LINES} lines trimmed", *lines[-TRACEBACK_LINES:]]
-        parts += [Text("traceback", style="bold"), Text("\n".join(lines))]
+        parts += [Text("traceback", style="bold"), untrusted("\n".join(lines))]
     parts.append(_document_view(record, document, text))
     if calls:
         parts.append(_calls_table(calls))
@@ -155,7 +151,7 @@ def _document_view(
     record: DeadLetterRecord, document: Envelope | None, text: str | None
 ) -> RenderableType:
     if document is None:
-        return Text(f"document: {record.batch_id}/{record.doc_id} is not in the store", "dim")
+        return untrusted(f"document: {record.batch_id}/{record.doc_id} is not in the store", "dim")
     table = Table(title="document", show_header=False, title_justify="left")
     table.add_column("field", style="bold")
     table.add_column("value", overflow="fold")
@@ -226,7 +222,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, *, console: Console | None = None) -> int:
     from docbus.cli import run_async  # failures: one line on stderr, by the CLI's runner
 
-    console = console or Console()
+    console = console or make_console()
     command = {"list": _list, "show": _show, "sync": _sync}[args.dlq_command]
     return run_async(lambda settings: command(settings, args, console))
 

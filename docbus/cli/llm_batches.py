@@ -22,10 +22,10 @@ from datetime import UTC, datetime
 from typing import TypeVar
 
 from rich.console import Console, Group, RenderableType
-from rich.table import Table
 from rich.text import Text
 
 from docbus.cli.arguments import positive_int
+from docbus.cli.render import Table, make_console, untrusted
 from docbus.ops.llm_batches import (
     Cancel,
     CancelOutcome,
@@ -87,7 +87,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, *, console: Console | None = None) -> int:
     from docbus.cli import run_async  # failures: one line on stderr, by the CLI's runner
 
-    console = console or Console()
+    console = console or make_console()
     command = {"list": _list, "show": _show, "cancel": _cancel, "resume": _resume}[
         args.llm_batches_command
     ]
@@ -213,14 +213,14 @@ def provider_batches_table(records: Sequence[ProviderBatchRecord]) -> Table:
     table.add_column("created", no_wrap=True)
     for record in records:
         table.add_row(
-            Text(record.id),
-            Text(record.provider_batch_id or "-"),
-            Text(record.model),
+            untrusted(record.id),
+            untrusted(record.provider_batch_id or "-"),
+            untrusted(record.model),
             str(record.state),
-            Text(record.provider_status or "-"),
+            untrusted(record.provider_status or "-"),
             str(len(record.keys)),
             _counts(record.request_counts),
-            Text(", ".join(record.batch_ids) or "-"),
+            untrusted(", ".join(record.batch_ids) or "-"),
             f"{record.created_at:%Y-%m-%d %H:%M:%S}",
         )
     return table
@@ -249,10 +249,10 @@ def provider_batch_view(record: ProviderBatchRecord) -> RenderableType:
         ("updated", f"{record.updated_at:%Y-%m-%d %H:%M:%S}"),
     ]
     for name, value in rows:
-        table.add_row(name, Text(value))
+        table.add_row(name, untrusted(value))
     parts: list[RenderableType] = [table]
     for error in record.errors:
-        parts.append(Text(f"error: {one_line(str(error), 200)}", style="red"))
+        parts.append(untrusted(f"error: {one_line(str(error), 200)}", style="red"))
     return Group(*parts)
 
 

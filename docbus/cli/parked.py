@@ -17,9 +17,9 @@ import argparse
 from collections.abc import Sequence
 
 from rich.console import Console
-from rich.table import Table
 
 from docbus.cli.arguments import count
+from docbus.cli.render import Table, make_console
 from docbus.ops.parked import ParkedSelection, parked_overview, request_resume
 from docbus.settings import Settings
 from docbus.store import ParkedGroup, ParkedMessage, Store
@@ -56,7 +56,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, *, console: Console | None = None) -> int:
     from docbus.cli import run_async  # failures: one line on stderr, by the CLI's runner
 
-    console = console or Console()
+    console = console or make_console()
     command = {"list": _list, "resume": _resume}[args.parked_command]
     return run_async(lambda settings: command(settings, args, console))
 

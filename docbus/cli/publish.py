@@ -33,11 +33,11 @@ from typing import Any
 from azure.servicebus import ServiceBusMessageBatch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 from rich.text import Text
 
 from docbus.cli import arguments, brief
 from docbus.cli.config import load_settings
+from docbus.cli.render import Table, make_console, untrusted
 from docbus.envelope import BATCH_ID_PATTERN, new_batch_id
 from docbus.errors import ConfigurationError
 from docbus.servicebus import MessagingError, servicebus_client, topic_senders
@@ -177,9 +177,9 @@ def run(  # noqa: C901 - one branch per refusal the command turns into a line an
     Tables go to ``console`` (stdout), error lines to ``err_console`` (stderr; ``console``
     when only that is given). With ``--json`` stdout holds only the summary as JSON.
     """
-    err = err_console or console or Console(stderr=True)
-    console = console or Console()
-    out = Console(file=io.StringIO()) if args.json else console  # tables: not with --json
+    err = err_console or console or make_console(stderr=True)
+    console = console or make_console()
+    out = make_console(file=io.StringIO()) if args.json else console  # tables: not with --json
     settings = load_settings(err)
     if settings is None:
         return 2
@@ -352,7 +352,7 @@ def _error(
         soft_wrap=True,
     )
     for problem in problems or ():
-        console.print(Text(f"  {problem}"), highlight=False, soft_wrap=True)
+        console.print(untrusted(f"  {problem}"), highlight=False, soft_wrap=True)
 
 
 def problems_table(problems: list[InputProblem], title: str) -> Table:
@@ -363,7 +363,7 @@ def problems_table(problems: list[InputProblem], title: str) -> Table:
     table.add_column("reason", overflow="fold")
     for number, problem in enumerate(problems, start=1):
         where = problem.where
-        table.add_row(str(number), Text(where), Text(problem.reason))
+        table.add_row(str(number), untrusted(where), untrusted(problem.reason))
     return table
 
 
@@ -372,7 +372,7 @@ def _failed_table(failed: dict[str, str]) -> Table:
     table.add_column("doc_id", overflow="fold")
     table.add_column("reason", overflow="fold")
     for doc_id, reason in failed.items():
-        table.add_row(Text(doc_id), Text(reason))
+        table.add_row(untrusted(doc_id), untrusted(reason))
     return table
 
 
@@ -399,7 +399,7 @@ class _Preview:
         table.add_column("bytes", justify="right")
         table.add_column("session")
         for doc_id, where, size, session in self.rows:
-            table.add_row(Text(doc_id), Text(where), str(size), Text(session))
+            table.add_row(untrusted(doc_id), untrusted(where), str(size), untrusted(session))
         if self.count > len(self.rows):
             table.add_row(f"... and {self.count - len(self.rows)} more", "", "", "")
         return table

@@ -32,11 +32,11 @@ from typing import TextIO
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 from docbus.cli.arguments import positive_int, positive_number
 from docbus.cli.confirm import REFUSED, confirm, stdin_is_terminal
 from docbus.cli.dead_letter_filter import add_filter_arguments, filter_from_args
+from docbus.cli.render import Table, make_console
 from docbus.ops.batches import no_batch
 from docbus.servicebus import servicebus_client
 from docbus.settings import Settings
@@ -126,7 +126,7 @@ def run(
 ) -> int:
     from docbus.cli import run_async, say_error  # failures: one line on stderr (the runner's)
 
-    console = console or Console()
+    console = console or make_console()
     problem = _check_arguments(args)
     if problem is not None:
         say_error("replay", problem)
@@ -180,7 +180,7 @@ async def _replay(
     from docbus.cli import print_json, say_error
 
     # With --json, stdout holds the one JSON document: questions and notes go to stderr.
-    talk = Console(stderr=True) if args.json else console
+    talk = make_console(stderr=True) if args.json else console
     async with Store.from_settings(settings) as store:
         try:
             plan = await _plan(store, args)
@@ -238,7 +238,7 @@ async def _replay(
             BarColumn(),
             MofNCompleteColumn(),
             TimeElapsedColumn(),
-            console=Console(stderr=True),
+            console=make_console(stderr=True),
             transient=False,
         )
         async with servicebus_client(settings) as client:

@@ -21,9 +21,9 @@ import argparse
 from collections.abc import Mapping
 
 from rich.console import Console, Group, RenderableType
-from rich.table import Table
 from rich.text import Text
 
+from docbus.cli.render import Table, make_console, untrusted
 from docbus.ops import NotFound
 from docbus.ops.report import (
     BatchReport,
@@ -88,7 +88,7 @@ def documents_table(report: BatchReport) -> Table:
         reasons = report.reasons.get(name, {})
         table.add_row("", "dead-lettered", str(handler.dead_lettered))
         for reason, count in reasons.items():
-            table.add_row("", Text(f"  {reason}", style="red"), str(count))
+            table.add_row("", untrusted(f"  {reason}", style="red"), str(count))
         table.add_row("", "pending", str(handler.pending))
         table.add_section()
     table.add_row(Text("all handlers", style="bold"), "done", str(counts.done))
@@ -204,7 +204,7 @@ def mode_table(report: BatchReport) -> Table:
 def render_report(report: BatchReport) -> RenderableType:
     """The whole report: a header line, then the documents, LLM and re-ask/retry tables."""
     record = report.record
-    header = Text.assemble(("batch ", "bold"), (report.batch_id, "bold cyan"))
+    header = Text.assemble(("batch ", "bold"), untrusted(report.batch_id, "bold cyan"))
     if record is not None:
         header.append(f" → {record.topic} ({record.status})")
     header.append(f" · LLM mode {report.llm_mode}")
@@ -238,7 +238,7 @@ def run(args: argparse.Namespace, *, console: Console | None = None) -> int:
     """Print the report of ``--batch`` (tables, or JSON on stdout); errors go to stderr."""
     from docbus.cli import run_async
 
-    return run_async(lambda settings: _report(settings, args, console or Console()))
+    return run_async(lambda settings: _report(settings, args, console or make_console()))
 
 
 async def _report(settings: Settings, args: argparse.Namespace, console: Console) -> int:

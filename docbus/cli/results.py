@@ -16,20 +16,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import unicodedata
 from collections.abc import Sequence
 from typing import Any
 
 from rich.console import Console
-from rich.table import Table
 from rich.text import Text
 
+from docbus.cli.render import Table, make_console, untrusted
 from docbus.ops import NotFound
 from docbus.ops._not_found import NameOne
 from docbus.ops.results import choose_result, result_history, result_json, result_state
 from docbus.records import ResultRecord
 from docbus.settings import Settings
 from docbus.store import Store
+from docbus.text import visible
 
 __all__ = ["EXIT_CODES", "add_arguments", "history_table", "run", "safe_text"]
 
@@ -70,21 +70,14 @@ def history_table(doc_id: str, versions: Sequence[ResultRecord]) -> Table:
 
 def _cell(value: str) -> Text:
     """A table cell of text from outside (ids, names): shown as it is, never as markup."""
-    return Text(safe_text(value))
+    return untrusted(value)
 
 
 def safe_text(text: str) -> str:
     """``text`` with every control, format (bidirectional overrides, zero-width) and line or
     paragraph separator character written as a ``\\uXXXX`` escape: untrusted text shown this
-    way cannot act on the terminal. Newlines and tabs stay."""
-    out = []
-    for char in text:
-        if char in "\n\t" or unicodedata.category(char) not in {"Cc", "Cf", "Zl", "Zp", "Cs"}:
-            out.append(char)
-        else:
-            code = ord(char)
-            out.append(f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}")
-    return "".join(out)
+    way cannot act on the terminal. Newlines and tabs stay (:func:`docbus.text.visible`)."""
+    return visible(text)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -106,7 +99,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, *, console: Console | None = None) -> int:
     from docbus.cli import run_async  # failures: one line on stderr, by the CLI's runner
 
-    console = console or Console()
+    console = console or make_console()
     command = _show if args.results_command == "show" else _history
     return run_async(lambda settings: command(settings, args, console))
 

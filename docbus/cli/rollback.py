@@ -27,11 +27,10 @@ import argparse
 from typing import TextIO
 
 from rich.console import Console
-from rich.table import Table
-from rich.text import Text
 
 from docbus.cli import print_json
 from docbus.cli.confirm import REFUSED, confirm, stdin_is_terminal
+from docbus.cli.render import Table, make_console, untrusted
 from docbus.ops.rollback import (
     RollbackPlan,
     carry_out,
@@ -73,7 +72,7 @@ def plan_table(plan: RollbackPlan, title: str) -> Table:
             _version(change.before),
             _version(change.after),
         )
-        table.add_row(*(Text(cell) for cell in cells))  # ids as they are, never markup
+        table.add_row(*(untrusted(cell) for cell in cells))  # ids as they are, never markup
     return table
 
 
@@ -131,7 +130,7 @@ def run(
 ) -> int:
     from docbus.cli import run_async, say_error  # failures: one line on stderr (the runner's)
 
-    console = console or Console()
+    console = console or make_console()
     problem = _check_arguments(args)
     if problem is not None:
         say_error("rollback", problem)
@@ -150,7 +149,7 @@ async def _rollback(
     settings: Settings, args: argparse.Namespace, console: Console, stdin: TextIO | None
 ) -> int:
     # With --json, stdout holds the one JSON document: questions and notes go to stderr.
-    talk = Console(stderr=True) if args.json else console
+    talk = make_console(stderr=True) if args.json else console
     async with Store.from_settings(settings) as store:
         if args.undo is not None:
             plan = await plan_undo(store, args.undo)

@@ -332,7 +332,7 @@ class _Parser(argparse.ArgumentParser):
     (argparse's own prints the whole usage first). Subcommands' parsers are of this class too."""
 
     def error(self, message: str) -> NoReturn:
-        _say(f"{self.prog}: error: {message} (see `{self.prog} --help`)")
+        _say(f"{self.prog}: error: {brief(message, limit=1000)} (see `{self.prog} --help`)")
         raise SystemExit(ExitCode.USAGE)
 
 
@@ -450,6 +450,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    # Log lines carry ids, reasons and errors from documents: none may act on the terminal.
+    from docbus.cli.render import install_log_escaping
+
+    install_log_escaping()
     return run_command(command, lambda: args._module.run(args), debug=level == "debug")
 
 

@@ -37,11 +37,11 @@ from typing import Any
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
 from rich.progress_bar import ProgressBar
-from rich.table import Table
 from rich.text import Text
 
 from docbus.cli.arguments import positive_int, positive_seconds
 from docbus.cli.llm_batches import progress_text
+from docbus.cli.render import Table, make_console, untrusted
 from docbus.ops import NotFound
 from docbus.ops.backlog import BacklogProbe
 from docbus.ops.status import (
@@ -111,7 +111,7 @@ def batch_table(status: BatchStatus, previous: BatchStatus | None = None) -> Tab
     rate_title = "docs/s (last interval)" if previous is not None else "docs/s"
     title = Text.assemble(
         ("batch ", "bold"),
-        (record.id, "bold cyan"),
+        untrusted(record.id, "bold cyan"),
         f" → {record.topic} · LLM mode {status.llm_mode}",
     )
     table = Table(title=title, title_justify="left")
@@ -120,7 +120,7 @@ def batch_table(status: BatchStatus, previous: BatchStatus | None = None) -> Tab
     columns = ("published", "done", "retrying", "parked", "dead-lettered")
     for name in (*columns, *(("rolled back",) if rolled else ()), "pending"):
         table.add_column(name, justify="right")
-    table.add_column("progress", no_wrap=True)
+    table.add_column("progress", numeric=True, justify="left")  # the bar is kept whole
     table.add_column(rate_title, justify="right")
     counts = status.counts
     table.add_row(
@@ -266,7 +266,7 @@ def run(args: argparse.Namespace, *, console: Console | None = None) -> int:
     """``docbus status``: tables (or JSON) on ``console``/stdout; errors reach the CLI's runner."""
     from docbus.cli import run_async
 
-    console = console or Console()
+    console = console or make_console()
     try:
         return run_async(lambda settings: _status(settings, args, console))
     except KeyboardInterrupt:

@@ -19,19 +19,20 @@ import contextlib
 import importlib
 import signal
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.table import Table
+from rich.text import Text
 
 from docbus.cli.arguments import (
     non_negative_int,
     non_negative_seconds,
     positive_int,
 )
+from docbus.cli.render import Table, make_console
 from docbus.errors import ConfigurationError, DocbusError
 from docbus.settings import Settings
 from docbus.topology import TopologyError, load_topology
@@ -172,7 +173,7 @@ async def run_worker(
     except TopologyError as exc:
         if args.topology is not None:
             raise WorkerStartError(str(exc)) from exc
-        console.print(f"[yellow]no topology ({exc}); delivery limits default to 10[/]")
+        console.print(Text(f"no topology ({exc}); delivery limits default to 10", "yellow"))
         topology = None
     try:
         options = WorkerOptions.from_settings(
@@ -219,14 +220,20 @@ async def run_worker(
             names = ", ".join(
                 f"{h.name} ({h.spec.topic}/{h.spec.subscription})" for h in registered
             )
-            console.print(f"worker running {names}; Ctrl-C stops gracefully")
             freeze_startup_heap()
-            report = await _run_checked(worker, checking)
+            report = await _run_checked(
+                worker,
+                checking,
+                # said once the subscriptions are known to exist: a start that fails is one line
+                announce=lambda: console.print(f"worker running {names}; Ctrl-C stops gracefully"),
+            )
             await asyncio.gather(*closing, return_exceptions=True)
             return WorkerRun(report, await _parked_left(store, registered))
 
 
-async def _run_checked(worker: Worker, checking: asyncio.Task[None]) -> WorkerReport:
+async def _run_checked(
+    worker: Worker, checking: asyncio.Task[None], *, announce: Callable[[], None]
+) -> WorkerReport:
     """Run ``worker`` while its subscriptions are checked, rather than after: the check
     attaches a receiver of its own (a connection, a token, a link: ~0.5 s), which the first
     result need not wait for. A failed check stops the worker and is raised as the start error
@@ -246,6 +253,7 @@ async def _run_checked(worker: Worker, checking: asyncio.Task[None]) -> WorkerRe
         if not running.cancelled() and running.done():
             running.exception()  # the check's error is the one to tell
         raise
+    announce()
     return await running
 
 
@@ -358,12 +366,12 @@ async def _run(args: argparse.Namespace, settings: Settings) -> int:
     from docbus.cli import print_json, say_error
 
     try:
-        result = await run_worker(args, Console(stderr=True), settings)
+        result = await run_worker(args, make_console(stderr=True), settings)
     except WorkerStartError as exc:
         say_error("worker", str(exc))
         return exc.code
     if args.json:
-        print_json(Console(), report_json(result))
+        print_json(make_console(), report_json(result))
     else:
-        Console().print(report_table(result))
+        make_console().print(report_table(result))
     return exit_code(result)

@@ -54,6 +54,18 @@ async def test_messages_received_ahead_follow_the_pace_of_the_handlers() -> None
     assert await admission.take_credits() == 3
 
 
+async def test_the_pace_of_fast_handlers_is_known_within_a_tenth_of_a_second() -> None:
+    clock = Clock()
+    admission = Admission(
+        concurrency=16, ahead=2, stopping=asyncio.Event(), most_ahead=100, pace=Pace(clock=clock)
+    )
+    for _ in range(220):  # 2,000 a second, for 0.11 s
+        clock.now += 0.0005
+        admission.pace.returned()
+    assert admission.ahead == 100
+    assert await admission.take_credits() == 116
+
+
 async def test_a_receive_never_asks_for_more_than_most() -> None:
     admission = Admission(concurrency=4, ahead=0, stopping=asyncio.Event())
     assert await admission.take_credits(most=1) == 1

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -83,6 +83,78 @@ async def test_a_settlement_after_the_lock_ran_out_is_a_lost_lock(
             await receiver.renew_lock(message)
         with pytest.raises(MessagingError):
             await receiver.complete(message)
+
+
+async def receive_all(receiver: Receiver, count: int) -> list[ServiceBusReceivedMessage]:
+    messages: list[ServiceBusReceivedMessage] = []
+    while len(messages) < count:
+        messages += await receiver.receive(count - len(messages), 5)
+    return messages
+
+
+async def test_completions_arriving_together_leave_together(
+    servicebus_connection_string: str, client: ServiceBusClient
+) -> None:
+    await send(servicebus_connection_string, [routed(f"{i}".encode()) for i in range(6)])
+    async with open_receiver(client, "docs", "work") as receiver:
+        messages = await receive_all(receiver, 6)
+        one_by_one: list[object] = []
+        link = receiver._link
+        complete_message = link.complete_message
+
+        async def counted(message: ServiceBusReceivedMessage) -> None:
+            one_by_one.append(message)
+            await complete_message(message)
+
+        link.complete_message = counted  # type: ignore[method-assign]
+        await asyncio.gather(*(receiver.complete(m) for m in messages))
+        # consecutive deliveries, completed at once: one disposition for all of them
+        assert one_by_one == []
+        assert all(Receiver.settled(m) for m in messages)
+        assert await receiver.peek(10) == []
+    async with open_receiver(client, "docs", "work") as again:
+        assert await again.receive(10, 1) == []  # none comes back
+
+
+async def test_without_ranges_completions_together_go_one_disposition_each(
+    servicebus_connection_string: str, client: ServiceBusClient
+) -> None:
+    await send(servicebus_connection_string, [routed(f"{i}".encode()) for i in range(4)])
+    async with open_receiver(client, "docs", "work", ranged=False) as receiver:
+        messages = await receive_all(receiver, 4)
+        one_by_one: list[object] = []
+        complete_message = receiver._link.complete_message
+
+        async def counted(message: ServiceBusReceivedMessage) -> None:
+            one_by_one.append(message)
+            await complete_message(message)
+
+        receiver._link.complete_message = counted  # type: ignore[method-assign]
+        await asyncio.gather(*(receiver.complete(m) for m in messages))
+        assert sorted(map(id, one_by_one)) == sorted(map(id, messages))
+        assert await receiver.peek(10) == []
+
+
+async def test_a_lost_lock_among_completions_together_fails_only_its_own(
+    servicebus_connection_string: str, client: ServiceBusClient
+) -> None:
+    await send(servicebus_connection_string, [routed(f"{i}".encode()) for i in range(3)], "slow")
+    async with open_receiver(client, "slow", "blocking") as receiver:  # a 1 s lock
+        first, middle, last = sorted(
+            await receive_all(receiver, 3), key=lambda m: int(m.sequence_number or 0)
+        )
+        assert middle.locked_until_utc is not None
+        # the condition under test is time passing: keep two locks, let the middle one run out
+        until = middle.locked_until_utc
+        while datetime.now(UTC) < until + timedelta(seconds=0.3):
+            await receiver.renew_lock(first)
+            await receiver.renew_lock(last)
+            await asyncio.sleep(0.2)
+        outcomes = await asyncio.gather(
+            *(receiver.complete(m) for m in (first, middle, last)), return_exceptions=True
+        )
+        assert outcomes[0] is None and outcomes[2] is None
+        assert isinstance(outcomes[1], MessagingError)
 
 
 async def test_fetching_a_deferred_message_that_is_gone_says_not_found(

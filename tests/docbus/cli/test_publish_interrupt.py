@@ -37,12 +37,16 @@ async def test_ctrl_c_says_how_to_finish_and_resume_sends_exactly_the_rest(
         [str(DOCBUS), "publish", *argv], env=dict(os.environ), stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, text=True, preexec_fn=_interruptible,
     )  # fmt: skip
-    documents = store.database["documents"]
-    while not await documents.count_documents({"batch_id": "big"}, limit=1):
-        assert process.poll() is None, process.communicate()
-        await asyncio.sleep(0.05)  # polling an observable condition: the first chunk recorded
-    process.send_signal(signal.SIGINT)
-    out, err = await asyncio.to_thread(process.communicate, timeout=60)
+    try:
+        documents = store.database["documents"]
+        while not await documents.count_documents({"batch_id": "big"}, limit=1):
+            assert process.poll() is None, process.communicate()
+            await asyncio.sleep(0.05)  # polling an observable condition: the first chunk recorded
+        process.send_signal(signal.SIGINT)
+        out, err = await asyncio.to_thread(process.communicate, timeout=60)
+    finally:
+        if process.poll() is None:  # (a hang must not outlive the test)
+            process.kill()
     assert process.returncode == 130, (out, err)
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1 and "Traceback" not in err, err

@@ -8,6 +8,9 @@ import asyncio
 import io
 import json
 import math
+import os
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -398,3 +401,24 @@ async def test_after_a_real_run_the_report_equals_the_audit_rows_and_the_servers
     review = report.counts.handlers["review"]
     assert (review.done, review.dead_lettered, review.pending) == (7, 1, 0)
     assert report.reasons == {"review": {"SchemaValidationFailed": 1}}
+
+
+@pytest.mark.usefixtures("store_env")
+async def test_at_80_columns_piped_the_report_keeps_every_number_whole(
+    store: Store, batch: str
+) -> None:
+    await call(store, "d1", "entities", "summarise-the-whole-document", prompt=9_234_567)
+    env = {**os.environ, "COLUMNS": "80"}
+    done = await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-m", "docbus", "report", "--batch", batch],
+        capture_output=True, text=True, env=env, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    report = await collect_report(store, batch)
+    total = report.total
+    lines = done.stdout.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    for number in (f"{total.prompt_tokens:,}", f"{total.completion_tokens:,}",
+                   f"{total.cost_usd:,.4f}", "9,234,567"):  # fmt: skip
+        assert any(number in line for line in lines), (number, done.stdout)
+    assert "…" not in done.stdout
