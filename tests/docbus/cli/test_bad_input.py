@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -288,17 +290,20 @@ def test_money_in_json_is_rounded_and_nothing_else_is() -> None:
     assert printed["latency_s"] == 0.1 + 0.2  # not money: as it was
 
 
-def test_up_refused_for_a_port_in_use_leaves_no_data_directory(
-    capsys: pytest.CaptureFixture[str], tmp_path: Path
-) -> None:
-    import socket
-
+@pytest.fixture
+def port_in_use() -> Iterator[int]:
+    """A port something listens on for the length of the test."""
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
-        port = taken.getsockname()[1]
-        data = tmp_path / "state"
-        code, _, err = run(capsys, "up", "--data-dir", str(data), "--servicebus-port", str(port))
+        yield taken.getsockname()[1]
+
+
+def test_up_refused_for_a_port_in_use_leaves_no_data_directory(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, port_in_use: int
+) -> None:
+    port, data = port_in_use, tmp_path / "state"
+    code, _, err = run(capsys, "up", "--data-dir", str(data), "--servicebus-port", str(port))
     assert code == cli.ExitCode.UNAVAILABLE
     assert one_line(err).startswith(f"docbus up: error: port {port} (Service Bus emulator) is")
     assert not data.exists()
@@ -306,14 +311,9 @@ def test_up_refused_for_a_port_in_use_leaves_no_data_directory(
 
 @pytest.mark.parametrize("command", ["emulator", "llm-server"])
 def test_a_stand_in_on_a_port_in_use_is_one_error_line_and_exit_3(
-    capsys: pytest.CaptureFixture[str], command: str
+    capsys: pytest.CaptureFixture[str], command: str, port_in_use: int
 ) -> None:
-    import socket
-
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = taken.getsockname()[1]
-        code, _, err = run(capsys, command, "--port", str(port))
+    port = port_in_use
+    code, _, err = run(capsys, command, "--port", str(port))
     assert code == cli.ExitCode.UNAVAILABLE
     assert one_line(err).startswith(f"docbus {command}: error: cannot listen on 127.0.0.1:{port}")
