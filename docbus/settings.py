@@ -111,6 +111,19 @@ class MongoSettings(BaseModel):
 
     uri: SecretStr = SecretStr("mongodb://127.0.0.1:27017")
     """MongoDB, Atlas, Cosmos DB or a local SecantusDB. Secret: it may hold a password."""
+
+    @field_validator("uri")
+    @classmethod
+    def _a_mongodb_uri(cls, value: SecretStr) -> SecretStr:
+        # pymongo would take "notauri" for a host name and time out on it much later; the
+        # message names the scheme, never the value (it may hold a password)
+        if not value.get_secret_value().strip().startswith(("mongodb://", "mongodb+srv://")):
+            raise ValueError(
+                "not a MongoDB URI: it must start with mongodb:// or mongodb+srv://, "
+                "e.g. mongodb://127.0.0.1:27017"
+            )
+        return value
+
     database: str = "docbus"
     """Database holding docbus's collections."""
     timeout: float = Field(default=10.0, gt=0)

@@ -70,7 +70,8 @@ def _discover(
         where = source.__name__
     elif isinstance(source, str | os.PathLike):
         module = _import(source)
-        candidates, where = vars(module).values(), module.__name__
+        # what the user gave (a .py path), not the private name the file was imported under
+        candidates, where = vars(module).values(), os.fspath(source)
     else:
         candidates, where = list(source), "the given functions"
         for fn in candidates:
@@ -84,7 +85,10 @@ def _discover(
             seen.add(id(value))
             found.append(RegisteredHandler(spec, value))
     if not found:
-        raise HandlerDiscoveryError(f"no @handler functions in {where}")
+        raise HandlerDiscoveryError(
+            f"no @handler functions in {where}: decorate the functions to run with @handler "
+            "(from handlers import handler)"
+        )
     return found
 
 
@@ -108,7 +112,7 @@ def _import(source: str | os.PathLike[str]) -> ModuleType:
             spec.loader.exec_module(module)
         except Exception as exc:
             del sys.modules[name]
-            raise HandlerDiscoveryError(f"importing {text} failed: {exc!r}") from exc
+            raise HandlerDiscoveryError(f"importing {text} failed: {_failure(exc)}") from exc
         return module
     _search_working_directory()
     try:
@@ -116,7 +120,17 @@ def _import(source: str | os.PathLike[str]) -> ModuleType:
     except ImportError as exc:
         raise HandlerDiscoveryError(f"cannot import handler module {text!r}: {exc}") from exc
     except Exception as exc:  # the module itself fails as it is imported
-        raise HandlerDiscoveryError(f"importing handler module {text!r} failed: {exc!r}") from exc
+        raise HandlerDiscoveryError(
+            f"importing handler module {text!r} failed: {_failure(exc)}"
+        ) from exc
+
+
+def _failure(exc: Exception) -> str:
+    """An import's failure in a user's words: where a syntax error is, else type and message."""
+    if isinstance(exc, SyntaxError):
+        where = f"{exc.filename}:{exc.lineno}" if exc.filename else f"line {exc.lineno}"
+        return f"{type(exc).__name__} at {where}: {exc.msg}"
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
 def _search_working_directory() -> None:

@@ -33,7 +33,9 @@ __all__ = [
     "Format",
     "LoaderOptions",
     "ScanResult",
+    "finds_nothing",
     "iter_documents",
+    "json_type",
     "load_documents",
     "scan_documents",
 ]
@@ -43,6 +45,10 @@ Format = Literal["auto", "files", "jsonl", "csv"]
 _JSONL_SUFFIXES = {".jsonl", ".ndjson"}
 _MARKDOWN_SUFFIXES = {".md", ".markdown"}
 _TOO_DEEP = "JSON nested too deeply to read (thousands of levels)"
+_NO_SUCH_PATH = "no such file or directory"
+_NO_MATCH = "no files match this pattern"
+_EMPTY_DIRECTORY = "directory holds no files"
+_FINDS_NOTHING = {_NO_SUCH_PATH, _NO_MATCH, _EMPTY_DIRECTORY}
 
 
 @dataclass(frozen=True)
@@ -114,6 +120,27 @@ def scan_documents(
     return result
 
 
+def finds_nothing(problem: InputProblem) -> bool:
+    """Whether ``problem`` is a path that names no file at all (missing, an empty directory, a
+    pattern matching nothing) rather than a file that could not be used."""
+    return problem.line is None and problem.reason in _FINDS_NOTHING
+
+
+def json_type(value: Any) -> str:
+    """What JSON calls the type of a parsed ``value`` (``null``, not Python's ``NoneType``)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    return "object"
+
+
 # -- finding files -----------------------------------------------------------------------------
 
 
@@ -126,7 +153,7 @@ def _expand(
             matches = sorted(glob.glob(text, recursive=True))
             files = [Path(m) for m in matches if Path(m).is_file() and not _hidden(Path(m))]
             if not files:
-                problems.append(InputProblem(file=text, reason="no files match this pattern"))
+                problems.append(InputProblem(file=text, reason=_NO_MATCH))
             for file in files:
                 yield file, _format_of(file, fmt)
             continue
@@ -136,7 +163,7 @@ def _expand(
                 p for p in path.rglob("*") if p.is_file() and not _hidden(p.relative_to(path))
             )
             if not files:
-                problems.append(InputProblem(file=text, reason="directory holds no files"))
+                problems.append(InputProblem(file=text, reason=_EMPTY_DIRECTORY))
             for file in files:
                 yield file, _format_of(file, fmt)
         elif path.is_file():
@@ -144,7 +171,7 @@ def _expand(
         elif path.exists():
             problems.append(InputProblem(file=text, reason="not a regular file"))
         else:
-            problems.append(InputProblem(file=text, reason="no such file or directory"))
+            problems.append(InputProblem(file=text, reason=_NO_SUCH_PATH))
 
 
 def _hidden(path: Path) -> bool:
@@ -198,10 +225,28 @@ def _read_file(
     if path.suffix.lower() == ".json":
         yield from _read_json_file(path, text, file_metadata, options, problems)
         return
+    if options.id_field is not None and options.id_field not in file_metadata:
+        # A whole file is one plain-text document: its only fields are its path and name.
+        problems.append(InputProblem(file=str(path), reason=_plain_text_has_no_id(path, options)))
+        return
     content_type = "text/markdown" if path.suffix.lower() in _MARKDOWN_SUFFIXES else "text/plain"
     doc = _document(path, None, text, file_metadata, options, problems, content_type=content_type)
     if doc is not None:
         yield doc, None
+
+
+def _plain_text_has_no_id(path: Path, options: LoaderOptions) -> str:
+    why = (
+        "--format files"
+        if options.format == "files"
+        else f"its name ends in {path.suffix!r}"
+        if path.suffix
+        else "its name has no extension"
+    )
+    return (
+        f"read as plain text because {why}, so it has no id field {options.id_field!r} (only "
+        "'path' and 'name'): pass --format jsonl or csv (or name it .jsonl, .json or .csv)"
+    )
 
 
 def _read_json_file(
@@ -225,7 +270,7 @@ def _read_json_file(
     for index, item in enumerate(items, start=1):
         prefix = f"item {index}: " if isinstance(value, list) else ""
         if not isinstance(item, dict):
-            reason = f"{prefix}JSON {type(item).__name__}, expected an object with a text field"
+            reason = f"{prefix}JSON {json_type(item)}, expected an object with a text field"
             problems.append(InputProblem(file=str(path), reason=reason))
             continue
         doc = _record(path, None, item, options, problems, prefix=prefix, extra=file_metadata)
@@ -257,7 +302,7 @@ def _read_jsonl(
                 problems.append(InputProblem(file=str(path), line=number, reason=_TOO_DEEP))
                 continue
             if not isinstance(value, dict):
-                reason = f"JSON {type(value).__name__}, expected an object"
+                reason = f"JSON {json_type(value)}, expected an object"
                 problems.append(InputProblem(file=str(path), line=number, reason=reason))
                 continue
             doc = _record(path, number, value, options, problems)
@@ -395,7 +440,9 @@ def _record(
         )
         return None
     if not isinstance(text, str):
-        reason = f"{prefix}text field {options.text_field!r} is {type(text).__name__}, not a string"
+        reason = (
+            f"{prefix}text field {options.text_field!r} is a JSON {json_type(text)}, not a string"
+        )
         problems.append(InputProblem(file=str(path), line=line, reason=reason))
         return None
     metadata = {**(extra or {}), **{k: v for k, v in record.items() if k != options.text_field}}
@@ -416,14 +463,9 @@ def _document(
     doc_id: str | None = None
     if options.id_field is not None:
         value = metadata.get(options.id_field)
-        if value is None or value == "" or isinstance(value, dict | list):
-            problems.append(
-                InputProblem(
-                    file=str(path),
-                    line=line,
-                    reason=f"{prefix}missing id field {options.id_field!r}",
-                )
-            )
+        problem = _id_problem(options.id_field, metadata)
+        if problem is not None:
+            problems.append(InputProblem(file=str(path), line=line, reason=f"{prefix}{problem}"))
             return None
         doc_id = str(value)
         if len(doc_id) > 1024:
@@ -447,3 +489,17 @@ def _document(
         )
         problems.append(InputProblem(file=str(path), line=line, reason=f"{prefix}{reason}"))
         return None
+
+
+def _id_problem(id_field: str, metadata: Mapping[str, Any]) -> str | None:
+    """What is wrong with the id in ``metadata[id_field]``, or None."""
+    if id_field not in metadata:
+        return f"missing id field {id_field!r}"
+    value = metadata[id_field]
+    if value is None:
+        return f"id field {id_field!r} is null: give each document an id"
+    if isinstance(value, dict | list):
+        return f"id field {id_field!r} is a JSON {json_type(value)}: use a string or a number"
+    if value == "":
+        return f"id field {id_field!r} is empty: give each document an id"
+    return None

@@ -38,7 +38,7 @@ from subscriber.parking import (
 from subscriber.receiver import Receiver
 from subscriber.settlement import Action
 
-__all__ = ["Fetched", "Resumption"]
+__all__ = ["Fetched", "Resumption", "parked_why"]
 
 logger = logging.getLogger(__name__)
 
@@ -161,9 +161,9 @@ class Resumption:
                 logger.warning("cannot tell what is left parked on %s: %s", subscription, exc)
         for group in groups:
             logger.warning(
-                "left parked: %d message(s) of %s (%s/%s), %s: %s",
+                "left parked: %d message(s) of %s (%s/%s), %s",
                 group.count, group.handler or "?", group.topic, group.subscription,
-                group.reason, group.description,
+                parked_why(group.reason, group.description),
             )  # fmt: skip
         return groups
 
@@ -215,3 +215,11 @@ class Resumption:
             if message is not None:
                 fetched.append((p, message))
         return fetched
+
+
+def parked_why(reason: str, description: str) -> str:
+    """Why messages are parked, on one line: the reason once, even when the description (an
+    exception described as ``Type: message``) starts with it."""
+    if not description:
+        return reason
+    return description if description.startswith(reason) else f"{reason}: {description}"

@@ -30,7 +30,9 @@ from typing import IO, Any, Literal
 from rich.console import Console
 
 from docbus.cli.render import make_console
+from docbus.ops import NotFound
 from docbus.ops.audit import EXPORT_FIELDS, ExportFilter, export_rows
+from docbus.ops.batches import no_batch
 from docbus.settings import Settings
 from docbus.store import Store
 
@@ -106,8 +108,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     export.add_argument(
         "--format",
         choices=("jsonl", "csv"),
-        help="jsonl (default) or csv (messages and parsed output JSON-encoded); "
-        "default: from the --output suffix",
+        help="jsonl or csv (messages and parsed output JSON-encoded); default: csv when "
+        "--output ends in .csv, else jsonl",
     )
     export.add_argument(
         "--output", "-o", type=Path, metavar="FILE", help="write here (default: stdout)"
@@ -138,12 +140,15 @@ def run(
             if count == 0:
                 raise _NothingMatched
     except _NothingMatched:
-        say_error("audit", f"no LLM calls match {selection.describe()}")
+        say_error("audit export", f"no LLM calls match {selection.describe()}")
+        return 1
+    except NotFound as exc:
+        say_error("audit export", str(exc))
         return 1
     except BrokenPipeError:
         raise  # the reader went away (`| head`): the runner ends quietly
     except OSError as exc:
-        say_error("audit", f"cannot write the export: {exc}")
+        say_error("audit export", f"cannot write the export: {exc}")
         return 1
     where = str(args.output) if args.output is not None else "stdout"
     errors.print(f"exported {count:,} LLM call(s) as {fmt} to {where}", highlight=False)
@@ -159,14 +164,18 @@ async def _export(
 ) -> int:
     async with Store.from_settings(settings) as store:
         if not errors.is_terminal:
-            return await export_calls(store, selection, writer)
-        with errors.status("exporting…") as status:
+            count = await export_calls(store, selection, writer)
+        else:
+            with errors.status("exporting…") as status:
 
-            def progress(count: int) -> None:
-                if count % 100 == 0:
-                    status.update(f"exporting… {count:,} LLM calls")
+                def progress(count: int) -> None:
+                    if count % 100 == 0:
+                        status.update(f"exporting… {count:,} LLM calls")
 
-            return await export_calls(store, selection, writer, progress)
+                count = await export_calls(store, selection, writer, progress)
+        if count == 0 and await store.get_batch(selection.batch_id) is None:
+            raise no_batch(selection.batch_id)  # not "no calls match": there is no such batch
+        return count
 
 
 @contextlib.contextmanager

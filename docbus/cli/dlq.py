@@ -21,6 +21,7 @@ from rich.console import Console, Group, RenderableType
 from rich.text import Text
 
 from docbus.cli import print_json
+from docbus.cli.arguments import count, positive_seconds
 from docbus.cli.dead_letter_filter import add_filter_arguments, filter_from_args
 from docbus.cli.render import Table, make_console, untrusted
 from docbus.envelope import Envelope
@@ -196,7 +197,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_filter_arguments(listing)
     listing.add_argument("--group-by", choices=sorted(GROUPS), help="counts per group")
     listing.add_argument(
-        "--limit", type=int, default=100, metavar="N", help="rows shown (default 100; 0: all)"
+        "--limit", type=count, default=100, metavar="N", help="rows shown (default 100; 0: all)"
     )
     listing.add_argument("--json", action="store_true", help="print the rows as JSON")
     show = commands.add_parser("show", help="one dead letter, its document and LLM calls")
@@ -210,7 +211,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--handlers", metavar="MODULE", help="handler module, to name handlers in new records"
     )
     sync.add_argument(
-        "--max-wait", type=float, default=1.0, metavar="S", help="wait on an empty queue (1 s)"
+        "--max-wait",
+        type=positive_seconds,
+        default=1.0,
+        metavar="S",
+        help="wait on an empty queue (1 s)",
     )
 
 
@@ -249,12 +254,9 @@ async def _show(settings: Settings, args: argparse.Namespace, console: Console) 
         async with Store.from_settings(settings) as store:
             detail = await show_dead_letter(store, args.id)
     except NotFound as exc:
-        if args.json:
-            from docbus.cli import say_error
+        from docbus.cli import say_error
 
-            say_error("dlq show", str(exc))
-        else:
-            console.print(str(exc), markup=False)
+        say_error("dlq show", str(exc))
         return 1
     if args.json:
         print_json(console, detail.to_json())
@@ -268,7 +270,9 @@ async def _sync(settings: Settings, args: argparse.Namespace, console: Console) 
     from subscriber.dlq import sync_dead_letters
 
     if args.subscription is not None and args.topic is None:
-        console.print("docbus dlq sync: error: --subscription needs --topic", markup=False)
+        from docbus.cli import say_error
+
+        say_error("dlq sync", "--subscription needs --topic (the topic it belongs to)")
         return 2
     topology = load_topology(args.topology)
     handlers: dict[tuple[str, str], str] = {}

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import logging
 import signal
-import sys
 from pathlib import Path
 
+from docbus.cli.runner import say_error
 from docbus.local.emulator.config import ConfigError, load_config
 from docbus.local.emulator.server import Emulator
 
@@ -46,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
                 raise ValueError(f"--sas-key {item!r}: expected NAME=KEY")
             keys[name] = key
     except (ConfigError, ValueError, OSError) as exc:
-        print(f"docbus emulator: {exc}", file=sys.stderr)
+        say_error("emulator", str(exc))
         return 2
     emulator = Emulator(
         config, host=args.host, port=args.port, data_dir=args.data_dir, sas_keys=keys
@@ -65,6 +66,6 @@ def run(args: argparse.Namespace) -> int:
     try:
         asyncio.run(main())
     except OSError as exc:
-        print(f"docbus emulator: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
-        return 1
+        say_error("emulator", f"cannot listen on {args.host}:{args.port}: {exc}")
+        return 3 if exc.errno == errno.EADDRINUSE else 1  # in use: try again once it is free
     return 0

@@ -24,6 +24,7 @@ from typing import TypeVar
 from rich.console import Console, Group, RenderableType
 from rich.text import Text
 
+from docbus.cli.arguments import positive_int
 from docbus.cli.render import Table, make_console, untrusted
 from docbus.ops.llm_batches import (
     Cancel,
@@ -66,7 +67,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     listing = commands.add_parser("list", help="provider batches, newest first")
     listing.add_argument("--batch", metavar="BATCH", help="only those of this docbus batch")
     listing.add_argument(
-        "--limit", type=_positive, default=50, metavar="N", help="rows shown (default 50)"
+        "--limit", type=positive_int, default=50, metavar="N", help="rows shown (default 50)"
     )
     show = commands.add_parser("show", help="one provider batch and its outcome")
     show.add_argument("id", metavar="ID", help="its record id, or the provider's batch id")
@@ -81,13 +82,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         sub.add_argument("batch", metavar="BATCH", help="the docbus batch id")
     for sub in (listing, show, cancel, resume):
         sub.add_argument("--json", action="store_true", help="print JSON instead of tables")
-
-
-def _positive(value: str) -> int:
-    number = int(value)
-    if number < 1:
-        raise argparse.ArgumentTypeError("must be 1 or more")
-    return number
 
 
 def run(args: argparse.Namespace, *, console: Console | None = None) -> int:
@@ -158,7 +152,7 @@ async def _carry_out(
         async with Store.from_settings(settings) as store:
             outcome = await act(store)
     except LLMBatchRefused as exc:
-        say_error("llm-batches", str(exc))
+        say_error(f"llm-batches {args.llm_batches_command}", str(exc))
         return None
     if args.json:
         print_json(console, outcome.to_json())

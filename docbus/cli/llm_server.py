@@ -12,34 +12,15 @@ SIGTERM; the runner (:mod:`docbus.cli.runner`) configures logging, as for every 
 from __future__ import annotations
 
 import argparse
-import sys
+import errno
 
+from docbus.cli.arguments import non_negative_seconds, positive_int, share
+from docbus.cli.runner import say_error
 from docbus.local.llm_server.batch_config import BatchConfig
 from docbus.local.llm_server.config import OFFLINE_MODEL, Faults, Latency, Limits, LLMServerConfig
 from docbus.local.llm_server.server import LLMServer
 
 DEFAULT_PORT = 8089
-
-
-def _rate(text: str) -> float:
-    value = float(text)
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"a rate must be within [0, 1], got {text}")
-    return value
-
-
-def _seconds(text: str) -> float:
-    value = float(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"seconds must be >= 0, got {text}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
-    return value
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -61,33 +42,37 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
     latency = parser.add_argument_group("latency (seconds)").add_mutually_exclusive_group()
-    latency.add_argument("--latency", type=_seconds, metavar="S", help="fixed delay")
+    latency.add_argument("--latency", type=non_negative_seconds, metavar="S", help="fixed delay")
     latency.add_argument(
-        "--latency-uniform", type=_seconds, nargs=2, metavar=("MIN", "MAX"), help="uniform delay"
+        "--latency-uniform",
+        type=non_negative_seconds,
+        nargs=2,
+        metavar=("MIN", "MAX"),
+        help="uniform delay",
     )
     latency.add_argument(
         "--latency-lognormal",
-        type=_seconds,
+        type=non_negative_seconds,
         nargs=2,
         metavar=("MEDIAN", "P95"),
         help="log-normal delay with this median and 95th percentile",
     )
 
     inject = parser.add_argument_group("injected faults (probability per request)")
-    inject.add_argument("--rate-429", type=_rate, default=0.0, metavar="P")
+    inject.add_argument("--rate-429", type=share, default=0.0, metavar="P")
     inject.add_argument(
         "--retry-after",
-        type=_seconds,
+        type=non_negative_seconds,
         default=faults.retry_after,
         metavar="S",
         help="Retry-After of injected 429s (%(default)s)",
     )
-    inject.add_argument("--rate-500", type=_rate, default=0.0, metavar="P")
-    inject.add_argument("--rate-503", type=_rate, default=0.0, metavar="P")
-    inject.add_argument("--rate-timeout", type=_rate, default=0.0, metavar="P")
+    inject.add_argument("--rate-500", type=share, default=0.0, metavar="P")
+    inject.add_argument("--rate-503", type=share, default=0.0, metavar="P")
+    inject.add_argument("--rate-timeout", type=share, default=0.0, metavar="P")
     inject.add_argument(
         "--timeout-hold",
-        type=_seconds,
+        type=non_negative_seconds,
         default=faults.timeout_hold,
         metavar="S",
         help="how long a timed-out request is held (%(default)s)",
@@ -98,21 +83,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=faults.timeout_mode,
         help="after the hold: drop the connection or answer late (%(default)s)",
     )
-    inject.add_argument("--rate-malformed", type=_rate, default=0.0, metavar="P")
+    inject.add_argument("--rate-malformed", type=share, default=0.0, metavar="P")
     inject.add_argument(
         "--rate-schema",
-        type=_rate,
+        type=share,
         default=0.0,
         metavar="P",
         help="valid JSON that violates the requested schema",
     )
 
     limits = parser.add_argument_group("limits")
-    limits.add_argument("--tpm", type=_positive_int, default=None, help="tokens per minute")
-    limits.add_argument("--rpm", type=_positive_int, default=None, help="requests per minute")
+    limits.add_argument("--tpm", type=positive_int, default=None, help="tokens per minute")
+    limits.add_argument("--rpm", type=positive_int, default=None, help="requests per minute")
     limits.add_argument(
         "--context-tokens",
-        type=_positive_int,
+        type=positive_int,
         default=Limits().context_tokens,
         help="maximum prompt + completion tokens (%(default)s)",
     )
@@ -120,7 +105,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     batch = parser.add_argument_group("Batch API (/v1/files, /v1/batches)")
     batch.add_argument(
         "--batch-processing",
-        type=_seconds,
+        type=non_negative_seconds,
         default=BatchConfig().in_progress_seconds,
         metavar="SECONDS",
         help="how long a batch stays in_progress before it completes (%(default)s: at once; "
@@ -128,7 +113,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     batch.add_argument(
         "--batch-expire-share",
-        type=_rate,
+        type=share,
         default=BatchConfig().expire_share,
         metavar="SHARE",
         help="share of a batch's requests left unanswered: the batch ends expired (%(default)s)",
@@ -176,7 +161,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         config = config_from_args(args)
     except ValueError as exc:
-        print(f"docbus llm-server: {exc}", file=sys.stderr)
+        say_error("llm-server", str(exc))
         return 2
 
     def announce(server: LLMServer) -> None:
@@ -185,9 +170,6 @@ def run(args: argparse.Namespace) -> int:
     try:
         LLMServer(config).run_forever(ready=announce)
     except OSError as exc:
-        print(
-            f"docbus llm-server: cannot listen on {config.host}:{config.port}: {exc}",
-            file=sys.stderr,
-        )
-        return 1
+        say_error("llm-server", f"cannot listen on {config.host}:{config.port}: {exc}")
+        return 3 if exc.errno == errno.EADDRINUSE else 1  # in use: try again once it is free
     return 0

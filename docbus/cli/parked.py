@@ -18,13 +18,19 @@ from collections.abc import Sequence
 
 from rich.console import Console
 
+from docbus.cli.arguments import count
 from docbus.cli.render import Table, make_console
 from docbus.ops.parked import ParkedSelection, parked_overview, request_resume
 from docbus.settings import Settings
 from docbus.store import ParkedGroup, ParkedMessage, Store
 from docbus.text import one_line
 
-__all__ = ["add_arguments", "groups_table", "parked_table", "run"]
+__all__ = ["EXIT_CODES", "add_arguments", "groups_table", "parked_table", "run"]
+
+EXIT_CODES = {
+    0: "listed (also while messages are parked: a listing succeeded; `docbus status` and "
+    "`docbus worker` are the commands whose exit code says messages are parked)",
+}
 
 CELL_LIMIT = 60
 
@@ -43,7 +49,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         )
         sub.add_argument("--json", action="store_true", help="print JSON instead of tables")
     listing.add_argument(
-        "--limit", type=int, default=50, metavar="N", help="rows shown (default 50; 0: all)"
+        "--limit", type=count, default=50, metavar="N", help="rows shown (default 50; 0: all)"
     )
 
 

@@ -35,7 +35,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.text import Text
 
-from docbus.cli import brief
+from docbus.cli import arguments, brief
 from docbus.cli.config import load_settings
 from docbus.cli.render import Table, make_console, untrusted
 from docbus.envelope import BATCH_ID_PATTERN, new_batch_id
@@ -46,7 +46,7 @@ from docbus.store import Store, StoreError, StoreUnavailable
 from docbus.topology import Topology, TopologyError, load_topology
 from publisher.inputs import DocumentInput, InputProblem, InvalidInput
 from publisher.llm_mode import LLM_MODES, HandlerLike, batch_mode_refusal
-from publisher.loaders import LoaderOptions, iter_documents, scan_documents
+from publisher.loaders import LoaderOptions, finds_nothing, iter_documents, scan_documents
 from publisher.preflight import PublishRefused, topic_receivers
 from publisher.publish import MessageSender, PublishReport, SenderFactory, publish_documents
 
@@ -72,9 +72,11 @@ exit codes:
   1  something was skipped (invalid input, or --resume found a changed document), failed to
      send, or the publish was refused (topic or subscription unknown to the topology or
      missing on the broker, batch id already used); a refusal records and sends nothing
-  2  usage or configuration error (bad batch id, no broker configured, unreadable topology,
-     --llm-mode batch for a topic with an ordered handler)
+  2  usage or configuration error (bad batch id, a path that names no file, no broker
+     configured, unreadable topology, --llm-mode batch for a topic with an ordered handler)
   3  Service Bus or MongoDB could not be reached: try again once it is available
+  130 interrupted (Ctrl-C): the batch is incomplete; the same command with --batch-id ID
+     --resume sends the rest
 """
 
 
@@ -85,7 +87,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "paths", nargs="+", metavar="PATH", help="files, directories or globs to publish"
     )
     parser.add_argument("--topic", required=True, help="Service Bus topic to send to")
-    parser.add_argument("--batch-id", help="batch id (default: a fresh time-sortable one)")
+    parser.add_argument(
+        "--batch-id", type=arguments.batch_id, help="batch id (default: a fresh time-sortable one)"
+    )
     parser.add_argument(
         "--format",
         choices=["auto", "files", "jsonl", "csv"],
@@ -129,7 +133,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--budget",
-        type=_budget,
+        type=arguments.money,
         metavar="USD",
         help="maximum LLM spending for this batch, in US dollars",
     )
@@ -162,16 +166,6 @@ def _llm_mode_refusal(args: argparse.Namespace, topology: Topology) -> str | Non
     return batch_mode_refusal(args.topic, args.llm_mode, topology=topology, handlers=handlers)
 
 
-def _budget(value: str) -> float:
-    try:
-        amount = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of dollars: {value!r}") from None
-    if not amount > 0:
-        raise argparse.ArgumentTypeError("the budget must be more than 0 dollars")
-    return amount
-
-
 def run(  # noqa: C901 - one branch per refusal the command turns into a line and an exit code
     args: argparse.Namespace,
     *,
@@ -190,23 +184,32 @@ def run(  # noqa: C901 - one branch per refusal the command turns into a line an
     if settings is None:
         return 2
     batch_id = args.batch_id or new_batch_id()
+
+    def refuse(
+        code: int, message: str, problems: Sequence[InputProblem] = (), *, named: bool = False
+    ) -> int:
+        """One line on stderr (the problems after it when no table shows them and ``message``
+        does not name them); with --json, the refusal and its problems on stdout too."""
+        _error(err, message, problems=problems if args.json and not named else None)
+        if args.json:
+            refusal = _refusal_json(args, batch_id, code, message, problems)
+            console.file.write(json.dumps(refusal, ensure_ascii=False) + "\n")
+            console.file.flush()
+        return code
+
     if not re.match(BATCH_ID_PATTERN, batch_id):
-        _error(err, f"invalid batch id {batch_id!r}: use up to 64 letters, digits, . _ or -")
-        return 2
+        return refuse(2, f"invalid batch id {batch_id!r}: use up to 64 letters, digits, . _ or -")
     try:
         topology = load_topology(args.topology)
     except TopologyError as exc:
-        _error(err, f"{exc}: pass --topology FILE (the file the entities were deployed from)")
-        return 2
+        return refuse(2, f"{exc}: pass --topology FILE (the file the entities were deployed from)")
     try:
         topic_receivers(topology, args.topic)
     except PublishRefused as exc:
-        _error(err, f"cannot publish to topic {args.topic!r}: {exc}; nothing was sent")
-        return 1
+        return refuse(1, f"cannot publish to topic {args.topic!r}: {exc}; nothing was sent")
     refusal = _llm_mode_refusal(args, topology)
     if refusal is not None:
-        _error(err, f"{refusal}; nothing was sent")
-        return 2
+        return refuse(2, f"{refusal}; nothing was sent")
     options = LoaderOptions(
         format=args.format,
         text_field=args.text_field,
@@ -215,23 +218,26 @@ def run(  # noqa: C901 - one branch per refusal the command turns into a line an
     )
     with out.status("checking the inputs..."):
         scan = scan_documents(args.paths, options)
+    if scan.documents == 0 and scan.problems and all(map(finds_nothing, scan.problems)):
+        # every path names no file: a typo, not bad documents (no table, no --skip-invalid)
+        found = "; ".join(str(problem) for problem in scan.problems)
+        return refuse(2, f"{found}: check the path; nothing was sent", scan.problems, named=True)
     if scan.problems and not args.skip_invalid:
         out.print(problems_table(scan.problems, "Invalid input"))
-        _error(
-            err,
+        return refuse(
+            1,
             f"{len(scan.problems)} invalid input(s): nothing was sent. Fix them, or pass "
             f"--skip-invalid to send the other {scan.documents} document(s).",
-            problems=scan.problems if args.json else None,
+            scan.problems,
         )
-        return 1
     if scan.documents == 0:
         if scan.problems:
             out.print(problems_table(scan.problems, "Skipped (invalid input)"))
-        _error(err, "no valid documents to publish", problems=scan.problems if args.json else None)
-        return 1
+            return refuse(1, "no valid documents to publish; nothing was sent", scan.problems)
+        inputs = ", ".join(os.fspath(path) for path in args.paths)
+        return refuse(1, f"no documents in {inputs}: empty, or only blank lines; nothing was sent")
     if not args.dry_run and not settings.servicebus.configured:
-        _error(err, NO_BROKER)
-        return 2
+        return refuse(2, NO_BROKER)
     job = _Job(
         args=args, settings=settings, batch_id=batch_id, options=options, console=out,
         topology=topology,
@@ -247,8 +253,7 @@ def run(  # noqa: C901 - one branch per refusal the command turns into a line an
         )
         return 1
     except PublishRefused as exc:
-        _error(err, f"cannot publish to topic {args.topic!r}: {exc}; nothing was sent")
-        return 1
+        return refuse(1, f"cannot publish to topic {args.topic!r}: {exc}; nothing was sent")
     except StoreUnavailable as exc:
         _error(err, f"cannot reach MongoDB: {brief(str(exc))}; {NO_STORE}")
         return 3
@@ -282,6 +287,26 @@ def run(  # noqa: C901 - one branch per refusal the command turns into a line an
             out.print(Text.assemble(("warning: ", "bold yellow"), warning), highlight=False)
         out.print(report_table(report))
     return 0 if report.ok else 1
+
+
+def _refusal_json(
+    args: argparse.Namespace,
+    batch_id: str,
+    code: int,
+    message: str,
+    problems: Sequence[InputProblem],
+) -> dict[str, Any]:
+    """``--json`` of a publish that was refused before sending: why, and every problem."""
+    return {
+        "batch_id": batch_id,
+        "topic": args.topic,
+        "dry_run": bool(args.dry_run),
+        "ok": False,
+        "sent": 0,
+        "refused": message,
+        "exit_code": code,
+        "problems": [problem.model_dump() for problem in problems],
+    }
 
 
 def report_table(report: PublishReport) -> Table:
@@ -321,7 +346,11 @@ def _error(
 ) -> None:
     """One error line, then each of ``problems`` (given when no table shows them)."""
     # soft_wrap: a line stays one line (rich would wrap at 80 columns off a terminal)
-    console.print(Text.assemble(("error: ", "bold red"), message), highlight=False, soft_wrap=True)
+    console.print(
+        Text.assemble(("docbus publish: error: ", "bold red"), message),
+        highlight=False,
+        soft_wrap=True,
+    )
     for problem in problems or ():
         console.print(untrusted(f"  {problem}"), highlight=False, soft_wrap=True)
 

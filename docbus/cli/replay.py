@@ -33,9 +33,11 @@ from typing import TextIO
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from docbus.cli.arguments import positive_int, positive_number
 from docbus.cli.confirm import REFUSED, confirm, stdin_is_terminal
 from docbus.cli.dead_letter_filter import add_filter_arguments, filter_from_args
 from docbus.cli.render import Table, make_console
+from docbus.ops.batches import no_batch
 from docbus.servicebus import servicebus_client
 from docbus.settings import Settings
 from docbus.store import Store
@@ -79,20 +81,6 @@ EXIT_CODES = {
 _DEAD_LETTER_ONLY = ("reason", "topic", "doc", "since", "until", "replayed")
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be 1 or more")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError("must be a positive number")
-    return value
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_filter_arguments(parser)
     batch = parser.add_argument_group("batch replay")
@@ -113,12 +101,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     sending.add_argument(
         "--limit",
-        type=_positive_int,
+        type=positive_int,
         metavar="N",
         help="replay at most N dead letters (oldest first), or N documents of a batch",
     )
     sending.add_argument(
-        "--rate", type=_positive_float, metavar="N", help="at most N messages per second"
+        "--rate", type=positive_number, metavar="N", help="at most N messages per second"
     )
     sending.add_argument(
         "--again", action="store_true", help="also replay dead letters replayed before"
@@ -200,6 +188,14 @@ async def _replay(
         except ReplayError as exc:
             say_error("replay", str(exc))
             return REFUSED
+        if (
+            args.batch is not None
+            and not plan.messages
+            and not plan.skipped
+            and await store.get_batch(args.batch) is None
+        ):
+            say_error("replay", f"{no_batch(args.batch)}: nothing to replay (see `docbus status`)")
+            return 1
         refusal = _llm_mode_refusal(plan, args)
         if refusal is not None:
             say_error("replay", f"{refusal}; nothing was sent")

@@ -24,6 +24,7 @@ from rich.text import Text
 
 from docbus.cli.render import Table, make_console, untrusted
 from docbus.ops import NotFound
+from docbus.ops._not_found import NameOne
 from docbus.ops.results import choose_result, result_history, result_json, result_state
 from docbus.records import ResultRecord
 from docbus.settings import Settings
@@ -32,7 +33,11 @@ from docbus.text import visible
 
 __all__ = ["EXIT_CODES", "add_arguments", "history_table", "run", "safe_text"]
 
-EXIT_CODES = {1: "the document has no result (of that handler, or of that version)"}
+EXIT_CODES = {
+    1: "the document has no result (of that handler, or of that version)",
+    2: "usage error, e.g. the document has results of several handlers and --handler names "
+    "none of them",
+}
 
 
 def history_table(doc_id: str, versions: Sequence[ResultRecord]) -> Table:
@@ -113,7 +118,7 @@ async def _history(settings: Settings, args: argparse.Namespace, console: Consol
                 store, args.doc, handler=args.handler, batch_id=args.batch
             )
     except NotFound as exc:
-        return _fail(str(exc))
+        return _fail(exc, "history")
     if args.json:
         _print_json(console, {"doc_id": args.doc, "versions": [result_json(v) for v in versions]})
     else:
@@ -121,11 +126,12 @@ async def _history(settings: Settings, args: argparse.Namespace, console: Consol
     return 0
 
 
-def _fail(message: str) -> int:
-    from docbus.cli import say_error
+def _fail(exc: NotFound, command: str) -> int:
+    from docbus.cli import ExitCode, say_error
 
-    say_error("results", message)
-    return 1
+    say_error(f"results {command}", str(exc))
+    # several handlers' results and none named: the command line must say which
+    return ExitCode.USAGE if isinstance(exc, NameOne) else ExitCode.ATTENTION
 
 
 async def _show(settings: Settings, args: argparse.Namespace, console: Console) -> int:
@@ -134,7 +140,7 @@ async def _show(settings: Settings, args: argparse.Namespace, console: Console) 
     try:
         record = choose_result(args.doc, versions, handler=args.handler, version=args.version)
     except NotFound as exc:
-        return _fail(str(exc))
+        return _fail(exc, "show")
     if args.json:
         _print_json(console, result_json(record))
         return 0

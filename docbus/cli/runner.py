@@ -34,7 +34,7 @@ import textwrap
 import traceback
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from enum import IntEnum
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from docbus.text import one_line
 
@@ -52,6 +52,7 @@ __all__ = [
     "exit_code_rows",
     "main",
     "print_json",
+    "rounded_money",
     "run_async",
     "run_command",
     "say_error",
@@ -141,6 +142,10 @@ def _exit_code_epilog(own: Mapping[int, str] | None) -> str:
     return "exit codes:\n" + "\n".join(lines)
 
 
+# Codes only one command gives, listed by `docbus --help` with the common ones.
+_ONE_COMMAND_CODES: dict[int, str] = {4: "docbus worker only: messages are left parked"}
+
+
 # -- the runner ---------------------------------------------------------------------------------
 
 
@@ -224,6 +229,8 @@ def describe_failure(exc: BaseException) -> tuple[int, str]:
         )
     if isinstance(exc, MessagingError):
         if exc.transient:
+            if "docbus up" in text:  # the message already says what to do (probe_endpoint)
+                return ExitCode.UNAVAILABLE, text
             return ExitCode.UNAVAILABLE, f"cannot reach Service Bus ({text}); {_NO_BROKER}"
         return ExitCode.ATTENTION, f"Service Bus: {text}"
     if isinstance(exc, ConfigurationError | TopologyError):
@@ -263,8 +270,31 @@ def brief(text: str, limit: int = 300) -> str:
 
 
 def print_json(console: Console, data: Any) -> None:
-    """A command's ``--json`` output: one document on ``console`` (stdout), never wrapped."""
-    console.out(json.dumps(data, indent=2, ensure_ascii=False, default=str), highlight=False)
+    """A command's ``--json`` output: one document on ``console`` (stdout), never wrapped;
+    amounts of money rounded (:func:`rounded_money`)."""
+    text = json.dumps(rounded_money(data), indent=2, ensure_ascii=False, default=str)
+    console.out(text, highlight=False)
+
+
+_MONEY_KEY = re.compile(r"cost|usd|budget|spent|price", re.IGNORECASE)
+_MONEY_DECIMALS = 10
+"""Dollars in JSON keep 10 decimals: a millionth of a cent is kept, float noise
+(0.005686649999999999) is not."""
+
+
+def rounded_money(data: Any, *, money: bool = False) -> Any:
+    """``data`` with the floats under money keys (``cost_usd``, ``budget``, ...) rounded to
+    :data:`_MONEY_DECIMALS`; everything else as it is."""
+    if isinstance(data, float):
+        return round(data, _MONEY_DECIMALS) if money else data
+    if isinstance(data, dict):
+        return {
+            key: rounded_money(value, money=money or bool(_MONEY_KEY.search(str(key))))
+            for key, value in data.items()
+        }
+    if isinstance(data, list | tuple):
+        return [rounded_money(value, money=money) for value in data]
+    return data
 
 
 def say_error(command: str, message: str) -> None:
@@ -297,13 +327,22 @@ def _version() -> str:
         return "unknown"
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage error said in one line: what is wrong and where to read more
+    (argparse's own prints the whole usage first). Subcommands' parsers are of this class too."""
+
+    def error(self, message: str) -> NoReturn:
+        _say(f"{self.prog}: error: {brief(message, limit=1000)} (see `{self.prog} --help`)")
+        raise SystemExit(ExitCode.USAGE)
+
+
 def _top_parser() -> argparse.ArgumentParser:
     lines = [f"  {name:<12} {help_text}" for name, (_, help_text) in COMMANDS.items()]
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="docbus",
         description="Batch LLM work on documents, on Azure Service Bus.",
         epilog="commands:\n" + "\n".join(lines) + "\n\nRun 'docbus COMMAND --help' for details."
-        "\n\n" + _exit_code_epilog(None),
+        "\n\n" + _exit_code_epilog(_ONE_COMMAND_CODES),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"docbus {_version()}")
@@ -315,7 +354,7 @@ def build_parser(command: str) -> argparse.ArgumentParser:
     module_name, help_text = COMMANDS[command]
     module = importlib.import_module(module_name)
     own = getattr(module, "EXIT_CODES", None)
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog=f"docbus {command}",
         description=help_text,
         epilog=_exit_code_epilog(own if isinstance(own, Mapping) else None),
@@ -330,8 +369,42 @@ def build_parser(command: str) -> argparse.ArgumentParser:
             choices=LOG_LEVELS,
             help="logging verbosity (default: warning; DOCBUS_LOG_LEVEL)",
         )
+    for subparser in _subparsers(parser):
+        # `docbus dlq list --help` tells the same truth as `docbus dlq --help`
+        if subparser.epilog is None:
+            subparser.epilog = parser.epilog
+            subparser.formatter_class = argparse.RawDescriptionHelpFormatter
+        if not any(action.dest == "log_level" for action in subparser._actions):
+            subparser.add_argument(
+                "--log-level",
+                type=str.lower,
+                # SUPPRESS: the value parsed before the subcommand (_hoist_log_level) stands
+                default=argparse.SUPPRESS,
+                choices=LOG_LEVELS,
+                help="logging verbosity (default: warning; DOCBUS_LOG_LEVEL)",
+            )
     parser.set_defaults(_module=module)
     return parser
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """The parsers of ``parser``'s subcommands (``dlq list``, ``results show``, ...)."""
+    found: list[argparse.ArgumentParser] = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            found.extend(dict.fromkeys(action.choices.values()))  # aliases: once each
+    return found
+
+
+def command_label(parser: argparse.ArgumentParser, args: argparse.Namespace) -> str:
+    """What errors call the command: ``publish``, or with its subcommand, ``dlq show``."""
+    label = parser.prog.removeprefix("docbus ")
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction) and action.dest:
+            chosen = getattr(args, action.dest, None)
+            if isinstance(chosen, str):
+                label = f"{label} {chosen}"
+    return label
 
 
 def _hoist_log_level(args: list[str]) -> list[str]:
@@ -362,9 +435,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             top.parse_args(argv[:1])  # --version, --help, or the usage error of a bad command
             return ExitCode.USAGE
         command, rest = argv[0], _hoist_log_level(argv[1:])
-        args = build_parser(command).parse_args(rest)
+        parser = build_parser(command)
+        args = parser.parse_args(rest)
     except SystemExit as exit_:  # argparse: --help, --version, or a usage error already printed
         return exit_.code if isinstance(exit_.code, int) else ExitCode.USAGE
+    command = command_label(parser, args)
     level = _log_level(args)
     if level is None:
         _say(

@@ -39,6 +39,7 @@ from rich.live import Live
 from rich.progress_bar import ProgressBar
 from rich.text import Text
 
+from docbus.cli.arguments import positive_int, positive_seconds
 from docbus.cli.llm_batches import progress_text
 from docbus.cli.render import Table, make_console, untrusted
 from docbus.ops import NotFound
@@ -221,7 +222,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--batch", action="append", metavar="ID", help="show this batch (repeatable)"
     )
     parser.add_argument(
-        "--limit", type=int, default=10, help="without --batch: how many recent batches (10)"
+        "--limit",
+        type=positive_int,
+        default=10,
+        help="without --batch: how many recent batches (10)",
     )
     parser.add_argument(
         "--watch",
@@ -231,7 +235,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--interval",
-        type=_positive,
+        type=positive_seconds,
         default=2.0,
         metavar="S",
         help="seconds between refreshes with --watch (default 2)",
@@ -246,7 +250,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--broker-timeout",
-        type=_positive,
+        type=positive_seconds,
         default=5.0,
         metavar="S",
         help="seconds the broker gets to answer per batch (default 5)",
@@ -256,13 +260,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="do not ask the broker: complete batches show 'complete (broker not checked)'",
     )
-
-
-def _positive(value: str) -> float:
-    number = float(value)
-    if number <= 0:
-        raise argparse.ArgumentTypeError("must be a positive number of seconds")
-    return number
 
 
 def run(args: argparse.Namespace, *, console: Console | None = None) -> int:

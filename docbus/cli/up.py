@@ -79,12 +79,16 @@ def run(args: argparse.Namespace) -> int:
             await stop.wait()
 
     # The data directory first: its lock names the stack that holds it, the likelier story.
-    lock = hold_data_dir(options.data_dir) if options.data_dir is not None else None
-    if lock is not None:
-        lock.close()
+    # A directory that does not exist yet is held by no one: it is created only once the
+    # ports are free, so a refused start leaves nothing behind.
+    data_dir = options.data_dir
+    if data_dir is not None and data_dir.exists():
+        hold_data_dir(data_dir).close()
     busy = busy_port(args)
     if busy is not None:
         raise StackInUse(busy)
+    if data_dir is not None and not data_dir.exists():
+        hold_data_dir(data_dir).close()
     try:
         asyncio.run(main())
     except OSError as exc:  # a port taken between the check and the start

@@ -27,6 +27,11 @@ from typing import Any
 from rich.console import Console
 from rich.text import Text
 
+from docbus.cli.arguments import (
+    non_negative_int,
+    non_negative_seconds,
+    positive_int,
+)
 from docbus.cli.render import Table, make_console
 from docbus.errors import ConfigurationError, DocbusError
 from docbus.settings import Settings
@@ -96,17 +101,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="module (dotted name, found on the import path or in the working directory, or a "
         ".py path) whose @handler functions to run (repeatable)",
     )
-    parser.add_argument("--concurrency", type=int, help="handlers running at once (default 16)")
+    parser.add_argument(
+        "--concurrency", type=positive_int, help="handlers running at once (default 16)"
+    )
     parser.add_argument(
         "--receive-ahead",
-        type=int,
+        type=non_negative_int,
         metavar="N",
         help="messages received beyond the free handler slots (default: what the handlers get "
         "through in 0.1 s, between concurrency / 8 and 100)",
     )
-    parser.add_argument("--prefetch", type=int, help="SDK link prefetch (default 0)")
-    parser.add_argument("--until-idle", type=float, metavar="SECONDS", help="exit when idle")
-    parser.add_argument("--max-messages", type=int, metavar="N", help="exit after N messages")
+    parser.add_argument("--prefetch", type=non_negative_int, help="SDK link prefetch (default 0)")
+    parser.add_argument(
+        "--until-idle", type=non_negative_seconds, metavar="SECONDS", help="exit when idle"
+    )
+    parser.add_argument(
+        "--max-messages", type=positive_int, metavar="N", help="exit after N messages"
+    )
     parser.add_argument("--topology", type=Path, help="topology file (default infra/topology.toml)")
     parser.add_argument(
         "--json", action="store_true", help="print the summary as one JSON document on stdout"
@@ -147,9 +158,16 @@ async def run_worker(
     try:
         registered = discover_handlers(*args.handlers)
     except HandlerDiscoveryError as exc:
-        raise WorkerStartError(
-            f"{exc} (give a module on the import path or in the working directory, or a .py file)"
-        ) from exc
+        # where to look only when the module was not found (not when it failed to import)
+        missing = isinstance(exc.__cause__, ModuleNotFoundError) or (
+            exc.__cause__ is None and ("does not exist" in str(exc))
+        )
+        hint = (
+            " (give a module on the import path or in the working directory, or a .py file)"
+            if missing
+            else ""
+        )
+        raise WorkerStartError(f"{exc}{hint}") from exc
     try:
         topology = load_topology(args.topology)
     except TopologyError as exc:

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from docbus.ops._not_found import NotFound
+from docbus.ops._not_found import NameOne, NotFound
 from docbus.records import ResultRecord
 from docbus.store import Store
 
@@ -58,7 +58,7 @@ def choose_result(
         whose = f" of handler {handler!r}" if handler else ""
         raise NotFound(f"no results{whose} for document {doc_id!r}")
     if len(handlers) > 1:
-        raise NotFound(
+        raise NameOne(
             f"document {doc_id!r} has results of {len(handlers)} handlers "
             f"({', '.join(handlers)}): name one with --handler"
         )

@@ -60,7 +60,7 @@ def test_a_json_file_may_hold_a_list_of_records(tmp_path: Path) -> None:
     assert [d.doc_id for d in docs] == ["1"]
     assert reasons(problems) == [
         f"{path}: item 2: missing text field 'text'",
-        f"{path}: item 3: JSON str, expected an object with a text field",
+        f"{path}: item 3: JSON string, expected an object with a text field",
     ]
 
 
@@ -103,9 +103,9 @@ def test_every_bad_jsonl_line_is_reported_with_its_line(tmp_path: Path) -> None:
         (4, "empty document"),
         (5, "not valid UTF-8"),
         (6, "duplicate id 'a'"),
-        (7, "JSON list, expected an object"),
+        (7, "JSON array, expected an object"),
         (8, "missing id field 'id'"),
-        (9, "text field 'text' is int, not a string"),
+        (9, "text field 'text' is a JSON number, not a string"),
     ]
     assert f"(first at {path}:1)" in problems[4].reason
 
@@ -315,3 +315,45 @@ def test_a_quote_that_joins_two_rows_names_both_lines(tmp_path: Path) -> None:
     assert [(p.line, p.last_line) for p in problems] == [(3, 4)]
     assert str(problems[0]).startswith(f"{path}:3-4: invalid CSV")
     assert "quote opened on line 3 runs to line 4" in problems[0].reason
+
+
+def test_an_id_that_is_null_empty_or_an_object_says_which(tmp_path: Path) -> None:
+    path = write(
+        tmp_path / "ids.jsonl",
+        b'{"id": null, "text": "a"}\n'
+        b'{"id": "", "text": "b"}\n'
+        b'{"id": {"n": 1}, "text": "c"}\n'
+        b'{"id": [1], "text": "d"}\n'
+        b'{"text": "e"}\n'
+        b'{"id": 7, "text": "f"}\n',
+    )
+    docs, problems = load_documents([path], LoaderOptions(id_field="id"))
+    assert [d.doc_id for d in docs] == ["7"]
+    assert [(p.line, p.reason) for p in problems] == [
+        (1, "id field 'id' is null: give each document an id"),
+        (2, "id field 'id' is empty: give each document an id"),
+        (3, "id field 'id' is a JSON object: use a string or a number"),
+        (4, "id field 'id' is a JSON array: use a string or a number"),
+        (5, "missing id field 'id'"),
+    ]
+
+
+def test_a_file_read_as_plain_text_with_an_id_field_says_why(tmp_path: Path) -> None:
+    path = write(tmp_path / "records", b'{"id": "a", "text": "fine"}\n')
+    _, problems = load_documents([path], LoaderOptions(id_field="id"))
+    (problem,) = problems
+    assert problem.reason.startswith(
+        "read as plain text because its name has no extension, so it has no id field 'id'"
+    )
+    assert "--format jsonl" in problem.reason
+    docs, problems = load_documents([path], LoaderOptions(id_field="id", format="jsonl"))
+    assert [d.doc_id for d in docs] == ["a"] and problems == []
+
+
+def test_json_values_are_named_by_their_json_type(tmp_path: Path) -> None:
+    path = write(tmp_path / "values.jsonl", b"null\n3\n")
+    _, problems = load_documents([path])
+    assert [p.reason for p in problems] == [
+        "JSON null, expected an object",
+        "JSON number, expected an object",
+    ]

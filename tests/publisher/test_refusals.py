@@ -230,7 +230,9 @@ async def test_json_prints_the_summary_alone_on_stdout(
     assert err_buffer.getvalue() == ""
 
 
-async def test_json_errors_go_to_stderr_with_each_problem(tmp_path: Path) -> None:
+async def test_json_errors_go_to_stderr_with_each_problem_and_the_refusal_to_stdout(
+    tmp_path: Path,
+) -> None:
     source = write_jsonl(tmp_path / "news.jsonl", [good("n1"), "{bad"])
     out_buffer, err_buffer = io.StringIO(), io.StringIO()
     parser = argparse.ArgumentParser()
@@ -238,7 +240,11 @@ async def test_json_errors_go_to_stderr_with_each_problem(tmp_path: Path) -> Non
     parsed = parser.parse_args([str(source), "--topic", TOPIC, "--json"])
     code = cli.run(parsed, console=Console(file=out_buffer), err_console=Console(file=err_buffer))
     assert code == 1
-    assert out_buffer.getvalue() == ""
+    refusal = json.loads(out_buffer.getvalue())  # a refusal is JSON on stdout too
+    assert (refusal["ok"], refusal["sent"], refusal["exit_code"]) == (False, 0, 1)
+    assert [(p["line"], p["reason"].split(":")[0]) for p in refusal["problems"]] == [
+        (2, "invalid JSON")
+    ]
     assert f"{source}:2: invalid JSON" in err_buffer.getvalue()
 
 

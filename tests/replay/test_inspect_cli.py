@@ -114,8 +114,8 @@ async def test_dlq_show_prints_the_record_the_document_and_its_llm_calls(mongo_e
     assert "gpt-4o-mini" in out and "SchemaValidationError" in out and '{"title": "Q3"}' in out
     assert long_text not in out  # trimmed
 
-    code, out = await command(dlq_cli, "show", "alpha@nothing")
-    assert code == 1 and "no dead letter" in out
+    code, out, err = await command_streams(dlq_cli, "show", "alpha@nothing")
+    assert code == 1 and out == "" and "no dead letter" in err  # one line, on stderr
 
 
 async def test_results_history_shows_every_version_and_which_is_current(
@@ -185,10 +185,10 @@ async def test_results_show_prints_the_current_output_or_any_version_safely(
         doc_id="d1", handler="beta", handler_version="1", batch_id="b1",
         message_id=message_id("b1", "d1"), output={},
     )  # fmt: skip
-    for argv, problem in (
-        (["d1"], "has results of 2 handlers (alpha, beta): name one with --handler"),
-        (["d1", "--handler", "alpha", "--version", "7"], "has no version 7 (versions: 1, 2)"),
-        (["nope", "--handler", "alpha"], "no results of handler 'alpha' for document 'nope'"),
+    for argv, problem, exit_code in (
+        (["d1"], "has results of 2 handlers (alpha, beta): name one with --handler", 2),
+        (["d1", "--handler", "alpha", "--version", "7"], "has no version 7 (versions: 1, 2)", 1),
+        (["nope", "--handler", "alpha"], "no results of handler 'alpha' for document 'nope'", 1),
     ):
         code, out, err = await command_streams(results_cli, "show", *argv)
-        assert (code, out, err.count("\n")) == (1, "", 1) and problem in err, err
+        assert (code, out, err.count("\n")) == (exit_code, "", 1) and problem in err, err

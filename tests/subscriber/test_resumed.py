@@ -167,3 +167,12 @@ async def test_an_until_idle_worker_resumes_what_became_resumable_before_calling
         outcome = await asyncio.wait_for(running, 30)
     assert outcome.count(Action.COMPLETE) == 1 and outcome.parked == []
     assert await stack.store.current_result("o1", "work") is not None
+
+
+def test_what_is_left_parked_names_its_reason_once() -> None:
+    from subscriber.resumption import parked_why
+
+    described = "SystemicFailure: AuthenticationFailed: Error code: 401"
+    assert parked_why("SystemicFailure", described) == described
+    assert parked_why("OverBudget", "batch b1 spent $1.00") == "OverBudget: batch b1 spent $1.00"
+    assert parked_why("OverBudget", "") == "OverBudget"

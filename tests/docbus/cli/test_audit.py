@@ -203,5 +203,6 @@ async def test_nothing_matching_is_an_error_and_leaves_no_file(
         command, "export", "--batch", "missing", "--output", str(target)
     )
     assert code == 1 and out == ""
-    assert capsys.readouterr().err == "docbus audit: error: no LLM calls match batch 'missing'\n"
+    err = capsys.readouterr().err
+    assert err == "docbus audit export: error: no batch 'missing' in the store\n"
     assert await asyncio.to_thread(names, tmp_path) == []

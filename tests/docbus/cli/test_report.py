@@ -21,6 +21,7 @@ from rich.console import Console
 
 from docbus.cli import report as report_cli
 from docbus.cli.report import render_report
+from docbus.cli.runner import rounded_money
 from docbus.envelope import Envelope, message_id
 from docbus.local.emulator import EmulatorThread
 from docbus.local.llm_server import LLMServer
@@ -274,7 +275,7 @@ async def test_json_output_holds_the_same_figures(
     code, out = await _in_thread(run_command, "--batch", batch, "--json")
     assert code == 0, capsys.readouterr().err
     data = json.loads(out)
-    assert data == json.loads(json.dumps(report_json(report)))
+    assert data == json.loads(json.dumps(rounded_money(report_json(report))))
     assert data["llm"]["total"]["calls"] == 18
     assert data["llm"]["reasks"]["calls"] == 2 and data["llm"]["retries"]["calls"] == 3
     entities = data["documents"]["handlers"]["entities"]

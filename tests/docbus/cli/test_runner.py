@@ -43,6 +43,14 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
     return code, captured.out, captured.err
 
 
+WITH_SUBCOMMANDS = {"audit", "dlq", "llm-batches", "parked", "results"}
+
+
+def label(argv: list[str]) -> str:
+    """What an error line calls the command: ``status``, or ``dlq show`` with its subcommand."""
+    return " ".join(argv[:2]) if argv[0] in WITH_SUBCOMMANDS else argv[0]
+
+
 def one_line(err: str) -> str:
     """The single line a failure prints (asserting there is exactly one, and no traceback)."""
     assert "Traceback" not in err, err
@@ -68,6 +76,11 @@ BAD_SETTINGS = {
         ["DOCBUS_LLM__PRICING: not valid JSON",
          'expected e.g. {"my-deployment": {"input": 0.15, "output": 0.6}}'],
     ),
+    "a MongoDB URI without its scheme: refused, not taken for a host name": (
+        "DOCBUS_MONGODB__URI", "notauri", ["status"],
+        ["DOCBUS_MONGODB__URI: not a MongoDB URI: it must start with mongodb:// or "
+         "mongodb+srv://"],
+    ),
     "pricing with bad values: the variable holding them, then where inside its JSON": (
         "DOCBUS_LLM__PRICING", '{"m": {"input": -1}}', ["config"],
         ["DOCBUS_LLM__PRICING: m.input: Input should be greater than or equal to 0; "
@@ -91,7 +104,7 @@ def test_bad_settings_are_one_line_naming_the_variable_and_what_it_expects(
     code, out, err = run(capsys, *argv)
     assert code == 2
     line = one_line(err)
-    assert line.startswith(f"docbus {argv[0]}: error: invalid settings: ")
+    assert line.startswith(f"docbus {label(argv)}: error: invalid settings: ")
     for part in expected:
         assert part in line
     assert SB_KEY not in out + err
@@ -168,7 +181,7 @@ def test_an_unreachable_mongodb_is_one_line_on_stderr_and_exit_3(
     code, out, err = run(capsys, *argv)
     assert code == cli.ExitCode.UNAVAILABLE
     line = one_line(err)
-    assert line.startswith(f"docbus {argv[0]}: error: cannot reach MongoDB")
+    assert line.startswith(f"docbus {label(argv)}: error: cannot reach MongoDB")
     assert "127.0.0.1:9" in line
     assert "DOCBUS_MONGODB__URI" in line and "docbus up" in line  # what to do
     assert "Topology Description" not in line  # pymongo's internals left out
