@@ -22,6 +22,7 @@ __all__ = [
     "non_empty",
     "non_negative_int",
     "non_negative_seconds",
+    "port",
     "positive_int",
     "positive_number",
     "positive_seconds",
@@ -62,6 +63,13 @@ def non_negative_int(text: str) -> int:
     """A whole number, 0 or more."""
     value = _int(text)
     _checked(value >= 0, "0 or more", text)
+    return value
+
+
+def port(text: str) -> int:
+    """A TCP port: 0 to 65535, 0 meaning any free one."""
+    value = _int(text)
+    _checked(0 <= value <= 65535, "a port from 0 to 65535 (0: any free one)", text)
     return value
 
 

@@ -16,6 +16,7 @@ import contextlib
 import sys
 from typing import TYPE_CHECKING
 
+from docbus.cli.arguments import port
 from docbus.console.security import refusal
 from docbus.settings import Settings
 
@@ -33,7 +34,7 @@ EXIT_CODES = {
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", help="interface to listen on (127.0.0.1; DOCBUS_CONSOLE__HOST)")
     parser.add_argument(
-        "--port", type=int, help="port to listen on (8765; 0: any free one; DOCBUS_CONSOLE__PORT)"
+        "--port", type=port, help="port to listen on (8765; 0: any free one; DOCBUS_CONSOLE__PORT)"
     )
     access = parser.add_mutually_exclusive_group()
     access.add_argument(

@@ -30,6 +30,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.text import Text
 
+from docbus.cli.arguments import non_negative_seconds, port, positive_int
 from docbus.cli.render import Table, make_console
 from docbus.local.stack import LocalStack, StackOptions
 from docbus.records import LLM_MODES
@@ -52,9 +53,14 @@ BATCH_WITH_REAL_LLM = (
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input", type=Path, default=SAMPLES, help="JSONL of documents")
-    parser.add_argument("--concurrency", type=int, default=16, help="handlers at once (16)")
     parser.add_argument(
-        "--llm-latency", type=float, default=0.05, help="offline model seconds per call (0.05)"
+        "--concurrency", type=positive_int, default=16, help="handlers at once (16)"
+    )
+    parser.add_argument(
+        "--llm-latency",
+        type=non_negative_seconds,
+        default=0.05,
+        help="offline model seconds per call (0.05)",
     )
     parser.add_argument("--batch-id", help="batch id (default: generated)")
     parser.add_argument(
@@ -67,7 +73,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "until Ctrl-C",
     )
     parser.add_argument(
-        "--console-port", type=int, default=8765, help="the console's port (8765; 0: any free)"
+        "--console-port", type=port, default=8765, help="the console's port (8765; 0: any free)"
     )
     parser.add_argument(
         "--llm-mode",
@@ -78,7 +84,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--batch-processing",
-        type=float,
+        type=non_negative_seconds,
         default=3.0,
         metavar="SECONDS",
         help="with --llm-mode batch: seconds the offline server takes per provider batch (3)",

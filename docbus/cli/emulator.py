@@ -10,6 +10,7 @@ import logging
 import signal
 from pathlib import Path
 
+from docbus.cli.arguments import port
 from docbus.cli.runner import say_error
 from docbus.local.emulator.config import ConfigError, load_config
 from docbus.local.emulator.server import Emulator
@@ -21,7 +22,7 @@ logger = logging.getLogger(__name__)
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=5672, help="AMQP port (default 5672)")
+    parser.add_argument("--port", type=port, default=5672, help="AMQP port (default 5672)")
     parser.add_argument("--config", type=Path, help="entities, in Microsoft's Config.json schema")
     parser.add_argument("--data-dir", type=Path, help="keep messages across restarts here")
     parser.add_argument(

@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import errno
 
-from docbus.cli.arguments import non_negative_seconds, positive_int, share
+from docbus.cli.arguments import non_negative_seconds, port, positive_int, share
 from docbus.cli.runner import say_error
 from docbus.local.llm_server.batch_config import BatchConfig
 from docbus.local.llm_server.config import OFFLINE_MODEL, Faults, Latency, Limits, LLMServerConfig
@@ -29,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     faults = Faults()
     server = parser.add_argument_group("server")
     server.add_argument("--host", default=defaults.host, help="address to bind (%(default)s)")
-    server.add_argument("--port", type=int, default=DEFAULT_PORT, help="0 = any free port")
+    server.add_argument("--port", type=port, default=DEFAULT_PORT, help="0 = any free port")
     server.add_argument("--model", default=OFFLINE_MODEL, help="model listed in /v1/models")
     server.add_argument("--strict-model", action="store_true", help="404 for any other model name")
     server.add_argument("--api-key", default=None, help="require this key (401 otherwise)")

@@ -22,6 +22,7 @@ from typing import Any
 from rich.console import Console
 from rich.text import Text
 
+from docbus.cli.arguments import positive_int
 from docbus.cli.render import Table, make_console, untrusted
 from docbus.ops import NotFound
 from docbus.ops._not_found import NameOne
@@ -92,7 +93,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     show.add_argument(
         "--handler", metavar="NAME", help="the handler (needed when several wrote results)"
     )
-    show.add_argument("--version", type=int, metavar="N", help="this version, current or not")
+    show.add_argument(
+        "--version", type=positive_int, metavar="N", help="this version, current or not"
+    )
     show.add_argument("--json", action="store_true", help="print one JSON document")
 
 

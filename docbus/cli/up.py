@@ -13,6 +13,7 @@ import shlex
 import signal
 from pathlib import Path
 
+from docbus.cli.arguments import non_negative_seconds, port
 from docbus.local.stack import LocalStack, StackInUse, StackOptions, hold_data_dir, port_in_use
 from docbus.topology import load_topology
 
@@ -26,10 +27,12 @@ EXIT_CODES = {
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--topology", type=Path, help="topology file (default infra/topology.toml)")
-    parser.add_argument("--servicebus-port", type=int, default=5672, help="emulator port (5672)")
-    parser.add_argument("--mongo-port", type=int, default=27017, help="SecantusDB port (27017)")
-    parser.add_argument("--llm-port", type=int, default=8089, help="offline LLM port (8089)")
-    parser.add_argument("--llm-latency", type=float, default=0.0, help="seconds per LLM call")
+    parser.add_argument("--servicebus-port", type=port, default=5672, help="emulator port (5672)")
+    parser.add_argument("--mongo-port", type=port, default=27017, help="SecantusDB port (27017)")
+    parser.add_argument("--llm-port", type=port, default=8089, help="offline LLM port (8089)")
+    parser.add_argument(
+        "--llm-latency", type=non_negative_seconds, default=0.0, help="seconds per LLM call"
+    )
     parser.add_argument(
         "--data-dir", type=Path, default=Path(".docbus"), help="state kept here (.docbus)"
     )

@@ -57,6 +57,20 @@ BAD_VALUES = {
         ["publish", "x.jsonl", "--topic", "t", "--budget", "0"], "must be more than 0 dollars"
     ),
     "replay --rate 0": (["replay", "--dry-run", "--rate", "0"], "argument --rate: must be more"),
+    # before these were checked, `demo --concurrency 0` started the whole stack and then failed
+    # with an "unexpected ValueError", and a port out of range was an OverflowError from bind()
+    "demo --concurrency 0": (["demo", "--concurrency", "0"], "argument --concurrency: must be 1"),
+    "demo --llm-latency nan": (["demo", "--llm-latency", "nan"], "must be a finite number"),
+    "demo --console-port 65536": (
+        ["demo", "--console-port", "65536"], "must be a port from 0 to 65535"
+    ),
+    "up --mongo-port -1": (["up", "--mongo-port", "-1"], "argument --mongo-port: must be a port"),
+    "emulator --port 70000": (["emulator", "--port", "70000"], "argument --port: must be a port"),
+    "llm-server --port x": (["llm-server", "--port", "x"], "argument --port: not a whole number"),
+    "console --port 99999": (["console", "--port", "99999"], "argument --port: must be a port"),
+    "results show --version 0": (
+        ["results", "show", "d", "--version", "0"], "argument --version: must be 1 or more"
+    ),
 }  # fmt: skip
 
 
@@ -72,7 +86,7 @@ def test_a_bad_value_is_a_usage_error_before_anything_runs(
     assert code == 2, err
     assert out == ""
     line = one_line(err)  # not argparse's usage first
-    command = " ".join(argv[:2]) if argv[0] in ("dlq", "parked") else argv[0]
+    command = " ".join(argv[:2]) if argv[0] in ("dlq", "parked", "results") else argv[0]
     assert line.startswith(f"docbus {command}: error: "), line
     assert line.endswith(f"(see `docbus {command} --help`)"), line
     assert expected in line, line
