@@ -58,6 +58,7 @@ from handlers.llm.batch import (
 )
 from handlers.llm.errors import (
     LLMConfigError,
+    connection_failure,
     never_connected,
     parse_duration,
     translate,
@@ -333,7 +334,9 @@ class LLMClient:
         except openai.APIConnectionError as exc:
             if not never_connected(exc):
                 return  # it answered, if slowly: the endpoint is there
-            raise SystemicFailure("EndpointUnreachable", f"{self.openai.base_url}: {exc}") from exc
+            raise SystemicFailure(
+                "EndpointUnreachable", f"{self.openai.base_url}: {connection_failure(exc)}"
+            ) from exc
         except openai.OpenAIError as exc:
             outcome = translate(exc)
             if isinstance(outcome, SystemicFailure):
@@ -538,7 +541,7 @@ class LLMClient:
                 return SystemicFailure(
                     "EndpointUnreachable",
                     f"{self.openai.base_url}: {self._connection_failures} connection attempts "
-                    f"failed in a row: {exc}",
+                    f"failed in a row: {connection_failure(exc)}",
                 )
             return outcome
         if isinstance(exc, openai.APITimeoutError):

@@ -39,6 +39,7 @@ from handlers.errors import DeadLetter, HandlerOutcome, Retry, SystemicFailure
 
 __all__ = [
     "LLMConfigError",
+    "connection_failure",
     "parse_duration",
     "retry_after",
     "translate",
@@ -68,6 +69,28 @@ def translate(exc: BaseException) -> HandlerOutcome:
     if isinstance(exc, openai.ContentFilterFinishReasonError):
         return DeadLetter("ContentFiltered", _describe(exc))
     return Retry(reason=f"LLM{type(exc).__name__}")
+
+
+def connection_failure(exc: BaseException) -> str:
+    """What a request that never connected ran into, in words a person can act on.
+
+    The aiohttp transport's message is "Request timed out." even for a refused connection;
+    the cause chain holds what really happened ("Connect call failed ('127.0.0.1', 9)").
+    """
+    chain: list[BaseException] = []
+    cause: BaseException | None = exc.__cause__ or exc.__context__
+    while cause is not None and len(chain) < 8:
+        chain.append(cause)
+        cause = cause.__cause__ or cause.__context__
+    for kind, words in (
+        (ConnectionRefusedError, "connection refused"),
+        (socket.gaierror, "host name not resolved"),
+        (ClientConnectorError, "could not connect"),
+    ):
+        found = next((cause for cause in chain if isinstance(cause, kind)), None)
+        if found is not None:
+            return f"{words} ({found})"
+    return str(exc)
 
 
 def never_connected(exc: BaseException) -> bool:

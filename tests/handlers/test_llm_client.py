@@ -305,8 +305,11 @@ async def test_an_endpoint_refusing_connections_is_systemic(store: Store, http_c
         with pytest.raises(SystemicFailure) as caught:
             await make_ctx(store, llm=client).llm.complete("hello")
         assert caught.value.reason == "EndpointUnreachable"
-        with pytest.raises(SystemicFailure):
+        # what happened, not the aiohttp transport's "Request timed out."
+        assert "connection refused" in caught.value.description, caught.value.description
+        with pytest.raises(SystemicFailure) as probed:
             await client.probe()
+        assert "connection refused" in probed.value.description, probed.value.description
     rows = await store.llm_calls("b1")
     assert len(rows) == 4  # unreachable_after: four refused connections in a row
 
