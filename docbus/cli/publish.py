@@ -97,7 +97,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="how to read the inputs (default: by file extension)",
     )
     parser.add_argument(
-        "--id-field", help="JSON/CSV field holding each document's id (default: content hash)"
+        "--id-field",
+        help="JSON/CSV field holding each document's id (default: the SHA-256 of its text); "
+        "for whole files (.txt, .md, --format files) 'path' or 'name' makes the file's path or "
+        "name its id",
     )
     parser.add_argument(
         "--text-field", default="text", help="JSON/CSV field holding the text (default: text)"

@@ -53,6 +53,18 @@ def test_a_glob_and_an_explicit_id_field_from_file_metadata(tmp_path: Path) -> N
     assert [d.doc_id for d in docs] == ["one.txt", "two.txt"]
 
 
+def test_id_field_path_names_whole_files_by_their_path(tmp_path: Path) -> None:
+    # what the README and `publish --help` offer for finding a file's result by its path
+    write(tmp_path / "a" / "same.txt", "same text")
+    write(tmp_path / "b" / "same.md", "same text")  # same content: distinct ids all the same
+    docs, problems = load_documents([str(tmp_path)], LoaderOptions(id_field="path"))
+    assert problems == []
+    assert sorted(d.doc_id or "" for d in docs) == [
+        str(tmp_path / "a" / "same.txt"),
+        str(tmp_path / "b" / "same.md"),
+    ]
+
+
 def test_a_json_file_may_hold_a_list_of_records(tmp_path: Path) -> None:
     records = [{"id": 1, "text": "a"}, {"id": 2, "body": "no text"}, "just a string"]
     path = write(tmp_path / "list.json", json.dumps(records))
