@@ -177,7 +177,9 @@ class LLMBatchSettings(BaseModel):
     100,000 / 200 MB). One worker at a time submits (a lease of ``lease_ttl`` seconds renewed
     every ``renew_every``); open provider batches are polled with a backoff from ``poll_base``
     up to ``poll_max`` seconds; a group the provider refuses systemically (no quota, bad key)
-    is submitted again after a backoff from ``refusal_base`` up to ``refusal_max``.
+    is submitted again after a backoff from ``refusal_base`` up to ``refusal_max``. With
+    ``delete_files`` (the default) a provider batch's input, output and error files are deleted
+    at the provider once its answers are stored.
     """
 
     model_config = _FROZEN
@@ -199,6 +201,9 @@ class LLMBatchSettings(BaseModel):
     ``BatchExpired``."""
     lease_ttl: float = Field(default=60.0, gt=0)
     renew_every: float = Field(default=15.0, gt=0)
+    delete_files: bool = True
+    """Delete a provider batch's files (input, output, error) once its outcome is stored; a
+    crash in between leaves them to the next submitter pass, never an answer unstored."""
     queued_tokens: dict[str, int] = Field(default_factory=dict)
     """Azure's enqueued-token quota per deployment (informational: not enforced yet)."""
 

@@ -226,6 +226,14 @@ def provider_batches_table(records: Sequence[ProviderBatchRecord]) -> Table:
     return table
 
 
+def _files_deleted(record: ProviderBatchRecord) -> str:
+    if record.files_deleted_at is not None:
+        return f"yes, {record.files_deleted_at:%Y-%m-%d %H:%M:%S}"
+    if not (record.file_id or record.output_file_id or record.error_file_id):
+        return "-"
+    return "no (still open)" if record.is_open else "no"
+
+
 def provider_batch_view(record: ProviderBatchRecord) -> RenderableType:
     """One provider batch: its figures, then its errors if any."""
     table = Table(title=f"provider batch {record.id}", title_justify="left", show_header=False)
@@ -244,6 +252,7 @@ def provider_batch_view(record: ProviderBatchRecord) -> RenderableType:
         ("input file", record.file_id or "-"),
         ("output file", record.output_file_id or "-"),
         ("error file", record.error_file_id or "-"),
+        ("files deleted", _files_deleted(record)),
         ("polls", str(record.polls)),
         ("created", f"{record.created_at:%Y-%m-%d %H:%M:%S}"),
         ("updated", f"{record.updated_at:%Y-%m-%d %H:%M:%S}"),

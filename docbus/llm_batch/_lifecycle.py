@@ -12,14 +12,14 @@ at the provider, so the record always says how far it got::
     settled    every request moved on                           (terminal)
     abandoned  released before any provider batch existed       (terminal)
 
-A crash after the upload leaves at worst an unused file (free; named after the record, so it
-can be found and deleted). A crash after ``batches.create`` but before its id is kept is the one
-that could pay twice: every batch is created with ``metadata[docbus_provider_batch] = record
-id``, and a ``creating`` record is first looked for among the provider's batches
-(:func:`find_adoptable`) and adopted if found. A crash mid-download repeats the download:
-applying a line is idempotent (only requests still ``submitted`` to this record change).
-:func:`recovery_step` is that table; :data:`OPEN_STATES` are those whose requests are
-unavailable to other batches. Pure.
+A crash after the upload, before its file id is kept, leaves a file named after the record: the
+next holder finds it by that name and uses it (one of another size is deleted). A crash after
+``batches.create`` but before its id is kept is the one that could pay twice: every batch is
+created with ``metadata[docbus_provider_batch] = record id``, and a ``creating`` record is first
+looked for among the provider's batches (:func:`find_adoptable`) and adopted if found. A crash
+mid-download repeats the download: applying a line is idempotent (only requests still
+``submitted`` to this record change). :func:`recovery_step` is that table; :data:`OPEN_STATES`
+are those whose requests are unavailable to other batches. Pure.
 """
 
 from __future__ import annotations

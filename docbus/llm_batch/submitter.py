@@ -11,6 +11,7 @@ submits the pending groups that :func:`~docbus.llm_batch.should_submit` says are
           -> batches.create(metadata={docbus_provider_batch: record}) -> record it
     poll (with backoff) -> terminal: record it -> download output and error files
           -> settle -> on_settled hook -> apply -> back off the group if systemic
+          -> delete the input, output and error files (``delete_files``)
 
 through the ``openai`` SDK's Files and Batches APIs on the ``AsyncOpenAI`` or
 ``AsyncAzureOpenAI`` client it is given (key or Entra ID: the caller builds it). ``openai``
@@ -23,6 +24,10 @@ of requests answered or failed once they are stored so (the worker resumes the d
 parked on them), and ``None`` — all of them — when this submitter takes the lease over (its
 predecessor may have died between an apply and its hook) or after the hook failed.
 ``checkpoint`` is called at named points for crash tests.
+
+Files are deleted only after the outcome they carry is stored: a crash in between leaves them
+at the provider, and the next holder's first pass (then a pass every ``files_sweep_every``
+seconds) deletes what ended records still hold — an abandoned record's uploaded input too.
 """
 
 from __future__ import annotations
@@ -68,6 +73,7 @@ Client = openai.AsyncOpenAI  # AsyncAzureOpenAI is one too
 SettledHook = Callable[[ProviderBatchRecord, Settlement], Awaitable[None]]
 DoneHook = Callable[[Sequence[str] | None], Awaitable[None]]
 _ADOPTION_SCAN = 1000  # provider batches looked through for one a crashed create made
+_FILES_SWEEP_LIMIT = 100  # ended records whose files one sweep deletes
 _ABANDONABLE = frozenset(
     {ProviderBatchState.CLAIMING, ProviderBatchState.CLAIMED, ProviderBatchState.UPLOADED}
 )
@@ -92,6 +98,11 @@ class SubmitterOptions:
     """Waits between polls of an open provider batch."""
     refusal: BackoffPolicy = SUBMISSION_BACKOFF
     """Waits before submitting a group again after a systemic refusal."""
+    delete_files: bool = True
+    """Delete a provider batch's files once its outcome is stored."""
+    files_sweep_every: float = 600.0
+    """Seconds between looks for files that ended records still hold (a crash between
+    settling and deleting); a new holder looks at once."""
 
     def __post_init__(self) -> None:
         if not 0 < self.renew_every < self.lease_ttl:
@@ -106,6 +117,7 @@ class PassReport:
     created: int = 0
     settled: int = 0
     abandoned: int = 0
+    files_deleted: int = 0
     paused: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
@@ -142,6 +154,7 @@ class Submitter:
         self._checkpoint = checkpoint or (lambda point: None)
         self._clock = clock
         self._lease: SubmitterLease | None = None
+        self._files_swept_at: datetime | None = None
 
     # -- the loop -----------------------------------------------------------------------------
 
@@ -177,6 +190,7 @@ class Submitter:
             self._sweep = True  # a new holder: what a crashed one left unsaid is said now
         if self._sweep:
             await self._done(None)
+            self._files_swept_at = None  # and what it left at the provider is deleted now
         try:
             now = self._clock()
             paused = {
@@ -189,6 +203,7 @@ class Submitter:
                     continue  # its group backs off: no upload or create until the pause ends
                 await self._guarded(record, report, self._advance(record, report))
             await self._submit(report)
+            await self._sweep_files(report)
         except _LeaseLost:
             logger.warning("batch submitter %s lost its lease mid-pass", self.holder)
             self._lease = None
@@ -315,7 +330,13 @@ class Submitter:
             await self.store.abandon_provider_batch(record.id, token=self._token)
             report.abandoned += 1
         elif step is Step.UPLOAD:
-            await self._upload(record, await self._content(record), report)
+            content = await self._content(record)
+            uploaded = await self._uploaded_before(record, len(content))
+            if uploaded is None:
+                await self._upload(record, content, report)
+            else:  # a holder died between its upload and recording it: use that file
+                record = await self.store.record_upload(record.id, uploaded, token=self._token)
+                await self._create(record, report)
         elif step is Step.CREATE:
             await self._create(record, report)
         elif step is Step.LOOK_UP_THEN_CREATE:
@@ -329,6 +350,23 @@ class Submitter:
                 await self._poll(record, report)
         elif step is Step.COLLECT:
             await self._collect(record, report)
+
+    async def _uploaded_before(self, record: ProviderBatchRecord, size: int) -> str | None:
+        """The id of an input file a crashed holder uploaded for ``record`` (named after it)
+        and did not record; one of another size is deleted (it is not this content)."""
+        name = f"{record.id}.jsonl"
+        found: str | None = None
+        seen = 0
+        async for stored in self.client.files.list(purpose="batch"):
+            seen += 1
+            if stored.filename == name:
+                if found is None and stored.bytes == size:
+                    found = stored.id
+                else:
+                    await self.client.files.delete(stored.id)
+            if seen >= _ADOPTION_SCAN:
+                break
+        return found
 
     async def _find_created(self, record: ProviderBatchRecord) -> tuple[str, str] | None:
         seen: list[dict[str, Any]] = []
@@ -385,11 +423,50 @@ class Submitter:
         )
         if self._on_settled is not None:
             await self._on_settled(record, settlement)
-        await self.store.apply_llm_settlement(record.id, settlement, token=self._token)
+        record = await self.store.apply_llm_settlement(record.id, settlement, token=self._token)
         report.settled += 1
         await self._done([*settlement.answers, *settlement.dead])
         if settlement.systemic is not None:
             await self._pause(record, settlement.systemic, report)
+        self._checkpoint("settled")
+        await self._delete_files(record, report)
+
+    # -- files --------------------------------------------------------------------------------
+
+    async def _sweep_files(self, report: PassReport) -> None:
+        """Delete the files ended records still hold, if a sweep is due."""
+        now = self._clock()
+        due = self._files_swept_at is None or (
+            (now - self._files_swept_at).total_seconds() >= self.options.files_sweep_every
+        )
+        if not self.options.delete_files or not due:
+            return
+        self._files_swept_at = now
+        for record in await self.store.provider_batches_with_files(limit=_FILES_SWEEP_LIMIT):
+            await self._delete_files(record, report)
+
+    async def _delete_files(self, record: ProviderBatchRecord, report: PassReport) -> None:
+        """Delete an ended record's files at the provider (one already gone counts as
+        deleted); a failure leaves them for the next sweep."""
+        if not self.options.delete_files:
+            return
+        for file_id in (record.file_id, record.output_file_id, record.error_file_id):
+            if not file_id:
+                continue
+            try:
+                await self.client.files.delete(file_id)
+            except openai.NotFoundError:
+                pass  # deleted before (a crash after the delete, before the mark)
+            except openai.OpenAIError as exc:
+                logger.warning(
+                    "provider batch %s: could not delete file %s (%s); the next sweep tries again",
+                    record.id,
+                    file_id,
+                    failure_of(exc).reason,
+                )
+                return
+            report.files_deleted += 1
+        await self.store.mark_provider_batch_files_deleted(record.id)
 
     async def _done(self, keys: Sequence[str] | None) -> None:
         """Tell the ``on_done`` hook which requests are answered or failed now (after they

@@ -85,12 +85,17 @@ def provider_batch_json(record: ProviderBatchRecord) -> dict[str, Any]:
         "file_id": record.file_id,
         "output_file_id": record.output_file_id,
         "error_file_id": record.error_file_id,
+        "files_deleted_at": _iso(record.files_deleted_at),
         "errors": list(record.errors),
         "polls": record.polls,
         "outcome": dict(record.outcome),
         "created_at": record.created_at.isoformat(),
         "updated_at": record.updated_at.isoformat(),
     }
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return None if moment is None else moment.isoformat()
 
 
 def pause_json(pause: SubmissionPause, now: datetime | None = None) -> dict[str, Any]:

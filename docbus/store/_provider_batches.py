@@ -76,6 +76,8 @@ class ProviderBatchRecord(BaseModel):
     next_poll_at: datetime | None = None
     outcome: dict[str, int] = Field(default_factory=dict)
     """Once settled: requests answered, resubmitted, dead-lettered, released, held."""
+    files_deleted_at: datetime | None = None
+    """When its files (input, output, error) were deleted at the provider, once it ended."""
     created_at: datetime
     updated_at: datetime
 
@@ -469,6 +471,26 @@ class ProviderBatchesMixin(StoreBase):
             )
             return [_record(raw) async for raw in cursor]
 
+    async def provider_batches_with_files(self, *, limit: int = 100) -> list[ProviderBatchRecord]:
+        """Ended records (settled, or abandoned after an upload) whose files are still at the
+        provider, oldest first: the submitter deletes them."""
+        ended = [ProviderBatchState.SETTLED.value, ProviderBatchState.ABANDONED.value]
+        query = {
+            "state": {"$in": ended},
+            "files_deleted_at": None,
+            "$or": [{field: {"$ne": None}} for field in _FILE_FIELDS],
+        }
+        with _translated("read provider batches with files"):
+            cursor = self._c(PROVIDER_BATCHES).find(query).sort("created_at", ASCENDING)
+            return [_record(raw) async for raw in cursor.limit(limit)]
+
+    async def mark_provider_batch_files_deleted(self, record_id: str) -> None:
+        """Note that an ended record's files are gone from the provider."""
+        with _translated(f"mark the files of provider batch {record_id} deleted"):
+            await self._c(PROVIDER_BATCHES).update_one(
+                {"_id": record_id}, {"$set": {"files_deleted_at": _now()}}
+            )
+
     async def provider_batches(
         self, *, batch_id: str | None = None, limit: int = 50
     ) -> list[ProviderBatchRecord]:
@@ -515,6 +537,9 @@ class ProviderBatchesMixin(StoreBase):
                 f"(it is {where})"
             )
         return _record(raw)
+
+
+_FILE_FIELDS = ("file_id", "output_file_id", "error_file_id")
 
 
 def _failure(reason: str, description: str) -> dict[str, str]:

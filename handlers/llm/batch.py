@@ -81,6 +81,7 @@ def submitter_options(batch: LLMBatchSettings, *, azure: bool = False) -> Submit
         url_for=AZURE_URLS if azure else {},
         poll=BackoffPolicy(base=batch.poll_base, cap=batch.poll_max),
         refusal=BackoffPolicy(base=batch.refusal_base, cap=batch.refusal_max),
+        delete_files=batch.delete_files,
     )
 
 

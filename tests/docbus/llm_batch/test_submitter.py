@@ -190,6 +190,58 @@ async def test_expiry_resubmits_the_missing_in_the_next_pass(
     assert llm_server.batch_api.stats()["requests"] == 12
 
 
+async def test_files_are_deleted_at_the_provider_once_the_answers_are_stored(
+    store: Store, sdk: openai.AsyncOpenAI, clock: Clock, llm_server: LLMServer
+) -> None:
+    keys = await register(store, 10)
+    llm_server.configure(batch={"line_400_share": 0.3})  # an error file as well
+    report = await submitter(store, sdk, clock).run_once()
+    assert report.settled == 1 and report.files_deleted == 3  # input, output, error
+    assert llm_server.batch_api.stats()["files"] == 0
+    [record] = await store.provider_batches()
+    assert record.files_deleted_at is not None
+    assert sum((await states(store, keys)).values()) == 10
+
+
+async def test_with_delete_files_off_the_files_stay(
+    store: Store, sdk: openai.AsyncOpenAI, clock: Clock, llm_server: LLMServer
+) -> None:
+    await register(store, 4)
+    report = await submitter(store, sdk, clock, delete_files=False).run_once()
+    assert report.settled == 1 and report.files_deleted == 0
+    assert llm_server.batch_api.stats()["files"] == 2  # input and output
+    [record] = await store.provider_batches()
+    assert record.files_deleted_at is None
+
+
+class Crash(Exception):
+    """The submitter's process dies here."""
+
+
+async def test_a_crash_between_storing_the_answers_and_deleting_leaves_files_not_answers(
+    store: Store, sdk: openai.AsyncOpenAI, clock: Clock, llm_server: LLMServer
+) -> None:
+    keys = await register(store, 4)
+
+    def die_after_settling(point: str) -> None:
+        if point == "settled":
+            raise Crash
+
+    dying = Submitter(
+        store, sdk, holder="w1", options=SubmitterOptions(policy=NOW_POLICY),
+        checkpoint=die_after_settling, clock=clock,
+    )  # fmt: skip
+    with pytest.raises(Crash):
+        await dying.run_once()
+    assert await states(store, keys) == {"answered": 4}  # stored before any file went
+    assert llm_server.batch_api.stats()["files"] == 2
+    clock.move(120)  # the dead holder's lease lapses; the next one sweeps what it left
+    report = await submitter(store, sdk, clock, holder="w2").run_once()
+    assert report.holder and report.files_deleted == 2
+    assert llm_server.batch_api.stats()["files"] == 0
+    assert await states(store, keys) == {"answered": 4}
+
+
 CHILD = textwrap.dedent(
     """
     import asyncio, os, signal, sys
@@ -256,6 +308,9 @@ async def test_a_submitter_killed_at_any_point_loses_nothing_and_pays_once(
         "answered": 6, "resubmitted": 0, "dead": 2, "released": 0, "held": 0,
     }  # fmt: skip
     assert await states(store, keys) == {"answered": 6, "failed": 2}
+    # every file is gone once the outcome is stored: the input the child uploaded before it
+    # died unrecorded ("uploaded") as well
+    assert llm_server.batch_api.stats()["files"] == 0
 
 
 async def test_a_lapsed_holder_cancels_the_batch_it_created_after_its_successor_moved_on(
