@@ -134,6 +134,13 @@ async def test_list_and_show_read_the_provider_batches_newest_first(
     assert code == 0 and json.loads(out)["id"] == made["own"], err
     code, out, err = await command("show", made["own"])
     assert code == 0 and provider_id in out and "docbus-offline" in out, err
+    assert "no (still open)" in out  # its files: not deleted while the batch runs
+    assert json.loads((await command("show", made["own"], "--json"))[1])["files_deleted_at"] is None
+    await store.mark_provider_batch_files_deleted(made["own"])
+    code, out, err = await command("show", made["own"], "--json")
+    assert code == 0 and json.loads(out)["files_deleted_at"] is not None, err
+    code, out, err = await command("show", made["own"])
+    assert code == 0 and "yes, 20" in out, err
     code, out, err = await command("show", "batch_nope")
     assert code == 1 and out == "" and err.count("\n") == 1 and "no provider batch" in err
 
