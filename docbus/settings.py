@@ -205,7 +205,9 @@ class LLMBatchSettings(BaseModel):
     """Delete a provider batch's files (input, output, error) once its outcome is stored; a
     crash in between leaves them to the next submitter pass, never an answer unstored."""
     queued_tokens: dict[str, int] = Field(default_factory=dict)
-    """Azure's enqueued-token quota per deployment (informational: not enforced yet)."""
+    """Model (Azure: deployment) -> most estimated tokens its open provider batches may hold
+    at once (Azure's enqueued-token quota): a submission that would pass it waits for open
+    batches to finish; a request estimated above the whole quota is dead-lettered."""
 
     @model_validator(mode="after")
     def _renewal_below_ttl(self) -> LLMBatchSettings:

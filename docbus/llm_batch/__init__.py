@@ -49,6 +49,7 @@ from docbus.llm_batch._plan import (
     SubmitPolicy,
     plan_files,
     should_submit,
+    within_quota,
 )
 from docbus.llm_batch._requests import (
     CHAT_COMPLETIONS,
@@ -109,4 +110,5 @@ __all__ = [
     "settle",
     "should_submit",
     "submission_delay",
+    "within_quota",
 ]

@@ -8,12 +8,13 @@ keeps their order (oldest first, so nobody starves), and splits each group to th
 to upload. A request too big for any file on its own is returned apart (it can never be
 submitted: a dead letter, not a retry). :func:`should_submit` decides whether a group has
 waited long enough, or grown big enough, to be worth a provider batch (one file per round, not
-one per document). Pure functions; the submitter does the I/O.
+one per document). :func:`within_quota` keeps a submission under a queued-token quota (Azure's
+enqueued-token limit per deployment). Pure functions; the submitter does the I/O.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from docbus.llm_batch._requests import BatchRequest, input_line
@@ -93,6 +94,29 @@ def plan_files(
         if keys:
             files.append(PlannedFile(endpoint, model, tuple(keys), b"".join(chunks)))
     return Plan(tuple(files), tuple(oversized))
+
+
+def within_quota(
+    requests: Sequence[BatchRequest], quota: int, queued: int
+) -> tuple[list[BatchRequest], list[BatchRequest]]:
+    """(the oldest ``requests`` whose estimated tokens fit under ``quota`` beside the ``queued``
+    tokens already enqueued, those that can never fit: one alone above the whole quota).
+
+    Oldest first, stopping at the first that does not fit, so a big request is not starved by
+    smaller younger ones; the rest wait for open batches to finish and free their tokens.
+    """
+    fit: list[BatchRequest] = []
+    never: list[BatchRequest] = []
+    room = quota - queued
+    for request in requests:
+        if request.estimated_tokens > quota:
+            never.append(request)
+        elif request.estimated_tokens <= room:
+            fit.append(request)
+            room -= request.estimated_tokens
+        else:
+            room = -1  # the oldest that does not fit: nothing younger jumps it
+    return fit, never
 
 
 @dataclass(frozen=True, slots=True)

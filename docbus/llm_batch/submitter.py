@@ -62,7 +62,14 @@ from docbus.llm_batch._outcomes import (
     classify_status,
     settle,
 )
-from docbus.llm_batch._plan import FileLimits, SubmitPolicy, plan_files, should_submit
+from docbus.llm_batch._plan import (
+    FileLimits,
+    SubmitPolicy,
+    plan_files,
+    should_submit,
+    within_quota,
+)
+from docbus.llm_batch._requests import BatchRequest
 from docbus.llm_batch._results import Line, read_lines
 from docbus.store import ProviderBatchRecord, StaleTransition, Store, SubmitterLease
 from docbus.store._base import _now
@@ -100,6 +107,9 @@ class SubmitterOptions:
     """Waits before submitting a group again after a systemic refusal."""
     delete_files: bool = True
     """Delete a provider batch's files once its outcome is stored."""
+    queued_tokens: Mapping[str, int] = field(default_factory=dict)
+    """Model (Azure: deployment) -> most estimated tokens its open provider batches may hold
+    at once (Azure's enqueued-token quota); a model not named has no limit."""
     files_sweep_every: float = 600.0
     """Seconds between looks for files that ended records still hold (a crash between
     settling and deleting); a new holder looks at once."""
@@ -239,9 +249,15 @@ class Submitter:
             age = max(0.0, (now - group.oldest).total_seconds())
             if not should_submit(age, group.requests, group.size, self.options.policy):
                 continue
-            pending = await self.store.pending_llm_requests(group.endpoint, group.model)
+            pending = [
+                r.as_request()
+                for r in await self.store.pending_llm_requests(group.endpoint, group.model)
+            ]
+            quota = self.options.queued_tokens.get(group.model)
+            if quota is not None:
+                pending = await self._within_quota(group.endpoint, group.model, pending, quota)
             plan = plan_files(
-                (r.as_request() for r in pending),
+                pending,
                 self.options.limits,
                 url_for=dict(self.options.url_for),
             )
@@ -269,6 +285,33 @@ class Submitter:
                     await self._guarded(record, report, self._upload(record, content, report))
                     if report.created == before:
                         break  # refused: the rest of this group waits for the next pass
+
+    async def _within_quota(
+        self, endpoint: str, model: str, pending: list[BatchRequest], quota: int
+    ) -> list[BatchRequest]:
+        """The pending requests that fit beside what open batches of ``model`` hold of its
+        queued-token quota; one that alone exceeds the quota is dead-lettered."""
+        queued = await self.store.submitted_llm_tokens(endpoint, model)
+        fit, never = within_quota(pending, quota, queued)
+        if never:
+            keys = [request.key for request in never]
+            await self.store.fail_llm_requests(
+                keys,
+                "LLMRequestTooLarge",
+                f"estimated at more tokens than the whole queued-token quota of {model} "
+                f"({quota}): raise llm.batch.queued_tokens or shorten the document",
+            )
+            await self._done(keys)
+        if len(fit) + len(never) < len(pending):
+            logger.info(
+                "batch submitter: %d request(s) of %s wait for open batches to free "
+                "queued-token quota (%d of %d in use)",
+                len(pending) - len(fit) - len(never),
+                model,
+                queued,
+                quota,
+            )
+        return fit
 
     async def _content(self, record: ProviderBatchRecord) -> bytes:
         """The input file of ``record``, rebuilt from its stored requests (same bytes)."""

@@ -231,6 +231,24 @@ class LLMRequestsMixin(StoreBase):
                 cursor = cursor.limit(limit)
             return [request_record(raw) async for raw in cursor]
 
+    async def submitted_llm_tokens(self, endpoint: str, model: str) -> int:
+        """The estimated tokens of one group's requests in open provider batches: what they
+        hold of a queued-token quota."""
+        pipeline: list[dict[str, Any]] = [
+            {
+                "$match": {
+                    "state": LLMRequestState.SUBMITTED.value,
+                    "endpoint": endpoint,
+                    "model": model,
+                }
+            },
+            {"$group": {"_id": None, "tokens": {"$sum": "$estimated_tokens"}}},
+        ]
+        with _translated(f"sum the queued tokens of {model}"):
+            async for row in await self._c(REQUESTS).aggregate(pipeline):
+                return int(row.get("tokens") or 0)
+        return 0
+
     async def fail_llm_requests(self, keys: Iterable[str], reason: str, description: str) -> int:
         """Dead-letter pending requests that can never be submitted (too big for any file);
         returns how many. Their documents get the dead letter when they ask again."""

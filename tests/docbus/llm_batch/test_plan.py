@@ -16,6 +16,7 @@ from docbus.llm_batch import (
     plan_files,
     request_key,
     should_submit,
+    within_quota,
 )
 
 
@@ -147,3 +148,17 @@ def test_the_public_names_are_all_and_sorted() -> None:
         and name != "annotations"
     }
     assert public == set(exported)
+
+
+def test_within_quota_takes_the_oldest_that_fit_beside_what_is_queued() -> None:
+    sizes = [300, 300, 500, 100, 2000]
+    pending = [request(f"s{i}", f"t{i}", estimated_tokens=n) for i, n in enumerate(sizes)]
+    name = {r.key: f"s{i}" for i, r in enumerate(pending)}
+    fit, never = within_quota(pending, quota=1000, queued=200)
+    # 300 + 300 fit in 800; 500 does not, and the 100 behind it does not jump it
+    assert [name[r.key] for r in fit] == ["s0", "s1"]
+    assert [name[r.key] for r in never] == ["s4"]  # above the whole quota: can never go
+    fit, never = within_quota(pending[:4], quota=1000, queued=1000)
+    assert fit == [] and never == []  # all wait for open batches to finish
+    fit, _ = within_quota(pending[:4], quota=1200, queued=0)
+    assert [name[r.key] for r in fit] == ["s0", "s1", "s2", "s3"]

@@ -65,11 +65,11 @@ def submitter(
     return Submitter(store, sdk, holder=holder, options=SubmitterOptions(**options), clock=clock)
 
 
-async def register(store: Store, count: int) -> list[str]:
+async def register(store: Store, count: int, *, tokens: int = 0) -> list[str]:
     keys = []
     for i in range(count):
         body = {"model": MODEL, "messages": [{"role": "user", "content": f"Document {i}."}]}
-        made = BatchRequest.of(f"step-{i}", body)
+        made = BatchRequest.of(f"step-{i}", body, estimated_tokens=tokens)
         await store.register_llm_request(made, step_id=f"step-{i}", batch_id="b1")
         keys.append(made.key)
     return keys
@@ -212,6 +212,39 @@ async def test_with_delete_files_off_the_files_stay(
     assert llm_server.batch_api.stats()["files"] == 2  # input and output
     [record] = await store.provider_batches()
     assert record.files_deleted_at is None
+
+
+async def test_a_queued_token_quota_holds_back_what_would_pass_it_until_batches_finish(
+    store: Store, sdk: openai.AsyncOpenAI, clock: Clock, llm_server: LLMServer
+) -> None:
+    keys = await register(store, 5, tokens=400)
+    llm_server.configure(batch={"in_progress_seconds": 600})
+    worker = submitter(store, sdk, clock, queued_tokens={MODEL: 1000})
+    assert (await worker.run_once()).created == 1  # 2 x 400 of 1,000: the 3rd would pass it
+    assert await states(store, keys) == {"submitted": 2, "pending": 3}
+    assert (await worker.run_once()).created == 0  # still 800 enqueued
+    clock.move(600)  # the first batch ends: its 800 tokens are free again
+    report = await worker.run_once()
+    assert (report.settled, report.created) == (1, 1)
+    assert await states(store, keys) == {"answered": 2, "submitted": 2, "pending": 1}
+    clock.move(600)
+    await worker.run_once()
+    clock.move(600)
+    await worker.run_once()
+    assert await states(store, keys) == {"answered": 5}
+    assert llm_server.batch_api.stats()["created"] == 3
+
+
+async def test_a_request_above_the_whole_quota_is_dead_lettered_with_what_to_do(
+    store: Store, sdk: openai.AsyncOpenAI, clock: Clock
+) -> None:
+    [key] = await register(store, 1, tokens=5000)
+    report = await submitter(store, sdk, clock, queued_tokens={MODEL: 1000}).run_once()
+    assert report.created == 0
+    record = (await store.llm_requests([key]))[key]
+    assert record.state is LLMRequestState.FAILED and record.failure is not None
+    assert record.failure["reason"] == "LLMRequestTooLarge"
+    assert "llm.batch.queued_tokens" in record.failure["description"]
 
 
 class Crash(Exception):
