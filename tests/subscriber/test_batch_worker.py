@@ -311,6 +311,39 @@ async def test_a_worker_killed_mid_round_loses_nothing_and_pays_no_round_twice(
     assert await count(stack, "llm_calls", {"batch_id": BATCH}) == 3 * documents
 
 
+@pytest.mark.parametrize("point", ["upload", "create", "download"])
+async def test_a_worker_killed_exactly_after_a_provider_step_loses_nothing_and_pays_once(
+    point: str,
+    stack: Stack,
+    llm: LLMClient,
+    llm_server: LLMServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # the server carries the step out (file stored / batch created / half the output sent),
+    # then holds its answer: the worker process dies with the step done and unrecorded
+    documents = 4
+    llm_server.configure(batch={"in_progress_seconds": 0.5, "hang": point})
+    await publish(stack, documents)
+    proc = worker_process(stack, llm_server, tmp_path, "handlers.builtin.entities")
+
+    async def held() -> bool:
+        return int(llm_server.batch_api.stats()["hung"].get(point, 0)) >= 1
+
+    await kill_when(proc, held, f"the worker waiting on the answer to its {point}")
+    llm_server.configure(batch={"in_progress_seconds": 0.5, "hang": None})
+    monkeypatch.setattr(parked_module, "UNCONFIRMED_AFTER", timedelta(seconds=3))
+    await run_worker(stack, llm)  # after the dead worker's lease lapses, it takes over
+    await assert_all_done(stack, documents)
+    stats = llm_server.batch_api.stats()
+    assert stats["created"] == 3  # one provider batch per round: the dead one's adopted
+    assert stats["requests"] == 3 * documents  # no request sent twice
+    assert await count(stack, "llm_calls", {"batch_id": BATCH}) == 3 * documents
+    batch = await stack.store.get_batch(BATCH)
+    assert batch is not None and batch.cost.calls == 3 * documents  # nothing paid twice
+    assert stats["files"] == 0  # the dead worker's upload used, every file deleted at the end
+
+
 async def test_schema_failures_are_re_asked_in_the_next_round(
     stack: Stack, llm: LLMClient, llm_server: LLMServer
 ) -> None:

@@ -22,6 +22,7 @@ their lifecycle are :mod:`docbus.local.llm_server.batches`, advanced whenever on
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 import time
@@ -59,6 +60,7 @@ class BatchAPI:
         self._lock = threading.Lock()  # the server thread answers while a test thread reads
         self._created = 0
         self._refused = 0
+        self._hung: dict[str, int] = {}
 
     def add_routes(self, app: web.Application) -> None:
         for root in _ROOTS:
@@ -91,6 +93,7 @@ class BatchAPI:
                 "by_status": by_status,
                 "requests": sum(len(job.lines) for job in jobs),
                 "files": len(self.files),
+                "hung": dict(self._hung),
             }
 
     def job(self, batch_id: str) -> BatchJob | None:
@@ -103,7 +106,7 @@ class BatchAPI:
 
     # -- files -------------------------------------------------------------------------------
 
-    async def _upload(self, request: web.Request) -> web.Response:
+    async def _upload(self, request: web.Request) -> web.StreamResponse:
         async def act() -> web.Response:
             form = await request.post()
             purpose = form.get("purpose")
@@ -116,11 +119,12 @@ class BatchAPI:
                 raise errors.bad_request("Missing required parameter: 'file'.", param="file")
             content = upload.file.read()
             stored = self.files.add(content, filename=upload.filename, purpose=str(purpose))
+            await self._hang("upload")
             return web.json_response(stored.as_object())
 
         return await self._guarded(request, act)
 
-    async def _list_files(self, request: web.Request) -> web.Response:
+    async def _list_files(self, request: web.Request) -> web.StreamResponse:
         async def act() -> web.Response:
             files = self.files.list(request.query.get("purpose"))
             return web.json_response(
@@ -129,20 +133,30 @@ class BatchAPI:
 
         return await self._guarded(request, act)
 
-    async def _get_file(self, request: web.Request) -> web.Response:
+    async def _get_file(self, request: web.Request) -> web.StreamResponse:
         async def act() -> web.Response:
             return web.json_response(self._file(request).as_object())
 
         return await self._guarded(request, act)
 
-    async def _file_content(self, request: web.Request) -> web.Response:
-        async def act() -> web.Response:
+    async def _file_content(self, request: web.Request) -> web.StreamResponse:
+        async def act() -> web.StreamResponse:
             stored = self._file(request)
-            return web.Response(body=stored.content, content_type="application/octet-stream")
+            if self._config().batch.hang != "download":
+                return web.Response(body=stored.content, content_type="application/octet-stream")
+            half = len(stored.content) // 2
+            response = web.StreamResponse(headers={"Content-Length": str(len(stored.content))})
+            response.content_type = "application/octet-stream"
+            await response.prepare(request)
+            await response.write(stored.content[:half])
+            await self._hang("download")
+            await response.write(stored.content[half:])
+            await response.write_eof()
+            return response
 
         return await self._guarded(request, act)
 
-    async def _delete_file(self, request: web.Request) -> web.Response:
+    async def _delete_file(self, request: web.Request) -> web.StreamResponse:
         async def act() -> web.Response:
             file_id = self._file(request).id
             self.files.delete(file_id)
@@ -159,7 +173,7 @@ class BatchAPI:
 
     # -- batches -----------------------------------------------------------------------------
 
-    async def _create(self, request: web.Request) -> web.Response:
+    async def _create(self, request: web.Request) -> web.StreamResponse:
         async def act() -> web.Response:
             config = self._config()
             body = _json_object(await request.text())
@@ -208,11 +222,13 @@ class BatchAPI:
                 self._jobs[job.id] = job
                 self._created += 1
                 job.advance(self.clock(), self.files)
-                return web.json_response(job.as_object())
+                answer = job.as_object()
+            await self._hang("create")
+            return web.json_response(answer)
 
         return await self._guarded(request, act)
 
-    async def _retrieve(self, request: web.Request) -> web.Response:
+    async def _retrieve(self, request: web.Request) -> web.StreamResponse:
         async def act() -> web.Response:
             with self._lock:
                 job = self._advanced(request.match_info["batch_id"])
@@ -220,7 +236,7 @@ class BatchAPI:
 
         return await self._guarded(request, act)
 
-    async def _cancel(self, request: web.Request) -> web.Response:
+    async def _cancel(self, request: web.Request) -> web.StreamResponse:
         async def act() -> web.Response:
             with self._lock:
                 job = self._advanced(request.match_info["batch_id"])
@@ -229,7 +245,7 @@ class BatchAPI:
 
         return await self._guarded(request, act)
 
-    async def _list(self, request: web.Request) -> web.Response:
+    async def _list(self, request: web.Request) -> web.StreamResponse:
         async def act() -> web.Response:
             try:
                 limit = int(request.query.get("limit", "20"))
@@ -269,13 +285,24 @@ class BatchAPI:
 
     # -- shared ------------------------------------------------------------------------------
 
-    async def _guarded(self, request: web.Request, act: Callable[[], Any]) -> web.Response:
+    async def _hang(self, point: str) -> None:
+        """Hold the answer while ``batch.hang`` names ``point`` (see BatchConfig)."""
+        if self._config().batch.hang != point:
+            return
+        with self._lock:
+            self._hung[point] = self._hung.get(point, 0) + 1
+        # the knob changes from another thread (a test) or the admin endpoint: no event to
+        # wait on, so look again every 50 ms
+        while self._config().batch.hang == point:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+
+    async def _guarded(self, request: web.Request, act: Callable[[], Any]) -> web.StreamResponse:
         try:
             config = self._config()
             self._authorize(request, config)
             if config.faults.quota_exhausted:
                 raise errors.insufficient_quota()
-            response: web.Response = await act()
+            response: web.StreamResponse = await act()
             return response
         except APIError as exc:
             return web.json_response(exc.body(), status=exc.status, headers=exc.headers)

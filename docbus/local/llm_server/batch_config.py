@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 BatchFailure = Literal["invalid_file", "token_limit_exceeded"]
+HangPoint = Literal["upload", "create", "download"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +38,11 @@ class BatchConfig:
     report it); ``quota_at_create`` refuses ``POST /batches`` itself with a 429
     ``insufficient_quota``. The live ``faults.rate_schema``/``rate_malformed`` apply to batch
     answers too.
+
+    Crash points: while ``hang`` names a step, the server carries that step out — stores the
+    uploaded file (``upload``), creates the batch (``create``), sends the first half of a file's
+    content (``download``) — and then holds its answer until ``hang`` changes, so a client
+    killed meanwhile dies exactly after the step took effect (``stats()["hung"]`` counts them).
     """
 
     validating_seconds: float = 0.0
@@ -50,6 +56,7 @@ class BatchConfig:
     line_500_share: float = 0.0
     fail: BatchFailure | None = None
     quota_at_create: bool = False
+    hang: HangPoint | None = None
 
     def __post_init__(self) -> None:
         times = (
