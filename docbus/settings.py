@@ -201,6 +201,9 @@ class LLMBatchSettings(BaseModel):
     ``BatchExpired``."""
     lease_ttl: float = Field(default=60.0, gt=0)
     renew_every: float = Field(default=15.0, gt=0)
+    probe_every: float = Field(default=5.0, gt=0)
+    """While submission backs off after a refused key, role or endpoint: seconds between free
+    calls that end the back-off once the provider accepts the credentials again."""
     delete_files: bool = True
     """Delete a provider batch's files (input, output, error) once its outcome is stored; a
     crash in between leaves them to the next submitter pass, never an answer unstored."""

@@ -81,6 +81,9 @@ SettledHook = Callable[[ProviderBatchRecord, Settlement], Awaitable[None]]
 DoneHook = Callable[[Sequence[str] | None], Awaitable[None]]
 _ADOPTION_SCAN = 1000  # provider batches looked through for one a crashed create made
 _FILES_SWEEP_LIMIT = 100  # ended records whose files one sweep deletes
+_PROBED = frozenset({"AuthenticationFailed", "PermissionDenied", "EndpointNotFound"})
+"""Refusals a free call (one page of the file list) tells the end of: the key, the role, the
+endpoint. A quota is not probed: only a real submission shows it back."""
 _ABANDONABLE = frozenset(
     {ProviderBatchState.CLAIMING, ProviderBatchState.CLAIMED, ProviderBatchState.UPLOADED}
 )
@@ -107,6 +110,10 @@ class SubmitterOptions:
     """Waits before submitting a group again after a systemic refusal."""
     delete_files: bool = True
     """Delete a provider batch's files once its outcome is stored."""
+    probe_every: float = 5.0
+    """While a group backs off after a refused key, role or endpoint: seconds between free
+    calls (one page of the file list) that end the back-off as soon as the provider accepts
+    the credentials again — the batch-mode twin of the live circuit breaker's probe."""
     queued_tokens: Mapping[str, int] = field(default_factory=dict)
     """Model (Azure: deployment) -> most estimated tokens its open provider batches may hold
     at once (Azure's enqueued-token quota); a model not named has no limit."""
@@ -165,6 +172,7 @@ class Submitter:
         self._clock = clock
         self._lease: SubmitterLease | None = None
         self._files_swept_at: datetime | None = None
+        self._probed_at: dict[tuple[str, str], datetime] = {}
 
     # -- the loop -----------------------------------------------------------------------------
 
@@ -203,6 +211,7 @@ class Submitter:
             self._files_swept_at = None  # and what it left at the provider is deleted now
         try:
             now = self._clock()
+            await self._probe(now)
             paused = {
                 (p.endpoint, p.model)
                 for p in await self.store.llm_submission_pauses()
@@ -547,6 +556,30 @@ class Submitter:
                     report.abandoned += 1
             else:
                 logger.warning("provider batch %s: %s (next pass retries)", record.id, failure)
+
+    async def _probe(self, now: datetime) -> None:
+        """End the back-offs that a refused key, role or endpoint caused once a free call goes
+        through again (a new holder asks at once: it may run with a fixed key)."""
+        for pause in await self.store.llm_submission_pauses():
+            group = (pause.endpoint, pause.model)
+            last = self._probed_at.get(group)
+            if pause.until <= now or pause.reason not in _PROBED:
+                continue
+            if last is not None and (now - last).total_seconds() < self.options.probe_every:
+                continue
+            self._probed_at[group] = now
+            try:
+                await self.client.files.list(limit=1)
+            except openai.OpenAIError as exc:
+                logger.info(
+                    "batch submitter: %s still refused (%s)", pause.model, failure_of(exc).reason
+                )
+                continue
+            logger.info(
+                "batch submitter: the provider accepts the credentials again; %s submits now",
+                pause.model,
+            )
+            await self.store.clear_llm_submission_pause(pause.endpoint, pause.model)
 
     async def _pause(
         self, record: ProviderBatchRecord, failure: Failure, report: PassReport

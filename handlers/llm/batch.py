@@ -82,6 +82,7 @@ def submitter_options(batch: LLMBatchSettings, *, azure: bool = False) -> Submit
         poll=BackoffPolicy(base=batch.poll_base, cap=batch.poll_max),
         refusal=BackoffPolicy(base=batch.refusal_base, cap=batch.refusal_max),
         delete_files=batch.delete_files,
+        probe_every=batch.probe_every,
         queued_tokens=dict(batch.queued_tokens),
     )
 

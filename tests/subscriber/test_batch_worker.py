@@ -246,6 +246,58 @@ async def test_a_quota_refusal_at_create_backs_off_and_dead_letters_nothing(
     assert llm_server.batch_api.stats()["created"] == 3
 
 
+async def test_a_bad_key_holds_the_round_without_dead_letters_until_the_key_works_again(
+    stack: Stack, llm_server: LLMServer
+) -> None:
+    # the refusal back-off is long (60 s): only the probe can end it within this test
+    settings = stack.settings.model_copy(
+        update={
+            "llm": LLMSettings(
+                api_key=SecretStr(KEY),
+                base_url=llm_server.base_url,
+                model="docbus-offline",
+                batch=LLMBatchSettings(
+                    **{**FAST_BATCH, "refusal_base": 60.0, "refusal_max": 60.0},  # type: ignore[arg-type]
+                    probe_every=0.2,
+                ),
+            )
+        }
+    )
+    llm_server.configure(batch={"in_progress_seconds": 0.2}, api_key="sk-rotated")
+    documents = 4
+    await publish(stack, documents)
+    async with (
+        LLMClient.from_settings(settings, stack.store) as llm,
+        ServiceBusClient.from_connection_string(stack.connection_string) as client,
+    ):
+        worker = make_worker(client, stack, llm, until_idle=None)
+        running = asyncio.create_task(worker.run())
+        try:
+
+            async def refused_and_parked() -> bool:
+                pauses = await stack.store.llm_submission_pauses()
+                parked = await count(stack, "parked")
+                return [p.reason for p in pauses] == ["AuthenticationFailed"] and (
+                    parked == documents
+                )
+
+            await wait_for(refused_and_parked, "the round held by the refused key")
+            assert await count(stack, "dead_letters") == 0
+            assert llm_server.batch_api.stats()["created"] == 0
+            llm_server.configure(api_key=KEY)  # the operator fixes the key
+
+            async def all_done() -> bool:
+                return await count(stack, "results", {"current": True}) == documents
+
+            await wait_for(all_done, "every document once the key works")
+        finally:
+            worker.stop()
+            await asyncio.wait_for(running, 60)
+    results = await assert_all_done(stack, documents)
+    assert max(r["delivery_count"] for r in results) == 1  # no delivery attempt was spent
+    assert llm_server.batch_api.stats()["created"] == 3
+
+
 def worker_process(
     stack: Stack, llm_server: LLMServer, tmp_path: Path, handlers: str
 ) -> subprocess.Popen[bytes]:

@@ -176,6 +176,38 @@ async def test_a_bad_key_at_upload_backs_off_and_releases_the_requests(
     assert {(r.state, r.attempts) for r in records.values()} == {(LLMRequestState.PENDING, 0)}
 
 
+async def test_a_fixed_key_ends_the_back_off_at_the_next_probe_not_after_it(
+    store: Store, sdk: openai.AsyncOpenAI, clock: Clock, llm_server: LLMServer
+) -> None:
+    keys = await register(store, 3)
+    llm_server.configure(api_key="sk-rotated")  # ours is refused
+    worker = submitter(store, sdk, clock, probe_every=5.0)
+    assert (await worker.run_once()).paused == [f"{MODEL}: AuthenticationFailed"]
+    [pause] = await store.llm_submission_pauses()
+    assert (pause.until - clock.now).total_seconds() >= 10  # the refusal back-off (30 s)
+    clock.move(5)
+    assert (await worker.run_once()).created == 0  # probed: still refused
+    llm_server.configure(api_key="sk-test")  # the operator fixes the key
+    assert (await worker.run_once()).created == 0  # the next probe is due in 5 s, not now
+    clock.move(5)
+    report = await worker.run_once()  # probed: accepted, so the group goes at once
+    assert report.created == 1 and await states(store, keys) == {"answered": 3}
+    assert await store.llm_submission_pauses() == []
+
+
+async def test_a_quota_pause_is_not_probed_away(
+    store: Store, sdk: openai.AsyncOpenAI, clock: Clock, llm_server: LLMServer
+) -> None:
+    await register(store, 2)
+    llm_server.configure(batch={"quota_at_create": True})
+    worker = submitter(store, sdk, clock, probe_every=1.0)
+    await worker.run_once()
+    llm_server.configure(batch={"quota_at_create": False})
+    clock.move(2)
+    assert (await worker.run_once()).created == 0  # only a real submission shows quota back
+    assert [p.reason for p in await store.llm_submission_pauses()] == ["QuotaExhausted"]
+
+
 async def test_expiry_resubmits_the_missing_in_the_next_pass(
     store: Store, sdk: openai.AsyncOpenAI, clock: Clock, llm_server: LLMServer
 ) -> None:
