@@ -34,7 +34,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console, Group, RenderableType
+from rich import box
+from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderResult
 from rich.live import Live
 from rich.progress_bar import ProgressBar
 from rich.text import Text
@@ -84,8 +85,17 @@ EXIT_CODES = {
 # -- rendering ----------------------------------------------------------------------------------
 
 
+_NARROW = 110
+"""Below this many columns the table drops its bars and borders and shortens two headers, so
+it fits an 80-column terminal without folding a header or a handler name."""
+
+
+def _share(done: int, total: int) -> str:
+    return f"{100 * done / total:3.0f}%" if total else "  -"
+
+
 def _bar(done: int, total: int) -> RenderableType:
-    share = f"{100 * done / total:3.0f}%" if total else "  -"
+    share = _share(done, total)
     table = Table.grid(padding=(0, 1))
     table.add_row(ProgressBar(total=max(total, 1), completed=done, width=12), share)
     return table
@@ -98,14 +108,26 @@ def _rate(value: float) -> str:
 def batch_view(status: BatchStatus, previous: BatchStatus | None = None) -> RenderableType:
     """One batch: its table, then a line on publishing, cost and budget (and one on its
     batch-mode LLM requests)."""
-    parts: list[RenderableType] = [batch_table(status, previous), _caption(status)]
+    parts: list[RenderableType] = [_FittedTable(status, previous), _caption(status)]
     if status.llm is not None:
         parts.append(progress_text(status.llm))
     return Group(*parts, Text(""))
 
 
-def batch_table(status: BatchStatus, previous: BatchStatus | None = None) -> Table:
-    """One batch: an overall row, then one row per handler."""
+class _FittedTable:
+    """:func:`batch_table`, narrow or not by the width it is drawn at (``--watch`` too)."""
+
+    def __init__(self, status: BatchStatus, previous: BatchStatus | None) -> None:
+        self.status, self.previous = status, previous
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        yield batch_table(self.status, self.previous, narrow=options.max_width < _NARROW)
+
+
+def batch_table(
+    status: BatchStatus, previous: BatchStatus | None = None, *, narrow: bool = False
+) -> Table:
+    """One batch: an overall row, then one row per handler (``narrow``: for 80 columns)."""
     record = status.record
     rates = throughput(status, previous)
     rate_title = "docs/s (last interval)" if previous is not None else "docs/s"
@@ -114,14 +136,24 @@ def batch_table(status: BatchStatus, previous: BatchStatus | None = None) -> Tab
         untrusted(record.id, "bold cyan"),
         f" → {record.topic} · LLM mode {status.llm_mode}",
     )
-    table = Table(title=title, title_justify="left")
+    if narrow:
+        rate_title = "docs/s"
+        table = Table(
+            title=title, title_justify="left", box=box.SIMPLE_HEAD, show_edge=False, padding=(0, 0)
+        )
+    else:
+        table = Table(title=title, title_justify="left")
     table.add_column("handler", no_wrap=True)
     rolled = bool(status.counts.rolled_back)  # (a column only where a rollback happened)
-    columns = ("published", "done", "retrying", "parked", "dead-lettered")
+    columns = ("published", "done", "retrying", "parked", "dead" if narrow else "dead-lettered")
     for name in (*columns, *(("rolled back",) if rolled else ()), "pending"):
         table.add_column(name, justify="right")
-    table.add_column("progress", numeric=True, justify="left")  # the bar is kept whole
+    if narrow:
+        table.add_column("done %", justify="right")
+    else:
+        table.add_column("progress", numeric=True, justify="left")  # the bar is kept whole
     table.add_column(rate_title, justify="right")
+    bar = _share if narrow else _bar
     counts = status.counts
     table.add_row(
         Text(ALL, style="bold"),
@@ -132,7 +164,7 @@ def batch_table(status: BatchStatus, previous: BatchStatus | None = None) -> Tab
         str(counts.dead_lettered),
         *((str(counts.rolled_back),) if rolled else ()),
         str(status.pending()),
-        _bar(status.finished(), counts.published),
+        bar(status.finished(), counts.published),
         _rate(rates[None]),
     )
     for name, handler in counts.handlers.items():
@@ -145,7 +177,7 @@ def batch_table(status: BatchStatus, previous: BatchStatus | None = None) -> Tab
             str(handler.dead_lettered),
             *((str(handler.rolled_back),) if rolled else ()),
             str(status.pending(name)),
-            _bar(status.finished(name), counts.published),
+            bar(status.finished(name), counts.published),
             _rate(rates[name]),
         )
     return table

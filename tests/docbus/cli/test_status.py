@@ -135,6 +135,23 @@ async def test_counts_per_batch_and_handler_add_up_with_retrying_from_llm_attemp
     assert table["supplier_risk"][6].endswith("60%")
 
 
+async def test_at_80_columns_no_header_or_handler_name_is_folded(
+    store: Store, mixed_batch: str
+) -> None:
+    # before, headers came out as "publis/hed", "dea/d-l/ett/ere/d" and "supplier_ris/k"
+    text = rendered(await collect_status(store, [mixed_batch]), width=80)
+    lines = text.splitlines()
+    header = next(line for line in lines if line.startswith("handler"))
+    assert header.split() == [
+        "handler", "published", "done", "retrying", "parked", "dead", "pending", "done", "%",
+        "docs/s",
+    ]  # fmt: skip
+    assert max(len(line) for line in lines) <= 80
+    cells = {line[:14].strip(): line[14:].split() for line in lines if line[:1].isalpha()}
+    assert cells["supplier_risk"][:7] == ["5", "3", "1", "0", "0", "1", "60%"]
+    assert cells["all handlers"][:6] == ["5", "2", "2", "0", "1", "0"]
+
+
 async def test_the_table_names_the_batch_topic_cost_budget_and_over_budget_flag(
     store: Store, mixed_batch: str
 ) -> None:
