@@ -324,7 +324,8 @@ class Worker:
         if all(h.spec.ordered_by for h in self.handlers):
             return None
         holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        return make(holder, resumable=self._resumption.wake)
+        # a refused key, role or endpoint opens the breaker, as a live call's systemic failure
+        return make(holder, resumable=self._resumption.wake, refused=lambda _: self._breaker.open())
 
     # --- public ---------------------------------------------------------------------------
     def stop(self) -> None:

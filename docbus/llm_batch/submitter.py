@@ -23,6 +23,8 @@ idempotent (a crash after it and before the apply calls it again). ``on_done`` i
 of requests answered or failed once they are stored so (the worker resumes the deliveries
 parked on them), and ``None`` — all of them — when this submitter takes the lease over (its
 predecessor may have died between an apply and its hook) or after the hook failed.
+``on_refused`` is told when the provider refuses the key, the role or the endpoint (the worker
+opens its circuit breaker on it, as on a live call's systemic failure).
 ``checkpoint`` is called at named points for crash tests.
 
 Files are deleted only after the outcome they carry is stored: a crash in between leaves them
@@ -79,6 +81,7 @@ logger = logging.getLogger(__name__)
 Client = openai.AsyncOpenAI  # AsyncAzureOpenAI is one too
 SettledHook = Callable[[ProviderBatchRecord, Settlement], Awaitable[None]]
 DoneHook = Callable[[Sequence[str] | None], Awaitable[None]]
+RefusedHook = Callable[[Failure], None]
 _ADOPTION_SCAN = 1000  # provider batches looked through for one a crashed create made
 _FILES_SWEEP_LIMIT = 100  # ended records whose files one sweep deletes
 _PROBED = frozenset({"AuthenticationFailed", "PermissionDenied", "EndpointNotFound"})
@@ -155,6 +158,7 @@ class Submitter:
         options: SubmitterOptions | None = None,
         on_settled: SettledHook | None = None,
         on_done: DoneHook | None = None,
+        on_refused: RefusedHook | None = None,
         checkpoint: Callable[[str], None] | None = None,
         clock: Callable[[], datetime] = _now,
     ) -> None:
@@ -168,6 +172,7 @@ class Submitter:
         """``on_done`` must be told again about every settled request (``None``): this
         holder is new (its predecessor may have died between a settlement and its hook) or
         the hook failed."""
+        self._on_refused = on_refused
         self._checkpoint = checkpoint or (lambda point: None)
         self._clock = clock
         self._lease: SubmitterLease | None = None
@@ -571,9 +576,9 @@ class Submitter:
             try:
                 await self.client.files.list(limit=1)
             except openai.OpenAIError as exc:
-                logger.info(
-                    "batch submitter: %s still refused (%s)", pause.model, failure_of(exc).reason
-                )
+                failure = failure_of(exc)
+                logger.info("batch submitter: %s still refused (%s)", pause.model, failure.reason)
+                self._refused(failure)
                 continue
             logger.info(
                 "batch submitter: the provider accepts the credentials again; %s submits now",
@@ -597,6 +602,20 @@ class Submitter:
             description=failure.description,
         )
         report.paused.append(f"{record.model}: {failure.reason}")
+        logger.warning(
+            "batch submissions of %s paused until %s: %s",
+            record.model,
+            until.isoformat(timespec="seconds"),
+            failure.reason,
+        )
+        self._refused(failure)
+
+    def _refused(self, failure: Failure) -> None:
+        """Tell ``on_refused`` of a refused key, role or endpoint (the worker opens its
+        circuit breaker, as a live call's systemic failure does); a quota is not told: it
+        frees itself as open batches end, and live calls may still go."""
+        if self._on_refused is not None and failure.reason in _PROBED:
+            self._on_refused(failure)
 
 
 def failure_of(exc: openai.OpenAIError) -> Failure:

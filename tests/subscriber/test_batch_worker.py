@@ -299,9 +299,16 @@ async def test_a_bad_key_holds_the_round_without_dead_letters_until_the_key_work
 
 
 def worker_process(
-    stack: Stack, llm_server: LLMServer, tmp_path: Path, handlers: str
+    stack: Stack,
+    llm_server: LLMServer,
+    tmp_path: Path,
+    handlers: str,
+    *,
+    api_key: str = KEY,
+    until_idle: float | None = None,
 ) -> subprocess.Popen[bytes]:
-    """``docbus worker`` in a process of its own, on this stack, for a test to kill."""
+    """``docbus worker`` in a process of its own, on this stack, for a test to kill (or to
+    wait for, with ``until_idle``)."""
     topology_file = tmp_path / "topology.toml"
     topology_file.write_text(TOPOLOGY_TOML)
     env = {
@@ -309,14 +316,15 @@ def worker_process(
         "DOCBUS_SERVICEBUS__CONNECTION_STRING": stack.connection_string,
         "DOCBUS_MONGODB__URI": stack.settings.mongodb.uri.get_secret_value(),
         "DOCBUS_MONGODB__DATABASE": stack.settings.mongodb.database,
-        "DOCBUS_LLM__API_KEY": KEY,
+        "DOCBUS_LLM__API_KEY": api_key,
         "DOCBUS_LLM__BASE_URL": llm_server.base_url,
         "DOCBUS_LLM__MODEL": "docbus-offline",
         **{f"DOCBUS_LLM__BATCH__{name.upper()}": str(value) for name, value in FAST_BATCH.items()},
     }
+    idle = [] if until_idle is None else ["--until-idle", str(until_idle)]
     return subprocess.Popen(
         [sys.executable, "-m", "docbus", "worker", "--handlers", handlers,
-         "--topology", str(topology_file)],
+         "--topology", str(topology_file), *idle],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )  # fmt: skip
 
