@@ -67,6 +67,7 @@ from docbus.llm_batch._outcomes import (
 from docbus.llm_batch._plan import (
     FileLimits,
     SubmitPolicy,
+    learnt_quota,
     plan_files,
     should_submit,
     within_quota,
@@ -178,6 +179,8 @@ class Submitter:
         self._lease: SubmitterLease | None = None
         self._files_swept_at: datetime | None = None
         self._probed_at: dict[tuple[str, str], datetime] = {}
+        self._learnt: dict[tuple[str, str], int] = {}
+        """Queued-token quotas learnt from refusals, per group (see :func:`learnt_quota`)."""
 
     # -- the loop -----------------------------------------------------------------------------
 
@@ -267,9 +270,7 @@ class Submitter:
                 r.as_request()
                 for r in await self.store.pending_llm_requests(group.endpoint, group.model)
             ]
-            quota = self.options.queued_tokens.get(group.model)
-            if quota is not None:
-                pending = await self._within_quota(group.endpoint, group.model, pending, quota)
+            pending = await self._quota_hook(group.endpoint, group.model, pending)
             plan = plan_files(
                 pending,
                 self.options.limits,
@@ -299,6 +300,38 @@ class Submitter:
                     await self._guarded(record, report, self._upload(record, content, report))
                     if report.created == before:
                         break  # refused: the rest of this group waits for the next pass
+
+    async def _quota_hook(
+        self, endpoint: str, model: str, pending: list[BatchRequest]
+    ) -> list[BatchRequest]:
+        """The pending requests a new batch of the group may take under its queued-token
+        quota: the configured one, or what refusals taught (never dead-letters a request)."""
+        quota = self.options.queued_tokens.get(model)
+        learnt = self._learnt.get((endpoint, model))
+        if learnt is not None and (quota is None or learnt < quota):
+            queued = await self.store.submitted_llm_tokens(endpoint, model)
+            fit, _ = within_quota(pending, learnt, queued)
+            # the oldest request above what was learnt goes alone once nothing else is open
+            # (the provider may count fewer tokens than docbus estimates)
+            return fit or (pending[:1] if queued == 0 else [])
+        if quota is not None:
+            pending = await self._within_quota(endpoint, model, pending, quota)
+        return pending
+
+    async def _learn_quota(self, record: ProviderBatchRecord) -> None:
+        """The provider refused ``record`` over its queued-token quota: what it held teaches
+        a smaller limit for the group's next batches."""
+        group = (record.endpoint, record.model)
+        requests = await self.store.llm_requests(record.keys)
+        tokens = sum(r.as_request().estimated_tokens for r in requests.values())
+        self._learnt[group] = learnt_quota(tokens, self._learnt.get(group))
+        logger.info(
+            "batch submitter: %s refused %d estimated tokens over its queued-token quota; "
+            "its next batches hold at most %d (set llm.batch.queued_tokens to the quota)",
+            record.model,
+            tokens,
+            self._learnt[group],
+        )
 
     async def _within_quota(
         self, endpoint: str, model: str, pending: list[BatchRequest], quota: int
@@ -609,6 +642,8 @@ class Submitter:
             failure.reason,
         )
         self._refused(failure)
+        if failure.reason == "QueuedTokenQuotaExhausted":
+            await self._learn_quota(record)
 
     def _refused(self, failure: Failure) -> None:
         """Tell ``on_refused`` of a refused key, role or endpoint (the worker opens its

@@ -13,6 +13,7 @@ from docbus.llm_batch import (
     FileLimits,
     SubmitPolicy,
     input_line,
+    learnt_quota,
     plan_files,
     request_key,
     should_submit,
@@ -162,3 +163,9 @@ def test_within_quota_takes_the_oldest_that_fit_beside_what_is_queued() -> None:
     assert fit == [] and never == []  # all wait for open batches to finish
     fit, _ = within_quota(pending[:4], quota=1200, queued=0)
     assert [name[r.key] for r in fit] == ["s0", "s1", "s2", "s3"]
+
+
+def test_a_quota_refusal_teaches_half_of_what_was_refused_never_more_than_known() -> None:
+    assert learnt_quota(1000, None) == 500
+    assert learnt_quota(1000, 300) == 300  # a smaller limit learnt before stays
+    assert learnt_quota(1, None) == 1  # never nothing: the oldest request still goes alone
