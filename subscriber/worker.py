@@ -325,7 +325,13 @@ class Worker:
             return None
         holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         # a refused key, role or endpoint opens the breaker, as a live call's systemic failure
-        return make(holder, resumable=self._resumption.wake, refused=lambda _: self._breaker.open())
+        # does; the Batch API taking them again closes it
+        return make(
+            holder,
+            resumable=self._resumption.wake,
+            refused=lambda _: self._breaker.open(),
+            accepted=self._breaker.close,
+        )
 
     # --- public ---------------------------------------------------------------------------
     def stop(self) -> None:

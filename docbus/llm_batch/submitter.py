@@ -24,7 +24,8 @@ of requests answered or failed once they are stored so (the worker resumes the d
 parked on them), and ``None`` — all of them — when this submitter takes the lease over (its
 predecessor may have died between an apply and its hook) or after the hook failed.
 ``on_refused`` is told when the provider refuses the key, the role or the endpoint (the worker
-opens its circuit breaker on it, as on a live call's systemic failure).
+opens its circuit breaker on it, as on a live call's systemic failure), ``on_accepted`` when it
+takes the credentials again (a probe passed, a batch was created: the worker closes it).
 ``checkpoint`` is called at named points for crash tests.
 
 Files are deleted only after the outcome they carry is stored: a crash in between leaves them
@@ -160,6 +161,7 @@ class Submitter:
         on_settled: SettledHook | None = None,
         on_done: DoneHook | None = None,
         on_refused: RefusedHook | None = None,
+        on_accepted: Callable[[], None] | None = None,
         checkpoint: Callable[[str], None] | None = None,
         clock: Callable[[], datetime] = _now,
     ) -> None:
@@ -174,6 +176,9 @@ class Submitter:
         holder is new (its predecessor may have died between a settlement and its hook) or
         the hook failed."""
         self._on_refused = on_refused
+        self._on_accepted = on_accepted
+        self._told_refused = False
+        """``on_refused`` was told and ``on_accepted`` not yet."""
         self._checkpoint = checkpoint or (lambda point: None)
         self._clock = clock
         self._lease: SubmitterLease | None = None
@@ -407,6 +412,7 @@ class Submitter:
         report.created += 1
         # accepted: whatever refusal paused this group is over
         await self.store.clear_llm_submission_pause(record.endpoint, record.model)
+        self._accepted()
         await self._poll(record, report)
 
     def _url(self, endpoint: str) -> str:
@@ -618,6 +624,7 @@ class Submitter:
                 pause.model,
             )
             await self.store.clear_llm_submission_pause(pause.endpoint, pause.model)
+            self._accepted()
 
     async def _pause(
         self, record: ProviderBatchRecord, failure: Failure, report: PassReport
@@ -650,7 +657,15 @@ class Submitter:
         circuit breaker, as a live call's systemic failure does); a quota is not told: it
         frees itself as open batches end, and live calls may still go."""
         if self._on_refused is not None and failure.reason in _PROBED:
+            self._told_refused = True
             self._on_refused(failure)
+
+    def _accepted(self) -> None:
+        """Tell ``on_accepted`` that the credentials ``on_refused`` heard of work again (only
+        then: a live failure's breaker is not this submitter's to close)."""
+        if self._told_refused and self._on_accepted is not None:
+            self._told_refused = False
+            self._on_accepted()
 
 
 def failure_of(exc: openai.OpenAIError) -> Failure:

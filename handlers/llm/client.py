@@ -295,12 +295,13 @@ class LLMClient:
         *,
         resumable: Callable[[], None] | None = None,
         refused: Callable[[Failure], None] | None = None,
+        accepted: Callable[[], None] | None = None,
     ) -> Submitter:
         """The batch-mode submitter over this client's ``openai`` client (the same key or
         Entra ID, the same HTTP client): costs at the batch price, parked deliveries marked
         for resumption as their requests are answered (``resumable`` is then called: look
-        now), ``refused`` told when the provider refuses the key, role or endpoint. Run it
-        with ``await submitter.run(stop)``."""
+        now), ``refused`` told when the provider refuses the key, role or endpoint and
+        ``accepted`` when it takes them again. Run it with ``await submitter.run(stop)``."""
         if self.store is None:
             raise LLMConfigError("batch mode needs the store: give LLMClient a store")
         keeping = BatchBookkeeping(self.store, self.pricing, resumable)
@@ -312,6 +313,7 @@ class LLMClient:
             on_settled=keeping.on_settled,
             on_done=keeping.on_done,
             on_refused=refused,
+            on_accepted=accepted,
         )
 
     def bind(self, ctx: Context | None) -> BoundLLM:

@@ -270,7 +270,8 @@ async def test_a_bad_key_holds_the_round_without_dead_letters_until_the_key_work
         LLMClient.from_settings(settings, stack.store) as llm,
         ServiceBusClient.from_connection_string(stack.connection_string) as client,
     ):
-        worker = make_worker(client, stack, llm, until_idle=None)
+        # the breaker's own (live) probe never runs here: the Batch API's answer closes it
+        worker = make_worker(client, stack, llm, until_idle=None, probe_interval=3600)
         running = asyncio.create_task(worker.run())
         try:
 
@@ -282,6 +283,7 @@ async def test_a_bad_key_holds_the_round_without_dead_letters_until_the_key_work
                 )
 
             await wait_for(refused_and_parked, "the round held by the refused key")
+            assert worker.paused  # the circuit breaker opened, as on a live systemic failure
             assert await count(stack, "dead_letters") == 0
             assert llm_server.batch_api.stats()["created"] == 0
             llm_server.configure(api_key=KEY)  # the operator fixes the key
@@ -290,6 +292,7 @@ async def test_a_bad_key_holds_the_round_without_dead_letters_until_the_key_work
                 return await count(stack, "results", {"current": True}) == documents
 
             await wait_for(all_done, "every document once the key works")
+            assert not worker.paused  # closed when the Batch API took the key again
         finally:
             worker.stop()
             await asyncio.wait_for(running, 60)
