@@ -81,9 +81,9 @@ from docbus.store._base import _now
 logger = logging.getLogger(__name__)
 
 Client = openai.AsyncOpenAI  # AsyncAzureOpenAI is one too
+RefusedHook = Callable[[Failure], None]
 SettledHook = Callable[[ProviderBatchRecord, Settlement], Awaitable[None]]
 DoneHook = Callable[[Sequence[str] | None], Awaitable[None]]
-RefusedHook = Callable[[Failure], None]
 _ADOPTION_SCAN = 1000  # provider batches looked through for one a crashed create made
 _FILES_SWEEP_LIMIT = 100  # ended records whose files one sweep deletes
 _PROBED = frozenset({"AuthenticationFailed", "PermissionDenied", "EndpointNotFound"})
@@ -181,11 +181,11 @@ class Submitter:
         """``on_refused`` was told and ``on_accepted`` not yet."""
         self._checkpoint = checkpoint or (lambda point: None)
         self._clock = clock
+        self._learnt: dict[tuple[str, str], int] = {}
+        """Queued-token quotas learnt from refusals, per group (see :func:`learnt_quota`)."""
         self._lease: SubmitterLease | None = None
         self._files_swept_at: datetime | None = None
         self._probed_at: dict[tuple[str, str], datetime] = {}
-        self._learnt: dict[tuple[str, str], int] = {}
-        """Queued-token quotas learnt from refusals, per group (see :func:`learnt_quota`)."""
 
     # -- the loop -----------------------------------------------------------------------------
 

@@ -151,6 +151,12 @@ def test_the_public_names_are_all_and_sorted() -> None:
     assert public == set(exported)
 
 
+def test_a_quota_refusal_teaches_half_of_what_was_refused_never_more_than_known() -> None:
+    assert learnt_quota(1000, None) == 500
+    assert learnt_quota(1000, 300) == 300  # a smaller limit learnt before stays
+    assert learnt_quota(1, None) == 1  # never nothing: the oldest request still goes alone
+
+
 def test_within_quota_takes_the_oldest_that_fit_beside_what_is_queued() -> None:
     sizes = [300, 300, 500, 100, 2000]
     pending = [request(f"s{i}", f"t{i}", estimated_tokens=n) for i, n in enumerate(sizes)]
@@ -164,8 +170,3 @@ def test_within_quota_takes_the_oldest_that_fit_beside_what_is_queued() -> None:
     fit, _ = within_quota(pending[:4], quota=1200, queued=0)
     assert [name[r.key] for r in fit] == ["s0", "s1", "s2", "s3"]
 
-
-def test_a_quota_refusal_teaches_half_of_what_was_refused_never_more_than_known() -> None:
-    assert learnt_quota(1000, None) == 500
-    assert learnt_quota(1000, 300) == 300  # a smaller limit learnt before stays
-    assert learnt_quota(1, None) == 1  # never nothing: the oldest request still goes alone
