@@ -169,4 +169,3 @@ def test_within_quota_takes_the_oldest_that_fit_beside_what_is_queued() -> None:
     assert fit == [] and never == []  # all wait for open batches to finish
     fit, _ = within_quota(pending[:4], quota=1200, queued=0)
     assert [name[r.key] for r in fit] == ["s0", "s1", "s2", "s3"]
-
