@@ -324,7 +324,14 @@ class Worker:
         if all(h.spec.ordered_by for h in self.handlers):
             return None
         holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        return make(holder, resumable=self._resumption.wake)
+        # a refused key, role or endpoint opens the breaker, as a live call's systemic failure
+        # does; the Batch API taking them again closes it
+        return make(
+            holder,
+            resumable=self._resumption.wake,
+            refused=lambda _: self._breaker.open(),
+            accepted=self._breaker.close,
+        )
 
     # --- public ---------------------------------------------------------------------------
     def stop(self) -> None:

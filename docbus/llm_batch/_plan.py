@@ -119,6 +119,15 @@ def within_quota(
     return fit, never
 
 
+def learnt_quota(refused_tokens: int, known: int | None) -> int:
+    """What a group may enqueue after the provider refused a batch of ``refused_tokens``
+    estimated tokens over a queued-token quota docbus was not told of (or told too high):
+    half of it, never more than was ``known`` — a round that can never fit whole is split
+    until it does instead of being refused forever."""
+    half = max(1, refused_tokens // 2)
+    return half if known is None else min(known, half)
+
+
 @dataclass(frozen=True, slots=True)
 class SubmitPolicy:
     """When a group of pending requests becomes a provider batch.

@@ -23,6 +23,9 @@ idempotent (a crash after it and before the apply calls it again). ``on_done`` i
 of requests answered or failed once they are stored so (the worker resumes the deliveries
 parked on them), and ``None`` — all of them — when this submitter takes the lease over (its
 predecessor may have died between an apply and its hook) or after the hook failed.
+``on_refused`` is told when the provider refuses the key, the role or the endpoint (the worker
+opens its circuit breaker on it, as on a live call's systemic failure), ``on_accepted`` when it
+takes the credentials again (a probe passed, a batch was created: the worker closes it).
 ``checkpoint`` is called at named points for crash tests.
 
 Files are deleted only after the outcome they carry is stored: a crash in between leaves them
@@ -65,6 +68,7 @@ from docbus.llm_batch._outcomes import (
 from docbus.llm_batch._plan import (
     FileLimits,
     SubmitPolicy,
+    learnt_quota,
     plan_files,
     should_submit,
     within_quota,
@@ -77,6 +81,7 @@ from docbus.store._base import _now
 logger = logging.getLogger(__name__)
 
 Client = openai.AsyncOpenAI  # AsyncAzureOpenAI is one too
+RefusedHook = Callable[[Failure], None]
 SettledHook = Callable[[ProviderBatchRecord, Settlement], Awaitable[None]]
 DoneHook = Callable[[Sequence[str] | None], Awaitable[None]]
 _ADOPTION_SCAN = 1000  # provider batches looked through for one a crashed create made
@@ -155,6 +160,8 @@ class Submitter:
         options: SubmitterOptions | None = None,
         on_settled: SettledHook | None = None,
         on_done: DoneHook | None = None,
+        on_refused: RefusedHook | None = None,
+        on_accepted: Callable[[], None] | None = None,
         checkpoint: Callable[[str], None] | None = None,
         clock: Callable[[], datetime] = _now,
     ) -> None:
@@ -168,8 +175,14 @@ class Submitter:
         """``on_done`` must be told again about every settled request (``None``): this
         holder is new (its predecessor may have died between a settlement and its hook) or
         the hook failed."""
+        self._on_refused = on_refused
+        self._on_accepted = on_accepted
+        self._told_refused = False
+        """``on_refused`` was told and ``on_accepted`` not yet."""
         self._checkpoint = checkpoint or (lambda point: None)
         self._clock = clock
+        self._learnt: dict[tuple[str, str], int] = {}
+        """Queued-token quotas learnt from refusals, per group (see :func:`learnt_quota`)."""
         self._lease: SubmitterLease | None = None
         self._files_swept_at: datetime | None = None
         self._probed_at: dict[tuple[str, str], datetime] = {}
@@ -262,9 +275,7 @@ class Submitter:
                 r.as_request()
                 for r in await self.store.pending_llm_requests(group.endpoint, group.model)
             ]
-            quota = self.options.queued_tokens.get(group.model)
-            if quota is not None:
-                pending = await self._within_quota(group.endpoint, group.model, pending, quota)
+            pending = await self._quota_hook(group.endpoint, group.model, pending)
             plan = plan_files(
                 pending,
                 self.options.limits,
@@ -294,6 +305,38 @@ class Submitter:
                     await self._guarded(record, report, self._upload(record, content, report))
                     if report.created == before:
                         break  # refused: the rest of this group waits for the next pass
+
+    async def _quota_hook(
+        self, endpoint: str, model: str, pending: list[BatchRequest]
+    ) -> list[BatchRequest]:
+        """The pending requests a new batch of the group may take under its queued-token
+        quota: the configured one, or what refusals taught (never dead-letters a request)."""
+        quota = self.options.queued_tokens.get(model)
+        learnt = self._learnt.get((endpoint, model))
+        if learnt is not None and (quota is None or learnt < quota):
+            queued = await self.store.submitted_llm_tokens(endpoint, model)
+            fit, _ = within_quota(pending, learnt, queued)
+            # the oldest request above what was learnt goes alone once nothing else is open
+            # (the provider may count fewer tokens than docbus estimates)
+            return fit or (pending[:1] if queued == 0 else [])
+        if quota is not None:
+            pending = await self._within_quota(endpoint, model, pending, quota)
+        return pending
+
+    async def _learn_quota(self, record: ProviderBatchRecord) -> None:
+        """The provider refused ``record`` over its queued-token quota: what it held teaches
+        a smaller limit for the group's next batches."""
+        group = (record.endpoint, record.model)
+        requests = await self.store.llm_requests(record.keys)
+        tokens = sum(r.as_request().estimated_tokens for r in requests.values())
+        self._learnt[group] = learnt_quota(tokens, self._learnt.get(group))
+        logger.info(
+            "batch submitter: %s refused %d estimated tokens over its queued-token quota; "
+            "its next batches hold at most %d (set llm.batch.queued_tokens to the quota)",
+            record.model,
+            tokens,
+            self._learnt[group],
+        )
 
     async def _within_quota(
         self, endpoint: str, model: str, pending: list[BatchRequest], quota: int
@@ -369,6 +412,7 @@ class Submitter:
         report.created += 1
         # accepted: whatever refusal paused this group is over
         await self.store.clear_llm_submission_pause(record.endpoint, record.model)
+        self._accepted()
         await self._poll(record, report)
 
     def _url(self, endpoint: str) -> str:
@@ -571,15 +615,16 @@ class Submitter:
             try:
                 await self.client.files.list(limit=1)
             except openai.OpenAIError as exc:
-                logger.info(
-                    "batch submitter: %s still refused (%s)", pause.model, failure_of(exc).reason
-                )
+                failure = failure_of(exc)
+                logger.info("batch submitter: %s still refused (%s)", pause.model, failure.reason)
+                self._refused(failure)
                 continue
             logger.info(
                 "batch submitter: the provider accepts the credentials again; %s submits now",
                 pause.model,
             )
             await self.store.clear_llm_submission_pause(pause.endpoint, pause.model)
+            self._accepted()
 
     async def _pause(
         self, record: ProviderBatchRecord, failure: Failure, report: PassReport
@@ -597,6 +642,30 @@ class Submitter:
             description=failure.description,
         )
         report.paused.append(f"{record.model}: {failure.reason}")
+        logger.warning(
+            "batch submissions of %s paused until %s: %s",
+            record.model,
+            until.isoformat(timespec="seconds"),
+            failure.reason,
+        )
+        self._refused(failure)
+        if failure.reason == "QueuedTokenQuotaExhausted":
+            await self._learn_quota(record)
+
+    def _refused(self, failure: Failure) -> None:
+        """Tell ``on_refused`` of a refused key, role or endpoint (the worker opens its
+        circuit breaker, as a live call's systemic failure does); a quota is not told: it
+        frees itself as open batches end, and live calls may still go."""
+        if self._on_refused is not None and failure.reason in _PROBED:
+            self._told_refused = True
+            self._on_refused(failure)
+
+    def _accepted(self) -> None:
+        """Tell ``on_accepted`` that the credentials ``on_refused`` heard of work again (only
+        then: a live failure's breaker is not this submitter's to close)."""
+        if self._told_refused and self._on_accepted is not None:
+            self._told_refused = False
+            self._on_accepted()
 
 
 def failure_of(exc: openai.OpenAIError) -> Failure:

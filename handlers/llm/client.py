@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any, Literal, Self
 import openai
 
 from docbus.backoff import BackoffPolicy, backoff_delay
+from docbus.llm_batch import Failure
 from docbus.llm_batch.submitter import Submitter, SubmitterOptions
 from docbus.records import LLMCallRecord
 from docbus.settings import LLMSettings, Settings
@@ -289,12 +290,18 @@ class LLMClient:
             await credential.close()
 
     def batch_submitter(
-        self, holder: str, *, resumable: Callable[[], None] | None = None
+        self,
+        holder: str,
+        *,
+        resumable: Callable[[], None] | None = None,
+        refused: Callable[[Failure], None] | None = None,
+        accepted: Callable[[], None] | None = None,
     ) -> Submitter:
         """The batch-mode submitter over this client's ``openai`` client (the same key or
         Entra ID, the same HTTP client): costs at the batch price, parked deliveries marked
         for resumption as their requests are answered (``resumable`` is then called: look
-        now). Run it with ``await submitter.run(stop)``."""
+        now), ``refused`` told when the provider refuses the key, role or endpoint and
+        ``accepted`` when it takes them again. Run it with ``await submitter.run(stop)``."""
         if self.store is None:
             raise LLMConfigError("batch mode needs the store: give LLMClient a store")
         keeping = BatchBookkeeping(self.store, self.pricing, resumable)
@@ -305,6 +312,8 @@ class LLMClient:
             options=self.batch_options,
             on_settled=keeping.on_settled,
             on_done=keeping.on_done,
+            on_refused=refused,
+            on_accepted=accepted,
         )
 
     def bind(self, ctx: Context | None) -> BoundLLM:

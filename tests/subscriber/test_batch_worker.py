@@ -270,7 +270,8 @@ async def test_a_bad_key_holds_the_round_without_dead_letters_until_the_key_work
         LLMClient.from_settings(settings, stack.store) as llm,
         ServiceBusClient.from_connection_string(stack.connection_string) as client,
     ):
-        worker = make_worker(client, stack, llm, until_idle=None)
+        # the breaker's own (live) probe never runs here: the Batch API's answer closes it
+        worker = make_worker(client, stack, llm, until_idle=None, probe_interval=3600)
         running = asyncio.create_task(worker.run())
         try:
 
@@ -282,6 +283,7 @@ async def test_a_bad_key_holds_the_round_without_dead_letters_until_the_key_work
                 )
 
             await wait_for(refused_and_parked, "the round held by the refused key")
+            assert worker.paused  # the circuit breaker opened, as on a live systemic failure
             assert await count(stack, "dead_letters") == 0
             assert llm_server.batch_api.stats()["created"] == 0
             llm_server.configure(api_key=KEY)  # the operator fixes the key
@@ -290,6 +292,7 @@ async def test_a_bad_key_holds_the_round_without_dead_letters_until_the_key_work
                 return await count(stack, "results", {"current": True}) == documents
 
             await wait_for(all_done, "every document once the key works")
+            assert not worker.paused  # closed when the Batch API took the key again
         finally:
             worker.stop()
             await asyncio.wait_for(running, 60)
@@ -299,9 +302,16 @@ async def test_a_bad_key_holds_the_round_without_dead_letters_until_the_key_work
 
 
 def worker_process(
-    stack: Stack, llm_server: LLMServer, tmp_path: Path, handlers: str
+    stack: Stack,
+    llm_server: LLMServer,
+    tmp_path: Path,
+    handlers: str,
+    *,
+    api_key: str = KEY,
+    until_idle: float | None = None,
 ) -> subprocess.Popen[bytes]:
-    """``docbus worker`` in a process of its own, on this stack, for a test to kill."""
+    """``docbus worker`` in a process of its own, on this stack, for a test to kill (or to
+    wait for, with ``until_idle``)."""
     topology_file = tmp_path / "topology.toml"
     topology_file.write_text(TOPOLOGY_TOML)
     env = {
@@ -309,14 +319,15 @@ def worker_process(
         "DOCBUS_SERVICEBUS__CONNECTION_STRING": stack.connection_string,
         "DOCBUS_MONGODB__URI": stack.settings.mongodb.uri.get_secret_value(),
         "DOCBUS_MONGODB__DATABASE": stack.settings.mongodb.database,
-        "DOCBUS_LLM__API_KEY": KEY,
+        "DOCBUS_LLM__API_KEY": api_key,
         "DOCBUS_LLM__BASE_URL": llm_server.base_url,
         "DOCBUS_LLM__MODEL": "docbus-offline",
         **{f"DOCBUS_LLM__BATCH__{name.upper()}": str(value) for name, value in FAST_BATCH.items()},
     }
+    idle = [] if until_idle is None else ["--until-idle", str(until_idle)]
     return subprocess.Popen(
         [sys.executable, "-m", "docbus", "worker", "--handlers", handlers,
-         "--topology", str(topology_file)],
+         "--topology", str(topology_file), *idle],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )  # fmt: skip
 

@@ -60,6 +60,8 @@ class BatchAPI:
         self._lock = threading.Lock()  # the server thread answers while a test thread reads
         self._created = 0
         self._refused = 0
+        self._over_quota = 0
+        self._queued_peak = 0
         self._hung: dict[str, int] = {}
 
     def add_routes(self, app: web.Application) -> None:
@@ -78,7 +80,8 @@ class BatchAPI:
     # -- figures for tests -------------------------------------------------------------------
 
     def stats(self) -> dict[str, Any]:
-        """Batches created (and refused at create), by status, and the requests they hold."""
+        """Batches created (refused at create; failed over the queued-token quota), by
+        status, the requests they hold, and the most prompt tokens enqueued at once."""
         now = self.clock()
         with self._lock:
             jobs = list(self._jobs.values())
@@ -90,11 +93,23 @@ class BatchAPI:
             return {
                 "created": self._created,
                 "refused": self._refused,
+                "over_quota": self._over_quota,
+                "queued_peak": self._queued_peak,
                 "by_status": by_status,
                 "requests": sum(len(job.lines) for job in jobs),
                 "files": len(self.files),
                 "hung": dict(self._hung),
             }
+
+    def _enqueued(self) -> dict[str, int]:
+        """Prompt tokens the batches not yet ended hold, per model (under the lock)."""
+        now = self.clock()
+        held: dict[str, int] = {}
+        for job in self._jobs.values():
+            job.advance(now, self.files)
+            if job.enqueued and job.model is not None:
+                held[job.model] = held.get(job.model, 0) + job.enqueued
+        return held
 
     def job(self, batch_id: str) -> BatchJob | None:
         """The batch ``batch_id``, advanced to now (for tests that look inside)."""
@@ -209,18 +224,25 @@ class BatchAPI:
                     f"File {stored.id} has purpose {stored.purpose!r}; a batch needs 'batch'.",
                     param="input_file_id",
                 )
-            job = create_job(
-                content=stored.content,
-                input_file_id=stored.id,
-                endpoint=str(endpoint),
-                completion_window=str(window),
-                metadata=metadata,
-                now=self.clock(),
-                live=config,
-            )
             with self._lock:
+                enqueued = self._enqueued()
+                job = create_job(
+                    content=stored.content,
+                    input_file_id=stored.id,
+                    endpoint=str(endpoint),
+                    completion_window=str(window),
+                    metadata=metadata,
+                    now=self.clock(),
+                    live=config,
+                    enqueued=enqueued,
+                )
                 self._jobs[job.id] = job
                 self._created += 1
+                if any(p["code"] == "token_limit_exceeded" for p in job.problems):
+                    self._over_quota += 1
+                elif job.enqueued:
+                    held = enqueued.get(job.model or "", 0) + job.enqueued
+                    self._queued_peak = max(self._queued_peak, held)
                 job.advance(self.clock(), self.files)
                 answer = job.as_object()
             await self._hang("create")

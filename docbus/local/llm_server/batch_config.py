@@ -36,8 +36,11 @@ class BatchConfig:
     ``fail`` fails the whole batch at validation: ``invalid_file`` (``invalid_json_line`` on line
     1) or ``token_limit_exceeded`` (the enqueued-token quota, as Azure Global Batch and OpenAI
     report it); ``quota_at_create`` refuses ``POST /batches`` itself with a 429
-    ``insufficient_quota``. The live ``faults.rate_schema``/``rate_malformed`` apply to batch
-    answers too.
+    ``insufficient_quota``. ``queued_tokens`` is an enqueued-token quota enforced as Azure
+    Global Batch does: a batch whose prompt tokens, added to those of the model's batches not
+    yet ended, would pass it fails validation with ``token_limit_exceeded`` (``None``: no
+    quota; ``stats()["over_quota"]`` counts them). The live
+    ``faults.rate_schema``/``rate_malformed`` apply to batch answers too.
 
     Crash points: while ``hang`` names a step, the server carries that step out — stores the
     uploaded file (``upload``), creates the batch (``create``), sends the first half of a file's
@@ -56,6 +59,7 @@ class BatchConfig:
     line_500_share: float = 0.0
     fail: BatchFailure | None = None
     quota_at_create: bool = False
+    queued_tokens: int | None = None
     hang: HangPoint | None = None
 
     def __post_init__(self) -> None:
@@ -67,6 +71,8 @@ class BatchConfig:
         )
         if min(times) < 0:
             raise ValueError("batch durations must be >= 0")
+        if self.queued_tokens is not None and self.queued_tokens < 0:
+            raise ValueError("queued_tokens must be >= 0")
         if self.max_requests < 1 or self.max_file_bytes < 1:
             raise ValueError("max_requests and max_file_bytes must be >= 1")
         for name, share in (

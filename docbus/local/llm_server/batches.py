@@ -38,6 +38,7 @@ from docbus.local.llm_server.config import LLMServerConfig
 from docbus.local.llm_server.errors import APIError
 from docbus.local.llm_server.faults import plan_faults
 from docbus.local.llm_server.files import FileStore
+from docbus.local.llm_server.tokens import prompt_tokens
 
 CHAT_ENDPOINTS = ("/v1/chat/completions", "/chat/completions")
 """What a batch may target: OpenAI's path, and Azure's (which omits ``/v1``)."""
@@ -80,6 +81,13 @@ class BatchJob:
     error_file_id: str | None = None
     counts: dict[str, int] = field(default_factory=dict)  # request_counts
     usage: dict[str, int] = field(default_factory=lambda: {"input": 0, "output": 0})
+    queued_tokens: int = 0  # prompt tokens it holds of its model's enqueued-token quota
+
+    @property
+    def enqueued(self) -> int:
+        """Tokens this batch holds of the quota now: its prompts until it ends (one that
+        fails validation holds none)."""
+        return 0 if self.problems or self.status in TERMINAL else self.queued_tokens
 
     @property
     def model(self) -> str | None:
@@ -308,12 +316,22 @@ def create_job(
     metadata: dict[str, str] | None,
     now: float,
     live: LLMServerConfig,
+    enqueued: Mapping[str, int] | None = None,
 ) -> BatchJob:
-    """A new batch over ``content``; its lines are checked now and reported when validated."""
+    """A new batch over ``content``; its lines are checked now and reported when validated.
+    ``enqueued``: the prompt tokens the batches not yet ended hold, per model (for the
+    ``queued_tokens`` quota)."""
     knobs = live.batch
     lines, problems = parse_input(content, endpoint, knobs)
     if not problems and knobs.fail is not None:
         problems = [_knob_failure(knobs, lines)]
+    tokens = 0
+    if not problems and knobs.queued_tokens is not None:  # (counting costs: only with a quota)
+        tokens = sum(_line_prompt_tokens(line) for line in lines)
+        model = _model_of(lines)
+        held = (enqueued or {}).get(model or "", 0)
+        if held + tokens > knobs.queued_tokens:
+            problems = [_token_limit(model or "the model", knobs.queued_tokens, held)]
     job = BatchJob(
         id=f"batch_{uuid.uuid4().hex[:24]}",
         input_file_id=input_file_id,
@@ -327,6 +345,7 @@ def create_job(
         problems=problems,
     )
     job.times["created_at"] = now
+    job.queued_tokens = tokens
     job.counts = {"total": 0 if problems else len(lines), "completed": 0, "failed": 0}
     return job
 
@@ -429,16 +448,34 @@ def _problem(
 def _knob_failure(knobs: BatchConfig, lines: list[Mapping[str, Any]]) -> dict[str, Any]:
     if knobs.fail == "invalid_file":
         return _problem("invalid_json_line", "This line is not parseable as valid JSON.", 1)
-    model = next(
-        (str(line["body"]["model"]) for line in lines if isinstance(line.get("body"), Mapping)),
-        "the model",
-    )
+    return _token_limit(_model_of(lines) or "the model", 0, 0)
+
+
+def _token_limit(model: str, limit: int, held: int) -> dict[str, Any]:
     return _problem(
         "token_limit_exceeded",
         f"Enqueued token limit reached for {model} in organization org-docbus-offline. "
-        "Limit: 0 enqueued tokens. Please try again once some in_progress batches have been "
-        "completed.",
+        f"Limit: {limit} enqueued tokens ({held} in use). Please try again once some "
+        "in_progress batches have been completed.",
     )
+
+
+def _model_of(lines: list[Mapping[str, Any]]) -> str | None:
+    for line in lines:
+        body = line.get("body")
+        if isinstance(body, Mapping) and isinstance(body.get("model"), str):
+            return str(body["model"])
+    return None
+
+
+def _line_prompt_tokens(line: Mapping[str, Any]) -> int:
+    """The prompt tokens a line's request bills (what the enqueued-token quota counts); a
+    line the live endpoint would refuse counts none."""
+    try:
+        chat = ChatRequest.from_body(line.get("body"))
+    except APIError:
+        return 0
+    return prompt_tokens(chat.messages, chat.schema)
 
 
 def _injected_bad_request() -> APIError:

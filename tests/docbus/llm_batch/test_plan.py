@@ -13,6 +13,7 @@ from docbus.llm_batch import (
     FileLimits,
     SubmitPolicy,
     input_line,
+    learnt_quota,
     plan_files,
     request_key,
     should_submit,
@@ -148,6 +149,12 @@ def test_the_public_names_are_all_and_sorted() -> None:
         and name != "annotations"
     }
     assert public == set(exported)
+
+
+def test_a_quota_refusal_teaches_half_of_what_was_refused_never_more_than_known() -> None:
+    assert learnt_quota(1000, None) == 500
+    assert learnt_quota(1000, 300) == 300  # a smaller limit learnt before stays
+    assert learnt_quota(1, None) == 1  # never nothing: the oldest request still goes alone
 
 
 def test_within_quota_takes_the_oldest_that_fit_beside_what_is_queued() -> None:

@@ -267,6 +267,25 @@ async def test_a_queued_token_quota_holds_back_what_would_pass_it_until_batches_
     assert llm_server.batch_api.stats()["created"] == 3
 
 
+async def test_a_provider_quota_docbus_was_not_told_of_is_learnt_from_its_refusals(
+    store: Store, sdk: openai.AsyncOpenAI, clock: Clock, llm_server: LLMServer
+) -> None:
+    # ten requests the server bills 10 tokens each, a quota of 35 it enforces and docbus does
+    # not know of (llm.batch.queued_tokens unset): one batch of all ten can never be accepted
+    keys = await register(store, 10, tokens=10)
+    llm_server.configure(batch={"queued_tokens": 35})
+    worker = submitter(store, sdk, clock)
+    for _ in range(12):
+        await worker.run_once()
+        clock.move(3600)  # past any back-off
+        if await states(store, keys) == {"answered": 10}:
+            break
+    assert await states(store, keys) == {"answered": 10}  # nothing dead-lettered, all done
+    stats = llm_server.batch_api.stats()
+    assert stats["over_quota"] == 2  # ten refused, then five; from then on batches of two
+    assert stats["queued_peak"] <= 35
+
+
 async def test_a_request_above_the_whole_quota_is_dead_lettered_with_what_to_do(
     store: Store, sdk: openai.AsyncOpenAI, clock: Clock
 ) -> None:

@@ -288,6 +288,31 @@ async def test_quota_at_create_refuses_the_batch_with_insufficient_quota(
     assert llm_server.batch_api.stats()["refused"] == 1
 
 
+async def test_the_queued_token_quota_fails_a_batch_that_would_pass_it_until_others_end(
+    llm_server: LLMServer, aclient: openai.AsyncOpenAI, clock: Clock
+) -> None:
+    llm_server.configure(batch={"in_progress_seconds": 100})
+    first = await submit(aclient, input_file(2))  # no quota yet: what two lines bill
+    clock.move(101)
+    first = await aclient.batches.retrieve(first.id)
+    assert first.status == "completed" and first.usage is not None
+    two = first.usage.input_tokens
+    llm_server.configure(batch={"in_progress_seconds": 100, "queued_tokens": two * 3 // 2})
+    held = await submit(aclient, input_file(2))  # 2 lines: within the quota, held till it ends
+    refused = await submit(aclient, input_file(1))  # 2 + 1 lines: past it
+    refused = await aclient.batches.retrieve(refused.id)
+    assert refused.status == "failed" and refused.errors is not None
+    assert [e.code for e in refused.errors.data or []] == ["token_limit_exceeded"]
+    assert llm_server.batch_api.stats()["over_quota"] == 1
+    clock.move(101)
+    assert (await aclient.batches.retrieve(held.id)).status == "completed"
+    accepted = await submit(aclient, input_file(1))  # the quota is free again
+    assert (await aclient.batches.retrieve(accepted.id)).status == "in_progress"
+    too_big = await submit(aclient, input_file(4))  # never fits, even alone
+    assert (await aclient.batches.retrieve(too_big.id)).status == "failed"
+    assert llm_server.batch_api.stats()["over_quota"] == 2
+
+
 async def test_cancel_keeps_what_was_done_and_marks_the_rest_cancelled(
     llm_server: LLMServer, aclient: openai.AsyncOpenAI, clock: Clock
 ) -> None:
