@@ -105,23 +105,26 @@ async def test_a_handler_that_returns_hands_its_slot_to_the_next_message() -> No
     assert await admission.take_credits() == 1
 
 
-async def test_at_most_as_many_messages_complete_at_once_as_can_be_received() -> None:
+async def test_at_most_two_receives_worth_of_messages_complete_at_once() -> None:
+    """One receive's worth being stored while the next is received and completed: with room
+    for one only, a receive waited for the store and asked for a third of what it could."""
     admission = Admission(concurrency=1, ahead=1, stopping=asyncio.Event())
-    assert await admission.take_credits() == 2
-    first, second, third = admission.ticket(), admission.ticket(), admission.ticket()
-    assert await admission.wait_for_slot(first, never_given_back)
-    await first.handler_returned()
-    assert await admission.wait_for_slot(second, never_given_back)
-    await second.handler_returned()  # two completing: a receive's worth
-    assert await admission.take_credits() == 2
-    assert await admission.wait_for_slot(third, never_given_back)
-    returned = asyncio.create_task(third.handler_returned())
+    tickets = [admission.ticket() for _ in range(5)]
+    for received in (tickets[:2], tickets[2:4]):  # two receives of two; handlers return at once
+        assert await admission.take_credits() == 2
+        for ticket in received:
+            assert await admission.wait_for_slot(ticket, never_given_back)
+            await ticket.handler_returned()
+    assert await admission.take_credits() == 2  # all four completing hold no credit
+    fifth = tickets[4]
+    assert await admission.wait_for_slot(fifth, never_given_back)
+    returned = asyncio.create_task(fifth.handler_returned())
     await settle_loop()
-    assert not returned.done()  # the first two still complete
-    assert third.slot  # and the third keeps its slot meanwhile
-    first.release()
+    assert not returned.done()  # the first four still complete
+    assert fifth.slot  # and the fifth keeps its slot meanwhile
+    tickets[0].release()
     await returned
-    for ticket in (second, third):
+    for ticket in tickets[1:]:
         ticket.release()
         assert (ticket.slot, ticket.credit, ticket.completing) == (False, False, False)
 

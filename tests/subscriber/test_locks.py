@@ -4,6 +4,7 @@ lock's duration is proved end to end in test_worker_e2e."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 
@@ -13,7 +14,7 @@ from azure.servicebus.aio import ServiceBusClient
 from subscriber.locks import LockRenewer
 from subscriber.receiver import open_receiver
 from tests.subscriber.poison_messages import send
-from tests.subscriber.test_receiver import receive_one, routed
+from tests.subscriber.test_receiver import receive_all, receive_one, routed
 
 
 @pytest.fixture
@@ -39,3 +40,25 @@ async def test_a_renewal_after_the_message_was_settled_is_not_a_lost_lock(
             await renewer.stopped(message)
         await renewer.close()
     assert not [r for r in caplog.records if "lost the lock" in r.getMessage()]
+
+
+async def test_messages_settled_before_their_first_renewal_cost_no_task(
+    servicebus_connection_string: str, client: ServiceBusClient
+) -> None:
+    """A no-op handler's message is settled long before half its lock has passed: it gets a
+    timer, not a task that is started, put to sleep and cancelled (most of the worker's
+    per-message bookkeeping on a fast handler)."""
+    await send(servicebus_connection_string, [routed(f"{i}".encode()) for i in range(20)])
+    async with open_receiver(client, "docs", "work") as receiver:
+        messages = await receive_all(receiver, 20)
+        renewer = LockRenewer()
+        before = len(asyncio.all_tasks())
+        for message in messages:
+            renewer.register(receiver, message)
+        assert len(asyncio.all_tasks()) == before
+        await asyncio.gather(*(receiver.complete(m) for m in messages))
+        for message in messages:
+            renewer.release(message)
+            await renewer.stopped(message)
+        await renewer.close()
+        assert await receiver.peek(20) == []
