@@ -7,7 +7,9 @@ llm-server --batch-processing`` sets at start), the Service Bus emulator, Secant
 documents are published with ``llm_mode="batch"`` and a worker in this process runs the
 three-step handler until every document is settled (the submitter inside the worker turns each
 step's calls into one provider batch per round, tuned as ``docbus demo --llm-mode batch`` tunes
-it: submit after ``--max-wait`` seconds, look and poll every half second). Then the same
+it: look and poll every half second at most, submit a round once no request has come for
+``--quiet`` seconds and every resumed delivery has registered, at the latest after ``--max-wait``
+seconds). Then the same
 documents are published again in live mode under a second batch id and run live, for the cost
 ratio.
 
@@ -20,7 +22,8 @@ seconds minus the server's processing time for each round, over the rounds. ``ba
 says whether the worker ran the calls in batch mode at all (False: a worker without batch
 mode ran them live, and the batch figures are empty).
 
-    python bench/batch_mode.py [--docs 200] [--processing 2] [--concurrency 64] [--max-wait 1]
+    python bench/batch_mode.py [--docs 200] [--processing 2] [--concurrency 64] [--max-wait 30]
+        [--quiet 0.3]
 """
 
 from __future__ import annotations
@@ -163,6 +166,10 @@ async def bench(options: argparse.Namespace, console: Console) -> dict[str, Any]
             llm=LLMSettings(base_url=stack.llm_base_url, model="docbus-offline"),
         )
         settings = quick_rounds(settings, options.max_wait)
+        batch_settings = settings.llm.batch.model_copy(update={"quiet": options.quiet})
+        settings = settings.model_copy(
+            update={"llm": settings.llm.model_copy(update={"batch": batch_settings})}
+        )
         async with Store.from_settings(settings) as store:
             await store.ensure_indexes()
             batch = await publish_and_run(
@@ -204,7 +211,13 @@ def main(argv: list[str] | None = None) -> int:
         "--processing", type=float, default=2.0, help="the server's seconds per batch (2)"
     )
     parser.add_argument(
-        "--max-wait", type=float, default=1.0, help="seconds requests wait for company (1)"
+        "--max-wait", type=float, default=30.0, help="most seconds requests wait for company (30)"
+    )
+    parser.add_argument(
+        "--quiet",
+        type=float,
+        default=0.3,
+        help="seconds without a new request (and nothing resuming) before a round goes (0.3)",
     )
     options = parser.parse_args(argv)
     # what llm_bound's stand-ins read: an instant model, SecantusDB in memory

@@ -765,13 +765,20 @@ class Worker:
             for _, message in fetched:  # their locks tick while they wait for a credit below
                 self._renewer.register(receiver, message)
         started = 0
+        credits = 0
         for index, (parked, message) in enumerate(fetched):
-            if await self._take_credits(most=1) == 0:  # stopping: back to their park
+            if credits == 0:
+                # every credit free now, up to what is left to start: one at a time, an open
+                # receive would take the rest back at each turn and a round's deliveries
+                # would trickle in one per receive_wait (batch mode: many provider batches)
+                credits = await self._take_credits(most=len(fetched) - index)
+            if credits == 0:  # stopping: back to their park
                 for _, unstarted in fetched[index:]:
                     if self._renewer is not None:
                         self._renewer.release(unstarted)
                     await self._processor.give_back(registered, receiver, unstarted)
                 break
+            credits -= 1
             self._last_activity = time.monotonic()
             mine = self._handler_tasks.setdefault(registered.spec.name, set())
             self._resumption.waiting.add(parked.id)

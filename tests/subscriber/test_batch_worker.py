@@ -412,3 +412,19 @@ async def test_an_idle_check_between_an_apply_and_its_marking_ends_no_work_early
     await publish(stack, documents)
     await run_worker(stack, llm, until_idle=1.0)
     await assert_all_done(stack, documents)
+
+
+async def test_a_round_resumes_together_while_an_idle_receive_holds_the_credits(
+    stack: Stack, llm: LLMClient, llm_server: LLMServer
+) -> None:
+    # A receive on the (empty) subscription holds every admission credit for receive_wait:
+    # resumed deliveries must not trickle in one credit per receive (their requests would
+    # spread over many seconds and many provider batches), they start as credits free.
+    documents = 12
+    await publish(stack, documents)
+    started = time.monotonic()
+    await run_worker(stack, llm, concurrency=4, receive_wait=3.0)
+    await assert_all_done(stack, documents)
+    assert llm_server.batch_api.stats()["created"] == 3  # one provider batch per round
+    # three rounds of 0.5 s processing, not rounds x documents / concurrency receive waits
+    assert time.monotonic() - started < 30
