@@ -173,12 +173,13 @@ class LLMBatchSettings(BaseModel):
 
     Requests accumulate until the oldest has waited ``max_wait`` seconds, ``min_requests``
     (or ``min_bytes``) are pending, or no request has come for ``quiet`` seconds while no
-    delivery is on its way back from the last round, then go in files of at most ``max_requests_per_file``
-    requests and ``max_file_bytes`` bytes (OpenAI: 50,000 / 200 MB; Azure Global Batch:
-    100,000 / 200 MB). One worker at a time submits (a lease of ``lease_ttl`` seconds renewed
-    every ``renew_every``); open provider batches are polled with a backoff from ``poll_base``
-    up to ``poll_max`` seconds; a group the provider refuses systemically (no quota, bad key)
-    is submitted again after a backoff from ``refusal_base`` up to ``refusal_max``. With
+    delivery is on its way back from the last round, then go in files of at most
+    ``max_requests_per_file`` requests and ``max_file_bytes`` bytes (OpenAI: 50,000 / 200 MB;
+    Azure Global Batch: 100,000 / 200 MB). One worker at a time submits (a lease of
+    ``lease_ttl`` seconds renewed every ``renew_every``, and a pass sooner when a poll or a
+    submission falls due); open provider batches are polled with a backoff from ``poll_base``
+    up to ``poll_max`` seconds (sooner once their progress says they are about to finish); a
+    group the provider refuses systemically (no quota, bad key) is submitted again after a backoff from ``refusal_base`` up to ``refusal_max``. With
     ``delete_files`` (the default) a provider batch's input, output and error files are deleted
     at the provider once its answers are stored.
     """

@@ -183,11 +183,11 @@ class Submitter:
                 except Exception:  # one bad pass must not end the loop
                     logger.exception("batch submitter pass failed")
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), self._next_wait())
+                    await asyncio.wait_for(stop.wait(), self.next_pass_in())
         finally:
             await self.release()
 
-    def _next_wait(self) -> float:
+    def next_pass_in(self) -> float:
         """Seconds to the next pass: ``renew_every`` (the lease), or sooner when something
         falls due before (polling a batch about to finish, submitting a round gone quiet)."""
         wait = self.options.renew_every
