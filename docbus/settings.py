@@ -179,7 +179,8 @@ class LLMBatchSettings(BaseModel):
     ``lease_ttl`` seconds renewed every ``renew_every``, and a pass sooner when a poll or a
     submission falls due); open provider batches are polled with a backoff from ``poll_base``
     up to ``poll_max`` seconds (sooner once their progress says they are about to finish); a
-    group the provider refuses systemically (no quota, bad key) is submitted again after a backoff from ``refusal_base`` up to ``refusal_max``. With
+    group the provider refuses systemically (no quota, bad key) is submitted again after a
+    backoff from ``refusal_base`` up to ``refusal_max``. With
     ``delete_files`` (the default) a provider batch's input, output and error files are deleted
     at the provider once its answers are stored.
     """
