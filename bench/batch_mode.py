@@ -18,7 +18,9 @@ answered in: 3 for three steps, more with re-asks), provider batches (the server
 requests per file, the cost ratio batch/live (the two runs' audited cost; the issue's aim:
 <= 0.52, re-asks included), Mongo commands per batch-mode request (all the batch run's commands
 over the requests it registered), and docbus's own wall time per round: the batch run's
-seconds minus the server's processing time for each round, over the rounds. ``batch_mode``
+seconds minus the server's processing time for each round, over the rounds (``docbus_s_per_round``:
+the whole run, the worker's start and idle exit included; ``docbus_phase_s_per_round``: from the
+first handler call to the last completion), and the latter per 10,000 requests. ``batch_mode``
 says whether the worker ran the calls in batch mode at all (False: a worker without batch
 mode ran them live, and the batch figures are empty).
 
@@ -39,6 +41,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from llm_bound import (
+    FIRST_CALL,
     TOPIC,
     TOPOLOGY,
     MongoTime,
@@ -79,6 +82,9 @@ class Run:
     completed: int = 0
     other_outcomes: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
+    phase_seconds: float = 0.0
+    """From the first handler call to the last completion (without the worker's start and
+    its idle exit)."""
     cost_usd: float = 0.0
     mongo_commands: int = 0
 
@@ -91,11 +97,14 @@ async def run_worker(settings: Settings, store: Any, stack: StandIns, options: A
     from subscriber.worker import Worker, WorkerOptions
 
     run = Run()
+    FIRST_CALL.clear()
+    last_done = [0.0]
 
     def on_outcome(outcome: Any) -> None:
         name = outcome.action.value
         if name == "completed":
             run.completed += 1
+            last_done[0] = time.perf_counter()
         elif name != "parked":
             run.other_outcomes[name] = run.other_outcomes.get(name, 0) + 1
 
@@ -117,6 +126,8 @@ async def run_worker(settings: Settings, store: Any, stack: StandIns, options: A
         started = time.perf_counter()
         await worker.run()
         run.seconds = time.perf_counter() - started
+    if FIRST_CALL and last_done[0]:
+        run.phase_seconds = last_done[0] - FIRST_CALL[0]
     return run
 
 
@@ -181,6 +192,7 @@ async def bench(options: argparse.Namespace, console: Console) -> dict[str, Any]
             created = int(server_stats(stack.llm_base_url)["batches"]["created"])
             live = await publish_and_run(settings, store, stack, options, LIVE_RUN, "live", mongo)
     docbus_seconds = batch.seconds - rounds * options.processing
+    phase_docbus = batch.phase_seconds - rounds * options.processing
     return {
         "bench": "batch_mode",
         "docs": options.docs,
@@ -199,6 +211,11 @@ async def bench(options: argparse.Namespace, console: Console) -> dict[str, Any]
         "seconds": {"batch": round(batch.seconds, 2), "live": round(live.seconds, 2)},
         "processing_s_per_batch": options.processing,
         "docbus_s_per_round": round(docbus_seconds / rounds, 2) if rounds else None,
+        "phase_s": round(batch.phase_seconds, 2),
+        "docbus_phase_s_per_round": round(phase_docbus / rounds, 2) if rounds else None,
+        "docbus_phase_s_per_10k_requests": (
+            round(phase_docbus / requests * 10_000, 1) if requests else None
+        ),
         "python": platform.python_version(),
     }
 
