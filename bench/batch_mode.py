@@ -24,7 +24,7 @@ first handler call to the last completion), and the latter per 10,000 requests. 
 says whether the worker ran the calls in batch mode at all (False: a worker without batch
 mode ran them live, and the batch figures are empty).
 
-    python bench/batch_mode.py [--docs 200] [--processing 2] [--concurrency 64] [--max-wait 30]
+    python bench/batch_mode.py [--docs 200] [--processing 2] [--concurrency 64] [--max-wait 120]
         [--quiet 0.3]
 """
 
@@ -228,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
         "--processing", type=float, default=2.0, help="the server's seconds per batch (2)"
     )
     parser.add_argument(
-        "--max-wait", type=float, default=30.0, help="most seconds requests wait for company (30)"
+        "--max-wait", type=float, default=120.0, help="most seconds requests wait for company (120)"
     )
     parser.add_argument(
         "--quiet",

@@ -415,16 +415,31 @@ async def test_an_idle_check_between_an_apply_and_its_marking_ends_no_work_early
 
 
 async def test_a_round_resumes_together_while_an_idle_receive_holds_the_credits(
-    stack: Stack, llm: LLMClient, llm_server: LLMServer
+    stack: Stack, llm_server: LLMServer
 ) -> None:
     # A receive on the (empty) subscription holds every admission credit for receive_wait:
-    # resumed deliveries must not trickle in one credit per receive (their requests would
-    # spread over many seconds and many provider batches), they start as credits free.
+    # resumed deliveries must not trickle in one credit per receive (their requests spread over
+    # many seconds: one provider batch per few deliveries). They take the free credits ahead of
+    # the receive loop, and the submitter waits for every resumed delivery to register (quiet
+    # rule) rather than submit the first ones at max_wait.
+    llm_server.configure(batch={"in_progress_seconds": 0.5})
+    quick = {**FAST_BATCH, "max_wait": 20.0, "quiet": 0.5}
+    stack.settings = stack.settings.model_copy(
+        update={
+            "llm": LLMSettings(
+                api_key=SecretStr(KEY),
+                base_url=llm_server.base_url,
+                model="docbus-offline",
+                batch=LLMBatchSettings(**quick),  # type: ignore[arg-type]
+            )
+        }
+    )
     documents = 12
     await publish(stack, documents)
     started = time.monotonic()
-    await run_worker(stack, llm, concurrency=4, receive_wait=3.0)
+    async with LLMClient.from_settings(stack.settings, stack.store) as llm:
+        await run_worker(stack, llm, concurrency=4, receive_wait=3.0)
     await assert_all_done(stack, documents)
     assert llm_server.batch_api.stats()["created"] == 3  # one provider batch per round
-    # three rounds of 0.5 s processing, not rounds x documents / concurrency receive waits
-    assert time.monotonic() - started < 30
+    # three rounds of 0.5 s processing and a few receive waits, not max_wait per round
+    assert time.monotonic() - started < 45
