@@ -7,7 +7,9 @@ llm-server --batch-processing`` sets at start), the Service Bus emulator, Secant
 documents are published with ``llm_mode="batch"`` and a worker in this process runs the
 three-step handler until every document is settled (the submitter inside the worker turns each
 step's calls into one provider batch per round, tuned as ``docbus demo --llm-mode batch`` tunes
-it: submit after ``--max-wait`` seconds, look and poll every half second). Then the same
+it: look and poll every half second at most, submit a round once no request has come for
+``--quiet`` seconds and every resumed delivery has registered, at the latest after ``--max-wait``
+seconds). Then the same
 documents are published again in live mode under a second batch id and run live, for the cost
 ratio.
 
@@ -16,11 +18,14 @@ answered in: 3 for three steps, more with re-asks), provider batches (the server
 requests per file, the cost ratio batch/live (the two runs' audited cost; the issue's aim:
 <= 0.52, re-asks included), Mongo commands per batch-mode request (all the batch run's commands
 over the requests it registered), and docbus's own wall time per round: the batch run's
-seconds minus the server's processing time for each round, over the rounds. ``batch_mode``
+seconds minus the server's processing time for each round, over the rounds (``docbus_s_per_round``:
+the whole run, the worker's start and idle exit included; ``docbus_phase_s_per_round``: from the
+first handler call to the last completion), and the latter per 10,000 requests. ``batch_mode``
 says whether the worker ran the calls in batch mode at all (False: a worker without batch
 mode ran them live, and the batch figures are empty).
 
-    python bench/batch_mode.py [--docs 200] [--processing 2] [--concurrency 64] [--max-wait 1]
+    python bench/batch_mode.py [--docs 200] [--processing 2] [--concurrency 64] [--max-wait 120]
+        [--quiet 0.3]
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from llm_bound import (
+    FIRST_CALL,
     TOPIC,
     TOPOLOGY,
     MongoTime,
@@ -76,6 +82,9 @@ class Run:
     completed: int = 0
     other_outcomes: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
+    phase_seconds: float = 0.0
+    """From the first handler call to the last completion (without the worker's start and
+    its idle exit)."""
     cost_usd: float = 0.0
     mongo_commands: int = 0
 
@@ -88,11 +97,14 @@ async def run_worker(settings: Settings, store: Any, stack: StandIns, options: A
     from subscriber.worker import Worker, WorkerOptions
 
     run = Run()
+    FIRST_CALL.clear()
+    last_done = [0.0]
 
     def on_outcome(outcome: Any) -> None:
         name = outcome.action.value
         if name == "completed":
             run.completed += 1
+            last_done[0] = time.perf_counter()
         elif name != "parked":
             run.other_outcomes[name] = run.other_outcomes.get(name, 0) + 1
 
@@ -114,6 +126,8 @@ async def run_worker(settings: Settings, store: Any, stack: StandIns, options: A
         started = time.perf_counter()
         await worker.run()
         run.seconds = time.perf_counter() - started
+    if FIRST_CALL and last_done[0]:
+        run.phase_seconds = last_done[0] - FIRST_CALL[0]
     return run
 
 
@@ -163,6 +177,10 @@ async def bench(options: argparse.Namespace, console: Console) -> dict[str, Any]
             llm=LLMSettings(base_url=stack.llm_base_url, model="docbus-offline"),
         )
         settings = quick_rounds(settings, options.max_wait)
+        batch_settings = settings.llm.batch.model_copy(update={"quiet": options.quiet})
+        settings = settings.model_copy(
+            update={"llm": settings.llm.model_copy(update={"batch": batch_settings})}
+        )
         async with Store.from_settings(settings) as store:
             await store.ensure_indexes()
             batch = await publish_and_run(
@@ -174,6 +192,7 @@ async def bench(options: argparse.Namespace, console: Console) -> dict[str, Any]
             created = int(server_stats(stack.llm_base_url)["batches"]["created"])
             live = await publish_and_run(settings, store, stack, options, LIVE_RUN, "live", mongo)
     docbus_seconds = batch.seconds - rounds * options.processing
+    phase_docbus = batch.phase_seconds - rounds * options.processing
     return {
         "bench": "batch_mode",
         "docs": options.docs,
@@ -192,6 +211,11 @@ async def bench(options: argparse.Namespace, console: Console) -> dict[str, Any]
         "seconds": {"batch": round(batch.seconds, 2), "live": round(live.seconds, 2)},
         "processing_s_per_batch": options.processing,
         "docbus_s_per_round": round(docbus_seconds / rounds, 2) if rounds else None,
+        "phase_s": round(batch.phase_seconds, 2),
+        "docbus_phase_s_per_round": round(phase_docbus / rounds, 2) if rounds else None,
+        "docbus_phase_s_per_10k_requests": (
+            round(phase_docbus / requests * 10_000, 1) if requests else None
+        ),
         "python": platform.python_version(),
     }
 
@@ -204,7 +228,13 @@ def main(argv: list[str] | None = None) -> int:
         "--processing", type=float, default=2.0, help="the server's seconds per batch (2)"
     )
     parser.add_argument(
-        "--max-wait", type=float, default=1.0, help="seconds requests wait for company (1)"
+        "--max-wait", type=float, default=120.0, help="most seconds requests wait for company (120)"
+    )
+    parser.add_argument(
+        "--quiet",
+        type=float,
+        default=0.3,
+        help="seconds without a new request (and nothing resuming) before a round goes (0.3)",
     )
     options = parser.parse_args(argv)
     # what llm_bound's stand-ins read: an instant model, SecantusDB in memory

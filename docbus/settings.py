@@ -171,13 +171,16 @@ class ModelRateLimit(BaseModel):
 class LLMBatchSettings(BaseModel):
     """Batch-API mode (``llm.batch``): how pending requests become provider batches.
 
-    Requests accumulate until the oldest has waited ``max_wait`` seconds or ``min_requests``
-    (or ``min_bytes``) are pending, then go in files of at most ``max_requests_per_file``
-    requests and ``max_file_bytes`` bytes (OpenAI: 50,000 / 200 MB; Azure Global Batch:
-    100,000 / 200 MB). One worker at a time submits (a lease of ``lease_ttl`` seconds renewed
-    every ``renew_every``); open provider batches are polled with a backoff from ``poll_base``
-    up to ``poll_max`` seconds; a group the provider refuses systemically (no quota, bad key)
-    is submitted again after a backoff from ``refusal_base`` up to ``refusal_max``. With
+    Requests accumulate until the oldest has waited ``max_wait`` seconds, ``min_requests``
+    (or ``min_bytes``) are pending, or no request has come for ``quiet`` seconds while no
+    delivery is on its way back from the last round, then go in files of at most
+    ``max_requests_per_file`` requests and ``max_file_bytes`` bytes (OpenAI: 50,000 / 200 MB;
+    Azure Global Batch: 100,000 / 200 MB). One worker at a time submits (a lease of
+    ``lease_ttl`` seconds renewed every ``renew_every``, and a pass sooner when a poll or a
+    submission falls due); open provider batches are polled with a backoff from ``poll_base``
+    up to ``poll_max`` seconds (sooner once their progress says they are about to finish); a
+    group the provider refuses systemically (no quota, bad key) is submitted again after a
+    backoff from ``refusal_base`` up to ``refusal_max``. With
     ``delete_files`` (the default) a provider batch's input, output and error files are deleted
     at the provider once its answers are stored.
     """
@@ -188,6 +191,10 @@ class LLMBatchSettings(BaseModel):
     max_file_bytes: int = Field(default=200 * 1024 * 1024, ge=1)
     max_wait: float = Field(default=60.0, ge=0)
     """Seconds the oldest pending request waits for company before its group is submitted."""
+    quiet: float = Field(default=5.0, ge=0)
+    """Seconds without a new request after which a group is submitted before ``max_wait``, once
+    every delivery resumed from the last round has registered its next requests (or ended): a
+    round that has all come in goes at once, in one file."""
     min_requests: int = Field(default=10_000, ge=1)
     min_bytes: int = Field(default=50 * 1024 * 1024, ge=1)
     poll_base: float = Field(default=5.0, gt=0)

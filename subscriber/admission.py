@@ -148,15 +148,20 @@ class Admission:
     def free_credits(self) -> int:
         return max(0, self.concurrency + self.ahead - self._held)
 
-    async def take_credits(self, most: int | None = None) -> int:
+    async def take_credits(self, most: int | None = None, *, first: bool = False) -> int:
         """Block until one more message may be received, then take every credit free now, at
         most ``most`` (default: this receiver's share of all credits, see ``receivers``); 0
-        once ``stopping`` is set first. Receivers waiting for credits are served in turn."""
+        once ``stopping`` is set first. Receivers waiting for credits are served in turn;
+        ``first`` goes ahead of them (parked messages fetched back, holding their locks, must
+        not wait behind receives of an empty subscription that hold every credit in turn)."""
         # Always yield once first: settlements woken as the last receive ended take their turn
         # on the link before the next receive claims it (subscriber.receiver.Turns).
         await asyncio.sleep(0)
         mine = asyncio.Event()
-        self._line.append(mine)
+        if first:
+            self._line.insert(0, mine)
+        else:
+            self._line.append(mine)
         try:
             while not self._stopping.is_set():
                 if self._line[0] is not mine:

@@ -48,11 +48,26 @@ async def mark_deferred(store: Store, parked: ParkedMessage) -> None:
 
 
 async def parked_messages(
-    store: Store, topic: str, subscription: str, *, reason: str | None = None, limit: int = 100
+    store: Store,
+    topic: str,
+    subscription: str,
+    *,
+    reason: str | None = None,
+    waiting: bool = True,
+    after: int | None = None,
+    limit: int = 100,
 ) -> list[ParkedMessage]:
-    """Parked messages that can be fetched back: deferred, or unconfirmed for a while."""
+    """Parked messages that can be fetched back: deferred, or unconfirmed for a while
+    (``waiting`` False: not those still awaiting their batch-mode answers), by sequence
+    number, ``limit`` of them from above ``after``."""
     return await store.parked(
-        topic=topic, subscription=subscription, reason=reason, fetchable=True, limit=limit
+        topic=topic,
+        subscription=subscription,
+        reason=reason,
+        fetchable=True,
+        waiting=waiting,
+        after=after,
+        limit=limit,
     )
 
 

@@ -5,7 +5,9 @@ a receiver opens, then every ``resume_interval``, when the circuit breaker close
 idle exit — asks :func:`~subscriber.parking.may_resume` which may go (asking the
 :class:`~subscriber.breaker.CircuitBreaker` whether the LLM endpoint works, the store whether a
 batch is still over budget), fetches those back from deferral and hands them to the worker to
-run as ordinary deliveries. A record whose message is gone is dropped. :meth:`Resumption.wake`
+run as ordinary deliveries, page after page (:data:`PAGE`) until all that may go are fetched: a
+batch round's answered deliveries come back in one look, not one page per
+``resume_interval``. A record whose message is gone is dropped. :meth:`Resumption.wake`
 makes it look at once (batch mode's submitter marked deliveries whose requests are answered);
 a marked record whose deferral is not confirmed yet is looked at again within :data:`SOON`.
 :meth:`Resumption.left_parked` says what is left parked as the worker exits. One resumer at a
@@ -41,6 +43,10 @@ from subscriber.settlement import Action
 __all__ = ["Fetched", "Resumption", "parked_why"]
 
 logger = logging.getLogger(__name__)
+
+PAGE = 100
+"""Parked records read (and messages fetched back) at once; a look goes on page after page
+until every resumable one is fetched, so a whole batch round comes back in one look."""
 
 SOON = 0.5
 """Seconds before looking again at records marked for resumption whose deferral the parking
@@ -114,8 +120,6 @@ class Resumption:
                 if receiver is None or self._stopping.is_set():
                     continue
                 try:
-                    parked = await parked_messages(self.store, spec.topic, spec.subscription)
-                    ready = await self._ready(parked)
                     self._soon = self._soon or bool(
                         await self.store.count_resumable_unconfirmed(
                             topic=spec.topic, subscription=spec.subscription
@@ -124,11 +128,27 @@ class Resumption:
                 except StoreError as exc:
                     logger.warning("cannot read parked messages: %s", exc)
                     return started
-                if ready:
-                    fetched = await self._fetch(receiver, ready)
-                    if fetched:
-                        logger.info("resuming %d parked messages of %s", len(fetched), spec.name)
-                    started += await self._run(registered, receiver, fetched)
+                after: int | None = None
+                while not self._stopping.is_set():
+                    try:
+                        page = await parked_messages(
+                            self.store, spec.topic, spec.subscription, waiting=False,
+                            after=after, limit=PAGE,
+                        )  # fmt: skip
+                        ready = await self._ready(page)
+                    except StoreError as exc:
+                        logger.warning("cannot read parked messages: %s", exc)
+                        return started
+                    if ready:
+                        fetched = await self._fetch(receiver, ready)
+                        if fetched:
+                            logger.info(
+                                "resuming %d parked messages of %s", len(fetched), spec.name
+                            )
+                        started += await self._run(registered, receiver, fetched)
+                    if len(page) < PAGE:
+                        break
+                    after = page[-1].sequence_number
             return started
 
     async def taken(self, parked: ParkedMessage) -> None:

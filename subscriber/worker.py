@@ -555,16 +555,16 @@ class Worker:
             # One at a time within a session: the next message waits for this settlement.
             await asyncio.shield(task)
 
-    async def _take_credits(self, most: int | None = None) -> int:
-        """Credits for the next receive (:meth:`Admission.take_credits`), no more than
-        ``max_messages`` leaves; 0 once stopping (or done)."""
+    async def _take_credits(self, most: int | None = None, *, first: bool = False) -> int:
+        """Credits for the next receive (:meth:`Admission.take_credits`, ``first``: ahead of
+        the receive loops), no more than ``max_messages`` leaves; 0 once stopping (or done)."""
         if self.options.max_messages is not None:
             remaining = self.options.max_messages - self._taken
             if remaining <= 0:
                 self._stopping.set()
                 return 0
             most = remaining if most is None else min(most, remaining)
-        return await self._admission.take_credits(most)
+        return await self._admission.take_credits(most, first=first)
 
     def _start(
         self,
@@ -772,13 +772,21 @@ class Worker:
             for _, message in fetched:  # their locks tick while they wait for a credit below
                 self._renewer.register(receiver, message)
         started = 0
+        credits = 0
         for index, (parked, message) in enumerate(fetched):
-            if await self._take_credits(most=1) == 0:  # stopping: back to their park
+            if credits == 0:
+                # every credit free now, up to what is left to start, ahead of the receive
+                # loops: one at a time behind them, an open receive on an empty subscription
+                # took the rest back at each turn and a round's deliveries trickled in one per
+                # receive_wait (batch mode: a provider batch every few of them)
+                credits = await self._take_credits(most=len(fetched) - index, first=True)
+            if credits == 0:  # stopping: back to their park
                 for _, unstarted in fetched[index:]:
                     if self._renewer is not None:
                         self._renewer.release(unstarted)
                     await self._processor.give_back(registered, receiver, unstarted)
                 break
+            credits -= 1
             self._last_activity = time.monotonic()
             mine = self._handler_tasks.setdefault(registered.spec.name, set())
             self._resumption.waiting.add(parked.id)

@@ -68,8 +68,10 @@ from docbus.llm_batch._outcomes import (
 from docbus.llm_batch._plan import (
     FileLimits,
     SubmitPolicy,
+    due_in,
     learnt_quota,
     plan_files,
+    poll_wait,
     should_submit,
     within_quota,
 )
@@ -84,6 +86,7 @@ Client = openai.AsyncOpenAI  # AsyncAzureOpenAI is one too
 RefusedHook = Callable[[Failure], None]
 SettledHook = Callable[[ProviderBatchRecord, Settlement], Awaitable[None]]
 DoneHook = Callable[[Sequence[str] | None], Awaitable[None]]
+_SOONEST = 0.05  # seconds: the shortest wait between passes (something is due already)
 _ADOPTION_SCAN = 1000  # provider batches looked through for one a crashed create made
 _FILES_SWEEP_LIMIT = 100  # ended records whose files one sweep deletes
 _PROBED = frozenset({"AuthenticationFailed", "PermissionDenied", "EndpointNotFound"})
@@ -186,6 +189,9 @@ class Submitter:
         self._lease: SubmitterLease | None = None
         self._files_swept_at: datetime | None = None
         self._probed_at: dict[tuple[str, str], datetime] = {}
+        self._wake_at: datetime | None = None
+        """When the pass just made saw something fall due (a poll, a group's ``max_wait`` or
+        quiet period, a pause's end): the next pass comes then, not ``renew_every`` later."""
 
     # -- the loop -----------------------------------------------------------------------------
 
@@ -198,9 +204,22 @@ class Submitter:
                 except Exception:  # one bad pass must not end the loop
                     logger.exception("batch submitter pass failed")
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), self.options.renew_every)
+                    await asyncio.wait_for(stop.wait(), self.next_pass_in())
         finally:
             await self.release()
+
+    def next_pass_in(self) -> float:
+        """Seconds to the next pass: ``renew_every`` (the lease), or sooner when something
+        falls due before (polling a batch about to finish, submitting a round gone quiet)."""
+        wait = self.options.renew_every
+        if self._wake_at is not None:
+            wait = min(wait, (self._wake_at - self._clock()).total_seconds())
+        return max(_SOONEST, wait)
+
+    def _due(self, at: datetime | None) -> None:
+        """Something falls due ``at``: the next pass should come by then."""
+        if at is not None and (self._wake_at is None or at < self._wake_at):
+            self._wake_at = at
 
     async def release(self) -> None:
         if self._lease is not None:
@@ -210,6 +229,7 @@ class Submitter:
     async def run_once(self) -> PassReport:
         """One pass: take the lease, move open records on, submit ready groups."""
         report = PassReport()
+        self._wake_at = None
         previous = self._lease
         self._lease = await self.store.acquire_submitter_lease(
             self.holder, self.options.lease_ttl, now=self._clock()
@@ -261,15 +281,26 @@ class Submitter:
 
     async def _submit(self, report: PassReport) -> None:
         now = self._clock()
+        policy = self.options.policy
         pauses = {(p.endpoint, p.model): p for p in await self.store.llm_submission_pauses()}
+        resuming: int | None = None  # asked once a group is otherwise quiet
         for group in await self.store.pending_llm_groups():
             pause = pauses.get((group.endpoint, group.model))
             if pause is not None and pause.until > now:
+                self._due(pause.until)
                 continue
             # (another worker's clock may run ahead of ours: a request is never "younger than
             # new")
             age = max(0.0, (now - group.oldest).total_seconds())
-            if not should_submit(age, group.requests, group.size, self.options.policy):
+            idle = None if group.newest is None else max(0.0, (now - group.newest).total_seconds())
+            if resuming is None and idle is not None and idle >= policy.quiet:
+                # deliveries marked for resumption still register this round's requests
+                resuming = await self.store.count_resuming_for_llm_requests()
+            if not should_submit(
+                age, group.requests, group.size, policy, idle=idle, resuming=resuming or 0
+            ):
+                wait = due_in(age, policy, idle=idle, resuming=resuming or 0)
+                self._due(now + timedelta(seconds=wait))
                 continue
             pending = [
                 r.as_request()
@@ -444,6 +475,8 @@ class Submitter:
         elif step is Step.POLL:
             if record.next_poll_at is None or record.next_poll_at <= self._clock():
                 await self._poll(record, report)
+            else:
+                self._due(record.next_poll_at)
         elif step is Step.COLLECT:
             await self._collect(record, report)
 
@@ -481,14 +514,19 @@ class Submitter:
         batch = await self.client.batches.retrieve(record.provider_batch_id)
         counts = batch.request_counts.model_dump() if batch.request_counts else {}
         if batch.status not in PROVIDER_TERMINAL:
-            delay = backoff_delay(max(1, record.polls + 1), self.options.poll)
-            await self.store.record_poll(
-                record.id,
-                batch.status,
-                counts,
-                self._clock() + timedelta(seconds=delay),
-                token=self._token,
+            now = self._clock()
+            delay = poll_wait(
+                backoff_delay(max(1, record.polls + 1), self.options.poll),
+                self.options.poll.base,
+                status=batch.status,
+                counts=counts,
+                running=(now - record.created_at).total_seconds(),
             )
+            next_poll = now + timedelta(seconds=delay)
+            await self.store.record_poll(
+                record.id, batch.status, counts, next_poll, token=self._token
+            )
+            self._due(next_poll)
             return
         errors = [e.model_dump() for e in (batch.errors.data or [])] if batch.errors else []
         record = await self.store.begin_collecting(
@@ -609,7 +647,9 @@ class Submitter:
             last = self._probed_at.get(group)
             if pause.until <= now or pause.reason not in _PROBED:
                 continue
-            if last is not None and (now - last).total_seconds() < self.options.probe_every:
+            every = timedelta(seconds=self.options.probe_every)
+            if last is not None and now - last < every:
+                self._due(last + every)  # the next pass comes in time for the next probe
                 continue
             self._probed_at[group] = now
             try:
@@ -618,6 +658,7 @@ class Submitter:
                 failure = failure_of(exc)
                 logger.info("batch submitter: %s still refused (%s)", pause.model, failure.reason)
                 self._refused(failure)
+                self._due(now + every)
                 continue
             logger.info(
                 "batch submitter: the provider accepts the credentials again; %s submits now",

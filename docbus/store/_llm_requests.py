@@ -91,7 +91,8 @@ class LLMRequestRecord(BaseModel):
 
 
 class PendingGroup(BaseModel):
-    """Pending requests of one endpoint and model: how many, how big, how old the oldest."""
+    """Pending requests of one endpoint and model: how many, how big, how old the oldest and
+    the newest."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -100,6 +101,7 @@ class PendingGroup(BaseModel):
     requests: int
     size: int
     oldest: datetime
+    newest: datetime | None = None
 
 
 def request_record(raw: dict[str, Any]) -> LLMRequestRecord:
@@ -198,6 +200,7 @@ class LLMRequestsMixin(StoreBase):
                     "requests": {"$sum": 1},
                     "size": {"$sum": "$size"},
                     "oldest": {"$min": "$created_at"},
+                    "newest": {"$max": "$created_at"},
                 }
             },
         ]
@@ -211,6 +214,7 @@ class LLMRequestsMixin(StoreBase):
                         requests=int(row["requests"]),
                         size=int(row["size"]),
                         oldest=row["oldest"],
+                        newest=row.get("newest"),
                     )
                 )
         return sorted(groups, key=lambda g: g.oldest)

@@ -157,13 +157,18 @@ class ParkedMixin(StoreBase):
         batch_id: str | None = None,
         handler: str | None = None,
         fetchable: bool = False,
+        waiting: bool = True,
+        after: int | None = None,
         limit: int = 0,
     ) -> list[ParkedMessage]:
         """Parked messages matching every filter given, by sequence number (``limit`` 0: all).
 
         ``fetchable``: only those that can be fetched back now — deferred, or unconfirmed for
         longer than :data:`UNCONFIRMED_AFTER` — and not in a worker's hands (resumed less
-        than :data:`UNCONFIRMED_AFTER` ago).
+        than :data:`UNCONFIRMED_AFTER` ago). ``waiting`` False: without the ``AwaitingBatch``
+        records not marked for resumption (their requests are not all answered: a worker
+        cannot resume them, and a page of them must not hide those it can). ``after``: only
+        sequence numbers above it (the next page).
         """
         query = _query(
             topic=topic, subscription=subscription, reason=reason, batch_id=batch_id,
@@ -175,6 +180,17 @@ class ParkedMixin(StoreBase):
                 {"$or": [{"deferred": True}, {"parked_at": {"$lt": stale}}]},
                 {"$or": [{"resumed_at": None}, {"resumed_at": {"$lt": stale}}]},
             ]
+        if after is not None:
+            query["sequence_number"] = {"$gt": after}
+        if not waiting:
+            query.setdefault("$and", []).append(
+                {
+                    "$or": [
+                        {"reason": {"$ne": AWAITING_BATCH}},
+                        {"resume_requested_at": {"$ne": None}},
+                    ]
+                }
+            )
         with _translated("read parked messages"):
             cursor = self._c(COLLECTION).find(query).sort("sequence_number", 1)
             if limit:
@@ -272,6 +288,14 @@ class ParkedMixin(StoreBase):
             "resume_requested_at": {"$ne": None},
         }
         with _translated("count parked messages awaiting their deferral"):
+            return int(await self._c(COLLECTION).count_documents(query))
+
+    async def count_resuming_for_llm_requests(self) -> int:
+        """Deliveries parked ``AwaitingBatch`` marked for resumption that have not parked again
+        or settled yet: each is on its way to register its next requests (the submitter waits
+        for them before it calls a round complete)."""
+        query = {"reason": AWAITING_BATCH, "resume_requested_at": {"$ne": None}}
+        with _translated("count deliveries resuming from a batch round"):
             return int(await self._c(COLLECTION).count_documents(query))
 
     async def request_resume_for_llm_requests(self, keys: Iterable[str] | None = None) -> int:

@@ -71,7 +71,10 @@ def submitter_options(batch: LLMBatchSettings, *, azure: bool = False) -> Submit
     return SubmitterOptions(
         limits=FileLimits(max_requests=batch.max_requests_per_file, max_bytes=batch.max_file_bytes),
         policy=SubmitPolicy(
-            max_wait=batch.max_wait, min_requests=batch.min_requests, min_bytes=batch.min_bytes
+            max_wait=batch.max_wait,
+            min_requests=batch.min_requests,
+            min_bytes=batch.min_bytes,
+            quiet=batch.quiet,
         ),
         settle_limits=SettleLimits(
             max_attempts=batch.max_attempts, max_expiries=batch.max_expiries

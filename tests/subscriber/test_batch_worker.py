@@ -59,6 +59,14 @@ TEXTS = [
 @pytest.fixture
 async def llm(stack: Stack, llm_server: LLMServer) -> AsyncIterator[LLMClient]:
     """The conftest's client, with quick batch-mode settings and a short processing time."""
+    quick_batches(stack, llm_server)
+    async with LLMClient.from_settings(stack.settings, stack.store) as client:
+        yield client
+
+
+def quick_batches(stack: Stack, llm_server: LLMServer, **batch: Any) -> None:
+    """The stack's settings with quick batch-mode settings (``FAST_BATCH``, then ``batch``)
+    against ``llm_server``, its processing time short."""
     llm_server.configure(batch={"in_progress_seconds": 0.5})
     stack.settings = stack.settings.model_copy(
         update={
@@ -66,12 +74,10 @@ async def llm(stack: Stack, llm_server: LLMServer) -> AsyncIterator[LLMClient]:
                 api_key=SecretStr(KEY),
                 base_url=llm_server.base_url,
                 model="docbus-offline",
-                batch=LLMBatchSettings(**FAST_BATCH),  # type: ignore[arg-type]
+                batch=LLMBatchSettings(**{**FAST_BATCH, **batch}),
             )
         }
     )
-    async with LLMClient.from_settings(stack.settings, stack.store) as client:
-        yield client
 
 
 async def publish(stack: Stack, count: int, topic: str = "documents", **metadata: Any) -> None:
@@ -475,3 +481,23 @@ async def test_an_idle_check_between_an_apply_and_its_marking_ends_no_work_early
     await publish(stack, documents)
     await run_worker(stack, llm, until_idle=1.0)
     await assert_all_done(stack, documents)
+
+
+async def test_a_round_resumes_together_while_an_idle_receive_holds_the_credits(
+    stack: Stack, llm_server: LLMServer
+) -> None:
+    # A receive on the (empty) subscription holds every admission credit for receive_wait:
+    # resumed deliveries must not trickle in one credit per receive (their requests spread over
+    # many seconds: one provider batch per few deliveries). They take the free credits ahead of
+    # the receive loop, and the submitter waits for every resumed delivery to register (quiet
+    # rule) rather than submit the first ones at max_wait.
+    quick_batches(stack, llm_server, max_wait=20.0, quiet=0.5)
+    documents = 12
+    await publish(stack, documents)
+    started = time.monotonic()
+    async with LLMClient.from_settings(stack.settings, stack.store) as llm:
+        await run_worker(stack, llm, concurrency=4, receive_wait=3.0)
+    await assert_all_done(stack, documents)
+    assert llm_server.batch_api.stats()["created"] == 3  # one provider batch per round
+    # three rounds of 0.5 s processing and a few receive waits, not max_wait per round
+    assert time.monotonic() - started < 45

@@ -62,3 +62,25 @@ def test_which_parked_messages_a_worker_resumes() -> None:
     assert may_resume(parked_for("GivenBack"), llm_works=False)  # nothing to wait for
     requested = parked_for("SystemicFailure", resume_requested_at="2026-01-01T00:00:00Z")
     assert may_resume(requested, llm_works=False)  # an operator asked
+
+
+async def test_deliveries_still_awaiting_answers_do_not_hide_resumable_ones(store: Store) -> None:
+    # a page of records awaiting their batch answers (lowest sequence numbers first) must not
+    # keep a resumer from the ones it can fetch back
+    for number in (1, 2, 3):
+        await park(store, ParkedMessage(
+            topic="t", subscription="s", sequence_number=number, reason="AwaitingBatch",
+            llm_requests=[f"k{number}"], deferred=True,
+        ))  # fmt: skip
+    for number in (4, 5, 6):
+        await park(store, ParkedMessage(
+            topic="t", subscription="s", sequence_number=number, reason="SystemicFailure",
+            deferred=True,
+        ))  # fmt: skip
+    await store.database["parked"].update_one(
+        {"sequence_number": 2}, {"$set": {"resume_requested_at": datetime.now(UTC)}}
+    )
+    page = await parked_messages(store, "t", "s", waiting=False, limit=2)
+    assert [p.sequence_number for p in page] == [2, 4]
+    rest = await parked_messages(store, "t", "s", waiting=False, after=4, limit=2)
+    assert [p.sequence_number for p in rest] == [5, 6]

@@ -169,3 +169,47 @@ def test_within_quota_takes_the_oldest_that_fit_beside_what_is_queued() -> None:
     assert fit == [] and never == []  # all wait for open batches to finish
     fit, _ = within_quota(pending[:4], quota=1200, queued=0)
     assert [name[r.key] for r in fit] == ["s0", "s1", "s2", "s3"]
+
+
+@pytest.mark.parametrize(
+    ("idle", "resuming", "expected"),
+    [
+        (None, 0, False),  # newest unknown: only max_wait and size decide
+        (0.1, 0, False),  # requests still coming
+        (0.5, 0, True),  # quiet and nothing on its way back: the round is all in
+        (0.5, 3, False),  # quiet, but resumed deliveries have still to register theirs
+    ],
+)
+def test_a_quiet_group_goes_before_max_wait_once_no_delivery_is_resuming(
+    idle: float | None, resuming: int, expected: bool
+) -> None:
+    policy = SubmitPolicy(max_wait=60, quiet=0.5)
+    assert should_submit(2.0, 10, 100, policy, idle=idle, resuming=resuming) is expected
+    # max_wait stays the upper bound whatever is still resuming
+    assert should_submit(60.0, 10, 100, policy, idle=0.0, resuming=3)
+
+
+def test_when_a_waiting_group_falls_due_by_time() -> None:
+    from docbus.llm_batch._plan import due_in
+
+    policy = SubmitPolicy(max_wait=10, quiet=2)
+    assert due_in(3.0, policy) == 7.0  # max_wait from the oldest
+    assert due_in(3.0, policy, idle=0.5) == 1.5  # the quiet period from the newest
+    assert due_in(3.0, policy, idle=0.5, resuming=2) == 2.0  # look again a quiet period on
+    assert due_in(12.0, policy, idle=0.5) == 0.0
+
+
+def test_polls_come_sooner_only_when_a_batch_is_about_to_finish() -> None:
+    from docbus.llm_batch._plan import poll_wait
+
+    # validating, or no progress yet: the backoff
+    assert poll_wait(40.0, 5.0, status="validating") == 40.0
+    assert poll_wait(40.0, 5.0, status="in_progress", counts={"total": 10}, running=60) == 40.0
+    # 9 of 10 done in 90 s: about 10 s left
+    counts = {"total": 10, "completed": 8, "failed": 1}
+    assert poll_wait(40.0, 5.0, status="in_progress", counts=counts, running=90) == 10.0
+    # nearly done: not under the floor; just begun: never later than the backoff
+    assert poll_wait(40.0, 5.0, status="in_progress", counts=counts, running=9) == 5.0
+    slow = {"total": 100, "completed": 1}
+    assert poll_wait(40.0, 5.0, status="in_progress", counts=slow, running=60) == 40.0
+    assert poll_wait(40.0, 5.0, status="finalizing") == 5.0

@@ -187,6 +187,7 @@ async def test_a_fixed_key_ends_the_back_off_at_the_next_probe_not_after_it(
     assert (pause.until - clock.now).total_seconds() >= 10  # the refusal back-off (30 s)
     clock.move(5)
     assert (await worker.run_once()).created == 0  # probed: still refused
+    assert worker.next_pass_in() <= 5.0  # the loop comes back for the next probe, not later
     llm_server.configure(api_key="sk-test")  # the operator fixes the key
     assert (await worker.run_once()).created == 0  # the next probe is due in 5 s, not now
     clock.move(5)
@@ -424,3 +425,40 @@ async def test_a_lapsed_holder_cancels_the_batch_it_created_after_its_successor_
     records.database.client.close()
     assert report.created == 0
     assert llm_server.batch_api.stats()["by_status"] == {"cancelled": 1}
+
+
+async def test_a_quiet_group_goes_before_max_wait_once_no_delivery_is_resuming(
+    store: Store, sdk: openai.AsyncOpenAI, clock: Clock
+) -> None:
+    from docbus.store import ParkedMessage
+
+    keys = await register(store, 3)
+    # a delivery of the last round marked for resumption: it will register its next request
+    resuming = ParkedMessage(
+        topic="t", subscription="s", sequence_number=1, reason="AwaitingBatch",
+        llm_requests=["answered-before"], deferred=True,
+    )  # fmt: skip
+    await store.park(resuming)
+    await store.request_resume(topic="t")
+    policy = SubmitPolicy(max_wait=60, min_requests=100, quiet=5)
+    worker = submitter(store, sdk, clock, policy=policy, renew_every=15)
+    assert (await worker.run_once()).created == 0  # requests just came
+    assert worker.next_pass_in() <= 5  # it looks again when the group may be quiet, not in 15 s
+    clock.move(6)
+    assert (await worker.run_once()).created == 0  # quiet, but a delivery is still resuming
+    await store.unpark(resuming)  # it parked again (or settled): the round is all in
+    assert (await worker.run_once()).created == 1
+    assert await states(store, keys) == {"answered": 3}
+
+
+async def test_the_next_pass_comes_when_an_open_batch_is_due_for_a_poll(
+    store: Store, sdk: openai.AsyncOpenAI, clock: Clock, llm_server: LLMServer
+) -> None:
+    await register(store, 4)
+    llm_server.configure(batch={"in_progress_seconds": 600})
+    worker = submitter(store, sdk, clock, renew_every=15)
+    assert (await worker.run_once()).created == 1
+    [record] = await store.open_provider_batches()
+    assert record.next_poll_at is not None
+    due = (record.next_poll_at - clock()).total_seconds()
+    assert due < 15 and worker.next_pass_in() == pytest.approx(due, abs=0.01)
