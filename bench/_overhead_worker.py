@@ -65,7 +65,6 @@ class TimedReceiver:
         return messages
 
 
-
 class TimedClient:
     """A Service Bus client whose subscription receivers (not dead-letter ones) are timed."""
 

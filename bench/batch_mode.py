@@ -176,11 +176,7 @@ async def bench(options: argparse.Namespace, console: Console) -> dict[str, Any]
             mongodb=MongoSettings(uri=SecretStr(stack.mongo_uri), database="bench"),
             llm=LLMSettings(base_url=stack.llm_base_url, model="docbus-offline"),
         )
-        settings = quick_rounds(settings, options.max_wait)
-        batch_settings = settings.llm.batch.model_copy(update={"quiet": options.quiet})
-        settings = settings.model_copy(
-            update={"llm": settings.llm.model_copy(update={"batch": batch_settings})}
-        )
+        settings = quick_rounds(settings, options.max_wait, options.quiet)
         async with Store.from_settings(settings) as store:
             await store.ensure_indexes()
             batch = await publish_and_run(

@@ -270,16 +270,24 @@ async def _summarise(
             summary.extra_cost[category] = summary.extra_cost.get(category, 0.0) + spent
 
 
-def quick_rounds(settings: Settings, max_wait: float = 1.0) -> Settings:
+def quick_rounds(settings: Settings, max_wait: float = 60.0, quiet: float = 0.3) -> Settings:
     """The settings with the batch-mode submitter tuned for a demo (or a benchmark): a round
-    is submitted once its first request has waited ``max_wait`` seconds, the submitter looks
-    every half second, and polls every half second up to one."""
+    is submitted once no request has joined it for ``quiet`` seconds and no document is still
+    coming back from the last one (at the latest once its first request has waited
+    ``max_wait`` seconds), the submitter looks every half second, and polls every half second
+    up to one."""
     llm = settings.llm
     batch = getattr(llm, "batch", None)  # llm.batch: the settings of the batch-mode submitter
     if batch is None:
         return settings
     quick = batch.model_copy(
-        update={"max_wait": max_wait, "renew_every": 0.5, "poll_base": 0.5, "poll_max": 1.0}
+        update={
+            "max_wait": max_wait,
+            "quiet": quiet,
+            "renew_every": 0.5,
+            "poll_base": 0.5,
+            "poll_max": 1.0,
+        }
     )
     return settings.model_copy(update={"llm": llm.model_copy(update={"batch": quick})})
 
