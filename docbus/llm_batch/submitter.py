@@ -77,7 +77,13 @@ from docbus.llm_batch._plan import (
 )
 from docbus.llm_batch._requests import BatchRequest
 from docbus.llm_batch._results import Line, read_lines
-from docbus.store import ProviderBatchRecord, StaleTransition, Store, SubmitterLease
+from docbus.store import (
+    ProviderBatchRecord,
+    StaleTransition,
+    Store,
+    SubmissionPause,
+    SubmitterLease,
+)
 from docbus.store._base import _now
 
 logger = logging.getLogger(__name__)
@@ -244,17 +250,15 @@ class Submitter:
             self._files_swept_at = None  # and what it left at the provider is deleted now
         try:
             now = self._clock()
-            await self._probe(now)
-            paused = {
-                (p.endpoint, p.model)
-                for p in await self.store.llm_submission_pauses()
-                if p.until > now
-            }
+            pauses = await self._probe(now, await self.store.llm_submission_pauses())
+            paused = {(p.endpoint, p.model) for p in pauses if p.until > now}
             for record in await self.store.open_provider_batches():
                 if (record.endpoint, record.model) in paused and record.state in _BEFORE_OPEN:
                     continue  # its group backs off: no upload or create until the pause ends
                 await self._guarded(record, report, self._advance(record, report))
-            await self._submit(report)
+            if report.paused:  # a step above was refused: its group backs off from now
+                pauses = await self.store.llm_submission_pauses()
+            await self._submit(report, pauses)
             await self._sweep_files(report)
         except _LeaseLost:
             logger.warning("batch submitter %s lost its lease mid-pass", self.holder)
@@ -279,13 +283,13 @@ class Submitter:
 
     # -- submitting ---------------------------------------------------------------------------
 
-    async def _submit(self, report: PassReport) -> None:
+    async def _submit(self, report: PassReport, pauses: Sequence[SubmissionPause]) -> None:
         now = self._clock()
         policy = self.options.policy
-        pauses = {(p.endpoint, p.model): p for p in await self.store.llm_submission_pauses()}
+        pause_of = {(p.endpoint, p.model): p for p in pauses}
         resuming: int | None = None  # asked once a group is otherwise quiet
         for group in await self.store.pending_llm_groups():
-            pause = pauses.get((group.endpoint, group.model))
+            pause = pause_of.get((group.endpoint, group.model))
             if pause is not None and pause.until > now:
                 self._due(pause.until)
                 continue
@@ -313,13 +317,11 @@ class Submitter:
                 url_for=dict(self.options.url_for),
             )
             if plan.oversized:
-                await self.store.fail_llm_requests(
+                await self._never_submittable(
                     plan.oversized,
-                    "LLMRequestTooLarge",
                     f"one request is larger than a whole input file "
                     f"({self.options.limits.max_bytes} bytes)",
                 )
-                await self._done(plan.oversized)
             for planned in plan.files:
                 record = await self.store.claim_llm_requests(
                     f"pb-{uuid.uuid4().hex[:16]}",
@@ -359,7 +361,7 @@ class Submitter:
         a smaller limit for the group's next batches."""
         group = (record.endpoint, record.model)
         requests = await self.store.llm_requests(record.keys)
-        tokens = sum(r.as_request().estimated_tokens for r in requests.values())
+        tokens = sum(r.estimated_tokens for r in requests.values())
         self._learnt[group] = learnt_quota(tokens, self._learnt.get(group))
         logger.info(
             "batch submitter: %s refused %d estimated tokens over its queued-token quota; "
@@ -377,14 +379,11 @@ class Submitter:
         queued = await self.store.submitted_llm_tokens(endpoint, model)
         fit, never = within_quota(pending, quota, queued)
         if never:
-            keys = [request.key for request in never]
-            await self.store.fail_llm_requests(
-                keys,
-                "LLMRequestTooLarge",
+            await self._never_submittable(
+                [request.key for request in never],
                 f"estimated at more tokens than the whole queued-token quota of {model} "
                 f"({quota}): raise llm.batch.queued_tokens or shorten the document",
             )
-            await self._done(keys)
         if len(fit) + len(never) < len(pending):
             logger.info(
                 "batch submitter: %d request(s) of %s wait for open batches to free "
@@ -395,6 +394,12 @@ class Submitter:
                 quota,
             )
         return fit
+
+    async def _never_submittable(self, keys: Sequence[str], description: str) -> None:
+        """Dead-letter requests no provider batch can ever take (``LLMRequestTooLarge``) and
+        tell ``on_done``, so their documents get the dead letter."""
+        await self.store.fail_llm_requests(keys, "LLMRequestTooLarge", description)
+        await self._done(keys)
 
     async def _content(self, record: ProviderBatchRecord) -> bytes:
         """The input file of ``record``, rebuilt from its stored requests (same bytes)."""
@@ -639,10 +644,15 @@ class Submitter:
             else:
                 logger.warning("provider batch %s: %s (next pass retries)", record.id, failure)
 
-    async def _probe(self, now: datetime) -> None:
+    async def _probe(
+        self, now: datetime, pauses: Sequence[SubmissionPause]
+    ) -> list[SubmissionPause]:
         """End the back-offs that a refused key, role or endpoint caused once a free call goes
-        through again (a new holder asks at once: it may run with a fixed key)."""
-        for pause in await self.store.llm_submission_pauses():
+        through again (a new holder asks at once: it may run with a fixed key); returns the
+        ``pauses`` still in place."""
+        kept: list[SubmissionPause] = []
+        for pause in pauses:
+            kept.append(pause)
             group = (pause.endpoint, pause.model)
             last = self._probed_at.get(group)
             if pause.until <= now or pause.reason not in _PROBED:
@@ -665,7 +675,9 @@ class Submitter:
                 pause.model,
             )
             await self.store.clear_llm_submission_pause(pause.endpoint, pause.model)
+            kept.pop()
             self._accepted()
+        return kept
 
     async def _pause(
         self, record: ProviderBatchRecord, failure: Failure, report: PassReport

@@ -29,7 +29,7 @@ import email.utils
 import re
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 
 import openai
 from aiohttp import ClientConnectorError
@@ -77,11 +77,7 @@ def connection_failure(exc: BaseException) -> str:
     The aiohttp transport's message is "Request timed out." even for a refused connection;
     the cause chain holds what really happened ("Connect call failed ('127.0.0.1', 9)").
     """
-    chain: list[BaseException] = []
-    cause: BaseException | None = exc.__cause__ or exc.__context__
-    while cause is not None and len(chain) < 8:
-        chain.append(cause)
-        cause = cause.__cause__ or cause.__context__
+    chain = list(_causes(exc))
     for kind, words in (
         (ConnectionRefusedError, "connection refused"),
         (socket.gaierror, "host name not resolved"),
@@ -104,15 +100,20 @@ def never_connected(exc: BaseException) -> bool:
         return False
     if not isinstance(exc, openai.APITimeoutError):
         return True
-    cause: BaseException | None = exc.__cause__ or exc.__context__
-    seen = 0
-    while cause is not None and seen < 8:
+    for cause in _causes(exc):
         if isinstance(cause, TimeoutError):
             return False  # a real timeout on the way (asyncio's and aiohttp's included)
         if isinstance(cause, ConnectionRefusedError | socket.gaierror | ClientConnectorError):
             return True
-        cause, seen = cause.__cause__ or cause.__context__, seen + 1
     return False
+
+
+def _causes(exc: BaseException, depth: int = 8) -> Iterator[BaseException]:
+    """What ``exc`` was raised from or during, nearest first (at most ``depth`` of them)."""
+    cause = exc.__cause__ or exc.__context__
+    while cause is not None and depth > 0:
+        yield cause
+        cause, depth = cause.__cause__ or cause.__context__, depth - 1
 
 
 def _status(exc: openai.APIStatusError) -> HandlerOutcome:

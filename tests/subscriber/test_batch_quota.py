@@ -8,13 +8,16 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import pytest
-from pydantic import SecretStr
 
 from docbus.local.llm_server import LLMServer
-from docbus.settings import LLMBatchSettings, LLMSettings
 from handlers.llm import LLMClient
-from tests.subscriber.conftest import KEY, Stack
-from tests.subscriber.test_batch_worker import FAST_BATCH, assert_all_done, publish, run_worker
+from tests.subscriber.conftest import Stack
+from tests.subscriber.test_batch_worker import (
+    assert_all_done,
+    publish,
+    quick_batches,
+    run_worker,
+)
 
 MODEL = "docbus-offline"
 QUOTA = 2000
@@ -24,17 +27,8 @@ QUOTA = 2000
 
 @pytest.fixture
 async def quota_llm(stack: Stack, llm_server: LLMServer) -> AsyncIterator[LLMClient]:
+    quick_batches(stack, llm_server, queued_tokens={MODEL: QUOTA})
     llm_server.configure(batch={"in_progress_seconds": 0.3, "queued_tokens": QUOTA})
-    stack.settings = stack.settings.model_copy(
-        update={
-            "llm": LLMSettings(
-                api_key=SecretStr(KEY),
-                base_url=llm_server.base_url,
-                model=MODEL,
-                batch=LLMBatchSettings(**FAST_BATCH, queued_tokens={MODEL: QUOTA}),  # type: ignore[arg-type]
-            )
-        }
-    )
     async with LLMClient.from_settings(stack.settings, stack.store) as client:
         yield client
 

@@ -256,24 +256,12 @@ async def test_a_bad_key_holds_the_round_without_dead_letters_until_the_key_work
     stack: Stack, llm_server: LLMServer
 ) -> None:
     # the refusal back-off is long (60 s): only the probe can end it within this test
-    settings = stack.settings.model_copy(
-        update={
-            "llm": LLMSettings(
-                api_key=SecretStr(KEY),
-                base_url=llm_server.base_url,
-                model="docbus-offline",
-                batch=LLMBatchSettings(
-                    **{**FAST_BATCH, "refusal_base": 60.0, "refusal_max": 60.0},  # type: ignore[arg-type]
-                    probe_every=0.2,
-                ),
-            )
-        }
-    )
+    quick_batches(stack, llm_server, refusal_base=60.0, refusal_max=60.0, probe_every=0.2)
     llm_server.configure(batch={"in_progress_seconds": 0.2}, api_key="sk-rotated")
     documents = 4
     await publish(stack, documents)
     async with (
-        LLMClient.from_settings(settings, stack.store) as llm,
+        LLMClient.from_settings(stack.settings, stack.store) as llm,
         ServiceBusClient.from_connection_string(stack.connection_string) as client,
     ):
         # the breaker's own (live) probe never runs here: the Batch API's answer closes it
