@@ -83,6 +83,7 @@ class Ticket:
         admission = self._admission
         await admission._completing.acquire()
         admission.pace.returned()
+        admission.completing += 1
         self.completing = True
         self.slot = self.credit = False
         admission._slots.release()
@@ -97,6 +98,7 @@ class Ticket:
             admission.release_credits(1)
         if self.completing:
             admission._completing.release()
+            admission.completing -= 1
         self.slot = self.credit = self.completing = False
 
 
@@ -123,17 +125,13 @@ class Admission:
         self._line: list[asyncio.Event] = []
         self.receivers = 1
         """Receive loops sharing the credits: one receive takes at most its share of them."""
-        self._completing_places = 2 * (concurrency + self.most_ahead)
-        self._completing = asyncio.Semaphore(self._completing_places)
+        self._completing = asyncio.Semaphore(2 * (concurrency + self.most_ahead))
+        self.completing = 0
+        """Messages whose handler has returned and that are not settled yet: settlements
+        about to want the link."""
         self._waiting: set[asyncio.Task[None]] = set()
         self._stop_cancelled: set[asyncio.Task[None]] = set()
         self._giving_back = False
-
-    @property
-    def completing(self) -> int:
-        """Messages whose handler has returned and that are not settled yet: settlements
-        about to want the link."""
-        return self._completing_places - self._completing._value
 
     # --- credits --------------------------------------------------------------------------
     @property
