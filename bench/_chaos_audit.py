@@ -23,12 +23,16 @@ from _chaos_inputs import TEXT_MARKER, RawCase
 from azure.servicebus import ServiceBusClient, ServiceBusSubQueue
 from pymongo import MongoClient
 
+from docbus.records import result_rank
+
 DEFINITIONS = {
     "lost": "a valid document the publisher sent (or should have sent: valid lines it neither "
     "sent nor reported) that has, for this handler, no current result, no unresolved dead "
     "letter record and no message left on the subscription or its DLQ",
-    "duplicate_current": "documents with more than one current (not rolled back) result "
-    "version for this handler",
+    "duplicate_current": "documents with more than one result version written by one run (a "
+    "publication or a replay) for this handler: the document was worked twice, and a second "
+    "version would have been a second current result. The current result of a document is "
+    "its highest-ranked version not rolled back (docbus.records.result_rank)",
     "done_and_dead": "documents with a current result for this handler AND an unresolved dead "
     "letter record of its subscription; a record is unresolved when it was never replayed "
     "(replayed_at unset) and its generation is >= the current result's generation",
@@ -145,9 +149,12 @@ def load_mongo(uri: str, database: str) -> MongoState:
                     "doc_id": 1,
                     "handler": 1,
                     "batch_id": 1,
-                    "current": 1,
                     "rolled_back": 1,
                     "generation": 1,
+                    "run_id": 1,
+                    "message_id": 1,
+                    "issued_at": 1,
+                    "written_at": 1,
                 },
             )
         )
@@ -249,6 +256,22 @@ def _unresolved(
     ]
 
 
+def current_versions(results: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """Each (document, handler)'s current version: the highest-ranked not rolled back."""
+    top: dict[tuple[str, str], Mapping[str, Any]] = {}
+    for r in results:
+        if r.get("rolled_back"):
+            continue
+        owner = (str(r["doc_id"]), str(r["handler"]))
+        rank = result_rank(r.get("issued_at"), r["written_at"], str(r["_id"]))
+        held = top.get(owner)
+        if held is None or rank > result_rank(
+            held.get("issued_at"), held["written_at"], str(held["_id"])
+        ):
+            top[owner] = r
+    return list(top.values())
+
+
 def account(  # noqa: C901 - one pass over every count the audit reports, in the order the notes define them
     handler: str,
     subscription: str,
@@ -259,9 +282,15 @@ def account(  # noqa: C901 - one pass over every count the audit reports, in the
     """What became of each expected (batch, document) in ``handler`` (see DEFINITIONS)."""
     counts = HandlerCounts()
     current: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
-    for r in mongo.results:
-        if r.get("handler") == handler and r.get("current") and not r.get("rolled_back"):
+    for r in current_versions(mongo.results):
+        if r.get("handler") == handler:
             current[str(r["doc_id"])].append(r)
+    runs: Counter[tuple[str, str, str]] = Counter(
+        (str(r["doc_id"]), str(r.get("batch_id")), str(r.get("run_id") or r.get("message_id")))
+        for r in mongo.results
+        if r.get("handler") == handler
+    )
+    twice = {(doc_id, batch_id) for (doc_id, batch_id, _), n in runs.items() if n > 1}
     dead: dict[tuple[str, str], list[Mapping[str, Any]]] = defaultdict(list)
     for d in mongo.dead_letters:
         if d.get("subscription") == subscription:
@@ -270,7 +299,7 @@ def account(  # noqa: C901 - one pass over every count the audit reports, in the
     for batch_id, doc_id in expected:
         counts.documents += 1
         mine = [r for r in current.get(doc_id, []) if r.get("batch_id") == batch_id]
-        if len(mine) > 1:
+        if (doc_id, batch_id) in twice:
             counts.duplicate_current += 1
             counts.note("duplicate_current", doc_id)
         generation = max((int(r.get("generation") or 0) for r in mine), default=None)
@@ -311,9 +340,7 @@ def raw_outcomes(
     """Per handler, the raw bad messages (``kind``) accepted by the broker that did not end as
     they must (``subscriptions``: handler → subscription)."""
     results = {
-        (str(r.get("handler")), str(r.get("doc_id")))
-        for r in mongo.results
-        if r.get("current") and not r.get("rolled_back")
+        (str(r.get("handler")), str(r.get("doc_id"))) for r in current_versions(mongo.results)
     }
     missing: dict[str, list[str]] = {}
     for handler, subscription in subscriptions.items():

@@ -312,7 +312,7 @@ class ChaosRun:
         """Share of the expected outcomes in (results + dead letters); None when Mongo is out."""
         try:
             db = self.monitor[DATABASE]
-            done = db["results"].count_documents({"current": True})
+            done = db["current_results"].count_documents({})
             done += db["dead_letters"].estimated_document_count()
         except Exception:
             return None

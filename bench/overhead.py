@@ -635,9 +635,8 @@ async def fill_results(stack: Stack, database: str, count: int) -> None:
             await results.insert_many(
                 [
                     {"_id": f"noop@filler-{i}", "doc_id": f"filler-{i}", "handler": "noop",
-                     "handler_version": "1", "version": 1, "current": True,
-                     "rolled_back": False, "batch_id": "filler", "generation": 0,
-                     "message_id": f"filler-{i}", "run_id": None, "issued_at": now,
+                     "handler_version": "1", "rolled_back": False, "batch_id": "filler",
+                     "generation": 0, "message_id": f"filler-{i}", "run_id": None, "issued_at": now,
                      "output": {"ok": True}, "written_at": now, "delivery_count": 1}
                     for i in range(start, min(count, start + 5000))
                 ],

@@ -118,25 +118,27 @@ class BatchBudget(NamedTuple):
 
 
 def result_rank(
-    issued_at: datetime | None, written_at: datetime, version: int
-) -> tuple[datetime, int]:
+    issued_at: datetime | None, written_at: datetime, record_id: str
+) -> tuple[datetime, datetime, str]:
     """How result versions of one (document, handler) rank; the highest not rolled back is
     current.
 
     A version ranks by when the run that wrote it was issued (a batch's publication, or a
-    replay), then by its version number: a late redelivery of an older run never takes over
-    from a newer one, and a nightly re-run of the same documents under a new batch wins over
-    yesterday's replays (a replay generation, counted per batch, could not tell them apart).
-    Versions written before the issue time was stored rank by when they were written.
+    replay), then by when it was written (then by id, for a tie within a millisecond): a late
+    redelivery of an older run never takes over from a newer one, and a nightly re-run of the
+    same documents under a new batch wins over yesterday's replays (a replay generation,
+    counted per batch, could not tell them apart). Versions written before the issue time was
+    stored rank by when they were written.
     """
-    return (issued_at or written_at, version)
+    return (issued_at or written_at, written_at, record_id)
 
 
 class ResultRecord(BaseModel):
     """One version of a handler's output for a document.
 
-    Versions count up per (doc_id, handler); exactly one non-rolled-back version is ``current``:
-    the one that ranks highest (:func:`result_rank`).
+    Versions are numbered per (doc_id, handler) in the order they were written; exactly one
+    version not rolled back is ``current``: the one that ranks highest (:func:`result_rank`).
+    Neither is stored: the store works both out from the document's versions when it reads.
     """
 
     model_config = ConfigDict(frozen=True)
@@ -164,14 +166,15 @@ class ResultRecord(BaseModel):
     rolled_back_at: datetime | None = None
 
     @property
-    def rank(self) -> tuple[datetime, int]:
-        return result_rank(self.issued_at, self.written_at, self.version)
+    def rank(self) -> tuple[datetime, datetime, str]:
+        return result_rank(self.issued_at, self.written_at, self.id)
 
 
 class ResultWrite(NamedTuple):
-    """What ``Store.write_result`` did: the stored record, and whether this call created it."""
+    """What ``Store.write_result`` did: the id of the message's result version, and whether
+    this call stored it (False: an earlier delivery of the message did)."""
 
-    record: ResultRecord
+    id: str
     created: bool
 
 

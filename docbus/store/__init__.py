@@ -15,16 +15,15 @@ The shapes it returns are in :mod:`docbus.records`; the message contract it stor
 operator queries (:mod:`docbus.ops`) read through the methods here too. pymongo errors are
 translated in one place (:func:`_translated`) into :class:`StoreError`.
 
-Results are idempotent without transactions (so standalone MongoDB and Cosmos DB work too): a
-result's ``_id`` is ``handler@message_id``, so a redelivered message finds its earlier write;
-versions are unique per (doc_id, handler); and a partial unique index on (doc_id, handler) where
-``current`` is true lets at most one version be current. :meth:`Store.write_result` then
-converges: the version that ranks highest (when its run was issued, then its version number:
-:func:`docbus.records.result_rank`) and is not rolled back becomes current, the others are
-demoted, and a writer that lost a race re-reads instead of overwriting. Between a demotion and
-the promotion that follows it no version is flagged current for a moment; :meth:`current_result`
-falls back to the same ranking so readers never see a gap. Each version names the run that
-wrote it, so a rollback withdraws exactly one run's versions and can be undone.
+Results are idempotent without transactions (so standalone MongoDB and Cosmos DB work too) and
+insert-only: a result's ``_id`` is ``handler@message_id``, so a redelivered message's write is
+refused as a duplicate and stores nothing, and a re-run of a document is one more version, one
+insert, as cheap as a first run. Which version is current is never stored but worked out as the
+versions are read: the highest-ranked one not rolled back (when its run was issued, then when it
+was written: :func:`docbus.records.result_rank`) — exactly one per (document, handler) by
+construction, whatever crashed or raced. Each version names the run that wrote it, so a rollback
+withdraws exactly one run's versions and can be undone; the view ``current_results`` shows the
+current versions to people querying Mongo themselves.
 
 Every write the store makes is durable by the server's own definition — acknowledged once
 journaled and, on a replica set, by a majority (``MongoSettings.write_concern`` and ``journal``)

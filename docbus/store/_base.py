@@ -20,7 +20,8 @@ so one journal flush per group of results covers them all.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Mapping
+import logging
+from collections.abc import Callable, Collection, Hashable, Mapping
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Self, TypeVar
@@ -29,6 +30,7 @@ from pydantic import SecretStr
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import CollectionInvalid, OperationFailure
 from pymongo.write_concern import WriteConcern
 
 from docbus.settings import mask_mongo_uri
@@ -36,6 +38,27 @@ from docbus.store._errors import StoreError, _translated
 from docbus.store._group import GroupFinder, GroupWriter
 
 K = TypeVar("K", bound=Hashable)
+
+logger = logging.getLogger("docbus.store")
+
+_RETIRED_RESULT_INDEXES = frozenset(
+    {"one_version_number", "one_current_version", "batch_id_1_handler_1"}
+)
+"""Results indexes of docbus before results were insert-only: the unique version numbers and
+the partial unique index on stored ``current`` flags would refuse insert-only versions."""
+
+CURRENT_RESULTS_VIEW = "current_results"
+CURRENT_RESULTS_PIPELINE: list[dict[str, Any]] = [
+    {"$match": {"rolled_back": False}},
+    # docbus.records.result_rank: when the run was issued, then when written, then the id
+    {"$addFields": {"_rank": {"$ifNull": ["$issued_at", "$written_at"]}}},
+    {"$sort": {"doc_id": 1, "handler": 1, "_rank": -1, "written_at": -1, "_id": -1}},
+    {"$group": {"_id": {"doc_id": "$doc_id", "handler": "$handler"}, "top": {"$first": "$$ROOT"}}},
+    {"$replaceRoot": {"newRoot": "$top"}},
+    {"$project": {"_rank": 0, "current": 0, "version": 0}},
+]
+"""The view ``current_results``: each (document, handler)'s highest-ranked version not rolled
+back (``current`` and ``version`` stored by older docbus versions are dropped: not kept up)."""
 
 
 def _now() -> datetime:
@@ -181,19 +204,14 @@ class StoreBase:
             "batches": [IndexModel([("created_at", DESCENDING)])],
             # "documents": none beyond `_id` (batch:doc), which is unique per batch and document
             # and answers a batch's queries as a range (docbus.store._documents.batch_documents)
+            # Insert-only (docbus.store._results): `_id` is the one unique key; a document's
+            # versions, and a batch's by document id (exports stream in that order).
             "results": [
+                IndexModel([("doc_id", ASCENDING), ("handler", ASCENDING)], name="doc_versions"),
                 IndexModel(
-                    [("doc_id", ASCENDING), ("handler", ASCENDING), ("version", ASCENDING)],
-                    unique=True,
-                    name="one_version_number",
+                    [("batch_id", ASCENDING), ("handler", ASCENDING), ("doc_id", ASCENDING)],
+                    name="batch_versions",
                 ),
-                IndexModel(
-                    [("doc_id", ASCENDING), ("handler", ASCENDING)],
-                    unique=True,
-                    partialFilterExpression={"current": True},
-                    name="one_current_version",
-                ),
-                IndexModel([("batch_id", ASCENDING), ("handler", ASCENDING)]),
             ],
             "dead_letters": [
                 IndexModel([("batch_id", ASCENDING), ("handler", ASCENDING)]),
@@ -222,5 +240,41 @@ class StoreBase:
             ],
         }
         with _translated("ensure indexes"):
+            await self._drop_indexes("results", _RETIRED_RESULT_INDEXES)
             for collection, models in indexes.items():
                 await self._c(collection).create_indexes(models)
+            await self._ensure_current_results_view()
+
+    async def _drop_indexes(self, collection: str, names: Collection[str]) -> None:
+        """Drop these indexes where a database made by an older docbus still has them."""
+        present = [raw["name"] async for raw in await self._c(collection).list_indexes()]
+        for name in present:
+            if name in names:
+                await self._c(collection).drop_index(name)
+
+    async def _ensure_current_results_view(self) -> None:
+        """The read-only view ``current_results``: each (document, handler)'s current version,
+        for people querying Mongo themselves (docbus works it out as it reads, see
+        :mod:`docbus.store._results`). A server without views (some Cosmos DB tiers) gets a
+        warning, not an error: nothing of docbus's own reads it."""
+        found = await self.database.list_collections(filter={"name": CURRENT_RESULTS_VIEW})
+        existing = [raw async for raw in found]
+        try:
+            if not existing:
+                await self.database.create_collection(
+                    CURRENT_RESULTS_VIEW, viewOn="results", pipeline=CURRENT_RESULTS_PIPELINE
+                )
+            elif existing[0].get("options", {}).get("pipeline") != CURRENT_RESULTS_PIPELINE:
+                await self.database.command(
+                    "collMod",
+                    CURRENT_RESULTS_VIEW,
+                    viewOn="results",
+                    pipeline=CURRENT_RESULTS_PIPELINE,
+                )
+        except (CollectionInvalid, OperationFailure) as exc:
+            logger.warning(
+                "the view %s was not created (%s): read current results with "
+                "`docbus results export` instead",
+                CURRENT_RESULTS_VIEW,
+                exc,
+            )

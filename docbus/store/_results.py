@@ -1,15 +1,26 @@
-"""Results: versioned handler outputs that converge on exactly one current version.
+"""Results: insert-only handler outputs; which version is current is worked out when read.
 
-A result's ``_id`` is ``handler@message_id``, so a redelivered message finds its earlier write;
-versions are unique per (doc_id, handler); and a partial unique index on (doc_id, handler) where
-``current`` is true lets at most one version be current. :meth:`ResultsMixin.write_result` then
-converges: the version that ranks highest (:func:`docbus.records.result_rank`: when its run was
-issued, then its version number) and is not rolled back becomes current, the others are
-demoted, and a writer that lost a race re-reads instead of overwriting. Each version keeps the
-run that wrote it (a batch's publication or a replay), so :meth:`ResultsMixin.withdraw_results`
-can withdraw exactly one run's versions, tagged with the rollback's id, and
-:meth:`ResultsMixin.restore_results` can put exactly those back; both converge again. Replay
-generations come from :mod:`docbus.store._replays`; the rollback is :mod:`docbus.ops.rollback`.
+A result's ``_id`` is ``handler@message_id``, so a redelivered message (or a concurrent duplicate
+of it) finds its earlier write: the insert is refused and nothing else is stored. Nothing stored is
+ever changed by a write: a re-run of a document that has results (a nightly re-run under a new
+batch, a replay) is one more insert, exactly what a fresh document costs, at any size of
+``results`` — an update costs the server several times an insert (every index entry rewritten),
+which made re-processing cost twice a first run when a re-run demoted the old current version.
+
+Which version is *current* is derived, never stored: of one (document, handler)'s versions not
+rolled back, the one that ranks highest (:func:`docbus.records.result_rank`: when its run was
+issued, then when it was written). So there is exactly one by construction — no flag to keep
+unique, no window between a demotion and a promotion, nothing a crash can leave half done.
+Version numbers are worked out the same way: a document's versions counted in the order they
+were written. Readers therefore read every version of the documents they report on
+(:meth:`ResultsMixin._records`); for ad-hoc queries :meth:`StoreBase.ensure_indexes` keeps a view,
+``current_results``, holding the current versions.
+
+Each version keeps the run that wrote it (a batch's publication or a replay), so
+:meth:`ResultsMixin.withdraw_results` can withdraw exactly one run's versions, tagged with the
+rollback's id, and :meth:`ResultsMixin.restore_results` can put exactly those back: the only
+updates results ever see, made by an operator. Replay generations come from
+:mod:`docbus.store._replays`; the rollback is :mod:`docbus.ops.rollback`.
 """
 
 from __future__ import annotations
@@ -19,44 +30,52 @@ from collections.abc import AsyncIterator, Callable, Collection, Iterable, Mappi
 from datetime import datetime
 from typing import Any
 
-from pymongo import ASCENDING, DESCENDING, InsertOne, UpdateMany
+from pymongo import ASCENDING, InsertOne
 from pymongo.errors import DuplicateKeyError
 
 from docbus.records import ResultRecord, ResultWrite, result_rank
 from docbus.store._base import StoreBase, _now
-from docbus.store._errors import StoreError, _translated
+from docbus.store._errors import _translated
 
 # The package's name, not this private module's: the store logged as ``docbus.store`` before
 # it was split, and logging configuration keyed on that name must keep working.
 logger = logging.getLogger("docbus.store")
 
-_CONVERGE_ATTEMPTS = 20
-_VERSION_ATTEMPTS = 20
 _IN_CHUNK = 1000
 """Values per ``$in`` (a batch's rollback may name many thousands of versions)."""
-_RANKING = {"_id": 1, "issued_at": 1, "written_at": 1, "version": 1, "current": 1, "rolled_back": 1}
+_EXPORT_PAGE = 500
+"""Documents an export works out at once (it reads their versions from other batches)."""
+_RANKING = {"_id": 1, "doc_id": 1, "handler": 1, "issued_at": 1, "written_at": 1, "rolled_back": 1}
+"""What numbering and ranking a document's versions needs of each."""
 
 
-def _rank(raw: Mapping[str, Any]) -> tuple[datetime, int]:
-    return result_rank(raw.get("issued_at"), raw["written_at"], raw["version"])
+def _rank(raw: Mapping[str, Any]) -> tuple[datetime, datetime, str]:
+    return result_rank(raw.get("issued_at"), raw["written_at"], raw["_id"])
 
 
-def convergence(versions: Iterable[Mapping[str, Any]]) -> tuple[Any | None, list[Any]]:
-    """(the id of the version that must be current, the ids of those that must stop being).
+def standing(versions: Iterable[Mapping[str, Any]]) -> dict[Any, tuple[int, bool]]:
+    """Each version's (number, whether it is current), for every version of the (document,
+    handler) pairs ``versions`` holds — all of them, or the numbers and the choice are wrong.
 
-    ``versions`` is one (document, handler)'s versions as one reader saw them. Only versions
-    in that view are demoted, so a newer version another writer made current since survives a
-    stale view (its promotion then fails on the unique index, and the reader looks again).
+    Numbers count a document's versions in the order they were written (as the numbers stored
+    before results were insert-only were given); the current one is the highest-ranked version
+    not rolled back (:func:`docbus.records.result_rank`), if there is one.
     """
-    seen = list(versions)
-    live = [raw for raw in seen if not raw.get("rolled_back")]
-    top = max(live, key=_rank)["_id"] if live else None
-    demote = [raw["_id"] for raw in seen if raw.get("current") and raw["_id"] != top]
-    return top, demote
+    owners: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
+    for raw in versions:
+        owners.setdefault((raw["doc_id"], raw["handler"]), []).append(raw)
+    found: dict[Any, tuple[int, bool]] = {}
+    for owned in owners.values():
+        owned.sort(key=lambda raw: (raw["written_at"], raw["_id"]))
+        live = [raw for raw in owned if not raw.get("rolled_back")]
+        top = max(live, key=_rank)["_id"] if live else None
+        for number, raw in enumerate(owned, start=1):
+            found[raw["_id"]] = (number, raw["_id"] == top)
+    return found
 
 
 class ResultsMixin(StoreBase):
-    """Write, read, converge, withdraw and restore versioned handler results."""
+    """Write, read, withdraw and restore versioned handler results."""
 
     async def write_result(
         self,
@@ -72,123 +91,38 @@ class ResultsMixin(StoreBase):
         run_id: str | None = None,
         issued_at: datetime | None = None,
     ) -> ResultWrite:
-        """Write a handler's output as a new version, once per (message, handler).
+        """Store a handler's output as a new version, once per (message, handler): one
+        (grouped) insert, whatever versions the document has.
 
         ``run_id`` and ``issued_at`` name the run that sent the message and when it was
         issued (:attr:`docbus.envelope.Envelope.run` and ``issued_at``); without ``issued_at``
         the version ranks by when it is written. A second write for the same message and
-        handler — a redelivery, or a concurrent duplicate — creates nothing and returns the
-        first write with ``created=False``. Either way, on return exactly one version of
-        (doc_id, handler) is current. The write is durable (:mod:`docbus.store._base`).
+        handler — a redelivery, or a concurrent duplicate — stores nothing and returns
+        ``created=False``. The write is durable (:mod:`docbus.store._base`).
         """
         key = f"{handler}@{message_id}"
-        results = self._c("results")
-        created = False
         now = _now()
-
-        def version(number: int) -> dict[str, Any]:
-            return {
-                "_id": key,
-                "doc_id": doc_id,
-                "handler": handler,
-                "handler_version": handler_version,
-                "version": number,
-                # The first version of a document can be current at once: the partial
-                # unique index on current versions refuses a concurrent second one.
-                "current": number == 1,
-                "rolled_back": False,
-                "batch_id": batch_id,
-                "generation": generation,
-                "message_id": message_id,
-                "run_id": run_id,
-                "issued_at": issued_at or now,
-                "output": dict(output),
-                "written_at": now,
-                "delivery_count": delivery_count,
-            }
-
+        record = {
+            "_id": key,
+            "doc_id": doc_id,
+            "handler": handler,
+            "handler_version": handler_version,
+            "rolled_back": False,
+            "batch_id": batch_id,
+            "generation": generation,
+            "message_id": message_id,
+            "run_id": run_id,
+            "issued_at": issued_at or now,
+            "output": dict(output),
+            "written_at": now,
+            "delivery_count": delivery_count,
+        }
         with _translated(f"write result {key}"):
-            # Most writes are a document's first version: try that in one (grouped) insert.
-            # The unique indexes refuse it if this message wrote before (same _id), if the
-            # document has a version already, or if one is current; then go the careful way.
-            first = version(1)
             try:
-                await self._writer("results").write(InsertOne(first))
+                await self._writer("results").write(InsertOne(record))
             except DuplicateKeyError:
-                pass
-            else:
-                return ResultWrite(_result(first), True)
-            # A redelivery, or a re-run of a document with versions: as grouped as the first
-            # try, unless a concurrent writer of the same document gets in the way.
-            seen = await self._finder("results", "doc_id", _owner).find(
-                (doc_id, handler), doc_id, {"handler": handler}
-            )
-            quick = await self._write_next_version(seen, key, version)
-            if quick is not None:
-                return quick
-            for _ in range(_VERSION_ATTEMPTS):
-                existing = await results.find_one({"_id": key})
-                if existing is not None:
-                    break
-                last = await results.find_one(
-                    {"doc_id": doc_id, "handler": handler}, sort=[("version", DESCENDING)]
-                )
-                record = version(last["version"] + 1 if last else 1)
-                try:
-                    await results.insert_one(record)
-                except DuplicateKeyError:
-                    continue  # same key written concurrently, or the version number was taken
-                created = True
-                if record["current"]:
-                    return ResultWrite(_result(record), created)
-                break
-            else:
-                raise StoreError(f"write result {key}: no free version number after retries")
-            await self._converge(doc_id, handler)
-            stored = await results.find_one({"_id": key})
-        if stored is None:  # pragma: no cover - deleted behind our back
-            raise StoreError(f"write result {key}: record vanished")
-        return ResultWrite(_result(stored), created)
-
-    async def _write_next_version(
-        self,
-        seen: list[dict[str, Any]],
-        key: str,
-        version: Callable[[int], dict[str, Any]],
-    ) -> ResultWrite | None:
-        """The write of ``key`` in grouped commands, given every version of its document as
-        one grouped read ``seen`` them; None when a concurrent writer interfered (then the
-        careful way in :meth:`write_result` decides).
-
-        A redelivery whose versions are settled reads nothing more. A new version that ranks
-        top demotes the current one and is inserted current (durable, both grouped); between
-        the two nothing is current, which :meth:`current_result` reads through and which the
-        message's redelivery settles if this worker dies there — as the careful way's own
-        demote-then-promote does. A new version that does not rank top goes in not current.
-        A version this view missed makes the insert fail on a unique index (same version
-        number, or a second current one): the careful way then looks again.
-        """
-        mine = next((raw for raw in seen if raw["_id"] == key), None)
-        if mine is not None:
-            top, demote = convergence(seen)
-            settled = not demote and any(raw["_id"] == top and raw["current"] for raw in seen)
-            return ResultWrite(_result(mine), False) if settled else None
-        record = version(max((raw["version"] for raw in seen), default=0) + 1)
-        record["current"] = False
-        top, demote = convergence([*seen, record])
-        writer = self._writer("results")
-        if top == key:
-            record["current"] = True
-            if demote:
-                demotion = {"_id": {"$in": demote}, "current": True}
-                await writer.write(UpdateMany(demotion, {"$set": {"current": False}}))
-        elif demote or not any(raw["_id"] == top and raw["current"] for raw in seen):
-            return None  # the document's versions need converging: the careful way does it
-        try:
-            await writer.write(InsertOne(record))
-        except DuplicateKeyError:
-            return None
-        return ResultWrite(_result(record), True)
+                return ResultWrite(key, False)  # only `_id` is unique: this message wrote before
+        return ResultWrite(key, True)
 
     async def has_result(self, handler: str, message_id: str) -> bool:
         """Whether a delivery of ``message_id`` stored a result for ``handler`` already."""
@@ -196,51 +130,48 @@ class ResultsMixin(StoreBase):
         with _translated(f"read result {key}"):
             return await self._c("results").find_one({"_id": key}, {"_id": 1}) is not None
 
-    async def _converge(self, doc_id: str, handler: str) -> None:
-        """Make the top-ranked live version current and every other version not current."""
-        results = self._c("results")
-        scope = {"doc_id": doc_id, "handler": handler}
-        for _ in range(_CONVERGE_ATTEMPTS):
-            seen = [raw async for raw in results.find(scope, _RANKING)]
-            top, demote = convergence(seen)
-            if demote:
-                await results.update_many(
-                    {"_id": {"$in": demote}, "current": True}, {"$set": {"current": False}}
-                )
-            if top is None or any(raw["_id"] == top and raw["current"] for raw in seen):
-                return
-            try:
-                promoted = await results.update_one(
-                    {"_id": top, "rolled_back": False}, {"$set": {"current": True}}
-                )
-            except DuplicateKeyError:
-                continue  # another version became current meanwhile: look again
-            if promoted.matched_count:
-                return
-            # withdrawn meanwhile: look again
-        raise StoreError(f"results of {doc_id}/{handler}: current version did not settle")
-
     async def current_result(self, doc_id: str, handler: str) -> ResultRecord | None:
         """The current version of a handler's result for a document, if any."""
-        scope = {"doc_id": doc_id, "handler": handler, "rolled_back": False}
-        with _translated(f"read result {doc_id}/{handler}"):
-            raw = await self._c("results").find_one({**scope, "current": True})
-            if raw is None:  # mid-convergence: apply the same ranking
-                live = [raw async for raw in self._c("results").find(scope)]
-                raw = max(live, key=_rank) if live else None
-        return _result(raw) if raw else None
+        history = await self.result_history(doc_id, handler)
+        return next((record for record in history if record.current), None)
 
     async def iter_current_results(
         self, handler: str, *, batch_id: str | None = None
     ) -> AsyncIterator[ResultRecord]:
-        """The current version of every document a handler finished (of one batch), by
-        document id, read from the cursor one at a time (exports of any size)."""
-        query: dict[str, Any] = {"handler": handler, "current": True}
+        """The current version of every document a handler finished (whose current version
+        is of one batch), by document id, read a page of documents at a time (exports of any
+        size)."""
+        query: dict[str, Any] = {"handler": handler}
         if batch_id is not None:
             query["batch_id"] = batch_id
         with _translated(f"read current results of {handler}"):
-            async for raw in self._c("results").find(query).sort("doc_id", ASCENDING):
-                yield _result(raw)
+            page: list[dict[str, Any]] = []
+            cursor = self._c("results").find(query).sort("doc_id", ASCENDING)
+            async for raw in cursor:
+                if len(page) >= _EXPORT_PAGE and raw["doc_id"] != page[-1]["doc_id"]:
+                    for record in await self._current_of(page, handler, batch_id):
+                        yield record
+                    page = []
+                page.append(raw)
+            for record in await self._current_of(page, handler, batch_id):
+                yield record
+
+    async def _current_of(
+        self, page: list[dict[str, Any]], handler: str, batch_id: str | None
+    ) -> list[ResultRecord]:
+        """The current versions among ``page`` — every version of its documents of
+        ``handler``, or (``batch_id``) every version of that batch, whose documents' versions
+        of other batches are read here."""
+        versions = list(page)
+        if batch_id is not None and page:
+            others = {
+                "doc_id": {"$in": sorted({raw["doc_id"] for raw in page})},
+                "handler": handler,
+                "batch_id": {"$ne": batch_id},
+            }
+            versions.extend([raw async for raw in self._c("results").find(others, _RANKING)])
+        numbers = standing(versions)
+        return [_result(raw, *numbers[raw["_id"]]) for raw in page if numbers[raw["_id"]][1]]
 
     async def result_handlers(self) -> list[str]:
         """Every handler that has written a result, sorted."""
@@ -251,7 +182,9 @@ class ResultsMixin(StoreBase):
         """Every version of a handler's result for a document, oldest first."""
         with _translated(f"read result history {doc_id}/{handler}"):
             cursor = self._c("results").find({"doc_id": doc_id, "handler": handler})
-            return [_result(raw) async for raw in cursor.sort("version", ASCENDING)]
+            versions = [raw async for raw in cursor]
+        numbers = standing(versions)
+        return sorted((_result(raw, *numbers[raw["_id"]]) for raw in versions), key=_order)
 
     async def result_versions(
         self,
@@ -283,12 +216,14 @@ class ResultsMixin(StoreBase):
         if not include_rolled_back:
             query["rolled_back"] = False
         wanted = sorted(set(doc_ids)) if doc_ids is not None else None
-        found: list[ResultRecord] = []
+        found: list[dict[str, Any]] = []
         with _translated("read result versions"):
             for chunk in _chunks(wanted) if wanted is not None else [None]:
                 selector = query if chunk is None else {**query, "doc_id": {"$in": chunk}}
-                found.extend([_result(raw) async for raw in self._c("results").find(selector)])
-        return sorted(found, key=lambda r: (r.doc_id, r.handler, r.version))
+                found.extend([raw async for raw in self._c("results").find(selector)])
+            # Selected by document (and handler) only: these are every version of theirs.
+            whole = set(query) <= {"doc_id", "handler"}
+            return await self._records(found, whole=whole)
 
     async def run_result_versions(
         self,
@@ -320,31 +255,55 @@ class ResultsMixin(StoreBase):
             selectors.append({**base, "batch_id": publish_of, "generation": 0, "run_id": None})
         for chunk in _chunks(sorted(set(legacy_message_ids))):
             selectors.append({**base, "message_id": {"$in": chunk}, "run_id": None})
-        found: dict[str, ResultRecord] = {}
+        found: dict[str, dict[str, Any]] = {}
         with _translated("read the result versions of a run"):
             for selector in selectors:
                 async for raw in self._c("results").find(selector):
-                    found[raw["_id"]] = _result(raw)
-        return sorted(found.values(), key=lambda r: (r.doc_id, r.handler, r.version))
+                    found[raw["_id"]] = raw
+            return await self._records(list(found.values()))
+
+    async def _records(
+        self, versions: list[dict[str, Any]], *, whole: bool = False
+    ) -> list[ResultRecord]:
+        """``versions`` as records, by document, handler and version: numbered and marked
+        current among every version of their documents, which are read here unless they are
+        ``whole`` already (every version of each of their (document, handler) pairs)."""
+        if not versions:
+            return []
+        ranked: dict[Any, Mapping[str, Any]] = {}
+        if not whole:
+            owners: dict[str, set[str]] = {}
+            for raw in versions:
+                owners.setdefault(raw["handler"], set()).add(raw["doc_id"])
+            results = self._c("results")
+            for handler, docs in sorted(owners.items()):
+                for chunk in _chunks(sorted(docs)):
+                    query = {"doc_id": {"$in": chunk}, "handler": handler}
+                    async for raw in results.find(query, _RANKING):
+                        ranked[raw["_id"]] = raw
+        for raw in versions:  # as this read saw them (one written since is in `ranked` only)
+            ranked[raw["_id"]] = raw
+        numbers = standing(ranked.values())
+        return sorted((_result(raw, *numbers[raw["_id"]]) for raw in versions), key=_order)
 
     async def withdraw_results(
         self, version_ids: Collection[str], rollback_id: str
     ) -> list[ResultRecord]:
         """Mark these result versions rolled back by ``rollback_id`` (those not already
-        rolled back); each affected document's highest-ranked remaining version becomes
-        current. Returns the versions this call withdrew, as they are now."""
+        rolled back); each affected document's highest-ranked remaining version is current
+        from then on. Returns the versions this call withdrew, as they are now."""
         return await self._flip(
             [{"_id": {"$in": chunk}} for chunk in _chunks(sorted(set(version_ids)))],
             {"rolled_back": False},
-            {"$set": {"rolled_back": True, "current": False, "rolled_back_by": rollback_id,
+            {"$set": {"rolled_back": True, "rolled_back_by": rollback_id,
                       "rolled_back_at": _now()}},
             lambda record: record.rolled_back_by == rollback_id,
             f"roll back results ({rollback_id})",
         )  # fmt: skip
 
     async def restore_results(self, rollback_id: str) -> list[ResultRecord]:
-        """Put back every version ``rollback_id`` withdrew (and nothing else), converging each
-        affected document again. Returns the versions restored, as they are now."""
+        """Put back every version ``rollback_id`` withdrew (and nothing else). Returns the
+        versions restored, as they are now."""
         return await self._flip(
             [{}],
             {"rolled_back_by": rollback_id, "rolled_back": True},
@@ -364,9 +323,9 @@ class ResultsMixin(StoreBase):
         changed_here: Callable[[ResultRecord], bool],
         operation: str,
     ) -> list[ResultRecord]:
-        """Apply ``change`` to the versions ``selectors`` pick that meet ``condition``, then
-        converge their documents; the versions returned are those ``changed_here`` (a
-        concurrent run may have flipped one of them first)."""
+        """Apply ``change`` to the versions ``selectors`` pick that meet ``condition``; the
+        versions returned are those ``changed_here`` (a concurrent run may have flipped one
+        of them first)."""
         results = self._c("results")
         with _translated(operation):
             ids: list[str] = []
@@ -375,28 +334,25 @@ class ResultsMixin(StoreBase):
                 ids.extend([raw["_id"] async for raw in cursor])
             for chunk in _chunks(ids):
                 await results.update_many({**condition, "_id": {"$in": chunk}}, change)
-            for doc_id, handler in sorted({(r.doc_id, r.handler) for r in await self._by_ids(ids)}):
-                await self._converge(doc_id, handler)
-            changed = [record for record in await self._by_ids(ids) if changed_here(record)]
+            flipped: list[dict[str, Any]] = []
+            for chunk in _chunks(ids):
+                flipped.extend([raw async for raw in results.find({"_id": {"$in": chunk}})])
+            changed = [record for record in await self._records(flipped) if changed_here(record)]
         logger.info("%s: %d result version(s)", operation, len(changed))
         return changed
 
-    async def _by_ids(self, ids: Sequence[str]) -> list[ResultRecord]:
-        found: list[ResultRecord] = []
-        for chunk in _chunks(ids):
-            cursor = self._c("results").find({"_id": {"$in": chunk}})
-            found.extend([_result(raw) async for raw in cursor])
-        return sorted(found, key=lambda r: (r.doc_id, r.handler, r.version))
 
-
-def _owner(raw: Mapping[str, Any]) -> tuple[str, str]:
-    """Whose versions a result is: (document, handler)."""
-    return raw["doc_id"], raw["handler"]
+def _order(record: ResultRecord) -> tuple[str, str, int]:
+    return record.doc_id, record.handler, record.version
 
 
 def _chunks(values: Sequence[Any]) -> list[list[Any]]:
     return [list(values[i : i + _IN_CHUNK]) for i in range(0, len(values), _IN_CHUNK)]
 
 
-def _result(raw: Mapping[str, Any]) -> ResultRecord:
-    return ResultRecord.model_validate({**raw, "id": raw["_id"]})
+def _result(raw: Mapping[str, Any], version: int, current: bool) -> ResultRecord:
+    # `version` and `current` stored by versions written before results were insert-only
+    # are ignored: both are worked out from the document's versions (`standing`).
+    return ResultRecord.model_validate(
+        {**raw, "id": raw["_id"], "version": version, "current": current}
+    )

@@ -41,7 +41,7 @@ async def write_result(store: Store, i: int) -> object:
 
 
 async def results(store: Store) -> int:
-    return await store.database["results"].count_documents({"current": True})
+    return await store.database["current_results"].count_documents({})
 
 
 async def write_results_together(store: Store, i: int) -> object:

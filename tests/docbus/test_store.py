@@ -6,7 +6,6 @@ import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from pymongo.errors import DuplicateKeyError
 
 from docbus.envelope import ClaimCheck, Envelope, Source
 from docbus.local.mongo import LocalMongo
@@ -45,7 +44,8 @@ async def write(
         run_id=run or (batch if generation == 0 else f"replay-{generation}"),
         issued_at=issued or ISSUED + timedelta(minutes=generation),
     )
-    return outcome.record.version, outcome.created
+    history = await store.result_history(doc, handler)
+    return next(r.version for r in history if r.id == outcome.id), outcome.created
 
 
 async def current_versions(store: Store, doc: str = "d1", handler: str = "h") -> list[int]:
@@ -145,28 +145,35 @@ async def test_concurrent_generations_leave_the_highest_current(store: Store) ->
     assert [r.generation for r in history if r.current] == [4]
 
 
-def test_a_stale_view_never_demotes_a_version_it_did_not_see() -> None:
-    # A writer that read the versions before a newer one was made current demotes only what
-    # it saw: the newer version keeps its flag, and the stale writer's promotion then fails
-    # on the unique index of current versions, so it looks again.
-    from docbus.store._results import convergence
+def test_numbers_follow_the_writes_and_the_top_ranked_live_version_is_current() -> None:
+    from docbus.store._results import standing
 
-    def version(number: int, minutes: int, **flags: bool) -> dict[str, object]:
-        issued = ISSUED + timedelta(minutes=minutes)
-        return {"_id": f"v{number}", "version": number, "issued_at": issued,
-                "written_at": issued, "current": False, "rolled_back": False, **flags}  # fmt: skip
+    def version(key: str, issued_min: int, written_min: int, **fields: object) -> dict[str, object]:
+        return {"_id": key, "doc_id": "d1", "handler": "h", "rolled_back": False,
+                "issued_at": ISSUED + timedelta(minutes=issued_min),
+                "written_at": ISSUED + timedelta(minutes=written_min), **fields}  # fmt: skip
 
-    stale_view = [version(1, 0, current=True), version(2, 5)]
-    assert convergence(stale_view) == ("v2", ["v1"])  # v3 (current meanwhile) is not named
-    seen_later = [*stale_view, version(3, 9, current=True)]
-    assert convergence(seen_later) == ("v3", ["v1"])
-    withdrawn = [version(1, 0), version(2, 5, current=True, rolled_back=True)]
-    assert convergence(withdrawn) == ("v1", ["v2"])
-    assert convergence([version(1, 0, rolled_back=True)]) == (None, [])
-    # versions written before the issue time was stored rank by when they were written
-    legacy = {"_id": "old", "version": 4, "written_at": ISSUED + timedelta(minutes=7),
-              "current": True, "rolled_back": False}  # fmt: skip
-    assert convergence([legacy, version(5, 6)]) == ("old", [])
+    # numbered in the order written; the latest-issued run's version is current, even when a
+    # late redelivery of an older run was written after it
+    replay, late = version("h@replay", 5, 6), version("h@late", 0, 9)
+    assert standing([late, replay]) == {"h@replay": (1, True), "h@late": (2, False)}
+    # rolled back versions keep their number and are never current; none left: none current
+    assert standing([late, {**replay, "rolled_back": True}]) == {
+        "h@replay": (1, False), "h@late": (2, True)
+    }  # fmt: skip
+    assert standing([{**late, "rolled_back": True}]) == {"h@late": (1, False)}
+    # versions written before the issue time was stored rank by when they were written; a
+    # tie within one millisecond goes by id; flags older docbus versions stored are ignored
+    legacy = {**version("h@old", 0, 7), "issued_at": None, "current": False, "version": 4}
+    assert standing([legacy, version("h@new", 6, 1, current=True)]) == {
+        "h@new": (1, False), "h@old": (2, True)
+    }  # fmt: skip
+    assert standing([version("h@b", 3, 3), version("h@a", 3, 3)]) == {
+        "h@a": (1, False), "h@b": (2, True)
+    }  # fmt: skip
+    # each (document, handler) on its own
+    other = {**version("h@x", 0, 0), "doc_id": "d2"}
+    assert standing([replay, other]) == {"h@replay": (1, True), "h@x": (1, True)}
 
 
 async def test_a_rerun_under_a_new_batch_wins_over_an_older_batchs_replay(store: Store) -> None:
@@ -183,26 +190,46 @@ async def test_a_rerun_under_a_new_batch_wins_over_an_older_batchs_replay(store:
     assert await current_versions(store) == [3]
 
 
-async def test_partial_unique_index_forbids_two_current_versions(store: Store) -> None:
-    await write(store)
+async def test_a_database_of_an_older_docbus_keeps_its_versions_and_current(
+    store: Store,
+) -> None:
+    # Before results were insert-only: a stored version number (unique per document), a
+    # stored `current` flag (a partial unique index), and one document mid-convergence with
+    # no flag at all. Its indexes would refuse insert-only versions: ensure_indexes drops them.
     results = store.database["results"]
-    # SecantusDB enforces partialFilterExpression: a second current version is refused...
-    with pytest.raises(DuplicateKeyError):
-        await results.insert_one(
-            {"_id": "x", "doc_id": "d1", "handler": "h", "version": 9, "current": True}
-        )
-    # ...while any number of non-current versions are fine
-    await results.insert_one(
-        {"_id": "y", "doc_id": "d1", "handler": "h", "version": 10, "current": False}
-    )
-
-
-async def test_current_result_reads_through_the_convergence_gap(store: Store) -> None:
-    await write(store, generation=0)
-    await write(store, generation=1)
-    await store.database["results"].update_many({}, {"$set": {"current": False}})
-    current = await store.current_result("d1", "h")
-    assert current is not None and current.generation == 1
+    await results.drop_indexes()
+    await results.create_index([("doc_id", 1), ("handler", 1), ("version", 1)], unique=True,
+                                name="one_version_number")  # fmt: skip
+    await results.create_index([("doc_id", 1), ("handler", 1)], unique=True,
+                               name="one_current_version",
+                               partialFilterExpression={"current": True})  # fmt: skip
+    old = {"handler": "h", "handler_version": "1", "rolled_back": False, "batch_id": "b1",
+           "output": {}, "run_id": "b1", "issued_at": ISSUED}  # fmt: skip
+    await results.insert_many([
+        {**old, "_id": "h@m1", "doc_id": "d1", "message_id": "m1", "version": 1,
+         "current": True, "written_at": ISSUED},
+        {**old, "_id": "h@m2", "doc_id": "d2", "message_id": "m2", "version": 1,
+         "current": False, "written_at": ISSUED},
+    ])  # fmt: skip
+    await store.ensure_indexes()
+    names = {raw["name"] async for raw in await results.list_indexes()}
+    assert not names & {"one_version_number", "one_current_version"}, names
+    # the mid-convergence document has its current version all the same
+    current = await store.current_result("d2", "h")
+    assert current is not None and (current.id, current.version) == ("h@m2", 1)
+    # a re-run (two writers, say an older and a newer run's delivery) adds versions that
+    # the old unique version number would have refused
+    await write(store, batch="b2", doc="d1", issued=ISSUED + timedelta(days=1))
+    await write(store, batch="b3", doc="d1", issued=ISSUED + timedelta(days=2))
+    history = await store.result_history("d1", "h")
+    assert [(r.id, r.version, r.current) for r in history] == [
+        ("h@m1", 1, False), ("h@b2:d1:0", 2, False), ("h@b3:d1:0", 3, True)
+    ]  # fmt: skip
+    # the view people query agrees, and drops the stale flags
+    view = [raw async for raw in store.database["current_results"].find().sort("doc_id", 1)]
+    assert [(raw["_id"], "current" in raw) for raw in view] == [
+        ("h@b3:d1:0", False), ("h@m2", False)
+    ]  # fmt: skip
 
 
 async def test_results_are_per_handler(store: Store) -> None:

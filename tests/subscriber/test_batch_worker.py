@@ -139,7 +139,7 @@ async def count(stack: Stack, collection: str, query: dict[str, Any] | None = No
 
 async def assert_all_done(stack: Stack, documents: int) -> list[dict[str, Any]]:
     """Every document has one current result, none is dead or parked; returns the results."""
-    results = [r async for r in stack.store.database["results"].find({"current": True})]
+    results = [r async for r in stack.store.database["current_results"].find({})]
     assert sorted(r["doc_id"] for r in results) == sorted(f"d{i}" for i in range(documents))
     assert await count(stack, "dead_letters") == 0
     assert await count(stack, "parked") == 0
@@ -242,7 +242,7 @@ async def test_a_quota_refusal_at_create_backs_off_and_dead_letters_nothing(
             llm_server.configure(batch={"in_progress_seconds": 0.2, "quota_at_create": False})
 
             async def all_done() -> bool:
-                return await count(stack, "results", {"current": True}) == documents
+                return await count(stack, "current_results") == documents
 
             await wait_for(all_done, "every document once the quota is back")
         finally:
@@ -283,7 +283,7 @@ async def test_a_bad_key_holds_the_round_without_dead_letters_until_the_key_work
             llm_server.configure(api_key=KEY)  # the operator fixes the key
 
             async def all_done() -> bool:
-                return await count(stack, "results", {"current": True}) == documents
+                return await count(stack, "current_results") == documents
 
             await wait_for(all_done, "every document once the key works")
             assert not worker.paused  # closed when the Batch API took the key again
@@ -408,7 +408,7 @@ async def test_schema_failures_are_re_asked_in_the_next_round(
     llm_server.configure(faults={"rate_schema": 0.4})
     await publish(stack, documents)
     await run_worker(stack, llm)
-    done = {r["doc_id"] async for r in stack.store.database["results"].find({"current": True})}
+    done = {r["doc_id"] async for r in stack.store.database["current_results"].find({})}
     dead = [d async for d in stack.store.database["dead_letters"].find()]
     assert {d["reason"] for d in dead} <= {"SchemaValidationFailed"}
     # every document ends as exactly one result or one dead letter
@@ -449,7 +449,7 @@ async def test_a_worker_killed_while_a_resumed_delivery_runs_strands_nothing(
     # a resumed delivery's record is fetched back once its worker has surely gone
     monkeypatch.setattr(parked_module, "UNCONFIRMED_AFTER", timedelta(seconds=3))
     await run_worker(stack, llm, [three_steps])
-    assert await count(stack, "results", {"current": True}) == documents
+    assert await count(stack, "current_results") == documents
     assert await count(stack, "parked") == 0
     assert await count(stack, "dead_letters") == 0
 

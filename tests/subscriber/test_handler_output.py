@@ -29,7 +29,7 @@ async def test_outputs_are_stored_faithfully_or_dead_lettered_naming_the_field(
     await run_worker(stack, output_handlers)
     results = {
         (r["handler"], r["doc_id"]): r["output"]
-        async for r in stack.store.database["results"].find({"current": True})
+        async for r in stack.store.database["current_results"].find({})
     }
     dead = {
         (r["handler"], r["doc_id"]): r async for r in stack.store.database["dead_letters"].find({})

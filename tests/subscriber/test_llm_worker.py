@@ -69,7 +69,7 @@ async def wait_for(condition: Callable[[], Any], what: str, within: float = 30) 
 
 
 async def current_results(stack: Stack) -> int:
-    return int(await stack.store.database["results"].count_documents({"current": True}))
+    return int(await stack.store.database["current_results"].count_documents({}))
 
 
 async def test_three_step_documents_finish_with_every_call_audited(
@@ -160,7 +160,7 @@ async def test_a_bad_api_key_pauses_the_worker_and_it_resumes_when_fixed(
         report = await asyncio.wait_for(running, 30)
     assert await stack.store.database["dead_letters"].count_documents({}) == 0
     assert await stack.store.database["parked"].count_documents({}) == 0
-    results = [r async for r in stack.store.database["results"].find({"current": True})]
+    results = [r async for r in stack.store.database["current_results"].find({})]
     assert max(r["delivery_count"] for r in results) == 1  # no delivery attempt was spent
     # in-flight deliveries may have parked after the snapshot; none was lost either way
     assert report.count(report_action("parked")) >= parked_while_paused

@@ -66,7 +66,7 @@ async def test_a_mongo_freeze_loses_no_audit_row_and_redoes_no_step(
             os.kill(pid, signal.SIGCONT)
         await asyncio.wait_for(running, 120)
     db = stack.store.database
-    assert await db["results"].count_documents({"current": True}) == DOCUMENTS
+    assert await db["current_results"].count_documents({}) == DOCUMENTS
     requests = llm_server.stats()["requests"]
     assert await db["llm_calls"].count_documents({}) == requests  # every call audited
     assert requests == DOCUMENTS * STEPS  # and no finished step ran again

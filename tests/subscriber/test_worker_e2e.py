@@ -44,7 +44,9 @@ async def invocations(stack: Stack, doc_id: str, event: str = "start") -> list[d
 
 
 async def current_results(stack: Stack, doc_id: str) -> list[dict[str, Any]]:
-    cursor = stack.store.database["results"].find({"doc_id": doc_id, "current": True})
+    """Every result version of a document: one after one run (a redelivery stores none),
+    which is then its current one."""
+    cursor = stack.store.database["results"].find({"doc_id": doc_id})
     return [doc async for doc in cursor]
 
 
