@@ -18,17 +18,14 @@ up), :mod:`docbus.store`.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
 import json
-import os
-import sys
-from collections.abc import Callable, Iterator
-from pathlib import Path
-from typing import IO, Any, Literal
+from collections.abc import Callable
+from typing import IO, Any
 
 from rich.console import Console
 
+from docbus.cli.export import Format, add_destination_arguments, destination, export_format
 from docbus.cli.render import make_console
 from docbus.ops import NotFound
 from docbus.ops.audit import EXPORT_FIELDS, ExportFilter, export_rows
@@ -43,8 +40,6 @@ __all__ = [
     "export_calls",
     "run",
 ]
-
-Format = Literal["jsonl", "csv"]
 
 EXIT_CODES = {1: "no LLM call matches the selection, or the export could not be written"}
 
@@ -105,22 +100,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     export.add_argument("--step", metavar="NAME", help="only calls made in this step")
     export.add_argument("--handler", metavar="NAME", help="only calls of this handler")
     export.add_argument("--doc", metavar="ID", help="only calls about this document")
-    export.add_argument(
-        "--format",
-        choices=("jsonl", "csv"),
-        help="jsonl or csv (messages and parsed output JSON-encoded); default: csv when "
-        "--output ends in .csv, else jsonl",
-    )
-    export.add_argument(
-        "--output", "-o", type=Path, metavar="FILE", help="write here (default: stdout)"
-    )
-
-
-def _format(args: argparse.Namespace) -> Format:
-    if args.format is not None:
-        return "csv" if args.format == "csv" else "jsonl"
-    output: Path | None = args.output
-    return "csv" if output is not None and output.suffix.lower() == ".csv" else "jsonl"
+    add_destination_arguments(export, "messages and parsed output JSON-encoded")
 
 
 def run(
@@ -132,9 +112,9 @@ def run(
 
     errors = errors or make_console(stderr=True)
     selection = ExportFilter(args.batch, step=args.step, handler=args.handler, doc_id=args.doc)
-    fmt = _format(args)
+    fmt = export_format(args)
     try:
-        with _destination(args.output, stdout) as stream:
+        with destination(args.output, stdout) as stream:
             writer = RowWriter(stream, fmt)
             count = run_async(lambda settings: _export(settings, selection, writer, errors))
             if count == 0:
@@ -176,20 +156,3 @@ async def _export(
         if count == 0 and await store.get_batch(selection.batch_id) is None:
             raise no_batch(selection.batch_id)  # not "no calls match": there is no such batch
         return count
-
-
-@contextlib.contextmanager
-def _destination(output: Path | None, stdout: IO[str] | None) -> Iterator[IO[str]]:
-    """stdout, or ``output`` written through ``output.partial`` and renamed when complete."""
-    if output is None:
-        stream = stdout or sys.stdout
-        yield stream
-        stream.flush()
-        return
-    partial = output.with_name(output.name + ".partial")
-    try:
-        with partial.open("w", encoding="utf-8", newline="") as stream:
-            yield stream
-        os.replace(partial, output)
-    finally:
-        partial.unlink(missing_ok=True)

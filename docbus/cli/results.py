@@ -1,4 +1,5 @@
-"""``docbus results``: a document's results — ``history`` (every version) and ``show`` (one).
+"""``docbus results``: a document's results — ``history`` (every version) and ``show`` (one) —
+and ``export``, a handler's current results.
 
 Every time a handler finishes a document (a first delivery, a replay, a batch replay under a new
 handler version) :meth:`docbus.store.Store.write_result` keeps a new version; exactly one that is
@@ -10,32 +11,51 @@ prints the current version's output (``--version N``: any version); the output i
 escaped: it cannot move the cursor, recolour the terminal or reorder what is shown. Both take
 ``--json`` (one JSON document on stdout); errors go to stderr, and a document (or version) with
 no result is one line and exit 1.
+
+``export --handler H [--batch B]`` writes every current result of a handler (whose current
+version is of batch B), by document id: JSONL, one object per document with its output as the
+handler returned it, or CSV, ``doc_id, batch_id, version`` then the output flattened
+(:func:`docbus.ops.aggregate.flatten`). Both stream from the store in constant memory (CSV reads
+the results twice: once for its header); ``--output`` is written whole or not at all
+(:mod:`docbus.cli.export`).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import csv
 import json
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import IO, Any
 
 from rich.console import Console
 from rich.text import Text
 
 from docbus.cli.arguments import positive_int
+from docbus.cli.export import Format, add_destination_arguments, destination, export_format
 from docbus.cli.render import Table, make_console, untrusted
 from docbus.ops import NotFound
 from docbus.ops._not_found import NameOne
+from docbus.ops.aggregate import EXPORT_PREFIX, current_rows
 from docbus.ops.results import choose_result, result_history, result_json, result_state
 from docbus.records import ResultRecord
 from docbus.settings import Settings
 from docbus.store import Store
 from docbus.text import visible
 
-__all__ = ["EXIT_CODES", "add_arguments", "history_table", "run", "safe_text"]
+__all__ = [
+    "EXIT_CODES",
+    "add_arguments",
+    "export_current_results",
+    "history_table",
+    "run",
+    "safe_text",
+]
 
 EXIT_CODES = {
-    1: "the document has no result (of that handler, or of that version)",
+    1: "the document has no result (of that handler, or of that version); export: no current "
+    "result matches, or the export could not be written",
     2: "usage error, e.g. the document has results of several handlers and --handler names "
     "none of them",
 }
@@ -82,7 +102,9 @@ def safe_text(text: str) -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    commands = parser.add_subparsers(dest="results_command", required=True, metavar="history|show")
+    commands = parser.add_subparsers(
+        dest="results_command", required=True, metavar="history|show|export"
+    )
     history = commands.add_parser("history", help="every result version of a document")
     history.add_argument("doc", metavar="DOC", help="the document id")
     history.add_argument("--handler", metavar="NAME", help="only this handler's versions")
@@ -97,14 +119,128 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--version", type=positive_int, metavar="N", help="this version, current or not"
     )
     show.add_argument("--json", action="store_true", help="print one JSON document")
+    export = commands.add_parser(
+        "export", help="every current result of a handler (of one batch), by document id"
+    )
+    export.add_argument("--handler", required=True, metavar="NAME", help="the handler")
+    export.add_argument(
+        "--batch", metavar="ID", help="only documents whose current result is of this batch"
+    )
+    add_destination_arguments(export, "the output flattened: nested fields by dotted path")
 
 
-def run(args: argparse.Namespace, *, console: Console | None = None) -> int:
+def run(
+    args: argparse.Namespace, *, console: Console | None = None, stdout: IO[str] | None = None
+) -> int:
     from docbus.cli import run_async  # failures: one line on stderr, by the CLI's runner
 
+    if args.results_command == "export":
+        return _export(args, stdout)
     console = console or make_console()
     command = _show if args.results_command == "show" else _history
     return run_async(lambda settings: command(settings, args, console))
+
+
+def _export(args: argparse.Namespace, stdout: IO[str] | None) -> int:
+    from docbus.cli import run_async, say_error
+
+    errors = make_console(stderr=True)
+    fmt = export_format(args)
+    selection = f"handler {args.handler!r}" + (f" in batch {args.batch!r}" if args.batch else "")
+    try:
+        with destination(args.output, stdout) as stream:
+            count = run_async(lambda settings: _write_export(settings, args, fmt, stream, errors))
+            if count == 0:
+                raise _NothingMatched
+    except _NothingMatched:
+        say_error("results export", f"no current results of {selection}")
+        return 1
+    except BrokenPipeError:
+        raise  # the reader went away (`| head`): the runner ends quietly
+    except OSError as exc:
+        say_error("results export", f"cannot write the export: {exc}")
+        return 1
+    where = str(args.output) if args.output is not None else "stdout"
+    errors.print(f"exported {count:,} current result(s) as {fmt} to {where}", highlight=False)
+    return 0
+
+
+class _NothingMatched(Exception):
+    pass
+
+
+async def _write_export(
+    settings: Settings, args: argparse.Namespace, fmt: Format, stream: IO[str], errors: Console
+) -> int:
+    async with Store.from_settings(settings) as store:
+        with (
+            errors.status("exporting…")
+            if errors.is_terminal
+            else contextlib.nullcontext() as status
+        ):
+
+            def progress(count: int) -> None:
+                if status is not None and count % 500 == 0:
+                    status.update(f"exporting… {count:,} results")
+
+            return await export_current_results(
+                store, args.handler, fmt, stream, batch_id=args.batch, on_row=progress
+            )
+
+
+async def export_current_results(
+    store: Store,
+    handler: str,
+    fmt: Format,
+    stream: IO[str],
+    *,
+    batch_id: str | None = None,
+    on_row: Callable[[int], None] | None = None,
+) -> int:
+    """Write a handler's current results (of one batch) to ``stream``; returns how many."""
+    count = 0
+    if fmt == "jsonl":
+        async for record in store.iter_current_results(handler, batch_id=batch_id):
+            # ASCII-only, as `show --json`: a result is a handler's (often an LLM's) text,
+            # which escaped cannot act on a terminal the lines go to; parsers read it back.
+            stream.write(json.dumps(_export_json(record), ensure_ascii=True, default=str) + "\n")
+            count += 1
+            if on_row is not None:
+                on_row(count)
+        return count
+    header: dict[str, None] = dict.fromkeys(EXPORT_PREFIX)
+    async for row in current_rows(store, handler, batch_id=batch_id):
+        header.update(dict.fromkeys(row))
+    writer = csv.DictWriter(stream, fieldnames=list(header), lineterminator="\n")
+    shown = stream.isatty()  # a terminal gets untrusted text escaped; a file or pipe, as it is
+    async for row in current_rows(store, handler, batch_id=batch_id):
+        if count == 0:
+            writer.writeheader()
+        writer.writerow({name: _csv_cell(value, shown) for name, value in row.items()})
+        count += 1
+        if on_row is not None:
+            on_row(count)
+    return count
+
+
+def _csv_cell(value: Any, shown: bool) -> Any:
+    if value is None:
+        return ""
+    return safe_text(value) if shown and isinstance(value, str) else value
+
+
+def _export_json(record: ResultRecord) -> dict[str, Any]:
+    return {
+        "doc_id": record.doc_id,
+        "handler": record.handler,
+        "batch_id": record.batch_id,
+        "version": record.version,
+        "handler_version": record.handler_version,
+        "run_id": record.run_id,
+        "generation": record.generation,
+        "written_at": record.written_at.isoformat(),
+        "output": record.output,
+    }
 
 
 def _print_json(console: Console, data: Any) -> None:

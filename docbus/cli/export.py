@@ -1,0 +1,57 @@
+"""Where the CLI's exports go: ``--format jsonl|csv`` and ``--output FILE`` (default stdout).
+
+Shared by ``docbus audit export`` (:mod:`docbus.cli.audit`) and ``docbus results export``
+(:mod:`docbus.cli.results`). With ``--output`` an export is written to ``FILE.partial`` and
+renamed to ``FILE`` only once complete, so an interrupted export never leaves a file that looks
+whole; the format defaults to the file's suffix (``.csv``), else JSONL.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Literal
+
+__all__ = ["Format", "add_destination_arguments", "destination", "export_format"]
+
+Format = Literal["jsonl", "csv"]
+
+
+def add_destination_arguments(parser: argparse.ArgumentParser, csv_note: str) -> None:
+    """``--format`` and ``--output``; ``csv_note`` says how CSV cells are made."""
+    parser.add_argument(
+        "--format",
+        choices=("jsonl", "csv"),
+        help=f"jsonl or csv ({csv_note}); default: csv when --output ends in .csv, else jsonl",
+    )
+    parser.add_argument(
+        "--output", "-o", type=Path, metavar="FILE", help="write here (default: stdout)"
+    )
+
+
+def export_format(args: argparse.Namespace) -> Format:
+    if args.format is not None:
+        return "csv" if args.format == "csv" else "jsonl"
+    output: Path | None = args.output
+    return "csv" if output is not None and output.suffix.lower() == ".csv" else "jsonl"
+
+
+@contextlib.contextmanager
+def destination(output: Path | None, stdout: IO[str] | None) -> Iterator[IO[str]]:
+    """stdout, or ``output`` written through ``output.partial`` and renamed when complete."""
+    if output is None:
+        stream = stdout or sys.stdout
+        yield stream
+        stream.flush()
+        return
+    partial = output.with_name(output.name + ".partial")
+    try:
+        with partial.open("w", encoding="utf-8", newline="") as stream:
+            yield stream
+        os.replace(partial, output)
+    finally:
+        partial.unlink(missing_ok=True)
