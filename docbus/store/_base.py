@@ -99,6 +99,8 @@ class StoreBase:
         self._db: AsyncDatabase[dict[str, Any]] | None = None
         self._writers: dict[str, GroupWriter] = {}
         self._finders: dict[str, GroupFinder[Any]] = {}
+        # collection objects of the connected client: a worker asks for a few per message
+        self._collections: dict[tuple[str, bool], AsyncCollection[dict[str, Any]]] = {}
 
     def __repr__(self) -> str:
         uri = mask_mongo_uri(self._uri.get_secret_value())
@@ -133,6 +135,7 @@ class StoreBase:
             await writer.drain()
         if self._client is not None:
             client, self._client, self._db = self._client, None, None
+            self._collections.clear()
             await client.close()
 
     async def __aenter__(self) -> Self:
@@ -171,9 +174,12 @@ class StoreBase:
         """Collection ``name``; ``durable=False`` only for the writes behind a handler that a
         durable write of the same delivery follows (see the module docstring), and for hints
         that nothing depends on (retry notes)."""
-        if durable:
-            return self.database[name]
-        return self.database.get_collection(name, write_concern=WriteConcern())
+        collection = self._collections.get((name, durable))
+        if collection is None:
+            concern = None if durable else WriteConcern()  # None: the database's (durable)
+            collection = self.database.get_collection(name, write_concern=concern)
+            self._collections[(name, durable)] = collection
+        return collection
 
     def _writer(self, name: str, *, durable: bool = True) -> GroupWriter:
         """The group writer of collection ``name`` (see :mod:`docbus.store._group`): for the
