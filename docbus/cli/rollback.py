@@ -13,12 +13,13 @@ first, as ``running``); every write is durable (:mod:`docbus.store`).
 exactly the versions one rollback withdrew (``--undo ROLLBACK_ID``), recorded as an undo.
 
 A document is never left without a current version while it has one that is not withdrawn: the
-store converges each document touched. A rollback of what is rolled back already withdraws
-nothing and says so; an unknown batch, replay or rollback is one line on stderr, exit 1, and no
-record. Versions a run writes after its rollback (messages still in flight) are not withdrawn:
-roll a run back once it has finished. The command asks for confirmation like ``docbus replay``
-(:mod:`docbus.cli.confirm`); ``--json`` prints one JSON document instead of tables. Neighbours:
-:mod:`docbus.cli.results` shows the versions, :mod:`publisher.replay` names replay runs.
+current version is worked out from the versions left whenever it is read. A rollback of what is
+rolled back already withdraws nothing and says so; an unknown batch, replay or rollback is one line
+on stderr, exit 1, and no record. Versions a run writes after its rollback (messages still in
+flight) are not withdrawn: roll a run back once it has finished. The command asks for confirmation
+like ``docbus replay`` (:mod:`docbus.cli.confirm`); ``--json`` prints one JSON document instead of
+tables. Neighbours: :mod:`docbus.cli.results` shows the versions, :mod:`publisher.replay` names
+replay runs.
 """
 
 from __future__ import annotations

@@ -12,12 +12,12 @@ every write is durable (:mod:`docbus.store`). :func:`plan_undo` and the same :fu
 restore exactly the versions one rollback withdrew, recorded as an undo.
 
 A document is never left without a current version while it has one that is not withdrawn: the
-store converges each document touched. A rollback of what is rolled back already withdraws
-nothing and says so; an unknown batch, replay or rollback is a :class:`RollbackError` and no
-record. Versions a run writes after its rollback (messages still in flight) are not withdrawn:
-roll a run back once it has finished. Neighbours: :mod:`docbus.cli.rollback` (``docbus
-rollback``: confirmation, tables, ``--json``), :mod:`docbus.ops.results` shows the versions,
-:mod:`publisher.replay` names replay runs.
+current version is worked out from the versions left whenever it is read. A rollback of what is
+rolled back already withdraws nothing and says so; an unknown batch, replay or rollback is a
+:class:`RollbackError` and no record. Versions a run writes after its rollback (messages still in
+flight) are not withdrawn: roll a run back once it has finished. Neighbours:
+:mod:`docbus.cli.rollback` (``docbus rollback``: confirmation, tables, ``--json``),
+:mod:`docbus.ops.results` shows the versions, :mod:`publisher.replay` names replay runs.
 """
 
 from __future__ import annotations
