@@ -26,6 +26,7 @@ updates results ever see, made by an operator. Replay generations come from
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import AsyncIterator, Callable, Collection, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
@@ -35,7 +36,7 @@ from pymongo.errors import DuplicateKeyError
 
 from docbus.records import ResultRecord, ResultWrite, result_rank
 from docbus.store._base import StoreBase, _now
-from docbus.store._errors import _translated
+from docbus.store._errors import StoreError, _translated
 
 # The package's name, not this private module's: the store logged as ``docbus.store`` before
 # it was split, and logging configuration keyed on that name must keep working.
@@ -120,9 +121,25 @@ class ResultsMixin(StoreBase):
         with _translated(f"write result {key}"):
             try:
                 await self._writer("results").write(InsertOne(record))
-            except DuplicateKeyError:
-                return ResultWrite(key, False)  # only `_id` is unique: this message wrote before
+            except DuplicateKeyError as exc:
+                if not await self._refused_as_written(key, exc):
+                    raise StoreError(
+                        f"write result {key}: refused by the results index "
+                        f"{_index_of(exc)} of an older docbus; run `docbus worker` once (or "
+                        "Store.ensure_indexes()), which replaces it"
+                    ) from exc
+                return ResultWrite(key, False)
         return ResultWrite(key, True)
+
+    async def _refused_as_written(self, key: str, exc: DuplicateKeyError) -> bool:
+        """Whether a refused result insert is this message's earlier write (a redelivery),
+        not a unique index that ``ensure_indexes`` has not replaced yet — which would lose
+        the result if taken for one."""
+        pattern = (exc.details or {}).get("keyPattern")
+        if pattern is not None and dict(pattern) == {"_id": 1}:
+            return True
+        # another index, or a server that does not say which: look
+        return await self._c("results").find_one({"_id": key}, {"_id": 1}) is not None
 
     async def has_result(self, handler: str, message_id: str) -> bool:
         """Whether a delivery of ``message_id`` stored a result for ``handler`` already."""
@@ -340,6 +357,11 @@ class ResultsMixin(StoreBase):
             changed = [record for record in await self._records(flipped) if changed_here(record)]
         logger.info("%s: %d result version(s)", operation, len(changed))
         return changed
+
+
+def _index_of(exc: DuplicateKeyError) -> str:
+    found = re.search(r"index: (\S+)", str(exc))
+    return found.group(1) if found else "(unnamed)"
 
 
 def _order(record: ResultRecord) -> tuple[str, str, int]:

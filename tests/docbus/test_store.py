@@ -232,6 +232,21 @@ async def test_a_database_of_an_older_docbus_keeps_its_versions_and_current(
     ]  # fmt: skip
 
 
+async def test_a_result_refused_by_an_older_docbus_index_is_an_error_not_a_redelivery(
+    store: Store,
+) -> None:
+    # A store used before ensure_indexes dropped the old unique version index: the second
+    # version of a document (no stored number: null twice) is refused by that index. That
+    # must fail the delivery, not pass for "this message wrote before" and lose the result.
+    await store.database["results"].create_index(
+        [("doc_id", 1), ("handler", 1), ("version", 1)], unique=True, name="one_version_number"
+    )
+    await write(store, batch="b1")
+    with pytest.raises(StoreError, match=r"one_version_number.*ensure_indexes"):
+        await write(store, batch="b2", issued=ISSUED + timedelta(days=1))
+    assert await write(store, batch="b1") == (1, False)  # a true redelivery still is one
+
+
 async def test_results_are_per_handler(store: Store) -> None:
     await write(store, handler="entities")
     await write(store, handler="risk")
