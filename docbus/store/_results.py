@@ -46,6 +46,8 @@ _IN_CHUNK = 1000
 """Values per ``$in`` (a batch's rollback may name many thousands of versions)."""
 _EXPORT_PAGE = 500
 """Documents an export works out at once (it reads their versions from other batches)."""
+_RANGE_SLACK = 10
+"""Versions per wanted document a range read may return before ``$in`` is used instead."""
 _RANKING = {"_id": 1, "doc_id": 1, "handler": 1, "issued_at": 1, "written_at": 1, "rolled_back": 1}
 """What numbering and ranking a document's versions needs of each."""
 
@@ -179,15 +181,11 @@ class ResultsMixin(StoreBase):
         """The current versions among ``page`` — every version of its documents of
         ``handler``, or (``batch_id``) every version of that batch, whose documents' versions
         of other batches are read here."""
-        versions = list(page)
+        versions = {raw["_id"]: raw for raw in page}
         if batch_id is not None and page:
-            others = {
-                "doc_id": {"$in": sorted({raw["doc_id"] for raw in page})},
-                "handler": handler,
-                "batch_id": {"$ne": batch_id},
-            }
-            versions.extend([raw async for raw in self._c("results").find(others, _RANKING)])
-        numbers = standing(versions)
+            for raw in await self._versions_of(handler, sorted({raw["doc_id"] for raw in page})):
+                versions.setdefault(raw["_id"], raw)
+        numbers = standing(versions.values())
         return [_result(raw, *numbers[raw["_id"]]) for raw in page if numbers[raw["_id"]][1]]
 
     async def result_handlers(self) -> list[str]:
@@ -292,16 +290,32 @@ class ResultsMixin(StoreBase):
             owners: dict[str, set[str]] = {}
             for raw in versions:
                 owners.setdefault(raw["handler"], set()).add(raw["doc_id"])
-            results = self._c("results")
             for handler, docs in sorted(owners.items()):
                 for chunk in _chunks(sorted(docs)):
-                    query = {"doc_id": {"$in": chunk}, "handler": handler}
-                    async for raw in results.find(query, _RANKING):
+                    for raw in await self._versions_of(handler, chunk):
                         ranked[raw["_id"]] = raw
         for raw in versions:  # as this read saw them (one written since is in `ranked` only)
             ranked[raw["_id"]] = raw
         numbers = standing(ranked.values())
         return sorted((_result(raw, *numbers[raw["_id"]]) for raw in versions), key=_order)
+
+    async def _versions_of(self, handler: str, doc_ids: list[str]) -> list[dict[str, Any]]:
+        """What ranking needs of every version of these documents (sorted ids) of ``handler``.
+
+        Read as the range of ids from the first to the last when that range holds not too many
+        other documents' versions — documents of one batch usually sit together, and a range
+        is one index walk (~0.03 ms per version on SecantusDB) where ``$in`` is one lookup per
+        id (~0.5 ms: a 75,000-document export spent a minute on them) — by ``$in`` otherwise.
+        """
+        results = self._c("results")
+        span = {"doc_id": {"$gte": doc_ids[0], "$lte": doc_ids[-1]}, "handler": handler}
+        most = _RANGE_SLACK * len(doc_ids) + 16
+        found = await results.find(span, _RANKING).limit(most).to_list()
+        if len(found) < most:
+            wanted = set(doc_ids)
+            return [raw for raw in found if raw["doc_id"] in wanted]
+        listed = {"doc_id": {"$in": doc_ids}, "handler": handler}
+        return await results.find(listed, _RANKING).to_list()
 
     async def withdraw_results(
         self, version_ids: Collection[str], rollback_id: str
