@@ -15,6 +15,7 @@ import hashlib
 import importlib
 import importlib.util
 import os
+import re
 import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -100,7 +101,7 @@ def _import(source: str | os.PathLike[str]) -> ModuleType:
             raise HandlerDiscoveryError(f"handler file {text} does not exist")
         resolved = path.resolve()
         digest = hashlib.sha256(str(resolved).encode()).hexdigest()[:12]
-        name = f"docbus_handlers_{resolved.stem}_{digest}"
+        name = f"{FILE_MODULE_PREFIX}{resolved.stem}_{digest}"
         if name in sys.modules:
             return sys.modules[name]
         spec = importlib.util.spec_from_file_location(name, resolved)
@@ -113,6 +114,7 @@ def _import(source: str | os.PathLike[str]) -> ModuleType:
         except Exception as exc:
             del sys.modules[name]
             raise HandlerDiscoveryError(f"importing {text} failed: {_failure(exc)}") from exc
+        _FROM_FILES[resolved.stem] = name
         return module
     _search_working_directory()
     try:
@@ -123,6 +125,33 @@ def _import(source: str | os.PathLike[str]) -> ModuleType:
         raise HandlerDiscoveryError(
             f"importing handler module {text!r} failed: {_failure(exc)}"
         ) from exc
+
+
+FILE_MODULE_PREFIX = "docbus_handlers_"
+"""A handler file given by path is imported as ``docbus_handlers_<stem>_<digest of its path>``:
+its own module, whatever else is called ``<stem>`` (:func:`portable_module_name`)."""
+_FILE_MODULE = re.compile(rf"^{FILE_MODULE_PREFIX}(?P<stem>.+)_[0-9a-f]{{12}}$")
+_FROM_FILES: dict[str, str] = {}
+"""Handler files imported by path: their stem -> the module name they were imported under."""
+
+
+def portable_module_name(name: str) -> str:
+    """The name a module goes by whether it was imported from its file or by its name:
+    ``docbus_handlers_my_handlers_<digest>`` (``--handlers my_handlers.py``) is
+    ``my_handlers`` (``--handlers my_handlers``)."""
+    found = _FILE_MODULE.match(name)
+    return found.group("stem") if found else name
+
+
+def loaded_module(name: str) -> ModuleType:
+    """The module a :func:`portable_module_name` stands for: the one loaded under that name,
+    else a handler file loaded from its path, else imported by name (ImportError if none)."""
+    stem = portable_module_name(name)
+    module = sys.modules.get(stem) or sys.modules.get(_FROM_FILES.get(stem, ""))
+    if module is not None:
+        return module
+    _search_working_directory()
+    return importlib.import_module(stem)
 
 
 def _failure(exc: Exception) -> str:

@@ -30,7 +30,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import importlib
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -44,6 +43,7 @@ from pydantic_core import PydanticSerializationError, to_jsonable_python
 from docbus.store import Checkpoint, StoreError
 from handlers.batch_round import round_of
 from handlers.delivery import delivery_of
+from handlers.discovery import loaded_module, portable_module_name
 from handlers.errors import Retry
 from handlers.writes import backlog_of, checkpoint_on_its_way, durably
 
@@ -346,13 +346,15 @@ def decode_output(stored: Any) -> Any:
 
 
 def _class_path(cls: type) -> str:
-    return f"{cls.__module__}:{cls.__qualname__}"
+    # portable: a worker started with the handler file's path and one started with its
+    # module name store the same path, and each loads what the other stored
+    return f"{portable_module_name(cls.__module__)}:{cls.__qualname__}"
 
 
 def _load_class(path: str) -> type[BaseModel]:
     module_name, _, qualname = path.partition(":")
     try:
-        obj: Any = importlib.import_module(module_name)
+        obj: Any = loaded_module(module_name)
         for part in qualname.split("."):
             obj = getattr(obj, part)
     except (ImportError, AttributeError) as exc:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -198,3 +201,41 @@ async def test_a_client_given_to_the_context_is_bound_to_it(llm_server: LLMServe
     ctx = make_ctx(None, llm=client)
     assert not isinstance(ctx.llm, LLMClient) and ctx.llm.ctx is ctx
     await client.aclose()
+
+
+def test_a_checkpointed_model_loads_whether_its_module_came_by_path_or_by_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `docbus worker --handlers my_steps.py` imports the file under a name of its own;
+    # `--handlers my_steps` imports the module. A checkpoint one stored must load in the
+    # other (a fleet started both ways, or a re-run started the other way): else every
+    # finished step is paid for again ("class … not found; runs again").
+    from handlers.discovery import discover_handlers
+    from handlers.steps import decode_output, encode_output
+
+    source = tmp_path / "my_steps.py"
+    source.write_text(
+        "from pydantic import BaseModel\n"
+        "from handlers import handler\n"
+        "class Ticket(BaseModel):\n    label: str\n"
+        "@handler(topic='t', subscription='s')\n"
+        "async def h(doc, ctx):\n    return {}\n"
+    )
+    by_path = discover_handlers(str(source))[0].fn.__module__
+    by_path_module = sys.modules[by_path]
+    stored = encode_output(by_path_module.Ticket(label="urgent"))
+    assert stored["class"] == "my_steps:Ticket"  # the same wherever the module came from
+    loaded = decode_output(stored)
+    assert type(loaded) is by_path_module.Ticket and loaded.label == "urgent"
+
+    # the worker started with the module name reads what the path-started one stored (here
+    # and before: under the file's own module name), and the other way round
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, by_path)
+    by_name = importlib.import_module("my_steps")
+    try:
+        for stored_class in ("my_steps:Ticket", f"{by_path}:Ticket"):
+            loaded = decode_output({**stored, "class": stored_class})
+            assert type(loaded) is by_name.Ticket and loaded.label == "urgent", stored_class
+    finally:
+        sys.modules.pop("my_steps", None)
