@@ -6,7 +6,8 @@ exported as rows for the tools analysts already use.
 (``country``, ``region``...) and gives per group its count and the mean of every numeric field
 (booleans are not numbers here), largest group first: :class:`Aggregation`. :func:`current_rows`
 streams a handler's current results (optionally of one batch) as export rows — ``doc_id``,
-``batch_id``, ``version`` then the flattened output — and :func:`csv_lines` renders them as CSV
+``batch_id``, ``version`` then the flattened output (its own fields of those names as
+``output.doc_id`` …) — and :func:`csv_lines` renders them as CSV
 lines under one header. Pure except :func:`current_rows`. Neighbours: the console's results
 page draws the table and the bar chart, ``Store.iter_current_results`` reads the versions.
 """
@@ -40,17 +41,27 @@ NONE = "(none)"
 
 
 def flatten(output: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """One output as a flat row: nested objects by dotted path, lists as JSON text."""
+    """One output as a flat row: nested objects by dotted path, lists as JSON text. A name
+    met twice (a key ``"a.b"`` beside ``{"a": {"b": …}}``) keeps both values: the later one
+    as ``a.b#2``."""
     row: dict[str, Any] = {}
+    _flatten_into(row, output, prefix)
+    return row
+
+
+def _flatten_into(row: dict[str, Any], output: Mapping[str, Any], prefix: str) -> None:
     for key, value in output.items():
         name = f"{prefix}{key}"
         if isinstance(value, Mapping):
-            row.update(flatten(value, f"{name}."))
-        elif isinstance(value, list):
-            row[name] = json.dumps(value, ensure_ascii=False, default=str)
-        else:
-            row[name] = value
-    return row
+            _flatten_into(row, value, f"{name}.")
+            continue
+        if isinstance(value, list):
+            value = json.dumps(value, ensure_ascii=False, default=str)
+        unique, count = name, 1
+        while unique in row:
+            count += 1
+            unique = f"{name}#{count}"
+        row[unique] = value
 
 
 def _number(value: Any) -> float | None:
@@ -120,12 +131,15 @@ async def current_rows(
 ) -> AsyncIterator[dict[str, Any]]:
     """A handler's current results as export rows, by document id, one read at a time."""
     async for record in store.iter_current_results(handler, batch_id=batch_id):
-        yield {
+        row: dict[str, Any] = {
             "doc_id": record.doc_id,
             "batch_id": record.batch_id,
             "version": record.version,
-            **flatten(record.output),
         }
+        for name, value in flatten(record.output).items():
+            # an output's own doc_id or version does not overwrite the record's
+            row[f"output.{name}" if name in row else name] = value
+        yield row
 
 
 def csv_lines(rows: Sequence[Mapping[str, Any]]) -> Iterable[str]:

@@ -121,3 +121,22 @@ async def test_a_terminal_gets_untrusted_text_escaped(mongo_env: Store) -> None:
         assert code == 0
         assert "\x1b" not in screen.getvalue() and "\u202e" not in screen.getvalue(), fmt
         assert "\\u202eevil" in screen.getvalue(), screen.getvalue()
+
+
+async def test_output_fields_never_overwrite_the_export_columns_or_each_other(
+    mongo_env: Store,
+) -> None:
+    # A handler is free to return fields called doc_id or version, and a key with a dot in
+    # it next to a nested object of the same path: every value keeps a column of its own.
+    output = {"doc_id": "FROM-OUTPUT", "version": "out-v", "a": {"b": 1}, "a.b": 2}
+    await mongo_env.write_result(
+        doc_id="c-1", handler="collide", handler_version="1", batch_id="b1",
+        message_id="b1:c-1", output=output,
+    )  # fmt: skip
+    code, out, err = await export("--handler", "collide", "--format", "csv")
+    assert code == 0, err
+    (row,) = list(csv.DictReader(io.StringIO(out)))
+    assert row == {
+        "doc_id": "c-1", "batch_id": "b1", "version": "1",
+        "output.doc_id": "FROM-OUTPUT", "output.version": "out-v", "a.b": "1", "a.b#2": "2",
+    }  # fmt: skip
