@@ -108,6 +108,7 @@ def _import(source: str | os.PathLike[str]) -> ModuleType:
         if spec is None or spec.loader is None:
             raise HandlerDiscoveryError(f"cannot load {text} as a Python module")
         module = importlib.util.module_from_spec(spec)
+        _search_directory(str(resolved.parent))  # its neighbours, as `python file.py` finds
         sys.modules[name] = module
         try:
             spec.loader.exec_module(module)
@@ -166,9 +167,13 @@ def _search_working_directory() -> None:
     """Let ``--handlers my_handlers`` find ``./my_handlers.py`` as ``python -m`` would: the
     ``docbus`` console script starts with its own directory on the import path, not the
     working directory. Appended, so an installed module of the same name still wins."""
-    cwd = os.getcwd()
-    if not any(os.path.abspath(entry or os.curdir) == cwd for entry in sys.path):
-        sys.path.append(cwd)
+    _search_directory(os.getcwd())
+
+
+def _search_directory(directory: str) -> None:
+    """Put ``directory`` at the end of the import path unless it is on it already."""
+    if not any(os.path.abspath(entry or os.curdir) == directory for entry in sys.path):
+        sys.path.append(directory)
 
 
 def check_clashes(found: Sequence[RegisteredHandler]) -> None:

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from types import ModuleType
@@ -238,6 +239,29 @@ def test_discovery_by_file_path(tmp_path: Path) -> None:
     found = discover_handlers(str(path))
     assert [h.name for h in found] == ["mine"]
     assert discover_handlers(path)[0].fn is found[0].fn  # imported once
+
+
+def test_a_handler_file_imports_its_neighbours_as_a_script_would(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `docbus worker --handlers jobs/both.py`, where both.py does `from shared_models import
+    # …` (jobs/shared_models.py), run from another directory: as `python jobs/both.py` would.
+    jobs = tmp_path / "jobs"
+    jobs.mkdir()
+    (jobs / "shared_models_x1.py").write_text("LABEL = 'from a neighbour'\n")
+    (jobs / "both.py").write_text(
+        "from shared_models_x1 import LABEL\n"
+        "from handlers import handler\n"
+        "@handler(topic='documents', subscription='both')\n"
+        "async def both(doc, ctx):\n"
+        "    return {'label': LABEL}\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    found = discover_handlers("jobs/both.py")
+    assert [h.name for h in found] == ["both"]
+    assert sys.modules["shared_models_x1"].LABEL == "from a neighbour"
+    sys.modules.pop("shared_models_x1")
 
 
 def test_discovery_of_explicit_functions(sample_handlers: ModuleType) -> None:
