@@ -30,6 +30,7 @@ from typing import TextIO
 from rich.console import Console
 
 from docbus.cli import print_json
+from docbus.cli.arguments import non_empty
 from docbus.cli.confirm import REFUSED, confirm, stdin_is_terminal
 from docbus.cli.render import Table, make_console, untrusted
 from docbus.ops.rollback import (
@@ -86,19 +87,29 @@ def _version(record: ResultRecord | None) -> str:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     which = parser.add_argument_group("what to roll back (one of)")
-    which.add_argument("--batch", metavar="ID", help="the publication of this batch")
     which.add_argument(
-        "--replay", metavar="ID", help="one replay run (its id as docbus replay printed it)"
+        "--batch", type=non_empty, metavar="ID", help="the publication of this batch"
     )
     which.add_argument(
-        "--undo", metavar="ROLLBACK_ID", help="restore exactly what this rollback withdrew"
+        "--replay",
+        type=non_empty,
+        metavar="ID",
+        help="one replay run (its id as docbus replay printed it)",
+    )
+    which.add_argument(
+        "--undo",
+        type=non_empty,
+        metavar="ROLLBACK_ID",
+        help="restore exactly what this rollback withdrew",
     )
     parser.add_argument(
         "--with-replays",
         action="store_true",
         help="with --batch: also every replay of the batch's documents",
     )
-    parser.add_argument("--handler", metavar="NAME", help="only this handler's results")
+    parser.add_argument(
+        "--handler", type=non_empty, metavar="NAME", help="only this handler's results"
+    )
     parser.add_argument(
         "--dry-run",
         action="store_true",

@@ -71,6 +71,30 @@ BAD_VALUES = {
     "results show --version 0": (
         ["results", "show", "d", "--version", "0"], "argument --version: must be 1 or more"
     ),
+    # an empty id matched nothing: "no current results of handler 'h'", exit 1, as if the
+    # batch named were unknown rather than not named at all
+    "results export --batch ''": (
+        ["results", "export", "--handler", "h", "--batch", ""], "argument --batch: must not be"
+    ),
+    "results export --handler ''": (
+        ["results", "export", "--handler", " "], "argument --handler: must not be empty"
+    ),
+    "results history --batch ''": (
+        ["results", "history", "d", "--batch", ""], "argument --batch: must not be empty"
+    ),
+    "results history --handler ''": (
+        ["results", "history", "d", "--handler", ""], "argument --handler: must not be empty"
+    ),
+    "results history ''": (["results", "history", ""], "argument DOC: must not be empty"),
+    "results show --handler ''": (
+        ["results", "show", "d", "--handler", ""], "argument --handler: must not be empty"
+    ),
+    "rollback --batch ''": (["rollback", "--batch", "", "--yes"], "argument --batch: must not"),
+    "rollback --replay ''": (["rollback", "--replay", "", "--yes"], "argument --replay: must"),
+    "rollback --undo ''": (["rollback", "--undo", "", "--yes"], "argument --undo: must not be"),
+    "rollback --handler ''": (
+        ["rollback", "--batch", "b", "--handler", "", "--yes"], "argument --handler: must not"
+    ),
 }  # fmt: skip
 
 
