@@ -176,6 +176,24 @@ def test_an_input_without_documents_is_named(
     assert one_line(err).startswith(f"docbus publish: error: no documents in {source}: ")
 
 
+@pytest.mark.parametrize("valid", [1, 0], ids=["some valid", "none valid"])
+def test_a_refused_publish_is_its_problem_table_and_one_line(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, valid: int
+) -> None:
+    source = tmp_path / "broken.jsonl"
+    lines = ['{"id": "a", "text": "fine"}'] * valid + ['{"id": "b", "text": "a\tb"}']
+    source.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    code, out, err = publish(capsys, str(source))
+    assert code == 1
+    table = out.splitlines()
+    assert table[0] == "Invalid input: 1" and table[-1].startswith("└"), out  # no blank line
+    line = one_line(err)
+    if valid:
+        assert line.endswith("Fix them, or pass --skip-invalid to send the other 1 document(s).")
+    else:  # --skip-invalid would send nothing: not offered
+        assert "--skip-invalid" not in line and "no valid documents to send" in line, line
+
+
 def test_publish_json_prints_its_refusal_on_stdout(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
