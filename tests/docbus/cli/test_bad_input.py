@@ -267,6 +267,14 @@ def test_top_help_lists_code_4_and_publish_help_lists_130(
     assert "\n  130 interrupted" in out[out.index("exit codes:") :]
 
 
+def test_top_help_says_results_also_exports(capsys: pytest.CaptureFixture[str]) -> None:
+    _, out, _ = run(capsys, "--help")
+    (line,) = [line for line in out.splitlines() if line.strip().startswith("results ")]
+    assert (
+        line.split(None, 1)[1] == "a document's result versions; export a handler's current results"
+    )
+
+
 async def test_results_show_without_handler_for_several_is_a_usage_error(
     mongo_env: Store, capsys: pytest.CaptureFixture[str]
 ) -> None:
