@@ -249,6 +249,13 @@ def _plain_text_has_no_id(path: Path, options: LoaderOptions) -> str:
     )
 
 
+def _invalid_json(exc: json.JSONDecodeError) -> str:
+    """The reason for a problem of JSON that does not parse, with where on its line: the
+    parser's short message alone can be half a sentence ("Invalid control character at")."""
+    message = exc.msg.removesuffix(" at")
+    return f"invalid JSON: {message} at column {exc.colno}"
+
+
 def _read_json_file(
     path: Path,
     text: str,
@@ -259,9 +266,7 @@ def _read_json_file(
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
-        problems.append(
-            InputProblem(file=str(path), line=exc.lineno, reason=f"invalid JSON: {exc.msg}")
-        )
+        problems.append(InputProblem(file=str(path), line=exc.lineno, reason=_invalid_json(exc)))
         return
     except RecursionError:
         problems.append(InputProblem(file=str(path), line=1, reason=_TOO_DEEP))
@@ -295,7 +300,7 @@ def _read_jsonl(
                 value = json.loads(line)
             except json.JSONDecodeError as exc:
                 problems.append(
-                    InputProblem(file=str(path), line=number, reason=f"invalid JSON: {exc.msg}")
+                    InputProblem(file=str(path), line=number, reason=_invalid_json(exc))
                 )
                 continue
             except RecursionError:

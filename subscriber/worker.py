@@ -47,7 +47,7 @@ from azure.servicebus import ServiceBusReceivedMessage
 from azure.servicebus.aio import ServiceBusClient
 
 from docbus.backoff import BackoffPolicy
-from docbus.servicebus import MessagingError
+from docbus.servicebus import MessagingEntityNotFound, MessagingError
 from docbus.settings import WorkerSettings
 from docbus.store import ParkedGroup, Store, StoreError
 from docbus.topology import Topology, TopologyError
@@ -753,6 +753,11 @@ class Worker:
                     self.client, self.store, spec.topic, spec.subscription,
                     handler=spec.name, max_wait=0.5,
                 )  # fmt: skip
+            except MessagingEntityNotFound as exc:
+                # The subscription is missing: its receive loop fails on that (and `docbus
+                # worker` says so in one line at its start); a warning here would say it twice.
+                logger.debug("dead-letter capture of %s skipped: %s", spec.subscription, exc)
+                continue
             except (MessagingError, StoreError) as exc:
                 logger.warning("dead-letter capture of %s failed: %s", spec.subscription, exc)
                 continue

@@ -1,4 +1,5 @@
-"""Where the CLI's exports go: ``--format jsonl|csv`` and ``--output FILE`` (default stdout).
+"""Where the CLI's exports go: ``--format jsonl|csv`` and ``--output FILE`` (default stdout;
+``-`` is stdout too, as for most tools, never a file named ``-``).
 
 Shared by ``docbus audit export`` (:mod:`docbus.cli.audit`) and ``docbus results export``
 (:mod:`docbus.cli.results`). With ``--output`` an export is written to ``FILE.partial`` and
@@ -16,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Literal
 
-__all__ = ["Format", "add_destination_arguments", "destination", "export_format"]
+__all__ = ["Format", "add_destination_arguments", "destination", "export_format", "output_path"]
 
 Format = Literal["jsonl", "csv"]
 
@@ -29,8 +30,17 @@ def add_destination_arguments(parser: argparse.ArgumentParser, csv_note: str) ->
         help=f"jsonl or csv ({csv_note}); default: csv when --output ends in .csv, else jsonl",
     )
     parser.add_argument(
-        "--output", "-o", type=Path, metavar="FILE", help="write here (default: stdout)"
+        "--output",
+        "-o",
+        type=output_path,
+        metavar="FILE",
+        help="write here (default: stdout; - for stdout)",
     )
+
+
+def output_path(text: str) -> Path | None:
+    """``--output``'s value: a file, or ``None`` (stdout) for ``-``."""
+    return None if text == "-" else Path(text)
 
 
 def export_format(args: argparse.Namespace) -> Format:

@@ -227,11 +227,14 @@ def run(  # noqa: C901 - one branch per refusal the command turns into a line an
         return refuse(2, f"{found}: check the path; nothing was sent", scan.problems, named=True)
     if scan.problems and not args.skip_invalid:
         out.print(problems_table(scan.problems, "Invalid input"))
+        # --skip-invalid only helps when something valid is left to send
+        remedy = (
+            f"Fix them, or pass --skip-invalid to send the other {scan.documents} document(s)."
+            if scan.documents
+            else "There are no valid documents to send: fix them."
+        )
         return refuse(
-            1,
-            f"{len(scan.problems)} invalid input(s): nothing was sent. Fix them, or pass "
-            f"--skip-invalid to send the other {scan.documents} document(s).",
-            scan.problems,
+            1, f"{len(scan.problems)} invalid input(s): nothing was sent. {remedy}", scan.problems
         )
     if scan.documents == 0:
         if scan.problems:

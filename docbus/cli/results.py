@@ -32,7 +32,7 @@ from typing import IO, Any
 from rich.console import Console
 from rich.text import Text
 
-from docbus.cli.arguments import positive_int
+from docbus.cli.arguments import non_empty, positive_int
 from docbus.cli.export import Format, add_destination_arguments, destination, export_format
 from docbus.cli.render import Table, make_console, untrusted
 from docbus.ops import NotFound
@@ -106,14 +106,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         dest="results_command", required=True, metavar="history|show|export"
     )
     history = commands.add_parser("history", help="every result version of a document")
-    history.add_argument("doc", metavar="DOC", help="the document id")
-    history.add_argument("--handler", metavar="NAME", help="only this handler's versions")
-    history.add_argument("--batch", metavar="ID", help="only versions written for this batch")
+    history.add_argument("doc", type=non_empty, metavar="DOC", help="the document id")
+    history.add_argument(
+        "--handler", type=non_empty, metavar="NAME", help="only this handler's versions"
+    )
+    history.add_argument(
+        "--batch", type=non_empty, metavar="ID", help="only versions written for this batch"
+    )
     history.add_argument("--json", action="store_true", help="print one JSON document")
     show = commands.add_parser("show", help="a document's current result (or any version)")
-    show.add_argument("doc", metavar="DOC", help="the document id")
+    show.add_argument("doc", type=non_empty, metavar="DOC", help="the document id")
     show.add_argument(
-        "--handler", metavar="NAME", help="the handler (needed when several wrote results)"
+        "--handler",
+        type=non_empty,
+        metavar="NAME",
+        help="the handler (needed when several wrote results)",
     )
     show.add_argument(
         "--version", type=positive_int, metavar="N", help="this version, current or not"
@@ -122,9 +129,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     export = commands.add_parser(
         "export", help="every current result of a handler (of one batch), by document id"
     )
-    export.add_argument("--handler", required=True, metavar="NAME", help="the handler")
     export.add_argument(
-        "--batch", metavar="ID", help="only documents whose current result is of this batch"
+        "--handler", required=True, type=non_empty, metavar="NAME", help="the handler"
+    )
+    export.add_argument(
+        "--batch",
+        type=non_empty,
+        metavar="ID",
+        help="only documents whose current result is of this batch",
     )
     add_destination_arguments(export, "the output flattened: nested fields by dotted path")
 

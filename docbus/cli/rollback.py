@@ -14,12 +14,13 @@ exactly the versions one rollback withdrew (``--undo ROLLBACK_ID``), recorded as
 
 A document is never left without a current version while it has one that is not withdrawn: the
 current version is worked out from the versions left whenever it is read. A rollback of what is
-rolled back already withdraws nothing and says so; an unknown batch, replay or rollback is one line
-on stderr, exit 1, and no record. Versions a run writes after its rollback (messages still in
-flight) are not withdrawn: roll a run back once it has finished. The command asks for confirmation
-like ``docbus replay`` (:mod:`docbus.cli.confirm`); ``--json`` prints one JSON document instead of
-tables. Neighbours: :mod:`docbus.cli.results` shows the versions, :mod:`publisher.replay` names
-replay runs.
+rolled back already says "nothing to roll back" (exit 0) and keeps no record; an unknown batch,
+replay or rollback is one line on stderr, exit 1, and no record. Versions a run writes after its
+rollback (messages still in flight) are not withdrawn: roll a run back once it has finished. The
+command asks for confirmation like ``docbus replay`` (:mod:`docbus.cli.confirm`; off a terminal:
+``--yes``, which the undo command it prints carries); ``--json`` prints one JSON document instead
+of tables (``"rollback": null`` when nothing was recorded). Neighbours: :mod:`docbus.cli.results`
+shows the versions, :mod:`publisher.replay` names replay runs.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from typing import TextIO
 from rich.console import Console
 
 from docbus.cli import print_json
+from docbus.cli.arguments import non_empty
 from docbus.cli.confirm import REFUSED, confirm, stdin_is_terminal
 from docbus.cli.render import Table, make_console, untrusted
 from docbus.ops.rollback import (
@@ -86,19 +88,29 @@ def _version(record: ResultRecord | None) -> str:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     which = parser.add_argument_group("what to roll back (one of)")
-    which.add_argument("--batch", metavar="ID", help="the publication of this batch")
     which.add_argument(
-        "--replay", metavar="ID", help="one replay run (its id as docbus replay printed it)"
+        "--batch", type=non_empty, metavar="ID", help="the publication of this batch"
     )
     which.add_argument(
-        "--undo", metavar="ROLLBACK_ID", help="restore exactly what this rollback withdrew"
+        "--replay",
+        type=non_empty,
+        metavar="ID",
+        help="one replay run (its id as docbus replay printed it)",
+    )
+    which.add_argument(
+        "--undo",
+        type=non_empty,
+        metavar="ROLLBACK_ID",
+        help="restore exactly what this rollback withdrew",
     )
     parser.add_argument(
         "--with-replays",
         action="store_true",
         help="with --batch: also every replay of the batch's documents",
     )
-    parser.add_argument("--handler", metavar="NAME", help="only this handler's results")
+    parser.add_argument(
+        "--handler", type=non_empty, metavar="NAME", help="only this handler's results"
+    )
     parser.add_argument(
         "--dry-run",
         action="store_true",
@@ -163,8 +175,9 @@ async def _rollback(
                 handler=args.handler,
             )
         verb = "restore" if plan.undo else "withdraw"
-        if args.dry_run or (plan.undo and not plan.changes):
-            # (an undo that restores nothing is not worth a record)
+        if args.dry_run or not plan.changes:
+            # a rollback that withdraws nothing (an undo that restores nothing) changes
+            # nothing: it is not worth a record, nor an id to undo
             return _show_plan(plan, args, console, verb)
         if not args.yes and plan.changes:
             talk.print(plan_table(plan, f"rollback of {plan.target.description}"))
@@ -197,15 +210,18 @@ async def _rollback(
     console.print(table)
     if plan.note:
         _say(console, plan.note)
-    if record.versions == 0:
-        _say(
-            console,
-            f"nothing to roll back: {plan.target.description} has no result version left to "
-            "withdraw",
-        )
+    if record.versions == 0:  # another rollback withdrew them since the plan was made
+        _say(console, _nothing(plan))
     elif not plan.undo:
-        _say(console, f"undo with: docbus rollback --undo {record.id}")
+        # as it runs: without a terminal, a rollback (or undo) not confirmed is refused
+        _say(console, f"undo with: docbus rollback --undo {record.id} --yes")
     return 0
+
+
+def _nothing(plan: RollbackPlan) -> str:
+    if plan.undo:
+        return "nothing to restore"
+    return f"nothing to roll back: {plan.target.description} has no result version left to withdraw"
 
 
 def _say(console: Console, text: str) -> None:
@@ -226,7 +242,7 @@ def _show_plan(plan: RollbackPlan, args: argparse.Namespace, console: Console, v
     if plan.note:
         _say(console, plan.note)
     if not plan.changes:
-        _say(console, f"nothing to {verb}")
+        _say(console, _nothing(plan))
     if args.dry_run:
         _say(console, "dry run: nothing was changed")
     return 0

@@ -83,7 +83,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "provider batches of batch-mode LLM calls: list, show, cancel, resume",
     ),
     "replay": ("docbus.cli.replay", "re-publish dead letters or a whole batch, with filters"),
-    "results": ("docbus.cli.results", "result versions of a document"),
+    "results": (
+        "docbus.cli.results",
+        "a document's result versions; export a handler's current results",
+    ),
     "rollback": ("docbus.cli.rollback", "withdraw the result versions a batch or replay wrote"),
     "console": ("docbus.cli.console", "serve the operator console (web UI) on 127.0.0.1"),
     "config": ("docbus.cli.config", "print the effective settings, secrets masked"),

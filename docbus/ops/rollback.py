@@ -13,9 +13,10 @@ restore exactly the versions one rollback withdrew, recorded as an undo.
 
 A document is never left without a current version while it has one that is not withdrawn: the
 current version is worked out from the versions left whenever it is read. A rollback of what is
-rolled back already withdraws nothing and says so; an unknown batch, replay or rollback is a
-:class:`RollbackError` and no record. Versions a run writes after its rollback (messages still in
-flight) are not withdrawn: roll a run back once it has finished. Neighbours:
+rolled back already plans no change (the CLI then records nothing); an unknown batch, replay or
+rollback is a :class:`RollbackError` and no record. A batch's note names the replays of it that
+still have versions (:func:`replays_with_versions`). Versions a run writes after its rollback
+(messages still in flight) are not withdrawn: roll a run back once it has finished. Neighbours:
 :mod:`docbus.cli.rollback` (``docbus rollback``: confirmation, tables, ``--json``),
 :mod:`docbus.ops.results` shows the versions, :mod:`publisher.replay` names replay runs.
 """
@@ -29,7 +30,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from docbus.errors import DocbusError
-from docbus.records import ResultRecord, RollbackRecord
+from docbus.records import ReplayRecord, ResultRecord, RollbackRecord
 from docbus.store import Store
 
 __all__ = [
@@ -41,6 +42,7 @@ __all__ = [
     "plan_rollback",
     "plan_undo",
     "preview",
+    "replays_with_versions",
 ]
 
 
@@ -205,7 +207,7 @@ async def plan_rollback(
             targets = await store.run_result_versions(
                 [batch_id], batch_id=batch_id, publish_of=batch_id, handler=handler
             )
-            replays = [r.id for r in await store.replays_of_batch(batch_id)]
+            replays = await _replays_keeping(store, batch_id, handler)
             if replays:
                 shown = ", ".join(replays[:3]) + (", ..." if len(replays) > 3 else "")
                 note = (
@@ -217,6 +219,37 @@ async def plan_rollback(
         doc_ids={record.doc_id for record in targets}, handler=handler
     )
     return RollbackPlan(target, handler, preview(targets, versions), note)
+
+
+async def _replays_keeping(store: Store, batch_id: str, handler: str | None) -> list[str]:
+    """The replays of batch ``batch_id`` with a version of it (of ``handler``) not rolled back:
+    those a rollback of its publication leaves alone (a replay rolled back already keeps none)."""
+    replays = await store.replays_of_batch(batch_id)
+    if not replays:
+        return []
+    versions = await store.run_result_versions(
+        [replay.id for replay in replays],
+        batch_id=batch_id,
+        legacy_message_ids=[
+            i.message_id for r in replays for i in r.items if i.batch_id == batch_id
+        ],
+        handler=handler,
+    )
+    return replays_with_versions(replays, versions)
+
+
+def replays_with_versions(
+    replays: Sequence[ReplayRecord], versions: Iterable[ResultRecord]
+) -> list[str]:
+    """The ids of ``replays`` (in their order) that wrote one of ``versions`` not rolled back:
+    by its run id, or — written before runs were named — by the message it was written for."""
+    by_message = {item.message_id: replay.id for replay in replays for item in replay.items}
+    wrote = {
+        version.run_id if version.run_id is not None else by_message.get(version.message_id)
+        for version in versions
+        if not version.rolled_back
+    }
+    return [replay.id for replay in replays if replay.id in wrote]
 
 
 async def plan_undo(store: Store, rollback_id: str) -> RollbackPlan:

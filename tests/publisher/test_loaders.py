@@ -287,7 +287,24 @@ def test_non_utf8_and_empty_files(tmp_path: Path) -> None:
     assert [(p.file, p.line, p.reason) for p in problems] == [
         (str(latin), 2, "not valid UTF-8 (byte 21 of the file)"),
         (str(empty), None, "empty document"),
-        (str(bad_json), 3, "invalid JSON: Expecting property name enclosed in double quotes"),
+        (
+            str(bad_json), 3,
+            "invalid JSON: Expecting property name enclosed in double quotes at column 1",
+        ),
+    ]  # fmt: skip
+
+
+def test_invalid_json_says_where_on_the_line_in_a_whole_sentence(tmp_path: Path) -> None:
+    # The parser's short message for a raw tab in a string is "Invalid control character at":
+    # alone, half a sentence.
+    path = write(
+        tmp_path / "broken.jsonl",
+        b'{"id": "a", "text": "fine"}\n{"id": "b", "text": "a\tb"}\n{"id": "c", "text": }\n',
+    )
+    _, problems = load_documents([path], LoaderOptions(id_field="id"))
+    assert [(p.where, p.reason) for p in problems] == [
+        (f"{path}:2", "invalid JSON: Invalid control character at column 23"),
+        (f"{path}:3", "invalid JSON: Expecting value at column 21"),
     ]
 
 

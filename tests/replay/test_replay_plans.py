@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import json
+import re
+import shlex
 from datetime import UTC, datetime, timedelta
 from typing import Literal
 
@@ -14,11 +16,11 @@ from docbus.cli import rollback as rollback_cli
 from docbus.envelope import Envelope, message_id
 from docbus.ops import rollback
 from docbus.ops.dead_letters import parse_time
-from docbus.records import DeadLetterRecord, ReplayRecord
+from docbus.records import DeadLetterRecord, ReplayItem, ReplayRecord, ResultRecord
 from docbus.store import Store
 from publisher.replay import ReplayError, plan_batch_replay, replay_status, subscription_of
 from publisher.token_bucket import TokenBucket
-from tests.replay.helpers import command, command_streams
+from tests.replay.helpers import command, command_streams, rows
 
 
 async def batch(store: Store) -> None:
@@ -232,3 +234,100 @@ async def test_a_batch_rollback_is_its_publication_and_with_replays_every_run_of
         await rollback.plan_rollback(store, batch_id="b2")
     code, out = await command(rollback_cli, "--batch", "b1", "--generation", "1", "--yes")
     assert code == 2 and "--generation is gone" in out and "--replay" in out
+
+
+async def replayed_batch(store: Store) -> None:
+    """b1 published d1 and d2 (run b1); replay-r1 re-ran d1, replay-r2 d2 (named runs), and
+    replay-old d1 again before runs were named (found by its message)."""
+    published = datetime(2025, 1, 1, tzinfo=UTC)
+    await store.record_batch("b1", topic="docs")
+    runs = [("d1", 0, "b1"), ("d2", 0, "b1"), ("d1", 1, "replay-r1"), ("d2", 1, "replay-r2"),
+            ("d1", 2, None)]  # fmt: skip
+    for doc, generation, run in runs:
+        await store.write_result(
+            doc_id=doc, handler="alpha", handler_version="1", batch_id="b1",
+            message_id=message_id("b1", doc, generation), output={}, generation=generation,
+            run_id=run, issued_at=published + timedelta(hours=generation),
+        )  # fmt: skip
+    for replay, doc, generation in (("replay-r1", "d1", 1), ("replay-r2", "d2", 1),
+                                    ("replay-old", "d1", 2)):  # fmt: skip
+        item = ReplayItem(
+            batch_id="b1", doc_id=doc, generation=generation, topic="docs",
+            message_id=message_id("b1", doc, generation),
+        )  # fmt: skip
+        await store.record_replay(
+            ReplayRecord(id=replay, kind="batch", filters={"batch_id": "b1"}, items=[item])
+        )
+
+
+async def test_a_rollback_prints_an_undo_that_runs_as_printed_and_a_second_one_records_nothing(
+    mongo_env: Store,
+) -> None:
+    await replayed_batch(mongo_env)
+    code, out = await command(rollback_cli, "--replay", "replay-r2", "--yes")
+    assert code == 0 and ["result versions rolled back", "1"] in rows(out), out
+    # the undo as printed, off a terminal: it names the confirmation it needs there
+    hint = re.search(r"^undo with: (docbus rollback --undo rollback-\S+ --yes)$", out, re.M)
+    assert hint is not None, out
+    argv = shlex.split(hint.group(1))[2:]
+    code, out = await command(rollback_cli, *argv, stdin=io.StringIO(""))
+    assert code == 0 and ["result versions restored", "1"] in rows(out), out
+    assert await mongo_env.database["rollbacks"].count_documents({}) == 2
+
+    code, out = await command(rollback_cli, "--replay", "replay-r2", "--yes")
+    assert code == 0 and ["result versions rolled back", "1"] in rows(out), out
+    # nothing left to withdraw: said, and no rollback recorded (nor an id to undo offered)
+    for json_flag in ((), ("--json",)):
+        code, out, err = await command_streams(
+            rollback_cli, "--replay", "replay-r2", "--yes", *json_flag
+        )
+        assert code == 0, err
+        if json_flag:
+            assert json.loads(out)["rollback"] is None and json.loads(out)["changes"] == []
+        else:
+            assert out.strip() == (
+                "nothing to roll back: replay replay-r2 has no result version left to withdraw"
+            )
+    assert await mongo_env.database["rollbacks"].count_documents({}) == 3
+
+
+async def test_a_batch_rollback_names_only_the_replays_that_still_have_versions(
+    mongo_env: Store,
+) -> None:
+    await replayed_batch(mongo_env)
+    plan = await rollback.plan_rollback(mongo_env, batch_id="b1")
+    assert plan.note is not None and "3 replay run(s) (replay-r1, replay-r2, replay-old)" in (
+        plan.note
+    )
+    code, out = await command(rollback_cli, "--replay", "replay-r2", "--yes")
+    assert code == 0, out
+    code, out = await command(rollback_cli, "--batch", "b1", "--dry-run")
+    assert code == 0, out
+    assert "its 2 replay run(s) (replay-r1, replay-old) keep their versions" in out, out
+    assert "replay-r2" not in out
+    # of one handler: the replays that wrote none of its versions keep none of them
+    plan = await rollback.plan_rollback(mongo_env, batch_id="b1", handler="beta")
+    assert plan.note is None
+
+
+def test_a_replay_keeps_versions_by_its_run_or_its_messages() -> None:
+    def version(run: str | None, message: str, *, rolled_back: bool = False) -> ResultRecord:
+        return ResultRecord(
+            id=message, doc_id="d", handler="h", handler_version="1", version=1, current=False,
+            rolled_back=rolled_back, batch_id="b", message_id=message, output={},
+            written_at=datetime(2025, 1, 1, tzinfo=UTC), run_id=run,
+        )  # fmt: skip
+
+    def replay(name: str, *messages: str) -> ReplayRecord:
+        items = [
+            ReplayItem(batch_id="b", doc_id="d", generation=1, message_id=m, topic="t")
+            for m in messages
+        ]
+        return ReplayRecord(id=name, kind="batch", items=items)
+
+    replays = [replay("r1", "m1"), replay("r2", "m2"), replay("old", "m3"), replay("none", "m4")]
+    versions = [
+        version("r1", "m1"), version("r2", "m2", rolled_back=True), version(None, "m3"),
+        version(None, "m9"),
+    ]  # fmt: skip
+    assert rollback.replays_with_versions(replays, versions) == ["r1", "old"]

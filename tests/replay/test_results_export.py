@@ -11,6 +11,8 @@ import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
+
 from docbus import cli
 from docbus.cli import results as results_cli
 from docbus.store import Store
@@ -100,8 +102,21 @@ async def test_nothing_to_export_is_one_line_and_no_file(mongo_env: Store, tmp_p
     for argv in (["--handler", "nobody"], ["--handler", "alpha", "--batch", "b9"]):
         code, out, err = await export(*argv, "--output", str(target))
         assert (code, out, err.count("\n")) == (1, "", 1), err
-        assert "no current results of handler" in err
+        assert f"no current results of handler {argv[1]!r}" in err
+        assert ("in batch 'b9'" in err) == ("--batch" in argv), err
         assert not target.exists() and not (tmp_path / "none.jsonl.partial").exists()
+
+
+async def test_output_dash_is_stdout_not_a_file_named_dash(
+    mongo_env: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await results(mongo_env)
+    monkeypatch.chdir(tmp_path)
+    code, out, err = await export("--handler", "alpha", "--batch", "b1", "-o", "-")
+    assert code == 0, err
+    assert [json.loads(line)["doc_id"] for line in out.splitlines()] == ["d1", "d4"]
+    assert "exported 2 current result(s) as jsonl to stdout" in err
+    assert await asyncio.to_thread(lambda: list(tmp_path.iterdir())) == []
 
 
 async def test_a_terminal_gets_untrusted_text_escaped(mongo_env: Store) -> None:

@@ -129,16 +129,23 @@ async def test_a_malformed_connection_string_is_one_line_and_exit_2(
     assert "nonsense" not in line  # never echoed: it may hold a key
 
 
+@pytest.mark.parametrize(
+    ("topic", "subscription"), [("docs", "missing"), ("nosuch", "x")],
+    ids=["subscription", "topic and subscription"],
+)  # fmt: skip
 async def test_a_subscription_missing_on_the_broker_is_one_line_and_exit_2(
-    stack: Stack, project: Path
+    stack: Stack, project: Path, topic: str, subscription: str
 ) -> None:
-    (project / "my_handlers.py").write_text(HANDLERS.replace('"work"', '"missing"'))
+    # Only the start error: not also a warning that the dead-letter capture, which runs
+    # while the subscriptions are checked, could not open that subscription's queue either.
+    handlers = HANDLERS.replace('"docs"', f'"{topic}"').replace('"work"', f'"{subscription}"')
+    (project / "my_handlers.py").write_text(handlers)
     done = await docbus_worker(
         project, stack_env(stack), "--handlers", "my_handlers", "--until-idle", "1"
     )
     assert done.returncode == 2, done.stderr
     line = one_line(done.stderr)
-    assert "docs/missing" in line
+    assert f"subscription {topic}/{subscription} does not exist" in line
 
 
 async def publish(stack: Stack, behaviours: list[str]) -> None:

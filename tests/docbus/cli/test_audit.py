@@ -182,6 +182,20 @@ async def test_export_to_stdout_as_jsonl_by_default() -> None:
 
 
 @pytest.mark.usefixtures("store_env", "calls")
+async def test_output_dash_is_stdout_not_a_file_named_dash(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    code, out, err = await asyncio.to_thread(
+        command, "export", "--batch", BATCH, "--step", "extract", "-o", "-"
+    )
+    assert code == 0, err
+    assert [json.loads(line)["reask"] for line in out.splitlines()] == [0, 1]
+    assert "exported 2 LLM call(s) as jsonl to stdout" in err
+    assert await asyncio.to_thread(names, tmp_path) == []
+
+
+@pytest.mark.usefixtures("store_env", "calls")
 async def test_export_to_a_file_takes_the_format_from_its_suffix(tmp_path: Path) -> None:
     target = tmp_path / "review.csv"
     code, out, err = await asyncio.to_thread(

@@ -71,6 +71,30 @@ BAD_VALUES = {
     "results show --version 0": (
         ["results", "show", "d", "--version", "0"], "argument --version: must be 1 or more"
     ),
+    # an empty id matched nothing: "no current results of handler 'h'", exit 1, as if the
+    # batch named were unknown rather than not named at all
+    "results export --batch ''": (
+        ["results", "export", "--handler", "h", "--batch", ""], "argument --batch: must not be"
+    ),
+    "results export --handler ''": (
+        ["results", "export", "--handler", " "], "argument --handler: must not be empty"
+    ),
+    "results history --batch ''": (
+        ["results", "history", "d", "--batch", ""], "argument --batch: must not be empty"
+    ),
+    "results history --handler ''": (
+        ["results", "history", "d", "--handler", ""], "argument --handler: must not be empty"
+    ),
+    "results history ''": (["results", "history", ""], "argument DOC: must not be empty"),
+    "results show --handler ''": (
+        ["results", "show", "d", "--handler", ""], "argument --handler: must not be empty"
+    ),
+    "rollback --batch ''": (["rollback", "--batch", "", "--yes"], "argument --batch: must not"),
+    "rollback --replay ''": (["rollback", "--replay", "", "--yes"], "argument --replay: must"),
+    "rollback --undo ''": (["rollback", "--undo", "", "--yes"], "argument --undo: must not be"),
+    "rollback --handler ''": (
+        ["rollback", "--batch", "b", "--handler", "", "--yes"], "argument --handler: must not"
+    ),
 }  # fmt: skip
 
 
@@ -152,6 +176,24 @@ def test_an_input_without_documents_is_named(
     assert one_line(err).startswith(f"docbus publish: error: no documents in {source}: ")
 
 
+@pytest.mark.parametrize("valid", [1, 0], ids=["some valid", "none valid"])
+def test_a_refused_publish_is_its_problem_table_and_one_line(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, valid: int
+) -> None:
+    source = tmp_path / "broken.jsonl"
+    lines = ['{"id": "a", "text": "fine"}'] * valid + ['{"id": "b", "text": "a\tb"}']
+    source.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    code, out, err = publish(capsys, str(source))
+    assert code == 1
+    table = out.splitlines()
+    assert table[0] == "Invalid input: 1" and table[-1].startswith("└"), out  # no blank line
+    line = one_line(err)
+    if valid:
+        assert line.endswith("Fix them, or pass --skip-invalid to send the other 1 document(s).")
+    else:  # --skip-invalid would send nothing: not offered
+        assert "--skip-invalid" not in line and "no valid documents to send" in line, line
+
+
 def test_publish_json_prints_its_refusal_on_stdout(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
@@ -223,6 +265,14 @@ def test_top_help_lists_code_4_and_publish_help_lists_130(
     assert "\n  4 " in out[out.index("exit codes:") :]
     _, out, _ = run(capsys, "publish", "--help")
     assert "\n  130 interrupted" in out[out.index("exit codes:") :]
+
+
+def test_top_help_says_results_also_exports(capsys: pytest.CaptureFixture[str]) -> None:
+    _, out, _ = run(capsys, "--help")
+    (line,) = [line for line in out.splitlines() if line.strip().startswith("results ")]
+    assert (
+        line.split(None, 1)[1] == "a document's result versions; export a handler's current results"
+    )
 
 
 async def test_results_show_without_handler_for_several_is_a_usage_error(
