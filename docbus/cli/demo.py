@@ -421,7 +421,11 @@ def run(args: argparse.Namespace) -> int:
     summary = asyncio.run(run_demo(args, console))
     code = _print_summary(out, summary, args.json)
     if not args.json:
-        console.print("To look at this run in the browser: docbus demo --console", soft_wrap=True)
+        console.print(
+            "To watch a run in the browser: docbus demo --console (runs the demo again and "
+            "keeps the operator console open on it)",
+            soft_wrap=True,
+        )
     return code
 
 
