@@ -25,9 +25,8 @@ from typing import IO, Any
 
 from rich.console import Console
 
-from docbus.cli.export import Format, add_destination_arguments, destination, export_format
+from docbus.cli.export import Format, add_destination_arguments, export_format, write_export
 from docbus.cli.render import make_console
-from docbus.ops import NotFound
 from docbus.ops.audit import EXPORT_FIELDS, ExportFilter, export_rows
 from docbus.ops.batches import no_batch
 from docbus.settings import Settings
@@ -108,35 +107,21 @@ def run(
 ) -> int:
     """Run ``docbus audit export``; the export goes to ``--output`` or ``stdout``, progress to
     ``errors`` (stderr), failures through the CLI's runner."""
-    from docbus.cli import run_async, say_error
+    from docbus.cli import run_async
 
     errors = errors or make_console(stderr=True)
     selection = ExportFilter(args.batch, step=args.step, handler=args.handler, doc_id=args.doc)
     fmt = export_format(args)
-    try:
-        with destination(args.output, stdout) as stream:
-            writer = RowWriter(stream, fmt)
-            count = run_async(lambda settings: _export(settings, selection, writer, errors))
-            if count == 0:
-                raise _NothingMatched
-    except _NothingMatched:
-        say_error("audit export", f"no LLM calls match {selection.describe()}")
-        return 1
-    except NotFound as exc:
-        say_error("audit export", str(exc))
-        return 1
-    except BrokenPipeError:
-        raise  # the reader went away (`| head`): the runner ends quietly
-    except OSError as exc:
-        say_error("audit export", f"cannot write the export: {exc}")
-        return 1
-    where = str(args.output) if args.output is not None else "stdout"
-    errors.print(f"exported {count:,} LLM call(s) as {fmt} to {where}", highlight=False)
-    return 0
 
+    def write(stream: IO[str]) -> int:
+        writer = RowWriter(stream, fmt)
+        return run_async(lambda settings: _export(settings, selection, writer, errors))
 
-class _NothingMatched(Exception):
-    pass
+    return write_export(
+        "audit export", args.output, stdout, write,
+        nothing=f"no LLM calls match {selection.describe()}", noun="LLM call(s)", fmt=fmt,
+        errors=errors,
+    )  # fmt: skip
 
 
 async def _export(

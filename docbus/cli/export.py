@@ -13,9 +13,11 @@ import argparse
 import contextlib
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Literal
+
+from rich.console import Console
 
 __all__ = ["Format", "add_destination_arguments", "destination", "export_format", "output_path"]
 
@@ -65,3 +67,46 @@ def destination(output: Path | None, stdout: IO[str] | None) -> Iterator[IO[str]
         os.replace(partial, output)
     finally:
         partial.unlink(missing_ok=True)
+
+
+def write_export(
+    command: str,
+    output: Path | None,
+    stdout: IO[str] | None,
+    write: Callable[[IO[str]], int],
+    *,
+    nothing: str,
+    noun: str,
+    fmt: Format,
+    errors: Console,
+) -> int:
+    """Run ``write`` (it writes rows to the stream it is given and returns how many) into
+    ``output`` or stdout, as ``docbus COMMAND`` does: no rows is one line (``nothing``) and
+    exit 1, with no file left; so is an unknown id (:class:`docbus.ops.NotFound`) or a file
+    that cannot be written; otherwise a line on ``errors`` says how many ``noun`` went where."""
+    from docbus.cli import say_error
+    from docbus.ops import NotFound
+
+    try:
+        with destination(output, stdout) as stream:
+            count = write(stream)
+            if count == 0:
+                raise _NothingMatched
+    except _NothingMatched:
+        say_error(command, nothing)
+        return 1
+    except NotFound as exc:
+        say_error(command, str(exc))
+        return 1
+    except BrokenPipeError:
+        raise  # the reader went away (`| head`): the runner ends quietly
+    except OSError as exc:
+        say_error(command, f"cannot write the export: {exc}")
+        return 1
+    where = str(output) if output is not None else "stdout"
+    errors.print(f"exported {count:,} {noun} as {fmt} to {where}", highlight=False)
+    return 0
+
+
+class _NothingMatched(Exception):
+    pass

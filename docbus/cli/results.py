@@ -33,7 +33,7 @@ from rich.console import Console
 from rich.text import Text
 
 from docbus.cli.arguments import non_empty, positive_int
-from docbus.cli.export import Format, add_destination_arguments, destination, export_format
+from docbus.cli.export import Format, add_destination_arguments, export_format, write_export
 from docbus.cli.render import Table, make_console, untrusted
 from docbus.ops import NotFound
 from docbus.ops._not_found import NameOne
@@ -154,31 +154,20 @@ def run(
 
 
 def _export(args: argparse.Namespace, stdout: IO[str] | None) -> int:
-    from docbus.cli import run_async, say_error
+    from docbus.cli import run_async
 
     errors = make_console(stderr=True)
     fmt = export_format(args)
     selection = f"handler {args.handler!r}" + (f" in batch {args.batch!r}" if args.batch else "")
-    try:
-        with destination(args.output, stdout) as stream:
-            count = run_async(lambda settings: _write_export(settings, args, fmt, stream, errors))
-            if count == 0:
-                raise _NothingMatched
-    except _NothingMatched:
-        say_error("results export", f"no current results of {selection}")
-        return 1
-    except BrokenPipeError:
-        raise  # the reader went away (`| head`): the runner ends quietly
-    except OSError as exc:
-        say_error("results export", f"cannot write the export: {exc}")
-        return 1
-    where = str(args.output) if args.output is not None else "stdout"
-    errors.print(f"exported {count:,} current result(s) as {fmt} to {where}", highlight=False)
-    return 0
 
+    def write(stream: IO[str]) -> int:
+        return run_async(lambda settings: _write_export(settings, args, fmt, stream, errors))
 
-class _NothingMatched(Exception):
-    pass
+    return write_export(
+        "results export", args.output, stdout, write,
+        nothing=f"no current results of {selection}", noun="current result(s)", fmt=fmt,
+        errors=errors,
+    )  # fmt: skip
 
 
 async def _write_export(
@@ -215,7 +204,7 @@ async def export_current_results(
         async for record in store.iter_current_results(handler, batch_id=batch_id):
             # ASCII-only, as `show --json`: a result is a handler's (often an LLM's) text,
             # which escaped cannot act on a terminal the lines go to; parsers read it back.
-            stream.write(json.dumps(_export_json(record), ensure_ascii=True, default=str) + "\n")
+            stream.write(json.dumps(result_json(record), ensure_ascii=True, default=str) + "\n")
             count += 1
             if on_row is not None:
                 on_row(count)
@@ -239,20 +228,6 @@ def _csv_cell(value: Any, shown: bool) -> Any:
     if value is None:
         return ""
     return safe_text(value) if shown and isinstance(value, str) else value
-
-
-def _export_json(record: ResultRecord) -> dict[str, Any]:
-    return {
-        "doc_id": record.doc_id,
-        "handler": record.handler,
-        "batch_id": record.batch_id,
-        "version": record.version,
-        "handler_version": record.handler_version,
-        "run_id": record.run_id,
-        "generation": record.generation,
-        "written_at": record.written_at.isoformat(),
-        "output": record.output,
-    }
 
 
 def _print_json(console: Console, data: Any) -> None:
