@@ -40,7 +40,7 @@ async def park(store: Store, parked: ParkedMessage) -> None:
     if parked.llm_requests:
         # Its requests may have been answered while it was parking, after the submitter
         # looked for parked deliveries to resume: look once more, now that the record is in.
-        await store.request_resume_for_llm_requests(parked.llm_requests)
+        await store.resume_parked_if_answered(parked)
 
 
 async def mark_deferred(store: Store, parked: ParkedMessage) -> None:

@@ -14,16 +14,19 @@ park and resume; ``docbus parked`` lists them.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
-from pymongo import ASCENDING, IndexModel, UpdateOne
+from pymongo import ASCENDING, DeleteOne, IndexModel, ReplaceOne, UpdateOne
+from pymongo.errors import DuplicateKeyError
 
 from docbus.store._base import StoreBase
 from docbus.store._errors import _translated
-from docbus.store._llm_requests import REQUESTS, LLMRequestState
+from docbus.store._llm_requests import REQUESTS, LLMRequestState, request_finder
 
 COLLECTION = "parked"
 AWAITING_BATCH = "AwaitingBatch"
@@ -118,35 +121,43 @@ class ParkedMixin(StoreBase):
         """Write ``parked``'s record, before its message is deferred (kept as it is if the
         message has one already: parking twice keeps the first reason — except a record of a
         resumed delivery, :meth:`mark_parked_resumed`, which this delivery's new park
-        replaces)."""
-        document = parked.model_dump()
-        with _translated(f"park {parked.id}"):
-            replaced = await self._c(COLLECTION).replace_one(
-                {"_id": parked.id, "resumed_at": {"$ne": None}}, document
-            )
-            if replaced.matched_count == 0:
-                await self._c(COLLECTION).update_one(
-                    {"_id": parked.id}, {"$setOnInsert": document}, upsert=True
-                )
+        replaces).
+
+        One upserting replace, grouped with the other deliveries' (:meth:`_parked_write`):
+        it replaces a resumed record or inserts a new one; a record not resumed makes the
+        insert fail on its ``_id`` (a duplicate key), which is what keeps it."""
+        replace = ReplaceOne(
+            {"_id": parked.id, "resumed_at": {"$ne": None}}, parked.model_dump(), upsert=True
+        )
+        # parked already and not resumed: the first record stays (the duplicate key)
+        with _translated(f"park {parked.id}"), contextlib.suppress(DuplicateKeyError):
+            await self._parked_write(replace)
 
     async def mark_parked_resumed(self, parked: ParkedMessage) -> None:
         """A worker has ``parked``'s message back and its handler starts: the record stays
         (not fetched again meanwhile) until the delivery settles (:meth:`unpark` once done,
         :meth:`park` again once parked again)."""
         with _translated(f"mark {parked.id} resumed"):
-            await self._c(COLLECTION).update_one(
-                {"_id": parked.id}, {"$set": {"resumed_at": datetime.now(UTC)}}
+            await self._parked_write(
+                UpdateOne({"_id": parked.id}, {"$set": {"resumed_at": datetime.now(UTC)}})
             )
 
     async def mark_parked_deferred(self, parked: ParkedMessage) -> None:
         """Confirm that Service Bus has deferred ``parked``'s message: it may be fetched back."""
         with _translated(f"confirm the deferral of {parked.id}"):
-            await self._c(COLLECTION).update_one({"_id": parked.id}, {"$set": {"deferred": True}})
+            await self._parked_write(UpdateOne({"_id": parked.id}, {"$set": {"deferred": True}}))
 
     async def unpark(self, parked: ParkedMessage) -> None:
         """Drop ``parked``'s record (its message is back with a worker, or gone)."""
         with _translated(f"unpark {parked.id}"):
-            await self._c(COLLECTION).delete_one({"_id": parked.id})
+            await self._parked_write(DeleteOne({"_id": parked.id}))
+
+    async def _parked_write(self, op: UpdateOne | ReplaceOne[Any] | DeleteOne) -> bool:
+        """One record's write, sent with the other deliveries' waiting at the same moment as
+        one durable bulk write (:mod:`docbus.store._group`): a batch round parks and resumes
+        thousands of deliveries at once, and one command per record each was most of the
+        server's work in a round (``bench/batch_mode.py``)."""
+        return await self._writer(COLLECTION).write(op)
 
     async def parked(
         self,
@@ -297,6 +308,30 @@ class ParkedMixin(StoreBase):
         query = {"reason": AWAITING_BATCH, "resume_requested_at": {"$ne": None}}
         with _translated("count deliveries resuming from a batch round"):
             return int(await self._c(COLLECTION).count_documents(query))
+
+    async def resume_parked_if_answered(self, parked: ParkedMessage) -> bool:
+        """Mark ``parked`` (a delivery that has just parked ``AwaitingBatch``) for resumption
+        if every request it waits for is answered or failed already (the submitter settled
+        them while it was parking, after it looked for deliveries to resume); returns whether
+        it did. One read of the requests' states, grouped with the other deliveries' (a
+        round parks thousands at once), and a write only in that rare case."""
+        keys = list(dict.fromkeys(parked.llm_requests))
+        if not keys:
+            return False
+        finder = request_finder(self)
+        with _translated(f"read the requests {parked.id} waits for"):
+            found = await asyncio.gather(*(finder.find(key, key) for key in keys))
+        done = (LLMRequestState.ANSWERED.value, LLMRequestState.FAILED.value)
+        if not all(raws and raws[0].get("state") in done for raws in found):
+            return False
+        with _translated(f"request the resumption of {parked.id}"):
+            await self._parked_write(
+                UpdateOne(
+                    {"_id": parked.id, "reason": AWAITING_BATCH, "resume_requested_at": None},
+                    {"$set": {"resume_requested_at": datetime.now(UTC)}},
+                )
+            )
+        return True
 
     async def request_resume_for_llm_requests(self, keys: Iterable[str] | None = None) -> int:
         """Mark for resumption the deliveries parked ``AwaitingBatch`` on any of ``keys``
