@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -336,45 +336,52 @@ class ParkedMixin(StoreBase):
     async def request_resume_for_llm_requests(self, keys: Iterable[str] | None = None) -> int:
         """Mark for resumption the deliveries parked ``AwaitingBatch`` on any of ``keys``
         (None: on any request) whose every request is answered or failed now; returns how
-        many were marked. Called once requests are settled — and after a delivery parks, for
-        the case where they were settled while it was parking."""
+        many were marked. Called once requests are settled (a whole provider batch's keys),
+        and by an idle worker (None).
+
+        Keys go to the server in slices of :data:`IN_SLICE`: an ``$in`` of a whole round's
+        thousands of keys is quadratic on some servers (SecantusDB: 2.8 s for 2,000 keys,
+        0.2 s in slices of 100), and on the others slices cost a few round trips."""
         query: dict[str, Any] = {"reason": AWAITING_BATCH, "resume_requested_at": None}
+        slices: list[list[str] | None] = [None]
         if keys is not None:
             wanted = list(dict.fromkeys(keys))
             if not wanted:
                 return 0
-            query["llm_requests"] = {"$in": wanted}
+            slices = list(_slices(wanted))
+        waiting: dict[str, list[str]] = {}
+        done: set[str] = set()
+        done_states = [LLMRequestState.ANSWERED.value, LLMRequestState.FAILED.value]
         with _translated("find the deliveries parked on LLM requests"):
-            waiting = [
-                (raw["_id"], list(raw.get("llm_requests") or []))
-                async for raw in self._c(COLLECTION).find(query, {"llm_requests": 1})
-            ]
-            needed = list({key for _, record_keys in waiting for key in record_keys})
-            done: set[str] = set()
-            if needed:
+            for part in slices:
+                if part is not None:
+                    query["llm_requests"] = {"$in": part}
+                async for raw in self._c(COLLECTION).find(query, {"llm_requests": 1}):
+                    waiting[raw["_id"]] = list(raw.get("llm_requests") or [])
+            needed = list({key for record_keys in waiting.values() for key in record_keys})
+            for part in _slices(needed):
                 cursor = self._c(REQUESTS).find(
-                    {
-                        "_id": {"$in": needed},
-                        "state": {
-                            "$in": [LLMRequestState.ANSWERED.value, LLMRequestState.FAILED.value]
-                        },
-                    },
-                    {"_id": 1},
+                    {"_id": {"$in": part}, "state": {"$in": done_states}}, {"_id": 1}
                 )
-                done = {raw["_id"] async for raw in cursor}
-        ready = [rid for rid, record_keys in waiting if set(record_keys) <= done]
-        if not ready:
-            return 0
+                done.update([raw["_id"] async for raw in cursor])
+        ready = [rid for rid, record_keys in waiting.items() if set(record_keys) <= done]
+        marked = 0
         now = datetime.now(UTC)
         with _translated("request the resumption of deliveries parked on LLM requests"):
-            outcome = await self._c(COLLECTION).bulk_write(
-                [
-                    UpdateOne(
-                        {"_id": rid, "resume_requested_at": None},
-                        {"$set": {"resume_requested_at": now}},
-                    )
-                    for rid in ready
-                ],
-                ordered=False,
-            )
-        return outcome.modified_count
+            for part in _slices(ready):
+                outcome = await self._c(COLLECTION).update_many(
+                    {"_id": {"$in": part}, "resume_requested_at": None},
+                    {"$set": {"resume_requested_at": now}},
+                )
+                marked += outcome.modified_count
+        return marked
+
+
+IN_SLICE = 100
+"""Values per ``$in`` in the store's commands over a whole round of keys (see
+:meth:`ParkedMixin.request_resume_for_llm_requests`)."""
+
+
+def _slices(values: list[str]) -> Iterator[list[str]]:
+    for start in range(0, len(values), IN_SLICE):
+        yield values[start : start + IN_SLICE]
