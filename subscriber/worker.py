@@ -495,9 +495,13 @@ class Worker:
     def _receive_wait(self) -> float:
         """How long a receive waits for messages: ``receive_wait``, but not past the moment an
         idle worker with nothing in flight exits, so that exit does not wait out one more
-        receive (sessions keep theirs: a session receiver waits as it locks a session)."""
+        receive (sessions keep theirs: a session receiver waits as it locks a session).
+        While messages wait to be settled, or resumed parked messages run (each ends in a
+        settlement within moments: a batch round's deliveries park again, a defer each), at
+        most :data:`BUSY_RECEIVE_WAIT`: their settlements wait for the link while it
+        receives, and a round's re-runs went at one per credit per ``receive_wait``."""
         wait = self.options.receive_wait
-        if self._admission.completing:
+        if self._admission.completing or self._resumption.waiting:
             return min(wait, BUSY_RECEIVE_WAIT)
         if self.options.until_idle is None or self._in_flight or self._not_receiving:
             return wait

@@ -489,3 +489,23 @@ async def test_a_round_resumes_together_while_an_idle_receive_holds_the_credits(
     assert llm_server.batch_api.stats()["created"] == 3  # one provider batch per round
     # three rounds of 0.5 s processing and a few receive waits, not max_wait per round
     assert time.monotonic() - started < 45
+
+
+async def test_resumed_deliveries_park_again_without_waiting_out_an_idle_receive(
+    stack: Stack, llm_server: LLMServer
+) -> None:
+    # A resumed delivery of a round ends in a defer (it parks for the next round), and a
+    # settlement waits for the link while a receive holds it: with a receive on the empty
+    # subscription waiting receive_wait (5 s here) each wave of resumed deliveries waited
+    # that long to park again — 8 documents at concurrency 2 took 4 waves, ~20 s a round.
+    # While resumed deliveries run, a receive waits briefly, as while completions wait.
+    quick_batches(stack, llm_server, max_wait=20.0, quiet=0.3)
+    documents = 8
+    await publish(stack, documents)
+    started = time.monotonic()
+    async with LLMClient.from_settings(stack.settings, stack.store) as llm:
+        await run_worker(stack, llm, concurrency=2, receive_wait=5.0)
+    await assert_all_done(stack, documents)
+    assert llm_server.batch_api.stats()["created"] == 3  # one provider batch per round
+    # rounds 2 and 3 re-run 8 deliveries each in 4 waves: not 5 s per wave
+    assert time.monotonic() - started < 30
