@@ -17,6 +17,8 @@ active (harmless: resuming it finds nothing and drops the record). Neighbours:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from docbus.store import ParkedMessage, Store
 
 __all__ = [
@@ -75,7 +77,7 @@ async def unpark(store: Store, parked: ParkedMessage) -> None:
     await store.unpark(parked)
 
 
-async def mark_resumed(store: Store, parked: ParkedMessage) -> None:
+async def mark_resumed(store: Store, parked: Sequence[ParkedMessage]) -> None:
     await store.mark_parked_resumed(parked)
 
 

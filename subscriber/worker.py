@@ -613,14 +613,8 @@ class Worker:
         try:
             if not await self._admission.wait_for_slot(ticket, give_back_unseen):
                 return
-            if parked is not None:
-                # only now: a resumed message given back before this point keeps its record
-                # as it was; from now on the record says a worker has it (until it settles)
-                try:
-                    await self._resumption.taken(parked)
-                except asyncio.CancelledError:
-                    await asyncio.shield(give_back())
-                    raise
+            # (a resumed message's record says a worker has it since it was fetched back:
+            # Resumption marks each page it fetches)
             outcome = await self._processor.process(
                 registered,
                 receiver,

@@ -133,14 +133,18 @@ class ParkedMixin(StoreBase):
         with _translated(f"park {parked.id}"), contextlib.suppress(DuplicateKeyError):
             await self._parked_write(replace)
 
-    async def mark_parked_resumed(self, parked: ParkedMessage) -> None:
-        """A worker has ``parked``'s message back and its handler starts: the record stays
-        (not fetched again meanwhile) until the delivery settles (:meth:`unpark` once done,
-        :meth:`park` again once parked again)."""
-        with _translated(f"mark {parked.id} resumed"):
-            await self._parked_write(
-                UpdateOne({"_id": parked.id}, {"$set": {"resumed_at": datetime.now(UTC)}})
-            )
+    async def mark_parked_resumed(self, parked: Iterable[ParkedMessage]) -> None:
+        """A worker has these messages back (fetched from deferral, about to run): their
+        records stay (not fetched again meanwhile) until each delivery settles
+        (:meth:`unpark` once done, :meth:`park` again once parked again). One update per
+        :data:`IN_SLICE` records: a resumer marks a whole page it fetched at once."""
+        ids = list(dict.fromkeys(p.id for p in parked))
+        now = datetime.now(UTC)
+        with _translated(f"mark {len(ids)} parked records resumed"):
+            for part in _slices(ids):
+                await self._c(COLLECTION).update_many(
+                    {"_id": {"$in": part}}, {"$set": {"resumed_at": now}}
+                )
 
     async def mark_parked_deferred(self, parked: ParkedMessage) -> None:
         """Confirm that Service Bus has deferred ``parked``'s message: it may be fetched back."""
