@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -26,7 +26,12 @@ from pymongo.errors import DuplicateKeyError
 
 from docbus.store._base import StoreBase
 from docbus.store._errors import _translated
-from docbus.store._llm_requests import REQUESTS, LLMRequestState, request_finder
+from docbus.store._llm_requests import (
+    REQUESTS,
+    LLMRequestState,
+    in_slices,
+    request_finder,
+)
 
 COLLECTION = "parked"
 AWAITING_BATCH = "AwaitingBatch"
@@ -141,7 +146,7 @@ class ParkedMixin(StoreBase):
         ids = list(dict.fromkeys(p.id for p in parked))
         now = datetime.now(UTC)
         with _translated(f"mark {len(ids)} parked records resumed"):
-            for part in _slices(ids):
+            for part in in_slices(ids):
                 await self._c(COLLECTION).update_many(
                     {"_id": {"$in": part}}, {"$set": {"resumed_at": now}}
                 )
@@ -352,7 +357,7 @@ class ParkedMixin(StoreBase):
             wanted = list(dict.fromkeys(keys))
             if not wanted:
                 return 0
-            slices = list(_slices(wanted))
+            slices = list(in_slices(wanted))
         waiting: dict[str, list[str]] = {}
         done: set[str] = set()
         done_states = [LLMRequestState.ANSWERED.value, LLMRequestState.FAILED.value]
@@ -363,7 +368,7 @@ class ParkedMixin(StoreBase):
                 async for raw in self._c(COLLECTION).find(query, {"llm_requests": 1}):
                     waiting[raw["_id"]] = list(raw.get("llm_requests") or [])
             needed = list({key for record_keys in waiting.values() for key in record_keys})
-            for part in _slices(needed):
+            for part in in_slices(needed):
                 cursor = self._c(REQUESTS).find(
                     {"_id": {"$in": part}, "state": {"$in": done_states}}, {"_id": 1}
                 )
@@ -372,20 +377,10 @@ class ParkedMixin(StoreBase):
         marked = 0
         now = datetime.now(UTC)
         with _translated("request the resumption of deliveries parked on LLM requests"):
-            for part in _slices(ready):
+            for part in in_slices(ready):
                 outcome = await self._c(COLLECTION).update_many(
                     {"_id": {"$in": part}, "resume_requested_at": None},
                     {"$set": {"resume_requested_at": now}},
                 )
                 marked += outcome.modified_count
         return marked
-
-
-IN_SLICE = 100
-"""Values per ``$in`` in the store's commands over a whole round of keys (see
-:meth:`ParkedMixin.request_resume_for_llm_requests`)."""
-
-
-def _slices(values: list[str]) -> Iterator[list[str]]:
-    for start in range(0, len(values), IN_SLICE):
-        yield values[start : start + IN_SLICE]

@@ -23,7 +23,7 @@ from pymongo import monitoring
 from docbus.llm_batch import BatchRequest
 from docbus.local.mongo import LocalMongo
 from docbus.store import LLMRequestState, ParkedMessage, Store
-from docbus.store._parked import IN_SLICE
+from docbus.store._llm_requests import IN_SLICE
 from tests.docbus.test_store_commands import WRITE_COMMANDS, Commands
 
 DELIVERIES = 60
@@ -194,3 +194,24 @@ def _longest_in(value: Any) -> int:
     if isinstance(value, list):
         return max([0, *(_longest_in(v) for v in value)])
     return 0
+
+
+async def test_claiming_a_round_sends_the_keys_in_slices_and_claims_each_once(
+    counted: tuple[Store, Commands],
+) -> None:
+    store, commands = counted
+    count = 2 * IN_SLICE + 50
+    made = [request(i) for i in range(count)]
+    for i, r in enumerate(made):
+        await store.register_llm_request(r, step_id=f"step-{i}")
+    keys = [r.key for r in made]
+    commands.take()
+    first = await store.claim_llm_requests("pb-1", made[0].endpoint, "m", keys[:10], token=1)
+    second = await store.claim_llm_requests("pb-2", made[0].endpoint, "m", keys, token=1)
+    sent = commands.take()
+    assert max(_longest_in(command) for _, command in sent) <= IN_SLICE, names(sent)
+    # a request already claimed by an open record is not claimed again
+    assert first.keys == keys[:10] and second.keys == keys[10:]
+    assert await store.count_llm_requests() == {
+        "pending": 0, "submitted": count, "answered": 0, "failed": 0, "held": 0,
+    }  # fmt: skip
