@@ -12,43 +12,35 @@ tests/docbus/test_store_llm_batch.py's and tests/subscriber/test_batch_parking.p
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections import Counter
-from collections.abc import AsyncIterator
 from typing import Any
 
-import pytest_asyncio
-from pymongo import monitoring
-
 from docbus.llm_batch import BatchRequest
-from docbus.local.mongo import LocalMongo
 from docbus.store import LLMRequestState, ParkedMessage, Store
 from docbus.store._llm_requests import IN_SLICE
+from tests.docbus import test_store_commands
 from tests.docbus.test_store_commands import WRITE_COMMANDS, Commands
 
+counted = test_store_commands.counted
+"""The fixture: a store on a fresh database whose commands are counted."""
+
 DELIVERIES = 60
+ROUND = 2 * IN_SLICE + 50
+"""Requests of a round-wide command: more than two slices."""
 AWAITING = "AwaitingBatch"
-
-
-@pytest_asyncio.fixture
-async def counted(local_mongo: LocalMongo) -> AsyncIterator[tuple[Store, Commands]]:
-    """A store on a fresh database whose commands are counted (from after its indexes)."""
-    name = f"test_{uuid.uuid4().hex[:12]}"
-    commands = Commands(name)
-    monitoring.register(commands)  # applies to clients created from now on
-    async with Store(local_mongo.uri, name, timeout=5.0) as store:
-        await store.ensure_indexes()
-        commands.take()
-        try:
-            yield store, commands
-        finally:
-            commands.database = ""  # stop counting: the listener cannot be unregistered
-            await store.database.client.drop_database(name)
 
 
 def request(i: int) -> BatchRequest:
     body = {"model": "m", "messages": [{"role": "user", "content": f"Summarise {i}."}]}
     return BatchRequest.of(f"step-{i}", body)
+
+
+async def registered(store: Store, count: int) -> list[BatchRequest]:
+    """``count`` requests registered one by one (not counted: the caller takes the commands)."""
+    made = [request(i) for i in range(count)]
+    for i, r in enumerate(made):
+        await store.register_llm_request(r, step_id=f"step-{i}")
+    return made
 
 
 def parked(i: int, keys: list[str], reason: str = AWAITING) -> ParkedMessage:
@@ -103,9 +95,7 @@ async def test_parking_a_round_of_deliveries_is_a_few_grouped_commands(
     counted: tuple[Store, Commands],
 ) -> None:
     store, commands = counted
-    made = [request(i) for i in range(DELIVERIES)]
-    for i, r in enumerate(made):
-        await store.register_llm_request(r, step_id=f"step-{i}")
+    made = await registered(store, DELIVERIES)
     records = [parked(i, [r.key]) for i, r in enumerate(made)]
     commands.take()
 
@@ -145,11 +135,8 @@ async def test_marking_a_round_for_resumption_sends_the_keys_in_slices(
     counted: tuple[Store, Commands],
 ) -> None:
     store, commands = counted
-    count = 2 * IN_SLICE + 50
-    made = [request(i) for i in range(count)]
-    for i, r in enumerate(made):
-        await store.register_llm_request(r, step_id=f"step-{i}")
-    keys = [r.key for r in made]
+    keys = [r.key for r in await registered(store, ROUND)]
+    count = len(keys)
     await asyncio.gather(*(store.park(parked(i, [k])) for i, k in enumerate(keys)))
     # the first half answered (as an apply leaves them), the rest still submitted
     done, open_ = keys[: count // 2], keys[count // 2 :]
@@ -172,9 +159,7 @@ async def test_a_delivery_whose_requests_were_answered_while_it_parked_is_marked
     counted: tuple[Store, Commands],
 ) -> None:
     store, _ = counted
-    made = [request(i) for i in range(2)]
-    for i, r in enumerate(made):
-        await store.register_llm_request(r, step_id=f"step-{i}")
+    made = await registered(store, 2)
     record = parked(0, [r.key for r in made])
     await store.park(record)
     requests = store.database["llm_requests"]
@@ -200,18 +185,15 @@ async def test_claiming_a_round_sends_the_keys_in_slices_and_claims_each_once(
     counted: tuple[Store, Commands],
 ) -> None:
     store, commands = counted
-    count = 2 * IN_SLICE + 50
-    made = [request(i) for i in range(count)]
-    for i, r in enumerate(made):
-        await store.register_llm_request(r, step_id=f"step-{i}")
-    keys = [r.key for r in made]
+    made = await registered(store, ROUND)
+    keys, endpoint = [r.key for r in made], made[0].endpoint
     commands.take()
-    first = await store.claim_llm_requests("pb-1", made[0].endpoint, "m", keys[:10], token=1)
-    second = await store.claim_llm_requests("pb-2", made[0].endpoint, "m", keys, token=1)
+    first = await store.claim_llm_requests("pb-1", endpoint, "m", keys[:10], token=1)
+    second = await store.claim_llm_requests("pb-2", endpoint, "m", keys, token=1)
     sent = commands.take()
     assert max(_longest_in(command) for _, command in sent) <= IN_SLICE, names(sent)
     # a request already claimed by an open record is not claimed again
     assert first.keys == keys[:10] and second.keys == keys[10:]
     assert await store.count_llm_requests() == {
-        "pending": 0, "submitted": count, "answered": 0, "failed": 0, "held": 0,
+        "pending": 0, "submitted": ROUND, "answered": 0, "failed": 0, "held": 0,
     }  # fmt: skip
