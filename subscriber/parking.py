@@ -17,6 +17,8 @@ active (harmless: resuming it finds nothing and drops the record). Neighbours:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from docbus.store import ParkedMessage, Store
 
 __all__ = [
@@ -40,7 +42,7 @@ async def park(store: Store, parked: ParkedMessage) -> None:
     if parked.llm_requests:
         # Its requests may have been answered while it was parking, after the submitter
         # looked for parked deliveries to resume: look once more, now that the record is in.
-        await store.request_resume_for_llm_requests(parked.llm_requests)
+        await store.resume_parked_if_answered(parked)
 
 
 async def mark_deferred(store: Store, parked: ParkedMessage) -> None:
@@ -75,7 +77,7 @@ async def unpark(store: Store, parked: ParkedMessage) -> None:
     await store.unpark(parked)
 
 
-async def mark_resumed(store: Store, parked: ParkedMessage) -> None:
+async def mark_resumed(store: Store, parked: Sequence[ParkedMessage]) -> None:
     await store.mark_parked_resumed(parked)
 
 

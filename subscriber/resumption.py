@@ -145,19 +145,23 @@ class Resumption:
                             logger.info(
                                 "resuming %d parked messages of %s", len(fetched), spec.name
                             )
+                            await self._taken(fetched)
                         started += await self._run(registered, receiver, fetched)
                     if len(page) < PAGE:
                         break
                     after = page[-1].sequence_number
             return started
 
-    async def taken(self, parked: ParkedMessage) -> None:
-        """A resumed message's handler starts now: its record stays, marked, until the
-        delivery settles (:meth:`settled`), so a worker dying meanwhile strands nothing."""
+    async def _taken(self, fetched: Fetched) -> None:
+        """Messages fetched back are this worker's now: their records stay, marked, until each
+        delivery settles (:meth:`settled`), so no other resumer fetches them meanwhile and a
+        worker dying strands nothing (the records are fetchable again once the locks have
+        surely expired). One update per page, not one per delivery as its handler starts: a
+        batch round resumes thousands, and each waited for its own write."""
         try:
-            await mark_resumed(self.store, parked)
-        except StoreError as exc:  # unmarked: a resumer may try to fetch it, and find it locked
-            logger.warning("could not mark the parked record %s resumed: %s", parked.id, exc)
+            await mark_resumed(self.store, [parked for parked, _ in fetched])
+        except StoreError as exc:  # unmarked: a resumer may try to fetch them, and find them locked
+            logger.warning("could not mark %d parked records resumed: %s", len(fetched), exc)
 
     async def settled(self, parked: ParkedMessage, action: Action) -> None:
         """A resumed message's delivery settled: a completed or dead-lettered one loses its

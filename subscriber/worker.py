@@ -495,9 +495,13 @@ class Worker:
     def _receive_wait(self) -> float:
         """How long a receive waits for messages: ``receive_wait``, but not past the moment an
         idle worker with nothing in flight exits, so that exit does not wait out one more
-        receive (sessions keep theirs: a session receiver waits as it locks a session)."""
+        receive (sessions keep theirs: a session receiver waits as it locks a session).
+        While messages wait to be settled, or resumed parked messages run (each ends in a
+        settlement within moments: a batch round's deliveries park again, a defer each), at
+        most :data:`BUSY_RECEIVE_WAIT`: their settlements wait for the link while it
+        receives, and a round's re-runs went at one per credit per ``receive_wait``."""
         wait = self.options.receive_wait
-        if self._admission.completing:
+        if self._admission.completing or self._resumption.waiting:
             return min(wait, BUSY_RECEIVE_WAIT)
         if self.options.until_idle is None or self._in_flight or self._not_receiving:
             return wait
@@ -609,14 +613,8 @@ class Worker:
         try:
             if not await self._admission.wait_for_slot(ticket, give_back_unseen):
                 return
-            if parked is not None:
-                # only now: a resumed message given back before this point keeps its record
-                # as it was; from now on the record says a worker has it (until it settles)
-                try:
-                    await self._resumption.taken(parked)
-                except asyncio.CancelledError:
-                    await asyncio.shield(give_back())
-                    raise
+            # (a resumed message's record says a worker has it since it was fetched back:
+            # Resumption marks each page it fetches)
             outcome = await self._processor.process(
                 registered,
                 receiver,

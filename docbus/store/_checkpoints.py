@@ -41,9 +41,13 @@ class CheckpointsMixin(StoreBase):
     """Step outputs by checkpoint key."""
 
     async def get_checkpoint(self, key: CheckpointKey) -> Checkpoint | None:
+        """One step's stored output, read together with the other deliveries' reads of the
+        moment (a batch round re-runs thousands of deliveries, each asking for its waiting
+        step once)."""
+        finder = self._finder("checkpoints", "_id", _id_of)
         with _translated(f"read checkpoint {key.step}"):
-            raw = await self._c("checkpoints").find_one({"_id": key.id})
-        return Checkpoint(raw["output"], raw["created_at"]) if raw else None
+            found = await finder.find(key.id, key.id)
+        return Checkpoint(found[0]["output"], found[0]["created_at"]) if found else None
 
     async def checkpoints_of(
         self, doc_id: str, handler: str, handler_version: str
@@ -112,6 +116,10 @@ class CheckpointsMixin(StoreBase):
             except DuplicateKeyError:
                 return False
             return True
+
+
+def _id_of(raw: Mapping[str, Any]) -> Any:
+    return raw["_id"]
 
 
 def _owner(raw: Mapping[str, Any]) -> tuple[Any, Any, Any]:

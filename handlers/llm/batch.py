@@ -64,6 +64,9 @@ AZURE_URLS = {"/v1/chat/completions": "/chat/completions"}
 """Azure OpenAI's deployments take ``/chat/completions`` in batch lines and in ``create``."""
 _DESCRIPTION_LIMIT = 500
 _DONE = (LLMRequestState.ANSWERED, LLMRequestState.FAILED)
+MARK_AT_ONCE = 200
+"""Answered requests whose parked deliveries are marked for resumption at a time (the
+worker starts on each part as it is marked)."""
 
 
 def submitter_options(batch: LLMBatchSettings, *, azure: bool = False) -> SubmitterOptions:
@@ -282,9 +285,17 @@ class BatchBookkeeping:
 
     async def on_done(self, keys: Sequence[str] | None) -> None:
         """Requests answered or failed (None: any): resume the parked deliveries that waited
-        only on such requests."""
-        resumed = await self.store.request_resume_for_llm_requests(keys)
+        only on such requests — a provider batch's keys :data:`MARK_AT_ONCE` at a time, the
+        worker told after each part, so the round's first deliveries run while the rest are
+        marked."""
+        parts: list[Sequence[str] | None] = [None]
+        if keys is not None:
+            parts = [keys[i : i + MARK_AT_ONCE] for i in range(0, len(keys), MARK_AT_ONCE)]
+        resumed = 0
+        for part in parts:
+            marked = await self.store.request_resume_for_llm_requests(part)
+            if marked and self.resumable is not None:
+                self.resumable()
+            resumed += marked
         if resumed:
             logger.info("%d parked deliveries have their batch answers: resuming", resumed)
-            if self.resumable is not None:
-                self.resumable()

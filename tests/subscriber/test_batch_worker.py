@@ -479,13 +479,35 @@ async def test_a_round_resumes_together_while_an_idle_receive_holds_the_credits(
     # many seconds: one provider batch per few deliveries). They take the free credits ahead of
     # the receive loop, and the submitter waits for every resumed delivery to register (quiet
     # rule) rather than submit the first ones at max_wait.
-    quick_batches(stack, llm_server, max_wait=20.0, quiet=0.5)
-    documents = 12
+    seconds = await three_rounds(stack, llm_server, 12, quiet=0.5, concurrency=4, receive_wait=3)
+    # three rounds of 0.5 s processing and a few receive waits, not max_wait per round
+    assert seconds < 45
+
+
+async def test_resumed_deliveries_park_again_without_waiting_out_an_idle_receive(
+    stack: Stack, llm_server: LLMServer
+) -> None:
+    # A resumed delivery of a round ends in a defer (it parks for the next round), and a
+    # settlement waits for the link while a receive holds it: with a receive on the empty
+    # subscription waiting receive_wait (5 s here) each wave of resumed deliveries waited
+    # that long to park again — 8 documents at concurrency 2 took 4 waves, ~20 s a round.
+    # While resumed deliveries run, a receive waits briefly, as while completions wait.
+    seconds = await three_rounds(stack, llm_server, 8, quiet=0.3, concurrency=2, receive_wait=5)
+    # rounds 2 and 3 re-run 8 deliveries each in 4 waves: not 5 s per wave
+    assert seconds < 30
+
+
+async def three_rounds(
+    stack: Stack, llm_server: LLMServer, documents: int, *, quiet: float, **worker: Any
+) -> float:
+    """Seconds a worker with ``worker``'s options takes over ``documents`` documents' three
+    rounds (one provider batch each, every document done)."""
+    quick_batches(stack, llm_server, max_wait=20.0, quiet=quiet)
     await publish(stack, documents)
     started = time.monotonic()
     async with LLMClient.from_settings(stack.settings, stack.store) as llm:
-        await run_worker(stack, llm, concurrency=4, receive_wait=3.0)
+        await run_worker(stack, llm, **worker)
+    seconds = time.monotonic() - started
     await assert_all_done(stack, documents)
     assert llm_server.batch_api.stats()["created"] == 3  # one provider batch per round
-    # three rounds of 0.5 s processing and a few receive waits, not max_wait per round
-    assert time.monotonic() - started < 45
+    return seconds
