@@ -120,13 +120,15 @@ class Processor:
     ) -> DeliveryOutcome:
         """Run the handler on ``message`` and settle it.
 
-        ``handler_returned`` is awaited once the handler has returned its output: the worker
-        hands the handler's slot on to the next message there. What is left — acknowledging
-        its audit rows and checkpoints, storing the result, completing the message — is
+        ``handler_returned`` is awaited (at most once) when the handler has returned its
+        output, or failed in a way that parks the message: the worker hands the handler's slot
+        on to the next message there. What is left — acknowledging its audit rows and
+        checkpoints, storing the result and completing the message, or parking it — is
         bookkeeping that needs no handler slot (a failure in it is settled as any other).
         ``checkpoints`` is the read :meth:`read_ahead` started for this message.
         """
         started = time.monotonic()
+        hand_on = _once(handler_returned)
         attempt = (message.delivery_count or 0) + 1
         envelope: Envelope | None = None
         ctx: Context | None = None
@@ -156,8 +158,7 @@ class Processor:
             finally:
                 if delivery_of(ctx).checkpoint_cache is not None:
                     self._stepping.add(registered.spec.name)
-            if handler_returned is not None:
-                await handler_returned()
+            await hand_on()
             # Audit rows and checkpoints the handler did not wait for: stored before its result.
             await delivery_of(ctx).writes.flush()
             await self.store.write_result(
@@ -189,6 +190,10 @@ class Processor:
                 # The failed delivery's audit rows go in before its retry or dead letter.
                 await self._flush_quietly(ctx)
             decision = self._decide(registered, exc, attempt)
+            if decision.action is Action.PARK:
+                # Parking (record, defer, confirm) is bookkeeping too, as completing is: in
+                # batch mode every delivery of a round parks, and held the slot through it.
+                await hand_on()
         finally:
             if running is not None:
                 self._running[running] -= 1
@@ -572,3 +577,14 @@ def cancel_unawaited(read: asyncio.Task[Any]) -> None:
 def is_deferred(message: ServiceBusReceivedMessage) -> bool:
     """A message fetched back from deferral (a resumed parked one)."""
     return message.state == ServiceBusMessageState.DEFERRED
+
+
+def _once(call: Callable[[], Awaitable[None]] | None) -> Callable[[], Awaitable[None]]:
+    """``call`` awaited on the first call only (nothing if None)."""
+    pending = [call] if call is not None else []
+
+    async def once() -> None:
+        if pending:
+            await pending.pop()()
+
+    return once

@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from handlers import Context, DeadLetter, Document, handler
+from handlers.errors import OverBudget
 
 
 async def _record(ctx: Context, event: str) -> None:
@@ -34,6 +35,8 @@ async def work(doc: Document, ctx: Context) -> dict[str, Any]:
             raise RuntimeError(f"transient failure on delivery {ctx.delivery_count}")
     elif behaviour == "always-fail":
         raise RuntimeError("the downstream service is broken")
+    elif behaviour == "over-budget":
+        raise OverBudget(ctx.batch_id, spent=1.0, budget=0.5)
     elif behaviour == "poison":
         raise DeadLetter("BadDocument", "the document has no usable text; fix it and replay")
     elif behaviour.startswith("slow:"):
