@@ -10,7 +10,7 @@ from azure.servicebus.aio import ServiceBusClient
 from azure.servicebus.exceptions import MessageNotFoundError
 
 from docbus.backoff import BackoffPolicy
-from handlers.runtime import discover_handlers
+from handlers.runtime import RegisteredHandler, discover_handlers
 from publisher import publish_documents
 from subscriber import processing as processing_module
 from subscriber.parking import ParkedMessage, mark_deferred, park, parked_messages, unpark
@@ -22,11 +22,13 @@ from tests.subscriber import sample_handlers
 from tests.subscriber.conftest import Stack
 
 
-async def test_a_resumed_message_that_fails_again_is_parked_again_not_stranded(
-    stack: Stack,
-) -> None:
+async def one_document(
+    stack: Stack, doc_id: str, behaviour: str
+) -> tuple[RegisteredHandler, Processor]:
+    """``doc_id`` published to the ``work`` handler, which will behave as ``behaviour`` says;
+    that handler and a processor with fast retries."""
     report = await publish_documents(
-        [{"doc_id": "p1", "text": "t", "metadata": {"behaviour": "always-fail"}}],
+        [{"doc_id": doc_id, "text": "t", "metadata": {"behaviour": behaviour}}],
         topic="docs", batch_id="b1", settings=stack.settings, store=stack.store,
     )  # fmt: skip
     assert report.ok
@@ -34,6 +36,13 @@ async def test_a_resumed_message_that_fails_again_is_parked_again_not_stranded(
     processor = Processor(
         stack.store, backoff=BackoffPolicy(base=0.1, cap=0.1, jitter=0.0), max_attempts=lambda _: 5
     )
+    return work, processor
+
+
+async def test_a_resumed_message_that_fails_again_is_parked_again_not_stranded(
+    stack: Stack,
+) -> None:
+    work, processor = await one_document(stack, "p1", "always-fail")
     async with ServiceBusClient.from_connection_string(stack.connection_string) as client:
         async with client.get_subscription_receiver("docs", "work") as receiver:
             messages: list[Any] = []
@@ -70,15 +79,7 @@ async def test_a_parking_delivery_hands_its_slot_on_before_its_bookkeeping(
     # Parking (record, defer, confirm) needs no handler slot, as completing does not: in batch
     # mode every delivery of a round parks, and holding the slot through it held re-runs to
     # about one per slot per 0.6 s, 0.4 s of it parking.
-    report = await publish_documents(
-        [{"doc_id": "ob", "text": "t", "metadata": {"behaviour": "over-budget"}}],
-        topic="docs", batch_id="b1", settings=stack.settings, store=stack.store,
-    )  # fmt: skip
-    assert report.ok
-    [work] = [h for h in discover_handlers(sample_handlers) if h.spec.name == "work"]
-    processor = Processor(
-        stack.store, backoff=BackoffPolicy(base=0.1, cap=0.1, jitter=0.0), max_attempts=lambda _: 5
-    )
+    work, processor = await one_document(stack, "ob", "over-budget")
     order: list[str] = []
     recorded = processing_module.park
 
