@@ -20,11 +20,13 @@ noise hits both sides alike, on one emulator (``python -m docbus emulator``) and
 ``noop``
     ``--messages`` messages through docbus's worker on a no-op handler
     (``bench/_overhead_worker.py``, set up as ``docbus worker`` sets up its own) against (a)
-    ``bare``, a receive+complete loop, and (b) ``bulk``, the same plus one ``insert_many`` of
-    the received batch's records (``bench/_overhead_raw.py``), with 1 and with 2 processes of
-    each. Rates count from the first settlement to the last (every process prints the
-    wall-clock times of its own); also per message: Mongo commands, SecantusDB and emulator CPU
-    (ms), and the SDK's receive sizes and completion latencies.
+    ``bare``, a receive+complete loop, and (b) ``bulk``, the same plus one ``insert_many`` of the
+    received batch's records (``bench/_overhead_raw.py``), with 1 and with 2 processes of each.
+    Rates count from the first settlement to the last (every process prints the wall-clock times of
+    its own), over 16,000 messages by default: 4,000 last about a second per consumer, mostly
+    docbus's start (its receive-ahead grows with the handlers' pace: 2,700 msgs/s over 4,000
+    messages, 3,850 over 16,000, in one session 19 run); also per message: Mongo commands,
+    SecantusDB and emulator CPU (ms), and the SDK's receive sizes and completion latencies.
 ``reprocess``
     ``--reprocess-messages`` documents with fresh ids through docbus's worker, then the same
     ids published again under a new batch once their results exist (what nightly re-runs and
@@ -42,7 +44,7 @@ The JSON line ends with ``aims``: each aim of issue 12 with its measured figure.
 stderr. ``--quick`` shrinks every size and runs one round (1.5-2 minutes, a smoke run whose
 figures mean little); ``--skip`` leaves phases out. A full run takes about 10 minutes.
 
-    python bench/overhead.py [--quick] [--docs 10000] [--messages 4000] [--rounds 2]
+    python bench/overhead.py [--quick] [--docs 10000] [--messages 16000] [--rounds 2]
         [--big-results 100000] [--skip publisher_rss,...]
 """
 
@@ -899,7 +901,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     add("--small-docs", type=int, default=70, help="documents of the small publish (70)")
     add("--small-rounds", type=int, default=5, help="rounds of the small publish (5)")
-    add("--messages", type=int, default=4000, help="messages per no-op run (4000)")
+    add("--messages", type=int, default=16_000, help="messages per no-op run (16000)")
     add("--concurrency", type=int, help="docbus worker concurrency (default: its settings')")
     add("--raw-batch", type=int, default=100, help="raw loops' max_message_count (100)")
     add("--reprocess-messages", type=int, default=1000, help="documents re-processed (1000)")
