@@ -25,6 +25,7 @@ from typing import IO, Any
 
 from rich.console import Console
 
+from docbus.cli.arguments import non_empty
 from docbus.cli.export import Format, add_destination_arguments, export_format, write_export
 from docbus.cli.render import make_console
 from docbus.ops.audit import EXPORT_FIELDS, ExportFilter, export_rows
@@ -95,10 +96,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     export = commands.add_parser(
         "export", help="export a batch's LLM prompt/response pairs (one row per request)"
     )
-    export.add_argument("--batch", required=True, metavar="ID", help="the batch")
-    export.add_argument("--step", metavar="NAME", help="only calls made in this step")
-    export.add_argument("--handler", metavar="NAME", help="only calls of this handler")
-    export.add_argument("--doc", metavar="ID", help="only calls about this document")
+    export.add_argument("--batch", required=True, metavar="ID", type=non_empty, help="the batch")
+    export.add_argument(
+        "--step", metavar="NAME", type=non_empty, help="only calls made in this step"
+    )
+    export.add_argument(
+        "--handler", metavar="NAME", type=non_empty, help="only calls of this handler"
+    )
+    export.add_argument(
+        "--doc", metavar="ID", type=non_empty, help="only calls about this document"
+    )
     add_destination_arguments(export, "messages and parsed output JSON-encoded")
 
 

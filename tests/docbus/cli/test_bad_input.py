@@ -86,6 +86,12 @@ BAD_VALUES = {
         ["results", "history", "d", "--handler", ""], "argument --handler: must not be empty"
     ),
     "results history ''": (["results", "history", ""], "argument DOC: must not be empty"),
+    "audit export --batch ''": (
+        ["audit", "export", "--batch", ""], "argument --batch: must not be empty"
+    ),
+    "audit export --step ''": (
+        ["audit", "export", "--batch", "b", "--step", ""], "argument --step: must not be empty"
+    ),
     "results show --handler ''": (
         ["results", "show", "d", "--handler", ""], "argument --handler: must not be empty"
     ),
@@ -110,7 +116,7 @@ def test_a_bad_value_is_a_usage_error_before_anything_runs(
     assert code == 2, err
     assert out == ""
     line = one_line(err)  # not argparse's usage first
-    command = " ".join(argv[:2]) if argv[0] in ("dlq", "parked", "results") else argv[0]
+    command = " ".join(argv[:2]) if argv[0] in ("dlq", "parked", "results", "audit") else argv[0]
     assert line.startswith(f"docbus {command}: error: "), line
     assert line.endswith(f"(see `docbus {command} --help`)"), line
     assert expected in line, line
