@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -36,17 +36,6 @@ from docbus.store._group import GroupFinder
 REQUESTS = "llm_requests"
 _FEW = 8
 """Keys read through the group finder at most (more: one query of their own)."""
-IN_SLICE = 100
-"""Values per ``$in`` in the store's commands over a whole round of keys: an ``$in`` of
-thousands is quadratic on some servers (SecantusDB: a find of 2,000 keys 2.8 s, 0.2 s in
-slices of 100; an ``update_many`` 6 s, 0.9 s), and on the others slices cost a few round
-trips."""
-
-
-def in_slices(values: Sequence[str]) -> Iterator[list[str]]:
-    """``values`` in slices of :data:`IN_SLICE`."""
-    for start in range(0, len(values), IN_SLICE):
-        yield list(values[start : start + IN_SLICE])
 
 
 class LLMRequestState(enum.StrEnum):

@@ -24,12 +24,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from pymongo import ASCENDING, DeleteOne, IndexModel, ReplaceOne, UpdateOne
 from pymongo.errors import DuplicateKeyError
 
-from docbus.store._base import StoreBase
+from docbus.store._base import StoreBase, in_slices
 from docbus.store._errors import _translated
 from docbus.store._llm_requests import (
     REQUESTS,
     LLMRequestState,
-    in_slices,
     request_finder,
 )
 

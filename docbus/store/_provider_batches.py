@@ -33,13 +33,12 @@ from pydantic import BaseModel, ConfigDict, Field
 from pymongo import ASCENDING, DESCENDING, IndexModel, ReturnDocument, UpdateOne
 
 from docbus.llm_batch import OPEN_STATES, History, Kind, ProviderBatchState, Settlement
-from docbus.store._base import StoreBase, _now
+from docbus.store._base import StoreBase, _now, in_slices
 from docbus.store._errors import StoreError, _translated
 from docbus.store._llm_requests import (
     REQUESTS,
     LLMRequestRecord,
     LLMRequestState,
-    in_slices,
     request_record,
 )
 

@@ -35,15 +35,13 @@ from pymongo import ASCENDING, InsertOne
 from pymongo.errors import DuplicateKeyError
 
 from docbus.records import ResultRecord, ResultWrite, result_rank
-from docbus.store._base import StoreBase, _now
+from docbus.store._base import StoreBase, _now, in_slices
 from docbus.store._errors import StoreError, _translated
 
 # The package's name, not this private module's: the store logged as ``docbus.store`` before
 # it was split, and logging configuration keyed on that name must keep working.
 logger = logging.getLogger("docbus.store")
 
-_IN_CHUNK = 1000
-"""Values per ``$in`` (a batch's rollback may name many thousands of versions)."""
 _EXPORT_PAGE = 500
 """Documents an export works out at once (it reads their versions from other batches)."""
 _RANGE_SLACK = 10
@@ -233,7 +231,7 @@ class ResultsMixin(StoreBase):
         wanted = sorted(set(doc_ids)) if doc_ids is not None else None
         found: list[dict[str, Any]] = []
         with _translated("read result versions"):
-            for chunk in _chunks(wanted) if wanted is not None else [None]:
+            for chunk in in_slices(wanted) if wanted is not None else [None]:
                 selector = query if chunk is None else {**query, "doc_id": {"$in": chunk}}
                 found.extend([raw async for raw in self._c("results").find(selector)])
             # Selected by document (and handler) only: these are every version of theirs.
@@ -268,7 +266,7 @@ class ResultsMixin(StoreBase):
             selectors.append({**base, "run_id": {"$in": sorted(set(run_ids))}})
         if publish_of is not None:
             selectors.append({**base, "batch_id": publish_of, "generation": 0, "run_id": None})
-        for chunk in _chunks(sorted(set(legacy_message_ids))):
+        for chunk in in_slices(sorted(set(legacy_message_ids))):
             selectors.append({**base, "message_id": {"$in": chunk}, "run_id": None})
         found: dict[str, dict[str, Any]] = {}
         with _translated("read the result versions of a run"):
@@ -291,7 +289,7 @@ class ResultsMixin(StoreBase):
             for raw in versions:
                 owners.setdefault(raw["handler"], set()).add(raw["doc_id"])
             for handler, docs in sorted(owners.items()):
-                for chunk in _chunks(sorted(docs)):
+                for chunk in in_slices(sorted(docs)):
                     for raw in await self._versions_of(handler, chunk):
                         ranked[raw["_id"]] = raw
         for raw in versions:  # as this read saw them (one written since is in `ranked` only)
@@ -324,7 +322,7 @@ class ResultsMixin(StoreBase):
         rolled back); each affected document's highest-ranked remaining version is current
         from then on. Returns the versions this call withdrew, as they are now."""
         return await self._flip(
-            [{"_id": {"$in": chunk}} for chunk in _chunks(sorted(set(version_ids)))],
+            [{"_id": {"$in": chunk}} for chunk in in_slices(sorted(set(version_ids)))],
             {"rolled_back": False},
             {"$set": {"rolled_back": True, "rolled_back_by": rollback_id,
                       "rolled_back_at": _now()}},
@@ -363,10 +361,10 @@ class ResultsMixin(StoreBase):
             for selector in selectors:
                 cursor = results.find({**selector, **condition}, {"_id": 1})
                 ids.extend([raw["_id"] async for raw in cursor])
-            for chunk in _chunks(ids):
+            for chunk in in_slices(ids):
                 await results.update_many({**condition, "_id": {"$in": chunk}}, change)
             flipped: list[dict[str, Any]] = []
-            for chunk in _chunks(ids):
+            for chunk in in_slices(ids):
                 flipped.extend([raw async for raw in results.find({"_id": {"$in": chunk}})])
             changed = [record for record in await self._records(flipped) if changed_here(record)]
         logger.info("%s: %d result version(s)", operation, len(changed))
@@ -380,10 +378,6 @@ def _index_of(exc: DuplicateKeyError) -> str:
 
 def _order(record: ResultRecord) -> tuple[str, str, int]:
     return record.doc_id, record.handler, record.version
-
-
-def _chunks(values: Sequence[Any]) -> list[list[Any]]:
-    return [list(values[i : i + _IN_CHUNK]) for i in range(0, len(values), _IN_CHUNK)]
 
 
 def _result(raw: Mapping[str, Any], version: int, current: bool) -> ResultRecord:

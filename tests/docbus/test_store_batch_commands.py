@@ -17,7 +17,7 @@ from typing import Any
 
 from docbus.llm_batch import BatchRequest
 from docbus.store import LLMRequestState, ParkedMessage, Store
-from docbus.store._llm_requests import IN_SLICE
+from docbus.store._base import IN_SLICE
 from tests.docbus import test_store_commands
 from tests.docbus.test_store_commands import WRITE_COMMANDS, Commands
 
