@@ -347,9 +347,8 @@ class ParkedMixin(StoreBase):
         many were marked. Called once requests are settled (a whole provider batch's keys),
         and by an idle worker (None).
 
-        Keys go to the server in slices of :data:`IN_SLICE`: an ``$in`` of a whole round's
-        thousands of keys is quadratic on some servers (SecantusDB: 2.8 s for 2,000 keys,
-        0.2 s in slices of 100), and on the others slices cost a few round trips."""
+        Keys go to the server in slices (:func:`docbus.store._base.in_slices`), not as one
+        ``$in`` of a whole round's thousands."""
         query: dict[str, Any] = {"reason": AWAITING_BATCH, "resume_requested_at": None}
         slices: list[list[str] | None] = [None]
         if keys is not None:
