@@ -17,13 +17,14 @@ active (harmless: resuming it finds nothing and drops the record). Neighbours:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 from docbus.store import ParkedMessage, Store
 
 __all__ = [
     "ParkedMessage",
     "count_parked",
+    "fetchable_parked",
     "mark_deferred",
     "mark_resumed",
     "may_resume",
@@ -56,21 +57,30 @@ async def parked_messages(
     *,
     reason: str | None = None,
     waiting: bool = True,
+    confirmed: bool = True,
     after: int | None = None,
     limit: int = 100,
 ) -> list[ParkedMessage]:
-    """Parked messages that can be fetched back: deferred, or unconfirmed for a while
-    (``waiting`` False: not those still awaiting their batch-mode answers), by sequence
-    number, ``limit`` of them from above ``after``."""
+    """Parked messages that can be fetched back: not in a worker's hands, and deferred or
+    unconfirmed for a while (``confirmed`` False: whatever their deferral; ``waiting`` False:
+    not those still awaiting their batch-mode answers), by sequence number, ``limit`` of them
+    (0: all) from above ``after``."""
     return await store.parked(
         topic=topic,
         subscription=subscription,
         reason=reason,
         fetchable=True,
+        confirmed=confirmed,
         waiting=waiting,
         after=after,
         limit=limit,
     )
+
+
+async def fetchable_parked(store: Store, ids: Collection[str]) -> list[ParkedMessage]:
+    """Of the records ``ids``, those a resumer may fetch back now (read just before it does:
+    another worker may have taken some since they were listed), by sequence number."""
+    return await store.fetchable_parked(ids)
 
 
 async def unpark(store: Store, parked: ParkedMessage) -> None:

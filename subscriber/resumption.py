@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from datetime import UTC, datetime
 
 from azure.servicebus import ServiceBusReceivedMessage
 
@@ -32,6 +33,7 @@ from subscriber.parking import (
     OVER_BUDGET,
     SYSTEMIC,
     ParkedMessage,
+    fetchable_parked,
     mark_resumed,
     may_resume,
     parked_messages,
@@ -45,8 +47,14 @@ __all__ = ["Fetched", "Resumption", "parked_why"]
 logger = logging.getLogger(__name__)
 
 PAGE = 100
-"""Parked records read (and messages fetched back) at once; a look goes on page after page
-until every resumable one is fetched, so a whole batch round comes back in one look."""
+"""Parked messages fetched back at once (their records read again just before); a look goes
+on page after page until every resumable one is fetched, so a whole batch round comes back in
+one look."""
+
+CANDIDATES = 5000
+"""Parked records a look reads at once to learn which may go. One query for them all, then
+the pages by id: a query per page over the subscription's records made a look's cost grow with
+the square of a round (SecantusDB reads a query's whole index range, whatever its limit)."""
 
 SOON = 0.5
 """Seconds before looking again at records marked for resumption whose deferral the parking
@@ -119,37 +127,45 @@ class Resumption:
                 receiver = self.receivers.get(spec.name)
                 if receiver is None or self._stopping.is_set():
                     continue
-                try:
-                    self._soon = self._soon or bool(
-                        await self.store.count_resumable_unconfirmed(
-                            topic=spec.topic, subscription=spec.subscription
-                        )
-                    )
-                except StoreError as exc:
-                    logger.warning("cannot read parked messages: %s", exc)
-                    return started
                 after: int | None = None
                 while not self._stopping.is_set():
                     try:
-                        page = await parked_messages(
+                        # whatever their deferral: an unconfirmed one marked for resumption
+                        # is a reason to look again soon
+                        candidates = await parked_messages(
                             self.store, spec.topic, spec.subscription, waiting=False,
-                            after=after, limit=PAGE,
+                            confirmed=False, after=after, limit=CANDIDATES,
                         )  # fmt: skip
-                        ready = await self._ready(page)
                     except StoreError as exc:
                         logger.warning("cannot read parked messages: %s", exc)
                         return started
-                    if ready:
-                        fetched = await self._fetch(receiver, ready)
-                        if fetched:
-                            logger.info(
-                                "resuming %d parked messages of %s", len(fetched), spec.name
-                            )
-                            await self._taken(fetched)
-                        started += await self._run(registered, receiver, fetched)
-                    if len(page) < PAGE:
+                    now = datetime.now(UTC)
+                    settled = [p.id for p in candidates if p.deferral_settled(now)]
+                    self._soon = self._soon or any(
+                        p.resume_requested_at is not None and not p.deferral_settled(now)
+                        for p in candidates
+                    )
+                    for part in (settled[i : i + PAGE] for i in range(0, len(settled), PAGE)):
+                        if self._stopping.is_set():
+                            break
+                        try:
+                            # read again just before fetching: another worker may have them now
+                            page = await fetchable_parked(self.store, part)
+                            ready = await self._ready(page)
+                        except StoreError as exc:
+                            logger.warning("cannot read parked messages: %s", exc)
+                            return started
+                        if ready:
+                            fetched = await self._fetch(receiver, ready)
+                            if fetched:
+                                logger.info(
+                                    "resuming %d parked messages of %s", len(fetched), spec.name
+                                )
+                                await self._taken(fetched)
+                            started += await self._run(registered, receiver, fetched)
+                    if len(candidates) < CANDIDATES:
                         break
-                    after = page[-1].sequence_number
+                    after = candidates[-1].sequence_number
             return started
 
     async def _taken(self, fetched: Fetched) -> None:

@@ -25,7 +25,7 @@ from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
-from pymongo import ASCENDING, IndexModel, UpdateOne
+from pymongo import ASCENDING, IndexModel, InsertOne
 from pymongo.errors import DuplicateKeyError
 
 from docbus.llm_batch import BatchRequest, History, input_line
@@ -183,16 +183,16 @@ class LLMRequestsMixin(StoreBase):
         }
         finder = request_finder(self)
         with _translated(f"register LLM request {request.key[:12]}"):
-            # grouped with the other deliveries' registrations: a round registers thousands
+            # grouped with the other deliveries' registrations: a round registers thousands.
+            # An insert, not an upsert: the same call registered before (a redelivery, or a
+            # concurrent registration) is refused on `_id` and read back as it stands; an
+            # upsert would cost the server a lookup before every insert.
             try:
-                created = await self._writer(REQUESTS).write(
-                    UpdateOne({"_id": request.key}, {"$setOnInsert": fields}, upsert=True)
-                )
+                await self._writer(REQUESTS).write(InsertOne({"_id": request.key, **fields}))
             except DuplicateKeyError:
-                created = False  # a concurrent registration of the same call inserted it first
-            if created:
+                found = await finder.find(request.key, request.key)
+            else:
                 return request_record({**fields, "_id": request.key})
-            found = await finder.find(request.key, request.key)
         if not found:
             raise StoreError(f"registering LLM request {request.key[:12]} stored nothing")
         return request_record(found[0])
@@ -329,14 +329,6 @@ class LLMRequestsMixin(StoreBase):
             async for row in await self._c(REQUESTS).aggregate(pipeline):
                 return float(row.get("usd") or 0.0)
         return 0.0
-
-    async def has_open_llm_requests(self) -> bool:
-        """Whether any request waits for a provider batch (pending or submitted): a worker
-        with batch-mode work outstanding is not idle."""
-        open_states = [LLMRequestState.PENDING.value, LLMRequestState.SUBMITTED.value]
-        with _translated("look for open LLM requests"):
-            found = await self._c(REQUESTS).find_one({"state": {"$in": open_states}}, {"_id": 1})
-        return found is not None
 
     async def hold_llm_requests(self, batch_id: str) -> int:
         """Hold a cancelled docbus batch's pending requests (not submitted until resumed);

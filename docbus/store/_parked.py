@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -75,6 +75,24 @@ class ParkedMessage(BaseModel):
     def id(self) -> str:
         return f"{self.topic}/{self.subscription}#{self.sequence_number}"
 
+    # What a resumer may fetch back, judged on a record in hand; `_fetchable_clauses` and
+    # `_NOT_WAITING` say the same to the server.
+
+    def deferral_settled(self, now: datetime) -> bool:
+        """Whether its message can be fetched back as far as the deferral goes: confirmed, or
+        unconfirmed for longer than :data:`UNCONFIRMED_AFTER` (it happened or never will)."""
+        return self.deferred or self.parked_at < now - UNCONFIRMED_AFTER
+
+    def in_hands(self, now: datetime) -> bool:
+        """Whether a worker fetched it back less than :data:`UNCONFIRMED_AFTER` ago (its
+        delivery has not settled yet, or that worker died and it is not stale yet)."""
+        return self.resumed_at is not None and self.resumed_at >= now - UNCONFIRMED_AFTER
+
+    @property
+    def waiting(self) -> bool:
+        """``AwaitingBatch`` and not marked for resumption: its requests are not all answered."""
+        return self.reason == AWAITING_BATCH and self.resume_requested_at is None
+
 
 class ParkedGroup(BaseModel):
     """Parked messages of one subscription (and handler) for one reason."""
@@ -109,6 +127,24 @@ def _query(
         if value is not None:
             query[field] = value
     return query
+
+
+def _fetchable_clauses(now: datetime, *, confirmed: bool) -> list[dict[str, Any]]:
+    """Not in a worker's hands and (``confirmed``) its deferral settled, said to the server
+    (:meth:`ParkedMessage.in_hands`, :meth:`ParkedMessage.deferral_settled`)."""
+    stale = now - UNCONFIRMED_AFTER
+    clauses: list[dict[str, Any]] = [
+        {"$or": [{"resumed_at": None}, {"resumed_at": {"$lt": stale}}]}
+    ]
+    if confirmed:
+        clauses.append({"$or": [{"deferred": True}, {"parked_at": {"$lt": stale}}]})
+    return clauses
+
+
+_NOT_WAITING: dict[str, Any] = {
+    "$or": [{"reason": {"$ne": AWAITING_BATCH}}, {"resume_requested_at": {"$ne": None}}]
+}
+"""Not :attr:`ParkedMessage.waiting`, said to the server."""
 
 
 class ParkedMixin(StoreBase):
@@ -176,6 +212,7 @@ class ParkedMixin(StoreBase):
         batch_id: str | None = None,
         handler: str | None = None,
         fetchable: bool = False,
+        confirmed: bool = True,
         waiting: bool = True,
         after: int | None = None,
         limit: int = 0,
@@ -183,38 +220,42 @@ class ParkedMixin(StoreBase):
         """Parked messages matching every filter given, by sequence number (``limit`` 0: all).
 
         ``fetchable``: only those that can be fetched back now — deferred, or unconfirmed for
-        longer than :data:`UNCONFIRMED_AFTER` — and not in a worker's hands (resumed less
-        than :data:`UNCONFIRMED_AFTER` ago). ``waiting`` False: without the ``AwaitingBatch``
-        records not marked for resumption (their requests are not all answered: a worker
-        cannot resume them, and a page of them must not hide those it can). ``after``: only
-        sequence numbers above it (the next page).
+        longer than :data:`UNCONFIRMED_AFTER` (:meth:`ParkedMessage.deferral_settled`;
+        ``confirmed`` False: whatever their deferral) — and not in a worker's hands (resumed
+        less than :data:`UNCONFIRMED_AFTER` ago). ``waiting`` False: without the
+        ``AwaitingBatch`` records not marked for resumption (their requests are not all
+        answered: a worker cannot resume them, and a page of them must not hide those it can).
+        ``after``: only sequence numbers above it (the next page).
         """
         query = _query(
             topic=topic, subscription=subscription, reason=reason, batch_id=batch_id,
             handler=handler,
         )  # fmt: skip
         if fetchable:
-            stale = datetime.now(UTC) - UNCONFIRMED_AFTER
-            query["$and"] = [
-                {"$or": [{"deferred": True}, {"parked_at": {"$lt": stale}}]},
-                {"$or": [{"resumed_at": None}, {"resumed_at": {"$lt": stale}}]},
-            ]
+            query["$and"] = _fetchable_clauses(datetime.now(UTC), confirmed=confirmed)
         if after is not None:
             query["sequence_number"] = {"$gt": after}
         if not waiting:
-            query.setdefault("$and", []).append(
-                {
-                    "$or": [
-                        {"reason": {"$ne": AWAITING_BATCH}},
-                        {"resume_requested_at": {"$ne": None}},
-                    ]
-                }
-            )
+            query.setdefault("$and", []).append(_NOT_WAITING)
         with _translated("read parked messages"):
             cursor = self._c(COLLECTION).find(query).sort("sequence_number", 1)
             if limit:
                 cursor = cursor.limit(limit)
             return [ParkedMessage.model_validate(raw) async for raw in cursor]
+
+    async def fetchable_parked(self, ids: Collection[str]) -> list[ParkedMessage]:
+        """The records of ``ids`` that a resumer may fetch back now — as ``parked(fetchable=True,
+        waiting=False)`` would return them — by sequence number. Read by id alone and judged
+        here: beside an ``_id $in``, the clauses of that query make SecantusDB read the whole
+        collection (270 ms for 100 ids among 2,000 records; 12 ms by id alone)."""
+        with _translated("read parked messages"):
+            cursor = self._c(COLLECTION).find({"_id": {"$in": list(ids)}})
+            found = [ParkedMessage.model_validate(raw) async for raw in cursor]
+        now = datetime.now(UTC)
+        return sorted(
+            (p for p in found if p.deferral_settled(now) and not p.in_hands(now) and not p.waiting),
+            key=lambda p: p.sequence_number,
+        )
 
     async def count_parked(
         self,
@@ -296,18 +337,6 @@ class ParkedMixin(StoreBase):
                 query, {"$set": {"resume_requested_at": datetime.now(UTC)}}
             )
         return outcome.modified_count
-
-    async def count_resumable_unconfirmed(self, *, topic: str, subscription: str) -> int:
-        """Records marked for resumption whose deferral is not confirmed yet (the parking
-        worker is between its record and its confirmation): fetchable in a moment."""
-        query = {
-            "topic": topic,
-            "subscription": subscription,
-            "deferred": False,
-            "resume_requested_at": {"$ne": None},
-        }
-        with _translated("count parked messages awaiting their deferral"):
-            return int(await self._c(COLLECTION).count_documents(query))
 
     async def count_resuming_for_llm_requests(self) -> int:
         """Deliveries parked ``AwaitingBatch`` marked for resumption that have not parked again

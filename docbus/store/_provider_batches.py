@@ -455,6 +455,23 @@ class ProviderBatchesMixin(StoreBase):
 
     # -- reading ------------------------------------------------------------------------------
 
+    async def has_open_llm_requests(self) -> bool:
+        """Whether any request waits for a provider batch (pending or submitted): a worker
+        with batch-mode work outstanding is not idle.
+
+        A submitted request's provider batch record is open — it is claimed before its
+        requests and settled or abandoned after them — so the few open records answer for a
+        round's thousands of submitted requests, which a query of their own would read (an
+        idle worker asks every fraction of a second while the provider works)."""
+        open_states = [state.value for state in OPEN_STATES]
+        with _translated("look for open LLM requests"):
+            if await self._c(PROVIDER_BATCHES).find_one(
+                {"state": {"$in": open_states}}, {"_id": 1}
+            ):
+                return True
+            pending = {"state": LLMRequestState.PENDING.value}
+            return await self._c(REQUESTS).find_one(pending, {"_id": 1}) is not None
+
     async def get_provider_batch(self, record_id: str) -> ProviderBatchRecord | None:
         with _translated(f"read provider batch {record_id}"):
             raw = await self._c(PROVIDER_BATCHES).find_one({"_id": record_id})

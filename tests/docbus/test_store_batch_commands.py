@@ -74,6 +74,8 @@ async def test_a_round_of_registrations_is_a_few_grouped_commands(
     # was one findAndModify per request
     assert len(sent) <= 6, names(sent)
     assert_durable(sent)
+    # inserts, not upserts: an upsert costs the server a lookup before each insert
+    assert set(names(sent)) == {"insert"}, names(sent)
     assert all(record.state is LLMRequestState.PENDING for record in records)
     # what each got back is what is stored
     stored = await store.llm_requests([r.key for r in made])

@@ -383,6 +383,24 @@ async def test_a_settlement_moves_every_request_the_way_the_taxonomy_says(store:
     assert (await store.provider_batches(batch_id="b1"))[0].id == record.id
 
 
+async def test_requests_are_open_while_pending_or_in_an_open_provider_batch(store: Store) -> None:
+    assert not await store.has_open_llm_requests()
+    keys = await register(store, 3)
+    assert await store.has_open_llm_requests()  # pending
+    record = await store.claim_llm_requests(new_id(), CHAT, MODEL, keys, token=1)
+    await advance_to_collecting(store, record.id)
+    assert await store.has_open_llm_requests()  # submitted: its record is open
+    # a crash in the middle of the apply: one answered, the record still collecting
+    await store.database["llm_requests"].update_one(
+        {"_id": keys[0]}, {"$set": {"state": "answered"}}
+    )
+    assert await store.has_open_llm_requests()
+    lines = "".join(answer_line(key, "ok") for key in keys)
+    settlement = settle("completed", keys, read_lines(lines))
+    await store.apply_llm_settlement(record.id, settlement, token=1)
+    assert not await store.has_open_llm_requests()
+
+
 async def test_only_records_before_creating_can_be_abandoned(store: Store) -> None:
     keys = await register(store, 1)
     record = await store.claim_llm_requests(new_id(), CHAT, MODEL, keys, token=1)
