@@ -445,8 +445,9 @@ class Processor:
         lock then expires, with the same effect, later).
 
         A resumed parked message is still deferred, and abandoning leaves it so: only its
-        ``parked`` record brings it back, so that record is written again first (kept as it
-        is if the message was given back before its handler started).
+        ``parked`` record brings it back, so that record is written again once it is
+        abandoned (:meth:`_repark`; kept as it is if the message was given back before its
+        handler started).
         """
         if is_deferred(message):
             reason = decision.reason if decision is not None and decision.reason else "GivenBack"
@@ -455,15 +456,16 @@ class Processor:
                 if decision is not None
                 else "given back unprocessed (the worker stopped); resumed again later"
             )
+            parked = self._parked(registered, message, reason, description, envelope)
             try:
-                await park(
-                    self.store,
-                    self._parked(registered, message, reason, description, envelope, deferred=True),
-                )
+                await self._repark(receiver.abandon, message, parked)
+            except MessagingError as exc:
+                logger.warning("could not abandon %s: %s", message.message_id, exc)
             except StoreError as exc:
                 logger.error(
                     "a deferred message has no parked record (%s): %s", message.sequence_number, exc
                 )
+            return
         try:
             await receiver.abandon(message)
         except MessagingError as exc:
@@ -522,11 +524,33 @@ class Processor:
         parked = self._parked(registered, message, decision.reason, decision.description, envelope)
         if decision.llm_requests:  # batch mode: what it waits for
             parked = parked.model_copy(update={"llm_requests": list(decision.llm_requests)})
+        if is_deferred(message):
+            await self._repark(receiver.defer, message, parked)
+            return
         # Record first, so a deferred message is never without its record; then confirm, so
         # no resumer fetches it before Service Bus has deferred it.
         await park(self.store, parked)
         await receiver.defer(message)
         await mark_deferred(self.store, parked)
+
+    async def _repark(
+        self,
+        settle: Callable[[ServiceBusReceivedMessage], Awaitable[None]],
+        message: ServiceBusReceivedMessage,
+        parked: ParkedMessage,
+    ) -> None:
+        """Park a resumed message again: ``settle`` it (defer or abandon), then write its
+        record, confirmed as it is written — it was deferred before and stays so, whatever
+        happens to it now.
+
+        Settled first: until then its record still says a worker has it (resumed), so no
+        resumer reaches for it while it is locked (it would find it "not found" and drop the
+        record, leaving a deferred message nothing fetches back), and a crash in between
+        leaves that record, fetchable again once stale. One write per round instead of a
+        record and its confirmation. If settling fails, the record is left as it is (the
+        lock lapses; the record goes stale and brings it back)."""
+        await settle(message)
+        await park(self.store, parked.model_copy(update={"deferred": True}))
 
     @staticmethod
     def _dead_letter_record(

@@ -6,6 +6,7 @@ import asyncio
 from typing import Any
 
 import pytest
+from azure.servicebus import ServiceBusReceivedMessage
 from azure.servicebus.aio import ServiceBusClient
 from azure.servicebus.exceptions import MessageNotFoundError
 
@@ -13,7 +14,15 @@ from docbus.backoff import BackoffPolicy
 from handlers.runtime import RegisteredHandler, discover_handlers
 from publisher import publish_documents
 from subscriber import processing as processing_module
-from subscriber.parking import ParkedMessage, mark_deferred, park, parked_messages, unpark
+from subscriber.parking import (
+    ParkedMessage,
+    fetchable_parked,
+    mark_deferred,
+    mark_resumed,
+    park,
+    parked_messages,
+    unpark,
+)
 from subscriber.processing import Processor, is_deferred
 from subscriber.receiver import Receiver
 from subscriber.settlement import Action
@@ -71,6 +80,101 @@ async def test_a_resumed_message_that_fails_again_is_parked_again_not_stranded(
             [fetched] = await receiver.receive_deferred_messages([record.sequence_number])
             assert fetched.delivery_count > resumed.delivery_count
             await receiver.complete_message(fetched)
+
+
+async def resumed_one(
+    stack: Stack, receiver: Any, doc_id: str
+) -> tuple[ParkedMessage, ServiceBusReceivedMessage]:
+    """The first message of the subscription parked as the processor parks it (record, defer,
+    confirm), then fetched back and marked as the resumer does."""
+    messages: list[Any] = []
+    while not messages:
+        messages = await receiver.receive_messages(max_message_count=1, max_wait_time=5)
+    [message] = messages
+    record = ParkedMessage(
+        topic="docs", subscription="work", reason="SystemicFailure",
+        sequence_number=int(message.sequence_number), batch_id="b1", doc_id=doc_id,
+    )  # fmt: skip
+    await park(stack.store, record)
+    await receiver.defer_message(message)
+    await mark_deferred(stack.store, record)
+    [resumed] = await receiver.receive_deferred_messages([record.sequence_number])
+    await mark_resumed(stack.store, [record])
+    return record, resumed
+
+
+def watch_reparking(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch, other: Any, seen: list[str]
+) -> None:
+    """Each time the processor writes a parked record: if a resumer could take it now, could
+    another receiver fetch its message ("free"), or is it still locked ("locked": a resumer
+    would find it "not found" and drop the record of a message still deferred)?"""
+    recorded = processing_module.park
+
+    async def park_watched(store: Any, parked: ParkedMessage) -> None:
+        await recorded(store, parked)
+        if not await fetchable_parked(store, [parked.id]):
+            seen.append("not fetchable")
+            return
+        try:
+            [fetched] = await other.receive_deferred_messages([parked.sequence_number])
+        except MessageNotFoundError:
+            seen.append("locked")
+        else:
+            seen.append("free")
+            await other.abandon_message(fetched)  # back to its park, as it was
+
+    monkeypatch.setattr(processing_module, "park", park_watched)
+
+
+async def test_a_resumed_message_given_back_is_not_fetchable_while_still_locked(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    work, processor = await one_document(stack, "gb", "always-fail")
+    seen: list[str] = []
+    async with (
+        ServiceBusClient.from_connection_string(stack.connection_string, retry_total=0) as client,
+        client.get_subscription_receiver("docs", "work") as receiver,
+        client.get_subscription_receiver("docs", "work") as other,
+    ):
+        record, resumed = await resumed_one(stack, receiver, "gb")
+        watch_reparking(stack, monkeypatch, other, seen)
+        outcome = await processor.process(work, Receiver(receiver, "docs/work"), resumed)
+        assert outcome.action is Action.RETRY
+        assert seen == ["free"]  # was "locked": abandoned only after its record was written
+        [again] = await parked_messages(stack.store, "docs", "work")
+        assert again.sequence_number == record.sequence_number and again.deferred
+        [fetched] = await receiver.receive_deferred_messages([record.sequence_number])
+        await receiver.complete_message(fetched)
+
+
+async def test_a_resumed_message_parking_again_writes_its_record_once_after_the_deferral(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # batch mode re-parks every delivery of a round: the record of a message deferred already
+    # is written once, confirmed, after the deferral (no confirmation write of its own)
+    work, processor = await one_document(stack, "rp", "over-budget")
+    seen: list[str] = []
+    confirmed: list[str] = []
+
+    async def confirm_noted(store: Any, parked: ParkedMessage) -> None:
+        confirmed.append(parked.id)
+
+    monkeypatch.setattr(processing_module, "mark_deferred", confirm_noted)
+    async with (
+        ServiceBusClient.from_connection_string(stack.connection_string, retry_total=0) as client,
+        client.get_subscription_receiver("docs", "work") as receiver,
+        client.get_subscription_receiver("docs", "work") as other,
+    ):
+        record, resumed = await resumed_one(stack, receiver, "rp")
+        watch_reparking(stack, monkeypatch, other, seen)
+        outcome = await processor.process(work, Receiver(receiver, "docs/work"), resumed)
+        assert outcome.action is Action.PARK
+        assert seen == ["free"] and confirmed == []
+        [again] = await parked_messages(stack.store, "docs", "work")
+        assert again.reason == "OverBudget" and again.deferred and again.resumed_at is None
+        [fetched] = await receiver.receive_deferred_messages([record.sequence_number])
+        await receiver.complete_message(fetched)
 
 
 async def test_a_parking_delivery_hands_its_slot_on_before_its_bookkeeping(
