@@ -20,9 +20,13 @@ requests per file, the cost ratio batch/live (the two runs' audited cost; the is
 over the requests it registered), and docbus's own wall time per round: the batch run's
 seconds minus the server's processing time for each round, over the rounds (``docbus_s_per_round``:
 the whole run, the worker's start and idle exit included; ``docbus_phase_s_per_round``: from the
-first handler call to the last completion), and the latter per 10,000 requests. ``batch_mode``
-says whether the worker ran the calls in batch mode at all (False: a worker without batch
-mode ran them live, and the batch figures are empty).
+first handler call to the last completion), and the latter per 10,000 requests. The plainest
+alternative runs last, in the same run (:func:`raw_rounds`: each round's requests through the
+SDK's Files and Batches APIs alone, the answers stored with one journaled insert):
+``raw_s_per_10k_requests`` is its time outside the provider's processing, ``docbus_vs_raw``
+the ratio of docbus's to it. ``batch_mode`` says whether the worker ran the calls in batch
+mode at all (False: a worker without batch mode ran them live, and the batch figures are
+empty).
 
     python bench/batch_mode.py [--docs 200] [--processing 2] [--concurrency 64] [--max-wait 120]
         [--quiet 1]
@@ -163,6 +167,65 @@ async def rounds_of(store: Any, batch_id: str) -> int:
     return max((len(batches) for batches in per_doc.values()), default=0)
 
 
+async def raw_rounds(stack: StandIns, options: argparse.Namespace, rounds: int) -> float:
+    """The plainest alternative, in the same run: per round, as many requests as documents
+    through the ``openai`` SDK's Files and Batches APIs alone (one file, polled every half
+    second as the submitter is tuned here) and their answers stored with one journaled
+    ``insert_many`` (no steps, checkpoints, audit, budgets, deliveries or parking). Returns
+    its seconds outside the provider's processing, summed over ``rounds`` rounds."""
+    from openai import AsyncOpenAI
+    from pymongo import AsyncMongoClient
+    from pymongo.write_concern import WriteConcern
+
+    client = AsyncOpenAI(base_url=stack.llm_base_url, api_key="offline")
+    mongo: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(stack.mongo_uri)
+    answers = mongo["bench_raw"].get_collection(
+        "answers", write_concern=WriteConcern(w="majority", j=True)
+    )
+    outside = 0.0
+    try:
+        for number in range(rounds):
+            started = time.perf_counter()
+            lines = [
+                json.dumps(
+                    {
+                        "custom_id": f"r{number}-{doc['doc_id']}",
+                        "method": "POST",
+                        "url": "/v1/chat/completions",
+                        "body": {
+                            "model": "docbus-offline",
+                            "messages": [{"role": "user", "content": f"Classify: {doc['text']}"}],
+                        },
+                    }
+                )
+                for doc in documents(options.docs)
+            ]
+            uploaded = await client.files.create(
+                file=("round.jsonl", "\n".join(lines).encode()), purpose="batch"
+            )
+            batch = await client.batches.create(
+                input_file_id=uploaded.id,
+                endpoint="/v1/chat/completions",
+                completion_window="24h",
+            )
+            while batch.status not in ("completed", "failed", "expired", "cancelled"):
+                await asyncio.sleep(0.5)
+                batch = await client.batches.retrieve(batch.id)
+            if batch.output_file_id is None:
+                raise RuntimeError(f"the raw round's batch ended {batch.status}")
+            content = await client.files.content(batch.output_file_id)
+            rows = [json.loads(line) for line in content.text.splitlines() if line.strip()]
+            await answers.insert_many(
+                [{"_id": row["custom_id"], "answer": row["response"]["body"]} for row in rows],
+                ordered=False,
+            )
+            outside += time.perf_counter() - started - options.processing
+    finally:
+        await client.close()
+        await mongo.close()
+    return outside
+
+
 async def bench(options: argparse.Namespace, console: Console) -> dict[str, Any]:
     from docbus.store import Store
 
@@ -187,8 +250,11 @@ async def bench(options: argparse.Namespace, console: Console) -> dict[str, Any]
             rounds = await rounds_of(store, BATCH_RUN)
             created = int(server_stats(stack.llm_base_url)["batches"]["created"])
             live = await publish_and_run(settings, store, stack, options, LIVE_RUN, "live", mongo)
+            raw_outside = await raw_rounds(stack, options, max(rounds, 1))
     docbus_seconds = batch.seconds - rounds * options.processing
     phase_docbus = batch.phase_seconds - rounds * options.processing
+    per_10k = round(phase_docbus / requests * 10_000, 1) if requests else None
+    raw_per_10k = raw_outside / (max(rounds, 1) * options.docs) * 10_000
     return {
         "bench": "batch_mode",
         "docs": options.docs,
@@ -209,9 +275,9 @@ async def bench(options: argparse.Namespace, console: Console) -> dict[str, Any]
         "docbus_s_per_round": round(docbus_seconds / rounds, 2) if rounds else None,
         "phase_s": round(batch.phase_seconds, 2),
         "docbus_phase_s_per_round": round(phase_docbus / rounds, 2) if rounds else None,
-        "docbus_phase_s_per_10k_requests": (
-            round(phase_docbus / requests * 10_000, 1) if requests else None
-        ),
+        "docbus_phase_s_per_10k_requests": per_10k,
+        "raw_s_per_10k_requests": round(raw_per_10k, 2),
+        "docbus_vs_raw": round(per_10k / raw_per_10k, 1) if per_10k and raw_per_10k > 0 else None,
         "python": platform.python_version(),
     }
 
