@@ -60,6 +60,10 @@ SOON = 0.5
 """Seconds before looking again at records marked for resumption whose deferral the parking
 worker has not confirmed yet (a batch round answered while its deliveries were parking)."""
 
+HELD_FOR = 60.0
+"""Seconds a parked message another receiver held at a fetch is left alone (Service Bus says
+"not found" of it, and the SDK retries that: each fetch costs seconds)."""
+
 Fetched = list[tuple[ParkedMessage, ServiceBusReceivedMessage]]
 """Parked messages fetched back, each with its record, in the records' order."""
 
@@ -91,6 +95,9 @@ class Resumption:
         self._soon = False
         """A record marked for resumption waits for its deferral's confirmation: look again
         in :data:`SOON` seconds rather than at the next interval."""
+        self._held: dict[str, float] = {}
+        """Ids of parked records whose message another receiver held at a fetch, until when
+        (loop time) they are left alone: each fetch of one costs the SDK's retries."""
         self.waiting: set[str] = set()
         """Ids of parked records fetched back whose handler has not started yet (the worker
         discards each as its delivery ends): not fetched a second time."""
@@ -208,7 +215,9 @@ class Resumption:
         return groups
 
     async def _ready(self, parked: list[ParkedMessage]) -> list[ParkedMessage]:
-        candidates = [p for p in parked if p.id not in self.waiting]
+        now = asyncio.get_running_loop().time()
+        self._held = {key: until for key, until in self._held.items() if until > now}
+        candidates = [p for p in parked if p.id not in self.waiting and p.id not in self._held]
         over_budget: dict[str, bool] = {}
         for batch_id in {p.batch_id for p in candidates if p.reason == OVER_BUDGET}:
             if batch_id is not None:
@@ -244,8 +253,15 @@ class Resumption:
             for p in parked:  # one by one: drop the records of messages that are gone
                 try:
                     messages += await receiver.receive_deferred([p.sequence_number])
-                except MessageNotFound:
-                    await unpark(self.store, p)
+                except MessageNotFound as one_exc:
+                    if await _gone(receiver, p.sequence_number):
+                        await unpark(self.store, p)
+                    else:
+                        logger.warning(
+                            "parked message %s is held by another receiver: it stays parked, "
+                            "looked at again in %.0fs (%s)", p.id, HELD_FOR, one_exc,
+                        )  # fmt: skip
+                        self._held[p.id] = asyncio.get_running_loop().time() + HELD_FOR
                 except MessagingError as one_exc:
                     logger.warning("parked message %s stays parked: %s", p.id, one_exc)
         by_number = {m.sequence_number: m for m in messages}
@@ -255,6 +271,17 @@ class Resumption:
             if message is not None:
                 fetched.append((p, message))
         return fetched
+
+
+async def _gone(receiver: Receiver, sequence_number: int) -> bool:
+    """Whether the message a fetch found "not found" is really gone: Service Bus says so too
+    of a deferred message another receiver has locked, whose record must stay (a peek, which
+    locks nothing, still sees that one). Unsure — the peek failed — is not gone."""
+    try:
+        peeked = await receiver.peek(1, from_sequence=sequence_number)
+    except MessagingError:
+        return False
+    return not peeked or peeked[0].sequence_number != sequence_number
 
 
 def parked_why(reason: str, description: str) -> str:

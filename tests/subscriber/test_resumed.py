@@ -288,6 +288,40 @@ def sample_worker(stack: Stack, client: ServiceBusClient, **options: Any) -> Wor
     )  # fmt: skip
 
 
+async def keep_locked(receiver: Any, message: ServiceBusReceivedMessage) -> None:
+    """Renew ``message``'s lock until cancelled, as a worker running its handler does."""
+    while True:
+        await receiver.renew_message_lock(message)
+        await asyncio.sleep(0.5)
+
+
+async def test_a_parked_message_another_receiver_holds_keeps_its_record(stack: Stack) -> None:
+    # Service Bus answers "not found" for a deferred message another receiver has locked (a
+    # worker whose handler outlived the record's in-hands time, say): a look must not take it
+    # for gone, or nothing would ever fetch it back once that receiver lets it go. (No SDK
+    # retries: it retries "not found", seconds each.)
+    async with ServiceBusClient.from_connection_string(
+        stack.connection_string, retry_total=0
+    ) as client:
+        await park_one(stack, client, "h1", "GivenBack")
+        [record] = await parked_messages(stack.store, "docs", "work")
+        async with client.get_subscription_receiver("docs", "work") as holder:
+            [held] = await holder.receive_deferred_messages([record.sequence_number])
+            renewing = asyncio.create_task(keep_locked(holder, held))  # (the lock is 2 s)
+            try:
+                first = await asyncio.wait_for(sample_worker(stack, client).run(), 30)
+            finally:
+                renewing.cancel()
+            assert first.count(Action.COMPLETE) == 0
+            assert [p.id for p in await parked_messages(stack.store, "docs", "work")] == [
+                record.id
+            ]  # was dropped as gone
+            await holder.abandon_message(held)  # still deferred: its record brings it back
+        second = await asyncio.wait_for(sample_worker(stack, client).run(), 30)
+    assert second.count(Action.COMPLETE) == 1
+    assert await stack.store.current_result("h1", "work") is not None
+
+
 async def test_a_message_given_back_to_its_park_is_resumed_by_the_next_worker(
     stack: Stack,
 ) -> None:
