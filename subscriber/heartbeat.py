@@ -67,8 +67,12 @@ async def beat(worker: Worker, interval: float = INTERVAL) -> None:
             interval=interval,
         )
         try:
-            # Bounded: a heartbeat must never hold the worker up (an outage, a stop).
-            await asyncio.wait_for(worker.store.record_heartbeat(record), WRITE_TIMEOUT)
+            # Bounded: a heartbeat must never hold the worker up (an outage, a stop). Not
+            # asyncio.wait_for: on Python 3.11 it swallows a cancellation that lands as the
+            # write completes, and the beat (and the worker's end, which waits for it) went
+            # on for ever.
+            async with asyncio.timeout(WRITE_TIMEOUT):
+                await worker.store.record_heartbeat(record)
         except (DocbusError, TimeoutError) as exc:  # the next beat tells
             logger.debug("heartbeat not written: %s", exc or "timed out")
 
