@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
+import itertools
 import json
 import os
 from datetime import UTC, datetime, timedelta
@@ -306,13 +307,18 @@ async def test_the_command_reads_the_configured_store(
 # -- parked documents ---------------------------------------------------------------------------
 
 
+# Each parked message its own sequence number, as Service Bus gives them (a record is keyed on
+# it: two equal ones would be one record).
+_sequence_numbers = itertools.count(1)
+
+
 async def parked(store: Store, batch_id: str, doc: str, subscription: str, reason: str) -> None:
     from subscriber.parking import ParkedMessage, park
 
     await park(
         store,
         ParkedMessage(
-            topic="documents", subscription=subscription, sequence_number=hash(doc) % 10_000,
+            topic="documents", subscription=subscription, sequence_number=next(_sequence_numbers),
             reason=reason, batch_id=batch_id, doc_id=doc, message_id=message_id(batch_id, doc),
             deferred=True,
         ),
