@@ -18,7 +18,15 @@ import re
 from typing import Annotated, Any, Literal
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveInt,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -214,7 +222,7 @@ class LLMBatchSettings(BaseModel):
     delete_files: bool = True
     """Delete a provider batch's files (input, output, error) once its outcome is stored; a
     crash in between leaves them to the next submitter pass, never an answer unstored."""
-    queued_tokens: dict[str, int] = Field(default_factory=dict)
+    queued_tokens: dict[str, PositiveInt] = Field(default_factory=dict)
     """Model (Azure: deployment) -> most estimated tokens its open provider batches may hold
     at once (Azure's enqueued-token quota): a submission that would pass it waits for open
     batches to finish; a request estimated above the whole quota is dead-lettered."""

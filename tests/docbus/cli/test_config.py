@@ -105,3 +105,15 @@ def test_the_umbrella_cli_runs_config(
     captured = capsys.readouterr()
     assert_no_secret(captured.out + captured.err)
     assert json.loads(captured.out)["worker"]["concurrency"] == 7
+
+
+@pytest.mark.parametrize("tokens", ["0", "-1"])
+def test_a_queued_token_quota_must_be_positive(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tokens: str
+) -> None:
+    # 0 or less would dead-letter every batch-mode request of the model as over its quota.
+    monkeypatch.setenv("DOCBUS_LLM__BATCH__QUEUED_TOKENS", f'{{"gpt-4o-mini": {tokens}}}')
+    assert main(["config"]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("docbus config: error: invalid settings: ")
+    assert "DOCBUS_LLM__BATCH__QUEUED_TOKENS" in line and "greater than 0" in line
