@@ -2,8 +2,8 @@
 
 SecantusDB speaks the MongoDB wire protocol over a real TCP socket, so pymongo (and therefore
 :class:`docbus.store.Store`) talks to it unchanged. It is GPL-2.0 and an optional extra
-(``pip install 'docbus[local]'``): docbus never imports it, it only runs
-``python -m secantus`` in a child process and waits until a ``ping`` answers. Neighbours: the
+(``pip install 'docbus[local]'``): docbus never imports it, it only runs its ``__main__``
+in a child process (one that ends with its starter) and waits until a ``ping`` answers. Neighbours: the
 pytest fixture in :mod:`docbus.testing` wraps :class:`LocalMongo`; the emulator and the offline
 LLM server are the other local stand-ins.
 
@@ -45,6 +45,30 @@ _PORT_ATTEMPTS = 3
 _PROBE_TIMEOUT = 0.5
 _PROBE_INTERVAL = 0.05
 _STDERR_TAIL = 2000
+_ORPHAN_GRACE = 10
+
+# What the child runs instead of ``python -m secantus``: the same server, plus a thread that
+# reads its stdin, a pipe only this process writes to. The pipe ends when this process does,
+# however it ends (a SIGKILL too, which runs no clean-up), and the server is then stopped as
+# :meth:`LocalMongo.stop_sync` would stop it (SIGTERM, then an exit after a grace period):
+# a test run or ``docbus up`` killed outright leaves no server on its port. Plain Python, so
+# any interpreter with SecantusDB runs it (``python=``), docbus installed there or not.
+_GUARDED_SERVER = f"""
+import os, runpy, signal, sys, threading, time
+
+def watch():
+    try:
+        sys.stdin.buffer.read()
+    except OSError:
+        pass
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep({_ORPHAN_GRACE})
+    os._exit(1)
+
+threading.Thread(target=watch, name="orphan-guard", daemon=True).start()
+sys.argv[0] = "secantus"
+runpy.run_module("secantus", run_name="__main__", alter_sys=True)
+"""
 
 
 class LocalMongoError(DocbusError):
@@ -95,6 +119,7 @@ class LocalMongo:
         self._port: int | None = None
         self._workdir: str | None = None
         self._log: IO[bytes] | None = None
+        self._guard: IO[bytes] | None = None  # the child's stdin (see _GUARDED_SERVER)
 
     @property
     def port(self) -> int:
@@ -278,7 +303,7 @@ class LocalMongo:
             storage = str(self._data_dir.resolve())
         self._log = open(Path(self._workdir, "secantus.log"), "w+b")  # noqa: SIM115
         command = [
-            self._python, "-m", "secantus",
+            self._python, "-c", _GUARDED_SERVER,
             "--config", str(config),
             "--host", "127.0.0.1",
             "--port", str(self._port),
@@ -289,10 +314,11 @@ class LocalMongo:
         self._process = subprocess.Popen(
             command,
             cwd=self._workdir,
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.PIPE,  # never written to: its end is the end of this process
             stdout=self._log,
             stderr=subprocess.STDOUT,
         )
+        self._guard = self._process.stdin
 
     def _exited_with_port_clash(self, attempt: int) -> bool:
         """True if the process died because its (self-picked) port was taken: try another."""
@@ -360,6 +386,10 @@ class LocalMongo:
             await client.close()
 
     def _cleanup(self) -> None:
+        if self._guard is not None:
+            with contextlib.suppress(OSError):
+                self._guard.close()
+            self._guard = None
         if self._log is not None:
             with contextlib.suppress(OSError):
                 self._log.close()

@@ -3,6 +3,9 @@ from __future__ import annotations
 import importlib.util
 import socket
 import stat
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -97,3 +100,44 @@ def test_a_killed_server_restarts_at_once_on_its_port(tmp_path: Path) -> None:
     assert first.pid is None
     with LocalMongo(port=port, data_dir=data) as again:
         assert again.port == port and ping(again.uri)
+
+
+def test_the_server_ends_when_the_process_that_started_it_dies() -> None:
+    # A test run or `docbus up` killed outright (SIGKILL, OOM) never gets to stop its server:
+    # the server must notice its starter is gone and end rather than linger on its port.
+    starter = subprocess.Popen([sys.executable, "-c", _STARTER], stdout=subprocess.PIPE, text=True)
+    try:
+        assert starter.stdout is not None
+        pid, port = map(int, starter.stdout.readline().split())
+        assert ping(f"mongodb://127.0.0.1:{port}/")
+        starter.kill()
+        starter.wait()
+        assert ended(pid, within=15)
+        assert refuses_connections(port)
+    finally:
+        starter.kill()
+        starter.wait()
+
+
+_STARTER = """
+import sys, time
+from docbus.local.mongo import LocalMongo
+mongo = LocalMongo()
+mongo.start_sync()
+print(mongo.pid, mongo.port, flush=True)
+time.sleep(600)
+"""
+
+
+def ended(pid: int, *, within: float) -> bool:
+    """True once process ``pid`` has exited (it is no child of ours: poll its /proc entry)."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except FileNotFoundError:
+            return True
+        if state == "Z":  # exited, waiting for init to reap it
+            return True
+        time.sleep(0.05)
+    return False
