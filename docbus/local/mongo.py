@@ -3,9 +3,9 @@
 SecantusDB speaks the MongoDB wire protocol over a real TCP socket, so pymongo (and therefore
 :class:`docbus.store.Store`) talks to it unchanged. It is GPL-2.0 and an optional extra
 (``pip install 'docbus[local]'``): docbus never imports it, it only runs its ``__main__``
-in a child process (one that ends with its starter) and waits until a ``ping`` answers. Neighbours: the
-pytest fixture in :mod:`docbus.testing` wraps :class:`LocalMongo`; the emulator and the offline
-LLM server are the other local stand-ins.
+in a child process (one that ends with its starter) and waits until a ``ping`` answers.
+Neighbours: the pytest fixture in :mod:`docbus.testing` wraps :class:`LocalMongo`; the emulator
+and the offline LLM server are the other local stand-ins.
 
 Durability: SecantusDB runs with its journal on and without a sync on every commit (its
 ``sync_on_commit`` is off), like mongod's default; a write that must survive a crash asks for it

@@ -136,8 +136,12 @@ class RateLimiter:
                 state.in_flight_tokens += tokens
                 return reservation
             changed = state.changed
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a cancellation
+            # (a handler's timeout) landing as ``changed`` is set, and the cancelled caller
+            # would take the room and send its request anyway.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(changed.wait(), None if math.isinf(wait) else wait)
+                async with asyncio.timeout(None if math.isinf(wait) else wait):
+                    await changed.wait()
 
     def release(
         self, reservation: Reservation, *, tokens: int | None = None, rate_limited: bool = False

@@ -101,6 +101,37 @@ async def test_a_caller_over_the_concurrency_bound_waits_for_a_release() -> None
     limits.release(second)
 
 
+@pytest.mark.parametrize("turns", [0, 1, 2, 3])
+async def test_a_waiter_cancelled_as_room_opens_ends_cancelled(turns: int) -> None:
+    # A handler's timeout cancels its task wherever it waits. One landing a turn of the loop
+    # after a release woke the waiter was swallowed by asyncio.wait_for (Python 3.11): the
+    # waiter took the room and went on to send its request, past its timeout. A cancel that
+    # finds the waiter not yet done must end it cancelled, whichever turn it lands in.
+    loop = asyncio.get_running_loop()
+    limits = limiter(FakeClock(), tpm=100)
+    limits.release(await limits.acquire("m", 40))  # counted for the window's 10 s
+    first = await limits.acquire("m", 40)
+    assert 0 < limits.wait_time("m", 50) < math.inf  # 130 of 100: room in 10 s
+    waiting = asyncio.create_task(limits.acquire("m", 50))
+    await asyncio.sleep(0)
+    assert not waiting.done()
+    accepted: asyncio.Future[bool] = loop.create_future()
+
+    def cancel_after(turns_left: int) -> None:
+        if turns_left:
+            loop.call_soon(cancel_after, turns_left - 1)
+        else:
+            accepted.set_result(waiting.cancel())
+
+    limits.release(first, tokens=5)  # 95 of 100: room for the waiter, at once
+    cancel_after(turns)
+    (outcome,) = await asyncio.gather(waiting, return_exceptions=True)
+    if await accepted:  # the waiter was still waiting: it must not go on to its request
+        assert isinstance(outcome, asyncio.CancelledError)
+    else:  # it had its room before the cancel came
+        assert limits.usage("m") == (3, 95)
+
+
 def test_limits_come_from_the_settings() -> None:
     settings = Settings(
         llm=LLMSettings(
